@@ -1,0 +1,234 @@
+"""The artifact contract: labels, preprocessing and provenance that travel inside every model file.
+
+- `.pt` checkpoints carry a `ModelContract` dict (see `edgecnn.checkpoint`),
+- ONNX models carry it in `metadata_props` under the `edgecnn.*` keys below,
+- TensorRT engines carry it in a sidecar JSON manifest (see `edgecnn.trt`).
+
+Also here: atomic writes (temp file in the same folder, then `os.replace`) and sha256, used by every writer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterator
+
+from edgecnn.errors import ArtifactError, UserInputError
+from edgecnn.preprocess import PreprocessConfig
+
+CONTRACT_VERSION = 1
+META_PREFIX = "edgecnn."
+META_KEYS = ("contract_version", "labels", "label_keys", "preprocess", "arch", "precision", "provenance")
+
+
+@dataclass
+class ModelContract:
+    """What a model needs to be used correctly, wherever it runs.
+
+    labels:     class names in output order.
+    label_keys: optional stable ids in output order (ImageNet wnids), used to map dataset folders to classes.
+    preprocess: the transform inputs must go through.
+    arch:       registry name of the architecture (None for foreign models).
+    precision:  'fp32', 'fp16' or 'int8'.
+    provenance: free-form history (source file sha256, training summary, quantization details, ...).
+    """
+
+    labels: list[str]
+    preprocess: PreprocessConfig
+    arch: str | None = None
+    label_keys: list[str] | None = None
+    precision: str = "fp32"
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    def with_provenance(self, **items) -> "ModelContract":
+        """A copy with `items` added to provenance (the original is left alone)."""
+        return replace(self, provenance={**self.provenance, **items})
+
+    def to_dict(self) -> dict:
+        return {
+            "contract_version": CONTRACT_VERSION,
+            "labels": list(self.labels),
+            "label_keys": list(self.label_keys) if self.label_keys else None,
+            "preprocess": self.preprocess.to_dict(),
+            "arch": self.arch,
+            "precision": self.precision,
+            "provenance": self.provenance,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelContract":
+        try:
+            labels = [str(v) for v in d["labels"]]
+            pre = PreprocessConfig.from_dict(d["preprocess"])
+        except (KeyError, TypeError) as exc:
+            raise ArtifactError(f"Model contract is missing {exc}: not an edgecnn artifact, or a damaged one") from exc
+        if not labels:
+            raise ArtifactError("Model contract has no labels")
+        keys = d.get("label_keys")
+        if keys is not None and len(keys) != len(labels):
+            raise ArtifactError("Model contract: label_keys and labels differ in length")
+        return cls(
+            labels=labels,
+            preprocess=pre,
+            arch=d.get("arch"),
+            label_keys=[str(k) for k in keys] if keys else None,
+            precision=d.get("precision") or "fp32",
+            provenance=dict(d.get("provenance") or {}),
+        )
+
+    # ONNX metadata_props: one string per key so other tools (Netron, DeepStream scripts) can read them.
+    def to_onnx_props(self) -> dict[str, str]:
+        d = self.to_dict()
+        return {META_PREFIX + k: (v if isinstance(v, str) else json.dumps(v, sort_keys=True)) for k, v in d.items()}
+
+    @classmethod
+    def from_onnx_props(cls, props: dict[str, str], source: str = "model") -> "ModelContract":
+        if META_PREFIX + "labels" not in props or META_PREFIX + "preprocess" not in props:
+            raise ArtifactError(
+                f"{source} has no edgecnn metadata (labels, preprocessing). Export it with `edgecnn export`, or "
+                "attach them with `edgecnn.artifacts.write_onnx_contract()`"
+            )
+        d: dict[str, Any] = {}
+        for key in META_KEYS:
+            raw = props.get(META_PREFIX + key)
+            if raw is None:
+                continue
+            if key in ("arch", "precision"):
+                d[key] = raw
+            else:
+                try:
+                    d[key] = json.loads(raw)
+                except json.JSONDecodeError as exc:
+                    raise ArtifactError(f"{source}: metadata {META_PREFIX + key} is not valid JSON") from exc
+        return cls.from_dict(d)
+
+
+# ---------------------------------------------------------------- atomic writes
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path in the destination folder; on success it replaces `path`, on error it is removed.
+
+    A crash never leaves a half-written artifact, and readers never see one.
+    """
+    path = Path(path)
+    if path.exists() and path.is_dir():
+        raise UserInputError(f"{path} is a folder, expected a file path")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    return Path(path)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def ensure_distinct(inputs: list[str | os.PathLike] | str | os.PathLike, output: str | os.PathLike) -> None:
+    """Refuse to write `output` over any of `inputs` (no command overwrites its own input)."""
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    out = Path(output)
+    for inp in inputs:
+        inp = Path(inp)
+        same = inp.resolve() == out.resolve()
+        if not same and inp.exists() and out.exists():
+            same = os.path.samefile(inp, out)
+        if same:
+            raise UserInputError(f"Output {out} is the input file: choose another --out (inputs are never overwritten)")
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------- ONNX
+
+
+def read_onnx_contract(path: str | os.PathLike) -> ModelContract:
+    """The contract stored in an ONNX file's metadata (weights are not loaded)."""
+    import onnx
+
+    path = Path(path)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError / various on garbage
+        raise ArtifactError(f"{path} is not a readable ONNX model ({exc.__class__.__name__})") from exc
+    return ModelContract.from_onnx_props({p.key: p.value for p in model.metadata_props}, source=str(path))
+
+
+def write_onnx_contract(model, contract: ModelContract) -> None:
+    """Replace the edgecnn.* metadata_props of an in-memory onnx.ModelProto with `contract`."""
+    kept = [(p.key, p.value) for p in model.metadata_props if not p.key.startswith(META_PREFIX)]
+    del model.metadata_props[:]
+    for key, value in kept + sorted(contract.to_onnx_props().items()):
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+def save_onnx(model, path: str | os.PathLike) -> Path:
+    """Check and write an onnx.ModelProto atomically."""
+    import onnx
+
+    with atomic_path(path, suffix=".onnx") as tmp:
+        onnx.save(model, str(tmp))
+    return Path(path)
+
+
+# ---------------------------------------------------------------- labels
+
+
+def imagenet_labels() -> tuple[list[str], list[str]]:
+    """The 1000 ImageNet-1k class names and wnids, in index order, from the copy shipped in the package."""
+    tsv = Path(__file__).with_name("data") / "imagenet_classes.tsv"
+    names, wnids = [], []
+    for line in tsv.read_text(encoding="utf-8").splitlines()[1:]:
+        if line.strip():
+            _, wnid, name = line.split("\t", 2)
+            wnids.append(wnid)
+            names.append(name)
+    return names, wnids
+
+
+def read_labels_file(path: str | os.PathLike) -> list[str]:
+    """Labels from a text file, one per line (blank lines ignored)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"Labels file {path} does not exist")
+    labels = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not labels:
+        raise UserInputError(f"Labels file {path} is empty")
+    return labels

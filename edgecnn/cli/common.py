@@ -1,0 +1,89 @@
+"""What every command shares: error handling (one line + exit code), JSON output, rich progress on stderr.
+
+Human output goes to stderr through `console`, machine output (`--json`) to stdout through `print_json`, so
+`edgecnn eval ... --json | jq` always sees JSON only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import sys
+from typing import Callable, Iterator
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from edgecnn.errors import EdgeCNNError
+
+console = Console(stderr=True, highlight=False)
+STATE = {"debug": False}
+
+
+def cli_command(fn: Callable) -> Callable:
+    """Wrap a command: EdgeCNNError -> one line on stderr + its exit code; Ctrl-C -> 130; other errors -> a
+    one-line internal error unless --debug (then the traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except EdgeCNNError as exc:
+            if STATE["debug"]:
+                raise
+            error(str(exc))
+            raise typer.Exit(exc.exit_code)
+        except KeyboardInterrupt:
+            error("interrupted")
+            raise typer.Exit(130)
+        except Exception as exc:  # a bug, not a user error: still no traceback by default
+            if STATE["debug"]:
+                raise
+            error(f"internal error: {exc.__class__.__name__}: {exc} (run with --debug for the traceback)")
+            raise typer.Exit(70)
+
+    return wrapper
+
+
+def error(message: str) -> None:
+    text = " ".join(str(message).split("\n")[0:1]) if "\n" not in str(message).strip() else str(message).strip()
+    sys.stderr.write(f"error: {text}\n")
+    sys.stderr.flush()
+
+
+def warn(message: str) -> None:
+    console.print(f"[yellow]warning:[/] {message}")
+
+
+def print_json(obj) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    sys.stdout.flush()
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, total: int | None = None, disable: bool = False) -> Iterator[Callable[..., None]]:
+    """A rich progress bar on stderr; yields `update(done, total=None, **fields)` for library callbacks."""
+    columns = [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+    ]
+    with Progress(*columns, console=console, transient=False, disable=disable) as progress:
+        task = progress.add_task(description, total=total, info="")
+
+        def update(done: int, total: int | None = None, info: str = "", description: str | None = None) -> None:
+            kw = {"completed": done, "info": info}
+            if total is not None:
+                kw["total"] = total
+            if description:
+                kw["description"] = description
+            progress.update(task, **kw)
+
+        yield update

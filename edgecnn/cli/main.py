@@ -1,0 +1,73 @@
+"""The `edgecnn` Typer app. One module per command in this package, each exposing `register(app)`.
+
+Command modules import only Typer and light helpers at import time; the library (and torch, ONNX Runtime, ...) is
+imported inside the command function, so `edgecnn --help` is fast and works with optional packages missing.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+from edgecnn import __version__
+from edgecnn.cli.common import STATE
+
+# Order = order in `edgecnn --help`.
+COMMAND_MODULES = (
+    "models_cmd",
+    "train_cmd",
+    "export_cmd",
+    "predict_cmd",
+    "eval_cmd",
+    "quantize_cmd",
+    "calibrate_cmd",
+    "build_engine_cmd",
+    "live_cmd",
+    "profile_cmd",
+    "compare_cmd",
+    "deploy_cmd",
+    "doctor_cmd",
+)
+
+app = typer.Typer(
+    name="edgecnn",
+    help="Train, export, quantize, build and run image-classification CNNs: from a laptop CPU to NVIDIA Jetson.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool):
+    if value:
+        typer.echo(f"edgecnn {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+):
+    """edgecnn: every command takes a model file (.pt, .onnx, .engine) or a registered pretrained name."""
+    STATE["debug"] = debug
+
+
+def _register_all() -> None:
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"edgecnn.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"edgecnn.cli.{name}":  # command not written yet in this checkout
+                continue
+            raise
+        module.register(app)
+
+
+_register_all()
+
+
+def run() -> None:
+    app(prog_name="edgecnn")

@@ -1,0 +1,64 @@
+"""Errors a user can act on.
+
+Library code raises these; the CLI turns them into one line on stderr and a non-zero exit code (no traceback unless
+`--debug`). The message should name the fix, not just the fault.
+"""
+
+from __future__ import annotations
+
+
+class EdgeCNNError(Exception):
+    """Base class: a problem the user can fix. `exit_code` is what the CLI exits with."""
+
+    exit_code = 1
+
+
+class UserInputError(EdgeCNNError):
+    """Bad arguments, missing or unreadable files, wrong formats, shape mismatches."""
+
+    exit_code = 2
+
+
+class MissingDependencyError(EdgeCNNError):
+    """An optional package (torch, tensorrt, cuda-python, openvino, ...) is not installed."""
+
+    exit_code = 3
+
+
+class ArtifactError(EdgeCNNError):
+    """An artifact is corrupt, tampered with, or incompatible with this machine."""
+
+    exit_code = 4
+
+
+class AccuracyGateError(EdgeCNNError):
+    """A measured accuracy or parity check failed its bound."""
+
+    exit_code = 5
+
+
+class SourceError(EdgeCNNError):
+    """A camera, stream or video source cannot be opened or was lost for good."""
+
+    exit_code = 6
+
+
+def require(module: str, install_hint: str):
+    """Import an optional module lazily, or raise MissingDependencyError naming how to get it.
+
+    The single place optional heavy imports go through (tensorrt, cuda-python, openvino, torch on the inference path).
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:  # includes ModuleNotFoundError and broken installs
+        raise MissingDependencyError(f"{module} is not available ({exc.__class__.__name__}: {exc}). {install_hint}") from exc
+
+
+TORCH_HINT = "Training, export and .pt checkpoints need PyTorch: pip install 'edgecnn[train]' (CPU: pip install torch==2.13.0)."
+
+
+def require_torch():
+    """PyTorch, or a clear error: the inference path never needs it, training and export do."""
+    return require("torch", TORCH_HINT)

@@ -1,0 +1,186 @@
+"""The one Runner protocol every backend implements, and the backend registry.
+
+A backend is one module in `edgecnn/runtime/` that defines `BACKEND = Backend(...)`; `load(path)` picks it from the
+file suffix (or `backend=`). Backend modules must import cheaply: optional packages (tensorrt, cuda, openvino, torch)
+are imported inside `Backend.open`, never at module level, so `--help` and the ONNX path work without them.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from edgecnn.artifacts import ModelContract
+from edgecnn.errors import UserInputError
+from edgecnn.preprocess import preprocess
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What `infer()` accepts: name, shape (None for a dynamic dimension), dtype and the batch range."""
+
+    name: str
+    shape: tuple
+    dtype: str = "float32"
+    min_batch: int = 1
+    max_batch: int | None = None  # None: unbounded
+
+    @property
+    def fixed_batch(self) -> int | None:
+        """The batch size when the model only takes one, else None."""
+        return self.min_batch if self.max_batch == self.min_batch else None
+
+    def check_batch(self, n: int) -> None:
+        if n < self.min_batch:
+            raise UserInputError(f"Batch size {n} is below the model's minimum {self.min_batch}")
+        if self.max_batch is not None and self.fixed_batch is None and n > self.max_batch:
+            raise UserInputError(
+                f"Batch size {n} is outside the model's range {self.min_batch}..{self.max_batch}: "
+                "rebuild it with a larger --batch MIN:OPT:MAX"
+            )
+
+
+class Runner(abc.ABC):
+    """A loaded model: `infer(float32 batch) -> logits`, plus the contract it came with. Use as a context manager."""
+
+    backend: str = "?"
+
+    def __init__(self, path: Path, contract: ModelContract, input_spec: InputSpec):
+        self.path = Path(path)
+        self.contract = contract
+        self.input_spec = input_spec
+
+    @property
+    def labels(self) -> list[str]:
+        return self.contract.labels
+
+    @property
+    def preprocess_config(self):
+        return self.contract.preprocess
+
+    @abc.abstractmethod
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        """Run one batch the model accepts as is; return N×C float32 logits."""
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """Logits for a preprocessed float32 batch of any size (split into chunks a fixed-batch model takes)."""
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        expected = tuple(self.input_spec.shape[1:])
+        if batch.ndim != len(self.input_spec.shape) or any(
+            e is not None and e != g for e, g in zip(expected, batch.shape[1:])
+        ):
+            raise UserInputError(
+                f"{self.path.name} takes input {_fmt_shape(self.input_spec.shape)}, got {tuple(batch.shape)}"
+            )
+        fixed = self.input_spec.fixed_batch
+        n = batch.shape[0]
+        if fixed is None:
+            limit = self.input_spec.max_batch
+            if limit is None or n <= limit:
+                self.input_spec.check_batch(n)
+                return self._infer(batch)
+            chunk = limit
+        else:
+            chunk = fixed
+        outs = []
+        for start in range(0, n, chunk):
+            part = batch[start : start + chunk]
+            if part.shape[0] < chunk and fixed is not None:  # pad the last chunk of a fixed-batch model
+                pad = np.zeros((chunk - part.shape[0],) + part.shape[1:], dtype=np.float32)
+                outs.append(self._infer(np.concatenate([part, pad]))[: part.shape[0]])
+            else:
+                outs.append(self._infer(part))
+        return np.concatenate(outs)
+
+    def infer_frames(self, frames: Sequence[np.ndarray]) -> np.ndarray:
+        """Logits for BGR uint8 frames, through the model's own preprocessing."""
+        return self.infer(preprocess(frames, self.contract.preprocess))
+
+    def close(self) -> None:
+        """Release sessions and device memory. Safe to call twice."""
+
+    def describe(self) -> dict:
+        return {
+            "backend": self.backend,
+            "path": str(self.path),
+            "input": {"name": self.input_spec.name, "shape": list(self.input_spec.shape), "dtype": self.input_spec.dtype},
+            "classes": len(self.labels),
+            "precision": self.contract.precision,
+        }
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def __del__(self):  # best effort; explicit close() is the contract
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def _fmt_shape(shape) -> str:
+    return "(" + ", ".join("N" if d is None else str(d) for d in shape) + ")"
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A backend's registration: its name, the file suffixes it opens, and how to open one."""
+
+    name: str
+    suffixes: tuple[str, ...]
+    open: Callable[..., Runner]
+    description: str = ""
+    available: Callable[[], bool] = field(default=lambda: True)
+
+
+_REGISTRY: dict[str, Backend] = {}
+
+
+def backends() -> dict[str, Backend]:
+    """All backends, discovered from the modules of this package that define BACKEND."""
+    if not _REGISTRY:
+        import edgecnn.runtime as pkg
+
+        for info in pkgutil.iter_modules(pkg.__path__):
+            if info.name in ("base", "resolve"):
+                continue
+            module = importlib.import_module(f"edgecnn.runtime.{info.name}")
+            backend = getattr(module, "BACKEND", None)
+            if isinstance(backend, Backend):
+                _REGISTRY[backend.name] = backend
+    return _REGISTRY
+
+
+def backend_for(path: Path, backend: str | None = None) -> Backend:
+    regs = backends()
+    if backend:
+        if backend not in regs:
+            raise UserInputError(f"Unknown backend {backend!r}; available: {', '.join(sorted(regs))}")
+        return regs[backend]
+    suffix = path.suffix.lower()
+    for b in regs.values():
+        if suffix in b.suffixes:
+            return b
+    known = sorted({s for b in regs.values() for s in b.suffixes})
+    raise UserInputError(f"Don't know how to run {path.name}: expected one of {', '.join(known)}")
+
+
+def load(model: str | Path, backend: str | None = None, **options) -> Runner:
+    """Open any supported model file (or a registered pretrained name) as a Runner.
+
+    options are backend-specific (e.g. `threads=` for ONNX Runtime, `providers=`).
+    """
+    from edgecnn.runtime.resolve import resolve_model
+
+    path = resolve_model(model, backend=backend)
+    return backend_for(path, backend).open(path, **options)

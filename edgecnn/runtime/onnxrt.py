@@ -1,0 +1,103 @@
+"""ONNX Runtime backend: the embedded default (CPU), with other execution providers when installed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgecnn.artifacts import ModelContract
+from edgecnn.errors import ArtifactError, UserInputError
+from edgecnn.runtime.base import Backend, InputSpec, Runner
+
+PROVIDER_ALIASES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+}
+
+
+def session_options(threads: int | None = None, profile_prefix: str | None = None):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = int(threads)
+        so.inter_op_num_threads = 1
+    if profile_prefix:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix
+    return so
+
+
+def resolve_providers(providers) -> list[str]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if not providers:
+        return ["CPUExecutionProvider"]
+    if isinstance(providers, str):
+        providers = [p.strip() for p in providers.split(",") if p.strip()]
+    chosen = []
+    for p in providers:
+        full = PROVIDER_ALIASES.get(p.lower(), p)
+        if full not in available:
+            raise UserInputError(f"ONNX Runtime provider {p} is not available here (have: {', '.join(available)})")
+        chosen.append(full)
+    if "CPUExecutionProvider" not in chosen:
+        chosen.append("CPUExecutionProvider")
+    return chosen
+
+
+class OnnxRuntimeRunner(Runner):
+    backend = "onnxrt"
+
+    def __init__(self, path: Path, threads: int | None = None, providers=None, profile_prefix: str | None = None):
+        import onnxruntime as ort
+
+        path = Path(path)
+        try:
+            self.session = ort.InferenceSession(
+                str(path), sess_options=session_options(threads, profile_prefix), providers=resolve_providers(providers)
+            )
+        except UserInputError:
+            raise
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            raise ArtifactError(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0][:300]}") from exc
+        meta = self.session.get_modelmeta().custom_metadata_map
+        contract = ModelContract.from_onnx_props(meta, source=str(path))
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise ArtifactError(f"{path} has {len(inputs)} inputs; edgecnn runs single-input classifiers")
+        inp = inputs[0]
+        shape = tuple(d if isinstance(d, int) and d > 0 else None for d in inp.shape)
+        fixed = shape[0]
+        spec = InputSpec(name=inp.name, shape=shape, min_batch=fixed or 1, max_batch=fixed)
+        super().__init__(path, contract, spec)
+        self.output_name = self.session.get_outputs()[0].name
+        self.providers = self.session.get_providers()
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output_name], {self.input_spec.name: batch})[0]
+
+    def end_profiling(self) -> str | None:
+        """Stop ONNX Runtime's profiler (if enabled) and return the trace file path."""
+        return self.session.end_profiling() if getattr(self, "session", None) is not None else None
+
+    def describe(self) -> dict:
+        return {**super().describe(), "providers": self.providers}
+
+    def close(self) -> None:
+        self.session = None
+
+
+def _open(path: Path, **options) -> Runner:
+    return OnnxRuntimeRunner(path, **options)
+
+
+BACKEND = Backend(
+    name="onnxrt", suffixes=(".onnx",), open=_open, description="ONNX Runtime (CPU default; CUDA/TensorRT EPs if installed)"
+)

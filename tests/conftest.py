@@ -1,0 +1,124 @@
+"""Shared fixtures: real data from ../shared/data (skipped when absent), small real models made on the spot."""
+
+from __future__ import annotations
+
+import os
+import tarfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("EDGECNN_SHARED_DATA", ROOT.parent / "shared" / "data"))
+CACHE = ROOT / ".cache" / "test-data"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_model_cache(tmp_path_factory):
+    """Pretrained models materialise into a per-checkout cache, not the user's ~/.cache."""
+    os.environ.setdefault("EDGECNN_CACHE", str(ROOT / ".cache" / "models"))
+    yield
+
+
+def _extract(archive: str, folder: str) -> Path:
+    src = SHARED_DATA / archive
+    if not src.is_file():
+        pytest.skip(f"{src} not found: real-data tests need the workplace's ../shared/data")
+    target = CACHE / folder
+    if not (target / ".complete").exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(src) as tar:
+            tar.extractall(CACHE, filter="data")
+        (target / ".complete").touch()
+    return target
+
+
+@pytest.fixture(scope="session")
+def scenes_dir() -> Path:
+    """1,200 real 150×150 photos: scenes/{buildings,forest}/*.jpg."""
+    return _extract("scenes-jpg.tar.gz", "scenes")
+
+
+@pytest.fixture(scope="session")
+def cifar_dir() -> Path:
+    """CIFAR-10 as JPEG: cifar10/{train,test}/<class>/*.jpg."""
+    return _extract("cifar10-jpg.tar.gz", "cifar10")
+
+
+def make_image_folder(root: Path, classes=("cat", "dog"), per_class=6, size=(40, 48), seed=0) -> Path:
+    """A labelled folder of real PNG/JPEG files whose classes differ visibly (colour and stripes)."""
+    rng = np.random.default_rng(seed)
+    for ci, name in enumerate(classes):
+        d = root / name
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            img = rng.integers(0, 60, size=(*size, 3), dtype=np.uint8)
+            img[..., ci % 3] += np.uint8(150)
+            if ci % 2:
+                img[::4] = 255
+            ext = ".png" if i % 2 else ".jpg"
+            cv2.imwrite(str(d / f"{i:03d}{ext}"), img)
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    return make_image_folder(tmp_path / "images")
+
+
+def build_tiny_onnx(path: Path, labels=("cat", "dog", "bird"), size=(32, 32), batch=None, seed=0) -> Path:
+    """A real, small Conv-ReLU-Conv-ReLU-GlobalAvgPool-Gemm classifier with the edgecnn contract in its metadata.
+
+    Built with onnx.helper (no PyTorch), so torch-free modules can be tested against a real ONNX Runtime session.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgecnn.artifacts import ModelContract, save_onnx, write_onnx_contract
+    from edgecnn.preprocess import PreprocessConfig
+
+    rng = np.random.default_rng(seed)
+    h, w = size
+    n = len(labels)
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32), "conv1.w"),
+        numpy_helper.from_array(rng.normal(0, 0.1, (8,)).astype(np.float32), "conv1.b"),
+        numpy_helper.from_array(rng.normal(0, 0.2, (16, 8, 3, 3)).astype(np.float32), "conv2.w"),
+        numpy_helper.from_array(rng.normal(0, 0.1, (16,)).astype(np.float32), "conv2.b"),
+        numpy_helper.from_array(rng.normal(0, 0.5, (n, 16)).astype(np.float32), "fc.w"),
+        numpy_helper.from_array(rng.normal(0, 0.1, (n,)).astype(np.float32), "fc.b"),
+        numpy_helper.from_array(np.array([0, -1], dtype=np.int64), "flat_shape"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["input", "conv1.w", "conv1.b"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "conv2.w", "conv2.b"], ["c2"], name="conv2", pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("GlobalAveragePool", ["r2"], ["gap"], name="gap"),
+        helper.make_node("Reshape", ["gap", "flat_shape"], ["flat"], name="flatten"),
+        helper.make_node("Gemm", ["flat", "fc.w", "fc.b"], ["logits"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch if batch else "N", 3, h, w])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch if batch else "N", n])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="edgecnn-tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    contract = ModelContract(
+        labels=list(labels),
+        preprocess=PreprocessConfig(input_size=size, resize="resize", mean=(120, 120, 120), std=(60, 60, 60)),
+        arch="tiny-test",
+    )
+    write_onnx_contract(model, contract)
+    return save_onnx(model, path)
+
+
+@pytest.fixture
+def tiny_onnx(tmp_path) -> Path:
+    return build_tiny_onnx(tmp_path / "tiny.onnx")
