@@ -1,0 +1,45 @@
+"""`edgecnn eval`: top-1 / top-5 / per-class accuracy of any model on a labelled image folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from edgecnn.cli.common import cli_command, console, print_json, progress_bar
+
+
+def eval_command(
+    model: str = typer.Argument(..., help="Model file (.pt, .onnx, .engine) or a pretrained name."),
+    data_dir: Path = typer.Argument(..., help="Labelled folder: one sub-folder per class (names, ids or wnids)."),
+    batch: int = typer.Option(32, "--batch", min=1, help="Batch size."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate a fixed random subset of N images."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="Force a backend (onnxrt, torch, tensorrt, ...)."),
+    json_out: bool = typer.Option(False, "--json", help="Print metrics as JSON only."),
+):
+    """Accuracy on a labelled folder. A train/ + test/ pair evaluates test/."""
+    from edgecnn.evaluate import evaluate
+    from edgecnn.runtime import load
+
+    with load(model, backend=backend) as runner, progress_bar("evaluating", disable=json_out) as update:
+        metrics = evaluate(runner, data_dir, batch=batch, progress=update, limit=limit)
+    if json_out:
+        print_json(metrics)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{Path(str(model)).name} on {data_dir} ({metrics['images']} images)")
+    table.add_column("class")
+    table.add_column("images", justify="right")
+    table.add_column("top-1", justify="right")
+    for name, row in metrics["per_class"].items():
+        table.add_row(name, str(row["images"]), f"{row['top1']:.1%}")
+    console.print(table)
+    if metrics["corrupt"]:
+        console.print(f"[yellow]skipped {metrics['corrupt']} unreadable file(s)[/]")
+    typer.echo(f"top-1 {metrics['top1']:.2%}  top-5 {metrics['top5']:.2%}  images {metrics['images']}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(cli_command(eval_command))

@@ -1,0 +1,49 @@
+"""`edgecnn export`: checkpoint (or pretrained name) -> ONNX with the contract inside, checked for parity."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from edgecnn.cli.common import cli_command, console, print_json
+
+
+def export(
+    model: str = typer.Argument(..., help="A .pt checkpoint or a registered pretrained name (e.g. efficientnet-lite0)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Where to write the .onnx file."),
+    opset: int = typer.Option(17, "--opset", help="ONNX opset version."),
+    batch: int = typer.Option(1, "--batch", help="Fixed batch size of the exported model."),
+    dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Export with a dynamic batch dimension."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Images for the parity check (default: training data or calibration/)."),
+    tolerance: float = typer.Option(1e-3, "--tolerance", help="Max abs logit difference allowed vs PyTorch."),
+    json_out: bool = typer.Option(False, "--json", help="Print the export report as JSON only."),
+):
+    """Export to ONNX: labels and preprocessing go into the model's metadata; parity vs PyTorch is checked."""
+    from edgecnn.export import ExportOptions, export_onnx
+
+    options = ExportOptions(opset=opset, batch=batch, dynamic_batch=dynamic_batch, tolerance=tolerance, data=data)
+    with console.status("exporting", spinner="dots") if not json_out else _nullcontext() as status:
+        report = export_onnx(model, out, options, progress=(lambda m: status.update(m)) if status else None)
+    if json_out:
+        print_json(report.to_dict())
+        return
+    console.print(
+        f"[green]✓[/] wrote {report.out} ({report.size_bytes / 1e6:.1f} MB, opset {report.opset}, input "
+        f"{tuple(report.input_shape)}, {report.classes} classes)\n"
+        f"  parity vs PyTorch: max abs diff {report.max_abs_diff:.2e} (tolerance {report.tolerance:g}), "
+        f"top-1 agreement {report.top1_agreement:.0%} on {report.parity_inputs}"
+    )
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def register(app: typer.Typer) -> None:
+    app.command("export")(cli_command(export))

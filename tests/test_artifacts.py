@@ -1,0 +1,84 @@
+"""Contract round trips, atomic writes, input protection."""
+
+import os
+
+import numpy as np
+import onnx
+import pytest
+
+from edgecnn.artifacts import (
+    ModelContract, atomic_path, atomic_write_json, ensure_distinct, imagenet_labels, read_onnx_contract,
+    sha256_file, write_onnx_contract,
+)
+from edgecnn.errors import ArtifactError, UserInputError
+from edgecnn.preprocess import PreprocessConfig
+
+
+def make_contract():
+    return ModelContract(labels=["a", "b"], label_keys=["n1", "n2"], preprocess=PreprocessConfig(input_size=(32, 32)),
+                         arch="cifar-cnn", provenance={"epochs": 3})
+
+
+def test_contract_dict_and_onnx_props_roundtrip():
+    c = make_contract()
+    assert ModelContract.from_dict(c.to_dict()) == c
+    props = c.to_onnx_props()
+    assert all(k.startswith("edgecnn.") and isinstance(v, str) for k, v in props.items())
+    assert ModelContract.from_onnx_props(props) == c
+
+
+def test_onnx_metadata_written_and_read(tiny_onnx, tmp_path):
+    c = read_onnx_contract(tiny_onnx)
+    assert c.labels == ["cat", "dog", "bird"] and c.preprocess.input_size == (32, 32)
+    model = onnx.load(str(tiny_onnx))
+    model.metadata_props.add(key="author", value="someone")
+    write_onnx_contract(model, c.with_provenance(step="x"))
+    keys = [p.key for p in model.metadata_props]
+    assert keys.count("edgecnn.labels") == 1 and "author" in keys  # replaced, foreign keys kept
+
+
+def test_missing_metadata_is_a_clear_error(tmp_path, tiny_onnx):
+    model = onnx.load(str(tiny_onnx))
+    del model.metadata_props[:]
+    bare = tmp_path / "bare.onnx"
+    onnx.save(model, str(bare))
+    with pytest.raises(ArtifactError, match="no edgecnn metadata"):
+        read_onnx_contract(bare)
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x00not an onnx file")
+    with pytest.raises(ArtifactError):
+        read_onnx_contract(garbage)
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("crash mid-write")
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]
+    atomic_write_json(target, {"x": 1})
+    assert target.read_text().strip().startswith("{")
+    assert oct(target.stat().st_mode & 0o777) != oct(0o600)  # normal permissions, not mkstemp's
+
+
+def test_ensure_distinct(tmp_path):
+    f = tmp_path / "m.onnx"
+    f.write_bytes(b"x")
+    with pytest.raises(UserInputError):
+        ensure_distinct(f, tmp_path / "." / "m.onnx")
+    os.symlink(f, tmp_path / "link.onnx")
+    with pytest.raises(UserInputError):
+        ensure_distinct(f, tmp_path / "link.onnx")
+    ensure_distinct(f, tmp_path / "other.onnx")
+
+
+def test_sha256_and_imagenet_labels(tmp_path):
+    f = tmp_path / "x"
+    f.write_bytes(b"abc")
+    assert sha256_file(f) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    names, wnids = imagenet_labels()
+    assert len(names) == len(wnids) == 1000
+    assert names[0] == "tench" and wnids[0] == "n01440764"

@@ -1,0 +1,81 @@
+"""Robust decoding and folder handling on real files."""
+
+import cv2
+import numpy as np
+import pytest
+
+from edgecnn.data import decode_resized, find_splits, iter_video_frames, list_images, map_classes, read_image, scan_image_folder
+from edgecnn.errors import UserInputError
+from edgecnn.preprocess import PreprocessConfig
+
+
+def test_read_image_formats_and_corrupt(tmp_path):
+    cv2.imwrite(str(tmp_path / "gray.png"), np.full((10, 12), 80, np.uint8))
+    cv2.imwrite(str(tmp_path / "rgba.png"), np.full((10, 12, 4), 90, np.uint8))
+    cv2.imwrite(str(tmp_path / "deep.png"), np.full((10, 12, 3), 40000, np.uint16))
+    (tmp_path / "corrupt.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    (tmp_path / "empty.png").write_bytes(b"")
+    for name in ("gray.png", "rgba.png", "deep.png"):
+        img = read_image(tmp_path / name)
+        assert img.shape == (10, 12, 3) and img.dtype == np.uint8, name
+    assert read_image(tmp_path / "corrupt.jpg") is None
+    assert read_image(tmp_path / "empty.png") is None
+    assert read_image(tmp_path / "missing.png") is None
+
+
+def test_scan_folder_counts_and_errors(tmp_path, image_folder):
+    folder = scan_image_folder(image_folder)
+    assert folder.classes == ["cat", "dog"] and len(folder) == 12
+    (image_folder / "cat" / "notes.txt").write_text("x")
+    assert len(scan_image_folder(image_folder).ignored) == 1
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserInputError, match="No images"):
+        scan_image_folder(tmp_path / "empty")
+    with pytest.raises(UserInputError, match="need at least 2"):
+        scan_image_folder(_single(tmp_path), min_classes=2)
+    with pytest.raises(UserInputError, match="does not exist"):
+        scan_image_folder(tmp_path / "nope")
+
+
+def _single(tmp_path):
+    d = tmp_path / "single" / "only"
+    d.mkdir(parents=True)
+    cv2.imwrite(str(d / "a.png"), np.zeros((4, 4, 3), np.uint8))
+    return tmp_path / "single"
+
+
+def test_decode_resized_skips_corrupt(image_folder):
+    (image_folder / "cat" / "broken.jpg").write_bytes(b"nope")
+    paths = list_images(image_folder)
+    cfg = PreprocessConfig(input_size=(16, 16), resize="resize")
+    seen = []
+    out = decode_resized(paths, cfg, labels=list(range(len(paths))), progress=lambda d, t: seen.append((d, t)))
+    assert out.images.shape == (12, 16, 16, 3) and len(out.corrupt) == 1
+    assert out.corrupt[0].name == "broken.jpg" and seen[-1] == (13, 13)
+    assert len(out.labels) == 12 and len(out.paths) == 12
+
+
+def test_find_splits(tmp_path):
+    (tmp_path / "train").mkdir()
+    assert find_splits(tmp_path) == (tmp_path, None)
+    (tmp_path / "val").mkdir()
+    assert find_splits(tmp_path) == (tmp_path / "train", tmp_path / "val")
+
+
+def test_map_classes_by_name_key_and_id():
+    labels, keys = ["tench", "goldfish", "Great White Shark"], ["n01", "n02", "n03"]
+    assert map_classes(["goldfish", "n03", "0", "great white shark"], labels, keys) == [1, 2, 0, 2]
+    with pytest.raises(UserInputError, match="zebra"):
+        map_classes(["zebra"], labels, keys)
+
+
+def test_video_frames(tmp_path):
+    path = tmp_path / "v.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (32, 24))
+    for i in range(10):
+        writer.write(np.full((24, 32, 3), i * 20, np.uint8))
+    writer.release()
+    frames = list(iter_video_frames(path, every=3))
+    assert [i for i, _ in frames] == [0, 3, 6, 9] and frames[0][1].shape == (24, 32, 3)
+    with pytest.raises(UserInputError):
+        list(iter_video_frames(tmp_path / "missing.mp4"))
