@@ -98,3 +98,15 @@ def test_bad_frames_are_clear_errors():
         preprocess(np.zeros((4, 4, 5), np.uint8), cfg)
     with pytest.raises(UserInputError):
         normalize(np.zeros((1, 10, 10, 3), np.uint8), cfg)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("order", ["rgb", "bgr"])
+def test_opencv_normalize_matches_numpy_definition(layout, order):
+    from edgecnn.preprocess import _normalize_numpy
+
+    rng = np.random.default_rng(4)
+    batch = rng.integers(0, 256, (3, 20, 24, 3), dtype=np.uint8)
+    cfg = PreprocessConfig(input_size=(20, 24), resize="resize", channel_order=order, layout=layout,
+                           mean=(123.7, 116.3, 103.5), std=(58.4, 57.1, 57.4))
+    np.testing.assert_allclose(normalize(batch, cfg), _normalize_numpy(batch, cfg), rtol=1e-6, atol=1e-6)

@@ -1,0 +1,107 @@
+"""CLI behaviour of export / predict / eval and the shared error handling, through Typer's CliRunner."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from edgecnn.cli.main import COMMAND_MODULES, app
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def cat_dog_onnx(tmp_path):
+    from conftest import build_tiny_onnx
+
+    return build_tiny_onnx(tmp_path / "catdog.onnx", labels=("cat", "dog"))
+
+
+def test_every_command_module_is_present_and_registered():
+    import importlib
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"edgecnn.cli.{name}")
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for cmd in ("train", "export", "predict", "eval", "quantize", "build-engine", "live", "profile", "compare",
+                "deploy", "doctor", "models", "calibrate"):
+        assert cmd in result.output, cmd
+
+
+def test_python_dash_m_and_version():
+    out = subprocess.run([sys.executable, "-m", "edgecnn", "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("edgecnn ")
+
+
+def test_predict_json(cat_dog_onnx, image_folder):
+    result = runner.invoke(app, ["predict", str(cat_dog_onnx), str(image_folder / "cat"), "--top-k", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert len(data["results"]) == 6
+    top = data["results"][0]["top_k"]
+    assert [t["label"] for t in top] != [] and abs(sum(t["score"] for t in top) - 1.0) < 1e-5
+
+
+def test_predict_reports_bad_files_and_exits_2(cat_dog_onnx, image_folder, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a jpeg")
+    good = next((image_folder / "dog").iterdir())
+    result = runner.invoke(app, ["predict", str(cat_dog_onnx), str(bad), str(good), "--json"])
+    assert result.exit_code == 2
+    data = json.loads(result.stdout)
+    assert data["results"][0]["error"] and "top_k" in data["results"][1]
+
+
+def test_eval_json_on_labelled_folder(cat_dog_onnx, image_folder):
+    (image_folder / "cat" / "broken.png").write_bytes(b"\x89PNG broken")
+    result = runner.invoke(app, ["eval", str(cat_dog_onnx), str(image_folder), "--json"])
+    assert result.exit_code == 0, result.output
+    m = json.loads(result.stdout)
+    assert m["images"] == 12 and m["corrupt"] == 1
+    assert 0.0 <= m["top1"] <= 1.0 and m["top5"] == 1.0  # 2 classes: top-5 always hits
+    assert set(m["per_class"]) == {"cat", "dog"}
+
+
+def test_eval_unknown_folder_is_one_line(cat_dog_onnx, tmp_path):
+    from conftest import make_image_folder
+
+    data = make_image_folder(tmp_path / "d", classes=("cat", "zebra"), per_class=2)
+    result = runner.invoke(app, ["eval", str(cat_dog_onnx), str(data)])
+    assert result.exit_code == 2
+    assert "zebra" in result.stderr and "Traceback" not in result.output
+
+
+def test_missing_model_one_line_and_debug_traceback(tmp_path):
+    result = runner.invoke(app, ["predict", str(tmp_path / "nope.onnx"), str(tmp_path)])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+    debug = runner.invoke(app, ["--debug", "predict", str(tmp_path / "nope.onnx"), str(tmp_path)])
+    assert debug.exit_code != 0 and debug.exception is not None
+
+
+def test_export_cli_writes_parity_checked_onnx(tmp_path, image_folder):
+    pytest.importorskip("torch")
+    from edgecnn.artifacts import ModelContract, read_onnx_contract
+    from edgecnn.checkpoint import save_checkpoint
+    from edgecnn.models.registry import create_model, get_entry
+
+    model = create_model("lenet5", num_classes=2).eval()
+    contract = ModelContract(labels=["cat", "dog"], preprocess=get_entry("lenet5").preprocess, arch="lenet5")
+    ckpt = save_checkpoint(tmp_path / "m.pt", model, "lenet5", {"num_classes": 2}, contract)
+    out = tmp_path / "m.onnx"
+    result = runner.invoke(app, ["export", str(ckpt), "--out", str(out), "--data", str(image_folder), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["max_abs_diff"] < 1e-4 and "real images" in report["parity_inputs"]
+    assert read_onnx_contract(out).labels == ["cat", "dog"]
+    # never over its input
+    before = ckpt.read_bytes()
+    same = runner.invoke(app, ["export", str(ckpt), "--out", str(ckpt)])
+    assert same.exit_code == 2 and ckpt.read_bytes() == before
+    wrong = runner.invoke(app, ["export", str(out), "--out", str(tmp_path / "x.onnx")])
+    assert wrong.exit_code == 2 and "checkpoint" in wrong.stderr

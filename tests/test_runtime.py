@@ -1,0 +1,119 @@
+"""The Runner protocol, parametrised over every registered backend (those that cannot run here skip)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgecnn.errors import UserInputError
+from edgecnn.runtime import backends, load
+from edgecnn.runtime.base import backend_for
+
+LABELS = ["cat", "dog", "bird"]
+
+
+def _torch_checkpoint(tmp_path):
+    pytest.importorskip("torch")
+    from edgecnn.artifacts import ModelContract
+    from edgecnn.checkpoint import save_checkpoint
+    from edgecnn.models.registry import create_model, get_entry
+
+    model = create_model("lenet5", num_classes=3).eval()
+    contract = ModelContract(labels=LABELS, preprocess=get_entry("lenet5").preprocess, arch="lenet5")
+    return save_checkpoint(tmp_path / "lenet.pt", model, "lenet5", {"num_classes": 3}, contract)
+
+
+def _onnx_model(tmp_path):
+    from conftest import build_tiny_onnx
+
+    return build_tiny_onnx(tmp_path / "tiny.onnx", labels=LABELS)
+
+
+MAKERS = {"onnxrt": _onnx_model, "torch": _torch_checkpoint}
+
+
+def _model_for(name, tmp_path):
+    backend = backends()[name]
+    if name in MAKERS:
+        return MAKERS[name](tmp_path), None
+    if name == "openvino":
+        pytest.importorskip("openvino", reason="OpenVINO not installed (optional extra edgecnn[openvino])")
+        return _onnx_model(tmp_path), "openvino"
+    pytest.skip(f"backend {name} ({backend.description}) needs hardware/software absent here (TensorRT + NVIDIA GPU)")
+
+
+@pytest.mark.parametrize("name", sorted(backends()))
+def test_runner_protocol(name, tmp_path):
+    path, force = _model_for(name, tmp_path)
+    with load(path, backend=force) as runner:
+        assert runner.labels == LABELS
+        spec = runner.input_spec
+        shape = (5,) + tuple(d for d in spec.shape[1:])
+        x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+        logits = runner.infer(x)
+        assert logits.shape == (5, 3) and logits.dtype == np.float32 and np.isfinite(logits).all()
+        # batch-invariance: one at a time == all at once
+        single = np.concatenate([runner.infer(x[i : i + 1]) for i in range(5)])
+        np.testing.assert_allclose(single, logits, rtol=1e-4, atol=1e-4)
+        frames = [np.random.default_rng(1).integers(0, 255, (48, 64, 3), dtype=np.uint8)]
+        assert runner.infer_frames(frames).shape == (1, 3)
+        with pytest.raises(UserInputError, match="takes input"):
+            runner.infer(np.zeros((1, 3, 7, 7), np.float32))
+        assert runner.describe()["backend"] == runner.backend
+
+
+def test_fixed_batch_model_is_chunked_and_padded(tmp_path):
+    from conftest import build_tiny_onnx
+
+    fixed = build_tiny_onnx(tmp_path / "b2.onnx", batch=2)
+    dynamic = build_tiny_onnx(tmp_path / "dyn.onnx")
+    x = np.random.default_rng(0).normal(size=(5, 3, 32, 32)).astype(np.float32)
+    with load(fixed) as f, load(dynamic) as d:
+        assert f.input_spec.fixed_batch == 2 and d.input_spec.fixed_batch is None
+        np.testing.assert_allclose(f.infer(x), d.infer(x), rtol=1e-5, atol=1e-5)
+
+
+def test_torch_and_onnx_agree_after_export(tmp_path):
+    pytest.importorskip("torch")
+    from edgecnn.export import ExportOptions, export_onnx
+
+    ckpt = _torch_checkpoint(tmp_path)
+    report = export_onnx(ckpt, tmp_path / "lenet.onnx", ExportOptions(dynamic_batch=True))
+    assert report.max_abs_diff < 1e-4
+    x = np.random.default_rng(3).normal(size=(4, 3, 32, 32)).astype(np.float32)
+    with load(ckpt) as t, load(tmp_path / "lenet.onnx") as o:
+        assert t.backend == "torch" and o.backend == "onnxrt"
+        np.testing.assert_allclose(t.infer(x), o.infer(x), atol=1e-4)
+        assert o.contract.provenance["source_sha256"]
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(UserInputError, match="not found"):
+        load(tmp_path / "missing.onnx")
+    (tmp_path / "model.xyz").write_bytes(b"x")
+    with pytest.raises(UserInputError, match="Don't know how to run"):
+        load(tmp_path / "model.xyz")
+    with pytest.raises(UserInputError, match="folder"):
+        load(tmp_path)
+    with pytest.raises(UserInputError, match="Unknown backend"):
+        backend_for(tmp_path / "m.onnx", "nope")
+
+
+def test_corrupt_onnx_and_checkpoint_are_artifact_errors(tmp_path):
+    from edgecnn.errors import ArtifactError
+
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08\x07garbage" * 10)
+    with pytest.raises(ArtifactError):
+        load(bad)
+    pytest.importorskip("torch")
+    import torch
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"fn": print}, evil)  # a pickle that references a callable: weights_only must refuse it
+    with pytest.raises(ArtifactError, match="weights-only"):
+        load(evil)
+    truncated = tmp_path / "trunc.pt"
+    truncated.write_bytes(_torch_checkpoint(tmp_path).read_bytes()[:500])
+    with pytest.raises(ArtifactError):
+        load(truncated)
