@@ -1,7 +1,8 @@
 """Turn what a user typed as MODEL into a file: an existing path, or a registered pretrained name.
 
 A pretrained name (e.g. `efficientnet-lite0`) is materialised once into the cache folder
-($EDGECNN_CACHE, default ~/.cache/edgecnn): an ONNX file for the default ONNX Runtime path, a checkpoint for the
+($EDGECNN_CACHE, default ~/.cache/edgecnn), keyed by the edgecnn version so an upgrade that changes the model's
+contract never reuses a stale file: an ONNX file for the default ONNX Runtime path, a checkpoint for the
 torch backend. Making it needs PyTorch (once); using the cached ONNX afterwards does not.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from edgecnn import __version__
 from edgecnn.errors import UserInputError
 from edgecnn.models.catalog import PRETRAINED
 
@@ -36,7 +38,7 @@ def resolve_model(model: str | os.PathLike, backend: str | None = None) -> Path:
 
 def pretrained_checkpoint(name: str) -> Path:
     """The pretrained model as an edgecnn checkpoint in the cache (made once, needs PyTorch)."""
-    target = cache_dir() / f"{name}.pt"
+    target = cache_dir() / f"{name}-{__version__}.pt"
     if not target.exists():
         from edgecnn.checkpoint import save_pretrained_checkpoint
 
@@ -46,7 +48,7 @@ def pretrained_checkpoint(name: str) -> Path:
 
 def pretrained_onnx(name: str) -> Path:
     """The pretrained model as ONNX (dynamic batch) in the cache (made once, needs PyTorch)."""
-    target = cache_dir() / f"{name}.onnx"
+    target = cache_dir() / f"{name}-{__version__}.onnx"
     if not target.exists():
         from edgecnn.export import ExportOptions, export_onnx
 
