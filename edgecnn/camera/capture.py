@@ -1,0 +1,236 @@
+"""Threaded capture: decoding runs beside inference, and the consumer always gets the newest frame.
+
+A camera keeps producing whether or not we keep up, so the capture thread holds a queue of one: a new frame replaces
+an unconsumed one (counted in `dropped`), and latency never grows with buffering. A video file is paced at its own
+frame rate by default so it behaves like a camera; with `pace=False` (or an image folder without --fps) the queue
+becomes a hand-off that drops nothing, so every frame is processed as fast as the consumer goes.
+
+Live sources that fail (camera unplugged, stream dropped) are reopened with exponential backoff, a bounded number of
+times; `on_event` hears about every loss and reconnect so the caller can say so.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from edgecnn.camera.sources import Reader, SourceSpec, open_reader
+from edgecnn.errors import EdgeCNNError, SourceError
+
+EventCallback = Callable[[str, str], None]  # (kind, message): kind in lost | reconnected | looped | gave_up
+
+
+@dataclass
+class Frame:
+    """One captured frame. `index` is its position in the source; `t_capture` is time.perf_counter() when it became
+    available (its arrival for a camera, its due time for a paced file); `t_source` is seconds into the source."""
+
+    image: np.ndarray
+    index: int
+    t_capture: float
+    t_source: float
+    wall_time: float
+
+
+@dataclass(frozen=True)
+class ReconnectPolicy:
+    """Backoff for live sources: wait initial, 2×initial, ... (capped at max_delay) for up to `attempts` tries."""
+
+    attempts: int = 5
+    initial: float = 0.5
+    max_delay: float = 8.0
+
+    def delay(self, attempt: int) -> float:
+        return min(self.max_delay, self.initial * (2 ** (attempt - 1)))
+
+
+class ThreadedCapture:
+    """Reads a source in a background thread. `get()` returns the newest frame, None on timeout; `ended` turns true
+    when a finite source is done. A live source lost for good makes `get()` raise SourceError."""
+
+    def __init__(
+        self,
+        spec: SourceSpec,
+        *,
+        pace: bool = True,
+        loop: bool = False,
+        reconnect: ReconnectPolicy = ReconnectPolicy(),
+        on_event: EventCallback | None = None,
+        opener: Callable[[SourceSpec], Reader] = open_reader,
+    ):
+        self.spec = spec
+        self.loop = loop
+        self.reconnect = reconnect
+        self.on_event = on_event or (lambda kind, message: None)
+        self._opener = opener
+        self._cond = threading.Condition()
+        self._slot: Frame | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._error: EdgeCNNError | None = None
+        self._done = False
+        self.reader: Reader | None = None
+        self.pace = pace
+        self.fps: float | None = None
+        self.lossless = False
+        self.frames_read = 0
+        self.dropped = 0
+        self.reconnects = 0
+        self.loops = 0
+
+    # -------------------------------------------------------------- lifecycle
+
+    def start(self) -> "ThreadedCapture":
+        """Open the source now (so a bad source fails here, in the caller's thread) and start reading."""
+        self.reader = self._opener(self.spec)
+        own_fps = self.reader.fps
+        if self.spec.live:
+            self.fps = own_fps or self.spec.fps
+            self.lossless = False
+        else:  # file/folder: pace at its own rate (or --fps); a folder has none, so it runs unpaced without --fps
+            self.fps = self.spec.fps or own_fps
+            self.pace = self.pace and bool(self.fps)
+            self.lossless = not self.pace
+        self._thread = threading.Thread(target=self._run, name=f"capture[{self.spec.display}]", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop the thread and release the device. Safe to call twice."""
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
+        if self.reader is not None and (self._thread is None or not self._thread.is_alive()):
+            self.reader.release()
+            self.reader = None
+
+    def __enter__(self) -> "ThreadedCapture":
+        return self.start() if self._thread is None else self
+
+    def __exit__(self, *exc) -> bool:
+        self.close()
+        return False
+
+    # -------------------------------------------------------------- consumer side
+
+    @property
+    def ended(self) -> bool:
+        """True once the source is finished and its last frame was taken."""
+        with self._cond:
+            return self._done and self._slot is None
+
+    def get(self, timeout: float | None = None) -> Frame | None:
+        """The newest frame (waiting up to `timeout` s), or None when none came in time or the source has ended."""
+        deadline = None if timeout is None else time.perf_counter() + timeout
+        with self._cond:
+            while self._slot is None:
+                if self._done:
+                    if self._error is not None:
+                        raise self._error
+                    return None
+                remaining = None if deadline is None else deadline - time.perf_counter()
+                if remaining is not None and remaining <= 0:
+                    return None
+                self._cond.wait(remaining)
+            frame, self._slot = self._slot, None
+            self._cond.notify_all()
+            return frame
+
+    # -------------------------------------------------------------- producer side
+
+    def _publish(self, frame: Frame) -> bool:
+        with self._cond:
+            if self.lossless:
+                while self._slot is not None and not self._stop.is_set():
+                    self._cond.wait(0.1)
+                if self._stop.is_set():
+                    return False
+            elif self._slot is not None:
+                self.dropped += 1
+            self._slot = frame
+            self._cond.notify_all()
+        return True
+
+    def _finish(self, error: EdgeCNNError | None = None) -> None:
+        with self._cond:
+            self._error = error
+            self._done = True
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        try:
+            self._read_loop()
+        except EdgeCNNError as exc:
+            self._finish(exc)
+        except Exception as exc:  # never die silently: surface it to the consumer
+            self._finish(SourceError(f"Capture from {self.spec.display} failed: {exc.__class__.__name__}: {exc}"))
+        else:
+            self._finish()
+        finally:
+            if self.reader is not None:
+                self.reader.release()
+                self.reader = None
+
+    def _read_loop(self) -> None:
+        index = 0  # position in the source (restarts with --loop)
+        t_start = time.perf_counter()
+        pace_start, pace_first = t_start, 0
+        interval = 1.0 / self.fps if self.fps else 0.0
+        while not self._stop.is_set():
+            image = self.reader.read() if self.reader is not None else None
+            if image is None:
+                if self.spec.live:
+                    if not self._reconnect():
+                        return
+                    continue
+                if self.loop and index > 0:
+                    self.reader.release()
+                    self.reader = self._opener(self.spec)
+                    self.loops += 1
+                    self.on_event("looped", f"{self.spec.display}: restarting from the first frame (loop {self.loops})")
+                    index, pace_start, pace_first = 0, time.perf_counter(), 0
+                    continue
+                return
+            self.frames_read += 1
+            if self.pace and interval:
+                due = pace_start + (index - pace_first) * interval
+                wait = due - time.perf_counter()
+                if wait > 0:
+                    if self._stop.wait(wait):
+                        return
+                elif wait < -1.0:  # fell far behind (slow decoder): re-anchor instead of bursting to catch up
+                    pace_start, pace_first = time.perf_counter(), index
+            now = time.perf_counter()
+            t_source = index * interval if not self.spec.live and interval else now - t_start
+            if not self._publish(Frame(image, index, now, t_source, time.time())):
+                return
+            index += 1
+
+    def _reconnect(self) -> bool:
+        """Reopen a lost live source with backoff; False (and an error for the consumer) after the last attempt."""
+        if self.reader is not None:
+            self.reader.release()
+            self.reader = None
+        policy = self.reconnect
+        self.on_event("lost", f"lost {self.spec.display}; reconnecting (up to {policy.attempts} attempts)")
+        last = ""
+        for attempt in range(1, policy.attempts + 1):
+            if self._stop.wait(policy.delay(attempt)):
+                return False
+            try:
+                self.reader = self._opener(self.spec)
+            except EdgeCNNError as exc:
+                last = str(exc)
+                self.on_event("retry", f"reconnect attempt {attempt}/{policy.attempts} failed: {last}")
+                continue
+            self.reconnects += 1
+            self.on_event("reconnected", f"reconnected to {self.spec.display} (attempt {attempt}/{policy.attempts})")
+            return True
+        self.on_event("gave_up", f"gave up on {self.spec.display} after {policy.attempts} reconnect attempts")
+        raise SourceError(f"Lost {self.spec.display} and could not reconnect after {policy.attempts} attempts ({last})")

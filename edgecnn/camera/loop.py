@@ -1,0 +1,266 @@
+"""The real-time classification loop: frame -> preprocess -> infer -> postprocess -> sinks, with per-stage timings.
+
+Library code: it prints nothing. Results go to sinks (window, recorder, JSON lines, ...) and the caller gets a
+`LiveSummary`. Any Runner works (ONNX Runtime, TensorRT engine, checkpoint); preprocessing always comes from the
+runner's contract through `edgecnn.preprocess.preprocess`, the same transform training and evaluation use.
+
+Stages, per frame:
+  capture_wait  time the loop waited for a frame (≈ 0 when capture keeps up; up to a frame interval when paced)
+  preprocess    resize/crop/normalise (the contract's transform)
+  inference     runner.infer()
+  postprocess   softmax, EMA smoothing, top-k, threshold
+  display       overlay + window + recording
+  frame_age     from the frame's arrival to its result (what a user perceives as lag)
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from edgecnn.camera.capture import Frame, ThreadedCapture
+from edgecnn.camera.stats import LatencyHistogram
+from edgecnn.errors import SourceError, UserInputError
+from edgecnn.preprocess import preprocess
+
+STAGES = ("capture_wait", "preprocess", "inference", "postprocess", "display", "frame_age")
+
+
+@dataclass(frozen=True)
+class LiveOptions:
+    """top_k: classes reported; threshold: below this top-1 probability the label is `unknown_label`;
+    smoothing: EMA factor a in [0, 1) over class probabilities (p = a·p_prev + (1-a)·p_now; 0 = off);
+    max_frames: stop after this many processed frames (None: until the source ends or stop is set)."""
+
+    top_k: int = 3
+    threshold: float = 0.0
+    smoothing: float = 0.0
+    max_frames: int | None = None
+    unknown_label: str = "unknown"
+
+    def __post_init__(self):
+        if self.top_k < 1:
+            raise UserInputError(f"--top-k must be at least 1, got {self.top_k}")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise UserInputError(f"--threshold is a probability in [0, 1], got {self.threshold}")
+        if not 0.0 <= self.smoothing < 1.0:
+            raise UserInputError(f"--smoothing is an EMA factor in [0, 1), got {self.smoothing}")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise UserInputError(f"--max-frames must be at least 1, got {self.max_frames}")
+
+
+@dataclass
+class FrameResult:
+    """What the loop concluded about one frame. Times in seconds; `to_dict()` gives milliseconds."""
+
+    index: int
+    timestamp: float  # wall clock (Unix time) when the frame arrived
+    top: list[tuple[str, float]]
+    label: str  # top-1 label, or the unknown label below the threshold
+    score: float
+    timings: dict[str, float]
+    frame_age: float
+    dropped: int
+    processed: int
+    fps: float
+    reconnects: int = 0
+
+    def to_dict(self, source: str | None = None) -> dict:
+        d = {
+            "type": "frame",
+            "timestamp": round(self.timestamp, 6),
+            "frame": self.index,
+            "processed": self.processed,
+            "label": self.label,
+            "score": round(self.score, 6),
+            "top": [{"label": name, "score": round(score, 6)} for name, score in self.top],
+            "latency_ms": {k: round(v * 1e3, 3) for k, v in self.timings.items()},
+            "frame_age_ms": round(self.frame_age * 1e3, 3),
+            "dropped": self.dropped,
+            "reconnects": self.reconnects,
+            "fps": round(self.fps, 2),
+        }
+        if source is not None:
+            d["source"] = source
+        return d
+
+
+class Sink(Protocol):
+    """Where results go. `needs_image` sinks get the annotated frame and count as the display stage.
+    `handle()` returns False to ask the loop to stop (a window's q/Esc)."""
+
+    needs_image: bool
+
+    def handle(self, result: FrameResult, image: np.ndarray | None) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class LiveSummary:
+    source: str
+    frames: int
+    dropped: int
+    frames_read: int
+    elapsed_s: float
+    fps: float
+    reconnects: int
+    loops: int
+    end_reason: str
+    stages: dict[str, dict] = field(default_factory=dict)
+    error: str | None = None  # why a live source ended for good (end_reason 'source_lost')
+
+    def to_dict(self) -> dict:
+        return {
+            "type": "summary",
+            "source": self.source,
+            "frames": self.frames,
+            "dropped": self.dropped,
+            "frames_read": self.frames_read,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "fps": round(self.fps, 2),
+            "reconnects": self.reconnects,
+            "loops": self.loops,
+            "end_reason": self.end_reason,
+            "stages_ms": self.stages,
+            "error": self.error,
+        }
+
+
+class Postprocessor:
+    """Logits -> probabilities (softmax unless the model already outputs them) -> EMA -> top-k + threshold."""
+
+    def __init__(self, labels: Sequence[str], options: LiveOptions):
+        self.labels = list(labels)
+        self.options = options
+        self.k = min(options.top_k, len(self.labels))
+        self.state: np.ndarray | None = None
+
+    def __call__(self, logits: np.ndarray) -> tuple[list[tuple[str, float]], str, float]:
+        row = np.asarray(logits, dtype=np.float32).reshape(-1)
+        if row.min() >= 0.0 and row.max() <= 1.0 and abs(float(row.sum()) - 1.0) < 1e-3:
+            probs = row
+        else:
+            e = np.exp(row - row.max())
+            probs = e / e.sum()
+        a = self.options.smoothing
+        if a > 0.0:
+            self.state = probs if self.state is None else a * self.state + (1.0 - a) * probs
+            probs = self.state
+        idx = np.argpartition(-probs, self.k - 1)[: self.k]
+        idx = idx[np.argsort(-probs[idx])]
+        top = [(self.labels[i], float(probs[i])) for i in idx]
+        label, score = top[0]
+        if score < self.options.threshold:
+            label = self.options.unknown_label
+        return top, label, score
+
+
+def run_live(
+    runner,
+    capture: ThreadedCapture,
+    options: LiveOptions = LiveOptions(),
+    sinks: Sequence[Sink] = (),
+    stop: threading.Event | None = None,
+    annotate=None,
+) -> LiveSummary:
+    """Classify frames from a started `capture` until it ends, `options.max_frames`, `stop` is set, or a sink asks
+    to quit. Sinks are closed (recording finalised) and the capture released on every way out, Ctrl-C included.
+
+    annotate(image, result) draws the overlay for image sinks; defaults to `edgecnn.camera.overlay.annotate`.
+    """
+    if annotate is None:
+        from edgecnn.camera.overlay import annotate
+    stop = stop or threading.Event()
+    cfg = runner.preprocess_config
+    post = Postprocessor(runner.labels, options)
+    image_sinks = [s for s in sinks if s.needs_image]
+    other_sinks = [s for s in sinks if not s.needs_image]
+    hist = {name: LatencyHistogram() for name in STAGES}
+    processed = 0
+    fps = 0.0
+    end_reason = "stopped"
+    source_error = None
+    clock = time.perf_counter
+    t_begin = clock()
+    t_prev = None
+    try:
+        while True:
+            if stop.is_set():
+                end_reason = "stopped"
+                break
+            if options.max_frames is not None and processed >= options.max_frames:
+                end_reason = "max_frames"
+                break
+            t0 = clock()
+            try:
+                frame: Frame | None = capture.get(timeout=0.1)
+                while frame is None and not stop.is_set() and not capture.ended:
+                    frame = capture.get(timeout=0.1)
+            except SourceError as exc:  # lost for good after the reconnect attempts: end with a summary
+                end_reason, source_error = "source_lost", str(exc)
+                break
+            if frame is None:
+                end_reason = "end_of_source" if capture.ended else "stopped"
+                break
+            t1 = clock()
+            batch = preprocess(frame.image, cfg)
+            t2 = clock()
+            logits = runner.infer(batch)
+            t3 = clock()
+            top, label, score = post(logits[0])
+            t4 = clock()
+            processed += 1
+            if t_prev is not None:  # EMA of the instantaneous rate: a steady number for the overlay
+                inst = 1.0 / max(t4 - t_prev, 1e-6)
+                fps = inst if fps == 0.0 else 0.9 * fps + 0.1 * inst
+            t_prev = t4
+            timings = {"capture_wait": t1 - t0, "preprocess": t2 - t1, "inference": t3 - t2, "postprocess": t4 - t3}
+            result = FrameResult(
+                index=frame.index, timestamp=frame.wall_time, top=top, label=label, score=score, timings=timings,
+                frame_age=t4 - frame.t_capture, dropped=capture.dropped, processed=processed, fps=fps,
+                reconnects=capture.reconnects,
+            )
+            keep_going = True
+            if image_sinks:
+                image = annotate(frame.image, result)
+                for sink in image_sinks:
+                    keep_going = sink.handle(result, image) is not False and keep_going
+            t5 = clock()
+            timings["display"] = t5 - t4
+            for name, value in timings.items():
+                hist[name].add(value)
+            hist["frame_age"].add(result.frame_age)
+            for sink in other_sinks:
+                keep_going = sink.handle(result, None) is not False and keep_going
+            if not keep_going:
+                end_reason = "quit"
+                break
+    finally:
+        elapsed = clock() - t_begin
+        capture.close()
+        errors = []
+        for sink in sinks:
+            try:
+                sink.close()
+            except Exception as exc:  # close every sink even if one fails; report the first failure
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+    return LiveSummary(
+        source=capture.spec.display,
+        frames=processed,
+        dropped=capture.dropped,
+        frames_read=capture.frames_read,
+        elapsed_s=elapsed,
+        fps=processed / elapsed if elapsed > 0 else 0.0,
+        reconnects=capture.reconnects,
+        loops=capture.loops,
+        end_reason=end_reason,
+        stages={name: h.summary_ms() for name, h in hist.items()},
+        error=source_error,
+    )

@@ -1,0 +1,132 @@
+"""`edgecnn live`: real-time classification from a camera, stream, video file or image folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from edgecnn.cli.common import cli_command, console, warn
+
+SOURCE_HELP = (
+    "Camera index (0), /dev/videoN, csi://N[?capture=WxH&flip=M], gst:<pipeline>, rtsp://..., http(s)://... "
+    "(MJPEG), a video file or an image folder."
+)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("live", help="Classify frames from a camera or stream in real time (overlay window, JSON, recording).")(live)
+
+
+@cli_command
+def live(
+    model: str = typer.Argument("efficientnet-lite0", help="Model file (.onnx, .engine, .pt) or pretrained name."),
+    source: str = typer.Option("0", "--source", "-s", help=SOURCE_HELP),
+    width: Optional[int] = typer.Option(None, "--width", help="Capture width (cameras; output width for csi://)."),
+    height: Optional[int] = typer.Option(None, "--height", help="Capture height (cameras; output height for csi://)."),
+    fps: Optional[float] = typer.Option(None, "--fps", help="Capture rate; for an image folder, the pace."),
+    headless: bool = typer.Option(False, "--headless", help="No window (servers, SSH, services)."),
+    json_out: bool = typer.Option(False, "--json", help="One JSON line per frame on stdout, then a summary line."),
+    every: int = typer.Option(1, "--every", min=1, help="With --json, write every N-th frame only."),
+    record: Optional[Path] = typer.Option(None, "--record", help="Write the annotated video here (.mp4/.avi/.mkv)."),
+    top_k: int = typer.Option(3, "--top-k", min=1, help="Classes shown per frame."),
+    threshold: float = typer.Option(0.0, "--threshold", min=0.0, max=1.0, help="Below this top-1 probability show 'unknown'."),
+    smoothing: float = typer.Option(0.0, "--smoothing", min=0.0, max=0.99, help="EMA factor over probabilities (0 = off, 0.8 = steady)."),
+    max_frames: Optional[int] = typer.Option(None, "--max-frames", min=1, help="Stop after N processed frames."),
+    loop: bool = typer.Option(False, "--loop", help="Restart a video file or folder at its end."),
+    no_pace: bool = typer.Option(False, "--no-pace", help="Process every frame of a file as fast as possible (no drops)."),
+    reconnect_attempts: int = typer.Option(5, "--reconnect-attempts", min=0, help="Reopen a lost camera/stream this many times."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="Runner backend (default: from the model file)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for ONNX Runtime."),
+):
+    """Run the live loop until the source ends, --max-frames, q/Esc, or Ctrl-C / SIGTERM (which still finalise the
+    recording and print the summary)."""
+    import json
+    import signal
+    import sys
+    import threading
+
+    from edgecnn.camera.capture import ReconnectPolicy, ThreadedCapture
+    from edgecnn.camera.loop import LiveOptions, run_live
+    from edgecnn.camera.sinks import JsonLinesSink, VideoRecorder, WindowSink
+    from edgecnn.camera.sources import parse_source
+    from edgecnn.errors import SourceError
+    from rich.markup import escape
+
+    from edgecnn.runtime.base import load
+
+    spec = parse_source(source, width=width, height=height, fps=fps)
+    options = LiveOptions(top_k=top_k, threshold=threshold, smoothing=smoothing, max_frames=max_frames)
+    sinks = []
+    if not headless:
+        sinks.append(WindowSink(f"edgecnn live: {spec.display}"))  # fails fast (no display) before loading anything
+    recorder = None
+    if record is not None:
+        inputs = [spec.target] if spec.kind == "file" else []
+        recorder = VideoRecorder(record, fps=fps or 30.0, inputs=inputs + [model])
+        sinks.append(recorder)
+    if json_out:
+        sinks.append(JsonLinesSink(sys.stdout, every=every, source=spec.display))
+
+    def on_event(kind: str, message: str) -> None:
+        if kind in ("lost", "retry", "gave_up"):
+            warn(message)
+        else:
+            console.print(escape(message), style="cyan")
+
+    load_options = {"threads": threads} if threads else {}
+    runner = load(model, backend=backend, **load_options)
+    stop = threading.Event()
+    previous = {}
+
+    def on_signal(signum, _frame):
+        if stop.is_set() and signum == signal.SIGINT:  # second Ctrl-C: stop waiting
+            raise KeyboardInterrupt
+        stop.set()
+
+    try:
+        capture = ThreadedCapture(
+            spec, pace=not no_pace, loop=loop, reconnect=ReconnectPolicy(attempts=reconnect_attempts), on_event=on_event
+        ).start()
+        if recorder is not None:
+            recorder.fps = fps or capture.fps or 30.0
+        pace_note = "paced" if capture.pace and not spec.live else "live" if spec.live else "unpaced"
+        console.print(
+            f"[bold]live[/] {escape(runner.path.name)} ({runner.backend}, {runner.contract.precision}) on "
+            + escape(f"{spec.display} [{pace_note}{f', {capture.fps:g} fps' if capture.fps else ''}]")
+            + ("" if headless else "  (q/Esc quits)")
+        )
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, on_signal)
+        summary = run_live(runner, capture, options, sinks, stop=stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        runner.close()
+
+    if json_out:
+        sys.stdout.write(json.dumps(summary.to_dict()) + "\n")
+        sys.stdout.flush()
+    _print_summary(summary, record if recorder is not None and recorder.frames else None)
+    if summary.end_reason == "source_lost":
+        raise SourceError(summary.error or f"Lost {spec.display}")
+
+
+def _print_summary(summary, recorded: Path | None) -> None:
+    from rich.table import Table
+
+    table = Table(title=None, show_edge=False, header_style="bold")
+    for col in ("stage", "p50 ms", "p99 ms", "mean ms", "max ms"):
+        table.add_column(col, justify="right" if col != "stage" else "left")
+    for name, s in summary.stages.items():
+        if s["count"]:
+            table.add_row(name, *(f"{s[k]:.2f}" for k in ("p50", "p99", "mean", "max")))
+    console.print(
+        f"[bold]{summary.frames}[/] frames in {summary.elapsed_s:.1f} s = [bold]{summary.fps:.1f} FPS[/]; "
+        f"{summary.dropped} dropped, {summary.reconnects} reconnects; ended: {summary.end_reason.replace('_', ' ')}"
+    )
+    console.print(table)
+    if recorded is not None:
+        console.print(f"recording: {recorded}", markup=False)
+
