@@ -38,7 +38,7 @@ READ_TIMEOUT_MS = 5000
 
 _USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s?#]+@")
 _SECRET_QUERY = re.compile(r"(?i)(?P<key>[?&;](?:pass|password|passwd|pwd|token|access_token|key|apikey|api_key|auth|secret|sig|signature)=)[^&#\s]*")
-_SECRET_PROP = re.compile(r"(?i)(?P<key>\b(?:user-pw|user-id|proxy-pw|proxy-id|password)\s*=\s*)(\"[^\"]*\"|'[^']*'|\S+)")
+_SECRET_PROP = re.compile(r"(?i)(?P<key>(?<![?&;\w-])(?:user-pw|user-id|proxy-pw|proxy-id|password)\s*=\s*)(\"[^\"]*\"|'[^']*'|\S+)")
 
 
 def redact(text: str) -> str:

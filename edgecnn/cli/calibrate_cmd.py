@@ -1,0 +1,84 @@
+"""`edgecnn calibrate capture`: record INT8 calibration frames from the deployment camera or stream."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from edgecnn.cli.common import cli_command, console, print_json, progress_bar, warn
+
+calibrate_app = typer.Typer(
+    name="calibrate",
+    help="Calibration data for INT8 quantization (capture frames from the deployment camera).",
+    no_args_is_help=True,
+)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(calibrate_app, name="calibrate")
+
+
+@calibrate_app.command("capture")
+@cli_command
+def capture(
+    source: str = typer.Option(..., "--source", "-s", help="Same sources as `edgecnn live`: 0, /dev/videoN, csi://N, gst:..., rtsp://, http(s)://, a video or a folder."),
+    out: Path = typer.Option(..., "--out", "-o", help="New folder for the JPEG frames, e.g. calibration/NAME."),
+    count: int = typer.Option(200, "--count", "-n", min=1, help="Frames to save."),
+    every_ms: float = typer.Option(500.0, "--every-ms", min=0.0, help="At least this many ms between saved frames (source time)."),
+    width: Optional[int] = typer.Option(None, "--width", help="Capture width (cameras)."),
+    height: Optional[int] = typer.Option(None, "--height", help="Capture height (cameras)."),
+    fps: Optional[float] = typer.Option(None, "--fps", help="Capture rate (cameras)."),
+    force: bool = typer.Option(False, "--force", help="Add frames to a folder that already holds files (nothing is overwritten)."),
+    quality: int = typer.Option(95, "--quality", min=50, max=100, help="JPEG quality."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+):
+    """Save --count frames, --every-ms apart, as calibration/NAME/frame_NNNNN.jpg (each file written atomically).
+    A video file is read frame by frame on its own timeline (fast); a camera or stream in real time. Ctrl-C keeps
+    the frames saved so far."""
+    import signal
+    import threading
+
+    from edgecnn.camera.capture import ThreadedCapture
+    from edgecnn.camera.record import capture_frames, prepare_output
+    from edgecnn.camera.sources import parse_source
+    from edgecnn.errors import UserInputError
+
+    spec = parse_source(source, width=width, height=height, fps=fps)
+    if spec.kind in ("file", "folder") and Path(spec.target).resolve() == out.resolve():
+        raise UserInputError("--out must differ from --source: frames are never written into the input folder")
+    first = prepare_output(out, force=force)
+
+    def on_event(kind: str, message: str) -> None:
+        warn(message) if kind in ("lost", "retry", "gave_up") else console.print(message, style="cyan", markup=False)
+
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        cap = ThreadedCapture(spec, pace=False, on_event=on_event).start()
+        with progress_bar(f"capturing {count} frames", total=count, disable=json_out) as update:
+            report = capture_frames(cap, out, count, every_ms=every_ms, start_number=first, jpeg_quality=quality,
+                                    progress=lambda done, total: update(done, total), stop=stop)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+    if json_out:
+        print_json(report.to_dict())
+    else:
+        d = report.to_dict()
+        size = f"{d['size'][0]}x{d['size'][1]}" if d["size"] else "-"
+        console.print(
+            f"saved {d['saved']}/{count} frames ({size}) from {d['source']} to {out} in {d['elapsed_s']:.1f} s; "
+            f"brightness min/mean/max {d['brightness'].get('min', '-')}/{d['brightness'].get('mean', '-')}/"
+            f"{d['brightness'].get('max', '-')}",
+            markup=False,
+        )
+    if not report.saved:
+        from edgecnn.errors import SourceError
+
+        raise SourceError(f"No frames captured from {report.source} ({report.end_reason})")
+    if report.ended_early:
+        warn(f"only {len(report.saved)} of {count} frames ({report.end_reason})")
+    if len(report.saved) < 100:
+        warn("fewer than 100 calibration images: INT8 ranges may be unreliable (aim for 200-500 varied frames)")

@@ -1,0 +1,131 @@
+"""Threaded capture: newest-frame queue with counted drops, lossless unpaced files, pacing, --loop, reconnects."""
+
+from __future__ import annotations
+
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from edgecnn.camera.capture import ReconnectPolicy, ThreadedCapture
+from edgecnn.camera.sources import parse_source
+from edgecnn.errors import SourceError
+from test_camera_server import MjpegServer
+from test_camera_sources import write_video
+
+
+def drain(cap: ThreadedCapture, delay: float = 0.0, limit: int = 10_000):
+    frames = []
+    while len(frames) < limit:
+        f = cap.get(timeout=0.2)
+        if f is None:
+            if cap.ended:
+                break
+            continue
+        frames.append(f)
+        if delay:
+            time.sleep(delay)
+    return frames
+
+
+def test_unpaced_file_delivers_every_frame_in_order_even_to_a_slow_consumer(tmp_path):
+    video = write_video(tmp_path / "clip.mp4", frames=12)
+    with ThreadedCapture(parse_source(str(video)), pace=False) as cap:
+        frames = drain(cap, delay=0.01)
+        assert cap.lossless and not cap.pace
+    assert [f.index for f in frames] == list(range(12))
+    assert cap.dropped == 0 and cap.frames_read == 12
+    assert frames[3].t_source == pytest.approx(3 / 30)
+    assert frames[0].image.shape == (48, 64, 3)
+
+
+def test_paced_file_behaves_like_a_camera(tmp_path):
+    video = write_video(tmp_path / "clip.mp4", frames=15, fps=30)
+    t0 = time.perf_counter()
+    with ThreadedCapture(parse_source(str(video))) as cap:
+        frames = drain(cap)
+    elapsed = time.perf_counter() - t0
+    assert cap.pace and cap.fps == pytest.approx(30)
+    assert elapsed >= 14 / 30 * 0.95  # released at its own frame rate, not as fast as it decodes
+    assert len(frames) + cap.dropped == 15
+
+
+def test_slow_consumer_gets_the_newest_frame_and_drops_are_counted(tmp_path):
+    video = write_video(tmp_path / "clip.mp4", frames=30, fps=60)
+    with ThreadedCapture(parse_source(str(video))) as cap:
+        frames = drain(cap, delay=0.05)  # ~20 fps consumer on a 60 fps source
+    indexes = [f.index for f in frames]
+    assert indexes == sorted(indexes) and len(set(indexes)) == len(indexes)
+    assert cap.dropped > 0 and len(frames) + cap.dropped == 30
+    assert len(frames) < 30 and indexes[-1] >= 27  # nothing stale: it caught up with the end of the source
+
+
+def test_loop_restarts_a_file(tmp_path):
+    video = write_video(tmp_path / "clip.mp4", frames=5)
+    events = []
+    with ThreadedCapture(parse_source(str(video)), pace=False, loop=True, on_event=lambda k, m: events.append(k)) as cap:
+        frames = drain(cap, limit=12)
+    assert [f.index for f in frames] == [0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 0, 1]
+    assert cap.loops >= 2 and events.count("looped") == cap.loops
+
+
+def test_image_folder_skips_unreadable_files_and_runs_unpaced(tmp_path):
+    for i in range(4):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), np.full((20, 30, 3), i * 40, np.uint8))
+    (tmp_path / "2b.jpg").write_bytes(b"corrupt")
+    with ThreadedCapture(parse_source(str(tmp_path))) as cap:
+        frames = drain(cap)
+        assert not cap.pace  # a folder has no frame rate of its own
+    assert [int(f.image[0, 0, 0]) for f in frames] == [0, 40, 80, 120]
+    assert cap.reader is None  # released
+
+
+def test_stream_reconnects_after_the_camera_comes_back():
+    events = []
+    with MjpegServer(fps=100) as server:
+        cap = ThreadedCapture(
+            parse_source(server.url()), reconnect=ReconnectPolicy(attempts=20, initial=0.1, max_delay=0.2),
+            on_event=lambda kind, msg: events.append(kind),
+        ).start()
+        try:
+            before = drain(cap, limit=5)
+            server.stop()
+            time.sleep(0.5)
+            server.start()
+            after = drain(cap, limit=5)
+        finally:
+            cap.close()
+    assert len(before) == 5 and len(after) == 5
+    assert "lost" in events and "reconnected" in events and cap.reconnects >= 1
+    assert after[-1].index > before[-1].index  # frame numbering continues across the reconnect
+    assert server.connections >= 2
+
+
+def test_lost_stream_gives_up_after_bounded_attempts():
+    events = []
+    server = MjpegServer(fps=100).start()
+    cap = ThreadedCapture(
+        parse_source(server.url()), reconnect=ReconnectPolicy(attempts=3, initial=0.05, max_delay=0.1),
+        on_event=lambda kind, msg: events.append((kind, msg)),
+    ).start()
+    try:
+        assert drain(cap, limit=2)
+        server.stop()
+        with pytest.raises(SourceError, match="could not reconnect after 3 attempts"):
+            t0 = time.perf_counter()
+            while time.perf_counter() - t0 < 20:
+                cap.get(timeout=0.2)
+    finally:
+        cap.close()
+    kinds = [k for k, _ in events]
+    assert kinds.count("retry") == 3 and kinds[-1] == "gave_up"
+
+
+def test_close_stops_the_thread_and_releases_the_source(tmp_path):
+    video = write_video(tmp_path / "clip.mp4", frames=200)
+    cap = ThreadedCapture(parse_source(str(video))).start()
+    assert cap.get(timeout=2) is not None
+    cap.close()
+    assert not cap._thread.is_alive() and cap.reader is None
+    cap.close()  # twice is fine
