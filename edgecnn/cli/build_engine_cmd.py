@@ -1,0 +1,102 @@
+"""`edgecnn build-engine`: ONNX -> TensorRT engine + sidecar manifest, or the equivalent trtexec command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from edgecnn.cli.common import cli_command, console, print_json, progress_bar, warn
+
+
+def build_engine(
+    model: Path = typer.Argument(..., help="The ONNX model (from `edgecnn export` or `edgecnn quantize --target tensorrt`)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Engine file to write (.engine or .plan); the manifest goes to OUT.json."),
+    precision: str = typer.Option("fp32", "--precision", "-p", help="fp32, fp16, int8 (Q/DQ ONNX or --calib-cache) or best."),
+    device: Optional[str] = typer.Option(
+        None, "--device", help="Target preset: nano, xavier-nx, agx-xavier, orin-nano, orin-nx, agx-orin, thor, desktop "
+        "(default: the Jetson this runs on, else desktop)."
+    ),
+    dla: Optional[int] = typer.Option(None, "--dla", help="Run on DLA core N (Xavier / Orin NX / AGX Orin; fp16 or int8)."),
+    gpu_fallback: bool = typer.Option(False, "--gpu-fallback", help="With --dla: let layers the DLA cannot run use the GPU."),
+    workspace: Optional[str] = typer.Option(None, "--workspace", help="Builder workspace limit, e.g. 512M or 2G (default: the preset's)."),
+    batch: Optional[str] = typer.Option(None, "--batch", help="N (fixed) or MIN:OPT:MAX for a dynamic-batch ONNX."),
+    timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="Timing cache file: read if present, saved back after the build."),
+    calib_cache: Optional[Path] = typer.Option(None, "--calib-cache", help="INT8 calibration cache (implicit INT8; TensorRT <= 10 only)."),
+    version_compatible: bool = typer.Option(False, "--version-compatible", help="Engine that also runs on later TensorRT releases (8.6+)."),
+    hardware_compat: Optional[str] = typer.Option(None, "--hardware-compat", help="ampere+ or same-cc: engine that runs on other GPUs (desktop only)."),
+    print_trtexec: bool = typer.Option(False, "--print-trtexec", help="Print the equivalent trtexec command and exit (no TensorRT needed)."),
+    trt_version: Optional[str] = typer.Option(
+        None, "--trt-version", help="With --print-trtexec: plan for this TensorRT version (default: installed, else the device's JetPack one)."
+    ),
+    json_out: bool = typer.Option(False, "--json", help="Print the report (or the plan + trtexec command) as JSON only."),
+):
+    """Build a TensorRT engine on this machine's GPU, with a manifest that lets the runner refuse a mismatched engine."""
+    from edgecnn.errors import UserInputError
+    from edgecnn.trt.plan import BuildOptions, parse_batch, parse_size
+
+    options = BuildOptions(
+        precision=precision.lower(),
+        device=device.lower() if device else None,
+        dla_core=dla,
+        gpu_fallback=gpu_fallback,
+        workspace=parse_size(workspace),
+        batch=parse_batch(batch),
+        timing_cache=str(timing_cache) if timing_cache else None,
+        calib_cache=str(calib_cache) if calib_cache else None,
+        version_compatible=version_compatible,
+        hardware_compat=hardware_compat,
+    )
+    if print_trtexec:
+        _print_trtexec(model, out, options, trt_version, json_out)
+        return
+
+    from edgecnn.trt.builder import build_engine as build
+    from edgecnn.trt.env import runtime_facts
+
+    if not model.is_file():
+        raise UserInputError(f"{model} does not exist")
+    here = runtime_facts()  # TensorRT, cuda-python and a GPU, or one line saying what is missing (exit 3)
+    with progress_bar("building the TensorRT engine", total=None, disable=json_out) as update:
+
+        def progress(phase: str, done: int, total: int | None) -> None:
+            update(done, total=total, description=phase)
+
+        report = build(model, out, options, progress=progress, here=here)
+    if json_out:
+        print_json(report.to_dict())
+        return
+    for note in report.warnings:
+        warn(note)
+    built = report.built_with
+    plan = report.plan
+    lo, opt, hi = plan.batch_range
+    console.print(
+        f"[green]✓[/] wrote {report.engine} ({report.engine.stat().st_size / 1e6:.1f} MB) and {report.manifest.name} "
+        f"in {report.seconds:.1f} s\n"
+        f"  TensorRT {built['tensorrt']} on {built['gpu']} (sm_{built['compute_capability']}), "
+        f"{plan.engine_precision}{f', DLA core {plan.dla_core}' if plan.dla_core is not None else ''}, "
+        f"batch {lo}..{hi} (opt {opt})"
+    )
+
+
+def _print_trtexec(model: Path, out: Path, options, trt_version: Optional[str], json_out: bool) -> None:
+    from edgecnn.trt.builder import resolve_device
+    from edgecnn.trt.env import jetson_info, tensorrt_version
+    from edgecnn.trt.plan import DESKTOP_DEFAULT_TRT, inspect_onnx, make_plan
+    from edgecnn.trt.trtexec import trtexec_argv, trtexec_script
+
+    dev = resolve_device(options.device, jetson_info())
+    version = trt_version or tensorrt_version() or dev.default_tensorrt or DESKTOP_DEFAULT_TRT
+    plan = make_plan(options, inspect_onnx(model), version, dev)
+    if json_out:
+        print_json({"plan": plan.to_dict(), "trtexec": trtexec_argv(plan, model, out), "script": trtexec_script(plan, model, out)})
+        return
+    for note in plan.notes:
+        warn(note)
+    typer.echo(trtexec_script(plan, model, out))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("build-engine")(cli_command(build_engine))

@@ -1,0 +1,228 @@
+"""TensorRT backend: `.engine` / `.plan` files built by `edgecnn build-engine`, run with tensorrt + cuda-python only.
+
+Loading order matters: the sidecar manifest is read and the engine's size + sha256 checked BEFORE tensorrt is
+imported, so a truncated or tampered engine is refused even on a machine without TensorRT; then the build facts are
+compared with this machine's TensorRT version and GPU (respecting version-/hardware-compatible builds), and only
+then is the engine deserialized. Inference: pinned host buffers, device buffers sized for the profile's largest batch,
+one CUDA stream, the tensor-address API (`set_input_shape` / `set_tensor_address` / `execute_async_v3`, TensorRT 8.5+).
+Never imports PyTorch; `tensorrt` is imported inside functions only.
+
+Extra hooks for `edgecnn profile`: `last_timings` (H2D / compute / D2H ms of the latest call, from CUDA events) and
+`layer_profile(batch, iterations)` (per-layer time through trt.IProfiler).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from edgecnn.errors import ArtifactError, EdgeCNNError, UserInputError
+from edgecnn.runtime.base import Backend, InputSpec, Runner
+
+
+class TensorRTRunner(Runner):
+    backend = "tensorrt"
+
+    def __init__(self, path: Path, device: int = 0):
+        from edgecnn.trt.manifest import check_compatibility, contract_of, read_manifest, rebuild_hint, verify_engine_file
+
+        self._closed = True
+        path = Path(path)
+        manifest = read_manifest(path)
+        verify_engine_file(path, manifest)  # size + sha256, before any TensorRT import
+        contract = contract_of(manifest)
+
+        from edgecnn.trt import cudart
+        from edgecnn.trt.builder import make_logger
+        from edgecnn.trt.env import require_tensorrt, runtime_facts
+        from edgecnn.trt.plan import TrtVersion, check_supported
+
+        here = runtime_facts(device)
+        self.warnings = check_compatibility(manifest, here, path)
+        check_supported(TrtVersion.parse(here["tensorrt"]))
+        trt = require_tensorrt()
+        self._trt, self._rt = trt, cudart.load()
+        cudart.call(self._rt.cudaSetDevice(device), "cudaSetDevice")
+        self._logger = make_logger(trt)
+        self._runtime = trt.Runtime(self._logger)
+        if (manifest.get("compatibility") or {}).get("version_compatible"):
+            self._runtime.engine_host_code_allowed = True  # 8.6+: version-compatible plans carry their lean runtime
+        if manifest.get("dla_core") is not None:
+            self._runtime.DLA_core = int(manifest["dla_core"])
+        self.engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
+        if self.engine is None:
+            raise ArtifactError(f"TensorRT could not deserialize {path.name} ({self._logger.last()}); {rebuild_hint(manifest, path)}")
+        self.context = self.engine.create_execution_context()
+
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]  # 8.5+
+        inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self._outputs = [n for n in names if n not in inputs]
+        if len(inputs) != 1 or not self._outputs:
+            raise ArtifactError(f"{path.name} has {len(inputs)} inputs / {len(self._outputs)} outputs; edgecnn runs single-input classifiers")
+        self.input_name = inputs[0]
+        shape = tuple(int(d) for d in self.engine.get_tensor_shape(self.input_name))
+        self.dynamic = shape[0] < 0
+        if self.dynamic:
+            lo, _, hi = self.engine.get_tensor_profile_shape(self.input_name, 0)  # (min, opt, max), 8.5+
+            min_b, max_b = int(lo[0]), int(hi[0])
+        else:
+            min_b = max_b = shape[0]
+        spec = InputSpec(
+            name=self.input_name,
+            shape=(None if self.dynamic else shape[0],) + shape[1:],
+            dtype=np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.input_name))).name,
+            min_batch=min_b,
+            max_batch=max_b,
+        )
+        super().__init__(path, contract, spec)
+        self.manifest = manifest
+        self.last_timings: dict[str, float] = {}
+
+        # Buffers for the largest batch; addresses never change, so they are bound once.
+        max_shape = (max_b,) + shape[1:]
+        if self.dynamic:
+            self.context.set_input_shape(self.input_name, max_shape)  # 8.5+
+        self._buffers = {}
+        self._stream = None
+        self._closed = False
+        self._buffers[self.input_name] = cudart.Buffer(max_shape, spec.dtype)
+        for name in self._outputs:
+            out_shape = tuple(int(d) for d in self.context.get_tensor_shape(name))
+            dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
+            self._buffers[name] = cudart.Buffer(out_shape, dtype)
+        self._stream = cudart.call(self._rt.cudaStreamCreate(), "cudaStreamCreate")
+        self._events = [cudart.call(self._rt.cudaEventCreate(), "cudaEventCreate") for _ in range(4)]
+        self._bind(self.context)
+
+    # ------------------------------------------------------------ inference
+
+    def _bind(self, context) -> None:
+        for name, buf in self._buffers.items():
+            context.set_tensor_address(name, int(buf.device))  # 8.5+
+
+    def _run(self, context, batch: np.ndarray, timed: bool = True) -> np.ndarray:
+        from edgecnn.trt.cudart import call
+
+        rt, stream = self._rt, self._stream
+        inp = self._buffers[self.input_name]
+        if self.dynamic:
+            context.set_input_shape(self.input_name, tuple(batch.shape))
+        flat = np.ascontiguousarray(batch, dtype=inp.dtype).ravel()
+        inp.host[: flat.size] = flat
+        h2d, d2h = rt.cudaMemcpyKind.cudaMemcpyHostToDevice, rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        ev = self._events
+        call(rt.cudaEventRecord(ev[0], stream))
+        call(rt.cudaMemcpyAsync(inp.device, inp.host.ctypes.data, flat.nbytes, h2d, stream), "cudaMemcpyAsync")
+        call(rt.cudaEventRecord(ev[1], stream))
+        if not context.execute_async_v3(stream):  # 8.5+
+            raise EdgeCNNError(f"TensorRT inference failed: {self._logger.last()}")
+        call(rt.cudaEventRecord(ev[2], stream))
+        out_name = self._outputs[0]
+        out = self._buffers[out_name]
+        out_shape = tuple(int(d) for d in context.get_tensor_shape(out_name))
+        count = int(np.prod(out_shape))
+        call(rt.cudaMemcpyAsync(out.host.ctypes.data, out.device, count * out.dtype.itemsize, d2h, stream), "cudaMemcpyAsync")
+        call(rt.cudaEventRecord(ev[3], stream))
+        call(rt.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
+        if timed:
+            self.last_timings = {
+                key: float(call(rt.cudaEventElapsedTime(ev[i], ev[i + 1])))
+                for i, key in enumerate(("h2d_ms", "compute_ms", "d2h_ms"))
+            }
+        return out.host[:count].reshape(out_shape).astype(np.float32)
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        if self._closed:
+            raise UserInputError(f"{self.path.name}: the runner is closed")
+        return self._run(self.context, batch)
+
+    def layer_profile(self, batch: int = 1, iterations: int = 20, warmup: int = 3) -> list[dict]:
+        """Mean time per TensorRT layer (ms per run) through trt.IProfiler, slowest first.
+
+        A separate execution context carries the profiler, so the runner's own context stays unprofiled (a profiler
+        synchronises after every layer).
+        """
+        trt = self._trt
+        self.input_spec.check_batch(batch)
+        if self.input_spec.max_batch is not None and batch > self.input_spec.max_batch:
+            raise UserInputError(f"batch {batch} exceeds the engine's maximum {self.input_spec.max_batch}")
+
+        class _Profiler(trt.IProfiler):
+            def __init__(self):
+                trt.IProfiler.__init__(self)
+                self.active = False
+                self.total: dict[str, float] = defaultdict(float)
+
+            def report_layer_time(self, layer_name, ms):
+                if self.active:
+                    self.total[layer_name] += float(ms)
+
+        x = np.zeros((batch,) + tuple(self.input_spec.shape[1:]), np.float32)
+        context = self.engine.create_execution_context()
+        profiler = _Profiler()
+        context.profiler = profiler
+        self._bind(context)
+        try:
+            for i in range(warmup + iterations):
+                profiler.active = i >= warmup
+                self._run(context, x, timed=False)
+        finally:
+            self._bind(self.context)
+            del context
+        grand = sum(profiler.total.values()) or 1.0
+        rows = [
+            {"name": name, "op": "tensorrt", "mean_ms": t / iterations, "share": t / grand}
+            for name, t in profiler.total.items()
+        ]
+        return sorted(rows, key=lambda r: r["mean_ms"], reverse=True)
+
+    # ------------------------------------------------------------ lifecycle
+
+    def describe(self) -> dict:
+        built = self.manifest["built_with"]
+        return {
+            **super().describe(),
+            "tensorrt": built.get("tensorrt"),
+            "gpu": built.get("gpu"),
+            "dla_core": self.manifest.get("dla_core"),
+            "batch_range": [self.input_spec.min_batch, self.input_spec.max_batch],
+        }
+
+    def close(self) -> None:
+        if getattr(self, "_closed", True):
+            return
+        self._closed = True
+        for buf in self._buffers.values():
+            buf.free()
+        self._buffers = {}
+        for ev in getattr(self, "_events", []):
+            self._rt.cudaEventDestroy(ev)
+        if self._stream is not None:
+            self._rt.cudaStreamDestroy(self._stream)
+            self._stream = None
+        self.context = None
+        self.engine = None
+
+
+def _open(path: Path, **options) -> Runner:
+    return TensorRTRunner(path, **options)
+
+
+def _available() -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("tensorrt") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+BACKEND = Backend(
+    name="tensorrt",
+    suffixes=(".engine", ".plan"),
+    open=_open,
+    description="TensorRT engines from `edgecnn build-engine` (NVIDIA GPU / Jetson; needs tensorrt + cuda-python)",
+    available=_available,
+)
