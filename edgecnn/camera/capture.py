@@ -90,6 +90,7 @@ class ThreadedCapture:
         own_fps = self.reader.fps
         if self.spec.live:
             self.fps = own_fps or self.spec.fps
+            self.pace = False  # a camera paces itself; an MJPEG stream's nominal rate (FFmpeg says 25) is no clock
             self.lossless = False
         else:  # file/folder: pace at its own rate (or --fps); a folder has none, so it runs unpaced without --fps
             self.fps = self.spec.fps or own_fps

@@ -303,7 +303,10 @@ def _camera_device(target) -> str | None:
 
 
 def _quiet_opencv() -> None:
-    """OpenCV's own warnings print raw URLs (credentials included) to stderr: keep errors only."""
+    """OpenCV's and FFmpeg's own messages can print raw URLs (credentials included) to stderr and repeat what our
+    reconnect events already say: keep OpenCV at errors only and FFmpeg quiet (set OPENCV_FFMPEG_LOGLEVEL to
+    override; it is read when FFmpeg is first used)."""
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
     try:
         from cv2.utils import logging as cv_logging  # OpenCV >= 4.5
 

@@ -1,0 +1,93 @@
+"""`edgecnn calibrate capture`: N frames, T ms apart, as JPEG files in a new folder, from a video or an HTTP camera."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import pytest
+from typer.testing import CliRunner
+
+from edgecnn.camera.capture import ThreadedCapture
+from edgecnn.camera.record import capture_frames, prepare_output
+from edgecnn.camera.sources import parse_source
+from edgecnn.cli.main import app
+from edgecnn.data import iter_video_frames
+from edgecnn.errors import UserInputError
+from test_camera_server import MjpegServer
+from test_camera_sources import write_video
+
+
+def test_video_frames_spaced_in_source_time(tmp_path):
+    video = write_video(tmp_path / "clip.mp4", frames=60, fps=30)  # frame i has grey level 7·i
+    out = tmp_path / "calibration" / "lab"
+    start = prepare_output(out)
+    cap = ThreadedCapture(parse_source(str(video)), pace=False).start()
+    report = capture_frames(cap, out, count=5, every_ms=200, start_number=start)
+    assert [p.name for p in report.saved] == [f"frame_{i:05d}.jpg" for i in range(5)]
+    saved = [float(cv2.imread(str(p))[:20].mean()) for p in report.saved]
+    decoded = {i: float(f[:20].mean()) for i, f in iter_video_frames(video)}
+    assert saved == pytest.approx([decoded[i] for i in (0, 6, 12, 18, 24)], abs=2)  # 200 ms at 30 fps: every 6th
+    assert report.size == (64, 48) and not report.ended_early
+    assert report.brightness["min"] < report.brightness["max"]
+    assert not list(out.glob(".*"))  # atomic writes left no temporary files
+
+
+def test_cli_refuses_a_non_empty_folder_and_force_adds_without_overwriting(tmp_path):
+    video = write_video(tmp_path / "clip.mp4", frames=20)
+    out = tmp_path / "cal"
+    runner = CliRunner()
+    args = ["calibrate", "capture", "--source", str(video), "--out", str(out), "--count", "4", "--every-ms", "0"]
+    first = runner.invoke(app, args + ["--json"])
+    assert first.exit_code == 0, first.output
+    summary = json.loads(first.stdout)
+    assert summary["saved"] == 4 and summary["last"] == "frame_00003.jpg"
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    again = runner.invoke(app, args)
+    assert again.exit_code == 2 and "--force" in again.output
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # untouched
+
+    forced = runner.invoke(app, args + ["--force", "--json"])
+    assert forced.exit_code == 0, forced.output
+    assert sorted(p.name for p in out.iterdir()) == [f"frame_{i:05d}.jpg" for i in range(8)]
+    assert all((out / name).read_bytes() == data for name, data in before.items())
+
+
+def test_short_source_saves_what_it_has_and_warns(tmp_path):
+    video = write_video(tmp_path / "clip.mp4", frames=6)
+    out = tmp_path / "cal"
+    result = CliRunner().invoke(
+        app, ["calibrate", "capture", "--source", str(video), "--out", str(out), "--count", "50", "--every-ms", "0"]
+    )
+    assert result.exit_code == 0, result.output
+    assert len(list(out.glob("*.jpg"))) == 6
+    assert "only 6 of 50" in result.output and "fewer than 100" in result.output
+
+
+def test_bad_out_and_bad_source(tmp_path):
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(UserInputError, match="is a file"):
+        prepare_output(tmp_path / "file.txt")
+    result = CliRunner().invoke(app, ["calibrate", "capture", "--source", "/dev/video97", "--out", str(tmp_path / "c")])
+    assert result.exit_code == 6 and "No camera /dev/video97" in result.output
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), cv2.UMat(8, 8, cv2.CV_8UC3).get())
+    result = CliRunner().invoke(app, ["calibrate", "capture", "--source", str(folder), "--out", str(folder), "--force"])
+    assert result.exit_code == 2 and "differ" in result.output
+
+
+def test_from_an_http_mjpeg_camera(tmp_path):
+    out = tmp_path / "cam"
+    with MjpegServer(fps=100) as server:
+        result = CliRunner().invoke(
+            app, ["calibrate", "capture", "--source", server.url("u:secret"), "--out", str(out), "--count", "5",
+                  "--every-ms", "30", "--json"],
+        )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["saved"] == 5 and summary["source"].startswith("http://***@127.0.0.1")
+    assert "secret" not in result.output
+    images = [cv2.imread(str(p)) for p in sorted(out.glob("*.jpg"))]
+    assert len(images) == 5 and all(img.shape == (48, 64, 3) for img in images)
