@@ -1,0 +1,285 @@
+"""The TensorRT build plan, device presets and trtexec text: pure data, checked for every supported version x preset."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from edgecnn.errors import UserInputError
+from edgecnn.trt.devices import DEVICES, get_device, jetpack_for_l4t, preset_for_model_string
+from edgecnn.trt.env import jetson_release
+from edgecnn.trt.plan import (
+    BuildOptions,
+    TrtVersion,
+    capabilities,
+    inspect_onnx,
+    make_plan,
+    parse_batch,
+    parse_size,
+)
+from edgecnn.trt.trtexec import trtexec_argv, trtexec_script
+
+VERSIONS = ("8.5.2", "8.6.2", "10.3.0", "10.13.3", "11.4.1")
+PRESETS = [name for name in DEVICES if name != "nano"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from conftest import build_tiny_onnx
+
+    return build_tiny_onnx(tmp_path_factory.mktemp("plan") / "tiny.onnx")
+
+
+@pytest.fixture(scope="module")
+def facts(tiny):
+    return inspect_onnx(tiny)
+
+
+@pytest.fixture(scope="module")
+def qdq_facts(tiny, tmp_path_factory):
+    from test_trt_fp16 import make_qdq_onnx
+
+    return inspect_onnx(make_qdq_onnx(tiny, tmp_path_factory.mktemp("qdq") / "tiny.qdq.onnx"))
+
+
+def plan_for(facts, version, device="desktop", **kw):
+    kw.setdefault("batch", parse_batch("1:4:8"))
+    return make_plan(BuildOptions(**kw), facts, version, get_device(device))
+
+
+# ---------------------------------------------------------------- every version x preset
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("device", PRESETS)
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_plan_for_every_supported_version_and_preset(facts, version, device, precision):
+    v = TrtVersion.parse(version)
+    preset = get_device(device)
+    plan = plan_for(facts, version, device, precision=precision)
+
+    assert plan.tensorrt == str(v) and plan.device == device
+    assert plan.network_flags == (["EXPLICIT_BATCH"] if v.major == 8 else [])
+    assert plan.progress_monitor is (v.major >= 10)
+    assert plan.workspace_bytes == (preset.workspace_mib << 20 if preset.workspace_mib else None)
+    assert plan.profile == {"min": [1, 3, 32, 32], "opt": [4, 3, 32, 32], "max": [8, 3, 32, 32]}
+    assert plan.dynamic_batch and plan.batch_range == (1, 4, 8)
+    assert plan.hardware_compat == "NONE" and plan.dla_core is None and plan.int8_source is None
+    if v.major == 11:
+        assert plan.typing == "strong" and "FP16" not in plan.builder_flags
+        assert plan.convert_fp16 is (precision == "fp16")
+    else:
+        assert plan.typing == "weak" and not plan.convert_fp16
+        assert ("FP16" in plan.builder_flags) is (precision == "fp16")
+    assert plan.engine_precision == precision
+    shipped = {TrtVersion.parse(r.tensorrt)[:2] for r in preset.jetpack}
+    mismatch = preset.jetson and (v.major, v.minor) not in shipped and not (v.major == 11 and device in ("agx-orin", "thor"))
+    assert any("build on the device" in n for n in plan.notes) is mismatch
+    # and the trtexec text follows the same plan
+    argv = trtexec_argv(plan, "m.onnx", "m.engine")
+    assert ("--fp16" in argv) is ("FP16" in plan.builder_flags)
+    assert argv[-1] == ("--buildOnly" if version.startswith("8.5") else "--skipInference")
+
+
+def test_versions_compare_as_numbers_and_unsupported_ones_are_refused(facts):
+    assert TrtVersion.parse("10.0") > TrtVersion.parse("8.6.1")
+    assert TrtVersion.parse("10.3.0.30") == TrtVersion(10, 3, 0)
+    for bad in ("8.4.3", "9.2.0", "7.1", "12.0"):
+        with pytest.raises(UserInputError, match="not supported"):
+            plan_for(facts, bad)
+    with pytest.raises(UserInputError, match="Not a TensorRT version"):
+        TrtVersion.parse("latest")
+    assert capabilities(TrtVersion(10, 9)).same_compute_capability
+    assert not capabilities(TrtVersion(10, 8)).same_compute_capability
+
+
+def test_jetson_nano_is_refused_with_the_reason(facts):
+    with pytest.raises(UserInputError, match="TensorRT 8.2"):
+        plan_for(facts, "8.5.2", "nano")
+
+
+# ---------------------------------------------------------------- INT8
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_int8_from_qdq_on_every_version(qdq_facts, version):
+    plan = plan_for(qdq_facts, version, precision="int8")
+    assert plan.int8_source == "qdq" and plan.engine_precision == "int8"
+    assert ("INT8" in plan.builder_flags) is (not version.startswith("11"))
+    assert not plan.convert_fp16
+
+
+def test_implicit_int8_from_calibration_cache_only_up_to_10(facts):
+    plan = plan_for(facts, "8.6.2", precision="int8", calib_cache="m.cache")
+    assert plan.int8_source == "calib_cache" and "INT8" in plan.builder_flags and not plan.notes[1:]
+    assert "--calib=m.cache" in trtexec_argv(plan, "m.onnx", "m.engine")
+    plan10 = plan_for(facts, "10.3.0", precision="int8", calib_cache="m.cache")
+    assert any("deprecated since TensorRT 10.1" in n for n in plan10.notes)
+    with pytest.raises(UserInputError, match="edgecnn quantize MODEL.onnx --target tensorrt"):
+        plan_for(facts, "11.4.1", precision="int8", calib_cache="m.cache")
+
+
+def test_int8_without_qdq_or_cache_names_the_explicit_path(facts):
+    with pytest.raises(UserInputError, match="Q/DQ ONNX .*--target tensorrt.*or a --calib-cache"):
+        plan_for(facts, "10.3.0", precision="int8")
+    with pytest.raises(UserInputError, match="--target tensorrt`\\)$"):
+        plan_for(facts, "11.4.1", precision="int8")
+    with pytest.raises(UserInputError, match="only applies to --precision int8"):
+        plan_for(facts, "10.3.0", precision="fp16", calib_cache="m.cache")
+
+
+def test_best_uses_what_the_model_allows(facts, qdq_facts):
+    assert plan_for(facts, "10.3.0", precision="best").builder_flags == ["FP16"]
+    assert plan_for(qdq_facts, "10.3.0", precision="best").builder_flags == ["FP16", "INT8"]
+    p11 = plan_for(facts, "11.4.1", precision="best")
+    assert p11.convert_fp16 and p11.builder_flags == [] and p11.engine_precision == "fp16"
+
+
+# ---------------------------------------------------------------- DLA
+
+
+def test_dla_plan_on_a_board_that_has_one(facts):
+    plan = plan_for(facts, "10.3.0", "agx-orin", precision="fp16", dla_core=1, gpu_fallback=True, batch=parse_batch("2"))
+    assert plan.dla_core == 1 and plan.gpu_fallback and plan.builder_flags == ["FP16", "GPU_FALLBACK"]
+    argv = trtexec_argv(plan, "m.onnx", "m.engine")
+    assert "--useDLACore=1" in argv and "--allowGPUFallback" in argv and "--memPoolSize=workspace:4096" in argv
+    no_fallback = plan_for(facts, "8.5.2", "xavier-nx", precision="int8", dla_core=0, calib_cache="c.cache")
+    assert any("without --gpu-fallback" in n for n in no_fallback.notes)
+    dynamic = plan_for(facts, "10.3.0", "orin-nx", precision="fp16", dla_core=0, gpu_fallback=True)
+    assert any("static shapes" in n for n in dynamic.notes)
+
+
+@pytest.mark.parametrize(
+    "version, device, kw, match",
+    [
+        ("10.3.0", "desktop", {"dla_core": 0, "precision": "fp16"}, "has no DLA"),
+        ("10.3.0", "orin-nano", {"dla_core": 0, "precision": "fp16"}, "has no DLA"),
+        ("10.13.3", "thor", {"dla_core": 0, "precision": "fp16"}, "has no DLA"),
+        ("8.5.2", "xavier-nx", {"dla_core": 2, "precision": "fp16"}, "DLA cores 0..1"),
+        ("10.3.0", "agx-orin", {"dla_core": 0, "precision": "fp32"}, "DLA runs FP16 or INT8 only"),
+        ("11.2.1", "agx-orin", {"dla_core": 0, "precision": "fp16"}, "cannot build for DLA"),
+        ("11.4.1", "orin-nx", {"dla_core": 0, "precision": "fp16"}, "AGX Orin only"),
+        ("10.3.0", "agx-orin", {"gpu_fallback": True}, "only applies with --dla"),
+    ],
+)
+def test_dla_validation_errors(facts, version, device, kw, match):
+    with pytest.raises(UserInputError, match=match):
+        plan_for(facts, version, device, **kw)
+
+
+def test_dla_on_tensorrt_11_4_1_agx_orin_is_strongly_typed(facts):
+    plan = plan_for(facts, "11.4.1", "agx-orin", precision="fp16", dla_core=0, gpu_fallback=True)
+    assert plan.convert_fp16 and plan.builder_flags == ["GPU_FALLBACK"]
+
+
+# ---------------------------------------------------------------- compatibility, profiles, sizes
+
+
+def test_compatibility_options(facts):
+    plan = plan_for(facts, "10.9.0", hardware_compat="same-cc", version_compatible=True)
+    assert plan.hardware_compat == "SAME_COMPUTE_CAPABILITY" and "VERSION_COMPATIBLE" in plan.builder_flags
+    argv = trtexec_argv(plan, "m.onnx", "m.engine")
+    assert "--hardwareCompatibilityLevel=sameComputeCapability" in argv and "--versionCompatible" in argv
+    assert "--hardwareCompatibilityLevel=ampere+" in trtexec_argv(plan_for(facts, "8.6.2", hardware_compat="ampere+"), "m", "e")
+    for kw, version, device, match in [
+        ({"hardware_compat": "ampere+"}, "10.3.0", "agx-orin", "not supported on JetPack"),
+        ({"hardware_compat": "ampere+"}, "8.5.2", "desktop", "needs TensorRT 8.6"),
+        ({"hardware_compat": "same-cc"}, "10.3.0", "desktop", "needs TensorRT 10.9"),
+        ({"hardware_compat": "turing+"}, "10.3.0", "desktop", "choose ampere\\+ or same-cc"),
+        ({"version_compatible": True}, "8.5.2", "desktop", "needs TensorRT 8.6"),
+    ]:
+        with pytest.raises(UserInputError, match=match):
+            plan_for(facts, version, device, **kw)
+    with pytest.raises(UserInputError, match="Ampere or newer GPU"):
+        make_plan(BuildOptions(hardware_compat="ampere+"), facts, "10.3.0", get_device("desktop"), gpu_compute_capability="7.5")
+
+
+def test_batch_profiles_follow_the_onnx(tmp_path, facts):
+    from conftest import build_tiny_onnx
+
+    default = make_plan(BuildOptions(), facts, "10.3.0", get_device("desktop"))
+    assert default.batch_range == (1, 1, 1) and any("--batch MIN:OPT:MAX" in n for n in default.notes)
+
+    fixed = inspect_onnx(build_tiny_onnx(tmp_path / "fixed.onnx", batch=4))
+    plan = make_plan(BuildOptions(), fixed, "10.3.0", get_device("desktop"))
+    assert plan.batch_range == (4, 4, 4) and not plan.dynamic_batch
+    assert not any(a.startswith("--minShapes") for a in trtexec_argv(plan, "m.onnx", "m.engine"))
+    with pytest.raises(UserInputError, match="fixed batch of 4"):
+        make_plan(BuildOptions(batch=parse_batch("1:4:8")), fixed, "10.3.0", get_device("desktop"))
+
+    model = onnx.load(str(build_tiny_onnx(tmp_path / "dynhw.onnx")))
+    model.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "H"
+    onnx.save(model, str(tmp_path / "dynhw.onnx"))
+    with pytest.raises(UserInputError, match="only the batch dimension may be dynamic"):
+        make_plan(BuildOptions(), inspect_onnx(tmp_path / "dynhw.onnx"), "10.3.0", get_device("desktop"))
+
+
+def test_parse_batch_and_size():
+    assert parse_batch("8").min == 8 and parse_batch("8").fixed
+    b = parse_batch("1:8:32")
+    assert (b.min, b.opt, b.max) == (1, 8, 32) and not b.fixed
+    assert parse_batch(None) is None
+    for bad in ("0", "8:4:16", "1:2", "a:b:c", "1:2:3:4"):
+        with pytest.raises(UserInputError):
+            parse_batch(bad)
+    assert parse_size("512M") == 512 << 20 and parse_size("2G") == 2 << 30 and parse_size("1024") == 1 << 30
+    assert parse_size("1.5GiB") == int(1.5 * (1 << 30))
+    for bad in ("lots", "12X", "100K"):
+        with pytest.raises(UserInputError):
+            parse_size(bad)
+
+
+def test_unknown_precision_and_device(facts):
+    with pytest.raises(UserInputError, match="choose one of fp32, fp16, int8, best"):
+        plan_for(facts, "10.3.0", precision="int4")
+    with pytest.raises(UserInputError, match="Unknown --device"):
+        get_device("jetson-tx2")
+
+
+# ---------------------------------------------------------------- trtexec text
+
+
+def test_trtexec_text_for_tensorrt_11_fp16_converts_first(tiny):
+    plan = make_plan(BuildOptions(precision="fp16", batch=parse_batch("1:2:4")), inspect_onnx(tiny), "11.4.1",
+                     get_device("desktop"))
+    script = trtexec_script(plan, "/models/m.onnx", "/models/m.engine")
+    lines = script.splitlines()
+    assert lines[0].startswith("# TensorRT 11 is strongly typed")
+    assert lines[1] == ("python3 -c 'from edgecnn.trt.fp16 import convert_fp16; "
+                        "convert_fp16(\"/models/m.onnx\", \"/models/m.fp16.onnx\")'")
+    assert lines[2] == (
+        "trtexec --onnx=/models/m.fp16.onnx --saveEngine=/models/m.engine --minShapes=input:1x3x32x32 "
+        "--optShapes=input:2x3x32x32 --maxShapes=input:4x3x32x32 --skipInference"
+    )
+
+
+def test_trtexec_text_for_jetpack_5_int8_with_calibration_cache(facts):
+    plan = plan_for(facts, "8.5.2", "xavier-nx", precision="int8", calib_cache="calib.cache", dla_core=0,
+                    gpu_fallback=True, batch=parse_batch("1"), timing_cache="timing.cache")
+    assert trtexec_script(plan, "m.onnx", "m.engine") == (
+        "trtexec --onnx=m.onnx --saveEngine=m.engine --minShapes=input:1x3x32x32 --optShapes=input:1x3x32x32 "
+        "--maxShapes=input:1x3x32x32 --int8 --calib=calib.cache --memPoolSize=workspace:1024 --useDLACore=0 "
+        "--allowGPUFallback --timingCacheFile=timing.cache --buildOnly"
+    )
+
+
+# ---------------------------------------------------------------- Jetson detection facts
+
+
+def test_jetson_model_strings_and_l4t(tmp_path):
+    assert preset_for_model_string("NVIDIA Jetson AGX Orin Developer Kit") == "agx-orin"
+    assert preset_for_model_string("NVIDIA Jetson Orin Nano Engineering Reference Developer Kit Super") == "orin-nano"
+    assert preset_for_model_string("NVIDIA Jetson Orin NX Engineering Reference Developer Kit") == "orin-nx"
+    assert preset_for_model_string("NVIDIA Jetson Xavier NX Developer Kit") == "xavier-nx"
+    assert preset_for_model_string("NVIDIA Jetson AGX Thor Developer Kit") == "thor"
+    assert preset_for_model_string("NVIDIA Jetson Nano Developer Kit") == "nano"
+    assert preset_for_model_string("Raspberry Pi 5") is None
+    assert jetpack_for_l4t("36.4.3").jetpack == "6.2" and jetpack_for_l4t("36.4.3").tensorrt == "10.3.0"
+    assert jetpack_for_l4t("35.4.1").tensorrt == "8.5.2" and jetpack_for_l4t("38.2.0").jetpack == "7.0"
+    assert jetpack_for_l4t("36.3.0").tensorrt == "8.6.2"
+    release = tmp_path / "nv_tegra_release"
+    release.write_text("# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64, DATE: Wed Jan  8\n")
+    assert jetson_release(release) == "36.4.3"
+    assert jetson_release(tmp_path / "absent") is None
+    assert np.all([DEVICES[n].dla_cores == 0 for n in ("orin-nano", "thor", "desktop", "nano")])
