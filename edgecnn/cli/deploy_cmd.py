@@ -1,0 +1,176 @@
+"""`edgecnn deploy bundle|install|triton|deepstream`: from a model file to devices and serving engines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from edgecnn.cli.common import cli_command, console, print_json, progress_bar, warn
+
+deploy_app = typer.Typer(
+    name="deploy",
+    help="Bundle a model for Jetson devices, install bundles, write Triton and DeepStream configs.",
+    no_args_is_help=True,
+)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(deploy_app, name="deploy")
+
+
+@deploy_app.command("bundle")
+@cli_command
+def bundle(
+    model: str = typer.Argument(..., help="An .onnx model (FP32, or Q/DQ INT8), a .pt checkpoint or a pretrained name."),
+    out: Path = typer.Option(..., "--out", "-o", help="The bundle to write (.tar.gz)."),
+    device: Optional[str] = typer.Option(None, "--device", help="build-engine preset for the target (orin-nano, agx-orin, ...)."),
+    precision: str = typer.Option("fp16", "--precision", help="Engine precision on the device: fp32, fp16, int8 or best."),
+    calib_cache: Optional[Path] = typer.Option(None, "--calib-cache", help="TensorRT calibration cache (edgecnn calibrate)."),
+    int8_model: Optional[Path] = typer.Option(None, "--int8-model", help="Q/DQ INT8 ONNX of the same model (edgecnn quantize)."),
+    source: str = typer.Option("0", "--source", "-s", help="`edgecnn live` source on the device (0, /dev/video0, csi://0, rtsp://...)."),
+    sink: List[str] = typer.Option(
+        ["json"], "--sink", help="display, headless, json (JSON lines: the journal under systemd) or record:PATH; repeatable."
+    ),
+    name: Optional[str] = typer.Option(None, "--name", help="App name (folder, systemd unit, image); default from MODEL."),
+    l4t: str = typer.Option("36.4.0", "--l4t", help="Jetson Linux release of the target: picks the l4t-jetpack base image."),
+    base_image: Optional[str] = typer.Option(None, "--base-image", help="Override the Dockerfile's base image."),
+    user: str = typer.Option("root", "--user", help="User the bundled systemd unit runs as (install sets the real one)."),
+    host: Optional[str] = typer.Option(None, "--host", help="user@device: copy the bundle there over ssh and install it."),
+    prefix: str = typer.Option("/opt/edgecnn", "--prefix", help="With --host: install folder on the device."),
+    service: bool = typer.Option(False, "--service", help="With --host: install and enable the systemd service."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="With --host: print the ssh/scp commands instead of running them."),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON only."),
+):
+    """A self-contained, checksummed bundle: ONNX, calibration, contract, start script, systemd unit, Dockerfile."""
+    from edgecnn.deploy.bundle import BundleOptions, create_bundle, push_bundle, ssh_commands
+
+    options = BundleOptions(
+        precision=precision, device=device, calib_cache=calib_cache, int8_model=int8_model, source=source,
+        sinks=tuple(sink), name=name, l4t=l4t, base_image=base_image, user=user,
+    )
+    with progress_bar("bundling", disable=json_out) as update:
+        report = create_bundle(model, out, options, progress=update)
+    result = report.to_dict()
+    if host:
+        commands = ssh_commands(out, host, report.name, report.sha256, prefix=prefix, service=service)
+        result["host_commands"] = [" ".join(c) for c in commands]
+        if not dry_run:
+            if not json_out:
+                console.print(f"copying to {host} and installing ...")
+            push_bundle(commands)
+    if json_out:
+        print_json(result)
+        return
+    for w in report.warnings:
+        warn(w)
+    console.print(
+        f"[green]✓[/] wrote {report.out} ({report.size_bytes / 1e6:.1f} MB, {len(report.files)} files + lib/edgecnn)\n"
+        f"  sha256 {report.sha256}\n"
+        f"  on the device: builds a {report.precision} engine from {report.build_onnx} at first start; "
+        f"ONNX Runtime fallback: {report.run_onnx}"
+    )
+    if host and dry_run:
+        console.print("commands (--dry-run):")
+        for line in result["host_commands"]:
+            console.print(f"  {line}", markup=False)
+    elif host:
+        console.print(f"[green]✓[/] installed on {host}")
+
+
+@deploy_app.command("install")
+@cli_command
+def install(
+    bundle: Path = typer.Argument(..., help="A bundle from `edgecnn deploy bundle`."),
+    prefix: Path = typer.Option(Path("/opt/edgecnn"), "--prefix", help="Install under PREFIX/<name>."),
+    sha256: Optional[str] = typer.Option(None, "--sha256", help="Expected sha256 of the bundle file (default: BUNDLE.sha256 beside it, if any)."),
+    service: bool = typer.Option(False, "--service", help="Install and enable the systemd service."),
+    no_build: bool = typer.Option(False, "--no-build", help="Do not build the TensorRT engine now (start.sh builds it on first start)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON only."),
+):
+    """Verify (SHA256SUMS; a tampered bundle is refused), extract safely, build the engine, optionally the service."""
+    from edgecnn.deploy.install import install_bundle
+
+    with progress_bar("installing", total=3, disable=json_out) as update:
+        report = install_bundle(bundle, prefix, expected_sha256=sha256, service=service, build_engine=not no_build, progress=update)
+    if json_out:
+        print_json(report.to_dict())
+        return
+    checked = "archive sha256 checked, " if report.archive_checked else ""
+    console.print(
+        f"[green]✓[/] installed {report.name} in {report.app_dir} ({checked}{report.files_verified} files verified)\n"
+        f"  runtime: {report.runtime} ({report.model}): {report.engine_note}"
+    )
+    svc = report.service
+    if svc:
+        if svc.get("installed"):
+            console.print(f"[green]✓[/] {svc['unit']} installed and enabled (runs as {svc['user']})")
+        else:
+            warn(f"service not installed: {svc.get('reason')}. It would:")
+            console.print(f"  write {svc['unit']}", markup=False)
+            for cmd in svc["commands"]:
+                console.print(f"  {cmd}", markup=False)
+
+
+@deploy_app.command("triton")
+@cli_command
+def triton(
+    model: str = typer.Argument(..., help="An edgecnn .onnx or .engine (with its .json manifest), or a pretrained name."),
+    repo: Path = typer.Option(..., "--repo", help="The Triton model repository folder."),
+    name: Optional[str] = typer.Option(None, "--name", help="Model name in the repository (default: from MODEL)."),
+    max_batch: Optional[int] = typer.Option(None, "--max-batch", help="max_batch_size (default 8 for a dynamic-batch model; 0 for a fixed batch)."),
+    instances: int = typer.Option(1, "--instances", help="Model instances (instance_group count)."),
+    dynamic_batching: bool = typer.Option(False, "--dynamic-batching", help="Let Triton batch concurrent requests."),
+    cpu: bool = typer.Option(False, "--cpu", help="KIND_CPU instances (ONNX only; default KIND_GPU)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing model folder of that name."),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON only."),
+):
+    """A Triton model repository entry: config.pbtxt, labels (label_filename) and the model under version 1."""
+    from edgecnn.deploy.triton import TritonOptions, write_repository
+
+    options = TritonOptions(
+        name=name, max_batch=max_batch, instances=instances, dynamic_batching=dynamic_batching,
+        kind="cpu" if cpu else "gpu", force=force,
+    )
+    report = write_repository(model, repo, options)
+    if json_out:
+        print_json(report.to_dict())
+        return
+    for note in report.notes:
+        warn(note)
+    console.print(
+        f"[green]✓[/] wrote {report.model_dir} ({report.platform}, max_batch_size {report.max_batch_size})\n"
+        f"  serve: tritonserver --model-repository {repo}"
+    )
+
+
+@deploy_app.command("deepstream")
+@cli_command
+def deepstream(
+    model: str = typer.Argument(..., help="An edgecnn .onnx (or .engine), or a pretrained name."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for nvinfer_config.txt, labels and the model."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="network-mode: fp32, fp16 or int8 (default fp16; int8 for a Q/DQ model)."),
+    batch_size: int = typer.Option(1, "--batch-size", help="nvinfer batch-size."),
+    calib_cache: Optional[Path] = typer.Option(None, "--calib-cache", help="int8-calib-file (TensorRT calibration cache)."),
+    classifier_threshold: float = typer.Option(0.2, "--classifier-threshold", help="Minimum probability to attach a label."),
+    approximate_std: bool = typer.Option(False, "--approximate-std", help="Accept one scale factor for per-channel std."),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON only."),
+):
+    """A DeepStream nvinfer classifier config whose scale, offsets and color format come from the model's contract."""
+    from edgecnn.deploy.deepstream import DeepStreamOptions, write_deepstream
+
+    options = DeepStreamOptions(
+        precision=precision, batch_size=batch_size, calib_cache=calib_cache,
+        classifier_threshold=classifier_threshold, approximate_std=approximate_std,
+    )
+    report = write_deepstream(model, out, options)
+    if json_out:
+        print_json(report.to_dict())
+        return
+    for w in report.warnings:
+        warn(w)
+    console.print(
+        f"[green]✓[/] wrote {Path(report.out) / 'nvinfer_config.txt'}: net-scale-factor {report.net_scale_factor:.6g}, "
+        f"offsets {';'.join(f'{o:g}' for o in report.offsets)}, model-color-format {report.model_color_format}"
+    )

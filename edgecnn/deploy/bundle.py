@@ -1,0 +1,544 @@
+"""`edgecnn deploy bundle`: one checksummed tar.gz that turns a Jetson into a running classifier.
+
+The bundle is a single folder `<name>/`:
+
+    model.onnx / model.int8.onnx   the FP32 ONNX and/or the Q/DQ INT8 ONNX (engines are built on the device:
+    model.calib                    they do not travel between TensorRT versions or GPUs), the calibration cache,
+    contract.json, labels.txt      the labels + preprocessing manifest (the ModelContract),
+    bundle.json                    what was bundled and how it runs (source redacted),
+    start.sh                       build the engine on first start, then `edgecnn live`; ONNX Runtime fallback,
+    <name>.service                 a systemd unit, a Dockerfile on NVIDIA's L4T JetPack image + run-docker.sh,
+    Dockerfile, run-docker.sh      requirements.txt without PyTorch (no pip OpenCV on aarch64, numpy < 2 there),
+    requirements.txt, README.md    a short README,
+    lib/edgecnn/                   the edgecnn that made the bundle (pure Python), so both ends agree on the contract,
+    SHA256SUMS                     `sha256sum -c`-compatible list of every other file.
+
+The archive is written atomically and never over an input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import shlex
+import tarfile
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from edgecnn import __version__
+from edgecnn.artifacts import ModelContract, atomic_path, ensure_distinct, read_onnx_contract, sha256_file
+from edgecnn.deploy.templates import render
+from edgecnn.errors import ArtifactError, UserInputError
+
+BUNDLE_FORMAT = 1
+PRECISIONS = ("fp32", "fp16", "int8", "best")
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+DEFAULT_PREFIX = "/opt/edgecnn"
+
+# NVIDIA L4T JetPack base images per Jetson Linux release (nvcr.io/nvidia/l4t-jetpack tags). JetPack 6 only:
+# JetPack 5 images ship Python 3.8 (TensorRT bindings for 3.8 only), older than the 3.9 edgecnn needs.
+L4T_BASE_IMAGES = {
+    "36.2.0": "nvcr.io/nvidia/l4t-jetpack:r36.2.0",
+    "36.3.0": "nvcr.io/nvidia/l4t-jetpack:r36.3.0",
+    "36.4.0": "nvcr.io/nvidia/l4t-jetpack:r36.4.0",
+}
+DEFAULT_L4T = "36.4.0"
+JETPACK_FOR_IMAGE = {"36.2.0": "6.0 DP", "36.3.0": "6.0", "36.4.0": "6.1/6.2"}
+
+# Everything the bundled package needs at run time (pure Python + its data files and templates).
+_PACKAGE_SUFFIXES = (".py", ".tsv", ".in")
+
+
+@dataclass
+class BundleOptions:
+    """What goes into a bundle and how the device runs it.
+
+    precision:   what the engine is built with on the device. 'int8' needs `int8_model` (a Q/DQ ONNX from
+                 `edgecnn quantize`) or `calib_cache` (from `edgecnn calibrate`); 'best' lets TensorRT pick per layer.
+    device:      a `build-engine --device` preset (orin-nano, agx-orin, ...) passed to the on-device build.
+    source:      the `edgecnn live` source (overridable on the device with EDGECNN_SOURCE).
+    sinks:       where results go, see SINKS (default json: JSON lines on stdout, i.e. the journal under systemd).
+    l4t:         the Jetson Linux release whose JetPack image the Dockerfile uses (see L4T_BASE_IMAGES).
+    service_args: extra `edgecnn live` options the systemd unit passes (e.g. --headless).
+    """
+
+    precision: str = "fp16"
+    device: str | None = None
+    calib_cache: Path | None = None
+    int8_model: Path | None = None
+    source: str = "0"
+    sinks: tuple[str, ...] = ("json",)
+    name: str | None = None
+    l4t: str = DEFAULT_L4T
+    base_image: str | None = None
+    service_args: tuple[str, ...] = ()
+    user: str = "root"
+
+
+@dataclass
+class BundleReport:
+    out: str
+    name: str
+    sha256: str
+    size_bytes: int
+    precision: str
+    build_onnx: str
+    run_onnx: str
+    files: list[dict]
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------- small pieces (pure, unit-tested)
+
+
+def bundle_name(model: Path, name: str | None = None) -> str:
+    """A name usable as folder, systemd unit and Docker image name."""
+    if name is not None:
+        if not NAME_RE.match(name):
+            raise UserInputError(f"--name {name!r}: use lowercase letters, digits, '-', '_' or '.' (max 63 chars)")
+        return name
+    stem = model.name.split(".")[0].lower()
+    derived = re.sub(r"[^a-z0-9_.-]+", "-", stem).strip("-._") or "edgecnn-app"
+    return derived[:63]
+
+
+SINKS = {
+    "display": "an overlay window (needs a desktop session)",
+    "headless": "no output but the logs",
+    "json": "one JSON line per frame on stdout (the journal under systemd)",
+    "record:PATH": "the annotated video written to PATH (.mp4/.avi/.mkv) on the device",
+}
+
+
+def sink_args(sinks) -> list[str]:
+    """`edgecnn live` options for the chosen sinks (display is live's default; the others imply --headless)."""
+    sinks = list(sinks) or ["display"]
+    args: list[str] = []
+    for sink in sinks:
+        if sink == "display":
+            continue
+        if sink == "headless":
+            args.append("--headless")
+        elif sink == "json":
+            args += ["--headless", "--json"]
+        elif sink.startswith("record:") and len(sink) > len("record:"):
+            args += ["--headless", "--record", sink.split(":", 1)[1]]
+        else:
+            raise UserInputError(f"Unknown --sink {sink!r}: choose from {', '.join(SINKS)}")
+    if "display" in sinks and "--headless" in args:
+        raise UserInputError("--sink display cannot be combined with headless sinks (json, record:PATH, headless)")
+    deduped: list[str] = []
+    for i, a in enumerate(args):
+        if a == "--headless" and "--headless" in deduped:
+            continue
+        deduped.append(a)
+    return deduped
+
+
+def redact_source(source: str) -> str:
+    """The source as logs and manifests may show it (credentials removed)."""
+    from edgecnn.camera.sources import redact
+
+    return redact(source)
+
+
+def docker_device_flags(source: str) -> list[str]:
+    """`docker run` flags that pass the bundled source's camera into the container."""
+    text = str(source).strip()
+    if text.isdigit():
+        return ["--device", f"/dev/video{int(text)}"]
+    if re.fullmatch(r"/dev/video\d+", text):
+        return ["--device", text]
+    if text.startswith("csi://") or "nvarguscamerasrc" in text:
+        # CSI cameras are reached through the Argus daemon on the host.
+        return ["-v", "/tmp/argus_socket:/tmp/argus_socket"]
+    return []
+
+
+def runtime_requirements() -> list[str]:
+    """The pip requirements for the device, from edgecnn's own package metadata minus every extra (no PyTorch).
+
+    On Jetson (aarch64) OpenCV stays JetPack's (the metadata already marks opencv-python-headless off there), and
+    numpy stays < 2: JetPack's OpenCV and TensorRT Python bindings are built against numpy 1.x.
+    """
+    from importlib import metadata
+
+    try:
+        reqs = metadata.requires("edgecnn") or []
+    except metadata.PackageNotFoundError as exc:
+        raise ArtifactError(
+            "edgecnn is not installed as a package, so its requirements are unknown: pip install -e . first"
+        ) from exc
+    out: list[str] = []
+    for req in reqs:
+        if "extra ==" in req:
+            continue
+        spec, _, marker = (part.strip() for part in req.partition(";"))
+        name = re.match(r"[A-Za-z0-9_.-]+", spec).group(0).lower()
+        if name == "numpy" and not marker:
+            out.append(f"{spec},<2; platform_machine == \"aarch64\"")
+            out.append(f"{spec}; platform_machine != \"aarch64\"")
+        elif name in ("torch", "torchvision"):
+            continue
+        else:
+            out.append(f"{spec}; {marker}" if marker else spec)
+    return out
+
+
+def _package_files() -> dict[str, Path]:
+    """The edgecnn package's run-time files, keyed by their path under lib/."""
+    import edgecnn
+
+    root = Path(edgecnn.__file__).resolve().parent
+    files = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and path.suffix in _PACKAGE_SUFFIXES and "__pycache__" not in path.parts:
+            files["lib/edgecnn/" + path.relative_to(root).as_posix()] = path
+    return files
+
+
+def sha256sums_text(digests: dict[str, str]) -> str:
+    """`sha256sum`-compatible lines ("<hex>  <path>"), sorted by path."""
+    return "".join(f"{digests[p]}  {p}\n" for p in sorted(digests))
+
+
+def parse_sha256sums(text: str) -> dict[str, str]:
+    """The inverse of sha256sums_text; raises ArtifactError on a malformed line."""
+    out = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        m = re.fullmatch(r"([0-9a-f]{64}) [ *](.+)", line)
+        if not m or m.group(2) in out:
+            raise ArtifactError(f"SHA256SUMS line {n} is malformed or repeated: {line[:80]!r}")
+        out[m.group(2)] = m.group(1)
+    return out
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Which ONNX the device builds from and which it falls back to, and the build-engine arguments."""
+
+    build_onnx: str
+    run_onnx: str
+    build_args: list[str]
+    warnings: list[str]
+
+
+def plan_models(precision: str, has_fp32: bool, has_int8: bool, has_calib: bool, device: str | None) -> _Plan:
+    """Decide the on-device build from what the bundle holds (pure; unit-tested for every combination)."""
+    if precision not in PRECISIONS:
+        raise UserInputError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    warnings: list[str] = []
+    if precision == "int8" and not (has_int8 or has_calib):
+        raise UserInputError(
+            "--precision int8 needs INT8 material: --int8-model model.int8.onnx (from `edgecnn quantize`) or "
+            "--calib-cache model.calib (from `edgecnn calibrate`)"
+        )
+    if precision == "best" and not (has_int8 or has_calib):
+        warnings.append("--precision best without --int8-model/--calib-cache: TensorRT will choose FP16/FP32 only")
+    if precision in ("fp32", "fp16") and has_int8:
+        warnings.append(f"--int8-model is bundled but --precision {precision} builds from the FP32 ONNX")
+    use_int8_onnx = precision in ("int8", "best") and has_int8
+    if not has_fp32 and not use_int8_onnx:
+        raise UserInputError(f"--precision {precision} needs the FP32 ONNX; the model given is already INT8 (Q/DQ)")
+    build = "model.int8.onnx" if use_int8_onnx else "model.onnx"
+    run = "model.onnx" if has_fp32 else "model.int8.onnx"  # ONNX Runtime fallback: FP32 when we have it
+    args = ["--precision", precision]
+    if has_calib and precision in ("int8", "best") and not use_int8_onnx:
+        args += ["--calib-cache", "model.calib"]
+    if device:
+        args += ["--device", device]
+    return _Plan(build, run, args, warnings)
+
+
+# ---------------------------------------------------------------- the bundle
+
+
+def _onnx_model(model: str | Path, workdir: Path) -> Path:
+    """MODEL as an ONNX file: an .onnx as is, a pretrained name via the cache, a checkpoint exported (needs torch)."""
+    from edgecnn.runtime.resolve import resolve_model
+
+    path = resolve_model(model)
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        return path
+    if suffix in (".engine", ".plan", ".trt"):
+        raise UserInputError(
+            f"{path.name} is a TensorRT engine: engines do not travel between TensorRT versions or GPUs. Bundle the "
+            "ONNX it was built from; the device builds its own engine on first start"
+        )
+    if suffix == ".pt":
+        from edgecnn.export import ExportOptions, export_onnx
+
+        out = workdir / f"{path.stem}.onnx"
+        export_onnx(path, out, ExportOptions())
+        return out
+    raise UserInputError(f"Cannot bundle {path.name}: expected an .onnx model, a .pt checkpoint or a pretrained name")
+
+
+def _same_contract(a: ModelContract, b: ModelContract, what: str) -> None:
+    if a.labels != b.labels or a.preprocess != b.preprocess:
+        raise UserInputError(
+            f"{what} has different labels or preprocessing than MODEL: quantize/calibrate the same model you bundle"
+        )
+
+
+def create_bundle(
+    model: str | Path,
+    out: str | Path,
+    options: BundleOptions | None = None,
+    progress: Callable[..., None] | None = None,
+) -> BundleReport:
+    """Write the deployment bundle for `model` to `out` (a .tar.gz), atomically; returns what it holds."""
+    options = options or BundleOptions()
+    out = Path(out)
+    if not (out.name.endswith(".tar.gz") or out.name.endswith(".tgz")):
+        raise UserInputError(f"--out should end in .tar.gz, got {out.name}")
+    if options.device:
+        from edgecnn.trt.devices import get_device
+
+        get_device(options.device)  # unknown preset: a clear error now, not on the device
+    base_image = options.base_image or L4T_BASE_IMAGES.get(options.l4t)
+    if base_image is None:
+        raise UserInputError(
+            f"No JetPack base image known for L4T {options.l4t}: use one of {', '.join(L4T_BASE_IMAGES)} "
+            "(JetPack 6; JetPack 5's Python 3.8 is too old for edgecnn) or pass --base-image"
+        )
+
+    with tempfile.TemporaryDirectory(prefix="edgecnn-bundle-") as tmp:
+        onnx_path = _onnx_model(model, Path(tmp))
+        contract = read_onnx_contract(onnx_path)
+        inputs = [onnx_path]
+        payload: dict[str, tuple[bytes | Path, int]] = {}  # bundle path -> (content, mode)
+
+        has_fp32 = contract.precision != "int8"
+        payload["model.onnx" if has_fp32 else "model.int8.onnx"] = (onnx_path, 0o644)
+        if options.int8_model is not None:
+            int8 = Path(options.int8_model)
+            if not int8.is_file():
+                raise UserInputError(f"--int8-model {int8} does not exist")
+            _same_contract(contract, read_onnx_contract(int8), f"--int8-model {int8.name}")
+            if not has_fp32:
+                raise UserInputError("MODEL is already an INT8 ONNX: pass the FP32 ONNX as MODEL with --int8-model")
+            payload["model.int8.onnx"] = (int8, 0o644)
+            inputs.append(int8)
+        if options.calib_cache is not None:
+            calib = Path(options.calib_cache)
+            if not calib.is_file() or calib.stat().st_size == 0:
+                raise UserInputError(f"--calib-cache {calib} does not exist or is empty")
+            payload["model.calib"] = (calib, 0o644)
+            inputs.append(calib)
+        ensure_distinct(inputs, out)
+
+        name = bundle_name(onnx_path, options.name)
+        plan = plan_models(
+            options.precision, has_fp32, "model.int8.onnx" in payload, "model.calib" in payload, options.device
+        )
+        model_id = sha256_file(payload[plan.build_onnx][0])[:12]
+        warnings = list(plan.warnings)
+        source_display = redact_source(options.source)
+        if source_display != options.source:
+            warnings.append(
+                "the source holds credentials and is stored in start.sh; prefer EDGECNN_SOURCE in "
+                f"/etc/default/{name} on the device"
+            )
+
+        payload["contract.json"] = (json.dumps(contract.to_dict(), indent=2, sort_keys=True).encode() + b"\n", 0o644)
+        payload["labels.txt"] = ("".join(f"{label}\n" for label in contract.labels).encode(), 0o644)
+        app_dir = f"{DEFAULT_PREFIX}/{name}"
+        values = dict(
+            name=name,
+            version=__version__,
+            precision=shlex.quote(options.precision),
+            model_id=shlex.quote(model_id),
+            build_onnx=shlex.quote(plan.build_onnx),
+            run_onnx=shlex.quote(plan.run_onnx),
+            build_args=" ".join(shlex.quote(a) for a in plan.build_args),
+            source=shlex.quote(options.source),
+            sink_args=" ".join(shlex.quote(a) for a in sink_args(options.sinks)),
+        )
+        payload["start.sh"] = (render("start.sh", **values).encode(), 0o755)
+        payload[f"{name}.service"] = (
+            systemd_unit(
+                name, app_dir, options.user, options.service_args, unit_description(contract.arch, contract.num_classes)
+            ).encode(),
+            0o644,
+        )
+        payload["Dockerfile"] = (
+            render(
+                "Dockerfile", name=name, version=__version__, base_image=base_image,
+                jetpack=JETPACK_FOR_IMAGE.get(options.l4t, "6"), l4t=options.l4t,
+            ).encode(),
+            0o644,
+        )
+        devices = docker_device_flags(options.source)
+        payload["run-docker.sh"] = (
+            render(
+                "run-docker.sh", name=name,
+                docker_devices=(" ".join(devices) + " \\\n  ") if devices else "",
+            ).encode(),
+            0o755,
+        )
+        payload["requirements.txt"] = (
+            ("# edgecnn run-time requirements: no PyTorch. On Jetson (aarch64) OpenCV and TensorRT come from JetPack.\n"
+             + "".join(f"{r}\n" for r in runtime_requirements())).encode(),
+            0o644,
+        )
+        h, w = contract.preprocess.input_size
+        payload["README.md"] = (
+            render(
+                "bundle-README.md", name=name, version=__version__,
+                created=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                model_files=", ".join(p for p in ("model.onnx", "model.int8.onnx", "model.calib") if p in payload),
+                classes=contract.num_classes, input_size=f"{h}x{w}", precision=options.precision,
+                device_line=f", built for `{options.device}`" if options.device else "",
+                source_display=source_display, sink_display=", ".join(options.sinks) or "display",
+                base_image=base_image,
+            ).encode(),
+            0o644,
+        )
+        for rel, path in _package_files().items():
+            payload[rel] = (path, 0o644)
+
+        manifest = {
+            "format": BUNDLE_FORMAT,
+            "name": name,
+            "edgecnn_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "precision": options.precision,
+            "device": options.device,
+            "source": source_display,
+            "sinks": list(options.sinks),
+            "build_onnx": plan.build_onnx,
+            "run_onnx": plan.run_onnx,
+            "build_args": plan.build_args,
+            "model_id": model_id,
+            "base_image": base_image,
+            "service": f"{name}.service",
+            "service_args": list(options.service_args),
+            "classes": contract.num_classes,
+            "arch": contract.arch,
+        }
+        payload["bundle.json"] = (json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n", 0o644)
+
+        digests: dict[str, str] = {}
+        files = []
+        total = len(payload)
+        for i, (rel, (content, _)) in enumerate(sorted(payload.items())):
+            if isinstance(content, Path):
+                digests[rel], size = sha256_file(content), content.stat().st_size
+            else:
+                digests[rel], size = hashlib.sha256(content).hexdigest(), len(content)
+            if not rel.startswith("lib/"):
+                files.append({"path": rel, "sha256": digests[rel], "bytes": size})
+            if progress:
+                progress(i + 1, total)
+        payload["SHA256SUMS"] = (sha256sums_text(digests).encode(), 0o644)
+
+        with atomic_path(out, suffix=".tar.gz") as tmp_out:
+            _write_tar(tmp_out, name, payload)
+    return BundleReport(
+        out=str(out),
+        name=name,
+        sha256=sha256_file(out),
+        size_bytes=out.stat().st_size,
+        precision=options.precision,
+        build_onnx=plan.build_onnx,
+        run_onnx=plan.run_onnx,
+        files=files,
+        warnings=warnings,
+    )
+
+
+def systemd_unit(name: str, app_dir: str, user: str, service_args=(), description: str = "edgecnn app") -> str:
+    """The systemd unit for an app installed in `app_dir` (rendered again by `install` for the real prefix)."""
+    if not re.fullmatch(r"[a-z_][a-z0-9_-]*[$]?", user or ""):
+        raise UserInputError(f"--user {user!r} is not a valid user name")
+    args = "".join(" " + shlex.quote(a) for a in service_args)
+    return render(
+        "edgecnn-app.service", name=name, version=__version__, description=description, user=user,
+        app_dir=app_dir, service_args=args,
+    )
+
+
+def unit_description(arch: str | None, classes: int) -> str:
+    return f"{arch or 'model'}, {classes} classes"
+
+
+def _write_tar(path: Path, name: str, payload: dict[str, tuple[bytes | Path, int]]) -> None:
+    """Regular files only, owned by root:root, no links: exactly what `install` accepts."""
+    now = int(time.time())
+    with tarfile.open(path, "w:gz", format=tarfile.PAX_FORMAT) as tar:
+        for rel in sorted(payload):
+            content, mode = payload[rel]
+            data = content.read_bytes() if isinstance(content, Path) else content
+            info = tarfile.TarInfo(f"{name}/{rel}")
+            info.size, info.mode, info.mtime = len(data), mode, now
+            info.uid = info.gid = 0
+            info.uname = info.gname = "root"
+            tar.addfile(info, io.BytesIO(data))
+
+
+# ---------------------------------------------------------------- copy + install over ssh
+
+
+def ssh_commands(
+    bundle: str | Path,
+    host: str,
+    name: str,
+    sha256: str,
+    prefix: str = DEFAULT_PREFIX,
+    service: bool = False,
+    remote_dir: str = "/tmp/edgecnn-deploy",
+) -> list[list[str]]:
+    """The commands that copy `bundle` to `host` (user@device) and install it there, as argv lists.
+
+    The device needs python3 + pip; the bundle brings edgecnn itself (lib/). Returned as data so it can be shown
+    (--dry-run), tested, or run by `push_bundle`.
+    """
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+@[A-Za-z0-9_.:-]+|[A-Za-z0-9_.:-]+", host):
+        raise UserInputError(f"--host {host!r}: expected user@device or device")
+    q = shlex.quote
+    remote_file = f"{remote_dir}/{name}.tar.gz"
+    install = [
+        "python3", "-m", "edgecnn", "deploy", "install", remote_file, "--sha256", sha256, "--prefix", prefix,
+    ] + (["--service"] if service else [])
+    steps = [
+        f"cd {q(remote_dir)}",
+        f"echo {q(sha256 + '  ' + name + '.tar.gz')} | sha256sum --check --quiet -",
+        f"tar -xzf {q(name + '.tar.gz')} {q(name + '/lib')} {q(name + '/requirements.txt')}",
+        f"python3 -m pip install --user -r {q(name + '/requirements.txt')}",
+    ]
+    env = f"PYTHONPATH={q(remote_dir + '/' + name + '/lib')}"
+    if service:  # root writes the unit; keep the user's pip site visible to root's python
+        steps.append(f"sudo env {env}:$(python3 -m site --user-site) " + " ".join(q(a) for a in install))
+    else:
+        steps.append(f"env {env} " + " ".join(q(a) for a in install))
+    return [
+        ["ssh", host, f"mkdir -p {q(remote_dir)}"],
+        ["scp", str(bundle), f"{host}:{remote_file}"],
+        ["ssh", "-t", host, " && ".join(steps)],
+    ]
+
+
+def push_bundle(commands: list[list[str]], run: Callable | None = None) -> None:
+    """Run `ssh_commands` in order, stopping at the first failure with a one-line error."""
+    import subprocess
+
+    run = run or subprocess.run
+    for argv in commands:
+        try:
+            result = run(argv)
+        except FileNotFoundError as exc:
+            raise UserInputError(f"{argv[0]} is not installed here: --host needs OpenSSH (ssh, scp)") from exc
+        if result.returncode != 0:
+            raise UserInputError(f"`{argv[0]}` step failed with exit code {result.returncode}: {' '.join(argv[:3])} ...")

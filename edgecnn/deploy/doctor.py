@@ -1,0 +1,337 @@
+"""`edgecnn doctor`: what this machine has for running models, each item ✓ / ✗ with the fix, or – when it does not apply.
+
+Everything it reads is injectable (`DoctorPaths`, and `run` for commands such as `nvpmodel -q` and `nvidia-smi`), so
+the Jetson paths are tested on any machine with fake /etc/nv_tegra_release and /proc/device-tree/model texts.
+Optional packages (tensorrt, onnxruntime, cv2) are probed, never required.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import platform
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+OK, FAIL, SKIP = "ok", "fail", "skip"
+SYMBOLS = {OK: "✓", FAIL: "✗", SKIP: "–"}
+
+
+@dataclass
+class Check:
+    name: str
+    status: str  # ok | fail | skip
+    value: str
+    fix: str | None = None
+
+
+@dataclass
+class DoctorPaths:
+    device_tree_model: Path = Path("/proc/device-tree/model")
+    nv_tegra_release: Path = Path("/etc/nv_tegra_release")
+    dev_dir: Path = Path("/dev")
+    cuda_root: Path = Path("/usr/local/cuda")
+    include_dirs: tuple[Path, ...] = (Path("/usr/include"), Path("/usr/local/cuda/include"))
+
+
+@dataclass
+class DoctorReport:
+    platform: dict
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if c.status == FAIL]
+
+    def to_dict(self) -> dict:
+        counts = {s: sum(c.status == s for c in self.checks) for s in (OK, FAIL, SKIP)}
+        return {"platform": self.platform, "checks": [asdict(c) for c in self.checks], "summary": counts}
+
+
+Runner = Callable[[list], Optional[str]]
+
+
+def run_command(argv: list, timeout: float = 10) -> str | None:
+    """stdout of `argv`, or None when the program is missing, fails or hangs."""
+    if shutil.which(argv[0]) is None:
+        return None
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return proc.stdout if proc.returncode == 0 else None
+
+
+# ---------------------------------------------------------------- parsers (pure)
+
+
+def parse_nv_tegra_release(text: str) -> str | None:
+    """'# R36 (release), REVISION: 4.3, GCID: ...' -> '36.4.3'; None when it is not that format."""
+    m = re.search(r"R(\d+)\s*\(release\),\s*REVISION:\s*(\d+)\.(\d+)", text)
+    if not m:
+        return None
+    return f"{m.group(1)}.{m.group(2)}.{m.group(3)}"
+
+
+def parse_nvpmodel(text: str) -> str | None:
+    """`nvpmodel -q` output -> the mode name ('MAXN', '15W', ...)."""
+    m = re.search(r"NV Power Mode:\s*(\S+)", text)
+    return m.group(1) if m else None
+
+
+def opencv_video_io(build_info: str) -> dict[str, bool]:
+    """Which video back ends an OpenCV build has, from cv2.getBuildInformation()."""
+    found = {"gstreamer": False, "v4l2": False, "ffmpeg": False}
+    keys = {"gstreamer": "gstreamer", "v4l/v4l2": "v4l2", "ffmpeg": "ffmpeg"}
+    for line in build_info.splitlines():
+        if ":" not in line:
+            continue
+        key, value = line.split(":", 1)
+        name = keys.get(key.strip().lower())
+        if name:
+            found[name] = value.strip().upper().startswith("YES")
+    return found
+
+
+def parse_cudnn_header(text: str) -> str | None:
+    parts = [re.search(rf"#define CUDNN_{k}\s+(\d+)", text) for k in ("MAJOR", "MINOR", "PATCHLEVEL")]
+    return ".".join(p.group(1) for p in parts) if all(parts) else None
+
+
+# ---------------------------------------------------------------- checks
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_bytes().decode("utf-8", "replace").replace("\x00", "").strip()
+    except OSError:
+        return None
+
+
+def _platform(paths: DoctorPaths) -> dict:
+    model = _read(paths.device_tree_model)
+    jetson = bool(model and "jetson" in model.lower()) or paths.nv_tegra_release.is_file()
+    preset = None
+    if jetson and model:
+        from edgecnn.trt.devices import preset_for_model_string
+
+        preset = preset_for_model_string(model)
+    return {
+        "machine": platform.machine(),
+        "system": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "jetson": jetson,
+        "model": model if jetson else None,
+        "preset": preset,
+    }
+
+
+def _check_platform(info: dict) -> Check:
+    if info["jetson"]:
+        preset = f" (build-engine --device {info['preset']})" if info["preset"] else ""
+        return Check("platform", OK, f"{info['model'] or 'NVIDIA Jetson'}{preset}, {info['machine']}")
+    return Check("platform", OK, f"{info['machine']} {info['system']} (not a Jetson)")
+
+
+def _check_l4t(info: dict, paths: DoctorPaths) -> Check:
+    if not info["jetson"]:
+        return Check("jetpack", SKIP, "not a Jetson (L4T / JetPack apply to Jetson devices only)")
+    text = _read(paths.nv_tegra_release)
+    if text is None:
+        return Check("jetpack", FAIL, f"{paths.nv_tegra_release} not found",
+                     "Flash or update the Jetson with JetPack (SDK Manager) so Jetson Linux (L4T) is installed")
+    l4t = parse_nv_tegra_release(text)
+    if l4t is None:
+        return Check("jetpack", FAIL, f"cannot parse {paths.nv_tegra_release}: {text[:60]!r}",
+                     "Reinstall the nvidia-l4t-core package (sudo apt install --reinstall nvidia-l4t-core)")
+    from edgecnn.trt.devices import jetpack_for_l4t
+
+    rel = jetpack_for_l4t(l4t)
+    if rel is None:
+        return Check("jetpack", FAIL, f"L4T {l4t}: a JetPack edgecnn does not know",
+                     "edgecnn supports JetPack 5.1.x (L4T 35), 6.x (L4T 36) and 7.x (L4T 38); upgrade with SDK Manager")
+    value = f"L4T {l4t} = JetPack {rel.jetpack} (TensorRT {rel.tensorrt}, CUDA {rel.cuda})"
+    if l4t.split(".")[0] == "35":
+        return Check("jetpack", FAIL, value + "; its Python 3.8 is older than edgecnn's 3.9",
+                     "Upgrade to JetPack 6 (L4T 36), or run the ONNX model in a JetPack 6 container")
+    return Check("jetpack", OK, value)
+
+
+def _check_tensorrt(info: dict) -> Check:
+    fix = ("TensorRT ships with JetPack: sudo apt install nvidia-tensorrt python3-libnvinfer" if info["jetson"] else
+           "pip install 'edgecnn[tensorrt]' (needs an NVIDIA GPU and driver); without it edgecnn uses ONNX Runtime")
+    if importlib.util.find_spec("tensorrt") is None:
+        return Check("tensorrt", FAIL, "not installed", fix)
+    try:
+        trt = importlib.import_module("tensorrt")
+    except Exception as exc:  # broken installs raise all sorts
+        return Check("tensorrt", FAIL, f"installed but fails to import ({exc.__class__.__name__}: {exc})", fix)
+    return Check("tensorrt", OK, str(getattr(trt, "__version__", "unknown version")))
+
+
+def _check_cuda(info: dict, paths: DoctorPaths, run: Runner) -> Check:
+    version = None
+    vj = _read(paths.cuda_root / "version.json")
+    if vj:
+        try:
+            version = json.loads(vj)["cuda"]["version"]
+        except (ValueError, KeyError, TypeError):
+            version = None
+    if version is None:
+        vt = _read(paths.cuda_root / "version.txt")
+        m = re.search(r"CUDA Version\s+([\d.]+)", vt or "")
+        version = m.group(1) if m else None
+    if version is None:
+        out = run([str(paths.cuda_root / "bin" / "nvcc"), "--version"]) or run(["nvcc", "--version"])
+        m = re.search(r"release\s+([\d.]+)", out or "")
+        version = m.group(1) if m else None
+    if version:
+        return Check("cuda", OK, version)
+    fix = ("CUDA ships with JetPack: sudo apt install nvidia-jetpack (or cuda-toolkit-12-6 on JetPack 6)"
+           if info["jetson"] else
+           "Install the NVIDIA driver + CUDA toolkit (or the pip CUDA runtime that comes with `edgecnn[tensorrt]`); "
+           "not needed for ONNX Runtime on CPU")
+    return Check("cuda", FAIL, f"no CUDA toolkit found (looked in {paths.cuda_root})", fix)
+
+
+def _check_cudnn(info: dict, paths: DoctorPaths) -> Check:
+    for inc in paths.include_dirs:
+        candidates = [inc / "cudnn_version.h", *sorted(inc.glob("*-linux-gnu/cudnn_version*.h"))] if inc.is_dir() else []
+        for header in candidates:
+            version = parse_cudnn_header(_read(header) or "")
+            if version:
+                return Check("cudnn", OK, version)
+    from importlib import metadata
+
+    for dist in ("nvidia-cudnn-cu13", "nvidia-cudnn-cu12", "nvidia-cudnn-cu11"):
+        try:
+            return Check("cudnn", OK, f"{metadata.version(dist)} ({dist} wheel)")
+        except metadata.PackageNotFoundError:
+            continue
+    fix = ("cuDNN ships with JetPack: sudo apt install nvidia-cudnn" if info["jetson"] else
+           "Install cuDNN for your CUDA (apt libcudnn9-cuda-12, or pip nvidia-cudnn-cu12); TensorRT 10 needs it only "
+           "for some layers, ONNX Runtime on CPU not at all")
+    return Check("cudnn", FAIL, "not found", fix)
+
+
+def _check_gpu(info: dict, run: Runner) -> Check:
+    if info["jetson"]:
+        from edgecnn.trt.devices import get_device
+
+        if info["preset"]:
+            dev = get_device(info["preset"])
+            return Check("gpu", OK, f"integrated {dev.arch} GPU, compute capability {dev.compute_capability}")
+        return Check("gpu", OK, "integrated Jetson GPU (model not recognised: compute capability unknown)")
+    out = run(["nvidia-smi", "--query-gpu=name,compute_cap,driver_version", "--format=csv,noheader"])
+    if out and out.strip():
+        gpus = []
+        for line in out.strip().splitlines():
+            parts = [p.strip() for p in line.split(",")]
+            if len(parts) >= 3:
+                gpus.append(f"{parts[0]} (compute capability {parts[1]}, driver {parts[2]})")
+        if gpus:
+            return Check("gpu", OK, "; ".join(gpus))
+    return Check("gpu", FAIL, "no NVIDIA GPU found (nvidia-smi missing or sees none)",
+                 "Install the NVIDIA driver on a machine with an NVIDIA GPU; until then edgecnn runs on the CPU "
+                 "with ONNX Runtime")
+
+
+def _check_onnxruntime(info: dict, gpu_ok: bool) -> Check:
+    try:
+        ort = importlib.import_module("onnxruntime")
+    except Exception as exc:
+        return Check("onnxruntime", FAIL, f"not importable ({exc.__class__.__name__})",
+                     "pip install onnxruntime (on Jetson, the onnxruntime-gpu wheel from the Jetson AI Lab index)")
+    providers = ort.get_available_providers()
+    value = f"{ort.__version__}: {', '.join(p.replace('ExecutionProvider', '') for p in providers)}"
+    if gpu_ok and not any(p in providers for p in ("CUDAExecutionProvider", "TensorrtExecutionProvider")):
+        return Check("onnxruntime", FAIL, value + " (CPU only on a GPU machine)",
+                     "pip uninstall onnxruntime && pip install onnxruntime-gpu to run ONNX on the GPU "
+                     "(TensorRT engines do not need it)")
+    return Check("onnxruntime", OK, value)
+
+
+def _check_opencv(info: dict) -> list[Check]:
+    try:
+        cv2 = importlib.import_module("cv2")
+    except Exception as exc:
+        fix = ("Use JetPack's OpenCV: sudo apt install python3-opencv (never pip opencv-python on Jetson)"
+               if info["jetson"] else "pip install opencv-python-headless")
+        return [Check("opencv", FAIL, f"not importable ({exc.__class__.__name__})", fix)]
+    io = opencv_video_io(cv2.getBuildInformation())
+    checks = [Check("opencv", OK, f"{cv2.__version__} ({cv2.__file__})")]
+    gst_fix = (
+        "CSI cameras and gst: pipelines need OpenCV with GStreamer: pip uninstall opencv-python "
+        "opencv-python-headless so JetPack's python3-opencv is used" if info["jetson"] else
+        "Only CSI cameras / gst: pipelines need it: use a distro OpenCV (apt install python3-opencv) or build with "
+        "-D WITH_GSTREAMER=ON; USB cameras, files and RTSP work without"
+    )
+    checks.append(Check("opencv.gstreamer", OK if io["gstreamer"] else FAIL, "yes" if io["gstreamer"] else "no",
+                        None if io["gstreamer"] else gst_fix))
+    checks.append(Check("opencv.v4l2", OK if io["v4l2"] else FAIL, "yes" if io["v4l2"] else "no",
+                        None if io["v4l2"] else "USB cameras need V4L2: install an OpenCV built with V4L "
+                                                "(pip opencv-python-headless or apt python3-opencv)"))
+    checks.append(Check("opencv.ffmpeg", OK if io["ffmpeg"] else FAIL, "yes" if io["ffmpeg"] else "no",
+                        None if io["ffmpeg"] else "Video files and RTSP need FFmpeg in OpenCV: pip install "
+                                                  "opencv-python-headless (has FFmpeg) or apt install python3-opencv"))
+    return checks
+
+
+def _check_cameras(paths: DoctorPaths, info: dict) -> Check:
+    devices = sorted(paths.dev_dir.glob("video*"), key=lambda p: (len(p.name), p.name)) if paths.dev_dir.is_dir() else []
+    if not devices:
+        fix = "Connect a USB camera (check with `v4l2-ctl --list-devices`)"
+        if info["jetson"]:
+            fix += "; CSI cameras also appear as /dev/videoN once the sensor driver is loaded (sudo /opt/nvidia/jetson-io/jetson-io.py)"
+        fix += "; video files, image folders and rtsp:// sources need no camera"
+        return Check("cameras", FAIL, f"no {paths.dev_dir}/video* devices", fix)
+    import os
+
+    unreadable = [d.name for d in devices if not os.access(d, os.R_OK | os.W_OK)]
+    value = ", ".join(str(d) for d in devices)
+    if unreadable:
+        return Check("cameras", FAIL, f"{value} (no access to {', '.join(unreadable)})",
+                     "sudo usermod -aG video $USER, then log in again")
+    return Check("cameras", OK, value)
+
+
+def _check_power(info: dict, run: Runner) -> Check:
+    if not info["jetson"]:
+        return Check("power_mode", SKIP, "not a Jetson (nvpmodel applies to Jetson devices only)")
+    out = run(["nvpmodel", "-q"])
+    if out is None:
+        return Check("power_mode", FAIL, "nvpmodel not found or failed",
+                     "sudo apt install nvidia-l4t-nvpmodel; then `sudo nvpmodel -q`")
+    mode = parse_nvpmodel(out)
+    if mode is None:
+        return Check("power_mode", FAIL, f"cannot read `nvpmodel -q` output: {out.strip()[:60]!r}",
+                     "Run `sudo nvpmodel -q` by hand")
+    note = "" if mode.upper().startswith("MAXN") else " (for full speed and stable benchmarks: sudo nvpmodel -m 0 && sudo jetson_clocks)"
+    return Check("power_mode", OK, mode + note)
+
+
+def run_doctor(paths: DoctorPaths | None = None, run: Runner | None = None) -> DoctorReport:
+    """Probe this machine; never raises for something missing (that is what the checks report)."""
+    paths = paths or DoctorPaths()
+    run = run or run_command
+    info = _platform(paths)
+    report = DoctorReport(platform=info)
+    report.checks.append(_check_platform(info))
+    report.checks.append(_check_l4t(info, paths))
+    gpu = _check_gpu(info, run)
+    report.checks.append(gpu)
+    report.checks.append(_check_cuda(info, paths, run))
+    report.checks.append(_check_cudnn(info, paths))
+    report.checks.append(_check_tensorrt(info))
+    report.checks.append(_check_onnxruntime(info, gpu.status == OK))
+    report.checks.extend(_check_opencv(info))
+    report.checks.append(_check_cameras(paths, info))
+    report.checks.append(_check_power(info, run))
+    report.checks.append(Check("python", OK, f"{sys.version.split()[0]} ({sys.executable})"))
+    return report

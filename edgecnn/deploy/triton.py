@@ -1,0 +1,208 @@
+"""`edgecnn deploy triton`: a Triton Inference Server model repository for an edgecnn ONNX or engine.
+
+    <repo>/<name>/config.pbtxt          platform onnxruntime_onnx or tensorrt_plan, tensors, batching, instances,
+    <repo>/<name>/labels.txt            label_filename: Triton's classification extension returns class names,
+    <repo>/<name>/1/model.onnx|.plan    the model (an engine as model.plan, its manifest beside it).
+
+The preprocessing contract goes into config `parameters` (edgecnn.preprocess, edgecnn.labels_file) so a client can
+read it from the server's model config instead of guessing. The config is written as protobuf text format and the
+tests parse it with Triton's own schema (tritonclient's model_config_pb2).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from edgecnn.deploy.model_io import ModelIO, read_model_io
+from edgecnn.errors import UserInputError
+
+DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int8": "TYPE_INT8", "int32": "TYPE_INT32"}
+MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+DEFAULT_MAX_BATCH = 8
+
+
+@dataclass
+class TritonOptions:
+    """max_batch: Triton's max_batch_size (None: 8 for a dynamic-batch model, capped by an engine's profile; a
+    fixed-batch model always gets 0). kind: 'gpu' or 'cpu' instances (a TensorRT plan needs 'gpu')."""
+
+    name: str | None = None
+    max_batch: int | None = None
+    instances: int = 1
+    dynamic_batching: bool = False
+    queue_delay_us: int = 100
+    kind: str = "gpu"
+    version: int = 1
+    force: bool = False
+
+
+@dataclass
+class TritonReport:
+    model_dir: str
+    name: str
+    platform: str
+    max_batch_size: int
+    config: str
+    files: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _pb_string(text: str) -> str:
+    """A protobuf text-format string literal."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def _dims(shape) -> str:
+    return "[ " + ", ".join("-1" if d is None else str(d) for d in shape) + " ]"
+
+
+def resolve_batching(io: ModelIO, options: TritonOptions) -> tuple[int, list[str]]:
+    """Triton's max_batch_size for this model, or a clear error when the model cannot batch as asked."""
+    notes: list[str] = []
+    if not io.dynamic_batch:
+        if (options.max_batch or 0) > 0 or options.dynamic_batching:
+            raise UserInputError(
+                f"{io.path.name} takes a fixed batch of {io.fixed_batch}: Triton cannot batch it. Export with "
+                "`edgecnn export --dynamic-batch` (and for an engine `build-engine --batch 1:4:8`) first"
+            )
+        return 0, notes
+    limit = io.max_batch
+    wanted = DEFAULT_MAX_BATCH if options.max_batch is None else options.max_batch
+    if wanted < 1:
+        raise UserInputError("--max-batch must be >= 1 for a dynamic-batch model")
+    if limit is not None and wanted > limit:
+        if options.max_batch is not None:
+            raise UserInputError(
+                f"--max-batch {wanted} exceeds the engine's profile maximum {limit}: rebuild it with a larger --batch"
+            )
+        notes.append(f"max_batch_size capped at the engine's profile maximum {limit}")
+        wanted = limit
+    return wanted, notes
+
+
+def config_text(io: ModelIO, name: str, options: TritonOptions) -> tuple[str, int, list[str]]:
+    """config.pbtxt for `io` (pure: no files written)."""
+    if options.instances < 1:
+        raise UserInputError("--instances must be >= 1")
+    if options.kind not in ("gpu", "cpu"):
+        raise UserInputError(f"instance kind must be gpu or cpu, got {options.kind!r}")
+    if io.kind == "engine" and options.kind != "gpu":
+        raise UserInputError("A TensorRT plan runs on the GPU only: drop --cpu")
+    max_batch, notes = resolve_batching(io, options)
+    platform = "tensorrt_plan" if io.kind == "engine" else "onnxruntime_onnx"
+    in_shape = io.input_shape[1:] if max_batch > 0 else io.input_shape
+    out_shape = io.output_shape[1:] if max_batch > 0 else io.output_shape
+    if any(d is None for d in in_shape):
+        raise UserInputError(f"{io.path.name} has dynamic non-batch input dims {in_shape}: edgecnn models take a fixed size")
+    cfg = io.contract.preprocess
+    layout = "FORMAT_NCHW" if cfg.layout == "nchw" else "FORMAT_NHWC"
+    # Triton accepts FORMAT_NCHW/NHWC only on rank-3 (batch excluded) inputs: a fixed-batch model gets none.
+    fmt = [f"    format: {layout}"] if len(in_shape) == 3 else []
+    lines = [
+        f"name: {_pb_string(name)}",
+        f"platform: {_pb_string(platform)}",
+        f"max_batch_size: {max_batch}",
+        "input [",
+        "  {",
+        f"    name: {_pb_string(io.input_name)}",
+        "    data_type: TYPE_FP32",
+        *fmt,
+        f"    dims: {_dims(in_shape)}",
+        "  }",
+        "]",
+        "output [",
+        "  {",
+        f"    name: {_pb_string(io.output_name)}",
+        "    data_type: TYPE_FP32",
+        f"    dims: {_dims(out_shape)}",
+        '    label_filename: "labels.txt"',
+        "  }",
+        "]",
+        "instance_group [",
+        "  {",
+        f"    count: {options.instances}",
+        f"    kind: KIND_{options.kind.upper()}",
+        "  }",
+        "]",
+    ]
+    if options.dynamic_batching:
+        lines += ["dynamic_batching {", f"  max_queue_delay_microseconds: {int(options.queue_delay_us)}", "}"]
+    params = {
+        "edgecnn.preprocess": cfg.to_json(),
+        "edgecnn.precision": io.contract.precision,
+        "edgecnn.arch": io.contract.arch or "",
+    }
+    for key, value in params.items():
+        lines += [
+            "parameters {",
+            f"  key: {_pb_string(key)}",
+            f"  value {{ string_value: {_pb_string(value)} }}",
+            "}",
+        ]
+    return "\n".join(lines) + "\n", max_batch, notes
+
+
+def model_name(path: Path, name: str | None) -> str:
+    if name is None:
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "-", path.name.split(".")[0]).strip("-._") or "model"
+    if not MODEL_NAME_RE.match(name):
+        raise UserInputError(f"--name {name!r}: use letters, digits, '-', '_' or '.'")
+    return name
+
+
+def write_repository(model: str | Path, repo: str | Path, options: TritonOptions | None = None) -> TritonReport:
+    """Write (or with force, replace) `<repo>/<name>/` for `model`; everything lands at once via one rename."""
+    from edgecnn.runtime.resolve import resolve_model
+
+    options = options or TritonOptions()
+    path = resolve_model(model)
+    io = read_model_io(path)
+    name = model_name(path, options.name)
+    text, max_batch, notes = config_text(io, name, options)
+    repo = Path(repo)
+    if repo.exists() and not repo.is_dir():
+        raise UserInputError(f"--repo {repo} is a file; expected a folder")
+    target = repo / name
+    if target.exists() and not options.force:
+        raise UserInputError(f"{target} already exists: pass --force to replace it (or choose another --name)")
+    if path.resolve().is_relative_to(target.resolve()):
+        raise UserInputError(f"{path} is inside {target}: the input would be replaced; choose another --repo or --name")
+    repo.mkdir(parents=True, exist_ok=True)
+
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=repo))
+    try:
+        version_dir = staging / str(options.version)
+        version_dir.mkdir()
+        model_file = "model.plan" if io.kind == "engine" else "model.onnx"
+        shutil.copyfile(path, version_dir / model_file)
+        if io.kind == "engine":
+            from edgecnn.trt.manifest import manifest_path
+
+            shutil.copyfile(manifest_path(path), version_dir / (model_file + ".json"))
+        (staging / "labels.txt").write_text("".join(f"{label}\n" for label in io.contract.labels), encoding="utf-8")
+        (staging / "config.pbtxt").write_text(text, encoding="utf-8")
+        (staging / "edgecnn-contract.json").write_text(
+            json.dumps(io.contract.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8"
+        )
+        os.chmod(staging, 0o755)
+        if target.exists():
+            old = target.with_name(f".{name}.old-{os.getpid()}")
+            os.replace(target, old)
+            os.replace(staging, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    files = sorted(p.relative_to(repo).as_posix() for p in target.rglob("*") if p.is_file())
+    return TritonReport(str(target), name, "tensorrt_plan" if io.kind == "engine" else "onnxruntime_onnx", max_batch, text, files, notes)
