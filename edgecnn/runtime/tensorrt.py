@@ -169,8 +169,7 @@ class TensorRTRunner(Runner):
                 profiler.active = i >= warmup
                 self._run(context, x, timed=False)
         finally:
-            self._bind(self.context)
-            del context
+            del context  # the profiling context only; the runner's own context was never touched
         grand = sum(profiler.total.values()) or 1.0
         rows = [
             {"name": name, "op": "tensorrt", "mean_ms": t / iterations, "share": t / grand}

@@ -290,9 +290,11 @@ def _apply_plan(plan: BuildPlan, onnx_file: Path, progress: ProgressFn | None) -
         profile.set_shape(plan.input_name, *[tuple(plan.profile[k]) for k in ("min", "opt", "max")])
         config.add_optimization_profile(profile)
 
+    # Python callbacks (calibrator, progress monitor) are held in locals so they outlive the build.
+    calibrator = monitor = None
     if plan.int8_source == "calib_cache":
-        cache = Path(plan.calib_cache).read_bytes()
-        config.int8_calibrator = _cache_calibrator(trt, cache, plan.profile["opt"][0])  # < 11 (deprecated 10.1)
+        calibrator = _cache_calibrator(trt, Path(plan.calib_cache).read_bytes(), plan.profile["opt"][0])
+        config.int8_calibrator = calibrator  # < 11 (deprecated 10.1)
         if profile is not None:
             config.set_calibration_profile(profile)  # < 11
 
@@ -314,11 +316,13 @@ def _apply_plan(plan: BuildPlan, onnx_file: Path, progress: ProgressFn | None) -
 
     if progress is not None:
         if plan.progress_monitor:
-            config.progress_monitor = _progress_monitor(trt, progress)  # IProgressMonitor: 10.0+
+            monitor = _progress_monitor(trt, progress)
+            config.progress_monitor = monitor  # IProgressMonitor: 10.0+
         else:
             progress(f"building with TensorRT {plan.tensorrt} (no progress reports before 10.0)", 0, None)
 
     serialized = builder.build_serialized_network(network, config)  # 8.0+; None on failure
+    del calibrator, monitor
     if serialized is None:
         raise EdgeCNNError(f"TensorRT {plan.tensorrt} could not build the engine: {logger.last()}")
 
