@@ -354,58 +354,9 @@ def create_bundle(
 
         payload["contract.json"] = (json.dumps(contract.to_dict(), indent=2, sort_keys=True).encode() + b"\n", 0o644)
         payload["labels.txt"] = ("".join(f"{label}\n" for label in contract.labels).encode(), 0o644)
-        app_dir = f"{DEFAULT_PREFIX}/{name}"
-        values = dict(
-            name=name,
-            version=__version__,
-            precision=shlex.quote(options.precision),
-            model_id=shlex.quote(model_id),
-            build_onnx=shlex.quote(plan.build_onnx),
-            run_onnx=shlex.quote(plan.run_onnx),
-            build_args=" ".join(shlex.quote(a) for a in plan.build_args),
-            source=shlex.quote(options.source),
-            sink_args=" ".join(shlex.quote(a) for a in sink_args(options.sinks)),
-        )
-        payload["start.sh"] = (render("start.sh", **values).encode(), 0o755)
-        payload[f"{name}.service"] = (
-            systemd_unit(
-                name, app_dir, options.user, options.service_args, unit_description(contract.arch, contract.num_classes)
-            ).encode(),
-            0o644,
-        )
-        payload["Dockerfile"] = (
-            render(
-                "Dockerfile", name=name, version=__version__, base_image=base_image,
-                jetpack=JETPACK_FOR_IMAGE.get(options.l4t, "6"), l4t=options.l4t,
-            ).encode(),
-            0o644,
-        )
-        devices = docker_device_flags(options.source)
-        payload["run-docker.sh"] = (
-            render(
-                "run-docker.sh", name=name,
-                docker_devices=(" ".join(devices) + " \\\n  ") if devices else "",
-            ).encode(),
-            0o755,
-        )
-        payload["requirements.txt"] = (
-            ("# edgecnn run-time requirements: no PyTorch. On Jetson (aarch64) OpenCV and TensorRT come from JetPack.\n"
-             + "".join(f"{r}\n" for r in runtime_requirements())).encode(),
-            0o644,
-        )
-        h, w = contract.preprocess.input_size
-        payload["README.md"] = (
-            render(
-                "bundle-README.md", name=name, version=__version__,
-                created=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                model_files=", ".join(p for p in ("model.onnx", "model.int8.onnx", "model.calib") if p in payload),
-                classes=contract.num_classes, input_size=f"{h}x{w}", precision=options.precision,
-                device_line=f", built for `{options.device}`" if options.device else "",
-                source_display=source_display, sink_display=", ".join(options.sinks) or "display",
-                base_image=base_image,
-            ).encode(),
-            0o644,
-        )
+        model_files = [p for p in ("model.onnx", "model.int8.onnx", "model.calib") if p in payload]
+        for rel, (text, mode) in app_files(name, contract, options, plan, model_id, base_image, model_files).items():
+            payload[rel] = (text.encode(), mode)
         for rel, path in _package_files().items():
             payload[rel] = (path, 0o644)
 
@@ -457,6 +408,70 @@ def create_bundle(
         files=files,
         warnings=warnings,
     )
+
+
+def app_files(
+    name: str,
+    contract: ModelContract,
+    options: BundleOptions,
+    plan: _Plan,
+    model_id: str,
+    base_image: str,
+    model_files: list[str],
+    created: str | None = None,
+) -> dict[str, tuple[str, int]]:
+    """The rendered text files of a bundle (start.sh, unit, Dockerfile, run-docker.sh, requirements, README).
+
+    Also what `python -m edgecnn.deploy.examples` writes into the repository's deploy/ folder.
+    """
+    app_dir = f"{DEFAULT_PREFIX}/{name}"
+    files: dict[str, tuple[str, int]] = {}
+    start_values = dict(
+        name=name,
+        version=__version__,
+        precision=shlex.quote(options.precision),
+        model_id=shlex.quote(model_id),
+        build_onnx=shlex.quote(plan.build_onnx),
+        run_onnx=shlex.quote(plan.run_onnx),
+        build_args=" ".join(
+            f'"$APP_DIR"/{shlex.quote(a)}' if a in model_files else shlex.quote(a) for a in plan.build_args
+        ),
+        source=shlex.quote(options.source),
+        sink_args=" ".join(shlex.quote(a) for a in sink_args(options.sinks)),
+    )
+    files["start.sh"] = (render("start.sh", **start_values), 0o755)
+    description = unit_description(contract.arch, contract.num_classes)
+    files[f"{name}.service"] = (systemd_unit(name, app_dir, options.user, options.service_args, description), 0o644)
+    files["Dockerfile"] = (
+        render(
+            "Dockerfile", name=name, version=__version__, base_image=base_image,
+            jetpack=JETPACK_FOR_IMAGE.get(options.l4t, "6"), l4t=options.l4t,
+        ),
+        0o644,
+    )
+    devices = docker_device_flags(options.source)
+    files["run-docker.sh"] = (
+        render("run-docker.sh", name=name, docker_devices=(" ".join(devices) + " \\\n  ") if devices else ""),
+        0o755,
+    )
+    files["requirements.txt"] = (
+        "# edgecnn run-time requirements: no PyTorch. On Jetson (aarch64) OpenCV and TensorRT come from JetPack.\n"
+        + "".join(f"{r}\n" for r in runtime_requirements()),
+        0o644,
+    )
+    h, w = contract.preprocess.input_size
+    files["README.md"] = (
+        render(
+            "bundle-README.md", name=name, version=__version__,
+            created=created or time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            model_files=", ".join(model_files), classes=contract.num_classes, input_size=f"{h}x{w}",
+            precision=options.precision, device_line=f", built for `{options.device}`" if options.device else "",
+            source_display=redact_source(options.source), sink_display=", ".join(options.sinks) or "display",
+            base_image=base_image,
+        ),
+        0o644,
+    )
+    return files
 
 
 def systemd_unit(name: str, app_dir: str, user: str, service_args=(), description: str = "edgecnn app") -> str:

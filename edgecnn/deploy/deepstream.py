@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from edgecnn.artifacts import atomic_path, atomic_write_text, ensure_distinct
-from edgecnn.deploy.model_io import read_model_io
+from edgecnn.deploy.model_io import ModelIO, read_model_io
 from edgecnn.errors import UserInputError
 
 NETWORK_MODES = {"fp32": 0, "int8": 1, "fp16": 2}
@@ -114,26 +114,27 @@ def add_softmax(src: Path, dst: Path) -> str:
     return probs
 
 
-def write_deepstream(model: str | Path, out_dir: str | Path, options: DeepStreamOptions | None = None) -> DeepStreamReport:
-    """Write `nvinfer_config.txt`, `labels.txt`, the model (+ calib cache) and a README into `out_dir`."""
-    from edgecnn.runtime.resolve import resolve_model
+@dataclass(frozen=True)
+class NvinferConfig:
+    text: str
+    net_scale_factor: float
+    offsets: list[float]
+    model_color_format: int
+    network_mode: int
+    labels_text: str
+    warnings: list[str]
 
-    options = options or DeepStreamOptions()
-    path = resolve_model(model)
-    io = read_model_io(path)
+
+def nvinfer_config(
+    io: ModelIO, options: DeepStreamOptions, model_file: str, output_name: str, calib_file: str | None = None
+) -> NvinferConfig:
+    """The nvinfer config text for `io` (pure: no files). `model_file` is the ONNX (or engine) name beside it."""
     contract, cfg = io.contract, io.contract.preprocess
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserInputError(f"--out {out_dir} is a file; expected a folder")
     warnings: list[str] = []
-
     precision = options.precision or ("int8" if contract.precision == "int8" else "fp16")
     if precision not in NETWORK_MODES:
         raise UserInputError(f"--precision must be one of {', '.join(NETWORK_MODES)}, got {precision!r}")
-    calib = Path(options.calib_cache) if options.calib_cache else None
-    if calib is not None and not calib.is_file():
-        raise UserInputError(f"--calib-cache {calib} does not exist")
-    if precision == "int8" and io.kind == "onnx" and contract.precision != "int8" and calib is None:
+    if precision == "int8" and io.kind == "onnx" and contract.precision != "int8" and calib_file is None:
         raise UserInputError(
             "--precision int8 needs a Q/DQ ONNX (edgecnn quantize) or --calib-cache (edgecnn calibrate) for nvinfer"
         )
@@ -141,8 +142,8 @@ def write_deepstream(model: str | Path, out_dir: str | Path, options: DeepStream
         raise UserInputError("--batch-size must be >= 1")
     if io.fixed_batch is not None and io.fixed_batch != options.batch_size:
         raise UserInputError(
-            f"{path.name} takes a fixed batch of {io.fixed_batch}: use --batch-size {io.fixed_batch} or export with "
-            "--dynamic-batch"
+            f"{io.path.name} takes a fixed batch of {io.fixed_batch}: use --batch-size {io.fixed_batch} or export "
+            "with --dynamic-batch"
         )
     if io.max_batch is not None and options.batch_size > io.max_batch:
         raise UserInputError(f"--batch-size {options.batch_size} exceeds the model's maximum batch {io.max_batch}")
@@ -156,23 +157,22 @@ def write_deepstream(model: str | Path, out_dir: str | Path, options: DeepStream
     if cfg.resize == "shorter_crop":
         warnings.append(
             f"the model was trained on a central crop ({cfg.crop_ratio:g} of the shorter side) but nvinfer scales the "
-            "whole frame (or object) to the network size: crop upstream (nvvideoconvert src-crop, nvdspreprocess ROIs) "
-            "to match exactly"
+            "whole frame (or object) to the network size: crop upstream (nvvideoconvert src-crop, nvdspreprocess "
+            "ROIs) to match exactly"
         )
     if cfg.resize == "letterbox" and cfg.pad_value != 0:
         warnings.append(f"nvinfer pads letterboxed frames with black, the model with {cfg.pad_value}")
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files: list[str] = []
     lines = [
-        f"# DeepStream nvinfer config for {path.name} ({contract.arch or 'model'}, {contract.num_classes} classes),",
-        "# written by `edgecnn deploy deepstream` from the model's preprocessing contract:",
-        f"#   contract: {cfg.channel_order.upper()}, (x - mean {list(cfg.mean)}) / std {list(cfg.std)}, "
-        f"{cfg.resize} to {cfg.height}x{cfg.width}, {cfg.interpolation}",
+        f"# DeepStream nvinfer config for {contract.arch or 'model'} ({contract.num_classes} classes), written by",
+        "# `edgecnn deploy deepstream` from the model's preprocessing contract:",
+        f"#   {cfg.channel_order.upper()}, (x - mean {list(cfg.mean)}) / std {list(cfg.std)}, "
+        f"{cfg.resize} to {cfg.height}x{cfg.width}, {cfg.interpolation} interpolation",
         "[property]",
         f"gpu-id={options.gpu_id}",
         f"net-scale-factor={scale:.10g}",
         "offsets=" + ";".join(f"{o:g}" for o in offsets),
+        "# 0 = RGB, 1 = BGR",
         f"model-color-format={COLOR_FORMATS[cfg.channel_order]}",
         f"network-input-order={0 if cfg.layout == 'nchw' else 1}",
         "infer-dims=" + (f"3;{cfg.height};{cfg.width}" if cfg.layout == "nchw" else f"{cfg.height};{cfg.width};3"),
@@ -185,34 +185,20 @@ def write_deepstream(model: str | Path, out_dir: str | Path, options: DeepStream
         "# 1 = GPU scaling: its filters follow OpenCV's more closely than the Jetson VIC's",
         "scaling-compute-hw=1",
     ]
-
     if io.kind == "engine":
-        engine_name = "model.engine"
-        _copy(path, out_dir / engine_name, [path])
-        files.append(engine_name)
-        lines.append(f"model-engine-file={engine_name}")
-        output_name = io.output_name
+        lines.append(f"model-engine-file={model_file}")
         warnings.append(
             "a prebuilt engine outputs logits (no Softmax): classifier-threshold compares against logits; pass the "
             "ONNX instead to get probabilities"
         )
     else:
-        onnx_name = "model.softmax.onnx"
-        ensure_distinct([path], out_dir / onnx_name)
-        output_name = add_softmax(path, out_dir / onnx_name)
-        files.append(onnx_name)
-        mode_name = precision
         lines += [
-            f"onnx-file={onnx_name}",
+            f"onnx-file={model_file}",
             "# DeepStream builds this engine on first run and reuses it afterwards",
-            f"model-engine-file={onnx_name}_b{options.batch_size}_gpu{options.gpu_id}_{mode_name}.engine",
+            f"model-engine-file={model_file}_b{options.batch_size}_gpu{options.gpu_id}_{precision}.engine",
         ]
-    if calib is not None and precision == "int8":
-        _copy(calib, out_dir / "calib.cache", [path])
-        files.append("calib.cache")
-        lines.append("int8-calib-file=calib.cache")
-    atomic_write_text(out_dir / "labels.txt", label_text)
-    files.append("labels.txt")
+    if calib_file is not None and precision == "int8":
+        lines.append(f"int8-calib-file={calib_file}")
     lines += [
         "labelfile-path=labels.txt",
         f"batch-size={options.batch_size}",
@@ -228,15 +214,50 @@ def write_deepstream(model: str | Path, out_dir: str | Path, options: DeepStream
         "network-type=1",
         f"classifier-threshold={options.classifier_threshold:g}",
     ]
-    text = "\n".join(lines) + "\n"
-    atomic_write_text(out_dir / "nvinfer_config.txt", text)
-    files.append("nvinfer_config.txt")
-    atomic_write_text(out_dir / "README.md", _readme(path.name, warnings))
-    files.append("README.md")
+    return NvinferConfig(
+        "\n".join(lines) + "\n", scale, offsets, COLOR_FORMATS[cfg.channel_order], NETWORK_MODES[precision],
+        label_text, warnings,
+    )
+
+
+def write_deepstream(model: str | Path, out_dir: str | Path, options: DeepStreamOptions | None = None) -> DeepStreamReport:
+    """Write `nvinfer_config.txt`, `labels.txt`, the model (+ calib cache) and a README into `out_dir`."""
+    from edgecnn.runtime.resolve import resolve_model
+
+    options = options or DeepStreamOptions()
+    path = resolve_model(model)
+    io = read_model_io(path)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserInputError(f"--out {out_dir} is a file; expected a folder")
+    calib = Path(options.calib_cache) if options.calib_cache else None
+    if calib is not None and not calib.is_file():
+        raise UserInputError(f"--calib-cache {calib} does not exist")
+    model_file = "model.engine" if io.kind == "engine" else "model.softmax.onnx"
+    # validate everything (and fail) before writing anything
+    config = nvinfer_config(io, options, model_file, io.output_name, "calib.cache" if calib else None)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = [model_file]
+    if io.kind == "engine":
+        _copy(path, out_dir / model_file, [path])
+        output_name = io.output_name
+    else:
+        ensure_distinct([path], out_dir / model_file)
+        output_name = add_softmax(path, out_dir / model_file)
+        if output_name != io.output_name:
+            config = nvinfer_config(io, options, model_file, output_name, "calib.cache" if calib else None)
+    if calib is not None and config.network_mode == NETWORK_MODES["int8"]:
+        _copy(calib, out_dir / "calib.cache", [path])
+        files.append("calib.cache")
+    atomic_write_text(out_dir / "labels.txt", config.labels_text)
+    atomic_write_text(out_dir / "nvinfer_config.txt", config.text)
+    atomic_write_text(out_dir / "README.md", readme(path.name, config.warnings))
+    files += ["labels.txt", "nvinfer_config.txt", "README.md"]
     return DeepStreamReport(
-        out=str(out_dir), config=text, net_scale_factor=scale, offsets=offsets,
-        model_color_format=COLOR_FORMATS[cfg.channel_order], network_mode=NETWORK_MODES[precision],
-        files=sorted(files), warnings=warnings,
+        out=str(out_dir), config=config.text, net_scale_factor=config.net_scale_factor, offsets=config.offsets,
+        model_color_format=config.model_color_format, network_mode=config.network_mode, files=sorted(files),
+        warnings=config.warnings,
     )
 
 
@@ -246,7 +267,7 @@ def _copy(src: Path, dst: Path, inputs: list[Path]) -> None:
         shutil.copyfile(src, tmp)
 
 
-def _readme(model: str, warnings: list[str]) -> str:
+def readme(model: str, warnings: list[str]) -> str:
     notes = "".join(f"- {w}\n" for w in warnings) or "- none: the config reproduces the contract exactly\n"
     return (
         f"# DeepStream nvinfer config for {model}\n\n"
