@@ -109,3 +109,23 @@ def test_invalid_options_exit_2_with_one_line(tiny_onnx, no_tensorrt, off_jetson
 def test_missing_onnx_is_a_user_error(tmp_path, no_tensorrt):
     result = runner.invoke(app, ["build-engine", str(tmp_path / "nope.onnx"), "--out", str(tmp_path / "x.engine")])
     assert result.exit_code == 2 and "does not exist" in result.stderr
+
+
+def test_inputs_are_checked_before_tensorrt_and_never_overwritten(tiny_onnx, tmp_path, no_tensorrt):
+    from edgecnn.artifacts import sha256_file
+
+    before = sha256_file(tiny_onnx)
+    result = runner.invoke(app, ["build-engine", str(tiny_onnx), "--out", str(tiny_onnx)])
+    assert result.exit_code == 2 and "is the input file" in result.stderr
+    result = runner.invoke(app, ["build-engine", str(tiny_onnx), "--out", str(tmp_path / "t.engine"),
+                                 "--precision", "int8", "--calib-cache", str(tmp_path / "missing.cache")])
+    assert result.exit_code == 2 and "--calib-cache" in result.stderr and "does not exist" in result.stderr
+    foreign = tmp_path / "foreign.onnx"
+    import onnx
+
+    model = onnx.load(str(tiny_onnx))
+    del model.metadata_props[:]
+    onnx.save(model, str(foreign))
+    result = runner.invoke(app, ["build-engine", str(foreign), "--out", str(tmp_path / "f.engine")])
+    assert result.exit_code == 4 and "no edgecnn metadata" in result.stderr
+    assert sha256_file(tiny_onnx) == before

@@ -33,7 +33,6 @@ def build_engine(
     json_out: bool = typer.Option(False, "--json", help="Print the report (or the plan + trtexec command) as JSON only."),
 ):
     """Build a TensorRT engine on this machine's GPU, with a manifest that lets the runner refuse a mismatched engine."""
-    from edgecnn.errors import UserInputError
     from edgecnn.trt.plan import BuildOptions, parse_batch, parse_size
 
     options = BuildOptions(
@@ -53,10 +52,10 @@ def build_engine(
         return
 
     from edgecnn.trt.builder import build_engine as build
+    from edgecnn.trt.builder import check_inputs
     from edgecnn.trt.env import runtime_facts
 
-    if not model.is_file():
-        raise UserInputError(f"{model} does not exist")
+    check_inputs(model, out, options)  # bad files fail before TensorRT is even looked for
     here = runtime_facts()  # TensorRT, cuda-python and a GPU, or one line saying what is missing (exit 3)
     with progress_bar("building the TensorRT engine", total=None, disable=json_out) as update:
 

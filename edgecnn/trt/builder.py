@@ -94,6 +94,21 @@ def rebuild_command(onnx: Path, out: Path, options: BuildOptions) -> str:
     return shlex.join(argv)
 
 
+def check_inputs(onnx_path: Path, out: Path, options: BuildOptions):
+    """Everything about the inputs that can fail without TensorRT: files exist, outputs never overwrite inputs, the
+    ONNX carries the edgecnn contract. Returns (contract, OnnxFacts)."""
+    onnx_path, out = Path(onnx_path), Path(out)
+    if not onnx_path.is_file():
+        raise UserInputError(f"{onnx_path} does not exist")
+    inputs = [onnx_path] + [Path(p) for p in (options.calib_cache, options.timing_cache) if p]
+    ensure_distinct(inputs, out)  # never write the engine over the ONNX, the calibration or the timing cache
+    ensure_distinct(inputs + [out], manifest_path(out))
+    if options.calib_cache and not Path(options.calib_cache).is_file():
+        raise UserInputError(f"--calib-cache {options.calib_cache} does not exist")
+    contract = read_onnx_contract(onnx_path)  # an ONNX without labels/preprocessing fails here, before TensorRT
+    return contract, inspect_onnx(onnx_path)
+
+
 def build_engine(
     onnx_path: str | os.PathLike,
     out: str | os.PathLike,
@@ -109,15 +124,7 @@ def build_engine(
 
     options = options or BuildOptions()
     onnx_path, out = Path(onnx_path), Path(out)
-    if not onnx_path.is_file():
-        raise UserInputError(f"{onnx_path} does not exist")
-    inputs = [onnx_path] + [Path(p) for p in (options.calib_cache, options.timing_cache) if p]
-    ensure_distinct(inputs, out)  # never write the engine over the ONNX, the calibration or the timing cache
-    ensure_distinct(inputs + [out], manifest_path(out))
-    if options.calib_cache and not Path(options.calib_cache).is_file():
-        raise UserInputError(f"--calib-cache {options.calib_cache} does not exist")
-    contract = read_onnx_contract(onnx_path)  # an ONNX without labels/preprocessing fails here, before TensorRT
-    facts = inspect_onnx(onnx_path)
+    contract, facts = check_inputs(onnx_path, out, options)
 
     trt_start = time.perf_counter()
     here = here or runtime_facts()  # imports tensorrt + cuda-python, finds the GPU (MissingDependencyError otherwise)
