@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from edgecnn.errors import UserInputError
-from edgecnn.trt.devices import DevicePreset
+from edgecnn.trt.devices import DEVICES, DevicePreset
 
 PRECISIONS = ("fp32", "fp16", "int8", "best")
 HARDWARE_COMPAT = {"ampere+": "AMPERE_PLUS", "same-cc": "SAME_COMPUTE_CAPABILITY"}
@@ -278,111 +278,16 @@ def make_plan(
     if device.name == "nano":
         raise UserInputError(f"--device nano: {device.notes[0]}")
     caps = capabilities(version)
-    notes: list[str] = []
     precision = options.precision.lower()
     if precision not in PRECISIONS:
         raise UserInputError(f"--precision {options.precision!r}: choose one of {', '.join(PRECISIONS)}")
-    if device.jetson and device.default_tensorrt:
-        shipped = {TrtVersion.parse(r.tensorrt)[:2] for r in device.jetpack}
-        later_11 = version.major == 11 and device.name in ("agx-orin", "thor")  # JetPack 7.2.2+ with TensorRT 11.4.1+
-        if (version.major, version.minor) not in shipped and not later_11:
-            notes.append(
-                f"{device.title} JetPack releases ship TensorRT "
-                f"{', '.join(sorted({r.tensorrt for r in device.jetpack}))}, not {version}: build on the device"
-            )
+    notes: list[str] = _jetpack_notes(version, device)
 
-    # ---- precision and typing
-    builder_flags: list[str] = []
-    network_flags: list[str] = ["EXPLICIT_BATCH"] if caps.explicit_batch_flag else []
-    convert_fp16 = False
-    int8_source = None
-    calib_cache = options.calib_cache
-    typing = "weak" if caps.weak_typing else "strong"
-
-    if precision in ("int8", "best"):
-        if onnx.has_qdq:
-            int8_source = "qdq"
-            if calib_cache:
-                notes.append("--calib-cache ignored: the ONNX carries Q/DQ scales (explicit quantization)")
-                calib_cache = None
-        elif calib_cache:
-            if not caps.implicit_int8:
-                raise UserInputError(
-                    f"TensorRT {version} removed implicit INT8 calibration (--calib-cache): make a Q/DQ ONNX with "
-                    f"`{QUANTIZE_HINT}` and build that"
-                )
-            int8_source = "calib_cache"
-            if version.at_least(10, 1):
-                notes.append(f"implicit INT8 calibration is deprecated since TensorRT 10.1; prefer `{QUANTIZE_HINT}`")
-        elif precision == "int8":
-            raise UserInputError(
-                f"--precision int8 needs a Q/DQ ONNX (make one with `{QUANTIZE_HINT}`)"
-                + (" or a --calib-cache" if caps.implicit_int8 else "")
-            )
-        else:
-            notes.append("best: no Q/DQ nodes and no --calib-cache, so no INT8 layers (FP16 + FP32 only)")
-    elif calib_cache:
-        raise UserInputError(f"--calib-cache only applies to --precision int8/best, not {precision}")
-
-    if caps.weak_typing:
-        if precision in ("fp16", "best"):
-            builder_flags.append("FP16")
-        if int8_source:
-            builder_flags.append("INT8")
-    else:
-        # TensorRT 11: strongly typed; types come from the ONNX.
-        if precision == "fp32" and onnx.fp16:
-            raise UserInputError("--precision fp32 on TensorRT 11 needs an FP32 ONNX: this one computes in FP16")
-        if precision == "fp16" or (precision == "best" and not int8_source):
-            convert_fp16 = not onnx.fp16
-            notes.append(
-                "TensorRT 11 has no FP16 builder flag: "
-                + ("the ONNX is converted to FP16 (inputs/outputs stay FP32) before the build" if convert_fp16
-                   else "the ONNX already computes in FP16")
-            )
-        if precision == "best" and int8_source:
-            notes.append("best on TensorRT 11 = the Q/DQ ONNX as typed (strongly typed network)")
-
-    # ---- optimization profile (batch only; edgecnn models have fixed C, H, W)
-    shape = onnx.input_shape
-    if len(shape) < 2 or any(d is None for d in shape[1:]):
-        raise UserInputError(
-            f"Input {onnx.input_name!r} has shape {_fmt(shape)}: only the batch dimension may be dynamic; "
-            "re-export with a fixed image size"
-        )
-    batch = options.batch
-    if shape[0] is not None:
-        if batch and (batch.min, batch.max) != (shape[0], shape[0]):
-            raise UserInputError(
-                f"The ONNX has a fixed batch of {shape[0]}; --batch {batch.min}:{batch.opt}:{batch.max} needs an ONNX "
-                "exported with a dynamic batch (edgecnn export --dynamic-batch)"
-            )
-        batch = BatchRange(shape[0], shape[0], shape[0])
-    elif batch is None:
-        batch = BatchRange(1, 1, 1)
-        notes.append("dynamic-batch ONNX and no --batch: building for batch 1 (use --batch MIN:OPT:MAX for more)")
-    rest = list(shape[1:])
-    profile = {k: [b] + rest for k, b in (("min", batch.min), ("opt", batch.opt), ("max", batch.max))}
-
-    # ---- DLA
-    dla_core = options.dla_core
-    if dla_core is not None:
-        if device.dla_cores == 0:
-            has = [d for d in ("xavier-nx", "agx-xavier", "orin-nx", "agx-orin")]
-            raise UserInputError(
-                f"--dla: {device.title} has no DLA (DLA devices: {', '.join(has)}); drop --dla to build for the GPU"
-            )
-        if not 0 <= dla_core < device.dla_cores:
-            raise UserInputError(f"--dla {dla_core}: {device.title} has DLA cores 0..{device.dla_cores - 1}")
-        if precision == "fp32":
-            raise UserInputError("DLA runs FP16 or INT8 only: add --precision fp16 (or int8 with a Q/DQ ONNX)")
-        if not caps.dla:
-            raise UserInputError(
-                f"TensorRT {version} cannot build for DLA (DLA returned in 11.4.1, AGX Orin with JetPack 7.2.2+): "
-                "drop --dla or use the JetPack's TensorRT 10.x"
-            )
-        if version.major >= 11 and device.name != "agx-orin":
-            raise UserInputError(f"TensorRT {version} supports DLA on Jetson AGX Orin only")
+    int8_source, calib_cache = _int8_source(precision, onnx, options.calib_cache, version, caps, notes)
+    builder_flags, convert_fp16 = _precision_flags(precision, onnx, int8_source, caps, notes)
+    batch, profile = _batch_profile(onnx, options.batch, notes)
+    if options.dla_core is not None:
+        _check_dla(options.dla_core, precision, version, caps, device)
         if options.gpu_fallback:
             builder_flags.append("GPU_FALLBACK")
         else:
@@ -391,27 +296,7 @@ def make_plan(
             notes.append("DLA needs static shapes: with a dynamic batch, layers fall back to the GPU")
     elif options.gpu_fallback:
         raise UserInputError("--gpu-fallback only applies with --dla N")
-
-    # ---- compatibility
-    hardware = "NONE"
-    if options.hardware_compat:
-        key = options.hardware_compat.lower()
-        if key not in HARDWARE_COMPAT:
-            raise UserInputError(f"--hardware-compat {options.hardware_compat!r}: choose {' or '.join(HARDWARE_COMPAT)}")
-        if device.jetson:
-            raise UserInputError(
-                "--hardware-compat is not supported on JetPack (TensorRT docs): build the engine on the Jetson itself"
-            )
-        if dla_core is not None:
-            raise UserInputError("--hardware-compat cannot be combined with --dla")
-        hardware = HARDWARE_COMPAT[key]
-        if hardware == "AMPERE_PLUS" and not caps.ampere_plus or hardware == "SAME_COMPUTE_CAPABILITY" and not caps.same_compute_capability:
-            need = "8.6" if hardware == "AMPERE_PLUS" else "10.9"
-            raise UserInputError(f"--hardware-compat {key} needs TensorRT {need}+, this is {version}")
-        if hardware == "AMPERE_PLUS" and gpu_compute_capability and float(gpu_compute_capability) < 8.0:
-            raise UserInputError(
-                f"--hardware-compat ampere+ must be built on an Ampere or newer GPU (this one is sm_{gpu_compute_capability})"
-            )
+    hardware = _hardware_level(options, version, caps, device, gpu_compute_capability)
     if options.version_compatible:
         if not caps.version_compatible:
             raise UserInputError(f"--version-compatible needs TensorRT 8.6+, this is {version}")
@@ -426,8 +311,8 @@ def make_plan(
         tensorrt=str(version),
         device=device.name,
         precision=precision,
-        typing=typing,
-        network_flags=network_flags,
+        typing="weak" if caps.weak_typing else "strong",
+        network_flags=["EXPLICIT_BATCH"] if caps.explicit_batch_flag else [],
         builder_flags=builder_flags,
         convert_fp16=convert_fp16,
         int8_source=int8_source,
@@ -435,15 +320,136 @@ def make_plan(
         workspace_bytes=workspace,
         input_name=onnx.input_name,
         profile=profile,
-        dynamic_batch=shape[0] is None,
-        dla_core=dla_core,
-        gpu_fallback=bool(options.gpu_fallback and dla_core is not None),
+        dynamic_batch=onnx.input_shape[0] is None,
+        dla_core=options.dla_core,
+        gpu_fallback=bool(options.gpu_fallback and options.dla_core is not None),
         hardware_compat=hardware,
         version_compatible=options.version_compatible,
         timing_cache=options.timing_cache,
         progress_monitor=caps.progress_monitor,
         notes=notes,
     )
+
+
+def _jetpack_notes(version: TrtVersion, device: DevicePreset) -> list[str]:
+    """A warning when planning a Jetson build for a TensorRT its JetPack releases do not ship."""
+    if not device.jetson or not device.jetpack:
+        return []
+    shipped = {TrtVersion.parse(r.tensorrt)[:2] for r in device.jetpack}
+    later_11 = version.major == 11 and device.name in ("agx-orin", "thor")  # JetPack 7.2.2+ with TensorRT 11.4.1+
+    if (version.major, version.minor) in shipped or later_11:
+        return []
+    versions = ", ".join(sorted({r.tensorrt for r in device.jetpack}))
+    return [f"{device.title} JetPack releases ship TensorRT {versions}, not {version}: build on the device"]
+
+
+def _int8_source(precision, onnx: OnnxFacts, calib_cache, version, caps: Capabilities, notes: list[str]):
+    """Where INT8 scales come from: the ONNX's Q/DQ nodes (every version) or a calibration cache (implicit, <= 10)."""
+    if precision not in ("int8", "best"):
+        if calib_cache:
+            raise UserInputError(f"--calib-cache only applies to --precision int8/best, not {precision}")
+        return None, None
+    if onnx.has_qdq:
+        if calib_cache:
+            notes.append("--calib-cache ignored: the ONNX carries Q/DQ scales (explicit quantization)")
+        return "qdq", None
+    if calib_cache:
+        if not caps.implicit_int8:
+            raise UserInputError(
+                f"TensorRT {version} removed implicit INT8 calibration (--calib-cache): make a Q/DQ ONNX with "
+                f"`{QUANTIZE_HINT}` and build that"
+            )
+        if version.at_least(10, 1):
+            notes.append(f"implicit INT8 calibration is deprecated since TensorRT 10.1; prefer `{QUANTIZE_HINT}`")
+        return "calib_cache", calib_cache
+    if precision == "int8":
+        raise UserInputError(
+            f"--precision int8 needs a Q/DQ ONNX (make one with `{QUANTIZE_HINT}`)"
+            + (" or a --calib-cache" if caps.implicit_int8 else "")
+        )
+    notes.append("best: no Q/DQ nodes and no --calib-cache, so no INT8 layers (FP16 + FP32 only)")
+    return None, None
+
+
+def _precision_flags(precision, onnx: OnnxFacts, int8_source, caps: Capabilities, notes: list[str]):
+    """(builder flags, convert the ONNX to FP16?): flags on weakly typed releases, ONNX types on 11.x."""
+    if caps.weak_typing:
+        flags = (["FP16"] if precision in ("fp16", "best") else []) + (["INT8"] if int8_source else [])
+        return flags, False
+    if precision == "fp32" and onnx.fp16:
+        raise UserInputError("--precision fp32 on TensorRT 11 needs an FP32 ONNX: this one computes in FP16")
+    convert = False
+    if precision == "fp16" or (precision == "best" and not int8_source):
+        convert = not onnx.fp16
+        notes.append(
+            "TensorRT 11 has no FP16 builder flag: "
+            + ("the ONNX is converted to FP16 (inputs/outputs stay FP32) before the build" if convert
+               else "the ONNX already computes in FP16")
+        )
+    if precision == "best" and int8_source:
+        notes.append("best on TensorRT 11 = the Q/DQ ONNX as typed (strongly typed network)")
+    return [], convert
+
+
+def _batch_profile(onnx: OnnxFacts, batch: BatchRange | None, notes: list[str]):
+    """The optimization profile: batch only (edgecnn models have a fixed C, H, W)."""
+    shape = onnx.input_shape
+    if len(shape) < 2 or any(d is None for d in shape[1:]):
+        raise UserInputError(
+            f"Input {onnx.input_name!r} has shape {_fmt(shape)}: only the batch dimension may be dynamic; "
+            "re-export with a fixed image size"
+        )
+    if shape[0] is not None:
+        if batch and (batch.min, batch.max) != (shape[0], shape[0]):
+            raise UserInputError(
+                f"The ONNX has a fixed batch of {shape[0]}; --batch {batch.min}:{batch.opt}:{batch.max} needs an ONNX "
+                "exported with a dynamic batch (edgecnn export --dynamic-batch)"
+            )
+        batch = BatchRange(shape[0], shape[0], shape[0])
+    elif batch is None:
+        batch = BatchRange(1, 1, 1)
+        notes.append("dynamic-batch ONNX and no --batch: building for batch 1 (use --batch MIN:OPT:MAX for more)")
+    rest = list(shape[1:])
+    return batch, {k: [b] + rest for k, b in (("min", batch.min), ("opt", batch.opt), ("max", batch.max))}
+
+
+def _check_dla(core: int, precision, version: TrtVersion, caps: Capabilities, device: DevicePreset) -> None:
+    if device.dla_cores == 0:
+        have = ", ".join(name for name, d in DEVICES.items() if d.dla_cores)
+        raise UserInputError(f"--dla: {device.title} has no DLA (DLA devices: {have}); drop --dla to build for the GPU")
+    if not 0 <= core < device.dla_cores:
+        raise UserInputError(f"--dla {core}: {device.title} has DLA cores 0..{device.dla_cores - 1}")
+    if precision == "fp32":
+        raise UserInputError("DLA runs FP16 or INT8 only: add --precision fp16 (or int8 with a Q/DQ ONNX)")
+    if not caps.dla:
+        raise UserInputError(
+            f"TensorRT {version} cannot build for DLA (DLA returned in 11.4.1, AGX Orin with JetPack 7.2.2+): "
+            "drop --dla or use the JetPack's TensorRT 10.x"
+        )
+    if version.major >= 11 and device.name != "agx-orin":
+        raise UserInputError(f"TensorRT {version} supports DLA on Jetson AGX Orin only")
+
+
+def _hardware_level(options: BuildOptions, version, caps: Capabilities, device: DevicePreset, gpu_cc) -> str:
+    if not options.hardware_compat:
+        return "NONE"
+    key = options.hardware_compat.lower()
+    if key not in HARDWARE_COMPAT:
+        raise UserInputError(f"--hardware-compat {options.hardware_compat!r}: choose {' or '.join(HARDWARE_COMPAT)}")
+    if device.jetson:
+        raise UserInputError(
+            "--hardware-compat is not supported on JetPack (TensorRT docs): build the engine on the Jetson itself"
+        )
+    if options.dla_core is not None:
+        raise UserInputError("--hardware-compat cannot be combined with --dla")
+    level = HARDWARE_COMPAT[key]
+    supported = caps.ampere_plus if level == "AMPERE_PLUS" else caps.same_compute_capability
+    if not supported:
+        raise UserInputError(f"--hardware-compat {key} needs TensorRT {'8.6' if level == 'AMPERE_PLUS' else '10.9'}+, "
+                             f"this is {version}")
+    if level == "AMPERE_PLUS" and gpu_cc and int(str(gpu_cc).split(".")[0]) < 8:
+        raise UserInputError(f"--hardware-compat ampere+ must be built on an Ampere or newer GPU (this one is sm_{gpu_cc})")
+    return level
 
 
 def _fmt(shape) -> str:
