@@ -1,0 +1,375 @@
+"""`edgecnn deploy bundle` + `deploy install`: the round trip on this (TensorRT-less) machine, and the pure pieces.
+
+The round trip is real: a tar.gz is written, verified and extracted by `install`, and the installed `start.sh` runs
+the model with the bundled edgecnn on ONNX Runtime over a real video file, through the real `edgecnn live`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import build_tiny_onnx
+from edgecnn.artifacts import ModelContract, read_onnx_contract, save_onnx, sha256_file, write_onnx_contract
+from edgecnn.deploy.bundle import (
+    BundleOptions,
+    create_bundle,
+    docker_device_flags,
+    parse_sha256sums,
+    plan_models,
+    runtime_requirements,
+    sink_args,
+    ssh_commands,
+)
+from edgecnn.deploy.install import ServiceTarget, install_bundle
+from edgecnn.errors import UserInputError
+
+
+def make_video(path: Path, frames: int = 8, size=(64, 48)) -> Path:
+    """A real MJPG .avi that OpenCV decodes (frames differ so the classifier sees changing input)."""
+    w, h = size
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (w, h))
+    assert writer.isOpened()
+    rng = np.random.default_rng(0)
+    for i in range(frames):
+        img = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        img[:, : (i + 1) * w // frames, i % 3] = 255
+        writer.write(img)
+    writer.release()
+    return path
+
+
+def members(bundle: Path) -> dict[str, tarfile.TarInfo]:
+    with tarfile.open(bundle) as tar:
+        return {m.name: m for m in tar.getmembers()}
+
+
+def read_member(bundle: Path, name: str) -> str:
+    with tarfile.open(bundle) as tar:
+        return tar.extractfile(name).read().decode()
+
+
+@pytest.fixture
+def bundle(tmp_path, tiny_onnx) -> Path:
+    out = tmp_path / "out" / "app.tar.gz"
+    create_bundle(tiny_onnx, out, BundleOptions(precision="fp16", device="orin-nano", source="0"))
+    return out
+
+
+def test_bundle_contents(bundle, tiny_onnx):
+    names = members(bundle)
+    top = {n.split("/", 1)[1] for n in names if n.count("/") == 1}
+    assert top >= {
+        "model.onnx", "contract.json", "labels.txt", "bundle.json", "start.sh", "tiny.service", "Dockerfile",
+        "run-docker.sh", "requirements.txt", "README.md", "SHA256SUMS",
+    }
+    assert "tiny/lib/edgecnn/__init__.py" in names and "tiny/lib/edgecnn/templates/start.sh.in" in names
+    assert all(m.isfile() for m in names.values()), "only regular files: no links, no devices"
+    assert names["tiny/start.sh"].mode == 0o755
+
+    # SHA256SUMS lists every file but itself, with the right digests
+    sums = parse_sha256sums(read_member(bundle, "tiny/SHA256SUMS"))
+    assert set(sums) == {n.split("/", 1)[1] for n in names} - {"SHA256SUMS"}
+    assert sums["model.onnx"] == sha256_file(tiny_onnx)
+
+    # the contract travels as a manifest too
+    contract = ModelContract.from_dict(json.loads(read_member(bundle, "tiny/contract.json")))
+    assert contract.labels == ["cat", "dog", "bird"]
+    assert read_member(bundle, "tiny/labels.txt").split() == ["cat", "dog", "bird"]
+    manifest = json.loads(read_member(bundle, "tiny/bundle.json"))
+    assert manifest["build_args"] == ["--precision", "fp16", "--device", "orin-nano"]
+
+    start = read_member(bundle, "tiny/start.sh")
+    assert "build-engine" in start and '"$APP_DIR/$BUILD_ONNX"' in start and "edgecnn live" in start
+    assert "BUILD_ARGS=(--precision fp16 --device orin-nano)" in start
+    assert "SINK_ARGS=(--headless --json)" in start  # default sink: JSON lines (the journal under systemd)
+
+    docker = read_member(bundle, "tiny/Dockerfile")
+    assert "\nFROM nvcr.io/nvidia/l4t-jetpack:r36.4.0\n" in docker
+    assert "sha256sum --check" in docker and "VOLUME /var/lib/edgecnn" in docker
+    run_docker = read_member(bundle, "tiny/run-docker.sh")
+    assert "--runtime nvidia" in run_docker and "--device /dev/video0" in run_docker
+
+    unit = read_member(bundle, "tiny/tiny.service")
+    assert "ExecStart=/opt/edgecnn/tiny/start.sh" in unit and "SupplementaryGroups=video" in unit
+
+    reqs = read_member(bundle, "tiny/requirements.txt")
+    assert "torch" not in reqs
+    assert 'opencv-python-headless>=4.8; platform_machine != "aarch64"' in reqs
+    assert 'numpy>=1.23,<2; platform_machine == "aarch64"' in reqs
+
+
+def test_round_trip_runs_on_onnxruntime_without_tensorrt(bundle, tmp_path):
+    """bundle -> install into a temp prefix -> files verified -> the start script runs the model on ONNX Runtime."""
+    pytest.importorskip("onnxruntime")
+    if _has_tensorrt():
+        pytest.skip("TensorRT is installed here: the start script would build an engine instead")
+    report = install_bundle(bundle, tmp_path / "prefix", python=sys.executable)
+    app = Path(report.app_dir)
+    assert app == tmp_path / "prefix" / "tiny"
+    assert report.files_verified == len(parse_sha256sums((app / "SHA256SUMS").read_text()))
+    assert report.runtime == "onnx" and report.model == str(app / "model.onnx")
+    assert "TensorRT not found" in report.engine_note
+    assert not list((tmp_path / "prefix").glob(".tiny.*")), "no staging folder left behind"
+
+    video = make_video(tmp_path / "clip.avi")
+    env = dict(os.environ, EDGECNN_PYTHON=sys.executable, EDGECNN_SOURCE=str(video))
+    env.pop("PYTHONPATH", None)
+    proc = subprocess.run(
+        [str(app / "start.sh"), "--max-frames", "3", "--no-pace"],
+        capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "TensorRT not found: running on ONNX Runtime" in proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    frames = [r for r in lines if r["type"] == "frame"]
+    summary = [r for r in lines if r["type"] == "summary"][-1]
+    assert len(frames) == 3 and summary["frames"] == 3 and summary["end_reason"] == "max_frames"
+    assert all(f["label"] in ("cat", "dog", "bird") for f in frames)
+    # the bundled lib/ edgecnn ran, not the workspace's
+    check = subprocess.run(
+        [sys.executable, "-c", "import edgecnn; print(edgecnn.__file__)"],
+        capture_output=True, text=True, env=dict(env, PYTHONPATH=str(app / "lib")), cwd=tmp_path,
+    )
+    assert check.stdout.strip() == str(app / "lib" / "edgecnn" / "__init__.py")
+
+
+def test_failed_engine_build_falls_back_to_onnx(bundle, tmp_path):
+    """A `tensorrt` that cannot build (here: a stand-in module without the API, on a machine with no GPU) makes the
+    real `edgecnn build-engine` fail; start.sh must then keep the ONNX model rather than stop."""
+    report = install_bundle(bundle, tmp_path / "prefix", build_engine=False)
+    fake = tmp_path / "fake-trt"
+    fake.mkdir()
+    (fake / "tensorrt.py").write_text("__version__ = '10.3.0'\n")
+    env = dict(os.environ, EDGECNN_PYTHON=sys.executable, PYTHONPATH=str(fake))
+    proc = subprocess.run(
+        [str(Path(report.app_dir) / "start.sh"), "--prepare"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "building the TensorRT 10.3.0 engine" in proc.stderr
+    assert "engine build failed: falling back to ONNX Runtime" in proc.stderr
+    assert proc.stdout.strip() == f"onnx {report.app_dir}/model.onnx"
+    assert not list((Path(report.app_dir) / "engines").glob("*.engine"))
+
+
+def test_reinstall_replaces_app_and_keeps_engines(bundle, tmp_path):
+    prefix = tmp_path / "prefix"
+    first = install_bundle(bundle, prefix, build_engine=False)
+    engines = Path(first.app_dir) / "engines"
+    engines.mkdir()
+    (engines / "abc-trt10.3.0-fp16.engine").write_bytes(b"engine bytes")
+    (Path(first.app_dir) / "stray.txt").write_text("from the old install")
+    second = install_bundle(bundle, prefix, build_engine=False)
+    assert second.replaced_previous
+    assert (Path(second.app_dir) / "engines" / "abc-trt10.3.0-fp16.engine").read_bytes() == b"engine bytes"
+    assert not (Path(second.app_dir) / "stray.txt").exists()
+
+
+def test_install_refuses_to_replace_a_foreign_folder(bundle, tmp_path):
+    target = tmp_path / "prefix" / "tiny"
+    target.mkdir(parents=True)
+    (target / "precious.txt").write_text("keep me")
+    with pytest.raises(UserInputError, match="not an edgecnn app"):
+        install_bundle(bundle, tmp_path / "prefix", build_engine=False)
+    assert (target / "precious.txt").read_text() == "keep me"
+    assert sorted(p.name for p in (tmp_path / "prefix").iterdir()) == ["tiny"]
+
+
+def test_service_plan_without_root_or_systemd(bundle, tmp_path):
+    units = tmp_path / "units"
+    report = install_bundle(
+        bundle, tmp_path / "prefix", build_engine=False, service=True,
+        service_target=ServiceTarget(unit_dir=units, is_root=False, has_systemd=True, user="jetson"),
+    )
+    svc = report.service
+    assert svc["installed"] is False and "not root" in svc["reason"]
+    assert svc["unit"] == str(units / "tiny.service")
+    assert svc["commands"] == ["systemctl daemon-reload", "systemctl enable --now tiny.service"]
+    assert not units.exists()
+
+    svc = install_bundle(
+        bundle, tmp_path / "prefix", build_engine=False, service=True,
+        service_target=ServiceTarget(unit_dir=units, is_root=True, has_systemd=False),
+    ).service
+    assert svc["installed"] is False and "systemd is not running" in svc["reason"]
+
+
+def test_service_install_writes_unit_for_the_real_prefix(bundle, tmp_path):
+    """As root with systemd: the unit is rendered for the actual install folder and systemctl is called (here a
+    recording script standing in for systemctl, which cannot run in this container)."""
+    log = tmp_path / "systemctl.log"
+    fake = tmp_path / "systemctl"
+    fake.write_text(f"#!/bin/sh\necho \"$@\" >> {log}\n")
+    fake.chmod(0o755)
+    units = tmp_path / "units"
+    report = install_bundle(
+        bundle, tmp_path / "prefix", build_engine=False, service=True,
+        service_target=ServiceTarget(unit_dir=units, systemctl=(str(fake),), is_root=True, has_systemd=True, user="jetson"),
+    )
+    assert report.service["installed"] is True
+    unit = (units / "tiny.service").read_text()
+    assert f"ExecStart={report.app_dir}/start.sh" in unit and "User=jetson" in unit
+    assert log.read_text().splitlines() == ["daemon-reload", "enable --now tiny.service"]
+
+
+# ---------------------------------------------------------------- pure pieces
+
+
+@pytest.mark.parametrize(
+    "precision,fp32,int8,calib,build,run,args",
+    [
+        ("fp16", True, False, False, "model.onnx", "model.onnx", ["--precision", "fp16"]),
+        ("fp32", True, True, False, "model.onnx", "model.onnx", ["--precision", "fp32"]),
+        ("int8", True, True, False, "model.int8.onnx", "model.onnx", ["--precision", "int8"]),
+        ("int8", True, False, True, "model.onnx", "model.onnx", ["--precision", "int8", "--calib-cache", "model.calib"]),
+        ("int8", True, True, True, "model.int8.onnx", "model.onnx", ["--precision", "int8"]),  # Q/DQ wins
+        ("int8", False, True, False, "model.int8.onnx", "model.int8.onnx", ["--precision", "int8"]),
+        ("best", True, False, False, "model.onnx", "model.onnx", ["--precision", "best"]),
+    ],
+)
+def test_plan_models(precision, fp32, int8, calib, build, run, args):
+    plan = plan_models(precision, fp32, int8, calib, None)
+    assert (plan.build_onnx, plan.run_onnx, plan.build_args) == (build, run, args)
+
+
+def test_plan_models_errors_name_the_fix():
+    with pytest.raises(UserInputError, match="edgecnn quantize"):
+        plan_models("int8", True, False, False, None)
+    with pytest.raises(UserInputError, match="already INT8"):
+        plan_models("fp16", False, True, False, None)
+    with pytest.raises(UserInputError, match="precision"):
+        plan_models("int4", True, False, False, None)
+    assert "FP16/FP32 only" in plan_models("best", True, False, False, None).warnings[0]
+
+
+def test_sink_args():
+    assert sink_args(["display"]) == []
+    assert sink_args(["json"]) == ["--headless", "--json"]
+    assert sink_args(["json", "record:/data/out.mp4"]) == ["--headless", "--json", "--record", "/data/out.mp4"]
+    with pytest.raises(UserInputError, match="Unknown --sink"):
+        sink_args(["screen"])
+    with pytest.raises(UserInputError, match="cannot be combined"):
+        sink_args(["display", "json"])
+
+
+def test_docker_device_flags():
+    assert docker_device_flags("0") == ["--device", "/dev/video0"]
+    assert docker_device_flags("/dev/video2") == ["--device", "/dev/video2"]
+    assert docker_device_flags("csi://0") == ["-v", "/tmp/argus_socket:/tmp/argus_socket"]
+    assert docker_device_flags("rtsp://cam/stream") == []
+
+
+def test_runtime_requirements_have_no_torch_and_respect_jetpack():
+    reqs = runtime_requirements()
+    assert not any(r.startswith(("torch", "efficientnet")) for r in reqs)
+    opencv = [r for r in reqs if r.startswith("opencv")]
+    assert opencv and all("platform_machine != \"aarch64\"" in r for r in opencv)
+    assert sum(r.startswith("numpy") for r in reqs) == 2
+
+
+def test_int8_material_and_contract_checks(tmp_path, tiny_onnx):
+    import onnx
+
+    calib = tmp_path / "model.calib"
+    calib.write_bytes(b"TRT-8601-EntropyCalibration2\ninput: 3c010a14\n")
+    out = tmp_path / "int8.tar.gz"
+    report = create_bundle(tiny_onnx, out, BundleOptions(precision="int8", calib_cache=calib))
+    assert report.build_onnx == "model.onnx"
+    start = read_member(out, "tiny/start.sh")
+    assert 'BUILD_ARGS=(--precision int8 --calib-cache "$APP_DIR"/model.calib)' in start
+
+    with pytest.raises(UserInputError, match="--int8-model or|INT8 material"):
+        create_bundle(tiny_onnx, tmp_path / "x.tar.gz", BundleOptions(precision="int8"))
+
+    other = build_tiny_onnx(tmp_path / "other.onnx", labels=("a", "b", "c"))
+    with pytest.raises(UserInputError, match="different labels"):
+        create_bundle(tiny_onnx, tmp_path / "y.tar.gz", BundleOptions(precision="int8", int8_model=other))
+
+    # a Q/DQ-marked model of the same contract is accepted and built from
+    model = onnx.load(str(tiny_onnx))
+    contract = read_onnx_contract(tiny_onnx)
+    contract.precision = "int8"
+    write_onnx_contract(model, contract)
+    int8 = save_onnx(model, tmp_path / "tiny.int8.onnx")
+    report = create_bundle(tiny_onnx, tmp_path / "z.tar.gz", BundleOptions(precision="int8", int8_model=int8))
+    assert (report.build_onnx, report.run_onnx) == ("model.int8.onnx", "model.onnx")
+
+
+def test_bundle_refuses_bad_input_and_never_overwrites_it(tmp_path, tiny_onnx):
+    before = sha256_file(tiny_onnx)
+    with pytest.raises(UserInputError, match=r"\.tar\.gz"):
+        create_bundle(tiny_onnx, tmp_path / "app.zip")
+    calib = tmp_path / "calib.tar.gz"  # an input that is also the --out path
+    calib.write_bytes(b"calibration cache")
+    with pytest.raises(UserInputError, match="is the input file"):
+        create_bundle(tiny_onnx, calib, BundleOptions(precision="int8", calib_cache=calib))
+    assert calib.read_bytes() == b"calibration cache"
+    with pytest.raises(UserInputError, match="Unknown --device"):
+        create_bundle(tiny_onnx, tmp_path / "a.tar.gz", BundleOptions(device="orin-mega"))
+    with pytest.raises(UserInputError, match="L4T"):
+        create_bundle(tiny_onnx, tmp_path / "a.tar.gz", BundleOptions(l4t="35.4.1"))
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"plan")
+    with pytest.raises(UserInputError, match="do not travel"):
+        create_bundle(engine, tmp_path / "a.tar.gz")
+    assert sha256_file(tiny_onnx) == before
+    assert not (tmp_path / "a.tar.gz").exists()
+
+
+def test_credentials_in_source_are_redacted_from_manifest_and_readme(tmp_path, tiny_onnx):
+    out = tmp_path / "cam.tar.gz"
+    report = create_bundle(tiny_onnx, out, BundleOptions(source="rtsp://admin:hunter2@10.0.0.5/stream"))
+    assert any("credentials" in w for w in report.warnings)
+    assert "hunter2" not in read_member(out, "tiny/bundle.json")
+    assert "hunter2" not in read_member(out, "tiny/README.md")
+
+
+def test_ssh_commands_are_data():
+    cmds = ssh_commands("/tmp/app.tar.gz", "nvidia@orin.local", "tiny", "ab" * 32, prefix="/opt/edgecnn", service=True)
+    assert cmds[0] == ["ssh", "nvidia@orin.local", "mkdir -p /tmp/edgecnn-deploy"]
+    assert cmds[1] == ["scp", "/tmp/app.tar.gz", "nvidia@orin.local:/tmp/edgecnn-deploy/tiny.tar.gz"]
+    assert cmds[2][:3] == ["ssh", "-t", "nvidia@orin.local"]
+    remote = cmds[2][3]
+    assert "sha256sum --check" in remote and "python3 -m pip install --user -r tiny/requirements.txt" in remote
+    assert remote.index("sha256sum") < remote.index("tar -xzf") < remote.index("deploy install")
+    assert "--sha256 " + "ab" * 32 in remote and "--service" in remote and remote.count("sudo") == 1
+    with pytest.raises(UserInputError, match="--host"):
+        ssh_commands("/tmp/app.tar.gz", "evil; rm -rf /", "tiny", "ab" * 32)
+
+
+def test_cli_bundle_and_install(tmp_path, tiny_onnx):
+    from edgecnn.cli.main import app
+
+    runner = CliRunner()
+    out = tmp_path / "app.tar.gz"
+    res = runner.invoke(app, ["deploy", "bundle", str(tiny_onnx), "--out", str(out), "--json",
+                              "--host", "nvidia@orin", "--dry-run"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert report["sha256"] == sha256_file(out) and report["name"] == "tiny"
+    assert report["host_commands"][1].startswith("scp ")
+
+    res = runner.invoke(app, ["deploy", "install", str(out), "--prefix", str(tmp_path / "p"), "--no-build",
+                              "--sha256", report["sha256"], "--json"])
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.stdout)
+    assert rep["archive_checked"] is True and rep["files_verified"] > 10
+
+    res = runner.invoke(app, ["deploy", "install", str(out), "--prefix", str(tmp_path / "q"), "--sha256", "0" * 64])
+    assert res.exit_code == 4 and "does not match" in res.output
+    assert not (tmp_path / "q" / "tiny").exists()
+
+
+def _has_tensorrt() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tensorrt") is not None
