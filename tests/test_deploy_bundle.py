@@ -115,7 +115,7 @@ def test_round_trip_runs_on_onnxruntime_without_tensorrt(bundle, tmp_path):
         pytest.skip("TensorRT is installed here: the start script would build an engine instead")
     report = install_bundle(bundle, tmp_path / "prefix", python=sys.executable)
     app = Path(report.app_dir)
-    assert app == tmp_path / "prefix" / "tiny"
+    assert app == tmp_path / "prefix" / "tiny" and report.name == "tiny"
     assert report.files_verified == len(parse_sha256sums((app / "SHA256SUMS").read_text()))
     assert report.runtime == "onnx" and report.model == str(app / "model.onnx")
     assert "TensorRT not found" in report.engine_note
@@ -206,6 +206,9 @@ def test_service_plan_without_root_or_systemd(bundle, tmp_path):
 def test_service_install_writes_unit_for_the_real_prefix(bundle, tmp_path):
     """As root with systemd: the unit is rendered for the actual install folder and systemctl is called (here a
     recording script standing in for systemctl, which cannot run in this container)."""
+    import getpass
+
+    me = getpass.getuser()
     log = tmp_path / "systemctl.log"
     fake = tmp_path / "systemctl"
     fake.write_text(f"#!/bin/sh\necho \"$@\" >> {log}\n")
@@ -213,11 +216,14 @@ def test_service_install_writes_unit_for_the_real_prefix(bundle, tmp_path):
     units = tmp_path / "units"
     report = install_bundle(
         bundle, tmp_path / "prefix", build_engine=False, service=True,
-        service_target=ServiceTarget(unit_dir=units, systemctl=(str(fake),), is_root=True, has_systemd=True, user="jetson"),
+        service_target=ServiceTarget(unit_dir=units, systemctl=(str(fake),), is_root=True, has_systemd=True, user=me),
+        python=sys.executable,
     )
     assert report.service["installed"] is True
     unit = (units / "tiny.service").read_text()
-    assert f"ExecStart={report.app_dir}/start.sh" in unit and "User=jetson" in unit
+    assert f"ExecStart={report.app_dir}/start.sh" in unit and f"User={me}\n" in unit
+    assert f"Environment=EDGECNN_PYTHON={sys.executable}\n" in unit
+    assert (Path(report.app_dir) / "engines").owner() == me  # the service user can rebuild the engine
     assert log.read_text().splitlines() == ["daemon-reload", "enable --now tiny.service"]
 
 
@@ -373,3 +379,23 @@ def _has_tensorrt() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("tensorrt") is not None
+
+
+def test_default_names():
+    from edgecnn.deploy.bundle import bundle_name, default_name
+
+    assert default_name("efficientnet-lite0") == "efficientnet-lite0"
+    assert default_name("/x/runs/Model.INT8.onnx") == "model"
+    assert default_name("/x/resnet_v1.5.onnx") == "resnet_v1.5"
+    assert default_name("###.onnx") == "edgecnn-app"
+    with pytest.raises(UserInputError, match="--name"):
+        bundle_name("m.onnx", "Bad Name")
+
+
+def test_install_without_permission_names_the_fix(bundle, tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root can write anywhere")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    with pytest.raises(UserInputError, match="sudo|--prefix"):
+        install_bundle(bundle, locked / "apps", build_engine=False)

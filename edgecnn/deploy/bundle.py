@@ -99,15 +99,23 @@ class BundleReport:
 # ---------------------------------------------------------------- small pieces (pure, unit-tested)
 
 
-def bundle_name(model: Path, name: str | None = None) -> str:
+def default_name(model: str | Path) -> str:
+    """A readable default name from what the user typed: a pretrained name as is, else the file name without its
+    model suffixes (model.int8.onnx -> model)."""
+    text = Path(str(model)).name
+    for suffix in (".onnx", ".pt", ".engine", ".plan", ".int8", ".fp16"):
+        if text.lower().endswith(suffix):
+            text = text[: -len(suffix)]
+    return re.sub(r"[^a-z0-9_.-]+", "-", text.lower()).strip("-._")[:63] or "edgecnn-app"
+
+
+def bundle_name(model: str | Path, name: str | None = None) -> str:
     """A name usable as folder, systemd unit and Docker image name."""
     if name is not None:
         if not NAME_RE.match(name):
             raise UserInputError(f"--name {name!r}: use lowercase letters, digits, '-', '_' or '.' (max 63 chars)")
         return name
-    stem = model.name.split(".")[0].lower()
-    derived = re.sub(r"[^a-z0-9_.-]+", "-", stem).strip("-._") or "edgecnn-app"
-    return derived[:63]
+    return default_name(model)
 
 
 SINKS = {
@@ -339,7 +347,7 @@ def create_bundle(
             inputs.append(calib)
         ensure_distinct(inputs, out)
 
-        name = bundle_name(onnx_path, options.name)
+        name = bundle_name(model, options.name)
         plan = plan_models(
             options.precision, has_fp32, "model.int8.onnx" in payload, "model.calib" in payload, options.device
         )
@@ -474,14 +482,16 @@ def app_files(
     return files
 
 
-def systemd_unit(name: str, app_dir: str, user: str, service_args=(), description: str = "edgecnn app") -> str:
+def systemd_unit(
+    name: str, app_dir: str, user: str, service_args=(), description: str = "edgecnn app", python: str = "python3"
+) -> str:
     """The systemd unit for an app installed in `app_dir` (rendered again by `install` for the real prefix)."""
     if not re.fullmatch(r"[a-z_][a-z0-9_-]*[$]?", user or ""):
         raise UserInputError(f"--user {user!r} is not a valid user name")
     args = "".join(" " + shlex.quote(a) for a in service_args)
     return render(
         "edgecnn-app.service", name=name, version=__version__, description=description, user=user,
-        app_dir=app_dir, service_args=args,
+        app_dir=app_dir, service_args=args, python=python,
     )
 
 
@@ -495,12 +505,17 @@ def _write_tar(path: Path, name: str, payload: dict[str, tuple[bytes | Path, int
     with tarfile.open(path, "w:gz", format=tarfile.PAX_FORMAT) as tar:
         for rel in sorted(payload):
             content, mode = payload[rel]
-            data = content.read_bytes() if isinstance(content, Path) else content
             info = tarfile.TarInfo(f"{name}/{rel}")
-            info.size, info.mode, info.mtime = len(data), mode, now
+            info.mode, info.mtime = mode, now
             info.uid = info.gid = 0
             info.uname = info.gname = "root"
-            tar.addfile(info, io.BytesIO(data))
+            if isinstance(content, Path):  # models can be large: stream them
+                info.size = content.stat().st_size
+                with open(content, "rb") as fh:
+                    tar.addfile(info, fh)
+            else:
+                info.size = len(content)
+                tar.addfile(info, io.BytesIO(content))
 
 
 # ---------------------------------------------------------------- copy + install over ssh

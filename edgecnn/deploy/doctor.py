@@ -251,9 +251,11 @@ def _check_onnxruntime(info: dict, gpu_ok: bool) -> Check:
     providers = ort.get_available_providers()
     value = f"{ort.__version__}: {', '.join(p.replace('ExecutionProvider', '') for p in providers)}"
     if gpu_ok and not any(p in providers for p in ("CUDAExecutionProvider", "TensorrtExecutionProvider")):
-        return Check("onnxruntime", FAIL, value + " (CPU only on a GPU machine)",
-                     "pip uninstall onnxruntime && pip install onnxruntime-gpu to run ONNX on the GPU "
-                     "(TensorRT engines do not need it)")
+        fix = ("for ONNX on the GPU install the onnxruntime-gpu wheel built for your JetPack (Jetson AI Lab pip "
+               "index) in place of onnxruntime; TensorRT engines do not need it" if info["jetson"] else
+               "pip uninstall onnxruntime && pip install onnxruntime-gpu to run ONNX on the GPU (TensorRT engines "
+               "do not need it)")
+        return Check("onnxruntime", FAIL, value + " (CPU only on a GPU machine)", fix)
     return Check("onnxruntime", OK, value)
 
 

@@ -188,8 +188,13 @@ def install_bundle(
         except (tarfile.TarError, OSError, EOFError) as exc:
             raise ArtifactError(f"{bundle.name} is truncated or corrupt ({exc.__class__.__name__})") from exc
         name = check_members(members)
-        prefix.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{name}.install-", dir=prefix))
+        try:
+            prefix.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{name}.install-", dir=prefix))
+        except PermissionError as exc:
+            raise UserInputError(
+                f"Cannot write to {prefix}: run with sudo, or install elsewhere with --prefix ~/edgecnn-apps"
+            ) from exc
         try:
             written = _extract(tar, members, name, staging)
             if progress:
@@ -208,7 +213,7 @@ def install_bundle(
         runtime, model, note = prepare(app, python=python)
     svc = {}
     if service:
-        svc = install_service(app, name, service_target or ServiceTarget())
+        svc = install_service(app, name, service_target or ServiceTarget(), python=python or sys.executable)
     if progress:
         progress(3, 3, description="done")
     return InstallReport(
@@ -269,15 +274,18 @@ def prepare(app: Path, python: str | None = None, timeout: float = 3600) -> tupl
     return kind, model, note
 
 
-def install_service(app: Path, name: str, target: ServiceTarget) -> dict:
-    """Write + enable `<name>.service`, or, without root or systemd, say exactly what would be done."""
+def install_service(app: Path, name: str, target: ServiceTarget, python: str = "python3") -> dict:
+    """Write + enable `<name>.service`, or, without root or systemd, say exactly what would be done.
+
+    The unit runs start.sh with the interpreter that ran the install (it has the requirements), as `user`, who also
+    gets the engines/ folder so a TensorRT upgrade can rebuild the engine without root."""
     import getpass
 
     user = target.user or os.environ.get("SUDO_USER") or getpass.getuser()
     manifest = json.loads((app / "bundle.json").read_text(encoding="utf-8"))
     unit_text = systemd_unit(
         name, str(app), user, tuple(manifest.get("service_args") or ()),
-        unit_description(manifest.get("arch"), manifest.get("classes") or 0),
+        unit_description(manifest.get("arch"), manifest.get("classes") or 0), python=python,
     )
     unit_path = Path(target.unit_dir) / f"{name}.service"
     commands = [list(target.systemctl) + ["daemon-reload"], list(target.systemctl) + ["enable", "--now", f"{name}.service"]]
@@ -297,6 +305,14 @@ def install_service(app: Path, name: str, target: ServiceTarget) -> dict:
         return plan
     from edgecnn.artifacts import atomic_write_text
 
+    engines = app / "engines"
+    engines.mkdir(exist_ok=True)
+    try:
+        shutil.chown(engines, user=user)
+        for f in engines.iterdir():
+            shutil.chown(f, user=user)
+    except (LookupError, PermissionError) as exc:
+        raise UserInputError(f"Cannot give {engines} to user {user!r}: {exc}") from exc
     atomic_write_text(unit_path, unit_text)
     for argv in commands:
         proc = subprocess.run(argv, capture_output=True, text=True)

@@ -151,9 +151,11 @@ def config_text(io: ModelIO, name: str, options: TritonOptions) -> tuple[str, in
     return "\n".join(lines) + "\n", max_batch, notes
 
 
-def model_name(path: Path, name: str | None) -> str:
+def model_name(model: str | Path, name: str | None) -> str:
     if name is None:
-        name = re.sub(r"[^A-Za-z0-9_.-]+", "-", path.name.split(".")[0]).strip("-._") or "model"
+        from edgecnn.deploy.bundle import default_name
+
+        name = default_name(model)
     if not MODEL_NAME_RE.match(name):
         raise UserInputError(f"--name {name!r}: use letters, digits, '-', '_' or '.'")
     return name
@@ -166,7 +168,7 @@ def write_repository(model: str | Path, repo: str | Path, options: TritonOptions
     options = options or TritonOptions()
     path = resolve_model(model)
     io = read_model_io(path)
-    name = model_name(path, options.name)
+    name = model_name(model, options.name)
     text, max_batch, notes = config_text(io, name, options)
     repo = Path(repo)
     if repo.exists() and not repo.is_dir():
