@@ -344,12 +344,36 @@ def test_ssh_commands_are_data():
     assert cmds[0] == ["ssh", "nvidia@orin.local", "mkdir -p /tmp/edgecnn-deploy"]
     assert cmds[1] == ["scp", "/tmp/app.tar.gz", "nvidia@orin.local:/tmp/edgecnn-deploy/tiny.tar.gz"]
     assert cmds[2][:3] == ["ssh", "-t", "nvidia@orin.local"]
-    remote = cmds[2][3]
-    assert "sha256sum --check" in remote and "python3 -m pip install --user -r tiny/requirements.txt" in remote
-    assert remote.index("sha256sum") < remote.index("tar -xzf") < remote.index("deploy install")
-    assert "--sha256 " + "ab" * 32 in remote and "--service" in remote and remote.count("sudo") == 1
+    steps = cmds[2][3].split(" && ")
+    assert steps[1] == "echo 'abababababababababababababababababababababababababababababababab  tiny.tar.gz' | sha256sum --check --quiet -"
+    assert steps[2] == "tar -xzf tiny.tar.gz tiny/lib tiny/requirements.txt"
+    assert steps[3] == "sudo python3 -m venv --system-site-packages /opt/edgecnn/venv"
+    assert steps[4] == "sudo /opt/edgecnn/venv/bin/python -m pip install --quiet -r tiny/requirements.txt"
+    assert steps[5] == (
+        "sudo env PYTHONPATH=/tmp/edgecnn-deploy/tiny/lib /opt/edgecnn/venv/bin/python -m edgecnn deploy install "
+        "/tmp/edgecnn-deploy/tiny.tar.gz --sha256 " + "ab" * 32 + " --prefix /opt/edgecnn --service"
+    )
+    home = ssh_commands("app.tar.gz", "orin", "tiny", "ab" * 32, prefix="/home/nvidia/apps")[2][1]
+    assert "sudo" not in home and "--service" not in home
     with pytest.raises(UserInputError, match="--host"):
         ssh_commands("/tmp/app.tar.gz", "evil; rm -rf /", "tiny", "ab" * 32)
+    with pytest.raises(UserInputError, match="--prefix"):
+        ssh_commands("/tmp/app.tar.gz", "orin", "tiny", "ab" * 32, prefix="apps/../../etc")
+
+
+def test_push_bundle_runs_the_steps_in_order_and_stops_on_failure():
+    """`ssh`/`scp` replaced by the local shell, which runs the same argv lists for real."""
+    from edgecnn.deploy.bundle import push_bundle
+
+    ran = []
+
+    def run(argv):
+        ran.append(argv[0])
+        return subprocess.run(["true" if argv[0] == "ssh" else "false"])
+
+    with pytest.raises(UserInputError, match="`scp` step failed"):
+        push_bundle(ssh_commands("app.tar.gz", "orin", "tiny", "ab" * 32), run=run)
+    assert ran == ["ssh", "scp"]
 
 
 def test_cli_bundle_and_install(tmp_path, tiny_onnx):

@@ -532,27 +532,30 @@ def ssh_commands(
 ) -> list[list[str]]:
     """The commands that copy `bundle` to `host` (user@device) and install it there, as argv lists.
 
-    The device needs python3 + pip; the bundle brings edgecnn itself (lib/). Returned as data so it can be shown
-    (--dry-run), tested, or run by `push_bundle`.
+    On the device: check the archive's sha256, take the bundled edgecnn (lib/) and requirements out of it, make
+    PREFIX/venv with --system-site-packages (JetPack's TensorRT and OpenCV stay visible; no PEP 668 trouble),
+    install the requirements there, and run `deploy install` with that venv's python (which the service then uses).
+    The device needs python3-venv; sudo is used for --service or a prefix outside the user's home and /tmp.
+    Returned as data so it can be shown (--dry-run), tested, or run by `push_bundle`.
     """
     if not re.fullmatch(r"[A-Za-z0-9_.-]+@[A-Za-z0-9_.:-]+|[A-Za-z0-9_.:-]+", host):
         raise UserInputError(f"--host {host!r}: expected user@device or device")
+    if not prefix.startswith("/") or ".." in prefix.split("/"):
+        raise UserInputError(f"--prefix {prefix!r}: give an absolute path on the device")
     q = shlex.quote
     remote_file = f"{remote_dir}/{name}.tar.gz"
-    install = [
-        "python3", "-m", "edgecnn", "deploy", "install", remote_file, "--sha256", sha256, "--prefix", prefix,
-    ] + (["--service"] if service else [])
+    python = f"{prefix}/venv/bin/python"
+    sudo = "sudo " if service or not prefix.startswith(("/home/", "/tmp/")) else ""
+    install = [python, "-m", "edgecnn", "deploy", "install", remote_file, "--sha256", sha256, "--prefix", prefix]
+    install += ["--service"] if service else []
     steps = [
         f"cd {q(remote_dir)}",
         f"echo {q(sha256 + '  ' + name + '.tar.gz')} | sha256sum --check --quiet -",
         f"tar -xzf {q(name + '.tar.gz')} {q(name + '/lib')} {q(name + '/requirements.txt')}",
-        f"python3 -m pip install --user -r {q(name + '/requirements.txt')}",
+        f"{sudo}python3 -m venv --system-site-packages {q(prefix + '/venv')}",
+        f"{sudo}{q(python)} -m pip install --quiet -r {q(name + '/requirements.txt')}",
+        f"{sudo}env PYTHONPATH={q(remote_dir + '/' + name + '/lib')} " + " ".join(q(a) for a in install),
     ]
-    env = f"PYTHONPATH={q(remote_dir + '/' + name + '/lib')}"
-    if service:  # root writes the unit; keep the user's pip site visible to root's python
-        steps.append(f"sudo env {env}:$(python3 -m site --user-site) " + " ".join(q(a) for a in install))
-    else:
-        steps.append(f"env {env} " + " ".join(q(a) for a in install))
     return [
         ["ssh", host, f"mkdir -p {q(remote_dir)}"],
         ["scp", str(bundle), f"{host}:{remote_file}"],
