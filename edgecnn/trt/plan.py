@@ -16,6 +16,9 @@ version` logic of its own. Version facts (NVIDIA TensorRT Python API docs and mi
 - Implicit INT8 calibrators are deprecated in 10.1 and removed in 11.0, with every precision builder flag (FP16,
   INT8, BF16, FP8, best): 11.x networks are always strongly typed. So on 11.x FP16 comes from an FP16 ONNX
   (see `edgecnn.trt.fp16`) and INT8 from a Q/DQ ONNX (`edgecnn quantize --target tensorrt`).
+- 10.x builds stay weakly typed here (FP16/INT8 builder flags: TensorRT may pick faster per-layer precisions);
+  NVIDIA's strong-typing migration notes deprecate those flags from 10.12. BuilderFlag.STRONGLY_TYPED is never
+  used; strong typing is a network-creation flag, and always on in 11.x (no flag needed).
 - 9.x was an LLM-only limited release: not supported.
 - DLA: JetPack TensorRT 8.5/8.6/10.x; on 11.x only from 11.4.1 (AGX Orin, JetPack 7.2.2+), and strongly typed there.
 """
