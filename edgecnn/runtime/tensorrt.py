@@ -13,6 +13,7 @@ Extra hooks for `edgecnn profile`: `last_timings` (H2D / compute / D2H ms of the
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -171,11 +172,22 @@ class TensorRTRunner(Runner):
         finally:
             del context  # the profiling context only; the runner's own context was never touched
         grand = sum(profiler.total.values()) or 1.0
+        types = self._layer_types()
         rows = [
-            {"name": name, "op": "tensorrt", "mean_ms": t / iterations, "share": t / grand}
+            {"name": name, "op": types.get(name) or "tensorrt", "mean_ms": t / iterations, "share": t / grand}
             for name, t in profiler.total.items()
         ]
         return sorted(rows, key=lambda r: r["mean_ms"], reverse=True)
+
+    def _layer_types(self) -> dict[str, str]:
+        """Layer name -> type from the engine inspector (8.2+; types need a DETAILED-verbosity build, which
+        build-engine does). Only enriches the per-layer table, so any failure just leaves the types out."""
+        try:
+            inspector = self.engine.create_engine_inspector()
+            info = json.loads(inspector.get_engine_information(self._trt.LayerInformationFormat.JSON))
+            return {x["Name"]: str(x.get("LayerType", "")) for x in info.get("Layers", []) if isinstance(x, dict)}
+        except Exception:  # an older engine or a layout change in the inspector JSON: no types, still timings
+            return {}
 
     # ------------------------------------------------------------ lifecycle
 

@@ -288,6 +288,7 @@ def _apply_plan(plan: BuildPlan, onnx_file: Path, progress: ProgressFn | None) -
     config = builder.create_builder_config()
     if plan.workspace_bytes:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, plan.workspace_bytes)  # 8.4+
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # 8.2+: layer types for the per-layer profile
     for flag in plan.builder_flags:  # FP16/INT8 (< 11), GPU_FALLBACK, VERSION_COMPATIBLE (8.6+)
         config.set_flag(getattr(trt.BuilderFlag, flag))
 
