@@ -66,6 +66,7 @@ def bundle(tmp_path, tiny_onnx) -> Path:
 
 
 def test_bundle_contents(bundle, tiny_onnx):
+    assert bundle.with_name("app.tar.gz.sha256").read_text() == f"{sha256_file(bundle)}  app.tar.gz\n"
     names = members(bundle)
     top = {n.split("/", 1)[1] for n in names if n.count("/") == 1}
     assert top >= {
@@ -116,6 +117,7 @@ def test_round_trip_runs_on_onnxruntime_without_tensorrt(bundle, tmp_path):
     report = install_bundle(bundle, tmp_path / "prefix", python=sys.executable)
     app = Path(report.app_dir)
     assert app == tmp_path / "prefix" / "tiny" and report.name == "tiny"
+    assert report.archive_checked  # against out/app.tar.gz.sha256, written by create_bundle
     assert report.files_verified == len(parse_sha256sums((app / "SHA256SUMS").read_text()))
     assert report.runtime == "onnx" and report.model == str(app / "model.onnx")
     assert "TensorRT not found" in report.engine_note

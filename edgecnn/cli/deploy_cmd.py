@@ -67,7 +67,7 @@ def bundle(
         warn(w)
     console.print(
         f"[green]✓[/] wrote {report.out} ({report.size_bytes / 1e6:.1f} MB, {len(report.files)} files + lib/edgecnn)\n"
-        f"  sha256 {report.sha256}\n"
+        f"  sha256 {report.sha256} (also in {report.out}.sha256: copy both, install checks it)\n"
         f"  on the device: builds a {report.precision} engine from {report.build_onnx} at first start; "
         f"ONNX Runtime fallback: {report.run_onnx}"
     )

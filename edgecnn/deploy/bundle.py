@@ -13,7 +13,9 @@ The bundle is a single folder `<name>/`:
     lib/edgecnn/                   the edgecnn that made the bundle (pure Python), so both ends agree on the contract,
     SHA256SUMS                     `sha256sum -c`-compatible list of every other file.
 
-The archive is written atomically and never over an input.
+The archive is written atomically and never over an input; `<out>.sha256` beside it lets `install` (or
+`sha256sum -c`) check the whole archive after the copy. Both are integrity checks, not signatures: whoever can
+replace the bundle and its .sha256 can replace both.
 """
 
 from __future__ import annotations
@@ -31,7 +33,14 @@ from pathlib import Path
 from typing import Callable
 
 from edgecnn import __version__
-from edgecnn.artifacts import ModelContract, atomic_path, ensure_distinct, read_onnx_contract, sha256_file
+from edgecnn.artifacts import (
+    ModelContract,
+    atomic_path,
+    atomic_write_text,
+    ensure_distinct,
+    read_onnx_contract,
+    sha256_file,
+)
 from edgecnn.deploy.templates import render
 from edgecnn.errors import ArtifactError, UserInputError
 
@@ -405,10 +414,13 @@ def create_bundle(
 
         with atomic_path(out, suffix=".tar.gz") as tmp_out:
             _write_tar(tmp_out, name, payload)
+    digest = sha256_file(out)
+    # `install` checks the archive against this file when it travels with it (sha256sum -c works too)
+    atomic_write_text(out.with_name(out.name + ".sha256"), f"{digest}  {out.name}\n")
     return BundleReport(
         out=str(out),
         name=name,
-        sha256=sha256_file(out),
+        sha256=digest,
         size_bytes=out.stat().st_size,
         precision=options.precision,
         build_onnx=plan.build_onnx,

@@ -64,18 +64,20 @@ class InstallReport:
 def verify_archive_sha256(bundle: Path, expected: str | None) -> tuple[str, bool]:
     """The bundle's sha256, checked against `expected` or a `<bundle>.sha256` file beside it when either exists."""
     actual = sha256_file(bundle)
+    source = "--sha256"
     if expected is None:
         side = bundle.with_name(bundle.name + ".sha256")
-        if side.is_file():
-            expected = side.read_text(encoding="utf-8").split()[0] if side.read_text(encoding="utf-8").split() else ""
-    if expected is None:
-        return actual, False
-    if not re.fullmatch(r"[0-9a-fA-F]{64}", expected.strip()):
-        raise UserInputError(f"--sha256 must be 64 hex digits, got {expected!r}")
-    if actual != expected.strip().lower():
+        if not side.is_file():
+            return actual, False
+        words = side.read_text(encoding="utf-8", errors="replace").split()
+        expected, source = (words[0] if words else ""), side.name
+    expected = expected.strip().lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", expected):
+        raise UserInputError(f"{source}: expected 64 hex digits, got {expected[:70]!r}")
+    if actual != expected:
         raise ArtifactError(
-            f"{bundle.name}: sha256 {actual[:16]}... does not match the expected {expected.strip()[:16]}...: the "
-            "bundle was changed or damaged in transit; copy it again"
+            f"{bundle.name}: sha256 {actual[:16]}... does not match {source} ({expected[:16]}...): the bundle was "
+            "changed or damaged in transit; copy it again"
         )
     return actual, True
 
