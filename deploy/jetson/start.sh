@@ -2,7 +2,7 @@
 # efficientnet-lite0: start script written by edgecnn 0.1.0 (`edgecnn deploy bundle`).
 #
 # First start on a device builds a TensorRT engine for THIS device (engines do not travel between TensorRT
-# versions or GPUs) into $EDGECNN_ENGINE_DIR, keyed by model hash + TensorRT version + precision, then runs
+# versions or GPUs) into $EDGECNN_ENGINE_DIR, keyed by model hash + TensorRT version + precision + board, then runs
 # `edgecnn live`. Without TensorRT (or if the build fails) it runs the ONNX model on ONNX Runtime instead.
 #
 #   ./start.sh                      run with the bundled source and sink
@@ -37,6 +37,12 @@ BUILD_ARGS=(--precision fp16 --device orin-nano)
 
 log() { echo "[efficientnet-lite0] $*" >&2; }
 
+# Which board/GPU this is (an SD card moved to another Jetson must not reuse the old board's engine).
+hw_key() {
+  { tr -d '\0' </proc/device-tree/model 2>/dev/null || nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null \
+      || echo unknown; } | cksum | cut -d' ' -f1
+}
+
 PREPARE_ONLY=0
 if [ "${1:-}" = "--prepare" ]; then
   PREPARE_ONLY=1
@@ -47,7 +53,7 @@ MODEL=""
 if [ "${EDGECNN_BACKEND:-auto}" != "onnxrt" ]; then
   TRT_VERSION="$("$PY" -c 'import tensorrt; print(tensorrt.__version__)' 2>/dev/null || true)"
   if [ -n "$TRT_VERSION" ]; then
-    ENGINE="$ENGINE_DIR/$MODEL_ID-trt$TRT_VERSION-$PRECISION.engine"
+    ENGINE="$ENGINE_DIR/$MODEL_ID-trt$TRT_VERSION-$PRECISION-hw$(hw_key).engine"
     if [ -s "$ENGINE" ]; then
       MODEL="$ENGINE"
     else
