@@ -39,7 +39,7 @@ log() { echo "[efficientnet-lite0] $*" >&2; }
 
 # Which board/GPU this is (an SD card moved to another Jetson must not reuse the old board's engine).
 hw_key() {
-  { tr -d '\0' </proc/device-tree/model 2>/dev/null || nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null \
+  { tr -d '\0' 2>/dev/null </proc/device-tree/model || nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null \
       || echo unknown; } | cksum | cut -d' ' -f1
 }
 
