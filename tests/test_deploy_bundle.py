@@ -425,3 +425,21 @@ def test_install_without_permission_names_the_fix(bundle, tmp_path):
     locked.mkdir(mode=0o500)
     with pytest.raises(UserInputError, match="sudo|--prefix"):
         install_bundle(bundle, locked / "apps", build_engine=False)
+
+
+def test_bundle_from_a_checkpoint_exports_it(tmp_path):
+    """A .pt is exported (with the parity check) on the workstation; the device only ever gets ONNX."""
+    pytest.importorskip("torch")
+    from edgecnn.checkpoint import save_checkpoint
+    from edgecnn.models.cifar_cnn import CIFAR_PREPROCESS
+    from edgecnn.models.registry import create_model
+
+    labels = [f"class{i}" for i in range(4)]
+    ckpt = save_checkpoint(tmp_path / "cifar.pt", create_model("cifar-cnn", num_classes=4), "cifar-cnn", {"num_classes": 4},
+                           ModelContract(labels=labels, preprocess=CIFAR_PREPROCESS, arch="cifar-cnn"))
+    report = create_bundle(ckpt, tmp_path / "cifar.tar.gz", BundleOptions(precision="fp32"))
+    assert report.name == "cifar"
+    names = members(tmp_path / "cifar.tar.gz")
+    assert "cifar/model.onnx" in names and not any(n.endswith(".pt") for n in names)
+    contract = ModelContract.from_dict(json.loads(read_member(tmp_path / "cifar.tar.gz", "cifar/contract.json")))
+    assert contract.labels == labels and contract.preprocess == CIFAR_PREPROCESS
