@@ -1,0 +1,694 @@
+"""Training: `fit(TrainConfig, progress=callback) -> TrainResult`. No printing; the CLI draws the progress bar.
+
+Pipeline, and why:
+- Data is an image folder (one sub-folder per class; a train/ + test/ pair is recognised). Every image is decoded
+  ONCE with OpenCV and brought to the model's input size by `preprocess.geometric()` (`data.decode_resized`), so the
+  epochs run from uint8 arrays in memory: no per-epoch JPEG decoding, which would dominate on a small CPU.
+- Per batch: augmentation on uint8 (random crop with padding, horizontal flip; `edgecnn.augment`) and then
+  `preprocess.normalize()`. Evaluation skips the augmentation, so the evaluation input is exactly `preprocess()` —
+  the same transform export, prediction, calibration and the camera loop use.
+- One-cycle (or warm-up + cosine) learning rate, AdamW (or SGD + Nesterov), label smoothing, early stopping on
+  validation accuracy, the best checkpoint written atomically, the last one too (for --resume), per-epoch metrics as
+  CSV + JSON and a PNG of the curves next to the output.
+- Under `torchrun` (RANK / WORLD_SIZE set) the model is wrapped in DistributedDataParallel (gloo on CPU, nccl on
+  CUDA); each process trains on its own shard of every epoch (DistributedSampler semantics: `batch_size` is per
+  process) and rank 0 alone writes files and reports progress.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import platform
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from edgecnn.augment import random_crop_flip
+from edgecnn.errors import EdgeCNNError, UserInputError, require_torch
+from edgecnn.preprocess import PreprocessConfig, normalize
+
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("onecycle", "cosine")
+DEFAULT_LR = {"adamw": 2e-3, "sgd": 0.1}
+PRETRAINED_LR = {"adamw": 5e-4, "sgd": 0.01}
+MEMORY_FRACTION = 0.5  # refuse to hold more than this share of physical RAM as decoded images
+
+
+@dataclass
+class TrainConfig:
+    """Everything `fit()` needs. Paths may be str or Path.
+
+    data:          image folder (class sub-folders), or a folder with a train/ + test/ (or val/) pair.
+    arch:          registry name (`edgecnn models`).
+    out:           best checkpoint path (.pt); `<stem>.last.pt`, `.metrics.csv`, `.metrics.json`, `.curves.png` go
+                   next to it.
+    img_size:      input size (square); replaces only the size of the model's preprocessing (mean/std, resize policy
+                   and channel order stay the model's own, which is what a pretrained backbone needs).
+    val / val_split: validation folder, or the fraction of each class held out. Default: the test/ folder of a
+                   train/ + test/ pair, else 10 % of the training folder. `val_split=0` trains without validation
+                   (then the last epoch is the checkpoint and early stopping is off).
+    batch_size:    per process (as with DistributedSampler).
+    patience:      stop after this many epochs without a better validation accuracy (None: never).
+    arch_kwargs:   extra builder arguments, e.g. {"width_mult": 0.5}.
+    """
+
+    data: str | os.PathLike
+    arch: str
+    out: str | os.PathLike
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float | None = None
+    img_size: int | None = None
+    val: str | os.PathLike | None = None
+    val_split: float | None = None
+    pretrained: bool = False
+    resume: str | os.PathLike | None = None
+    patience: int | None = None
+    workers: int | None = None
+    seed: int = 0
+    optimizer: str = "adamw"
+    weight_decay: float | None = None
+    label_smoothing: float = 0.1
+    schedule: str = "onecycle"
+    warmup: float = 0.2  # fraction of all steps spent warming up
+    augment: bool = True
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    channels_last: bool = True
+    device: str | None = None  # None: CUDA when available, else CPU
+
+    def resolved_lr(self) -> float:
+        if self.lr is not None:
+            return float(self.lr)
+        return (PRETRAINED_LR if self.pretrained else DEFAULT_LR)[self.optimizer]
+
+    def resolved_weight_decay(self) -> float:
+        if self.weight_decay is not None:
+            return float(self.weight_decay)
+        return 0.05 if self.optimizer == "adamw" else 5e-4
+
+
+@dataclass
+class TrainProgress:
+    """One progress report. phase: 'decode' (step/steps = files), 'train' (step/steps = batches of this epoch),
+    'epoch' (an epoch finished: `metrics` holds its row)."""
+
+    phase: str
+    epoch: int = 0
+    epochs: int = 0
+    step: int = 0
+    steps: int = 0
+    loss: float | None = None
+    acc: float | None = None
+    images_per_s: float | None = None
+    split: str = ""
+    metrics: dict | None = None
+
+
+ProgressCallback = Callable[[TrainProgress], None]
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    last_checkpoint: Path
+    metrics_csv: Path
+    metrics_json: Path
+    plot: Path
+    arch: str
+    classes: list[str]
+    preprocess: PreprocessConfig
+    num_train: int
+    num_val: int
+    corrupt: dict[str, int]
+    corrupt_examples: list[str]
+    epochs_run: int
+    best_epoch: int
+    best_val_acc: float | None
+    final_val_acc: float | None
+    stopped_early: bool
+    train_seconds: float
+    images_per_s: float
+    world_size: int
+    history: list[dict]
+    model: Any = field(default=None, repr=False)  # the trained torch module (best weights not reloaded)
+
+    def to_dict(self) -> dict:
+        d = {k: v for k, v in asdict(replace(self, model=None)).items() if k != "model"}
+        d["preprocess"] = self.preprocess.to_dict()
+        for key in ("checkpoint", "last_checkpoint", "metrics_csv", "metrics_json", "plot"):
+            d[key] = str(d[key])
+        return d
+
+
+# ---------------------------------------------------------------- data
+
+
+@dataclass
+class _Split:
+    images: np.ndarray  # uint8 N×H×W×3 BGR at input size
+    labels: np.ndarray  # int64 N
+
+
+def side_paths(out: str | os.PathLike) -> dict[str, Path]:
+    """Files written next to the best checkpoint `out`."""
+    out = Path(out)
+    stem = out.with_suffix("")
+    return {
+        "last": Path(f"{stem}.last.pt"),
+        "csv": Path(f"{stem}.metrics.csv"),
+        "json": Path(f"{stem}.metrics.json"),
+        "plot": Path(f"{stem}.curves.png"),
+    }
+
+
+def eval_inputs(images: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """What evaluation feeds the model: the decoded, resized uint8 images normalized, no augmentation.
+
+    Equal to `preprocess(original_frames, cfg)` because decoding went through `preprocess.geometric()`.
+    """
+    return normalize(images, cfg)
+
+
+def train_inputs(images: np.ndarray, cfg: PreprocessConfig, rng: np.random.Generator, augment: bool = True) -> np.ndarray:
+    """What a training step feeds the model: augmentation on uint8, then the same `normalize()`."""
+    return normalize(random_crop_flip(images, rng) if augment else images, cfg)
+
+
+def _stratified_split(labels: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train indices, val indices): `fraction` of every class held out (at least one image when a class has two)."""
+    rng = np.random.default_rng(seed)
+    labels_arr = np.asarray(labels)
+    train, val = [], []
+    for c in np.unique(labels_arr):
+        idx = np.flatnonzero(labels_arr == c)
+        rng.shuffle(idx)
+        k = int(round(len(idx) * fraction))
+        if fraction > 0 and len(idx) >= 2:
+            k = min(max(k, 1), len(idx) - 1)
+        val += idx[:k].tolist()
+        train += idx[k:].tolist()
+    return sorted(train), sorted(val)
+
+
+def _check_memory(n_images: int, pre: PreprocessConfig) -> None:
+    need = n_images * pre.height * pre.width * 3
+    try:
+        phys = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if need > MEMORY_FRACTION * phys:
+        raise UserInputError(
+            f"{n_images} images at {pre.height}×{pre.width} need {need / 2**30:.1f} GiB decoded in memory, more than "
+            f"{MEMORY_FRACTION:.0%} of this machine's {phys / 2**30:.1f} GiB: use a smaller --img-size or fewer images"
+        )
+
+
+def _load_data(cfg: TrainConfig, pre: PreprocessConfig, classes_from_ckpt: list[str] | None, report) -> tuple:
+    """Scan, split and decode. Returns (classes, train _Split, val _Split | None, corrupt counts, corrupt examples)."""
+    from edgecnn.data import decode_resized, find_splits, scan_image_folder
+
+    data = Path(cfg.data)
+    train_dir, test_dir = find_splits(data)
+    folder = scan_image_folder(train_dir, min_classes=2)
+    classes = folder.classes
+    if classes_from_ckpt is not None and classes != classes_from_ckpt:
+        raise UserInputError(
+            f"--resume checkpoint was trained on classes {classes_from_ckpt}, but {train_dir} has {classes}"
+        )
+    paths = [p for p, _ in folder.samples]
+    labels = [c for _, c in folder.samples]
+
+    val_paths: list[Path] = []
+    val_labels: list[int] = []
+    if cfg.val is not None:
+        val_folder = scan_image_folder(cfg.val)
+    elif cfg.val_split is None and test_dir is not None:
+        val_folder = scan_image_folder(test_dir)
+    else:
+        val_folder = None
+    if val_folder is not None:
+        unknown = [c for c in val_folder.classes if c not in classes]
+        if unknown:
+            raise UserInputError(
+                f"Validation folder {val_folder.root} has class folder(s) {', '.join(unknown)} that the training data "
+                f"{train_dir} lacks (training classes: {', '.join(classes)})"
+            )
+        val_paths = [p for p, _ in val_folder.samples]
+        val_labels = [classes.index(val_folder.classes[c]) for _, c in val_folder.samples]
+    else:
+        fraction = 0.1 if cfg.val_split is None else float(cfg.val_split)
+        if fraction > 0:
+            train_idx, val_idx = _stratified_split(labels, fraction, cfg.seed)
+            val_paths = [paths[i] for i in val_idx]
+            val_labels = [labels[i] for i in val_idx]
+            paths = [paths[i] for i in train_idx]
+            labels = [labels[i] for i in train_idx]
+
+    _check_memory(len(paths) + len(val_paths), pre)
+    workers = cfg.workers or os.cpu_count() or 1
+
+    def decode(split: str, p: list[Path], lab: list[int]):
+        cb = (lambda done, total: report(TrainProgress("decode", step=done, steps=total, split=split))) if report else None
+        return decode_resized(p, pre, lab, progress=cb, workers=workers)
+
+    train_set = decode("train", paths, labels)
+    val_set = decode("val", val_paths, val_labels) if val_paths else None
+    corrupt = {"train": len(train_set.corrupt), "val": len(val_set.corrupt) if val_set else 0}
+    examples = [str(p) for p in (train_set.corrupt + (val_set.corrupt if val_set else []))[:5]]
+    if len(train_set.labels) == 0:
+        raise UserInputError(f"None of the {len(paths)} training images in {train_dir} could be decoded")
+    present = np.unique(train_set.labels)
+    if len(present) < 2:
+        raise UserInputError(
+            f"Only class {classes[int(present[0])]!r} has readable training images in {train_dir}: need at least two classes"
+        )
+    val = _Split(val_set.images, val_set.labels) if val_set is not None and len(val_set.labels) else None
+    return classes, _Split(train_set.images, train_set.labels), val, corrupt, examples
+
+
+# ---------------------------------------------------------------- distributed
+
+
+@dataclass
+class _Dist:
+    """Process-group facts; inactive (rank 0 of 1) outside torchrun."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    local_world: int = 1
+    owns_group: bool = False
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls, torch, device_type: str) -> "_Dist":
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        import torch.distributed as dist
+
+        owns = False
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+            owns = True
+        return cls(
+            rank=dist.get_rank(),
+            world=dist.get_world_size(),
+            local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+            local_world=int(os.environ.get("LOCAL_WORLD_SIZE", str(dist.get_world_size()))),
+            owns_group=owns,
+        )
+
+    def all_sum(self, torch, values: list[float]) -> list[float]:
+        if not self.active:
+            return values
+        import torch.distributed as dist
+
+        t = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def barrier(self) -> None:
+        if self.active:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+
+def _shard(n: int, epoch: int, seed: int, dist: _Dist) -> np.ndarray:
+    """This process's sample order for `epoch`: one permutation shared by all ranks, padded to a multiple of the
+    world size and dealt round-robin (what DistributedSampler does), so every rank runs the same number of steps."""
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    if dist.world > 1:
+        pad = (-n) % dist.world
+        order = np.concatenate([order, order[:pad]])
+        order = order[dist.rank :: dist.world]
+    return order
+
+
+# ---------------------------------------------------------------- schedule
+
+
+def learning_rate(step: int, total: int, peak: float, schedule: str, warmup: float) -> float:
+    """LR at `step` of `total`. onecycle: cosine up from peak/25 over the warm-up fraction, cosine down to peak/1e4
+    (OneCycleLR's shape); cosine: linear warm-up from 0, then cosine to 0. A closed form, so resuming needs only
+    the step number (no scheduler state to pickle)."""
+    total = max(1, total)
+    warm = int(round(warmup * total))
+    if schedule == "onecycle":
+        start, end = peak / 25.0, peak / 1e4
+        if step < warm:
+            return start + (peak - start) * (1 - math.cos(math.pi * step / warm)) / 2
+        t = (step - warm) / max(1, total - warm)
+        return end + (peak - end) * (1 + math.cos(math.pi * min(1.0, t))) / 2
+    if step < warm:
+        return peak * (step + 1) / warm
+    t = (step - warm) / max(1, total - warm)
+    return peak * (1 + math.cos(math.pi * min(1.0, t))) / 2
+
+
+# ---------------------------------------------------------------- outputs
+
+
+METRIC_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "images_per_s", "seconds")
+
+
+def _write_metrics(history: list[dict], paths: dict[str, Path], summary: dict) -> None:
+    from edgecnn.artifacts import atomic_write_json, atomic_write_text
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in METRIC_FIELDS})
+    atomic_write_text(paths["csv"], buf.getvalue())
+    atomic_write_json(paths["json"], {"summary": summary, "epochs": history})
+    _plot(history, paths["plot"])
+
+
+def _plot(history: list[dict], path: Path) -> None:
+    """Loss and accuracy per epoch, train vs validation (matplotlib's object API: no global pyplot state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from edgecnn.artifacts import atomic_path
+
+    epochs = [r["epoch"] for r in history]
+    fig = Figure(figsize=(10, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    for ax, key, title in ((ax_loss, "loss", "loss"), (ax_acc, "acc", "accuracy")):
+        ax.plot(epochs, [r[f"train_{key}"] for r in history], "o-", label="train")
+        val = [r.get(f"val_{key}") for r in history]
+        if any(v is not None for v in val):
+            ax.plot(epochs, [np.nan if v is None else v for v in val], "o-", label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png")
+
+
+# ---------------------------------------------------------------- fit
+
+
+def _validate(cfg: TrainConfig) -> None:
+    if cfg.epochs < 1:
+        raise UserInputError(f"--epochs must be at least 1, got {cfg.epochs}")
+    if cfg.batch_size < 1:
+        raise UserInputError(f"--batch-size must be at least 1, got {cfg.batch_size}")
+    if cfg.lr is not None and not cfg.lr > 0:
+        raise UserInputError(f"--lr must be positive, got {cfg.lr}")
+    if cfg.img_size is not None and cfg.img_size < 8:
+        raise UserInputError(f"--img-size must be at least 8, got {cfg.img_size}")
+    if cfg.val is not None and cfg.val_split is not None:
+        raise UserInputError("Give either --val DIR or --val-split F, not both")
+    if cfg.val_split is not None and not 0.0 <= cfg.val_split < 1.0:
+        raise UserInputError(f"--val-split must be in [0, 1), got {cfg.val_split}")
+    if cfg.patience is not None and cfg.patience < 1:
+        raise UserInputError(f"--patience must be at least 1, got {cfg.patience}")
+    if cfg.optimizer not in OPTIMIZERS:
+        raise UserInputError(f"optimizer must be one of {OPTIMIZERS}, got {cfg.optimizer!r}")
+    if cfg.schedule not in SCHEDULES:
+        raise UserInputError(f"schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
+    if not 0.0 <= cfg.label_smoothing < 1.0:
+        raise UserInputError(f"label smoothing must be in [0, 1), got {cfg.label_smoothing}")
+    out = Path(cfg.out)
+    if out.is_dir():
+        raise UserInputError(f"--out {out} is a folder: give a checkpoint file path such as {out / 'model.pt'}")
+    if out.suffix != ".pt":
+        raise UserInputError(f"--out {out} must end in .pt (a PyTorch checkpoint; `edgecnn export` makes ONNX)")
+    if not Path(cfg.data).exists():
+        raise UserInputError(f"Data folder {cfg.data} does not exist")
+    data = Path(cfg.data).resolve()
+    if out.resolve().is_relative_to(data):
+        raise UserInputError(f"--out {out} is inside the data folder {cfg.data}: write the model elsewhere")
+    if cfg.resume is not None:
+        from edgecnn.artifacts import ensure_distinct
+
+        if not Path(cfg.resume).is_file():
+            raise UserInputError(f"--resume {cfg.resume} does not exist")
+        for target in (out, *side_paths(out).values()):
+            ensure_distinct(cfg.resume, target)
+
+
+def _check_input_size(torch, model, arch: str, pre: PreprocessConfig) -> None:
+    """Run one tiny forward pass so an input size the network cannot take fails now, in one clear line."""
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(2, 3, pre.height, pre.width))
+    except RuntimeError as exc:
+        raise UserInputError(
+            f"{arch} cannot take {pre.height}×{pre.width} inputs ({str(exc).splitlines()[0][:160]}); "
+            f"its default input size is given by `edgecnn models`"
+        ) from exc
+
+
+def _param_groups(model, weight_decay: float) -> list[dict]:
+    """No weight decay on biases and normalisation parameters (1-D tensors)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim > 1 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def fit(cfg: TrainConfig, progress: ProgressCallback | None = None) -> TrainResult:
+    """Train `cfg.arch` on `cfg.data` and write the best checkpoint to `cfg.out`. See the module docstring."""
+    torch = require_torch()
+    from edgecnn.artifacts import ModelContract
+    from edgecnn.checkpoint import read_checkpoint, save_checkpoint
+    from edgecnn.models.registry import count_parameters, create_model, get_entry
+
+    _validate(cfg)
+    ckpt = read_checkpoint(cfg.resume) if cfg.resume is not None else None
+    device_type = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dist = _Dist.from_env(torch, device_type)
+    try:
+        report = progress if (progress is not None and dist.main) else None
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, dist.local_world)))
+        torch.manual_seed(cfg.seed)
+        device = torch.device(f"cuda:{dist.local_rank}" if device_type == "cuda" and dist.active else device_type)
+
+        # Architecture, preprocessing and classes: from the checkpoint when resuming, else the registry entry.
+        if ckpt is not None:
+            arch, arch_kwargs = ckpt["arch"], dict(ckpt["arch_kwargs"])
+            contract = ModelContract.from_dict(ckpt["contract"])
+            pre, classes_from_ckpt = contract.preprocess, contract.labels
+            if cfg.arch and cfg.arch != arch:
+                raise UserInputError(f"--resume checkpoint is a {arch}, not {cfg.arch}: drop --arch or match it")
+            if cfg.img_size and (cfg.img_size, cfg.img_size) != pre.input_size:
+                raise UserInputError(f"--resume checkpoint takes {pre.height}×{pre.width} inputs, not --img-size {cfg.img_size}")
+            pretrained_from = (ckpt.get("training") or {}).get("pretrained_from")
+        else:
+            arch = cfg.arch
+            entry = get_entry(arch)
+            if cfg.pretrained and not entry.pretrained:
+                from edgecnn.models.registry import pretrained_models
+
+                raise UserInputError(f"{arch} has no pretrained weights (pretrained: {', '.join(pretrained_models())})")
+            pre = entry.preprocess
+            if cfg.img_size:
+                pre = replace(pre, input_size=(cfg.img_size, cfg.img_size))
+            classes_from_ckpt = None
+            arch_kwargs = dict(cfg.arch_kwargs)
+            pretrained_from = arch if cfg.pretrained else None
+
+        classes, train, val, corrupt, corrupt_examples = _load_data(cfg, pre, classes_from_ckpt, report)
+        arch_kwargs["num_classes"] = len(classes)
+        try:
+            model = create_model(arch, pretrained=bool(cfg.pretrained and ckpt is None), **arch_kwargs)
+        except TypeError as exc:
+            raise UserInputError(f"{arch} does not take these options {sorted(cfg.arch_kwargs)}: {exc}") from exc
+        _check_input_size(torch, model, arch, pre)
+        if ckpt is not None:
+            model.load_state_dict(ckpt["state_dict"])
+        memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        model = model.to(device=device, memory_format=memory_format)
+
+        lr_peak = cfg.resolved_lr()
+        groups = _param_groups(model, cfg.resolved_weight_decay())
+        if cfg.optimizer == "adamw":
+            optimizer = torch.optim.AdamW(groups, lr=lr_peak)
+        else:
+            optimizer = torch.optim.SGD(groups, lr=lr_peak, momentum=0.9, nesterov=True)
+
+        extra = (ckpt or {}).get("extra") or {}
+        start_epoch = int(extra.get("epoch", 0))
+        history: list[dict] = list(extra.get("history", []))
+        best_acc = extra.get("best_val_acc")
+        best_epoch = int(extra.get("best_epoch", 0))
+        bad_epochs = int(extra.get("bad_epochs", 0))
+        if ckpt is not None:
+            if "optimizer" in extra:
+                optimizer.load_state_dict(extra["optimizer"])
+            if start_epoch >= cfg.epochs:
+                raise UserInputError(f"--resume checkpoint already has {start_epoch} epochs: pass --epochs above {start_epoch}")
+
+        net = model
+        if dist.active:
+            from torch.nn.parallel import DistributedDataParallel
+
+            net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+        criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        n_train = len(train.labels)
+        steps_per_epoch = math.ceil(len(_shard(n_train, 0, cfg.seed, dist)) / cfg.batch_size)
+        total_steps = steps_per_epoch * cfg.epochs
+        paths = side_paths(cfg.out)
+        params = count_parameters(model)
+
+        def to_tensor(x: np.ndarray):
+            return torch.from_numpy(x).to(device=device, memory_format=memory_format, non_blocking=True)
+
+        def evaluate() -> tuple[float, float]:
+            """(mean loss, accuracy) on this rank's share of the validation set, summed over all ranks."""
+            model.eval()
+            idx = np.arange(len(val.labels))[dist.rank :: dist.world]
+            loss_sum = correct = 0.0
+            with torch.no_grad():
+                for s in range(0, len(idx), 256):
+                    sel = idx[s : s + 256]
+                    logits = model(to_tensor(eval_inputs(val.images[sel], pre)))
+                    target = torch.from_numpy(val.labels[sel]).to(device)
+                    loss_sum += torch.nn.functional.cross_entropy(logits, target, reduction="sum").item()
+                    correct += (logits.argmax(1) == target).sum().item()
+            loss_sum, correct, count = dist.all_sum(torch, [loss_sum, correct, float(len(idx))])
+            return loss_sum / max(1, count), correct / max(1, count)
+
+        def summary(epochs_run: int, stopped: bool, train_seconds: float) -> dict:
+            """The training record stored in the checkpoint and metrics JSON (plain JSON types only, so a
+            weights-only load accepts it)."""
+            imgs = sum(r["images_per_s"] * r["seconds"] for r in history)
+            secs = sum(r["seconds"] for r in history)
+            return json.loads(json.dumps({
+                "arch": arch, "arch_kwargs": arch_kwargs, "parameters": params,
+                "pretrained_from": pretrained_from, "data": str(cfg.data), "classes": classes,
+                "num_train": n_train, "num_val": 0 if val is None else len(val.labels),
+                "corrupt": corrupt, "corrupt_examples": corrupt_examples,
+                "epochs_run": epochs_run, "epochs_planned": cfg.epochs, "best_epoch": best_epoch,
+                "best_val_acc": best_acc, "final_val_acc": history[-1]["val_acc"] if history else None,
+                "stopped_early": stopped, "train_seconds": round(train_seconds, 2),
+                "images_per_s": round(imgs / secs, 1) if secs else 0.0,
+                "world_size": dist.world, "device": device_type, "resumed_from": str(cfg.resume) if cfg.resume else None,
+                "config": {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in asdict(cfg).items()},
+                "optimizer": cfg.optimizer, "lr": lr_peak, "batch_size": cfg.batch_size, "schedule": cfg.schedule,
+                "torch": str(torch.__version__), "host": platform.node(), "cpu_threads": torch.get_num_threads(),
+            }, default=str))
+
+        def save(target: Path, epoch: int, summ: dict) -> None:
+            contract = ModelContract(
+                labels=list(classes), preprocess=pre, arch=arch,
+                provenance={"source": "edgecnn train", "data": str(cfg.data), "epochs": epoch,
+                            "best_val_acc": best_acc, "pretrained_from": pretrained_from},
+            )
+            state = {"optimizer": optimizer.state_dict(), "epoch": epoch, "history": history,
+                     "best_val_acc": best_acc, "best_epoch": best_epoch, "bad_epochs": bad_epochs}
+            save_checkpoint(target, model, arch, arch_kwargs, contract, training=summ, extra=state)
+
+        train_seconds = sum(r["seconds"] for r in history)
+        stopped = False
+        epoch = start_epoch
+        prep_pool = ThreadPoolExecutor(max_workers=1)  # prepares batch k+1 while batch k trains
+        try:
+            for epoch in range(start_epoch + 1, cfg.epochs + 1):
+                net.train()
+                order = _shard(n_train, epoch, cfg.seed, dist)
+                rng = np.random.default_rng([cfg.seed, dist.rank, epoch, 1])
+                batches = [order[s : s + cfg.batch_size] for s in range(0, len(order), cfg.batch_size)]
+                if len(batches) > 1 and len(batches[-1]) < 2:  # BatchNorm cannot train on one image
+                    batches.pop()
+
+                def prepare(sel):
+                    sel = np.sort(sel)
+                    return train_inputs(train.images[sel], pre, rng, cfg.augment), train.labels[sel]
+
+                t0 = time.perf_counter()
+                loss_sum = correct = seen = 0.0
+                pending = prep_pool.submit(prepare, batches[0])
+                for i, _ in enumerate(batches):
+                    x_np, y_np = pending.result()
+                    if i + 1 < len(batches):
+                        pending = prep_pool.submit(prepare, batches[i + 1])
+                    step = (epoch - 1) * steps_per_epoch + i
+                    lr = learning_rate(step, total_steps, lr_peak, cfg.schedule, cfg.warmup)
+                    for g in optimizer.param_groups:
+                        g["lr"] = lr
+                    x, y = to_tensor(x_np), torch.from_numpy(y_np).to(device)
+                    logits = net(x)
+                    loss = criterion(logits, y)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    batch_loss = loss.item()
+                    if not math.isfinite(batch_loss):
+                        raise EdgeCNNError(f"Training diverged (loss {batch_loss} at epoch {epoch}, step {i + 1}): lower --lr")
+                    loss_sum += batch_loss * len(y_np)
+                    correct += (logits.argmax(1) == y).sum().item()
+                    seen += len(y_np)
+                    if report:
+                        elapsed = time.perf_counter() - t0
+                        report(TrainProgress("train", epoch, cfg.epochs, i + 1, len(batches), loss_sum / seen,
+                                             correct / seen, seen * dist.world / max(elapsed, 1e-9)))
+                loss_sum, correct, seen = dist.all_sum(torch, [loss_sum, correct, seen])
+                seconds = time.perf_counter() - t0
+                train_seconds += seconds
+                val_loss, val_acc = evaluate() if val is not None else (None, None)
+                row = {"epoch": epoch, "lr": lr, "train_loss": loss_sum / seen, "train_acc": correct / seen,
+                       "val_loss": val_loss, "val_acc": val_acc, "images_per_s": seen / seconds, "seconds": seconds}
+                history.append(row)
+
+                improved = val_acc is None or best_acc is None or val_acc > best_acc
+                if improved:
+                    best_acc, best_epoch, bad_epochs = val_acc, epoch, 0
+                else:
+                    bad_epochs += 1
+                stopped = cfg.patience is not None and val_acc is not None and bad_epochs >= cfg.patience
+                if dist.main:
+                    summ = summary(epoch, stopped, train_seconds)
+                    if improved:
+                        save(Path(cfg.out), epoch, summ)
+                    save(paths["last"], epoch, summ)
+                    _write_metrics(history, paths, summ)
+                dist.barrier()
+                if report:
+                    report(TrainProgress("epoch", epoch, cfg.epochs, metrics=dict(row, best_val_acc=best_acc,
+                                                                                    improved=improved)))
+                if stopped:
+                    break
+        finally:
+            prep_pool.shutdown(wait=True)
+
+        summ = summary(epoch, stopped, train_seconds)
+        return TrainResult(
+            checkpoint=Path(cfg.out), last_checkpoint=paths["last"], metrics_csv=paths["csv"],
+            metrics_json=paths["json"], plot=paths["plot"], arch=arch, classes=list(classes), preprocess=pre,
+            num_train=n_train, num_val=summ["num_val"], corrupt=corrupt, corrupt_examples=corrupt_examples,
+            epochs_run=epoch, best_epoch=best_epoch, best_val_acc=best_acc,
+            final_val_acc=history[-1]["val_acc"] if history else None, stopped_early=stopped,
+            train_seconds=round(train_seconds, 2), images_per_s=summ["images_per_s"], world_size=dist.world,
+            history=history, model=model,
+        )
+    finally:
+        if dist.owns_group:
+            import torch.distributed as tdist
+
+            tdist.destroy_process_group()

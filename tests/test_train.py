@@ -1,0 +1,330 @@
+"""Training on small real image folders: outputs, the evaluation path, augmentation, resume, corrupt files, errors,
+transfer learning and the `edgecnn train` command."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from conftest import make_image_folder  # noqa: E402
+
+from edgecnn.augment import random_crop_flip  # noqa: E402
+from edgecnn.checkpoint import load_checkpoint, read_checkpoint  # noqa: E402
+from edgecnn.data import decode_resized, list_images, read_image  # noqa: E402
+from edgecnn.errors import UserInputError  # noqa: E402
+from edgecnn.models.cifar_cnn import CIFAR_PREPROCESS  # noqa: E402
+from edgecnn.preprocess import PreprocessConfig, preprocess  # noqa: E402
+from edgecnn.train import TrainConfig, eval_inputs, fit, learning_rate, side_paths  # noqa: E402
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    """Two visibly different classes, 8 real PNG/JPEG files each."""
+    return make_image_folder(tmp_path / "data", classes=("cat", "dog"), per_class=8)
+
+
+def _cfg(folder: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(data=folder, arch="cifar-cnn", out=out, epochs=2, batch_size=4, val_split=0.25, workers=2)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _accuracy(model, paths, labels, pre: PreprocessConfig) -> float:
+    """Accuracy of a model through the public `preprocess()`, image by image from the files."""
+    x = preprocess([read_image(p) for p in paths], pre)
+    with torch.no_grad():
+        pred = model(torch.from_numpy(x)).argmax(1).numpy()
+    return float((pred == np.asarray(labels)).mean())
+
+
+def test_fit_writes_checkpoint_metrics_and_plot(folder, tmp_path):
+    events = []
+    result = fit(_cfg(folder, tmp_path / "run" / "m.pt"), progress=events.append)
+
+    assert result.classes == ["cat", "dog"] and result.num_train == 12 and result.num_val == 4
+    assert result.epochs_run == 2 and len(result.history) == 2 and result.corrupt == {"train": 0, "val": 0}
+    files = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert files == ["m.curves.png", "m.last.pt", "m.metrics.csv", "m.metrics.json", "m.pt"]  # no temp leftovers
+    assert result.plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = list(csv.DictReader(result.metrics_csv.open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2] and all(0 <= float(r["val_acc"]) <= 1 for r in rows)
+    summary = json.loads(result.metrics_json.read_text())["summary"]
+    assert summary["arch"] == "cifar-cnn" and summary["num_train"] == 12 and summary["epochs_run"] == 2
+
+    phases = {e.phase for e in events}
+    assert {"decode", "train", "epoch"} <= phases
+    train_events = [e for e in events if e.phase == "train"]
+    assert all(e.loss is not None and e.images_per_s > 0 for e in train_events)
+
+    # The checkpoint carries the contract and the summary, loads weights-only and reproduces the validation accuracy
+    # through the public preprocess() on the original files.
+    model, contract, ckpt = load_checkpoint(result.checkpoint)
+    assert contract.labels == ["cat", "dog"] and contract.arch == "cifar-cnn" and contract.preprocess == CIFAR_PREPROCESS
+    assert ckpt["training"]["best_epoch"] == result.best_epoch and ckpt["training"]["num_train"] == 12
+    assert ckpt["arch_kwargs"] == {"num_classes": 2}
+    best = result.history[result.best_epoch - 1]
+    val_paths = [Path(p) for p in _val_paths(folder, result)]
+    labels = [contract.labels.index(p.parent.name) for p in val_paths]
+    assert _accuracy(model, val_paths, labels, contract.preprocess) == pytest.approx(best["val_acc"])
+
+
+def _val_paths(folder: Path, result) -> list[str]:
+    """The held-out files: those of the folder that were not in the training split (same seeded split)."""
+    from edgecnn.data import scan_image_folder
+    from edgecnn.train import _stratified_split
+
+    scan = scan_image_folder(folder)
+    _, val_idx = _stratified_split([c for _, c in scan.samples], 0.25, 0)
+    return [str(scan.samples[i][0]) for i in val_idx]
+
+
+def test_training_learns_a_separable_task(folder, tmp_path):
+    result = fit(_cfg(folder, tmp_path / "m.pt", arch="resnet8", epochs=6, lr=5e-3))
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    assert result.best_val_acc == 1.0
+
+
+@pytest.mark.parametrize("pre", [CIFAR_PREPROCESS, PreprocessConfig()])  # stretch to 32, and shorter-side crop 224
+def test_training_eval_path_is_preprocess(folder, pre):
+    """What validation feeds the model == preprocess() of the same files (decode once + normalize, no augmentation)."""
+    paths = list_images(folder)
+    decoded = decode_resized(paths, pre, workers=2)
+    expected = preprocess([read_image(p) for p in paths], pre)
+    np.testing.assert_array_equal(eval_inputs(decoded.images, pre), expected)
+
+
+def test_augmentation_crops_and_flips_on_uint8():
+    rng = np.random.default_rng(0)
+    batch = rng.integers(0, 255, size=(16, 32, 32, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(random_crop_flip(batch, rng, pad=0, flip=False), batch)
+    out = random_crop_flip(batch, np.random.default_rng(1), pad=4)
+    assert out.shape == batch.shape and out.dtype == np.uint8
+    padded = np.pad(batch, ((0, 0), (4, 4), (4, 4), (0, 0)), mode="reflect")
+    for i in range(len(batch)):  # every output is a 32×32 window of the padded image, possibly mirrored
+        windows = [padded[i, t : t + 32, l : l + 32] for t in range(9) for l in range(9)]
+        assert any(np.array_equal(out[i], w) or np.array_equal(out[i], w[:, ::-1]) for w in windows)
+    assert not np.array_equal(out, batch)
+    np.testing.assert_array_equal(random_crop_flip(batch, np.random.default_rng(1), pad=4), out)  # seeded
+
+
+def test_learning_rate_schedules():
+    lrs = [learning_rate(s, 100, 1.0, "onecycle", 0.2) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.04) and max(lrs) == pytest.approx(1.0, abs=1e-3) and lrs[-1] < 0.01
+    assert int(np.argmax(lrs)) == 20
+    cos = [learning_rate(s, 100, 1.0, "cosine", 0.1) for s in range(100)]
+    assert cos[0] == pytest.approx(0.1) and cos[9] == pytest.approx(1.0) and cos[-1] < 0.01
+
+
+def test_corrupt_images_are_counted_not_fatal(folder, tmp_path):
+    (folder / "cat" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a JPEG")
+    (folder / "dog" / "empty.png").write_bytes(b"")
+    (folder / "dog" / "notes.txt").write_text("not an image, ignored")
+    result = fit(_cfg(folder, tmp_path / "m.pt", epochs=1))
+    assert result.corrupt["train"] + result.corrupt["val"] == 2
+    assert result.num_train + result.num_val == 16
+    assert {Path(p).name for p in result.corrupt_examples} == {"broken.jpg", "empty.png"}
+    assert read_checkpoint(result.checkpoint)["training"]["corrupt"] == result.corrupt
+
+
+def test_resume_continues_exactly(folder, tmp_path):
+    """A run interrupted after epoch 1 of 2 and resumed from its .last.pt ends with the same weights as the
+    uninterrupted run: weights, optimizer state, epoch, schedule position and RNG streams are all restored."""
+    straight = fit(_cfg(folder, tmp_path / "a" / "m.pt"))
+
+    def interrupt_after_first_epoch(ev):
+        if ev.phase == "epoch":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(_cfg(folder, tmp_path / "b" / "m.pt"), progress=interrupt_after_first_epoch)
+    last = side_paths(tmp_path / "b" / "m.pt")["last"]
+    assert read_checkpoint(last)["extra"]["epoch"] == 1
+    resumed = fit(_cfg(folder, tmp_path / "c" / "m.pt", resume=last))
+    assert [r["epoch"] for r in resumed.history] == [1, 2]
+    assert resumed.history[0]["train_loss"] == pytest.approx(straight.history[0]["train_loss"], rel=1e-5)
+    assert resumed.history[1]["train_loss"] == pytest.approx(straight.history[1]["train_loss"], rel=1e-4)
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+    assert read_checkpoint(resumed.last_checkpoint)["training"]["resumed_from"] == str(last)
+
+    first = fit(_cfg(folder, tmp_path / "d" / "m.pt", epochs=1))
+    with pytest.raises(UserInputError, match="already has 1 epochs"):
+        fit(_cfg(folder, tmp_path / "x" / "m.pt", epochs=1, resume=first.last_checkpoint))
+    with pytest.raises(UserInputError, match="is the input file"):
+        fit(_cfg(folder, first.checkpoint, resume=first.checkpoint))
+    with pytest.raises(UserInputError, match="is the input file"):  # m.last.pt of --out m.pt is the input too
+        fit(_cfg(folder, first.checkpoint, resume=first.last_checkpoint))
+    with pytest.raises(UserInputError, match="not lenet5"):
+        fit(_cfg(folder, tmp_path / "e" / "m.pt", arch="lenet5", resume=first.last_checkpoint))
+
+
+def test_early_stopping(folder, tmp_path):
+    result = fit(_cfg(folder, tmp_path / "m.pt", epochs=6, lr=1e-9, patience=2))  # nothing improves after epoch 1
+    assert result.stopped_early and result.epochs_run == 3 and result.best_epoch == 1
+
+
+def test_no_validation_keeps_the_last_epoch(folder, tmp_path):
+    result = fit(_cfg(folder, tmp_path / "m.pt", val_split=0.0, patience=1))
+    assert result.num_val == 0 and result.best_val_acc is None and result.best_epoch == 2 and not result.stopped_early
+    assert read_checkpoint(result.checkpoint)["extra"]["epoch"] == 2
+
+
+def test_train_test_pair_and_val_folder(tmp_path):
+    root = tmp_path / "ds"
+    make_image_folder(root / "train", per_class=6, seed=1)
+    make_image_folder(root / "test", per_class=3, seed=2)
+    result = fit(_cfg(root, tmp_path / "m.pt", epochs=1, val_split=None))
+    assert (result.num_train, result.num_val) == (12, 6)
+
+    extra = make_image_folder(tmp_path / "other", classes=("cat", "dog", "fox"), per_class=2)
+    with pytest.raises(UserInputError, match="fox"):
+        fit(_cfg(root, tmp_path / "m2.pt", epochs=1, val_split=None, val=extra))
+
+
+@pytest.mark.parametrize(
+    "setup,match",
+    [
+        (lambda d: d.mkdir(), "No images found"),
+        (lambda d: make_image_folder(d, classes=("cat",), per_class=3), "need at least 2"),
+        (lambda d: [make_image_folder(d, classes=("cat",), per_class=3), (d / "dog").mkdir(),
+                    (d / "dog" / "x.jpg").write_bytes(b"garbage")], "Only class 'cat'"),
+        (lambda d: None, "does not exist"),
+    ],
+    ids=["empty", "single-class", "single-readable-class", "missing"],
+)
+def test_bad_data_is_a_clear_user_error(tmp_path, setup, match):
+    data = tmp_path / "data"
+    setup(data)
+    with pytest.raises(UserInputError, match=match):
+        fit(_cfg(data, tmp_path / "m.pt"))
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_bad_options_are_user_errors(folder, tmp_path):
+    with pytest.raises(UserInputError, match="Unknown architecture"):
+        fit(_cfg(folder, tmp_path / "m.pt", arch="nope"))
+    with pytest.raises(UserInputError, match="cannot take 64×64"):
+        fit(_cfg(folder, tmp_path / "m.pt", img_size=64))  # the dense layer of cifar-cnn is sized for 32×32
+    with pytest.raises(UserInputError, match="inside the data folder"):
+        fit(_cfg(folder, folder / "m.pt"))
+    with pytest.raises(UserInputError, match="must end in .pt"):
+        fit(_cfg(folder, tmp_path / "m.onnx"))
+    with pytest.raises(UserInputError, match="either --val"):
+        fit(_cfg(folder, tmp_path / "m.pt", val=folder, val_split=0.2))
+    with pytest.raises(UserInputError, match="no pretrained weights"):
+        fit(_cfg(folder, tmp_path / "m.pt", pretrained=True))
+    with pytest.raises(UserInputError, match="does not take"):
+        fit(_cfg(folder, tmp_path / "m.pt", arch_kwargs={"width_mult": 2}))
+    assert not any(tmp_path.glob("m.*"))
+
+
+def test_arch_kwargs_travel_into_the_checkpoint(folder, tmp_path):
+    result = fit(_cfg(folder, tmp_path / "m.pt", arch="resnet8", epochs=1, arch_kwargs={"width_mult": 0.5}, img_size=24))
+    model, contract, ckpt = load_checkpoint(result.checkpoint)
+    assert ckpt["arch_kwargs"] == {"width_mult": 0.5, "num_classes": 2}
+    assert contract.preprocess.input_size == (24, 24) and contract.preprocess.mean == CIFAR_PREPROCESS.mean
+
+
+@pytest.mark.slow
+def test_transfer_learning_keeps_the_pretrained_preprocessing(scenes_dir, tmp_path):
+    """efficientnet-lite0 fine-tuned on real photos (buildings vs forest): new 2-class head, the model's own
+    mean 127 / std 128 and resize policy kept, --img-size changing only the size."""
+    data = tmp_path / "scenes"
+    for cls in ("buildings", "forest"):
+        (data / cls).mkdir(parents=True)
+        for src in sorted((scenes_dir / cls).glob("*.jpg"))[:10]:
+            os.symlink(src, data / cls / src.name)
+    result = fit(_cfg(data, tmp_path / "m.pt", arch="efficientnet-lite0", pretrained=True, epochs=1, img_size=96,
+                      batch_size=8, val_split=0.2))
+    model, contract, ckpt = load_checkpoint(result.checkpoint)
+    pre = contract.preprocess
+    assert pre.input_size == (96, 96) and pre.mean == (127.0,) * 3 and pre.std == (128.0,) * 3
+    assert pre.resize == "shorter_crop" and contract.labels == ["buildings", "forest"]
+    assert ckpt["training"]["pretrained_from"] == "efficientnet-lite0"
+    assert model._fc.out_features == 2
+    # ImageNet features make this easy even after one short epoch at 96 px.
+    assert result.best_val_acc >= 0.75
+
+
+def test_real_photos_small_net(scenes_dir, tmp_path):
+    """cifar-cnn on 40 real 150×150 photos stretched to 32×32: decodes, trains and validates."""
+    data = tmp_path / "scenes"
+    for cls in ("buildings", "forest"):
+        (data / cls).mkdir(parents=True)
+        for src in sorted((scenes_dir / cls).glob("*.jpg"))[:20]:
+            os.symlink(src, data / cls / src.name)
+    result = fit(_cfg(data, tmp_path / "m.pt", epochs=2, batch_size=8))
+    assert (result.num_train, result.num_val) == (30, 10) and sum(result.corrupt.values()) == 0
+    assert all(np.isfinite(r["train_loss"]) for r in result.history)
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def _invoke(args):
+    from typer.testing import CliRunner
+
+    from edgecnn.cli.main import app
+
+    return CliRunner().invoke(app, args)
+
+
+def test_cli_train_json(folder, tmp_path):
+    out = tmp_path / "cli" / "m.pt"
+    r = _invoke(["train", str(folder), "--arch", "lenet5", "--epochs", "2", "--batch-size", "4", "--lr", "0.002",
+                 "--val-split", "0.25", "--seed", "3", "--workers", "1", "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert summary["arch"] == "lenet5" and summary["epochs_run"] == 2 and summary["classes"] == ["cat", "dog"]
+    assert summary["checkpoint"] == str(out) and out.is_file() and side_paths(out)["plot"].is_file()
+    assert read_checkpoint(out)["training"]["config"]["seed"] == 3
+
+
+def test_cli_train_human_output_and_resume(folder, tmp_path):
+    out = tmp_path / "m.pt"
+    r = _invoke(["train", str(folder), "--epochs", "1", "--batch-size", "4", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "epoch   1/1" in r.output and "checkpoint" in r.output
+    r = _invoke(["train", str(folder), "--epochs", "2", "--batch-size", "4", "--resume", str(out.with_suffix(".last.pt")),
+                 "--out", str(tmp_path / "m2.pt"), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["epochs_run"] == 2
+
+
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["--arch", "nope"], "Unknown architecture 'nope'"),
+        (["--val-split", "1.5"], "--val-split must be in"),
+        (["--arch-opt", "width_mult"], "KEY=VALUE"),
+        (["--resume", "MISSING"], "does not exist"),
+    ],
+)
+def test_cli_train_errors_are_one_line(folder, tmp_path, args, match):
+    args = [a.replace("MISSING", str(tmp_path / "missing.pt")) for a in args]
+    r = _invoke(["train", str(folder), "--epochs", "1", "--out", str(tmp_path / "m.pt"), *args])
+    assert r.exit_code == 2
+    assert match in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_cli_train_out_equal_to_resume(folder, tmp_path):
+    out = tmp_path / "m.pt"
+    assert _invoke(["train", str(folder), "--epochs", "1", "--batch-size", "4", "--out", str(out)]).exit_code == 0
+    before = out.read_bytes()
+    r = _invoke(["train", str(folder), "--epochs", "2", "--resume", str(out), "--out", str(out)])
+    assert r.exit_code == 2 and "is the input file" in r.output
+    assert out.read_bytes() == before
+
+
+def test_cli_missing_data(tmp_path):
+    r = _invoke(["train", str(tmp_path / "nothing"), "--out", str(tmp_path / "m.pt")])
+    assert r.exit_code == 2 and "does not exist" in r.output
