@@ -66,3 +66,14 @@ def test_quantize_example_runs_on_a_small_model(tmp_path, tiny_onnx):
     from edgecnn.artifacts import read_onnx_contract
 
     assert read_onnx_contract(tmp_path / "q" / "tiny.int8.onnx").labels == ["cat", "dog", "bird"]
+
+
+@pytest.mark.slow
+def test_train_example_runs_one_epoch(tmp_path):
+    """The CIFAR-10 script on a tiny labelled folder: fit -> export (parity-checked) -> ONNX Runtime accuracy (~6 s)."""
+    pytest.importorskip("torch")
+    data = make_image_folder(tmp_path / "data", per_class=8, size=(32, 32))
+    proc = run("train_cifar10.py", "--data", data, "--epochs", "1", "--out", tmp_path / "run", cwd=tmp_path, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "run" / "model.pt").is_file() and (tmp_path / "run" / "model.onnx").is_file()
+    assert "epoch 1/1" in proc.stdout and "ONNX Runtime: top-1" in proc.stdout
