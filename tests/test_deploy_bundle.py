@@ -118,6 +118,7 @@ def test_round_trip_runs_on_onnxruntime_without_tensorrt(bundle, tmp_path):
     app = Path(report.app_dir)
     assert app == tmp_path / "prefix" / "tiny" and report.name == "tiny"
     assert report.archive_checked  # against out/app.tar.gz.sha256, written by create_bundle
+    assert app.stat().st_mode & 0o777 == 0o755  # readable by the (non-root) service user
     assert report.files_verified == len(parse_sha256sums((app / "SHA256SUMS").read_text()))
     assert report.runtime == "onnx" and report.model == str(app / "model.onnx")
     assert "TensorRT not found" in report.engine_note

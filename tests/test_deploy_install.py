@@ -145,3 +145,12 @@ def test_modes_are_sanitised(bundle, tmp_path):
     report = install_bundle(tmp_path / "suid2.tar.gz", tmp_path / "prefix", build_engine=False)
     assert (Path(report.app_dir) / "start.sh").stat().st_mode & 0o7777 == 0o755
     assert (Path(report.app_dir) / "model.onnx").stat().st_mode & 0o7777 == 0o644
+
+
+def test_corrupted_gzip_stream_is_refused(bundle, tmp_path):
+    data = bytearray(bundle.read_bytes())
+    for i in range(len(data) // 2, len(data) // 2 + 64):
+        data[i] ^= 0xFF
+    bad = tmp_path / "flipped.tar.gz"
+    bad.write_bytes(bytes(data))
+    assert_refused(bad, tmp_path / "prefix", "truncated or corrupt|not a gzip|SHA256SUMS|unsafe|link|device|folder")

@@ -21,6 +21,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable
+from zlib import error as zlib_error  # a damaged gzip stream raises this mid-extraction
 
 from edgecnn.artifacts import sha256_file
 from edgecnn.deploy.bundle import BUNDLE_FORMAT, NAME_RE, parse_sha256sums, systemd_unit, unit_description
@@ -193,12 +194,16 @@ def install_bundle(
         try:
             prefix.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=f".{name}.install-", dir=prefix))
+            os.chmod(staging, 0o755)  # mkdtemp makes it 0700: the service user must be able to read the app
         except PermissionError as exc:
             raise UserInputError(
                 f"Cannot write to {prefix}: run with sudo, or install elsewhere with --prefix ~/edgecnn-apps"
             ) from exc
         try:
-            written = _extract(tar, members, name, staging)
+            try:
+                written = _extract(tar, members, name, staging)
+            except (tarfile.TarError, EOFError, zlib_error) as exc:
+                raise ArtifactError(f"{bundle.name} is truncated or corrupt ({exc.__class__.__name__})") from exc
             if progress:
                 progress(1, 3, description="verifying")
             count = verify_tree(staging, written)
