@@ -323,6 +323,15 @@ class _Dist:
         dist.all_reduce(t)
         return t.tolist()
 
+    def sync_buffers(self, model) -> None:
+        """Give every rank rank 0's BatchNorm statistics. DDP broadcasts buffers at the start of each forward, so
+        after the last step each rank still holds its own last update; evaluation and the checkpoint want one model."""
+        if self.active:
+            import torch.distributed as dist
+
+            for buf in model.buffers():
+                dist.broadcast(buf, src=0)
+
     def barrier(self) -> None:
         if self.active:
             import torch.distributed as dist
@@ -649,6 +658,7 @@ def fit(cfg: TrainConfig, progress: ProgressCallback | None = None) -> TrainResu
                         report(TrainProgress("train", epoch, cfg.epochs, i + 1, len(batches), loss_sum / seen,
                                              correct / seen, seen * dist.world / max(elapsed, 1e-9)))
                 loss_sum, correct, seen = dist.all_sum(torch, [loss_sum, correct, seen])
+                dist.sync_buffers(model)
                 seconds = time.perf_counter() - t0
                 train_seconds += seconds
                 val_loss, val_acc = evaluate() if val is not None else (None, None)
