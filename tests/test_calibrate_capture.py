@@ -91,3 +91,34 @@ def test_from_an_http_mjpeg_camera(tmp_path):
     assert "secret" not in result.output
     images = [cv2.imread(str(p)) for p in sorted(out.glob("*.jpg"))]
     assert len(images) == 5 and all(img.shape == (48, 64, 3) for img in images)
+
+
+def test_ctrl_c_keeps_the_frames_saved_so_far(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    out = tmp_path / "cam"
+    with MjpegServer(fps=100) as server:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edgecnn", "calibrate", "capture", "--source", server.url(), "--out", str(out),
+             "--count", "100000", "--every-ms", "20", "--json"],
+            cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        try:
+            t0 = time.perf_counter()
+            while len(list(out.glob("*.jpg"))) < 5 and time.perf_counter() - t0 < 60:
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGINT)
+            stdout, stderr = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 0, stderr
+    summary = json.loads(stdout)
+    files = sorted(out.glob("*.jpg"))
+    assert summary["end_reason"] == "stopped" and summary["saved"] == len(files) >= 5
+    assert all(cv2.imread(str(p)) is not None for p in files)  # every file complete
+    assert not list(out.glob(".*"))

@@ -137,3 +137,18 @@ def test_cli_bad_source_exits_non_zero_with_one_line(tiny_onnx, source, code, fr
     lines = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and fragment in lines[0]
     assert "hunter2" not in result.output
+
+
+def test_camera_package_and_commands_never_import_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['torch'] = None\n"  # any `import torch` now raises ImportError
+        "import edgecnn.camera.sources, edgecnn.camera.capture, edgecnn.camera.loop, edgecnn.camera.overlay, "
+        "edgecnn.camera.sinks, edgecnn.camera.record, edgecnn.camera.stats, edgecnn.cli.live_cmd, "
+        "edgecnn.cli.calibrate_cmd\n"
+        "print('ok')"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr

@@ -37,10 +37,11 @@ def run(runner, source, options=LiveOptions(), sinks=(), pace=False, **kw):
     return results, summary
 
 
-def test_loop_results_equal_the_runner_on_the_same_frames(tiny_onnx, tmp_path):
+@pytest.mark.parametrize("pipelined", [True, False], ids=["preprocess-in-capture-thread", "preprocess-in-loop"])
+def test_loop_results_equal_the_runner_on_the_same_frames(tiny_onnx, tmp_path, pipelined):
     video = write_video(tmp_path / "clip.mp4", frames=20)
     with load(tiny_onnx) as runner:
-        results, summary = run(runner, video, LiveOptions(top_k=2))
+        results, summary = run(runner, video, LiveOptions(top_k=2, pipelined=pipelined))
         frames = [f for _, f in iter_video_frames(video)]
         expected = softmax(runner.infer_frames(frames))
     assert [r.index for r in results] == list(range(20))

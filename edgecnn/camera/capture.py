@@ -34,6 +34,8 @@ class Frame:
     t_capture: float
     t_source: float
     wall_time: float
+    tensor: np.ndarray | None = None  # the model input, when the capture thread preprocessed the frame
+    prep_time: float = 0.0  # seconds the capture thread spent making `tensor`
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,9 @@ class ThreadedCapture:
         self.dropped = 0
         self.reconnects = 0
         self.loops = 0
+        # Optional per-frame work done in the capture thread, beside inference: the live loop sets the model's
+        # preprocessing here so a frame arrives as a ready tensor (read each frame, so it may be set after start()).
+        self.transform: Callable[[np.ndarray], np.ndarray] | None = None
 
     # -------------------------------------------------------------- lifecycle
 
@@ -209,7 +214,12 @@ class ThreadedCapture:
                     pace_start, pace_first = time.perf_counter(), index
             now = time.perf_counter()
             t_source = index * interval if not self.spec.live and interval else now - t_start
-            if not self._publish(Frame(image, index, now, t_source, time.time())):
+            frame = Frame(image, index, now, t_source, time.time())
+            transform = self.transform
+            if transform is not None:
+                frame.tensor = transform(image)
+                frame.prep_time = time.perf_counter() - now
+            if not self._publish(frame):
                 return
             index += 1
 

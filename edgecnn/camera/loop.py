@@ -6,7 +6,8 @@ runner's contract through `edgecnn.preprocess.preprocess`, the same transform tr
 
 Stages, per frame:
   capture_wait  time the loop waited for a frame (≈ 0 when capture keeps up; up to a frame interval when paced)
-  preprocess    resize/crop/normalise (the contract's transform)
+  preprocess    resize/crop/normalise (the contract's transform); by default done in the capture thread, so it
+                overlaps the previous frame's inference (LiveOptions(pipelined=False) does it in the loop)
   inference     runner.infer()
   postprocess   softmax, EMA smoothing, top-k, threshold
   display       overlay + window + recording
@@ -34,13 +35,15 @@ STAGES = ("capture_wait", "preprocess", "inference", "postprocess", "display", "
 class LiveOptions:
     """top_k: classes reported; threshold: below this top-1 probability the label is `unknown_label`;
     smoothing: EMA factor a in [0, 1) over class probabilities (p = a·p_prev + (1-a)·p_now; 0 = off);
-    max_frames: stop after this many processed frames (None: until the source ends or stop is set)."""
+    max_frames: stop after this many processed frames (None: until the source ends or stop is set);
+    pipelined: preprocess in the capture thread so it overlaps inference (the loop then only infers)."""
 
     top_k: int = 3
     threshold: float = 0.0
     smoothing: float = 0.0
     max_frames: int | None = None
     unknown_label: str = "unknown"
+    pipelined: bool = True
 
     def __post_init__(self):
         if self.top_k < 1:
@@ -181,6 +184,8 @@ def run_live(
     image_sinks = [s for s in sinks if s.needs_image]
     other_sinks = [s for s in sinks if not s.needs_image]
     hist = {name: LatencyHistogram() for name in STAGES}
+    if options.pipelined:
+        capture.transform = lambda image: preprocess(image, cfg)
     processed = 0
     fps = 0.0
     end_reason = "stopped"
@@ -208,7 +213,11 @@ def run_live(
                 end_reason = "end_of_source" if capture.ended else "stopped"
                 break
             t1 = clock()
-            batch = preprocess(frame.image, cfg)
+            if frame.tensor is not None:  # preprocessed by the capture thread while the last frame was inferred
+                batch, prep = frame.tensor, frame.prep_time
+            else:
+                batch = preprocess(frame.image, cfg)
+                prep = clock() - t1
             t2 = clock()
             logits = runner.infer(batch)
             t3 = clock()
@@ -219,7 +228,7 @@ def run_live(
                 inst = 1.0 / max(t4 - t_prev, 1e-6)
                 fps = inst if fps == 0.0 else 0.9 * fps + 0.1 * inst
             t_prev = t4
-            timings = {"capture_wait": t1 - t0, "preprocess": t2 - t1, "inference": t3 - t2, "postprocess": t4 - t3}
+            timings = {"capture_wait": t1 - t0, "preprocess": prep, "inference": t3 - t2, "postprocess": t4 - t3}
             result = FrameResult(
                 index=frame.index, timestamp=frame.wall_time, top=top, label=label, score=score, timings=timings,
                 frame_age=t4 - frame.t_capture, dropped=capture.dropped, processed=processed, fps=fps,

@@ -54,14 +54,15 @@ def capture(
         warn(message) if kind in ("lost", "retry", "gave_up") else console.print(message, style="cyan", markup=False)
 
     stop = threading.Event()
-    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         cap = ThreadedCapture(spec, pace=False, on_event=on_event).start()
         with progress_bar(f"capturing {count} frames", total=count, disable=json_out) as update:
             report = capture_frames(cap, out, count, every_ms=every_ms, start_number=first, jpeg_quality=quality,
                                     progress=lambda done, total: update(done, total), stop=stop)
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
     if json_out:
         print_json(report.to_dict())
