@@ -131,7 +131,8 @@ def _contract(path: Path, model) -> ModelContract:
             "edgecnn.runtime.openvino.save_ir(model.onnx, model.xml), or run the .onnx with backend='openvino'"
         )
     try:
-        return ModelContract.from_dict(json.loads(str(rt[RT_KEY])))
+        value = rt[RT_KEY]
+        return ModelContract.from_dict(json.loads(value.astype(str) if hasattr(value, "astype") else str(value)))
     except json.JSONDecodeError as exc:
         raise ArtifactError(f"{path}: the edgecnn contract in its rt_info is not valid JSON") from exc
 

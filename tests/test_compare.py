@@ -1,0 +1,108 @@
+"""edgecnn compare: output parity of two builds on real image files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import build_tiny_onnx
+from edgecnn.data import read_image
+from edgecnn.errors import AccuracyGateError, UserInputError
+from edgecnn.profiling.compare import check_gate, compare_runners, resolve_data
+from edgecnn.runtime import load
+
+
+def perturbed_copy(src, dst, scale=-1.0):
+    """The same model (same contract) with its classifier weights changed: a 'bad build' of it."""
+    import onnx
+    from onnx import numpy_helper
+
+    from edgecnn.artifacts import save_onnx
+
+    model = onnx.load(str(src))
+    for i, init in enumerate(model.graph.initializer):
+        if init.name == "fc.w":
+            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * scale, "fc.w"))
+    return save_onnx(model, dst)
+
+
+def cli(*args):
+    from edgecnn.cli.main import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+def test_model_vs_itself_is_identical(tiny_onnx, image_folder):
+    root, images = resolve_data(image_folder)
+    with load(tiny_onnx) as a, load(tiny_onnx) as b:
+        r = compare_runners(a, b, images, batch=5, root=root)
+    assert r["images"] == 12 and r["top1_agreement"] == 1.0
+    assert r["max_abs_diff"] == 0.0 and r["mean_abs_diff"] == 0.0 and r["cosine_min"] == pytest.approx(1.0)
+    assert r["disagreements"] == [] and r["notes"] == [] and r["unreadable"] == []
+
+
+def test_perturbed_copy_disagrees_and_names_the_images(tmp_path, tiny_onnx, image_folder):
+    bad = perturbed_copy(tiny_onnx, tmp_path / "bad.onnx")
+    root, images = resolve_data(image_folder)
+    with load(tiny_onnx) as a, load(bad) as b:
+        r = compare_runners(a, b, images, batch=4, root=root)
+        frame = read_image(images[0])
+        la, lb = a.infer_frames([frame]), b.infer_frames([frame])
+    assert r["top1_agreement"] < 1.0 and r["disagreements"]
+    assert r["max_abs_diff"] >= float(np.abs(la - lb).max()) > 0
+    d = r["disagreements"][0]
+    assert (image_folder / d["image"]).is_file() and d["a"] != d["b"] and 0 < d["a_prob"] <= 1
+    with pytest.raises(AccuracyGateError, match="agreement"):
+        check_gate(r, min_agreement=0.99)
+    check_gate(r, min_agreement=0.0)
+
+
+def test_real_photos_and_unreadable_files(tmp_path, tiny_onnx, scenes_dir):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for p in sorted((scenes_dir / "forest").glob("*.jpg"))[:6]:
+        (photos / p.name).write_bytes(p.read_bytes())
+    (photos / "broken.jpg").write_bytes(b"not a jpeg")
+    root, images = resolve_data(photos)
+    with load(tiny_onnx) as a, load(tiny_onnx) as b:
+        r = compare_runners(a, b, images, batch=4, root=root)
+    assert r["images"] == 6 and r["unreadable"] == ["broken.jpg"] and r["top1_agreement"] == 1.0
+
+
+def test_bad_inputs(tmp_path, tiny_onnx, image_folder, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no ./calibration here
+    with pytest.raises(UserInputError, match="--data"):
+        resolve_data(None)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserInputError, match="No images"):
+        resolve_data(tmp_path / "empty")
+    four = build_tiny_onnx(tmp_path / "four.onnx", labels=("a", "b", "c", "d"))
+    with load(tiny_onnx) as a, load(four) as b, pytest.raises(UserInputError, match="different outputs"):
+        compare_runners(a, b, resolve_data(image_folder)[1])
+
+
+def test_default_data_is_the_calibration_folder(tmp_path, tiny_onnx, image_folder, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "calibration").mkdir()
+    for p in sorted(image_folder.rglob("*.png"))[:3]:
+        (tmp_path / "calibration" / p.name).write_bytes(p.read_bytes())
+    res = cli("compare", str(tiny_onnx), str(tiny_onnx), "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["images"] == 3
+
+
+def test_cli_json_and_gate(tmp_path, tiny_onnx, image_folder):
+    bad = perturbed_copy(tiny_onnx, tmp_path / "bad.onnx")
+    res = cli("compare", str(tiny_onnx), str(bad), "--data", str(image_folder), "--json")
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["images"] == 12 and data["top1_agreement"] < 1 and data["disagreements"]
+    res = cli("compare", str(tiny_onnx), str(bad), "--data", str(image_folder), "--min-agreement", "0.99")
+    assert res.exit_code == 5 and "Parity check failed" in res.output and "image(s) where top-1 differs" in res.output
+    res = cli("compare", str(tiny_onnx), str(tiny_onnx), "--data", str(image_folder), "--max-diff", "0")
+    assert res.exit_code == 0 and "top-1 agreement 100.00%" in res.output
+    res = cli("compare", str(tiny_onnx), str(tmp_path / "missing.onnx"), "--data", str(image_folder))
+    assert res.exit_code == 2
