@@ -200,3 +200,19 @@ def test_memory_stays_flat_over_thousands_of_frames(tiny_onnx, tmp_path):
     assert summary.frames == 3000
     growth = marks[3000] - marks[500]
     assert growth < 256 * 1024, f"traced memory grew {growth / 1024:.0f} KiB between frame 500 and 3000"
+
+
+def test_overlay_draws_labels_and_status_in_the_corner():
+    from edgecnn.camera.loop import FrameResult
+    from edgecnn.camera.overlay import annotate
+
+    image = np.full((480, 640, 3), 200, np.uint8)
+    result = FrameResult(
+        index=0, timestamp=0.0, top=[("forest", 0.9), ("buildings", 0.1)], label="forest", score=0.9,
+        timings={"inference": 0.004}, frame_age=0.012, dropped=2, processed=1, fps=29.5,
+    )
+    out = annotate(image, result)
+    assert out is image and out.shape == (480, 640, 3)
+    corner, rest = out[:100, :300], out[200:, 400:]
+    assert (corner != 200).mean() > 0.5  # darkened box with text and bars
+    assert (rest == 200).all()  # the scene itself is left alone

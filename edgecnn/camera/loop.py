@@ -36,7 +36,9 @@ class LiveOptions:
     """top_k: classes reported; threshold: below this top-1 probability the label is `unknown_label`;
     smoothing: EMA factor a in [0, 1) over class probabilities (p = a·p_prev + (1-a)·p_now; 0 = off);
     max_frames: stop after this many processed frames (None: until the source ends or stop is set);
-    pipelined: preprocess in the capture thread so it overlaps inference (the loop then only infers)."""
+    pipelined: preprocess in the capture thread so it overlaps inference (the loop then only infers);
+    warmup: inferences on a blank input before the first frame (first runs allocate arenas, pick kernels, compile),
+    so that one-off cost does not show up as the first frame's latency."""
 
     top_k: int = 3
     threshold: float = 0.0
@@ -44,6 +46,7 @@ class LiveOptions:
     max_frames: int | None = None
     unknown_label: str = "unknown"
     pipelined: bool = True
+    warmup: int = 1
 
     def __post_init__(self):
         if self.top_k < 1:
@@ -186,6 +189,10 @@ def run_live(
     hist = {name: LatencyHistogram() for name in STAGES}
     if options.pipelined:
         capture.transform = lambda image: preprocess(image, cfg)
+    if options.warmup:
+        blank = np.zeros(cfg.input_shape(1), dtype=np.float32)
+        for _ in range(options.warmup):
+            runner.infer(blank)
     processed = 0
     fps = 0.0
     end_reason = "stopped"
