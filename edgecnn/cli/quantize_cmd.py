@@ -1,0 +1,133 @@
+"""`edgecnn quantize`: FP32 ONNX + calibration images -> INT8 Q/DQ ONNX (+ TensorRT calibration table, report)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from edgecnn.cli.common import cli_command, console, print_json, progress_bar, warn
+
+STAGES = {"decode": "decoding calibration images", "calibrate": "calibrating", "evaluate": "FP32 reference",
+          "sensitivity": "keeping sensitive layers in float"}
+
+
+def _floats(text: Optional[str], n: int, flag: str) -> Optional[tuple]:
+    if text is None:
+        return None
+    from edgecnn.errors import UserInputError
+
+    try:
+        values = tuple(float(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        raise UserInputError(f"{flag} expects {n} comma-separated numbers, got {text!r}") from None
+    if len(values) == 1 and n == 3:
+        values = values * 3
+    if len(values) != n:
+        raise UserInputError(f"{flag} expects {n} comma-separated numbers, got {text!r}")
+    return values
+
+
+def quantize(
+    model: str = typer.Argument(..., help="FP32 .onnx model (exported by edgecnn) or a registered pretrained name."),
+    calib: Path = typer.Option(Path("calibration"), "--calib", help="Calibration image folder (recursive) or video file."),
+    out: Path = typer.Option(..., "--out", "-o", help="Where to write the INT8 Q/DQ .onnx model."),
+    target: str = typer.Option("tensorrt", "--target", help="tensorrt: INT8 symmetric activations, per-channel weights "
+                               "(TensorRT explicit quantization). cpu: uint8 activations + int8 weights (fast on ORT CPU)."),
+    method: str = typer.Option("percentile", "--method", help="Calibrator: minmax, percentile or entropy (KL, TensorRT-style)."),
+    percentile: float = typer.Option(99.99, "--percentile", help="Percentile of |x| kept by --method percentile."),
+    num_images: int = typer.Option(500, "--num-images", help="Use at most this many calibration images (random subset)."),
+    every: Optional[int] = typer.Option(None, "--every", help="Video source: take every k-th frame (default: spread over the video)."),
+    batch: int = typer.Option(16, "--batch", help="Calibration batch size."),
+    exclude: Optional[List[str]] = typer.Option(None, "--exclude", help="Node name to keep in float (repeatable)."),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="Also write the ranges as a TensorRT calibration table."),
+    trt_version: Optional[str] = typer.Option(None, "--trt-version", help="TensorRT version for the table header "
+                                              "(e.g. 8.6.2, 10.3.0; default: installed TensorRT, else 8.6.1)."),
+    val: Optional[Path] = typer.Option(None, "--val", help="Labelled folder for FP32 vs INT8 accuracy (unlabelled: agreement)."),
+    max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Max top-1 drop in points (agreement loss when "
+                                             "unlabelled); keeps sensitive layers in float until met, or fails."),
+    max_steps: int = typer.Option(8, "--max-steps", help="Most layers --max-drop may move back to float."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Folder for quantization.json + quantization.md."),
+    no_bias_correction: bool = typer.Option(False, "--no-bias-correction", help="Skip correcting biases for INT8 weight error."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="ONNX Runtime threads."),
+    input_size: Optional[str] = typer.Option(None, "--input-size", help="ONLY for a model without edgecnn metadata: H,W."),
+    mean: Optional[str] = typer.Option(None, "--mean", help="ONLY without metadata: per-channel mean, 0-255 scale (R,G,B)."),
+    std: Optional[str] = typer.Option(None, "--std", help="ONLY without metadata: per-channel std, 0-255 scale (R,G,B)."),
+    resize: str = typer.Option("shorter_crop", "--resize", help="ONLY without metadata: shorter_crop, resize or letterbox."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="ONLY without metadata: class names file, one per line."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON only (stdout)."),
+):
+    """Quantize to INT8 with calibration images: Q/DQ ONNX for TensorRT or CPU, accuracy measured on this machine."""
+    from edgecnn.artifacts import read_labels_file
+    from edgecnn.errors import UserInputError
+    from edgecnn.preprocess import PreprocessConfig
+    from edgecnn.quant import QuantOptions
+    from edgecnn.quant import quantize as run_quantize
+
+    pre = None
+    if input_size or mean or std:
+        if not (input_size and mean and std):
+            raise UserInputError("--input-size, --mean and --std go together (for a model without edgecnn metadata)")
+        pre = PreprocessConfig(input_size=_floats(input_size, 2, "--input-size"), mean=_floats(mean, 3, "--mean"),
+                               std=_floats(std, 3, "--std"), resize=resize)
+    options = QuantOptions(
+        target=target, method=method, percentile=percentile, num_images=num_images, batch=batch, every=every,
+        exclude=tuple(exclude or ()), cache=cache, trt_version=trt_version, val=val, max_drop=max_drop,
+        max_steps=max_steps, report=report, threads=threads, bias_correction=not no_bias_correction,
+        preprocess=pre, labels=read_labels_file(labels) if labels else None,
+    )
+    with progress_bar("quantizing", disable=json_out) as update:
+        def progress(stage: str, done: int, total: int) -> None:
+            update(done, total, description=STAGES.get(stage, stage))
+
+        result = run_quantize(model, out, calib, options, progress=progress)
+    if json_out:
+        print_json(result)
+        return
+    _print_summary(result)
+
+
+def _print_summary(r: dict) -> None:
+    cal, acc = r["calibration"], r["accuracy"]
+    for w in cal["warnings"]:
+        warn(w)
+    per_class = ""
+    if cal.get("per_class"):
+        per_class = " (" + ", ".join(f"{k}: {v}" for k, v in list(cal["per_class"].items())[:8]) + ")"
+    b = cal["brightness"]
+    console.print(
+        f"calibration: {cal['images']} images{per_class} from {cal['source']}, {cal['corrupt']} unreadable skipped, "
+        f"brightness {b['mean']:.0f} ± {b['std']:.0f} (range {b['min']:.0f}–{b['max']:.0f}); "
+        f"{len(r['ranges'])} tensors in {r['timings']['calibration_s']:.1f} s"
+    )
+    ag = acc["agreement"]
+    line = f"accuracy on {acc['images']} images ({acc['source']}): top-1 agreement {100 * ag['top1_agreement']:.2f}%"
+    if acc["kind"] == "labelled":
+        line += (f", top-1 {100 * acc['fp32']['top1']:.2f}% -> {100 * acc['int8']['top1']:.2f}%, "
+                 f"top-5 {100 * acc['fp32']['top5']:.2f}% -> {100 * acc['int8']['top5']:.2f}%")
+    line += f", mean |logit diff| {ag['mean_abs_diff']:.4f}"
+    console.print(line)
+    if acc.get("note"):
+        console.print(f"  ({acc['note']})")
+    if acc.get("per_class"):
+        worst = sorted(acc["per_class"].items(), key=lambda kv: kv[1]["delta"])[:5]
+        console.print("  per-class top-1 delta: " + ", ".join(f"{k} {100 * v['delta']:+.1f}" for k, v in worst))
+    if r["excluded"]:
+        console.print(f"kept in float: {', '.join(r['excluded'])}")
+    console.print(
+        f"[green]✓[/] wrote {r['output']} ({r['sizes']['int8_bytes'] / 1e6:.2f} MB, was {r['sizes']['fp32_bytes'] / 1e6:.2f} MB; "
+        f"target {r['target']}, method {r['method']})"
+    )
+    if r.get("cache"):
+        console.print(f"[green]✓[/] wrote {r['cache']['path']} ({r['cache']['header']}, {r['cache']['tensors']} tensors)")
+    if r.get("latency"):
+        lat = r["latency"]
+        console.print(f"latency (batch 1, this machine): FP32 {lat['fp32']['median_ms']:.2f} ms, INT8 "
+                      f"{lat['int8']['median_ms']:.2f} ms ({lat['speedup']:.2f}x)")
+    if r.get("report"):
+        console.print(f"[green]✓[/] report: {r['report']['markdown']}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("quantize")(cli_command(quantize))

@@ -1,0 +1,137 @@
+"""The ONNX graph side of quantization: load + clean up the FP32 model, find its activation tensors, run it with every
+activation as an extra output (one session, one pass), and recognise models that are already quantized."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from edgecnn.errors import ArtifactError, UserInputError
+
+QUANTIZED_OPS = frozenset(
+    {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
+     "QLinearAdd", "QLinearMul", "QGemm", "DynamicQuantizeLinear", "QLinearGlobalAveragePool"}
+)
+# Ops whose float inputs/outputs get ranges (what ORT's QDQ quantizer may ask for).
+NO_RANGE_OPS = frozenset({"Shape", "Constant", "ConstantOfShape", "Cast", "Size"})
+
+
+def load_model(path: str | os.PathLike):
+    import onnx
+
+    try:
+        return onnx.load(str(path))
+    except Exception as exc:
+        raise ArtifactError(f"{path} is not a readable ONNX model ({exc.__class__.__name__})") from exc
+
+
+def check_not_quantized(model, source: str) -> None:
+    """Quantizing twice compounds the error and breaks TensorRT: refuse clearly."""
+    found = sorted({n.op_type for n in model.graph.node if n.op_type in QUANTIZED_OPS})
+    if found:
+        raise UserInputError(
+            f"{source} is already quantized (it contains {', '.join(found)}): quantize the FP32 model it came from"
+        )
+
+
+def prepare(model_path: str | os.PathLike):
+    """Shape inference + ORT's basic graph optimisation (constant folding, Pad/BatchNorm fusion into Conv), the
+    clean-up ORT recommends before quantization. Returns the onnx.ModelProto (metadata_props kept)."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    import onnx
+
+    with tempfile.TemporaryDirectory(prefix="edgecnn-quant-") as tmp:
+        out = Path(tmp) / "prepared.onnx"
+        try:
+            quant_pre_process(str(model_path), str(out), skip_symbolic_shape=True)
+        except Exception as exc:  # shape inference or ORT optimiser failure on an odd model
+            raise ArtifactError(f"Cannot prepare {model_path} for quantization: {str(exc).splitlines()[0][:300]}") from exc
+        return onnx.load(str(out))
+
+
+def activation_tensors(model) -> list[str]:
+    """Float tensors flowing between nodes (graph input, every node output), in graph order; weights excluded."""
+    from onnx import TensorProto
+
+    inits = {i.name for i in model.graph.initializer}
+    types = {v.name: v.type.tensor_type.elem_type for v in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)}
+    names: list[str] = []
+    seen = set()
+
+    def add(name: str) -> None:
+        if name and name not in inits and name not in seen and types.get(name, TensorProto.FLOAT) == TensorProto.FLOAT:
+            seen.add(name)
+            names.append(name)
+
+    for inp in model.graph.input:
+        add(inp.name)
+    for node in model.graph.node:
+        if node.op_type in NO_RANGE_OPS:
+            continue
+        for name in list(node.input) + list(node.output):
+            add(name)
+    return names
+
+
+def node_names(model) -> list[str]:
+    return [n.name for n in model.graph.node]
+
+
+def augmented_session(model, tensors: list[str], threads: int | None = None):
+    """An ORT session of `model` returning every tensor in `tensors` (plus the model's outputs)."""
+    import onnx
+    import onnxruntime as ort
+
+    from edgecnn.runtime.onnxrt import session_options
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    existing = {o.name for o in m.graph.output}
+    for name in tensors:
+        if name not in existing and name not in {i.name for i in m.graph.input}:
+            m.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    so = session_options(threads)  # full optimisation: ORT keeps every tensor that is a graph output
+    try:
+        return ort.InferenceSession(m.SerializeToString(), sess_options=so, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ArtifactError(f"ONNX Runtime cannot run the model for calibration: {str(exc).splitlines()[0][:300]}") from exc
+
+
+def tensor_runner(model, tensors: list[str], threads: int | None = None) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+    """batch -> {tensor: value} for `tensors` (the graph input is returned as given).
+
+    Outputs are written into buffers allocated once per batch size (ORT I/O binding): a real network produces
+    hundreds of MB of activations per batch, and fresh arrays each time cost more in page faults than the inference.
+    The returned arrays are overwritten by the next call.
+    """
+    sess = augmented_session(model, tensors, threads)
+    input_name = sess.get_inputs()[0].name
+    wanted = [t for t in tensors if t != input_name]
+    bindings: dict[int, tuple] = {}
+
+    def run(batch: np.ndarray) -> dict[str, np.ndarray]:
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        n = batch.shape[0]
+        if n not in bindings:  # first batch of this size: learn the shapes, then bind buffers for the next ones
+            values = sess.run(wanted, {input_name: batch})
+            buffers = {name: np.empty_like(v) for name, v in zip(wanted, values)}
+            io = sess.io_binding()
+            for name, buf in buffers.items():
+                io.bind_output(name, "cpu", 0, buf.dtype, list(buf.shape), buf.ctypes.data)
+            bindings[n] = (io, buffers)
+            out = dict(zip(wanted, values))
+        else:
+            io, buffers = bindings[n]
+            io.bind_cpu_input(input_name, batch)
+            sess.run_with_iobinding(io)
+            out = dict(buffers)
+        if input_name in tensors:
+            out[input_name] = batch
+        return out
+
+    return run

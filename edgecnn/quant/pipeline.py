@@ -1,0 +1,292 @@
+"""`quantize()`: FP32 ONNX + calibration images -> INT8 Q/DQ ONNX (+ TensorRT calibration table, accuracy, report).
+
+The one library entry point the CLI calls. Steps: read the model's contract (preprocessing comes from the model),
+prepare the graph, decode the calibration set, collect activation statistics in one pass, compute ranges, write Q/DQ
+for the target, measure FP32 vs INT8, optionally keep the most sensitive layers in float until the drop is within
+bound, then write the outputs atomically (never over the input). Progress goes through a callback.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from edgecnn.artifacts import ModelContract, ensure_distinct, save_onnx, sha256_file, write_onnx_contract
+from edgecnn.errors import AccuracyGateError, ArtifactError, UserInputError
+from edgecnn.preprocess import PreprocessConfig
+from edgecnn.quant import accuracy, calibrators, graph, qdq, trt_cache, weights
+from edgecnn.quant.calib_data import load_calibration
+
+# progress(stage, done, total): stages 'decode', 'calibrate', 'evaluate', 'sensitivity'
+StageProgress = Callable[[str, int, int], None]
+
+
+@dataclass
+class QuantOptions:
+    target: str = "tensorrt"
+    method: str = "percentile"
+    percentile: float = 99.99
+    num_images: int | None = 500
+    batch: int = 16
+    every: int | None = None  # video: every k-th frame (default: spread num_images over the video)
+    exclude: tuple[str, ...] = ()
+    cache: str | os.PathLike | None = None
+    trt_version: str | None = None  # for the cache header; default: installed TensorRT, else 8.6.1
+    val: str | os.PathLike | None = None
+    max_drop: float | None = None
+    max_steps: int = 8
+    sensitivity_images: int = 32
+    report: str | os.PathLike | None = None
+    latency_runs: int = 30
+    bias_correction: bool = True
+    threads: int | None = None
+    # Only for a model WITHOUT edgecnn metadata (foreign ONNX): how its inputs are made, and its class names.
+    preprocess: PreprocessConfig | None = None
+    labels: list[str] | None = field(default=None)
+
+    def validate(self) -> None:
+        if self.target not in qdq.TARGETS:
+            raise UserInputError(f"--target must be one of {', '.join(qdq.TARGETS)}, got {self.target!r}")
+        if self.method not in calibrators.METHODS:
+            raise UserInputError(f"--method must be one of {', '.join(calibrators.METHODS)}, got {self.method!r}")
+        if not 50.0 < self.percentile <= 100.0:
+            raise UserInputError(f"--percentile must be in (50, 100], got {self.percentile}")
+        if self.batch < 1:
+            raise UserInputError(f"--batch must be at least 1, got {self.batch}")
+        if self.max_drop is not None and self.max_drop < 0:
+            raise UserInputError(f"--max-drop must be >= 0 percentage points, got {self.max_drop}")
+
+
+def model_contract(model_proto, path: Path, options: QuantOptions) -> ModelContract:
+    """The model's own contract; preprocessing flags are accepted only for a model that has none."""
+    props = {p.key: p.value for p in model_proto.metadata_props}
+    try:
+        contract = ModelContract.from_onnx_props(props, source=str(path))
+    except ArtifactError:
+        if options.preprocess is None:
+            raise UserInputError(
+                f"{path} has no edgecnn metadata, so its preprocessing is unknown: export it with `edgecnn export`, "
+                "or give --input-size H,W --mean R,G,B --std R,G,B (0-255 scale) [--resize ...] [--labels FILE]"
+            ) from None
+        outputs = model_proto.graph.output[0].type.tensor_type.shape.dim
+        n = outputs[-1].dim_value if outputs and outputs[-1].dim_value > 0 else None
+        labels = options.labels or ([f"class_{i}" for i in range(n)] if n else None)
+        if not labels:
+            raise UserInputError(f"{path}: cannot tell the number of classes; give --labels FILE") from None
+        return ModelContract(labels=list(labels), preprocess=options.preprocess, arch=None,
+                             provenance={"source": "foreign onnx", "preprocess_from": "command line"})
+    if options.preprocess is not None or options.labels is not None:
+        raise UserInputError(
+            f"{path} carries its own preprocessing and labels (edgecnn metadata); --input-size/--mean/--std/--labels "
+            "are only for models without it"
+        )
+    if contract.precision == "int8":
+        raise UserInputError(f"{path} is already an INT8 model: quantize the FP32 model it came from")
+    return contract
+
+
+def _check_exclude(prepared, exclude, original) -> None:
+    names = set(graph.node_names(prepared))
+    unknown = [n for n in exclude if n not in names]
+    if unknown:
+        import difflib
+
+        hints = []
+        for n in unknown[:3]:
+            close = difflib.get_close_matches(n, sorted(names), n=3, cutoff=0.5)
+            if close:
+                hints.append(f"{n} -> did you mean {', '.join(close)}?")
+        gone = [n for n in unknown if n in set(graph.node_names(original))]
+        extra = f" ({', '.join(gone)} folded away by graph optimisation)" if gone else ""
+        sample = ", ".join(sorted(names)[:6])
+        raise UserInputError(
+            f"Unknown --exclude node(s): {', '.join(unknown)}{extra}. " + (" ".join(hints) or f"Node names look like: {sample}, ...")
+        )
+
+
+def _latency(path: Path, runs: int, threads: int | None, input_shape: tuple) -> dict:
+    from edgecnn.runtime.onnxrt import OnnxRuntimeRunner
+
+    x = np.random.default_rng(0).standard_normal(input_shape).astype(np.float32)
+    with OnnxRuntimeRunner(path, threads=threads) as runner:
+        for _ in range(5):
+            runner.infer(x)
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            runner.infer(x)
+            times.append((time.perf_counter() - t0) * 1000.0)
+    return {"median_ms": float(np.median(times)), "p90_ms": float(np.percentile(times, 90)), "mean_ms": float(np.mean(times))}
+
+
+def _range_table(ranges: dict[str, tuple[float, float]], signed: bool) -> dict:
+    table = {}
+    for name, (lo, hi) in ranges.items():
+        lo, hi = min(lo, 0.0), max(hi, 0.0)
+        scale = max(abs(lo), abs(hi)) / 127.0 if signed else (hi - lo) / 255.0
+        table[name] = {"low": float(lo), "high": float(hi), "scale": float(scale) if scale > 0 else 1.0}
+    return table
+
+
+def quantize(model: str | os.PathLike, out: str | os.PathLike, calib: str | os.PathLike,
+             options: QuantOptions | None = None, progress: StageProgress | None = None) -> dict:
+    """Quantize `model` (a file or registered pretrained name) to INT8 Q/DQ ONNX at `out`; returns a JSON-able result.
+
+    Raises UserInputError for bad input (nothing is written), AccuracyGateError when --max-drop cannot be met.
+    """
+    from edgecnn.runtime.resolve import resolve_model
+
+    options = options or QuantOptions()
+    options.validate()
+    prog = progress or (lambda stage, done, total: None)
+    src = resolve_model(model)
+    out = Path(out)
+    ensure_distinct(src, out)
+    if options.cache is not None:
+        ensure_distinct([src, out], options.cache)
+    if out.exists() and out.is_dir():
+        raise UserInputError(f"--out {out} is a folder; give a file name such as model.int8.onnx")
+
+    original = graph.load_model(src)
+    graph.check_not_quantized(original, str(src))
+    contract = model_contract(original, src, options)
+    prepared = graph.prepare(src)
+    exclude = list(dict.fromkeys(options.exclude))
+    _check_exclude(prepared, exclude, original)
+
+    calib_set = load_calibration(calib, contract.preprocess, options.num_images, options.every,
+                                 progress=lambda d, t: prog("decode", d, t))
+    summary = calib_set.summary()
+
+    everything = graph.activation_tensors(prepared)
+    if options.cache is not None or options.max_drop is not None:
+        tensors = everything  # the table lists every tensor; fallback steps may change which tensors are quantized
+    else:
+        tensors = qdq.needed_tensors(prepared, everything, options.target, exclude)
+    mean_inputs = set(weights.correctable_inputs(prepared).values()) if options.bias_correction else set()
+    tensors = tensors + [t for t in everything if t in mean_inputs and t not in tensors]
+
+    t0 = time.perf_counter()
+    runner = graph.tensor_runner(prepared, tensors, options.threads)
+    stats = calibrators.collect_stats(
+        calib_set.batches(options.batch), runner, histogram=options.method != "minmax", total=len(calib_set),
+        progress=lambda d, t: prog("calibrate", d, t), channel_means=mean_inputs,
+    )
+    means = {name: s.channel_mean for name, s in stats.items() if s.channel_mean is not None}
+    ranges = calibrators.compute_ranges(stats, options.method, options.percentile)
+    calib_seconds = time.perf_counter() - t0
+    del runner
+
+    spec = qdq.target_spec(options.target)
+    int8_contract = ModelContract(
+        labels=contract.labels, preprocess=contract.preprocess, arch=contract.arch, label_keys=contract.label_keys,
+        precision="int8", provenance=dict(contract.provenance),
+    )
+
+    with tempfile.TemporaryDirectory(prefix="edgecnn-quant-") as tmp:
+        tmp = Path(tmp)
+        fp32_path = tmp / "fp32.onnx"
+        fp32_model = graph.load_model(src)
+        write_onnx_contract(fp32_model, contract)
+        save_onnx(fp32_model, fp32_path)
+
+        def build(excluded: list[str], name: str) -> tuple[object, Path, dict]:
+            base = weights.bias_correct(prepared, means, skip=excluded)[0] if options.bias_correction else prepared
+            qm = qdq.write_qdq(base, ranges, options.target, excluded)
+            write_onnx_contract(qm, int8_contract)
+            path = tmp / name
+            save_onnx(qm, path)
+            from edgecnn.runtime.onnxrt import OnnxRuntimeRunner
+
+            with OnnxRuntimeRunner(path, threads=options.threads) as r8:
+                measured = accuracy.compare(ref, r8, batch=max(options.batch, 16))
+            return qm, path, measured
+
+        from edgecnn.runtime.onnxrt import OnnxRuntimeRunner
+
+        with OnnxRuntimeRunner(fp32_path, threads=options.threads) as r32:
+            ref = accuracy.reference(r32, images=calib_set.images, val=options.val, batch=max(options.batch, 16),
+                                     progress=lambda d, t: prog("evaluate", d, t))
+        qmodel, qpath, measured = build(exclude, "int8.onnx")
+        fallback = None
+        if options.max_drop is not None and measured["drop"] > options.max_drop:
+            qmodel, qpath, measured, fallback = _fallback(
+                prepared, qmodel, measured, exclude, options, build, ref, contract.preprocess, prog
+            )
+            exclude = fallback["excluded"]
+
+        provenance = {
+            "source": str(src), "source_sha256": sha256_file(src), "target": options.target, "method": options.method,
+            "percentile": options.percentile if options.method == "percentile" else None,
+            "calibration": {k: summary[k] for k in ("source", "kind", "images", "corrupt", "per_class", "brightness")},
+            "excluded": exclude, "activation": "int8 symmetric" if spec.activation_signed else "uint8 asymmetric",
+            "weights": "int8 symmetric per-channel", "bias_correction": options.bias_correction,
+            "drop": measured["drop"], "tool": "edgecnn quantize",
+        }
+        final_contract = int8_contract.with_provenance(quantization=provenance)
+        write_onnx_contract(qmodel, final_contract)
+
+        latency = None
+        if options.report is not None and options.latency_runs > 0:
+            shape = (1,) + tuple(d.dim_value for d in prepared.graph.input[0].type.tensor_type.shape.dim[1:])
+            save_onnx(qmodel, qpath)
+            lf, lq = (_latency(p, options.latency_runs, options.threads, shape) for p in (fp32_path, qpath))
+            latency = {"fp32": lf, "int8": lq, "speedup": lf["median_ms"] / max(lq["median_ms"], 1e-9),
+                       "runs": options.latency_runs, "threads": options.threads,
+                       "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"}
+
+        # ---- outputs: model first, then cache and report (each atomic)
+        save_onnx(qmodel, out)
+        result = {
+            "model": str(src), "output": str(out), "target": options.target, "method": options.method,
+            "percentile": options.percentile, "calibration": summary, "excluded": exclude,
+            "ranges": _range_table(ranges, spec.activation_signed),
+            "qdq": qdq.qdq_summary(qmodel), "accuracy": measured, "max_drop": options.max_drop, "fallback": fallback,
+            "sizes": {"fp32_bytes": src.stat().st_size, "int8_bytes": out.stat().st_size},
+            "timings": {"calibration_s": round(calib_seconds, 3),
+                        "images_per_s": len(calib_set) / calib_seconds if calib_seconds > 0 else 0.0},
+            "latency": latency, "cache": None, "report": None,
+        }
+        if options.cache is not None:
+            version = options.trt_version or trt_cache.installed_version() or trt_cache.DEFAULT_VERSION
+            amax = {name: max(abs(lo), abs(hi)) for name, (lo, hi) in ranges.items()}
+            trt_cache.write_table(options.cache, amax, version)
+            result["cache"] = {"path": str(options.cache), "tensors": len(amax),
+                               "header": f"TRT-{trt_cache.version_number(version)}-{trt_cache.DEFAULT_ALGORITHM}"}
+        if options.report is not None:
+            from edgecnn.quant.report import write_report
+
+            result["report"] = write_report(options.report, result)
+    return result
+
+
+def _fallback(prepared, qmodel, measured, exclude, options, build, ref, cfg, prog):
+    """Keep the most sensitive INT8 layers in float, one more per step, until the drop is within --max-drop."""
+    from edgecnn.preprocess import normalize
+
+    images = ref.inputs[: options.sensitivity_images]
+    batches = [normalize(images[i : i + options.batch], cfg) for i in range(0, len(images), options.batch)]
+    ranked = accuracy.layer_sensitivity(prepared, qmodel, batches, options.threads)
+    steps = [{"step": 0, "excluded": list(exclude), "drop": measured["drop"]}]
+    candidates = [r["node"] for r in ranked if r["node"] not in exclude]
+    current = list(exclude)
+    for step in range(1, min(options.max_steps, len(candidates)) + 1):
+        current = current + [candidates[step - 1]]
+        prog("sensitivity", step, options.max_steps)
+        qmodel, qpath, measured = build(current, f"int8-step{step}.onnx")
+        steps.append({"step": step, "excluded": list(current), "drop": measured["drop"]})
+        if measured["drop"] <= options.max_drop:
+            return qmodel, qpath, measured, {"steps": steps, "sensitivity": ranked[:20], "excluded": current}
+    tried = "; ".join(f"{s['drop']:.2f} pts with {len(s['excluded'])} layer(s) in float" for s in steps)
+    raise AccuracyGateError(
+        f"INT8 accuracy drop stays above --max-drop {options.max_drop} points after {len(steps) - 1} fallback step(s) "
+        f"({tried}); layers tried in float, most sensitive first: {', '.join(current[len(exclude):])}. "
+        "Try more or more representative calibration images, another --method, or a larger --max-drop. Nothing was written."
+    )

@@ -1,0 +1,179 @@
+"""Q/DQ writer: calibrated ranges -> an explicitly quantized ONNX model, in the form each target runs best.
+
+Built on ONNX Runtime's QDQ quantizer (it knows, per op type, which inputs/outputs to quantize, how to quantize
+weights per channel and bias in int32), fed with OUR ranges instead of its own calibrators. Two targets:
+
+- tensorrt: INT8 symmetric activations (zero point 0) and per-channel symmetric INT8 weights: the explicit-quantization
+  form TensorRT consumes (TensorRT 8.x-11). Q/DQ pairs sit on the INPUTS of quantized ops only (no output Q/DQ on
+  Conv/Gemm), so TensorRT fuses Conv+bias+ReLU6 and requantizes where it decides; bias stays float (TensorRT has no
+  int32 DequantizeLinear); each consumer gets its own Q/DQ pair, as TensorRT's own ONNX tooling emits.
+- cpu: uint8 activations (asymmetric) with per-channel INT8 weights and int32 bias: ONNX Runtime fuses
+  DQ->Conv->Q into QLinearConv (u8s8 kernels on x86 AVX2/VNNI and ARM NEON/dot), which is where the speed comes from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgecnn.errors import UserInputError
+
+TARGETS = ("tensorrt", "cpu")
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    name: str
+    activation_signed: bool
+    per_channel: bool
+    extra_options: dict
+
+    def quant_types(self):
+        from onnxruntime.quantization import QuantType
+
+        act = QuantType.QInt8 if self.activation_signed else QuantType.QUInt8
+        return act, QuantType.QInt8
+
+
+def target_spec(target: str) -> TargetSpec:
+    if target == "tensorrt":
+        return TargetSpec(
+            "tensorrt", activation_signed=True, per_channel=True,
+            extra_options={
+                "ActivationSymmetric": True,
+                "WeightSymmetric": True,
+                "QuantizeBias": False,
+                "DedicatedQDQPair": True,
+                "OpTypesToExcludeOutputQuantization": ["Conv", "Gemm", "MatMul", "ConvTranspose"],
+            },
+        )
+    if target == "cpu":
+        return TargetSpec(
+            "cpu", activation_signed=False, per_channel=True,
+            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+        )
+    raise UserInputError(f"Unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+
+
+def _tensors_data(ranges: dict[str, tuple[float, float]]):
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
+
+    data = {}
+    for name, (lo, hi) in ranges.items():
+        lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)  # a quantized range always contains 0
+        data[name] = TensorData(lowest=np.array(lo, dtype=np.float32), highest=np.array(hi, dtype=np.float32))
+    return TensorsData(CalibrationMethod.MinMax, data)
+
+
+def write_qdq(model, ranges: dict[str, tuple[float, float]], target: str, exclude: list[str] | tuple = (),
+              dry_run: bool = False):
+    """A new onnx.ModelProto with Q/DQ nodes for `target`, using `ranges` for activations; nodes in `exclude` stay
+    float. `model` must be prepared (see graph.prepare) and is not modified. `dry_run` allows missing ranges (used
+    to find out which tensors need one)."""
+    import onnx
+    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    from edgecnn.errors import ArtifactError
+    from edgecnn.quant.graph import activation_tensors
+
+    spec = target_spec(target)
+    act_type, weight_type = spec.quant_types()
+    # ORT's quantizer wants a range for every tensor it looks at, including ones it then drops (a Conv output whose
+    # Clip it folds away): those get a placeholder, and the check below proves no placeholder reached the model.
+    placeholder = {t: (-1.0, 1.0) for t in activation_tensors(model) if t not in ranges}
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    op_types = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
+    quantizer = QDQQuantizer(
+        m, spec.per_channel, False, weight_type, act_type, _tensors_data({**placeholder, **ranges}), [], list(exclude), op_types,
+        dict(spec.extra_options),
+    )
+    with _quiet_root_logger():  # ORT's quantizer logs advice through the root logger; our caller reports instead
+        quantizer.quantize_model()
+    qmodel = _float_graph_outputs(quantizer.model.model)
+    missing = [t for t in quantized_tensors(qmodel) if t in placeholder]
+    if missing and not dry_run:
+        raise ArtifactError(f"Internal error: no calibrated range for quantized tensor(s) {', '.join(missing[:5])}")
+    return qmodel
+
+
+def _float_graph_outputs(qmodel):
+    """Drop the Q/DQ pair ORT puts on graph outputs: logits stay float (quantizing them to 256 levels only adds
+    error and ties, and every consumer wants float scores)."""
+    producers = {o: n for n in qmodel.graph.node for o in n.output}
+    remove = []
+    for out in qmodel.graph.output:
+        dq = producers.get(out.name)
+        if dq is None or dq.op_type != "DequantizeLinear":
+            continue
+        q = producers.get(dq.input[0])
+        if q is None or q.op_type != "QuantizeLinear":
+            continue
+        origin = producers.get(q.input[0])
+        consumers = [n for n in qmodel.graph.node if q.input[0] in n.input]
+        if origin is None or len(consumers) != 1:
+            continue
+        origin.output[list(origin.output).index(q.input[0])] = out.name
+        remove += [q, dq]
+    for node in remove:
+        qmodel.graph.node.remove(node)
+    used = {i for n in qmodel.graph.node for i in n.input}
+    for init in [i for i in qmodel.graph.initializer if i.name not in used]:
+        qmodel.graph.initializer.remove(init)
+    return qmodel
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
+def quantized_tensors(qmodel) -> list[str]:
+    """Activation tensors a Q/DQ model quantizes (inputs of its QuantizeLinear nodes that are not weights)."""
+    inits = {i.name for i in qmodel.graph.initializer}
+    out, seen = [], set()
+    for node in qmodel.graph.node:
+        if node.op_type == "QuantizeLinear" and node.input[0] not in inits and node.input[0] not in seen:
+            seen.add(node.input[0])
+            out.append(node.input[0])
+    return out
+
+
+def quantized_nodes(qmodel) -> list[str]:
+    """Names of compute nodes fed by a DequantizeLinear (the ones running in INT8), in graph order."""
+    dq_outputs = {o for n in qmodel.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return [
+        n.name for n in qmodel.graph.node
+        if n.op_type not in ("QuantizeLinear", "DequantizeLinear") and any(i in dq_outputs for i in n.input)
+    ]
+
+
+def needed_tensors(model, candidates: list[str], target: str, exclude=()) -> list[str]:
+    """Which activation tensors the writer will ask ranges for (a dry run with placeholder ranges), so calibration
+    only measures those: on EfficientNet-Lite0 about half of all activations."""
+    needed = set(quantized_tensors(write_qdq(model, {}, target, exclude, dry_run=True)))
+    return [t for t in candidates if t in needed]
+
+
+def qdq_summary(qmodel) -> dict:
+    """Counts and zero-point/axis facts of a Q/DQ model (for the report and tests)."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in qmodel.graph.initializer}
+    q = [n for n in qmodel.graph.node if n.op_type == "QuantizeLinear"]
+    dq = [n for n in qmodel.graph.node if n.op_type == "DequantizeLinear"]
+    per_channel = sum(1 for n in dq if any(a.name == "axis" for a in n.attribute) and n.input[1] in inits
+                      and numpy_helper.to_array(inits[n.input[1]]).size > 1)
+    zp_types = sorted({str(numpy_helper.to_array(inits[n.input[2]]).dtype) for n in q + dq
+                       if len(n.input) > 2 and n.input[2] in inits})
+    return {"quantize_nodes": len(q), "dequantize_nodes": len(dq), "per_channel_weights": per_channel,
+            "zero_point_types": zp_types, "int8_nodes": len(quantized_nodes(qmodel))}

@@ -1,0 +1,86 @@
+"""Quantization report: JSON (everything) + Markdown (what a person reads), written atomically into one folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from edgecnn.artifacts import atomic_write_json, atomic_write_text
+
+
+def _pct(v) -> str:
+    return "n/a" if v is None else f"{100.0 * v:.2f}%"
+
+
+def to_markdown(result: dict) -> str:
+    r = result
+    acc = r.get("accuracy") or {}
+    cal = r.get("calibration") or {}
+    lines = [
+        f"# INT8 quantization report: {Path(r['model']).name}",
+        "",
+        f"- output: `{r['output']}` (target **{r['target']}**, method **{r['method']}**"
+        + (f", percentile {r['percentile']}" if r["method"] == "percentile" else "") + ")",
+        f"- calibration: {cal.get('images')} images from `{cal.get('source')}` ({cal.get('kind')}), "
+        f"{cal.get('corrupt', 0)} unreadable skipped, brightness mean {cal.get('brightness', {}).get('mean')} "
+        f"± {cal.get('brightness', {}).get('std')}",
+        f"- calibration time: {r['timings']['calibration_s']:.2f} s for {len(r['ranges'])} tensors "
+        f"({r['timings']['images_per_s']:.1f} images/s)",
+        f"- model size: FP32 {r['sizes']['fp32_bytes'] / 1e6:.2f} MB -> INT8 {r['sizes']['int8_bytes'] / 1e6:.2f} MB",
+        f"- Q/DQ: {r['qdq']['quantize_nodes']} QuantizeLinear, {r['qdq']['dequantize_nodes']} DequantizeLinear, "
+        f"{r['qdq']['int8_nodes']} nodes in INT8, zero points {', '.join(r['qdq']['zero_point_types'])}",
+        f"- excluded (kept in float): {', '.join(r['excluded']) or 'none'}",
+    ]
+    if r.get("cache"):
+        lines.append(f"- TensorRT calibration table: `{r['cache']['path']}` (`{r['cache']['header']}`, {r['cache']['tensors']} tensors)")
+    for w in cal.get("warnings", []):
+        lines.append(f"- warning: {w}")
+    lines += ["", "## Accuracy", ""]
+    if acc:
+        ag = acc["agreement"]
+        lines.append(f"On {acc['images']} images ({acc['source']}). {acc.get('note') or ''}".rstrip())
+        lines.append("")
+        lines.append("| metric | FP32 | INT8 |")
+        lines.append("| --- | --- | --- |")
+        if acc["kind"] == "labelled":
+            lines.append(f"| top-1 | {_pct(acc['fp32']['top1'])} | {_pct(acc['int8']['top1'])} |")
+            lines.append(f"| top-5 | {_pct(acc['fp32']['top5'])} | {_pct(acc['int8']['top5'])} |")
+        lines.append(f"| top-1 agreement with FP32 | | {_pct(ag['top1_agreement'])} |")
+        lines.append(f"| max / mean abs logit diff | | {ag['max_abs_diff']:.4f} / {ag['mean_abs_diff']:.4f} |")
+        lines.append(f"| cosine (min / mean) | | {ag['cosine_min']:.5f} / {ag['cosine_mean']:.5f} |")
+        lines.append(f"\ndrop: {acc['drop']:.2f} points" + (f" (bound {r['max_drop']})" if r.get("max_drop") is not None else ""))
+        if acc.get("per_class"):
+            lines += ["", "| class | images | FP32 top-1 | INT8 top-1 | delta |", "| --- | --- | --- | --- | --- |"]
+            for name, c in sorted(acc["per_class"].items(), key=lambda kv: kv[1]["delta"]):
+                lines.append(f"| {name} | {c['images']} | {_pct(c['fp32'])} | {_pct(c['int8'])} | {100 * c['delta']:+.2f} |")
+    if r.get("fallback"):
+        lines += ["", "## Sensitivity fallback (--max-drop)", "", "| step | kept in float | drop |", "| --- | --- | --- |"]
+        for step in r["fallback"]["steps"]:
+            lines.append(f"| {step['step']} | {', '.join(step['excluded']) or '-'} | {step['drop']:.2f} |")
+        lines += ["", "Most sensitive layers (error added by quantizing them):", ""]
+        for row in r["fallback"]["sensitivity"][:10]:
+            lines.append(f"- `{row['node']}` ({row['op']}): {row['added_error']:.3g}")
+    if r.get("latency"):
+        lat = r["latency"]
+        lines += ["", "## Latency on this machine (ONNX Runtime CPU, batch 1)", "",
+                  "| model | median ms | p90 ms |", "| --- | --- | --- |",
+                  f"| FP32 | {lat['fp32']['median_ms']:.2f} | {lat['fp32']['p90_ms']:.2f} |",
+                  f"| INT8 | {lat['int8']['median_ms']:.2f} | {lat['int8']['p90_ms']:.2f} |",
+                  "", f"speed-up {lat['speedup']:.2f}x ({lat['runs']} runs each, {lat['threads'] or 'default'} threads, "
+                  f"{lat['machine']})"]
+    lines += ["", "## Per-tensor ranges", "", "| tensor | low | high | scale |", "| --- | --- | --- | --- |"]
+    for name, rng in r["ranges"].items():
+        lines.append(f"| `{name}` | {rng['low']:.6g} | {rng['high']:.6g} | {rng['scale']:.6g} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(folder: str | os.PathLike, result: dict) -> dict[str, str]:
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        from edgecnn.errors import UserInputError
+
+        raise UserInputError(f"--report {folder} is a file; give a folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    js = atomic_write_json(folder / "quantization.json", result)
+    md = atomic_write_text(folder / "quantization.md", to_markdown(result))
+    return {"json": str(js), "markdown": str(md)}
