@@ -149,12 +149,23 @@ def quantized_tensors(qmodel) -> list[str]:
 
 
 def quantized_nodes(qmodel) -> list[str]:
-    """Names of compute nodes fed by a DequantizeLinear (the ones running in INT8), in graph order."""
-    dq_outputs = {o for n in qmodel.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
-    return [
-        n.name for n in qmodel.graph.node
-        if n.op_type not in ("QuantizeLinear", "DequantizeLinear") and any(i in dq_outputs for i in n.input)
-    ]
+    """Names of compute nodes that run in INT8, in graph order: nodes with a dequantized weight, or weightless
+    nodes (Add, pooling, ...) whose float inputs all come from DequantizeLinear and whose output is quantized."""
+    inits = {i.name for i in qmodel.graph.initializer}
+    dq_nodes = {o: n for n in qmodel.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    q_inputs = {n.input[0] for n in qmodel.graph.node if n.op_type == "QuantizeLinear"}
+    out = []
+    for n in qmodel.graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        weight_dq = [i for i in n.input if i in dq_nodes and dq_nodes[i].input[0] in inits]
+        acts = [i for i in n.input if i and i not in inits and (i not in dq_nodes or dq_nodes[i].input[0] not in inits)]
+        if n.op_type in ("Conv", "Gemm", "MatMul", "ConvTranspose"):
+            if weight_dq:
+                out.append(n.name)
+        elif acts and all(i in dq_nodes for i in acts) and any(o in q_inputs for o in n.output):
+            out.append(n.name)
+    return out
 
 
 def needed_tensors(model, candidates: list[str], target: str, exclude=()) -> list[str]:

@@ -1,0 +1,341 @@
+"""INT8 quantization library: calibrator ranges vs numpy references, TensorRT table byte-exact, Q/DQ structure per
+target, INT8 runs on ONNX Runtime and agrees with FP32, bias correction, calibration sources."""
+
+from __future__ import annotations
+
+import struct
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from conftest import build_tiny_onnx, make_image_folder
+from edgecnn.artifacts import read_onnx_contract
+from edgecnn.quant import calibrators, graph, qdq, trt_cache, weights
+from edgecnn.quant.calib_data import load_calibration
+from edgecnn.quant.calibrators import HIST_BINS, TensorStats
+
+
+# ---------------------------------------------------------------- calibrators vs numpy
+
+
+def test_histogram_matches_numpy_across_batches():
+    rng = np.random.default_rng(1)
+    a = rng.normal(0, 1, 50_000).astype(np.float32)
+    b = (rng.normal(0, 1, 50_000) * 1.7).astype(np.float32)  # wider: the histogram must grow
+    s = TensorStats()
+    s.update(a)
+    s.update(b)
+    width = float(np.abs(a).max()) / HIST_BINS
+    edges = np.arange(0, s.hist.size + 1) * width
+    ref, _ = np.histogram(np.abs(np.concatenate([a, b])), bins=edges.astype(np.float64))
+    assert s.hist.sum() == a.size + b.size
+    # float32 bin index rounding may move a handful of values across an edge, never more
+    assert np.abs(s.hist - ref).sum() <= 10
+    assert s.low == pytest.approx(min(a.min(), b.min())) and s.high == pytest.approx(max(a.max(), b.max()))
+
+
+def test_percentile_within_one_bin_of_numpy():
+    x = np.random.default_rng(2).standard_t(3, 200_000).astype(np.float32)
+    s = TensorStats()
+    s.update(x)
+    for p in (99.0, 99.9, 99.99):
+        ref = np.percentile(np.abs(x), p)
+        assert abs(calibrators.percentile_amax(s, p) - ref) <= 1.01 * s.width
+
+
+def _kl_loop(hist, start=128, levels=128):
+    """Straightforward per-candidate TensorRT/pytorch-quantization KL search (the reference)."""
+    out = []
+    total = hist.sum()
+    for i in range(start, len(hist) + 1):
+        p = hist[:i].astype(np.float64).copy()
+        p[i - 1] += hist[i:].sum()
+        q = np.zeros(i)
+        level = (np.arange(i) * levels) // i
+        for j in range(levels):
+            idx = np.flatnonzero((level == j) & (hist[:i] > 0))
+            if idx.size:
+                q[idx] = hist[:i][idx].sum() / idx.size
+        pn, qn = p / total, q / q.sum()
+        mask = pn > 0
+        with np.errstate(divide="ignore"):
+            out.append(np.inf if np.any(qn[mask] == 0) else float(np.sum(pn[mask] * np.log(pn[mask] / qn[mask]))))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_vectorised_kl_matches_loop(seed):
+    rng = np.random.default_rng(seed)
+    x = np.abs(np.concatenate([rng.normal(0, 1, 30_000), rng.normal(0, 6, 300)]))
+    hist = np.histogram(x, bins=600)[0]
+    hist[[350, 351, 352]] = 0  # empty bins inside the range, and a candidate where P has mass Q lacks
+    cand, kl = calibrators.kl_divergences(hist)
+    ref = _kl_loop(hist)
+    assert cand[0] == 128 and cand[-1] == len(hist)
+    np.testing.assert_array_equal(np.isinf(kl), np.isinf(ref))
+    finite = np.isfinite(ref)
+    np.testing.assert_allclose(kl[finite], ref[finite], rtol=1e-7, atol=1e-10)
+    assert calibrators.kl_argmin(hist) == cand[np.flatnonzero(ref == ref[finite].min())[-1]]
+
+
+def test_entropy_clips_rare_outliers_but_keeps_the_bulk():
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.normal(0, 1, 400_000), [40.0, -38.0]]).astype(np.float32)
+    s = TensorStats()
+    s.update(x)
+    t = calibrators.entropy_amax(s)
+    assert 3.0 < t < 20.0
+    lo, hi = calibrators.compute_ranges({"x": s}, "entropy")["x"]
+    assert (lo, hi) == (pytest.approx(-t), pytest.approx(t))
+    assert calibrators.compute_ranges({"x": s}, "minmax")["x"] == (pytest.approx(-38.0), pytest.approx(40.0))
+
+
+def test_large_tensors_are_sampled_with_a_prime_stride():
+    assert calibrators.sample_stride(10, 100) == 2
+    stride = calibrators.sample_stride(4_000_000, 1 << 19)
+    assert stride >= 8 and all(stride % p for p in range(2, stride))
+
+
+def test_ranges_on_a_real_model_match_reference_evaluator(tmp_path):
+    """Activation min/max collected through ORT equal onnx's own reference implementation, tensor by tensor."""
+    from onnx.reference import ReferenceEvaluator
+
+    model_path = build_tiny_onnx(tmp_path / "m.onnx")
+    folder = make_image_folder(tmp_path / "imgs", per_class=4)
+    contract = read_onnx_contract(model_path)
+    cs = load_calibration(folder, contract.preprocess)
+    prepared = graph.prepare(model_path)
+    names = graph.activation_tensors(prepared)
+    stats = calibrators.collect_stats(cs.batches(3), graph.tensor_runner(prepared, names))
+    ranges = calibrators.compute_ranges(stats, "minmax")
+
+    ref = ReferenceEvaluator(onnx.load(str(model_path)))
+    inner = [n for n in names if n != "input"]
+    x = np.concatenate(list(cs.batches(100)))
+    values = dict(zip(inner, ref.run(inner, {"input": x})))
+    values["input"] = x
+    assert set(ranges) == set(names)
+    for name in names:
+        lo, hi = ranges[name]
+        assert lo == pytest.approx(float(values[name].min()), rel=1e-4, abs=1e-5), name
+        assert hi == pytest.approx(float(values[name].max()), rel=1e-4, abs=1e-5), name
+
+
+# ---------------------------------------------------------------- TensorRT calibration table
+
+
+def test_scale_hex_known_values():
+    assert trt_cache.scale_hex(1.0 / 127) == "3c010204"
+    assert trt_cache.scale_hex(1.0) == "3f800000"
+    assert trt_cache.hex_scale("3c010204") == pytest.approx(1.0 / 127, rel=1e-7)
+    assert trt_cache.version_number("8.6.1") == 8601
+    assert trt_cache.version_number("10.3.0") == 100300
+    assert trt_cache.version_number("8502") == 8502
+
+
+def test_table_is_byte_exact_and_round_trips(tmp_path):
+    amax = {"input": 1.0, "/conv1/Conv_output_0": 2.54, "zero": 0.0}
+    path = trt_cache.write_table(tmp_path / "m.calib", amax, version="8.6.1")
+    s = struct.pack(">f", np.float32(2.54) / 127).hex()
+    expected = f"TRT-8601-EntropyCalibration2\ninput: 3c010204\n/conv1/Conv_output_0: {s}\nzero: 3f800000\n".encode()
+    assert path.read_bytes() == expected
+    version, algo, scales = trt_cache.read_table(path)
+    assert (version, algo) == (8601, "EntropyCalibration2")
+    assert scales["input"] == pytest.approx(1 / 127, rel=1e-7)
+    assert scales["/conv1/Conv_output_0"] == pytest.approx(2.54 / 127, rel=1e-6)
+    # a table as TensorRT itself writes it (unpadded zero) reads too
+    (tmp_path / "trt.calib").write_text("TRT-100300-EntropyCalibration2\ndata: 3c008912\n(Unnamed Layer* 64) [Shuffle]_output: 0\n")
+    v, _, sc = trt_cache.read_table(tmp_path / "trt.calib")
+    assert v == 100300 and sc["(Unnamed Layer* 64) [Shuffle]_output"] == 0.0 and sc["data"] > 0
+
+
+def test_table_reader_rejects_garbage(tmp_path):
+    from edgecnn.errors import ArtifactError
+
+    (tmp_path / "bad.calib").write_text("hello\n")
+    with pytest.raises(ArtifactError):
+        trt_cache.read_table(tmp_path / "bad.calib")
+
+
+# ---------------------------------------------------------------- Q/DQ writer
+
+
+@pytest.fixture
+def calibrated(tmp_path):
+    model_path = build_tiny_onnx(tmp_path / "m.onnx")
+    folder = make_image_folder(tmp_path / "imgs", per_class=6)
+    contract = read_onnx_contract(model_path)
+    cs = load_calibration(folder, contract.preprocess)
+    prepared = graph.prepare(model_path)
+    names = graph.activation_tensors(prepared)
+    stats = calibrators.collect_stats(cs.batches(4), graph.tensor_runner(prepared, names))
+    return prepared, calibrators.compute_ranges(stats, "percentile"), cs
+
+
+def _inits(model):
+    return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+
+
+def _logits(model, x):
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"input": x})[0]
+
+
+def test_tensorrt_target_structure_and_parity(calibrated):
+    prepared, ranges, cs = calibrated
+    qm = qdq.write_qdq(prepared, ranges, "tensorrt")
+    inits = _inits(qm)
+    nodes = list(qm.graph.node)
+    for n in nodes:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            zp = inits[n.input[2]]
+            assert zp.dtype == np.int8 and not zp.any(), n.name  # symmetric: zero point 0
+    producers = {o: n for n in nodes for o in n.output}
+    for conv in (n for n in nodes if n.op_type in ("Conv", "Gemm")):
+        w_dq = producers[conv.input[1]]
+        assert w_dq.op_type == "DequantizeLinear"
+        scale = inits[w_dq.input[1]]
+        w = inits[w_dq.input[0]]
+        assert scale.size == w.shape[0] and {a.name: a.i for a in w_dq.attribute}.get("axis", 1) == 0
+        assert w.dtype == np.int8 and np.abs(w.astype(int)).max() <= 127
+        assert len(conv.input) < 3 or conv.input[2] in inits  # bias stays float for TensorRT
+        assert all(c.op_type != "QuantizeLinear" for c in nodes if conv.output[0] in c.input)  # no output Q/DQ
+    x = np.concatenate(list(cs.batches(100)))
+    fp, q8 = _logits(prepared, x), _logits(qm, x)
+    assert (fp.argmax(1) == q8.argmax(1)).mean() >= 0.9
+    assert np.abs(fp - q8).max() < 0.1 * np.abs(fp).max()
+
+
+def test_cpu_target_structure_and_parity(calibrated):
+    prepared, ranges, cs = calibrated
+    qm = qdq.write_qdq(prepared, ranges, "cpu")
+    inits = _inits(qm)
+    producers = {o: n for n in qm.graph.node for o in n.output}
+    act_zp = {str(inits[n.input[2]].dtype) for n in qm.graph.node
+              if n.op_type == "QuantizeLinear" and n.input[0] not in inits}
+    assert act_zp == {"uint8"}
+    conv = next(n for n in qm.graph.node if n.op_type == "Conv")
+    w_dq = producers[conv.input[1]]
+    assert inits[w_dq.input[0]].dtype == np.int8 and inits[w_dq.input[1]].size == inits[w_dq.input[0]].shape[0]
+    bias_dq = producers[conv.input[2]]
+    assert inits[bias_dq.input[0]].dtype == np.int32  # int32 bias: what QLinearConv fusion needs
+    assert qm.graph.output[0].name == "logits" and producers["logits"].op_type == "Gemm"  # logits stay float
+    x = np.concatenate(list(cs.batches(100)))
+    fp, q8 = _logits(prepared, x), _logits(qm, x)
+    assert (fp.argmax(1) == q8.argmax(1)).mean() >= 0.9
+    assert np.abs(fp - q8).max() < 0.1 * np.abs(fp).max()
+
+
+def test_exclude_keeps_a_node_in_float(calibrated):
+    prepared, ranges, _ = calibrated
+    qm = qdq.write_qdq(prepared, ranges, "cpu", exclude=["conv2"])
+    assert "conv2" not in qdq.quantized_nodes(qm) and "conv1" in qdq.quantized_nodes(qm)
+    producers = {o: n for n in qm.graph.node for o in n.output}
+    conv2 = next(n for n in qm.graph.node if n.name == "conv2")
+    assert conv2.input[1] not in producers  # float weight initializer, no DequantizeLinear
+
+
+def test_needed_tensors_are_a_subset_and_sufficient(calibrated):
+    prepared, ranges, _ = calibrated
+    everything = graph.activation_tensors(prepared)
+    for target in qdq.TARGETS:
+        need = qdq.needed_tensors(prepared, everything, target)
+        assert need and set(need) <= set(everything)
+        qdq.write_qdq(prepared, {t: ranges[t] for t in need}, target)  # raises if a placeholder leaked
+
+
+def test_already_quantized_model_is_refused(calibrated):
+    from edgecnn.errors import UserInputError
+
+    prepared, ranges, _ = calibrated
+    with pytest.raises(UserInputError, match="already quantized"):
+        graph.check_not_quantized(qdq.write_qdq(prepared, ranges, "cpu"), "m.int8.onnx")
+
+
+# ---------------------------------------------------------------- bias correction
+
+
+def test_fake_quant_per_channel_matches_numpy():
+    w = np.random.default_rng(4).normal(0, 1, (4, 3, 3, 3)).astype(np.float32)
+    w[2] *= 50
+    q = weights.fake_quant_per_channel(w, 0)
+    for c in range(4):
+        s = np.abs(w[c]).max() / 127
+        np.testing.assert_allclose(q[c], np.round(w[c] / s) * s, rtol=1e-6)
+
+
+def test_bias_correction_removes_the_mean_output_shift(calibrated):
+    prepared, _, cs = calibrated
+    names = list(weights.correctable_inputs(prepared).values())
+    stats = calibrators.collect_stats(cs.batches(4), graph.tensor_runner(prepared, names), histogram=False,
+                                      channel_means=names)
+    means = {n: s.channel_mean for n, s in stats.items()}
+    corrected, done = weights.bias_correct(prepared, means)
+    assert set(done) == {"conv1", "conv2", "fc"}
+
+    def fake_quant(model):
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
+        conv_w = {n.input[1]: (0 if n.op_type == "Conv" else 0) for n in m.graph.node if n.op_type in ("Conv", "Gemm")}
+        for init in m.graph.initializer:
+            if init.name in conv_w:
+                init.CopyFrom(numpy_helper.from_array(weights.fake_quant_per_channel(numpy_helper.to_array(init), 0), init.name))
+        return m
+
+    x = np.concatenate(list(cs.batches(100)))
+    run = lambda m: graph.tensor_runner(m, ["c1"])(x)["c1"].mean(axis=(0, 2, 3))  # noqa: E731
+    ref = run(prepared)
+    shift_plain = np.abs(run(fake_quant(prepared)) - ref).mean()
+    shift_corrected = np.abs(run(fake_quant(corrected)) - ref).mean()
+    assert shift_corrected < 0.2 * shift_plain
+
+
+# ---------------------------------------------------------------- calibration sources
+
+
+def test_folder_summary_counts_classes_corrupt_and_formats(tmp_path):
+    folder = make_image_folder(tmp_path / "imgs", per_class=3)
+    (folder / "cat" / "broken.jpg").write_bytes(b"not a jpeg")
+    cv2.imwrite(str(folder / "dog" / "gray16.png"), (np.arange(40 * 48, dtype=np.uint16).reshape(40, 48) * 20))
+    cv2.imwrite(str(folder / "dog" / "rgba.png"), np.full((40, 48, 4), 200, np.uint8))
+    contract = read_onnx_contract(build_tiny_onnx(tmp_path / "m.onnx"))
+    cs = load_calibration(folder, contract.preprocess)
+    summary = cs.summary()
+    assert summary["images"] == 8 and summary["corrupt"] == 1
+    assert summary["per_class"] == {"cat": 3, "dog": 5}
+    assert summary["brightness"]["min"] < summary["brightness"]["max"]
+    assert any("100" in w for w in summary["warnings"])
+    assert cs.images.shape == (8, 32, 32, 3)
+
+
+def test_video_source_every_kth_frame(tmp_path):
+    path = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    for i in range(30):
+        writer.write(np.full((48, 64, 3), i * 8, np.uint8))
+    writer.release()
+    contract = read_onnx_contract(build_tiny_onnx(tmp_path / "m.onnx"))
+    cs = load_calibration(path, contract.preprocess, every=5)
+    assert cs.kind == "video" and len(cs) == 6 and cs.names[1] == "frame 5"
+    cs = load_calibration(path, contract.preprocess, num_images=10)
+    assert len(cs) == 10 and cs.names[1] == "frame 3"
+
+
+def test_empty_and_unreadable_sources_are_clear_errors(tmp_path):
+    from edgecnn.errors import UserInputError
+
+    cfg = read_onnx_contract(build_tiny_onnx(tmp_path / "m.onnx")).preprocess
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserInputError, match="No images"):
+        load_calibration(tmp_path / "empty", cfg)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "a.jpg").write_bytes(b"xx")
+    with pytest.raises(UserInputError, match="could be decoded"):
+        load_calibration(tmp_path / "bad", cfg)
+    with pytest.raises(UserInputError, match="does not exist"):
+        load_calibration(tmp_path / "missing", cfg)

@@ -1,0 +1,159 @@
+"""`edgecnn quantize` end to end through Typer's CliRunner: outputs, metadata carried over, accuracy gate, report,
+bad input (clear error, non-zero exit, nothing overwritten), and one slow run on the real pretrained network."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from typer.testing import CliRunner
+
+from conftest import build_tiny_onnx, make_image_folder
+from edgecnn.artifacts import read_onnx_contract
+from edgecnn.cli.main import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture
+def setup(tmp_path):
+    model = build_tiny_onnx(tmp_path / "tiny.onnx")
+    calib = make_image_folder(tmp_path / "calib", per_class=8, seed=1)
+    return model, calib, tmp_path
+
+
+@pytest.mark.parametrize("target", ["tensorrt", "cpu"])
+def test_quantize_json_outputs_and_metadata(setup, target):
+    model, calib, tmp = setup
+    out, cache, report = tmp / "tiny.int8.onnx", tmp / "tiny.calib", tmp / "report"
+    res = invoke("quantize", model, "--calib", calib, "--out", out, "--target", target, "--method", "entropy",
+                 "--cache", cache, "--report", report, "--json")
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["target"] == target and data["calibration"]["images"] == 16
+    assert data["accuracy"]["agreement"]["top1_agreement"] >= 0.9
+    c0, c1 = read_onnx_contract(model), read_onnx_contract(out)
+    assert c1.labels == c0.labels and c1.preprocess == c0.preprocess and c1.precision == "int8"
+    prov = c1.provenance["quantization"]
+    assert prov["target"] == target and prov["method"] == "entropy" and prov["calibration"]["images"] == 16
+    assert cache.read_text().startswith("TRT-8601-EntropyCalibration2\n")
+    assert (report / "quantization.json").is_file() and "Per-tensor ranges" in (report / "quantization.md").read_text()
+    assert json.loads((report / "quantization.json").read_text())["latency"]["int8"]["median_ms"] > 0
+    assert {n.op_type for n in onnx.load(str(out)).graph.node} >= {"QuantizeLinear", "DequantizeLinear"}
+
+
+def test_labelled_val_reports_top1_top5_and_per_class(setup):
+    model, calib, tmp = setup
+    val = make_image_folder(tmp / "val", classes=("cat", "dog", "bird"), per_class=4, seed=5)
+    res = invoke("quantize", model, "--calib", calib, "--out", tmp / "q.onnx", "--val", val, "--json")
+    assert res.exit_code == 0, res.output
+    acc = json.loads(res.stdout)["accuracy"]
+    assert acc["kind"] == "labelled" and acc["images"] == 12
+    assert set(acc["per_class"]) == {"cat", "dog", "bird"}
+    assert 0.0 <= acc["int8"]["top1"] <= 1.0 and acc["fp32"]["top5"] == 1.0  # 3 classes: top-5 is everything
+    assert acc["drop"] == pytest.approx(100 * (acc["fp32"]["top1"] - acc["int8"]["top1"]), abs=1e-6)
+
+
+def test_human_output_has_summary_and_progress(setup):
+    model, calib, tmp = setup
+    res = invoke("quantize", model, "--calib", calib, "--out", tmp / "q.onnx")
+    assert res.exit_code == 0, res.output
+    assert "calibration: 16 images (cat: 8, dog: 8)" in res.output and "brightness" in res.output
+    assert "warning" in res.output and "100 recommended" in res.output
+    assert "top-1 agreement" in res.output
+
+
+def test_max_drop_fallback_and_failure(setup):
+    """Calibrating on one dark image saturates on bright images: the gate must notice and act."""
+    import cv2
+
+    model, _, tmp = setup
+    dark = tmp / "dark"
+    dark.mkdir()
+    cv2.imwrite(str(dark / "d.png"), np.full((32, 32, 3), 118, np.uint8))
+    val = make_image_folder(tmp / "val", classes=("street", "park"), per_class=10, seed=7)  # not model classes
+    out = tmp / "q.onnx"
+    res = invoke("quantize", model, "--calib", dark, "--out", out, "--val", val, "--method", "minmax",
+                 "--max-drop", "0", "--max-steps", "1", "--json")
+    first = json.loads(invoke("quantize", model, "--calib", dark, "--out", tmp / "probe.onnx", "--val", val,
+                              "--method", "minmax", "--json").stdout)["accuracy"]["drop"]
+    assert first > 0  # the setup really hurts INT8 (drop = share of images whose top-1 changed)
+    assert res.exit_code == 5 and "max-drop" in res.output and "Nothing was written" in res.output
+    assert not out.exists()
+    res = invoke("quantize", model, "--calib", dark, "--out", out, "--val", val, "--method", "minmax",
+                 "--max-drop", "0", "--max-steps", "8", "--json")
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["accuracy"]["drop"] <= 0 and data["excluded"] and len(data["fallback"]["steps"]) >= 2
+    assert read_onnx_contract(out).provenance["quantization"]["excluded"] == data["excluded"]
+
+
+def test_bad_inputs_are_one_line_errors_and_write_nothing(setup):
+    model, calib, tmp = setup
+    out = tmp / "existing.onnx"
+    out.write_bytes(b"keep me")
+
+    def fails(*args, match, code=2):
+        res = invoke("quantize", *args)
+        assert res.exit_code == code, res.output
+        assert match in res.output and "Traceback" not in res.output
+        assert out.read_bytes() == b"keep me"
+
+    (tmp / "empty").mkdir()
+    fails(model, "--calib", tmp / "empty", "--out", out, match="No images")
+    fails(model, "--calib", tmp / "nowhere", "--out", out, match="does not exist")
+    fails(model, "--calib", calib, "--out", model, match="is the input file")
+    fails(model, "--calib", calib, "--out", out, "--exclude", "conv9", match="Unknown --exclude node(s): conv9")
+    fails(model, "--calib", calib, "--out", out, "--target", "gpu", match="--target")
+    fails(model, "--calib", calib, "--out", out, "--method", "mse", match="--method")
+    fails(model, "--calib", calib, "--out", out, "--input-size", "32,32", "--mean", "1", "--std", "1",
+          match="carries its own preprocessing")
+    # an already quantized model
+    q = tmp / "q.onnx"
+    assert invoke("quantize", model, "--calib", calib, "--out", q).exit_code == 0
+    fails(q, "--calib", calib, "--out", out, match="already quantized")
+    assert model.read_bytes() == build_tiny_onnx(tmp / "again.onnx").read_bytes()  # the input is untouched
+
+
+def test_model_without_metadata_asks_for_preprocessing(setup):
+    model, calib, tmp = setup
+    bare = onnx.load(str(model))
+    del bare.metadata_props[:]
+    bare_path = tmp / "bare.onnx"
+    onnx.save(bare, str(bare_path))
+    res = invoke("quantize", bare_path, "--calib", calib, "--out", tmp / "q.onnx")
+    assert res.exit_code == 2 and "--input-size" in res.output and "edgecnn export" in res.output
+    res = invoke("quantize", bare_path, "--calib", calib, "--out", tmp / "q.onnx", "--input-size", "32,32",
+                 "--mean", "120", "--std", "60", "--resize", "resize", "--json")
+    assert res.exit_code == 0, res.output
+    contract = read_onnx_contract(tmp / "q.onnx")
+    assert contract.labels == ["class_0", "class_1", "class_2"] and contract.preprocess.mean == (120.0,) * 3
+
+
+@pytest.mark.slow
+def test_pretrained_efficientnet_lite0_cpu_target(scenes_dir, tmp_path):
+    """The real network by name, 48 real photos: the INT8 model is fused by ORT and mostly agrees with FP32."""
+    pytest.importorskip("torch")
+    from edgecnn.data import list_images
+
+    photos = list_images(scenes_dir)[::25][:48]
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for p in photos:
+        (calib / f"{p.parent.name}_{p.name}").write_bytes(p.read_bytes())
+    out = tmp_path / "lite0.int8.onnx"
+    res = invoke("quantize", "efficientnet-lite0", "--calib", calib, "--out", out, "--target", "cpu",
+                 "--cache", tmp_path / "lite0.calib", "--json")
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["accuracy"]["agreement"]["top1_in_top5"] >= 0.95
+    assert data["accuracy"]["agreement"]["cosine_mean"] > 0.99
+    assert data["sizes"]["int8_bytes"] < 0.35 * data["sizes"]["fp32_bytes"]
+    assert data["qdq"]["int8_nodes"] >= 50
+    assert (tmp_path / "lite0.calib").read_text().count("\n") > 60
