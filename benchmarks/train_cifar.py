@@ -47,6 +47,8 @@ def main() -> None:
     ap.add_argument("--weight-decay", type=float, default=None)
     ap.add_argument("--label-smoothing", type=float, default=0.1)
     ap.add_argument("--no-augment", action="store_true")
+    ap.add_argument("--crop-pad", type=int, default=None)
+    ap.add_argument("--time-budget", type=float, default=None, help="minutes of training (schedule on the clock)")
     ap.add_argument("--no-channels-last", action="store_true")
     ap.add_argument("--width-mult", type=float, default=None)
     ap.add_argument("--dropout", type=float, default=None)
@@ -82,7 +84,7 @@ def main() -> None:
     cfg = TrainConfig(
         data=data, arch=args.arch, out=out_dir / f"{name}.pt", epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
-        augment=not args.no_augment, channels_last=not args.no_channels_last, arch_kwargs=arch_kwargs,
+        augment=not args.no_augment, crop_pad=args.crop_pad, time_budget=args.time_budget, channels_last=not args.no_channels_last, arch_kwargs=arch_kwargs,
     )
     load_before = os.getloadavg()
     t0 = time.perf_counter()
@@ -106,6 +108,8 @@ def main() -> None:
         "arch_kwargs": arch_kwargs,
         "parameters": sum(p.numel() for p in result.model.parameters()),
         "epochs": result.epochs_run,
+        "time_budget_min": args.time_budget,
+        "out_of_time": result.out_of_time,
         "batch_size": args.batch_size,
         "lr": cfg.resolved_lr(),
         "optimizer": cfg.optimizer,

@@ -22,7 +22,6 @@ import io
 import json
 import math
 import os
-import platform
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -57,6 +56,9 @@ class TrainConfig:
                    (then the last epoch is the checkpoint and early stopping is off).
     batch_size:    per process (as with DistributedSampler).
     patience:      stop after this many epochs without a better validation accuracy (None: never).
+    time_budget:   minutes of training (evaluation excluded). The learning-rate schedule then runs on the clock
+                   instead of the step count, so a slower (or busier) machine still gets a fully annealed model
+                   when the time is up; `epochs` stays the upper bound.
     arch_kwargs:   extra builder arguments, e.g. {"width_mult": 0.5}.
     """
 
@@ -80,9 +82,11 @@ class TrainConfig:
     schedule: str = "onecycle"
     warmup: float = 0.2  # fraction of all steps spent warming up
     augment: bool = True
+    crop_pad: int | None = None  # random-crop padding in px (None: 1/8 of the side, 4 px at 32×32)
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
     channels_last: bool = True
     device: str | None = None  # None: CUDA when available, else CPU
+    time_budget: float | None = None  # minutes of training; the schedule follows the clock and training stops there
 
     def resolved_lr(self) -> float:
         if self.lr is not None:
@@ -134,6 +138,7 @@ class TrainResult:
     best_val_acc: float | None
     final_val_acc: float | None
     stopped_early: bool
+    out_of_time: bool
     train_seconds: float
     images_per_s: float
     world_size: int
@@ -177,9 +182,10 @@ def eval_inputs(images: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     return normalize(images, cfg)
 
 
-def train_inputs(images: np.ndarray, cfg: PreprocessConfig, rng: np.random.Generator, augment: bool = True) -> np.ndarray:
+def train_inputs(images: np.ndarray, cfg: PreprocessConfig, rng: np.random.Generator, augment: bool = True,
+                 crop_pad: int | None = None) -> np.ndarray:
     """What a training step feeds the model: augmentation on uint8, then the same `normalize()`."""
-    return normalize(random_crop_flip(images, rng) if augment else images, cfg)
+    return normalize(random_crop_flip(images, rng, pad=crop_pad) if augment else images, cfg)
 
 
 def _stratified_split(labels: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -431,6 +437,10 @@ def _validate(cfg: TrainConfig) -> None:
         raise UserInputError("Give either --val DIR or --val-split F, not both")
     if cfg.val_split is not None and not 0.0 <= cfg.val_split < 1.0:
         raise UserInputError(f"--val-split must be in [0, 1), got {cfg.val_split}")
+    if cfg.crop_pad is not None and cfg.crop_pad < 0:
+        raise UserInputError(f"crop padding must be >= 0, got {cfg.crop_pad}")
+    if cfg.time_budget is not None and not cfg.time_budget > 0:
+        raise UserInputError(f"--time-budget must be positive minutes, got {cfg.time_budget}")
     if cfg.patience is not None and cfg.patience < 1:
         raise UserInputError(f"--patience must be at least 1, got {cfg.patience}")
     if cfg.optimizer not in OPTIMIZERS:
@@ -480,223 +490,269 @@ def _param_groups(model, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def _resolve_model_spec(cfg: TrainConfig, ckpt: dict | None) -> tuple[str, dict, PreprocessConfig, list[str] | None, str | None]:
+    """(arch, arch_kwargs, preprocessing, classes or None, pretrained source): from the checkpoint when resuming,
+    else from the registry entry, with --img-size replacing only the input size."""
+    from edgecnn.artifacts import ModelContract
+    from edgecnn.models.registry import get_entry, pretrained_models
+
+    if ckpt is not None:
+        arch = ckpt["arch"]
+        contract = ModelContract.from_dict(ckpt["contract"])
+        pre = contract.preprocess
+        if cfg.arch and cfg.arch != arch:
+            raise UserInputError(f"--resume checkpoint is a {arch}, not {cfg.arch}: drop --arch or match it")
+        if cfg.img_size and (cfg.img_size, cfg.img_size) != pre.input_size:
+            raise UserInputError(f"--resume checkpoint takes {pre.height}×{pre.width} inputs, not --img-size {cfg.img_size}")
+        return arch, dict(ckpt["arch_kwargs"]), pre, contract.labels, (ckpt.get("training") or {}).get("pretrained_from")
+    entry = get_entry(cfg.arch)
+    if cfg.pretrained and not entry.pretrained:
+        raise UserInputError(f"{cfg.arch} has no pretrained weights (pretrained: {', '.join(pretrained_models())})")
+    pre = entry.preprocess
+    if cfg.img_size:
+        pre = replace(pre, input_size=(cfg.img_size, cfg.img_size))
+    return cfg.arch, dict(cfg.arch_kwargs), pre, None, cfg.arch if cfg.pretrained else None
+
+
+class _Run:
+    """One training run: model, optimizer and data set up once, then `epoch()` until done. Holds the state a
+    checkpoint must carry for an exact resume (epoch, history, best, patience counter, optimizer)."""
+
+    def __init__(self, cfg: TrainConfig, ckpt: dict | None, dist: _Dist, report: ProgressCallback | None, torch):
+        from edgecnn.models.registry import count_parameters, create_model
+
+        self.cfg, self.dist, self.report, self.torch = cfg, dist, report, torch
+        self.device_type = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        cuda_index = f":{dist.local_rank}" if self.device_type == "cuda" and dist.active else ""
+        self.device = torch.device(self.device_type + cuda_index)
+        self.arch, self.arch_kwargs, self.pre, ckpt_classes, self.pretrained_from = _resolve_model_spec(cfg, ckpt)
+
+        self.classes, self.train, self.val, self.corrupt, self.corrupt_examples = _load_data(cfg, self.pre, ckpt_classes, report)
+        self.arch_kwargs["num_classes"] = len(self.classes)
+        try:
+            model = create_model(self.arch, pretrained=bool(cfg.pretrained and ckpt is None), **self.arch_kwargs)
+        except TypeError as exc:
+            raise UserInputError(f"{self.arch} does not take these options {sorted(cfg.arch_kwargs)}: {exc}") from exc
+        _check_input_size(torch, model, self.arch, self.pre)
+        if ckpt is not None:
+            model.load_state_dict(ckpt["state_dict"])
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.model = model.to(device=self.device, memory_format=self.memory_format)
+        self.parameters = count_parameters(model)
+
+        self.lr_peak = cfg.resolved_lr()
+        groups = _param_groups(self.model, cfg.resolved_weight_decay())
+        if cfg.optimizer == "adamw":
+            self.optimizer = torch.optim.AdamW(groups, lr=self.lr_peak)
+        else:
+            self.optimizer = torch.optim.SGD(groups, lr=self.lr_peak, momentum=0.9, nesterov=True)
+
+        extra = (ckpt or {}).get("extra") or {}
+        self.start_epoch = self.epoch = int(extra.get("epoch", 0))
+        self.history: list[dict] = list(extra.get("history", []))
+        self.best_acc = extra.get("best_val_acc")
+        self.best_epoch = int(extra.get("best_epoch", 0))
+        self.bad_epochs = int(extra.get("bad_epochs", 0))
+        if ckpt is not None:
+            if "optimizer" in extra:
+                self.optimizer.load_state_dict(extra["optimizer"])
+            if self.start_epoch >= cfg.epochs:
+                raise UserInputError(f"--resume checkpoint already has {self.start_epoch} epochs: pass --epochs above {self.start_epoch}")
+
+        self.net = self.model
+        if dist.active:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.net = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.steps_per_epoch = math.ceil(len(_shard(len(self.train.labels), 0, cfg.seed, dist)) / cfg.batch_size)
+        self.train_seconds = sum(r["seconds"] for r in self.history)
+        self.budget_s = (cfg.time_budget or 0) * 60.0
+        self.stopped = self.out_of_time = False
+        self.paths = side_paths(cfg.out)
+
+    def _tensor(self, x: np.ndarray):
+        return self.torch.from_numpy(x).to(device=self.device, memory_format=self.memory_format, non_blocking=True)
+
+    def _lr(self, epoch: int, i: int, t0: float) -> float | None:
+        """The learning rate of step i of `epoch`, or None when the time budget is spent."""
+        cfg = self.cfg
+        if not cfg.time_budget:
+            step = (epoch - 1) * self.steps_per_epoch + i
+            return learning_rate(step, self.steps_per_epoch * cfg.epochs, self.lr_peak, cfg.schedule, cfg.warmup)
+        spent = self.train_seconds + time.perf_counter() - t0
+        spent = self.dist.all_sum(self.torch, [spent])[0] / self.dist.world  # one decision for all ranks
+        if spent >= self.budget_s:
+            return None
+        return learning_rate(int(spent / self.budget_s * 100_000), 100_000, self.lr_peak, cfg.schedule, cfg.warmup)
+
+    def train_epoch(self, epoch: int, prep_pool: ThreadPoolExecutor) -> dict | None:
+        """One pass over this rank's shard; returns the epoch's metrics row (None if the budget ran out at once)."""
+        torch, cfg, dist = self.torch, self.cfg, self.dist
+        self.net.train()
+        order = _shard(len(self.train.labels), epoch, cfg.seed, dist)
+        rng = np.random.default_rng([cfg.seed, dist.rank, epoch, 1])
+        batches = [order[s : s + cfg.batch_size] for s in range(0, len(order), cfg.batch_size)]
+        if len(batches) > 1 and len(batches[-1]) < 2:  # BatchNorm cannot train on one image
+            batches.pop()
+
+        def prepare(sel):  # runs in the prefetch thread: batch k+1 is augmented while batch k trains
+            sel = np.sort(sel)
+            return train_inputs(self.train.images[sel], self.pre, rng, cfg.augment, cfg.crop_pad), self.train.labels[sel]
+
+        t0 = time.perf_counter()
+        loss_sum = correct = seen = 0.0
+        lr = self.optimizer.param_groups[0]["lr"]
+        pending = prep_pool.submit(prepare, batches[0])
+        for i in range(len(batches)):
+            x_np, y_np = pending.result()
+            if i + 1 < len(batches):
+                pending = prep_pool.submit(prepare, batches[i + 1])
+            lr = self._lr(epoch, i, t0)
+            if lr is None:
+                self.out_of_time = True
+                break
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            x, y = self._tensor(x_np), torch.from_numpy(y_np).to(self.device)
+            logits = self.net(x)
+            loss = self.criterion(logits, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            batch_loss = loss.item()
+            if not math.isfinite(batch_loss):
+                raise EdgeCNNError(f"Training diverged (loss {batch_loss} at epoch {epoch}, step {i + 1}): lower --lr")
+            loss_sum += batch_loss * len(y_np)
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += len(y_np)
+            if self.report:
+                rate = seen * dist.world / max(time.perf_counter() - t0, 1e-9)
+                self.report(TrainProgress("train", epoch, cfg.epochs, i + 1, len(batches), loss_sum / seen, correct / seen, rate))
+        loss_sum, correct, seen = dist.all_sum(torch, [loss_sum, correct, seen])
+        dist.sync_buffers(self.model)
+        if seen == 0:
+            return None
+        seconds = time.perf_counter() - t0
+        self.train_seconds += seconds
+        if cfg.time_budget and not self.out_of_time:  # spent during this epoch's last step: stop now, not next epoch
+            self.out_of_time = dist.all_sum(torch, [self.train_seconds])[0] / dist.world >= self.budget_s
+        val_loss, val_acc = self.evaluate() if self.val is not None else (None, None)
+        return {"epoch": epoch, "lr": lr if lr is not None else self.optimizer.param_groups[0]["lr"],
+                "train_loss": loss_sum / seen, "train_acc": correct / seen, "val_loss": val_loss, "val_acc": val_acc,
+                "images_per_s": seen / seconds, "seconds": seconds}
+
+    def evaluate(self) -> tuple[float, float]:
+        """(mean loss, accuracy) on the validation set: each rank takes its share, the sums are all-reduced.
+        Inputs are `eval_inputs()` = `preprocess()` of the files, the transform every other stage uses."""
+        torch, dist, val = self.torch, self.dist, self.val
+        self.model.eval()
+        idx = np.arange(len(val.labels))[dist.rank :: dist.world]
+        loss_sum = correct = 0.0
+        with torch.no_grad():
+            for s in range(0, len(idx), 256):
+                sel = idx[s : s + 256]
+                logits = self.model(self._tensor(eval_inputs(val.images[sel], self.pre)))
+                target = torch.from_numpy(val.labels[sel]).to(self.device)
+                loss_sum += torch.nn.functional.cross_entropy(logits, target, reduction="sum").item()
+                correct += (logits.argmax(1) == target).sum().item()
+        loss_sum, correct, count = dist.all_sum(torch, [loss_sum, correct, float(len(idx))])
+        return loss_sum / max(1, count), correct / max(1, count)
+
+    def record(self, row: dict) -> bool:
+        """Add an epoch's metrics; update best / patience. Returns whether validation accuracy improved."""
+        self.history.append(row)
+        self.epoch = row["epoch"]
+        val_acc = row["val_acc"]
+        improved = val_acc is None or self.best_acc is None or val_acc > self.best_acc
+        if improved:
+            self.best_acc, self.best_epoch, self.bad_epochs = val_acc, row["epoch"], 0
+        else:
+            self.bad_epochs += 1
+        self.stopped = self.cfg.patience is not None and val_acc is not None and self.bad_epochs >= self.cfg.patience
+        return improved
+
+    def summary(self) -> dict:
+        """The training record stored in the checkpoint and metrics JSON (plain JSON types only, so a weights-only
+        load accepts it)."""
+        cfg, h = self.cfg, self.history
+        secs = sum(r["seconds"] for r in h)
+        return json.loads(json.dumps({
+            "arch": self.arch, "arch_kwargs": self.arch_kwargs, "parameters": self.parameters,
+            "pretrained_from": self.pretrained_from, "data": str(cfg.data), "classes": self.classes,
+            "num_train": len(self.train.labels), "num_val": 0 if self.val is None else len(self.val.labels),
+            "corrupt": self.corrupt, "corrupt_examples": self.corrupt_examples,
+            "epochs_run": self.epoch, "epochs_planned": cfg.epochs, "best_epoch": self.best_epoch,
+            "best_val_acc": self.best_acc, "final_val_acc": h[-1]["val_acc"] if h else None,
+            "stopped_early": self.stopped, "out_of_time": self.out_of_time, "time_budget_min": cfg.time_budget,
+            "train_seconds": round(self.train_seconds, 2),
+            "images_per_s": round(sum(r["images_per_s"] * r["seconds"] for r in h) / secs, 1) if secs else 0.0,
+            "world_size": self.dist.world, "device": self.device_type,
+            "resumed_from": str(cfg.resume) if cfg.resume else None,
+            "config": {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in asdict(cfg).items()},
+            "optimizer": cfg.optimizer, "lr": self.lr_peak, "batch_size": cfg.batch_size, "schedule": cfg.schedule,
+            "torch": str(self.torch.__version__), "cpu_threads": self.torch.get_num_threads(),
+        }, default=str))
+
+    def save(self, target: Path, summary: dict) -> None:
+        from edgecnn.artifacts import ModelContract
+        from edgecnn.checkpoint import save_checkpoint
+
+        contract = ModelContract(
+            labels=list(self.classes), preprocess=self.pre, arch=self.arch,
+            provenance={"source": "edgecnn train", "data": str(self.cfg.data), "epochs": self.epoch,
+                        "best_val_acc": self.best_acc, "pretrained_from": self.pretrained_from},
+        )
+        state = {"optimizer": self.optimizer.state_dict(), "epoch": self.epoch, "history": self.history,
+                 "best_val_acc": self.best_acc, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
+        save_checkpoint(target, self.model, self.arch, self.arch_kwargs, contract, training=summary, extra=state)
+
+    def run(self) -> TrainResult:
+        cfg, dist = self.cfg, self.dist
+        with ThreadPoolExecutor(max_workers=1) as prep_pool:
+            for epoch in range(self.start_epoch + 1, cfg.epochs + 1):
+                row = self.train_epoch(epoch, prep_pool)
+                if row is None:  # the time budget ran out exactly at an epoch boundary
+                    break
+                improved = self.record(row)
+                if dist.main:  # rank 0 alone writes; the others wait so nobody runs ahead of a checkpoint
+                    summary = self.summary()
+                    if improved:
+                        self.save(Path(cfg.out), summary)
+                    self.save(self.paths["last"], summary)
+                    _write_metrics(self.history, self.paths, summary)
+                dist.barrier()
+                if self.report:
+                    self.report(TrainProgress("epoch", epoch, cfg.epochs,
+                                              metrics=dict(row, best_val_acc=self.best_acc, improved=improved)))
+                if self.stopped or self.out_of_time:
+                    break
+        s = self.summary()
+        return TrainResult(
+            checkpoint=Path(cfg.out), last_checkpoint=self.paths["last"], metrics_csv=self.paths["csv"],
+            metrics_json=self.paths["json"], plot=self.paths["plot"], arch=self.arch, classes=list(self.classes),
+            preprocess=self.pre, num_train=s["num_train"], num_val=s["num_val"], corrupt=self.corrupt,
+            corrupt_examples=self.corrupt_examples, epochs_run=self.epoch, best_epoch=self.best_epoch,
+            best_val_acc=self.best_acc, final_val_acc=s["final_val_acc"], stopped_early=self.stopped,
+            out_of_time=self.out_of_time, train_seconds=s["train_seconds"], images_per_s=s["images_per_s"],
+            world_size=dist.world, history=self.history, model=self.model,
+        )
+
+
 def fit(cfg: TrainConfig, progress: ProgressCallback | None = None) -> TrainResult:
     """Train `cfg.arch` on `cfg.data` and write the best checkpoint to `cfg.out`. See the module docstring."""
     torch = require_torch()
-    from edgecnn.artifacts import ModelContract
-    from edgecnn.checkpoint import read_checkpoint, save_checkpoint
-    from edgecnn.models.registry import count_parameters, create_model, get_entry
+    from edgecnn.checkpoint import read_checkpoint
 
     _validate(cfg)
     ckpt = read_checkpoint(cfg.resume) if cfg.resume is not None else None
     device_type = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dist = _Dist.from_env(torch, device_type)
     try:
-        report = progress if (progress is not None and dist.main) else None
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, dist.local_world)))
         torch.manual_seed(cfg.seed)
-        device = torch.device(f"cuda:{dist.local_rank}" if device_type == "cuda" and dist.active else device_type)
-
-        # Architecture, preprocessing and classes: from the checkpoint when resuming, else the registry entry.
-        if ckpt is not None:
-            arch, arch_kwargs = ckpt["arch"], dict(ckpt["arch_kwargs"])
-            contract = ModelContract.from_dict(ckpt["contract"])
-            pre, classes_from_ckpt = contract.preprocess, contract.labels
-            if cfg.arch and cfg.arch != arch:
-                raise UserInputError(f"--resume checkpoint is a {arch}, not {cfg.arch}: drop --arch or match it")
-            if cfg.img_size and (cfg.img_size, cfg.img_size) != pre.input_size:
-                raise UserInputError(f"--resume checkpoint takes {pre.height}×{pre.width} inputs, not --img-size {cfg.img_size}")
-            pretrained_from = (ckpt.get("training") or {}).get("pretrained_from")
-        else:
-            arch = cfg.arch
-            entry = get_entry(arch)
-            if cfg.pretrained and not entry.pretrained:
-                from edgecnn.models.registry import pretrained_models
-
-                raise UserInputError(f"{arch} has no pretrained weights (pretrained: {', '.join(pretrained_models())})")
-            pre = entry.preprocess
-            if cfg.img_size:
-                pre = replace(pre, input_size=(cfg.img_size, cfg.img_size))
-            classes_from_ckpt = None
-            arch_kwargs = dict(cfg.arch_kwargs)
-            pretrained_from = arch if cfg.pretrained else None
-
-        classes, train, val, corrupt, corrupt_examples = _load_data(cfg, pre, classes_from_ckpt, report)
-        arch_kwargs["num_classes"] = len(classes)
-        try:
-            model = create_model(arch, pretrained=bool(cfg.pretrained and ckpt is None), **arch_kwargs)
-        except TypeError as exc:
-            raise UserInputError(f"{arch} does not take these options {sorted(cfg.arch_kwargs)}: {exc}") from exc
-        _check_input_size(torch, model, arch, pre)
-        if ckpt is not None:
-            model.load_state_dict(ckpt["state_dict"])
-        memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-        model = model.to(device=device, memory_format=memory_format)
-
-        lr_peak = cfg.resolved_lr()
-        groups = _param_groups(model, cfg.resolved_weight_decay())
-        if cfg.optimizer == "adamw":
-            optimizer = torch.optim.AdamW(groups, lr=lr_peak)
-        else:
-            optimizer = torch.optim.SGD(groups, lr=lr_peak, momentum=0.9, nesterov=True)
-
-        extra = (ckpt or {}).get("extra") or {}
-        start_epoch = int(extra.get("epoch", 0))
-        history: list[dict] = list(extra.get("history", []))
-        best_acc = extra.get("best_val_acc")
-        best_epoch = int(extra.get("best_epoch", 0))
-        bad_epochs = int(extra.get("bad_epochs", 0))
-        if ckpt is not None:
-            if "optimizer" in extra:
-                optimizer.load_state_dict(extra["optimizer"])
-            if start_epoch >= cfg.epochs:
-                raise UserInputError(f"--resume checkpoint already has {start_epoch} epochs: pass --epochs above {start_epoch}")
-
-        net = model
-        if dist.active:
-            from torch.nn.parallel import DistributedDataParallel
-
-            net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-        criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-        n_train = len(train.labels)
-        steps_per_epoch = math.ceil(len(_shard(n_train, 0, cfg.seed, dist)) / cfg.batch_size)
-        total_steps = steps_per_epoch * cfg.epochs
-        paths = side_paths(cfg.out)
-        params = count_parameters(model)
-
-        def to_tensor(x: np.ndarray):
-            return torch.from_numpy(x).to(device=device, memory_format=memory_format, non_blocking=True)
-
-        def evaluate() -> tuple[float, float]:
-            """(mean loss, accuracy) on this rank's share of the validation set, summed over all ranks."""
-            model.eval()
-            idx = np.arange(len(val.labels))[dist.rank :: dist.world]
-            loss_sum = correct = 0.0
-            with torch.no_grad():
-                for s in range(0, len(idx), 256):
-                    sel = idx[s : s + 256]
-                    logits = model(to_tensor(eval_inputs(val.images[sel], pre)))
-                    target = torch.from_numpy(val.labels[sel]).to(device)
-                    loss_sum += torch.nn.functional.cross_entropy(logits, target, reduction="sum").item()
-                    correct += (logits.argmax(1) == target).sum().item()
-            loss_sum, correct, count = dist.all_sum(torch, [loss_sum, correct, float(len(idx))])
-            return loss_sum / max(1, count), correct / max(1, count)
-
-        def summary(epochs_run: int, stopped: bool, train_seconds: float) -> dict:
-            """The training record stored in the checkpoint and metrics JSON (plain JSON types only, so a
-            weights-only load accepts it)."""
-            imgs = sum(r["images_per_s"] * r["seconds"] for r in history)
-            secs = sum(r["seconds"] for r in history)
-            return json.loads(json.dumps({
-                "arch": arch, "arch_kwargs": arch_kwargs, "parameters": params,
-                "pretrained_from": pretrained_from, "data": str(cfg.data), "classes": classes,
-                "num_train": n_train, "num_val": 0 if val is None else len(val.labels),
-                "corrupt": corrupt, "corrupt_examples": corrupt_examples,
-                "epochs_run": epochs_run, "epochs_planned": cfg.epochs, "best_epoch": best_epoch,
-                "best_val_acc": best_acc, "final_val_acc": history[-1]["val_acc"] if history else None,
-                "stopped_early": stopped, "train_seconds": round(train_seconds, 2),
-                "images_per_s": round(imgs / secs, 1) if secs else 0.0,
-                "world_size": dist.world, "device": device_type, "resumed_from": str(cfg.resume) if cfg.resume else None,
-                "config": {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in asdict(cfg).items()},
-                "optimizer": cfg.optimizer, "lr": lr_peak, "batch_size": cfg.batch_size, "schedule": cfg.schedule,
-                "torch": str(torch.__version__), "host": platform.node(), "cpu_threads": torch.get_num_threads(),
-            }, default=str))
-
-        def save(target: Path, epoch: int, summ: dict) -> None:
-            contract = ModelContract(
-                labels=list(classes), preprocess=pre, arch=arch,
-                provenance={"source": "edgecnn train", "data": str(cfg.data), "epochs": epoch,
-                            "best_val_acc": best_acc, "pretrained_from": pretrained_from},
-            )
-            state = {"optimizer": optimizer.state_dict(), "epoch": epoch, "history": history,
-                     "best_val_acc": best_acc, "best_epoch": best_epoch, "bad_epochs": bad_epochs}
-            save_checkpoint(target, model, arch, arch_kwargs, contract, training=summ, extra=state)
-
-        train_seconds = sum(r["seconds"] for r in history)
-        stopped = False
-        epoch = start_epoch
-        prep_pool = ThreadPoolExecutor(max_workers=1)  # prepares batch k+1 while batch k trains
-        try:
-            for epoch in range(start_epoch + 1, cfg.epochs + 1):
-                net.train()
-                order = _shard(n_train, epoch, cfg.seed, dist)
-                rng = np.random.default_rng([cfg.seed, dist.rank, epoch, 1])
-                batches = [order[s : s + cfg.batch_size] for s in range(0, len(order), cfg.batch_size)]
-                if len(batches) > 1 and len(batches[-1]) < 2:  # BatchNorm cannot train on one image
-                    batches.pop()
-
-                def prepare(sel):
-                    sel = np.sort(sel)
-                    return train_inputs(train.images[sel], pre, rng, cfg.augment), train.labels[sel]
-
-                t0 = time.perf_counter()
-                loss_sum = correct = seen = 0.0
-                pending = prep_pool.submit(prepare, batches[0])
-                for i, _ in enumerate(batches):
-                    x_np, y_np = pending.result()
-                    if i + 1 < len(batches):
-                        pending = prep_pool.submit(prepare, batches[i + 1])
-                    step = (epoch - 1) * steps_per_epoch + i
-                    lr = learning_rate(step, total_steps, lr_peak, cfg.schedule, cfg.warmup)
-                    for g in optimizer.param_groups:
-                        g["lr"] = lr
-                    x, y = to_tensor(x_np), torch.from_numpy(y_np).to(device)
-                    logits = net(x)
-                    loss = criterion(logits, y)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    batch_loss = loss.item()
-                    if not math.isfinite(batch_loss):
-                        raise EdgeCNNError(f"Training diverged (loss {batch_loss} at epoch {epoch}, step {i + 1}): lower --lr")
-                    loss_sum += batch_loss * len(y_np)
-                    correct += (logits.argmax(1) == y).sum().item()
-                    seen += len(y_np)
-                    if report:
-                        elapsed = time.perf_counter() - t0
-                        report(TrainProgress("train", epoch, cfg.epochs, i + 1, len(batches), loss_sum / seen,
-                                             correct / seen, seen * dist.world / max(elapsed, 1e-9)))
-                loss_sum, correct, seen = dist.all_sum(torch, [loss_sum, correct, seen])
-                dist.sync_buffers(model)
-                seconds = time.perf_counter() - t0
-                train_seconds += seconds
-                val_loss, val_acc = evaluate() if val is not None else (None, None)
-                row = {"epoch": epoch, "lr": lr, "train_loss": loss_sum / seen, "train_acc": correct / seen,
-                       "val_loss": val_loss, "val_acc": val_acc, "images_per_s": seen / seconds, "seconds": seconds}
-                history.append(row)
-
-                improved = val_acc is None or best_acc is None or val_acc > best_acc
-                if improved:
-                    best_acc, best_epoch, bad_epochs = val_acc, epoch, 0
-                else:
-                    bad_epochs += 1
-                stopped = cfg.patience is not None and val_acc is not None and bad_epochs >= cfg.patience
-                if dist.main:
-                    summ = summary(epoch, stopped, train_seconds)
-                    if improved:
-                        save(Path(cfg.out), epoch, summ)
-                    save(paths["last"], epoch, summ)
-                    _write_metrics(history, paths, summ)
-                dist.barrier()
-                if report:
-                    report(TrainProgress("epoch", epoch, cfg.epochs, metrics=dict(row, best_val_acc=best_acc,
-                                                                                    improved=improved)))
-                if stopped:
-                    break
-        finally:
-            prep_pool.shutdown(wait=True)
-
-        summ = summary(epoch, stopped, train_seconds)
-        return TrainResult(
-            checkpoint=Path(cfg.out), last_checkpoint=paths["last"], metrics_csv=paths["csv"],
-            metrics_json=paths["json"], plot=paths["plot"], arch=arch, classes=list(classes), preprocess=pre,
-            num_train=n_train, num_val=summ["num_val"], corrupt=corrupt, corrupt_examples=corrupt_examples,
-            epochs_run=epoch, best_epoch=best_epoch, best_val_acc=best_acc,
-            final_val_acc=history[-1]["val_acc"] if history else None, stopped_early=stopped,
-            train_seconds=round(train_seconds, 2), images_per_s=summ["images_per_s"], world_size=dist.world,
-            history=history, model=model,
-        )
+        report = progress if (progress is not None and dist.main) else None
+        return _Run(cfg, ckpt, dist, report, torch).run()
     finally:
         if dist.owns_group:
             import torch.distributed as tdist

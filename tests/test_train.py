@@ -86,7 +86,7 @@ def _val_paths(folder: Path, result) -> list[str]:
 
 
 def test_training_learns_a_separable_task(folder, tmp_path):
-    result = fit(_cfg(folder, tmp_path / "m.pt", arch="resnet8", epochs=6, lr=5e-3))
+    result = fit(_cfg(folder, tmp_path / "m.pt", arch="resnet8", epochs=4, lr=5e-3))
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
     assert result.best_val_acc == 1.0
 
@@ -169,6 +169,15 @@ def test_resume_continues_exactly(folder, tmp_path):
 def test_early_stopping(folder, tmp_path):
     result = fit(_cfg(folder, tmp_path / "m.pt", epochs=6, lr=1e-9, patience=2))  # nothing improves after epoch 1
     assert result.stopped_early and result.epochs_run == 3 and result.best_epoch == 1
+
+
+def test_time_budget_stops_on_the_clock_with_an_annealed_schedule(folder, tmp_path):
+    result = fit(_cfg(folder, tmp_path / "m.pt", epochs=10_000, lr=1e-3, time_budget=0.05))  # 3 seconds
+    assert result.out_of_time and not result.stopped_early and 1 <= result.epochs_run < 10_000
+    assert 2.5 < result.train_seconds < 20
+    assert result.history[-1]["lr"] < 0.25 * 1e-3  # the one-cycle schedule was near its end when the time was
+    summary = read_checkpoint(result.last_checkpoint)["training"]
+    assert summary["out_of_time"] and summary["time_budget_min"] == 0.05
 
 
 def test_no_validation_keeps_the_last_epoch(folder, tmp_path):

@@ -43,6 +43,7 @@ def register(app: typer.Typer) -> None:
         pretrained: Annotated[bool, typer.Option("--pretrained", help="Start from the registered pretrained weights (transfer learning: new classifier for DATA's classes).")] = False,
         resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue from a checkpoint (weights, optimizer, epoch); e.g. the .last.pt of an earlier run.")] = None,
         patience: Annotated[Optional[int], typer.Option("--patience", help="Early stopping: stop after N epochs without a better validation accuracy.")] = None,
+        time_budget: Annotated[Optional[float], typer.Option("--time-budget", help="Minutes of training: the LR schedule follows the clock and training stops when it is spent (--epochs is the upper bound).")] = None,
         workers: Annotated[Optional[int], typer.Option("--workers", help="Threads decoding images (default: all cores).")] = None,
         seed: Annotated[int, typer.Option("--seed", help="Seed for the split, shuffling, augmentation and initialisation.")] = 0,
         optimizer: Annotated[str, typer.Option("--optimizer", help="adamw or sgd (Nesterov momentum 0.9).")] = "adamw",
@@ -50,6 +51,7 @@ def register(app: typer.Typer) -> None:
         weight_decay: Annotated[Optional[float], typer.Option("--weight-decay", help="Default 0.05 (AdamW) / 5e-4 (SGD).")] = None,
         label_smoothing: Annotated[float, typer.Option("--label-smoothing")] = 0.1,
         augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Random crop with padding + horizontal flip.")] = True,
+        crop_pad: Annotated[Optional[int], typer.Option("--crop-pad", help="Random-crop padding in px (default 1/8 of the side: 4 at 32×32).")] = None,
         arch_opt: Annotated[Optional[list[str]], typer.Option("--arch-opt", help="Builder option KEY=VALUE, repeatable (e.g. width_mult=0.5).")] = None,
         json_out: Annotated[bool, typer.Option("--json", help="Print the training summary as JSON on stdout.")] = False,
     ):
@@ -68,9 +70,9 @@ def register(app: typer.Typer) -> None:
             raise UserInputError("--pretrained starts a new run; with --resume the weights come from the checkpoint")
         cfg = TrainConfig(
             data=data, arch=arch or "", out=out, epochs=epochs, batch_size=batch_size, lr=lr, img_size=img_size,
-            val=val, val_split=val_split, pretrained=pretrained, resume=resume, patience=patience, workers=workers,
+            val=val, val_split=val_split, pretrained=pretrained, resume=resume, patience=patience, time_budget=time_budget, workers=workers,
             seed=seed, optimizer=optimizer, schedule=schedule, weight_decay=weight_decay,
-            label_smoothing=label_smoothing, augment=augment, arch_kwargs=parse_arch_opts(arch_opt or []),
+            label_smoothing=label_smoothing, augment=augment, crop_pad=crop_pad, arch_kwargs=parse_arch_opts(arch_opt or []),
         )
         quiet = int(os.environ.get("RANK", "0")) != 0  # under torchrun only rank 0 talks
         with progress_bar("preparing", disable=quiet) as update:
@@ -98,7 +100,7 @@ def register(app: typer.Typer) -> None:
             print_json(result.to_dict())
             return
         best = f"{result.best_val_acc:.2%} at epoch {result.best_epoch}" if result.best_val_acc is not None else "no validation"
-        stop = " (early stop)" if result.stopped_early else ""
+        stop = " (early stop)" if result.stopped_early else " (time budget spent)" if result.out_of_time else ""
         console.print(f"[bold]{result.arch}[/] on {result.num_train} images, {len(result.classes)} classes: best {best}, "
                       f"{result.epochs_run} epochs{stop} in {result.train_seconds:.0f} s, {result.images_per_s:,.0f} img/s")
         console.print(f"checkpoint {result.checkpoint}  (last: {result.last_checkpoint})")
