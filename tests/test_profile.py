@@ -89,6 +89,11 @@ def test_two_models_side_by_side_with_ratios(two_models):
     assert "onnxruntime" in result.environment["packages"]
 
 
+def test_blocks_give_every_model_exactly_its_iterations(two_models):
+    result = profile_models([str(m) for m in two_models], ProfileOptions(warmup=1, iterations=5, block=2, settle_s=0.0))
+    assert [m.stats.iterations for m in result.measurements] == [5, 5]
+
+
 def test_same_model_twice_gets_distinct_labels(tiny_onnx):
     result = profile_models([str(tiny_onnx), str(tiny_onnx)], ProfileOptions(**FAST))
     assert [m.label for m in result.models] == ["tiny.onnx", "tiny.onnx#2"]

@@ -168,6 +168,13 @@ def jetson_info(sys_root: str | Path = "/") -> dict | None:
     }
 
 
+def _load_average() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
 def capture_environment(threads: int | None = None) -> dict:
     """Everything needed to reproduce (or distrust) a latency number."""
     env = {
@@ -175,6 +182,7 @@ def capture_environment(threads: int | None = None) -> dict:
         "python": platform.python_version(),
         "cpu": cpu_info(),
         "threads": threads if threads else "backend default",
+        "load_average": _load_average(),  # other work on the machine while measuring (1, 5, 15 min)
         "packages": package_versions(),
         "gpus": gpu_info(),
         "jetson": jetson_info(),

@@ -95,14 +95,15 @@ def markdown(result) -> str:
     parts = [
         "# edgecnn profile",
         "",
-        f"Timing: {how}, {o.warmup} warm-up runs, interleaved (round-robin with a rotating first model); "
+        f"Timing: {how}, {o.warmup} warm-up runs, interleaved in blocks of {o.block} calls (round-robin, rotating first "
+        "model); "
         "`p50 / first` is the median latency relative to the first model (< 1 = faster).",
         "",
         "## Environment",
         "",
         f"- CPU: {cpu.get('model')} ({cpu.get('usable_cores')} usable of {cpu.get('logical_cores')} logical cores, "
         f"governor {cpu.get('governor') or 'n/a'})",
-        f"- Threads: {env.get('threads')}",
+        f"- Threads: {env.get('threads')}; load average (1/5/15 min) at the end: {env.get('load_average')}",
         f"- Platform: {env.get('platform')}, Python {env.get('python')}",
         "- Packages: " + ", ".join(f"{k} {v}" for k, v in sorted(env.get("packages", {}).items())),
     ]
