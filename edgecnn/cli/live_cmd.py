@@ -38,7 +38,7 @@ def live(
     no_pace: bool = typer.Option(False, "--no-pace", help="Process every frame of a file as fast as possible (no drops)."),
     reconnect_attempts: int = typer.Option(5, "--reconnect-attempts", min=0, help="Reopen a lost camera/stream this many times."),
     backend: Optional[str] = typer.Option(None, "--backend", help="Runner backend (default: from the model file)."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for ONNX Runtime."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="ONNX Runtime CPU threads; cores-1 leaves a core for capture (most efficient pipeline)."),
 ):
     """Run the live loop until the source ends, --max-frames, q/Esc, or Ctrl-C / SIGTERM (which still finalise the
     recording and print the summary)."""
