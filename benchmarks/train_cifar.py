@@ -56,6 +56,7 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="suffix of the result file name")
     args = ap.parse_args()
 
+    import cv2
     import numpy as np
     import torch
 
@@ -89,12 +90,14 @@ def main() -> None:
     load_before = os.getloadavg()
     t0 = time.perf_counter()
     decode_done = {}
+    load_per_epoch = []  # 1-minute load average at each epoch end: how busy the shared cores were
 
     def progress(ev):
         if ev.phase == "decode" and ev.step == ev.steps:
             decode_done[ev.split] = time.perf_counter() - t0
         if ev.phase == "epoch":
             m = ev.metrics
+            load_per_epoch.append(round(os.getloadavg()[0], 2))
             print(f"epoch {ev.epoch:2d}/{ev.epochs}  loss {m['train_loss']:.3f}  train {m['train_acc']:.3f}  "
                   f"test {m['val_acc']:.4f}  {m['images_per_s']:.0f} img/s  {m['seconds']:.1f} s  "
                   f"load {os.getloadavg()[0]:.2f}", flush=True)
@@ -128,8 +131,10 @@ def main() -> None:
             "torch_threads": torch.get_num_threads(),
             "loadavg_before": load_before,
             "loadavg_after": os.getloadavg(),
+            "loadavg_per_epoch": load_per_epoch,
         },
-        "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+                     "opencv": cv2.__version__},
     }
     try:
         model_name = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))

@@ -337,3 +337,23 @@ def test_cli_train_out_equal_to_resume(folder, tmp_path):
 def test_cli_missing_data(tmp_path):
     r = _invoke(["train", str(tmp_path / "nothing"), "--out", str(tmp_path / "m.pt")])
     assert r.exit_code == 2 and "does not exist" in r.output
+
+
+def test_cli_train_export_eval_end_to_end(tmp_path):
+    """`edgecnn train` -> `edgecnn export` -> `edgecnn eval` on ONNX Runtime: the exported model scores exactly the
+    validation accuracy training measured, because every stage feeds it the same preprocess()."""
+    root = tmp_path / "ds"
+    make_image_folder(root / "train", per_class=8, seed=1)
+    make_image_folder(root / "test", per_class=4, seed=2)
+    ckpt, onnx_path = tmp_path / "m.pt", tmp_path / "m.onnx"
+    r = _invoke(["train", str(root), "--arch", "resnet8", "--epochs", "2", "--batch-size", "4", "--out", str(ckpt), "--json"])
+    assert r.exit_code == 0, r.output
+    trained = json.loads(r.stdout)
+    assert trained["num_val"] == 8
+    r = _invoke(["export", str(ckpt), "--out", str(onnx_path), "--json"])
+    assert r.exit_code == 0, r.output
+    r = _invoke(["eval", str(onnx_path), str(root / "test"), "--json"])
+    assert r.exit_code == 0, r.output
+    metrics = json.loads(r.stdout)
+    assert metrics["images"] == 8
+    assert metrics["top1"] == pytest.approx(trained["best_val_acc"])
