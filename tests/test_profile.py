@@ -303,3 +303,21 @@ def test_cli_bad_inputs(tmp_path, tiny_onnx):
     assert res.exit_code == 2 and "only takes batch 1" in res.output
     res = cli("profile", str(tmp_path / "nope.onnx"))
     assert res.exit_code == 2 and "not found" in res.output
+
+
+def test_checkpoint_and_its_onnx_side_by_side(tmp_path):
+    """The usual comparison: the .pt (PyTorch eager through the torch runner) vs its exported ONNX."""
+    pytest.importorskip("torch")
+    from edgecnn.artifacts import ModelContract
+    from edgecnn.checkpoint import save_checkpoint
+    from edgecnn.export import ExportOptions, export_onnx
+    from edgecnn.models.registry import create_model, get_entry
+
+    model = create_model("lenet5", num_classes=3).eval()
+    contract = ModelContract(labels=["a", "b", "c"], preprocess=get_entry("lenet5").preprocess, arch="lenet5")
+    pt = save_checkpoint(tmp_path / "lenet.pt", model, "lenet5", {"num_classes": 3}, contract)
+    onnx_path = tmp_path / "lenet.onnx"
+    export_onnx(pt, onnx_path, ExportOptions(dynamic_batch=True))
+    result = profile_models([str(pt), str(onnx_path)], ProfileOptions(batches=(1, 2), end_to_end=True, threads=1, **FAST))
+    assert [m.backend for m in result.models] == ["torch", "onnxrt"]
+    assert len(result.measurements) == 8 and result.get("lenet.onnx", 2, "end-to-end").latency_ratio > 0
