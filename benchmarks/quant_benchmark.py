@@ -1,0 +1,282 @@
+"""INT8 quantization benchmark (issue 3): calibration speed, agreement with FP32 on held-out photos, CPU speed-up.
+
+EfficientNet-Lite0 (ImageNet-pretrained, the registered `efficientnet-lite0`), real photos from ../shared/data
+(scenes: 150x150 JPEGs, upscaled by the model's own preprocessing). A seeded split gives 200 calibration photos and
+400 disjoint held-out photos. In one run:
+  1. calibration time, same 200 preprocessed images, same session threads:
+     edgecnn entropy (the tensors the Q/DQ writer needs, as `edgecnn quantize` does; and all tensors ORT would
+     calibrate) vs ONNX Runtime's own CalibrationMethod.Entropy (create_calibrator + collect_data + compute_data);
+  2. `edgecnn.quant.quantize()` for --target tensorrt and cpu x --method minmax/percentile/entropy: top-1 agreement
+     with FP32, top-1-in-top-5, logit error, on the 400 held-out photos;
+  3. batch-1 latency FP32 vs INT8 (cpu target, and the tensorrt-form Q/DQ for reference), ORT CPU with all graph
+     optimisations, 1 and 2 threads, interleaved rounds so machine noise hits both alike.
+Writes benchmarks/quant_benchmark.{json,md}.
+
+Run it alone (the 2 cores are shared):
+  flock /tmp/edgecnn-bench.lock python benchmarks/quant_benchmark.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SHARED = Path(os.environ.get("EDGECNN_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+def scenes(cache: Path) -> Path:
+    target = cache / "scenes"
+    if not (target / ".complete").exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(SHARED / "scenes-jpg.tar.gz") as tar:
+            tar.extractall(cache, filter="data")
+        (target / ".complete").touch()
+    return target
+
+
+def split(root: Path, work: Path, n_cal: int, n_held: int, seed: int) -> tuple[Path, Path]:
+    from edgecnn.data import list_images
+
+    paths = list_images(root)
+    perm = np.random.default_rng(seed).permutation(len(paths))
+    out = []
+    for name, idx in (("calibration", perm[:n_cal]), ("held_out", perm[n_cal : n_cal + n_held])):
+        d = work / name
+        d.mkdir(parents=True, exist_ok=True)
+        for i in idx:
+            p = paths[i]
+            (d / f"{p.parent.name}_{p.name}").symlink_to(p.resolve())
+        out.append(d)
+    return out[0], out[1]
+
+
+def time_calibration(model_path: Path, cal_dir: Path, threads: int) -> dict:
+    """edgecnn entropy vs ORT entropy on the same preprocessed batches."""
+    import onnxruntime as ort
+    from onnxruntime.quantization.calibrate import CalibrationDataReader, CalibrationMethod, create_calibrator
+
+    from edgecnn.artifacts import read_onnx_contract
+    from edgecnn.quant import calibrators, graph, qdq
+    from edgecnn.quant.calib_data import load_calibration
+
+    cfg = read_onnx_contract(model_path).preprocess
+    cs = load_calibration(cal_dir, cfg)
+    # ORT's histogram collector stacks a call's batches, so they must be equal-sized: batch 20, whole batches only
+    batches = [b for b in cs.batches(20) if len(b) == 20]
+    prepared = graph.prepare(model_path)
+    everything = graph.activation_tensors(prepared)
+    needed = qdq.needed_tensors(prepared, everything, "cpu")
+    res = {"images": sum(len(b) for b in batches), "batch": 20, "threads": threads}
+    for label, tensors in (("edgecnn_entropy_needed", needed), ("edgecnn_entropy_all", everything)):
+        t0 = time.perf_counter()
+        stats = calibrators.collect_stats(batches, graph.tensor_runner(prepared, tensors, threads))
+        calibrators.compute_ranges(stats, "entropy")
+        res[label] = {"seconds": time.perf_counter() - t0, "tensors": len(tensors)}
+
+    class Reader(CalibrationDataReader):
+        def __init__(self, part):
+            self.it = iter(part)
+
+        def get_next(self):
+            b = next(self.it, None)
+            return None if b is None else {"input": b}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        import onnx
+
+        p = Path(tmp) / "prepared.onnx"
+        onnx.save(prepared, str(p))
+        t0 = time.perf_counter()
+        cal = create_calibrator(p, [], augmented_model_path=str(Path(tmp) / "aug.onnx"),
+                                calibrate_method=CalibrationMethod.Entropy)
+        if threads:
+            cal.execution_providers = ["CPUExecutionProvider"]
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = threads
+            cal.infer_session = ort.InferenceSession(cal.augmented_model_path, sess_options=so,
+                                                     providers=["CPUExecutionProvider"])
+        for start in range(0, len(batches), 2):  # ORT keeps every output of a call in memory: 40 images per call
+            cal.collect_data(Reader(batches[start : start + 2]))
+        tensors = cal.compute_data()
+        res["ort_entropy"] = {"seconds": time.perf_counter() - t0, "tensors": len(tensors.data)}
+    res["speedup_vs_ort"] = res["ort_entropy"]["seconds"] / res["edgecnn_entropy_needed"]["seconds"]
+    return res
+
+
+def latency(paths: dict[str, Path], threads_list=(1, 2), rounds: int = 5, runs: int = 60) -> dict:
+    import onnxruntime as ort
+
+    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    out = {}
+    for threads in threads_list:
+        sessions = {}
+        for name, p in paths.items():
+            so = ort.SessionOptions()
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            so.intra_op_num_threads = threads
+            so.inter_op_num_threads = 1
+            sessions[name] = ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
+            for _ in range(10):
+                sessions[name].run(None, {"input": x})
+        times = {name: [] for name in paths}
+        for _ in range(rounds):  # interleaved: every model gets each round's machine state
+            for name, s in sessions.items():
+                for _ in range(runs):
+                    t0 = time.perf_counter()
+                    s.run(None, {"input": x})
+                    times[name].append((time.perf_counter() - t0) * 1000)
+        med = {name: float(np.median(v)) for name, v in times.items()}
+        out[f"threads_{threads}"] = {
+            "median_ms": med,
+            "p90_ms": {name: float(np.percentile(v, 90)) for name, v in times.items()},
+            "speedup_cpu_int8": med["fp32"] / med["int8_cpu"],
+            "speedup_tensorrt_qdq_on_cpu": med["fp32"] / med["int8_tensorrt"],
+        }
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--calibration", type=int, default=200)
+    ap.add_argument("--held-out", type=int, default=400)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--methods", default="percentile,minmax,entropy")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "quant_benchmark")
+    args = ap.parse_args()
+
+    import onnx
+    import onnxruntime as ort
+
+    from edgecnn.quant import QuantOptions, quantize
+    from edgecnn.runtime.resolve import pretrained_onnx
+
+    os.environ.setdefault("EDGECNN_CACHE", str(ROOT / ".cache" / "models"))
+    model = pretrained_onnx("efficientnet-lite0")
+    result = {
+        "command": "flock /tmp/edgecnn-bench.lock python benchmarks/quant_benchmark.py " + " ".join(sys.argv[1:]),
+        "machine": {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+                    "python": platform.python_version(), "onnxruntime": ort.__version__, "onnx": onnx.__version__,
+                    "numpy": np.__version__, "platform": platform.platform()},
+        "model": "efficientnet-lite0 (ImageNet-1k pretrained, FP32 ONNX opset 17, dynamic batch)",
+        "data": f"scenes (../shared/data/scenes-jpg.tar.gz, 150x150 photos), seed {args.seed}: "
+                f"{args.calibration} calibration + {args.held_out} disjoint held-out photos",
+    }
+    with tempfile.TemporaryDirectory(prefix="quant-bench-") as tmp:
+        tmp = Path(tmp)
+        cal_dir, held_dir = split(scenes(ROOT / ".cache" / "test-data"), tmp, args.calibration, args.held_out, args.seed)
+        print("calibration timing ...", flush=True)
+        result["calibration_time"] = time_calibration(model, cal_dir, args.threads)
+        print(json.dumps(result["calibration_time"], indent=1), flush=True)
+
+        result["agreement"] = {}
+        paths = {"fp32": model}
+        for target in ("tensorrt", "cpu"):
+            for method in args.methods.split(","):
+                out = tmp / f"{target}.{method}.int8.onnx"
+                t0 = time.perf_counter()
+                r = quantize(model, out, cal_dir, QuantOptions(target=target, method=method, val=held_dir,
+                                                               num_images=args.calibration, threads=args.threads))
+                a = r["accuracy"]["agreement"]
+                row = {"top1_agreement": a["top1_agreement"], "top1_in_top5": a["top1_in_top5"],
+                       "mean_abs_logit_diff": a["mean_abs_diff"], "cosine_mean": a["cosine_mean"],
+                       "images": a["images"], "calibration_s": r["timings"]["calibration_s"],
+                       "quantize_total_s": time.perf_counter() - t0, "int8_bytes": r["sizes"]["int8_bytes"],
+                       "fp32_bytes": r["sizes"]["fp32_bytes"], "int8_nodes": r["qdq"]["int8_nodes"]}
+                result["agreement"][f"{target}/{method}"] = row
+                print(target, method, json.dumps(row), flush=True)
+                if method == args.methods.split(",")[0]:
+                    paths[f"int8_{target}"] = out
+        print("latency ...", flush=True)
+        result["latency_batch1"] = latency(paths)
+        print(json.dumps(result["latency_batch1"], indent=1), flush=True)
+
+    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(markdown(result, args))
+    print(f"wrote {args.out.with_suffix('.md')}")
+
+
+def markdown(r: dict, args) -> str:
+    c = r["calibration_time"]
+    lines = [
+        "# INT8 quantization benchmark (EfficientNet-Lite0)",
+        "",
+        f"Command: `{r['command']}`",
+        "",
+        f"Machine: {r['machine']['cpu']}, {r['machine']['cpus']} CPUs (shared with other work), "
+        f"{r['machine']['platform']}; Python {r['machine']['python']}, onnxruntime {r['machine']['onnxruntime']}, "
+        f"onnx {r['machine']['onnx']}, numpy {r['machine']['numpy']}.",
+        "",
+        f"Model: {r['model']}. Data: {r['data']}.",
+        "",
+        f"## Entropy calibration time (same {c['images']} preprocessed images, batch {c['batch']}, "
+        f"{c['threads']} threads)",
+        "",
+        "| calibrator | tensors | seconds |",
+        "| --- | --- | --- |",
+        f"| edgecnn entropy (tensors the Q/DQ writer needs; what `edgecnn quantize` runs) | "
+        f"{c['edgecnn_entropy_needed']['tensors']} | {c['edgecnn_entropy_needed']['seconds']:.2f} |",
+        f"| edgecnn entropy (every activation tensor) | {c['edgecnn_entropy_all']['tensors']} | "
+        f"{c['edgecnn_entropy_all']['seconds']:.2f} |",
+        f"| ONNX Runtime CalibrationMethod.Entropy | {c['ort_entropy']['tensors']} | {c['ort_entropy']['seconds']:.2f} |",
+        "",
+        f"edgecnn is {c['speedup_vs_ort']:.1f}x faster than ONNX Runtime's entropy calibrator on the same work.",
+        "",
+        f"## Agreement with FP32 on {args.held_out} held-out photos (bias correction on, per-channel INT8 weights)",
+        "",
+        "| target / method | top-1 agreement | FP32 top-1 in INT8 top-5 | mean abs logit diff | cosine | INT8 nodes | size MB |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for key, a in r["agreement"].items():
+        lines.append(f"| {key} | {100 * a['top1_agreement']:.2f}% | {100 * a['top1_in_top5']:.2f}% | "
+                     f"{a['mean_abs_logit_diff']:.4f} | {a['cosine_mean']:.5f} | {a['int8_nodes']} | "
+                     f"{a['int8_bytes'] / 1e6:.2f} (FP32 {a['fp32_bytes'] / 1e6:.2f}) |")
+    lines += ["", "## Batch-1 latency, ONNX Runtime CPU (median of interleaved rounds)", "",
+              "| threads | FP32 ms | INT8 cpu ms | speed-up | INT8 tensorrt-form Q/DQ on CPU ms |", "| --- | --- | --- | --- | --- |"]
+    for key, lat in r["latency_batch1"].items():
+        m = lat["median_ms"]
+        lines.append(f"| {key.split('_')[1]} | {m['fp32']:.2f} | {m['int8_cpu']:.2f} | {lat['speedup_cpu_int8']:.2f}x | "
+                     f"{m['int8_tensorrt']:.2f} ({lat['speedup_tensorrt_qdq_on_cpu']:.2f}x) |")
+    lines += ["", NOTES]
+    return "\n".join(lines)
+
+
+NOTES = """## Reading the numbers (status against issue 3)
+
+- **Entropy calibration time**: met (well under 10 s for 200 images; several times faster than ORT's calibrator).
+- **Top-1 agreement >= 98.5 %**: NOT met on these photos. Why: the FP32 network is unsure on them (150x150 scenes
+  upscaled to 224 and classified into 1,000 ImageNet classes: median top-1 probability 0.14, and 29 % of the held-out
+  photos have a top-1/top-2 probability margin under 0.02), so any perturbation flips top-1 on a share of them:
+  rounding only the weights to FP16 already flips 0.75 %. The INT8 outputs themselves stay close (cosine >= 0.997,
+  the FP32 top-1 is inside the INT8 top-5 for >= 99.75 % of photos).
+- **--target cpu >= 2x faster at batch 1**: not met either; 1.8-2.0x single-threaded, 1.6x with 2 threads on an idle
+  machine (the 2-thread row above may be disturbed by other work sharing the 2 cores).
+
+Exploratory measurements from this session (ad-hoc scripts, same machine and data split, not re-run by this script):
+- agreement cost by source (cpu target, minmax, 400 held-out): per-channel INT8 weights alone 86.25 % (95.75 % with
+  bias correction, which is why it is on by default), activations alone ~84 %, both + bias correction 92-93 %;
+  MSE-optimal per-channel weight clipping: no gain; empirical per-layer bias correction that also removes the input
+  quantization shift: no gain over the analytic one; keeping the 1-12 most sensitive layers in float: within noise.
+- CPU speed: ONNX Runtime fuses the whole INT8 graph (49 QLinearConv, 9 QLinearAdd, QGemm, QLinearGlobalAveragePool,
+  one input QuantizeLinear, 2 layout Transposes); QLinearConv is 93 % of INT8 time (3.95 ms vs 7.74 ms for the FP32
+  Conv kernels, 1 thread). Per-tensor instead of per-channel weights: 1.67x vs 1.61x (2 threads), 2.02x vs 1.98x
+  (1 thread); reduce_range: no change; uint8 weights: 0.18x (no fast u8u8 kernel here). INT8 at batch 1 gains less
+  from a second thread than FP32 does.
+- The tensorrt-form Q/DQ model is for TensorRT; on ORT CPU it is not fused (symmetric int8 activations + float bias)
+  and runs slower than FP32: use it for accuracy checks on CPU, and --target cpu for CPU deployment.
+"""
+
+
+if __name__ == "__main__":
+    main()
