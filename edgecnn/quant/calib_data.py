@@ -107,7 +107,7 @@ def load_calibration(
     """
     src = Path(source)
     if not src.exists():
-        hint = " (put images in calibration/<name>/, see calibration/README.md)" if src.parent.name == "calibration" else ""
+        hint = " (put images in calibration/<name>/, see calibration/README.md)" if "calibration" in src.parts else ""
         raise UserInputError(f"Calibration source {src} does not exist{hint}")
     if num_images is not None and num_images < 1:
         raise UserInputError(f"--num-images must be at least 1, got {num_images}")
@@ -115,7 +115,10 @@ def load_calibration(
         return _load_video(src, cfg, num_images, every, progress)
     paths = list_images(src)
     if not paths:
-        raise UserInputError(f"No images found in {src} (looked recursively for .jpg, .png, .bmp, .tif, .webp, ...)")
+        hint = ": see calibration/README.md for how to fill it" if (src / "README.md").is_file() else ""
+        raise UserInputError(
+            f"No images found in {src} (looked recursively for .jpg, .png, .bmp, .tif, .webp, ...){hint}"
+        )
     available = len(paths)
     paths = [paths[i] for i in _pick(len(paths), num_images, seed)]
     decoded = decode_resized(paths, cfg, progress=progress)
