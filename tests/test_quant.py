@@ -339,3 +339,24 @@ def test_empty_and_unreadable_sources_are_clear_errors(tmp_path):
         load_calibration(tmp_path / "bad", cfg)
     with pytest.raises(UserInputError, match="does not exist"):
         load_calibration(tmp_path / "missing", cfg)
+
+
+@pytest.mark.gpu
+def test_tensorrt_builds_the_qdq_model(calibrated, tmp_path):
+    """The tensorrt-target Q/DQ model is what TensorRT's explicit-quantization path consumes: it builds an INT8 engine."""
+    trt = pytest.importorskip("tensorrt", reason="TensorRT is not installed (needs an NVIDIA GPU machine)")
+    prepared, ranges, _ = calibrated
+    path = tmp_path / "q.onnx"
+    onnx.save(qdq.write_qdq(prepared, ranges, "tensorrt"), str(path))
+    logger = trt.Logger(trt.Logger.ERROR)
+    builder = trt.Builder(logger)
+    flags = 0 if int(trt.__version__.split(".")[0]) >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    assert parser.parse(path.read_bytes()), [str(parser.get_error(i)) for i in range(parser.num_errors)]
+    config = builder.create_builder_config()
+    config.set_flag(trt.BuilderFlag.INT8)
+    profile = builder.create_optimization_profile()
+    profile.set_shape("input", (1, 3, 32, 32), (4, 3, 32, 32), (8, 3, 32, 32))
+    config.add_optimization_profile(profile)
+    assert builder.build_serialized_network(network, config) is not None
