@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import sys
 from typing import Callable, Iterator
 
@@ -19,6 +20,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from edgecnn.errors import EdgeCNNError
 
 console = Console(stderr=True, highlight=False)
+if not console.is_terminal and "COLUMNS" not in os.environ:
+    console.width = 120  # logs and CI: rich's 80-column default folds every table
 STATE = {"debug": False}
 
 
