@@ -9,8 +9,8 @@ costs accuracy is visible next to it.
 
 Run (on a shared machine, under the lock so benchmarks never overlap):
     flock /tmp/edgecnn-bench.lock .venv/bin/python benchmarks/peer_benchmark.py [--int8 model.int8.onnx]
-Without --int8 the INT8 model is made here with edgecnn.quant (target cpu, 200 scenes photos for calibration).
-Writes benchmarks/results/peer_benchmark.{md,json}.
+Without --int8 the INT8 model is made here with `edgecnn quantize --target cpu` (200 scenes photos for calibration).
+Writes benchmarks/peer_benchmark.{md,json}.
 """
 
 from __future__ import annotations
@@ -54,17 +54,20 @@ def spread(images: list[Path], n: int) -> list[Path]:
     return images[::step][:n]
 
 
-def make_int8(fp32: Path, out: Path, calib_images: list[Path]) -> Path:
+def make_int8(fp32: Path, out: Path, calib_images: list[Path]) -> tuple[Path, str]:
+    """The INT8 model exactly as a user makes it: `edgecnn quantize --target cpu` (CLI defaults otherwise)."""
     import shutil
+    import subprocess
     import tempfile
-
-    from edgecnn.quant.pipeline import QuantOptions, quantize
 
     with tempfile.TemporaryDirectory(prefix="peer-calib-") as tmp:
         for p in calib_images:
             shutil.copy(p, Path(tmp) / f"{p.parent.name}_{p.name}")
-        quantize(fp32, out, tmp, QuantOptions(target="cpu", num_images=len(calib_images), threads=2))
-    return out
+        cmd = [sys.executable, "-m", "edgecnn", "quantize", str(fp32), "--calib", tmp, "--target", "cpu",
+               "--num-images", str(len(calib_images)), "--out", str(out)]
+        subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    shown = f"edgecnn quantize {fp32.name} --calib <{len(calib_images)} scenes photos> --target cpu --out {out.name}"
+    return out, shown
 
 
 def register_plain_openvino(threads: int) -> str:
@@ -119,7 +122,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--parity-images", type=int, default=200)
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "peer_benchmark")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "peer_benchmark")
     args = ap.parse_args()
 
     from importlib.util import find_spec
@@ -138,8 +141,8 @@ def main() -> None:
         int8 = ROOT / ".cache" / "peer" / f"{name}.int8-cpu.onnx"
         int8.parent.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        make_int8(fp32, int8, spread(photos, 200))
-        int8_note = f"built here by edgecnn.quant.quantize(target='cpu', 200 scenes photos) in {time.perf_counter() - t0:.0f} s"
+        _, shown = make_int8(fp32, int8, spread(photos, 200))
+        int8_note = f"built here with `{shown}` in {time.perf_counter() - t0:.0f} s"
     have_ov = find_spec("openvino") is not None
 
     specs = [
