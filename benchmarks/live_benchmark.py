@@ -140,6 +140,7 @@ def main() -> None:
     import onnxruntime
 
     configs = []
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         video = make_video(Path(tmp) / "scenes_640x480_30fps.mp4", args.seconds)
         n_frames = int(cv2.VideoCapture(str(video)).get(cv2.CAP_PROP_FRAME_COUNT))
@@ -160,7 +161,8 @@ def main() -> None:
         "command": "flock /tmp/edgecnn-bench.lock python benchmarks/live_benchmark.py " + " ".join(sys.argv[1:]),
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "cpus": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
-                    "opencv": cv2.__version__, "onnxruntime": onnxruntime.__version__},
+                    "opencv": cv2.__version__, "onnxruntime": onnxruntime.__version__,
+                    "loadavg_1m_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)]},
         "model": model,
         "video": {"size": [640, 480], "fps": 30, "frames": n_frames, "codec": "mp4v",
                   "content": "scenes photos (../shared/data), upscaled 1.5x, panned 1 s per photo"},
@@ -185,7 +187,9 @@ def render_md(r: dict) -> str:
         "",
         f"Machine: {m['platform']}, {m['cpus']} CPUs ({m['processor']}); Python {m['python']}, numpy {m['numpy']}, "
         f"OpenCV {m['opencv']}, ONNX Runtime {m['onnxruntime']}. The CPUs are shared with other work: standalone "
-        "and loop runs alternate so noise hits both alike, and the median round is reported.",
+        "and loop runs alternate so noise hits both alike, and the median round is reported"
+        + (f" (1-minute load average before/after: {m['loadavg_1m_before_after'][0]}/{m['loadavg_1m_before_after'][1]})"
+           if m.get("loadavg_1m_before_after") else "") + ".",
         "",
         f"Model: {r['model']['name']} ({r['model']['path']}, {r['model']['precision']}, {r['model']['backend']}), "
         f"input {r['model']['input']}"

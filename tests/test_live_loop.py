@@ -181,7 +181,6 @@ def test_latency_histogram_percentiles_within_one_percent():
     assert LatencyHistogram().percentile(50) is None
 
 
-@pytest.mark.slow
 def test_memory_stays_flat_over_thousands_of_frames(tiny_onnx, tmp_path):
     video = write_video(tmp_path / "long.mp4", frames=3000, size=(32, 32))
     with load(tiny_onnx) as runner:
