@@ -49,7 +49,7 @@ def live(
 
     from edgecnn.camera.capture import ReconnectPolicy, ThreadedCapture
     from edgecnn.camera.loop import LiveOptions, run_live
-    from edgecnn.camera.sinks import JsonLinesSink, VideoRecorder, WindowSink
+    from edgecnn.camera.sinks import CallbackSink, JsonLinesSink, VideoRecorder, WindowSink
     from edgecnn.camera.sources import parse_source
     from edgecnn.errors import SourceError
     from rich.markup import escape
@@ -68,6 +68,8 @@ def live(
         sinks.append(recorder)
     if json_out:
         sinks.append(JsonLinesSink(sys.stdout, every=every, source=spec.display))
+    elif headless:  # nothing else shows progress: a status line on stderr every few seconds
+        sinks.append(CallbackSink(_status_printer(console)))
 
     def on_event(kind: str, message: str) -> None:
         if kind in ("lost", "retry", "gave_up"):
@@ -111,6 +113,26 @@ def live(
     _print_summary(summary, record if recorder is not None and recorder.frames else None)
     if summary.end_reason == "source_lost":
         raise SourceError(summary.error or f"Lost {spec.display}")
+
+
+def _status_printer(console, period_s: float = 5.0):
+    """A result callback that prints one status line every `period_s` seconds (headless runs without --json)."""
+    import time
+
+    state = {"next": time.monotonic() + period_s}
+
+    def on_result(result) -> bool:
+        now = time.monotonic()
+        if now >= state["next"]:
+            state["next"] = now + period_s
+            console.print(
+                f"frame {result.index}: {result.label} {result.score:.0%}  {result.fps:.1f} FPS  "
+                f"age {result.frame_age * 1e3:.0f} ms  drops {result.dropped}",
+                markup=False,
+            )
+        return True
+
+    return on_result
 
 
 def _print_summary(summary, recorded: Path | None) -> None:
