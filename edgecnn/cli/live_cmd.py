@@ -47,13 +47,13 @@ def live(
     import sys
     import threading
 
+    from rich.markup import escape
+
     from edgecnn.camera.capture import ReconnectPolicy, ThreadedCapture
     from edgecnn.camera.loop import LiveOptions, run_live
     from edgecnn.camera.sinks import CallbackSink, JsonLinesSink, VideoRecorder, WindowSink
     from edgecnn.camera.sources import parse_source
     from edgecnn.errors import SourceError
-    from rich.markup import escape
-
     from edgecnn.runtime.base import load
 
     spec = parse_source(source, width=width, height=height, fps=fps)
