@@ -240,6 +240,26 @@ def test_exclude_keeps_a_node_in_float(calibrated):
     assert conv2.input[1] not in producers  # float weight initializer, no DequantizeLinear
 
 
+def test_excluded_node_stays_float_after_ort_optimisation(calibrated, tmp_path):
+    """ORT re-quantizes (per tensor) a float Conv sitting between DequantizeLinear and QuantizeLinear; an excluded node
+    must be fed from the float tensor so it really runs in float on ORT."""
+    import onnxruntime as ort
+
+    prepared, ranges, cs = calibrated
+    qm = qdq.write_qdq(prepared, ranges, "cpu", exclude=["conv2"])
+    producers = {o: n for n in qm.graph.node for o in n.output}
+    conv2 = next(n for n in qm.graph.node if n.name == "conv2")
+    assert producers[conv2.input[0]].op_type == "Clip"  # not a DequantizeLinear
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(qm.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
+    assert ops.count("QLinearConv") == 1  # conv1 still fused to INT8 ...
+    assert ops.count("Conv") + ops.count("FusedConv") == 1  # ... conv2 runs in float
+
+
 def test_needed_tensors_are_a_subset_and_sufficient(calibrated):
     prepared, ranges, _ = calibrated
     everything = graph.activation_tensors(prepared)

@@ -95,6 +95,8 @@ def write_qdq(model, ranges: dict[str, tuple[float, float]], target: str, exclud
     with _quiet_root_logger():  # ORT's quantizer logs advice through the root logger; our caller reports instead
         quantizer.quantize_model()
     qmodel = _float_graph_outputs(quantizer.model.model)
+    if exclude:
+        qmodel = _float_inputs_for_excluded(qmodel, set(exclude))
     missing = [t for t in quantized_tensors(qmodel) if t in placeholder]
     if missing and not dry_run:
         raise ArtifactError(f"Internal error: no calibrated range for quantized tensor(s) {', '.join(missing[:5])}")
@@ -135,6 +137,49 @@ def _quiet_root_logger():
         yield
     finally:
         logging.disable(previous)
+
+
+def _float_inputs_for_excluded(qmodel, exclude: set[str]):
+    """Put a (numerically neutral) Clip between each excluded node and the DequantizeLinear feeding it.
+
+    Why: ONNX Runtime's graph optimiser (its weight/bias quantization pass) sees
+    DequantizeLinear -> Conv(float weights) -> QuantizeLinear and quantizes that Conv's weights itself, PER TENSOR,
+    silently undoing --exclude (and wrecking depthwise layers: EfficientNet-Lite0's agreement fell from 84 % to 59 %
+    when one depthwise layer was "kept in float"). With the Clip in between the pattern is gone and the node really
+    runs in float; the Clip's bounds are the Q/DQ pair's own range, so it changes no value, and the producer of the
+    tensor keeps its INT8 fusion."""
+    from onnx import helper, numpy_helper
+
+    inits = {i.name: i for i in qmodel.graph.initializer}
+    producers = {o: n for n in qmodel.graph.node for o in n.output}
+    order = []
+    for node in qmodel.graph.node:
+        if node.name in exclude:
+            for idx, name in enumerate(list(node.input)):
+                dq = producers.get(name)
+                if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] in inits:
+                    continue
+                q = producers.get(dq.input[0])
+                if q is None or q.op_type != "QuantizeLinear" or len(q.input) < 3 or q.input[2] not in inits:
+                    continue
+                scale = numpy_helper.to_array(inits[q.input[1]])
+                zp = numpy_helper.to_array(inits[q.input[2]])
+                if scale.size != 1 or zp.size != 1:
+                    continue
+                info = np.iinfo(zp.dtype)
+                lo, hi = (info.min - int(zp)) * float(scale), (info.max - int(zp)) * float(scale)
+                base = f"{q.input[0]}_float_for_{node.name}"
+                qmodel.graph.initializer.extend([
+                    numpy_helper.from_array(np.array(lo, dtype=np.float32), base + "_min"),
+                    numpy_helper.from_array(np.array(hi, dtype=np.float32), base + "_max"),
+                ])
+                order.append(helper.make_node("Clip", [name, base + "_min", base + "_max"], [base],
+                                              name=base + "_clip"))
+                node.input[idx] = base
+        order.append(node)
+    del qmodel.graph.node[:]
+    qmodel.graph.node.extend(order)
+    return qmodel
 
 
 def quantized_tensors(qmodel) -> list[str]:
