@@ -216,7 +216,7 @@ def render(record: dict, result, options) -> str:
         f"Command: `{record['command']}`",
         f"INT8 model: {record['int8_model']}.",
         f"Method: {options.warmup} warm-up + {options.iterations} timed runs per path and mode, all paths interleaved "
-        "round-robin in one process (rotating first), times from `time.perf_counter`. End-to-end = BGR uint8 640x480 "
+        f"in one process (blocks of {options.block} calls, round-robin, rotating first), times from `time.perf_counter`. End-to-end = BGR uint8 640x480 "
         "frame -> edgecnn preprocess (OpenCV/numpy, same for every row) -> model -> softmax top-5. "
         f"Agreement = top-1 agreement with PyTorch FP32 on {record['parity_images']} real scenes photos.",
         "",
