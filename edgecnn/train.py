@@ -407,7 +407,7 @@ def _plot(history: list[dict], path: Path) -> None:
     fig = Figure(figsize=(10, 4), dpi=100)
     FigureCanvasAgg(fig)
     ax_loss, ax_acc = fig.subplots(1, 2)
-    for ax, key, title in ((ax_loss, "loss", "loss"), (ax_acc, "acc", "accuracy")):
+    for ax, key, title in ((ax_loss, "loss", "loss (train: with label smoothing)"), (ax_acc, "acc", "accuracy")):
         ax.plot(epochs, [r[f"train_{key}"] for r in history], "o-", label="train")
         val = [r.get(f"val_{key}") for r in history]
         if any(v is not None for v in val):

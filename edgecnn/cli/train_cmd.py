@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Annotated, Optional
@@ -75,7 +76,13 @@ def register(app: typer.Typer) -> None:
             label_smoothing=label_smoothing, augment=augment, crop_pad=crop_pad, arch_kwargs=parse_arch_opts(arch_opt or []),
         )
         quiet = int(os.environ.get("RANK", "0")) != 0  # under torchrun only rank 0 talks
-        with progress_bar("preparing", disable=quiet) as update:
+        with contextlib.ExitStack() as stack:
+            bars: list = []
+
+            def update(*args, **kwargs) -> None:  # the bar appears with the first report, not before a quick error
+                if not bars:
+                    bars.append(stack.enter_context(progress_bar("training", disable=quiet)))
+                bars[0](*args, **kwargs)
 
             def on_progress(ev) -> None:
                 if ev.phase == "decode":
