@@ -10,23 +10,10 @@ from typing import Callable
 import numpy as np
 
 from edgecnn.data import decode_resized, find_splits, map_classes, scan_image_folder
+from edgecnn.postprocess import topk
 from edgecnn.preprocess import normalize
 
 Progress = Callable[[int, int], None]
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def topk(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(indices N×k, probabilities N×k), best first."""
-    k = min(k, logits.shape[1])
-    probs = softmax(logits)
-    idx = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-    return idx, np.take_along_axis(probs, idx, axis=1)
 
 
 @dataclass

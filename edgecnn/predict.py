@@ -9,7 +9,7 @@ import numpy as np
 
 from edgecnn.data import is_image, list_images, read_image
 from edgecnn.errors import UserInputError
-from edgecnn.evaluate import topk
+from edgecnn.postprocess import topk
 from edgecnn.preprocess import preprocess
 
 

@@ -39,6 +39,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from edgecnn.errors import ArtifactError, EdgeCNNError, UserInputError
+from edgecnn.postprocess import topk
 from edgecnn.preprocess import preprocess
 from edgecnn.profiling.environment import capture_environment
 from edgecnn.profiling.stats import LatencyStats, latency_stats, stage_means
@@ -307,16 +308,8 @@ def synthetic_frame(size=FRAME_SIZE, seed: int = 0) -> np.ndarray:
 
 def top5(logits: np.ndarray, labels: Sequence[str]) -> list[list[tuple[str, float]]]:
     """Softmax top-5 (label, probability) per row."""
-    z = logits - logits.max(axis=1, keepdims=True)
-    p = np.exp(z)
-    p /= p.sum(axis=1, keepdims=True)
-    k = min(5, p.shape[1])
-    idx = np.argpartition(-p, k - 1, axis=1)[:, :k]
-    out = []
-    for row, ids in zip(p, idx):
-        ids = ids[np.argsort(-row[ids])]
-        out.append([(labels[i] if i < len(labels) else str(i), float(row[i])) for i in ids])
-    return out
+    idx, probs = topk(logits, 5)
+    return [[(labels[i] if i < len(labels) else str(i), float(p)) for i, p in zip(ids, ps)] for ids, ps in zip(idx, probs)]
 
 
 def _workload(runner, mode: str, batch: int, frame: np.ndarray) -> Callable[[], object]:

@@ -110,3 +110,16 @@ def test_opencv_normalize_matches_numpy_definition(layout, order):
     cfg = PreprocessConfig(input_size=(20, 24), resize="resize", channel_order=order, layout=layout,
                            mean=(123.7, 116.3, 103.5), std=(58.4, 57.1, 57.4))
     np.testing.assert_allclose(normalize(batch, cfg), _normalize_numpy(batch, cfg), rtol=1e-6, atol=1e-6)
+
+
+def test_postprocess_softmax_and_topk():
+    from edgecnn.postprocess import softmax, top_indices, topk
+
+    logits = np.array([[1.0, 3.0, 2.0, -1.0], [0.0, 0.0, 5.0, 0.0]], dtype=np.float32)
+    p = softmax(logits)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-6)
+    idx, probs = topk(logits, 3)
+    assert idx.tolist() == [[1, 2, 0], [2, 0, 1]]
+    assert probs[0, 0] == p[0, 1] and probs[1, 0] > 0.97
+    assert top_indices(p[0], 2).tolist() == [1, 2]  # 1-D rows too
+    assert topk(logits, 10)[0].shape == (2, 4)  # k capped at the class count

@@ -26,6 +26,7 @@ import numpy as np
 from edgecnn.camera.capture import Frame, ThreadedCapture
 from edgecnn.camera.stats import LatencyHistogram
 from edgecnn.errors import SourceError, UserInputError
+from edgecnn.postprocess import softmax, top_indices
 from edgecnn.preprocess import preprocess
 
 STAGES = ("capture_wait", "preprocess", "inference", "postprocess", "display", "frame_age")
@@ -151,14 +152,12 @@ class Postprocessor:
         if row.min() >= 0.0 and row.max() <= 1.0 and abs(float(row.sum()) - 1.0) < 1e-3:
             probs = row
         else:
-            e = np.exp(row - row.max())
-            probs = e / e.sum()
+            probs = softmax(row)
         a = self.options.smoothing
         if a > 0.0:
             self.state = probs if self.state is None else a * self.state + (1.0 - a) * probs
             probs = self.state
-        idx = np.argpartition(-probs, self.k - 1)[: self.k]
-        idx = idx[np.argsort(-probs[idx])]
+        idx = top_indices(probs, self.k)
         top = [(self.labels[i], float(probs[i])) for i in idx]
         label, score = top[0]
         if score < self.options.threshold:

@@ -50,7 +50,8 @@ def compare_runners(runner_a, runner_b, images: list[Path], batch: int = 32, lim
                     progress: Progress | None = None, root: Path | None = None) -> dict:
     """Run both models on `images` and measure how closely they agree (see the module docstring)."""
     from edgecnn.data import read_image
-    from edgecnn.evaluate import agreement, softmax
+    from edgecnn.evaluate import agreement
+    from edgecnn.postprocess import softmax
 
     if batch < 1:
         raise UserInputError(f"--batch must be >= 1, got {batch}")
