@@ -69,7 +69,11 @@ def print_json(obj) -> None:
 
 @contextlib.contextmanager
 def progress_bar(description: str, total: int | None = None, disable: bool = False) -> Iterator[Callable[..., None]]:
-    """A rich progress bar on stderr; yields `update(done, total=None, **fields)` for library callbacks."""
+    """A rich progress bar on stderr; yields `update(done, total=None, **fields)` for library callbacks.
+
+    The bar appears at the first update, so a command that fails while checking its inputs prints only its one-line
+    error, not an empty bar above it.
+    """
     columns = [
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -78,15 +82,24 @@ def progress_bar(description: str, total: int | None = None, disable: bool = Fal
         TimeRemainingColumn(),
         TextColumn("{task.fields[info]}"),
     ]
-    with Progress(*columns, console=console, transient=False, disable=disable) as progress:
-        task = progress.add_task(description, total=total, info="")
+    progress = Progress(*columns, console=console, transient=False, disable=disable)
+    task = progress.add_task(description, total=total, info="")
+    started = False
 
-        def update(done: int, total: int | None = None, info: str = "", description: str | None = None) -> None:
-            kw = {"completed": done, "info": info}
-            if total is not None:
-                kw["total"] = total
-            if description:
-                kw["description"] = description
-            progress.update(task, **kw)
+    def update(done: int, total: int | None = None, info: str = "", description: str | None = None) -> None:
+        nonlocal started
+        if not started:
+            progress.start()
+            started = True
+        kw = {"completed": done, "info": info}
+        if total is not None:
+            kw["total"] = total
+        if description:
+            kw["description"] = description
+        progress.update(task, **kw)
 
+    try:
         yield update
+    finally:
+        if started:
+            progress.stop()
