@@ -99,7 +99,7 @@ def main() -> None:
     if not fp32.exists():
         edgecnn("export", "efficientnet-lite0", "--out", fp32, "--dynamic-batch", "--data", held_out)
     if not int8.exists():
-        edgecnn("quantize", fp32, "--calib", calib, "--out", int8, "--target", "cpu", "--method", "entropy",
+        edgecnn("quantize", fp32, "--calib", calib, "--out", int8, "--target", "cpu",
                 "--cache", OUT / "lite0.calib", "--report", OUT / "quant-report")
     edgecnn("predict", int8, *[all_photos[i] for i in order[400:403]], "--top-k", "3")
     edgecnn("compare", fp32, int8, "--data", held_out)
