@@ -122,3 +122,16 @@ def build_tiny_onnx(path: Path, labels=("cat", "dog", "bird"), size=(32, 32), ba
 @pytest.fixture
 def tiny_onnx(tmp_path) -> Path:
     return build_tiny_onnx(tmp_path / "tiny.onnx")
+
+
+def write_video(path, frames=10, size=(64, 48), fps=30.0, fourcc="mp4v") -> Path:
+    """A real video file OpenCV decodes; every frame differs (brightness and its index drawn in red)."""
+    w, h = size
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (w, h))
+    assert writer.isOpened()
+    for i in range(frames):
+        img = np.full((h, w, 3), (i * 7) % 256, np.uint8)
+        cv2.putText(img, str(i), (4, h - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 255), 2)
+        writer.write(img)
+    writer.release()
+    return Path(path)

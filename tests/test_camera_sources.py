@@ -14,20 +14,11 @@ from edgecnn.camera.sources import (
     parse_source,
     redact,
 )
+from conftest import write_video  # noqa: F401  (re-exported: the other camera tests import it from here)
 from edgecnn.cli.main import app
 from edgecnn.errors import MissingDependencyError, SourceError, UserInputError
 
 
-def write_video(path, frames=10, size=(64, 48), fps=30.0, fourcc="mp4v"):
-    w, h = size
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (w, h))
-    assert writer.isOpened()
-    for i in range(frames):
-        img = np.full((h, w, 3), (i * 7) % 256, np.uint8)
-        cv2.putText(img, str(i), (4, h - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 255), 2)
-        writer.write(img)
-    writer.release()
-    return path
 
 
 def test_camera_index_and_device_path():

@@ -70,11 +70,9 @@ def test_map_classes_by_name_key_and_id():
 
 
 def test_video_frames(tmp_path):
-    path = tmp_path / "v.avi"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (32, 24))
-    for i in range(10):
-        writer.write(np.full((24, 32, 3), i * 20, np.uint8))
-    writer.release()
+    from conftest import write_video
+
+    path = write_video(tmp_path / "v.avi", frames=10, size=(32, 24), fps=10, fourcc="MJPG")
     frames = list(iter_video_frames(path, every=3))
     assert [i for i, _ in frames] == [0, 3, 6, 9] and frames[0][1].shape == (24, 32, 3)
     with pytest.raises(UserInputError):

@@ -13,12 +13,10 @@ import sys
 import tarfile
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import build_tiny_onnx
+from conftest import build_tiny_onnx, write_video
 from edgecnn.artifacts import ModelContract, read_onnx_contract, save_onnx, sha256_file, write_onnx_contract
 from edgecnn.deploy.bundle import (
     BundleOptions,
@@ -34,18 +32,6 @@ from edgecnn.deploy.install import ServiceTarget, install_bundle
 from edgecnn.errors import UserInputError
 
 
-def make_video(path: Path, frames: int = 8, size=(64, 48)) -> Path:
-    """A real MJPG .avi that OpenCV decodes (frames differ so the classifier sees changing input)."""
-    w, h = size
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (w, h))
-    assert writer.isOpened()
-    rng = np.random.default_rng(0)
-    for i in range(frames):
-        img = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
-        img[:, : (i + 1) * w // frames, i % 3] = 255
-        writer.write(img)
-    writer.release()
-    return path
 
 
 def members(bundle: Path) -> dict[str, tarfile.TarInfo]:
@@ -124,7 +110,7 @@ def test_round_trip_runs_on_onnxruntime_without_tensorrt(bundle, tmp_path):
     assert "TensorRT not found" in report.engine_note
     assert not list((tmp_path / "prefix").glob(".tiny.*")), "no staging folder left behind"
 
-    video = make_video(tmp_path / "clip.avi")
+    video = write_video(tmp_path / "clip.avi", frames=8, fps=10, fourcc="MJPG")
     env = dict(os.environ, EDGECNN_PYTHON=sys.executable, EDGECNN_SOURCE=str(video))
     env.pop("PYTHONPATH", None)
     proc = subprocess.run(

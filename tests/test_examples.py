@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import make_image_folder
-from test_deploy_bundle import make_video
+from conftest import write_video
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 SCRIPTS = sorted(p for p in EXAMPLES.glob("*.py") if p.name != "demo.py")  # demo.py is `make demo`, tested elsewhere
@@ -38,7 +38,7 @@ def test_compiles_and_helps(script, tmp_path):
 
 
 def test_live_from_python_runs(tmp_path, tiny_onnx):
-    video = make_video(tmp_path / "clip.avi")
+    video = write_video(tmp_path / "clip.avi", frames=8, fps=10, fourcc="MJPG")
     proc = run("live_from_python.py", tiny_onnx, "--source", video, "--max-frames", "3", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()

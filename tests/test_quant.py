@@ -11,7 +11,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from conftest import build_tiny_onnx, make_image_folder
+from conftest import build_tiny_onnx, make_image_folder, write_video
 from edgecnn.artifacts import read_onnx_contract
 from edgecnn.quant import calibrators, graph, qdq, trt_cache, weights
 from edgecnn.quant.calib_data import load_calibration
@@ -334,11 +334,7 @@ def test_folder_summary_counts_classes_corrupt_and_formats(tmp_path):
 
 
 def test_video_source_every_kth_frame(tmp_path):
-    path = tmp_path / "clip.avi"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
-    for i in range(30):
-        writer.write(np.full((48, 64, 3), i * 8, np.uint8))
-    writer.release()
+    path = write_video(tmp_path / "clip.avi", frames=30, fps=10, fourcc="MJPG")
     contract = read_onnx_contract(build_tiny_onnx(tmp_path / "m.onnx"))
     cs = load_calibration(path, contract.preprocess, every=5)
     assert cs.kind == "video" and len(cs) == 6 and cs.names[1] == "frame 5"
