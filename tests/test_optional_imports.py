@@ -115,3 +115,24 @@ def test_the_tensorrt_runtime_backend_reports_unavailable_when_blocked():
         )
     )
     assert out == {"available": False, "suffixes": [".engine", ".plan"]}
+
+
+def test_quantize_finetune_without_torch_is_a_clear_error():
+    """--finetune is the one quantize option that needs PyTorch: without it, one line saying what to install."""
+    code = BLOCKER.replace(f"BLOCKED = {BLOCKED!r}", "BLOCKED = ('torch',)") + textwrap.dedent(
+        """
+        import json
+        from edgecnn.errors import UserInputError
+        from edgecnn.quant.finetune import _require_torch
+
+        try:
+            _require_torch()
+            print(json.dumps({"error": None}))
+        except UserInputError as exc:
+            print(json.dumps({"error": str(exc)}))
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    error = json.loads(proc.stdout.strip().splitlines()[-1])["error"]
+    assert error and "edgecnn[train]" in error and "--finetune" in error

@@ -10,7 +10,7 @@ import typer
 from edgecnn.cli.common import cli_command, console, print_json, progress_bar, warn
 
 STAGES = {"decode": "decoding calibration images", "calibrate": "calibrating", "evaluate": "FP32 reference",
-          "sensitivity": "keeping sensitive layers in float"}
+          "sensitivity": "keeping sensitive layers in float", "finetune": "fine-tuning through INT8 rounding"}
 
 
 def _floats(text: Optional[str], n: int, flag: str) -> Optional[tuple]:
@@ -50,6 +50,9 @@ def quantize(
     max_steps: int = typer.Option(8, "--max-steps", help="Most layers --max-drop may move back to float."),
     report: Optional[Path] = typer.Option(None, "--report", help="Folder for quantization.json + quantization.md."),
     no_bias_correction: bool = typer.Option(False, "--no-bias-correction", help="Skip correcting biases for INT8 weight error."),
+    finetune: int = typer.Option(0, "--finetune", help="Epochs of quantization-aware fine-tuning on the calibration "
+                                 "images, with the FP32 model as teacher (needs PyTorch; 0: plain post-training)."),
+    finetune_lr: float = typer.Option(1e-5, "--finetune-lr", help="Adam learning rate for --finetune."),
     threads: Optional[int] = typer.Option(None, "--threads", help="ONNX Runtime threads."),
     input_size: Optional[str] = typer.Option(None, "--input-size", help="ONLY for a model without edgecnn metadata: H,W."),
     mean: Optional[str] = typer.Option(None, "--mean", help="ONLY without metadata: per-channel mean, 0-255 scale (R,G,B)."),
@@ -75,7 +78,7 @@ def quantize(
         target=target, method=method, percentile=percentile, num_images=num_images, batch=batch, every=every,
         exclude=tuple(exclude or ()), cache=cache, trt_version=trt_version, val=val, max_drop=max_drop,
         max_steps=max_steps, report=report, threads=threads, bias_correction=not no_bias_correction,
-        preprocess=pre, labels=read_labels_file(labels) if labels else None,
+        finetune=finetune, finetune_lr=finetune_lr, preprocess=pre, labels=read_labels_file(labels) if labels else None,
     )
     with progress_bar("quantizing", disable=json_out) as update:
         def progress(stage: str, done: int, total: int) -> None:
@@ -113,6 +116,10 @@ def _print_summary(r: dict) -> None:
     if acc.get("per_class"):
         worst = sorted(acc["per_class"].items(), key=lambda kv: kv[1]["delta"])[:5]
         console.print("  per-class top-1 delta: " + ", ".join(f"{k} {100 * v['delta']:+.1f}" for k, v in worst))
+    if r.get("finetune"):
+        ft = r["finetune"]
+        console.print(f"fine-tuned {ft['epochs']} epoch(s) on {ft['images']} images in {ft['seconds']:.0f} s: "
+                      f"distillation loss {ft['loss_first_epoch']:.4g} -> {ft['loss_last_epoch']:.4g}")
     if r["excluded"]:
         console.print(f"kept in float: {', '.join(r['excluded'])}")
     console.print(

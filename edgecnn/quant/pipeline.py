@@ -46,6 +46,8 @@ class QuantOptions:
     report: str | os.PathLike | None = None
     latency_runs: int = 30
     bias_correction: bool = True
+    finetune: int = 0  # epochs of quantization-aware fine-tuning on the calibration images (0: pure PTQ)
+    finetune_lr: float = 1e-5
     threads: int | None = None
     # Only for a model WITHOUT edgecnn metadata (foreign ONNX): how its inputs are made, and its class names.
     preprocess: PreprocessConfig | None = None
@@ -60,6 +62,10 @@ class QuantOptions:
             raise UserInputError(f"--percentile must be in (50, 100], got {self.percentile}")
         if self.batch < 1:
             raise UserInputError(f"--batch must be at least 1, got {self.batch}")
+        if self.finetune < 0:
+            raise UserInputError(f"--finetune must be a number of epochs >= 0, got {self.finetune}")
+        if not 0.0 < self.finetune_lr < 1.0:
+            raise UserInputError(f"--finetune-lr must be in (0, 1), got {self.finetune_lr}")
         if self.max_drop is not None and self.max_drop < 0:
             raise UserInputError(f"--max-drop must be >= 0 percentage points, got {self.max_drop}")
 
@@ -197,9 +203,20 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calib: str | os.P
         write_onnx_contract(fp32_model, contract)
         save_onnx(fp32_model, fp32_path)
 
+        finetune_log: list[dict] = []
+
         def build(excluded: list[str], name: str) -> tuple[object, Path, dict]:
             base = weights.bias_correct(prepared, means, skip=excluded)[0] if options.bias_correction else prepared
             qm = qdq.write_qdq(base, ranges, options.target, excluded)
+            if options.finetune:
+                from edgecnn.preprocess import normalize
+                from edgecnn.quant.finetune import finetune
+
+                inputs = normalize(calib_set.images, contract.preprocess)
+                base, tuned = finetune(prepared, qm, inputs, options.finetune, options.finetune_lr, options.batch,
+                                       options.threads, start=base, progress=lambda d, t: prog("finetune", d, t))
+                finetune_log.append({**tuned, "excluded": list(excluded)})
+                qm = qdq.write_qdq(base, ranges, options.target, excluded)
             write_onnx_contract(qm, int8_contract)
             path = tmp / name
             save_onnx(qm, path)
@@ -214,6 +231,9 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calib: str | os.P
         with OnnxRuntimeRunner(fp32_path, threads=options.threads) as r32:
             ref = accuracy.reference(r32, images=calib_set.images, val=options.val, batch=max(options.batch, 16),
                                      progress=lambda d, t: prog("evaluate", d, t))
+        if options.finetune and options.val is None:
+            ref.note = ("no --val: agreement measured on the calibration images, which --finetune also trained on "
+                        "(optimistic); give --val held-out images for an unbiased number")
         qmodel, qpath, measured = build(exclude, "int8.onnx")
         fallback = None
         if options.max_drop is not None and measured["drop"] > options.max_drop:
@@ -229,6 +249,7 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calib: str | os.P
             "excluded": exclude, "activation": "int8 symmetric" if spec.activation_signed else "uint8 asymmetric",
             "weights": "int8 symmetric per-channel", "bias_correction": options.bias_correction,
             "drop": measured["drop"], "tool": "edgecnn quantize",
+            "finetune": {k: finetune_log[-1][k] for k in ("epochs", "lr", "images")} if finetune_log else None,
         }
         final_contract = int8_contract.with_provenance(quantization=provenance)
         write_onnx_contract(qmodel, final_contract)
@@ -253,6 +274,7 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calib: str | os.P
             "timings": {"calibration_s": round(calib_seconds, 3),
                         "images_per_s": len(calib_set) / calib_seconds if calib_seconds > 0 else 0.0},
             "latency": latency, "cache": None, "report": None,
+            "finetune": finetune_log[-1] if finetune_log else None,
         }
         if options.cache is not None:
             version = options.trt_version or trt_cache.installed_version() or trt_cache.DEFAULT_VERSION

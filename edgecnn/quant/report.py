@@ -31,6 +31,10 @@ def to_markdown(result: dict) -> str:
         f"{r['qdq']['int8_nodes']} nodes in INT8, zero points {', '.join(r['qdq']['zero_point_types'])}",
         f"- excluded (kept in float): {', '.join(r['excluded']) or 'none'}",
     ]
+    if r.get("finetune"):
+        ft = r["finetune"]
+        lines.append(f"- quantization-aware fine-tuning: {ft['epochs']} epoch(s), lr {ft['lr']:g}, {ft['images']} images, "
+                     f"{ft['seconds']:.0f} s, distillation loss {ft['loss_first_epoch']:.4g} -> {ft['loss_last_epoch']:.4g}")
     if r.get("cache"):
         lines.append(f"- TensorRT calibration table: `{r['cache']['path']}` (`{r['cache']['header']}`, {r['cache']['tensors']} tensors)")
     for w in cal.get("warnings", []):
