@@ -61,6 +61,36 @@ def split(root: Path, work: Path, n_cal: int, n_held: int, seed: int) -> tuple[P
     return out[0], out[1]
 
 
+def predictions(model_path: Path, folder: Path) -> np.ndarray:
+    """Softmax outputs of a model on a folder, preprocessed by the model's own contract (ORT CPU)."""
+    from edgecnn.artifacts import read_onnx_contract
+    from edgecnn.data import decode_resized, list_images
+    from edgecnn.postprocess import softmax
+    from edgecnn.preprocess import normalize
+    from edgecnn.runtime.onnxrt import OnnxRuntimeRunner
+
+    cfg = read_onnx_contract(model_path).preprocess
+    images = decode_resized(list_images(folder), cfg).images
+    with OnnxRuntimeRunner(model_path) as runner:
+        logits = np.concatenate([runner.infer(normalize(images[i:i + 50], cfg)) for i in range(0, len(images), 50)])
+    return softmax(logits)
+
+
+CONFIDENCE_BINS = ((0.0, 0.2), (0.2, 0.5), (0.5, 1.01))
+
+
+def by_confidence(fp32: np.ndarray, int8: np.ndarray) -> list[dict]:
+    """Top-1 agreement split by how sure the FP32 model is (its top-1 probability): where the flips come from."""
+    conf = fp32.max(axis=1)
+    same = fp32.argmax(axis=1) == int8.argmax(axis=1)
+    rows = []
+    for lo, hi in CONFIDENCE_BINS:
+        sel = (conf >= lo) & (conf < hi)
+        rows.append({"fp32_top1_prob": f"{lo:.1f}-{min(hi, 1.0):.1f}", "images": int(sel.sum()),
+                     "agreement": float(same[sel].mean()) if sel.any() else None})
+    return rows
+
+
 def time_calibration(model_path: Path, cal_dir: Path, threads: int) -> dict:
     """edgecnn entropy vs ORT entropy on the same preprocessed batches."""
     import onnxruntime as ort
@@ -153,6 +183,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--methods", default="percentile,minmax,entropy")
+    ap.add_argument("--finetune", type=int, default=3, help="epochs for the extra --finetune rows (0: none)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "quant_benchmark")
     args = ap.parse_args()
 
@@ -180,6 +211,7 @@ def main() -> None:
         result["calibration_time"] = time_calibration(model, cal_dir, args.threads)
         print(json.dumps(result["calibration_time"], indent=1), flush=True)
 
+        fp32_held = predictions(model, held_dir)
         result["agreement"] = {}
         paths = {"fp32": model}
         for target in ("tensorrt", "cpu"):
@@ -194,10 +226,28 @@ def main() -> None:
                        "images": a["images"], "calibration_s": r["timings"]["calibration_s"],
                        "quantize_total_s": time.perf_counter() - t0, "int8_bytes": r["sizes"]["int8_bytes"],
                        "fp32_bytes": r["sizes"]["fp32_bytes"], "int8_nodes": r["qdq"]["int8_nodes"]}
+                row["by_fp32_confidence"] = by_confidence(fp32_held, predictions(out, held_dir))
                 result["agreement"][f"{target}/{method}"] = row
                 print(target, method, json.dumps(row), flush=True)
                 if method == args.methods.split(",")[0]:
                     paths[f"int8_{target}"] = out
+            if args.finetune:
+                method = args.methods.split(",")[0]
+                out = tmp / f"{target}.{method}.finetune.int8.onnx"
+                t0 = time.perf_counter()
+                r = quantize(model, out, cal_dir, QuantOptions(target=target, method=method, val=held_dir,
+                                                               num_images=args.calibration, threads=args.threads,
+                                                               finetune=args.finetune))
+                a = r["accuracy"]["agreement"]
+                row = {"top1_agreement": a["top1_agreement"], "top1_in_top5": a["top1_in_top5"],
+                       "mean_abs_logit_diff": a["mean_abs_diff"], "cosine_mean": a["cosine_mean"],
+                       "images": a["images"], "calibration_s": r["timings"]["calibration_s"],
+                       "quantize_total_s": time.perf_counter() - t0, "int8_bytes": r["sizes"]["int8_bytes"],
+                       "fp32_bytes": r["sizes"]["fp32_bytes"], "int8_nodes": r["qdq"]["int8_nodes"],
+                       "finetune": r["finetune"],
+                       "by_fp32_confidence": by_confidence(fp32_held, predictions(out, held_dir))}
+                result["agreement"][f"{target}/{method} + finetune {args.finetune}"] = row
+                print(target, method, "finetune", json.dumps(row), flush=True)
         print("latency ...", flush=True)
         result["latency_batch1"] = latency(paths)
         print(json.dumps(result["latency_batch1"], indent=1), flush=True)
@@ -245,6 +295,20 @@ def markdown(r: dict, args) -> str:
         lines.append(f"| {key} | {100 * a['top1_agreement']:.2f}% | {100 * a['top1_in_top5']:.2f}% | "
                      f"{a['mean_abs_logit_diff']:.4f} | {a['cosine_mean']:.5f} | {a['int8_nodes']} | "
                      f"{a['int8_bytes'] / 1e6:.2f} (FP32 {a['fp32_bytes'] / 1e6:.2f}) |")
+    lines += ["", "Top-1 agreement by FP32 confidence (FP32 top-1 probability; images in each bin):", "",
+              "| target / method | " + " | ".join(
+                  f"p {b['fp32_top1_prob']} ({b['images']})" for b in next(iter(r["agreement"].values()))["by_fp32_confidence"]) + " |",
+              "| --- |" + " --- |" * len(CONFIDENCE_BINS)]
+    for key, a in r["agreement"].items():
+        lines.append(f"| {key} | " + " | ".join(
+            "-" if b["agreement"] is None else f"{100 * b['agreement']:.2f}%" for b in a["by_fp32_confidence"]) + " |")
+    tuned = [(k, a["finetune"]) for k, a in r["agreement"].items() if a.get("finetune")]
+    if tuned:
+        lines += ["", "Fine-tuned rows: `--finetune` on the same 200 calibration images (FP32 model as teacher), "
+                  "measured on the same held-out photos:", ""]
+        for k, ft in tuned:
+            lines.append(f"- {k}: {ft['steps']} steps in {ft['seconds']:.0f} s, distillation loss "
+                         f"{ft['loss_first_epoch']:.4g} -> {ft['loss_last_epoch']:.4g}")
     lines += ["", "## Batch-1 latency, ONNX Runtime CPU (median of interleaved rounds)", "",
               "| threads | FP32 ms | INT8 cpu ms | speed-up | INT8 tensorrt-form Q/DQ on CPU ms |", "| --- | --- | --- | --- | --- |"]
     for key, lat in r["latency_batch1"].items():
