@@ -106,3 +106,16 @@ def test_unsupported_op_and_bad_options_are_clear_errors(setup, tmp_path):
     with pytest.raises(UserInputError, match="--finetune"):
         quantize(model_path, out, folder, QuantOptions(finetune=-2))
     assert not out.exists()
+
+
+def test_cli_finetune_summary_and_report(setup, tmp_path):
+    from typer.testing import CliRunner
+
+    from edgecnn.cli.main import app
+
+    model_path, folder, *_ = setup
+    res = CliRunner().invoke(app, ["quantize", str(model_path), "--calib", str(folder), "--out", str(tmp_path / "q.onnx"),
+                                   "--finetune", "2", "--finetune-lr", "1e-4", "--report", str(tmp_path / "rep")])
+    assert res.exit_code == 0, res.output
+    assert "fine-tuned 2 epoch(s) on 32 images" in res.output and "optimistic" in res.output
+    assert "quantization-aware fine-tuning: 2 epoch(s)" in (tmp_path / "rep" / "quantization.md").read_text()
