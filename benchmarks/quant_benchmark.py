@@ -91,6 +91,20 @@ def by_confidence(fp32: np.ndarray, int8: np.ndarray) -> list[dict]:
     return rows
 
 
+def agreement_row(r: dict, seconds: float, fp32_held: np.ndarray, int8_held: np.ndarray) -> dict:
+    """One agreement-table row from a quantize() result and both models' held-out outputs."""
+    a = r["accuracy"]["agreement"]
+    row = {"top1_agreement": a["top1_agreement"], "top1_in_top5": a["top1_in_top5"],
+           "mean_abs_logit_diff": a["mean_abs_diff"], "cosine_mean": a["cosine_mean"],
+           "images": a["images"], "calibration_s": r["timings"]["calibration_s"],
+           "quantize_total_s": seconds, "int8_bytes": r["sizes"]["int8_bytes"],
+           "fp32_bytes": r["sizes"]["fp32_bytes"], "int8_nodes": r["qdq"]["int8_nodes"],
+           "by_fp32_confidence": by_confidence(fp32_held, int8_held)}
+    if r.get("finetune"):
+        row["finetune"] = r["finetune"]
+    return row
+
+
 def time_calibration(model_path: Path, cal_dir: Path, threads: int) -> dict:
     """edgecnn entropy vs ORT entropy on the same preprocessed batches."""
     import onnxruntime as ort
@@ -220,13 +234,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 r = quantize(model, out, cal_dir, QuantOptions(target=target, method=method, val=held_dir,
                                                                num_images=args.calibration, threads=args.threads))
-                a = r["accuracy"]["agreement"]
-                row = {"top1_agreement": a["top1_agreement"], "top1_in_top5": a["top1_in_top5"],
-                       "mean_abs_logit_diff": a["mean_abs_diff"], "cosine_mean": a["cosine_mean"],
-                       "images": a["images"], "calibration_s": r["timings"]["calibration_s"],
-                       "quantize_total_s": time.perf_counter() - t0, "int8_bytes": r["sizes"]["int8_bytes"],
-                       "fp32_bytes": r["sizes"]["fp32_bytes"], "int8_nodes": r["qdq"]["int8_nodes"]}
-                row["by_fp32_confidence"] = by_confidence(fp32_held, predictions(out, held_dir))
+                row = agreement_row(r, time.perf_counter() - t0, fp32_held, predictions(out, held_dir))
                 result["agreement"][f"{target}/{method}"] = row
                 print(target, method, json.dumps(row), flush=True)
                 if method == args.methods.split(",")[0]:
@@ -238,14 +246,7 @@ def main() -> None:
                 r = quantize(model, out, cal_dir, QuantOptions(target=target, method=method, val=held_dir,
                                                                num_images=args.calibration, threads=args.threads,
                                                                finetune=args.finetune))
-                a = r["accuracy"]["agreement"]
-                row = {"top1_agreement": a["top1_agreement"], "top1_in_top5": a["top1_in_top5"],
-                       "mean_abs_logit_diff": a["mean_abs_diff"], "cosine_mean": a["cosine_mean"],
-                       "images": a["images"], "calibration_s": r["timings"]["calibration_s"],
-                       "quantize_total_s": time.perf_counter() - t0, "int8_bytes": r["sizes"]["int8_bytes"],
-                       "fp32_bytes": r["sizes"]["fp32_bytes"], "int8_nodes": r["qdq"]["int8_nodes"],
-                       "finetune": r["finetune"],
-                       "by_fp32_confidence": by_confidence(fp32_held, predictions(out, held_dir))}
+                row = agreement_row(r, time.perf_counter() - t0, fp32_held, predictions(out, held_dir))
                 result["agreement"][f"{target}/{method} + finetune {args.finetune}"] = row
                 print(target, method, "finetune", json.dumps(row), flush=True)
         print("latency ...", flush=True)

@@ -117,5 +117,5 @@ def test_cli_finetune_summary_and_report(setup, tmp_path):
     res = CliRunner().invoke(app, ["quantize", str(model_path), "--calib", str(folder), "--out", str(tmp_path / "q.onnx"),
                                    "--finetune", "2", "--finetune-lr", "1e-4", "--report", str(tmp_path / "rep")])
     assert res.exit_code == 0, res.output
-    assert "fine-tuned 2 epoch(s) on 32 images" in res.output and "optimistic" in res.output
-    assert "quantization-aware fine-tuning: 2 epoch(s)" in (tmp_path / "rep" / "quantization.md").read_text()
+    assert "fine-tuned: 2 epoch(s) on 32 images" in res.output and "optimistic" in res.output
+    assert "quantization-aware fine-tuning: 2 epoch(s) on 32 images" in (tmp_path / "rep" / "quantization.md").read_text()

@@ -117,9 +117,9 @@ def _print_summary(r: dict) -> None:
         worst = sorted(acc["per_class"].items(), key=lambda kv: kv[1]["delta"])[:5]
         console.print("  per-class top-1 delta: " + ", ".join(f"{k} {100 * v['delta']:+.1f}" for k, v in worst))
     if r.get("finetune"):
-        ft = r["finetune"]
-        console.print(f"fine-tuned {ft['epochs']} epoch(s) on {ft['images']} images in {ft['seconds']:.0f} s: "
-                      f"distillation loss {ft['loss_first_epoch']:.4g} -> {ft['loss_last_epoch']:.4g}")
+        from edgecnn.quant.report import finetune_summary
+
+        console.print(f"fine-tuned: {finetune_summary(r['finetune'])}")
     if r["excluded"]:
         console.print(f"kept in float: {', '.join(r['excluded'])}")
     console.print(

@@ -62,12 +62,12 @@ class _GraphExecutor:
                 "quantize without --finetune"
             )
         self.torch = torch
-        self.nodes = list(model.graph.node)
+        self.nodes = [(node, _attrs(node)) for node in model.graph.node]  # attributes parsed once, not every step
         self.input_name = model.graph.input[0].name
         self.output_name = model.graph.output[0].name
         self.consts = {i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in model.graph.initializer}
         trainable = []
-        for node in self.nodes:
+        for node, _ in self.nodes:
             if node.op_type in WEIGHT_OPS:
                 trainable += [name for name in node.input[1:3] if name in self.consts]
         self.params = {}
@@ -103,20 +103,23 @@ class _GraphExecutor:
         scale, zero, lo, hi = q
         return self.torch.fake_quantize_per_tensor_affine(x, scale, zero, lo, hi)
 
+    def _input(self, node, k: int, name: str, env: dict):
+        if not name:  # an omitted optional input
+            return None
+        if name in env:
+            return env[name]
+        return self._weight(name) if k == 1 and node.op_type in WEIGHT_OPS else self._value(name)
+
     def __call__(self, x):
         env = {self.input_name: self._fake_quant(self.input_name, x)}
-        for node in self.nodes:
-            ins = [env[i] if i in env else (self._weight(i) if node.op_type in WEIGHT_OPS and k == 1 else
-                                            self._value(i) if i else None)
-                   for k, i in enumerate(node.input)]
-            out = self._run(node, ins)
-            env[node.output[0]] = self._fake_quant(node.output[0], out)
+        for node, attrs in self.nodes:
+            ins = [self._input(node, k, name, env) for k, name in enumerate(node.input)]
+            env[node.output[0]] = self._fake_quant(node.output[0], self._run(node, attrs, ins))
         return env[self.output_name]
 
-    def _run(self, node, ins):
+    def _run(self, node, a: dict, ins):
         torch = self.torch
         F = torch.nn.functional
-        a = _attrs(node)
         op = node.op_type
         if op == "Conv":
             if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
@@ -247,11 +250,9 @@ def finetune(model, qmodel, inputs: np.ndarray, epochs: int, lr: float = 1e-5, b
     acts, axes = quant_points(qmodel)
     net = _GraphExecutor(model, acts, axes)
     if start is not None:
-        from onnx import numpy_helper as nh
-
         for init in start.graph.initializer:
             if init.name in net.params:
-                net.params[init.name].data.copy_(torch.from_numpy(nh.to_array(init).astype(np.float32)))
+                net.params[init.name].data.copy_(torch.from_numpy(numpy_helper.to_array(init).astype(np.float32)))
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     data = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32))
     steps_per_epoch = (len(data) + batch - 1) // batch
@@ -259,7 +260,6 @@ def finetune(model, qmodel, inputs: np.ndarray, epochs: int, lr: float = 1e-5, b
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total)
     losses = []
     t0 = time.perf_counter()
-    step = 0
     for _ in range(epochs):
         order = torch.from_numpy(rng.permutation(len(data)))
         for i in range(0, len(data), batch):
@@ -275,16 +275,15 @@ def finetune(model, qmodel, inputs: np.ndarray, epochs: int, lr: float = 1e-5, b
             opt.step()
             schedule.step()
             losses.append(float(loss.detach()))
-            step += 1
             if progress:
-                progress(step, total)
+                progress(len(losses), total)
     m = onnx.ModelProto()
     m.CopyFrom(model)
     for init in m.graph.initializer:
         if init.name in net.params:
             init.CopyFrom(numpy_helper.from_array(net.params[init.name].detach().numpy().astype(np.float32), init.name))
     k = max(1, steps_per_epoch)
-    summary = {"epochs": epochs, "steps": step, "lr": lr, "images": int(len(data)),
+    summary = {"epochs": epochs, "steps": len(losses), "lr": lr, "images": int(len(data)),
                "loss_first_epoch": float(np.mean(losses[:k])), "loss_last_epoch": float(np.mean(losses[-k:])),
                "seconds": round(time.perf_counter() - t0, 2), "quantized_tensors": len(acts),
                "quantized_weights": len(axes)}

@@ -204,16 +204,18 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calib: str | os.P
         save_onnx(fp32_model, fp32_path)
 
         finetune_log: list[dict] = []
+        if options.finetune:  # normalised once: --max-drop fallback steps fine-tune again on the same inputs
+            from edgecnn.preprocess import normalize
+
+            finetune_inputs = normalize(calib_set.images, contract.preprocess)
 
         def build(excluded: list[str], name: str) -> tuple[object, Path, dict]:
             base = weights.bias_correct(prepared, means, skip=excluded)[0] if options.bias_correction else prepared
             qm = qdq.write_qdq(base, ranges, options.target, excluded)
             if options.finetune:
-                from edgecnn.preprocess import normalize
                 from edgecnn.quant.finetune import finetune
 
-                inputs = normalize(calib_set.images, contract.preprocess)
-                base, tuned = finetune(prepared, qm, inputs, options.finetune, options.finetune_lr, options.batch,
+                base, tuned = finetune(prepared, qm, finetune_inputs, options.finetune, options.finetune_lr, options.batch,
                                        options.threads, start=base, progress=lambda d, t: prog("finetune", d, t))
                 finetune_log.append({**tuned, "excluded": list(excluded)})
                 qm = qdq.write_qdq(base, ranges, options.target, excluded)

@@ -12,6 +12,12 @@ def _pct(v) -> str:
     return "n/a" if v is None else f"{100.0 * v:.2f}%"
 
 
+def finetune_summary(ft: dict) -> str:
+    """One line on a --finetune run (CLI summary and report)."""
+    return (f"{ft['epochs']} epoch(s) on {ft['images']} images, lr {ft['lr']:g}, {ft['seconds']:.0f} s, "
+            f"distillation loss {ft['loss_first_epoch']:.4g} -> {ft['loss_last_epoch']:.4g}")
+
+
 def to_markdown(result: dict) -> str:
     r = result
     acc = r.get("accuracy") or {}
@@ -32,9 +38,7 @@ def to_markdown(result: dict) -> str:
         f"- excluded (kept in float): {', '.join(r['excluded']) or 'none'}",
     ]
     if r.get("finetune"):
-        ft = r["finetune"]
-        lines.append(f"- quantization-aware fine-tuning: {ft['epochs']} epoch(s), lr {ft['lr']:g}, {ft['images']} images, "
-                     f"{ft['seconds']:.0f} s, distillation loss {ft['loss_first_epoch']:.4g} -> {ft['loss_last_epoch']:.4g}")
+        lines.append(f"- quantization-aware fine-tuning: {finetune_summary(r['finetune'])}")
     if r.get("cache"):
         lines.append(f"- TensorRT calibration table: `{r['cache']['path']}` (`{r['cache']['header']}`, {r['cache']['tensors']} tensors)")
     for w in cal.get("warnings", []):
