@@ -87,7 +87,8 @@ def evaluate(runner, data_dir: str | os.PathLike, batch: int = 32, progress: Pro
 
 
 def agreement(logits_a: np.ndarray, logits_b: np.ndarray) -> dict:
-    """How closely two models' outputs match on the same inputs."""
+    """How closely two models' outputs match on the same inputs. top1_in_top5: how often b's top-1 class is among
+    a's top-5 (a is the reference, b the model under test)."""
     a = np.asarray(logits_a, dtype=np.float64)
     b = np.asarray(logits_b, dtype=np.float64)
     if a.shape != b.shape:

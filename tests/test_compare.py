@@ -106,3 +106,15 @@ def test_cli_json_and_gate(tmp_path, tiny_onnx, image_folder):
     assert res.exit_code == 0 and "top-1 agreement 100.00%" in res.output
     res = cli("compare", str(tiny_onnx), str(tmp_path / "missing.onnx"), "--data", str(image_folder))
     assert res.exit_code == 2
+
+
+def test_top1_in_top5_is_the_tested_models_top1_inside_the_references_top5():
+    from edgecnn.evaluate import agreement
+
+    reference = np.array([[9.0, 8, 7, 6, 5, 0, 0]])  # top-5: classes 0-4
+    inside = np.array([[0.0, 0, 0, 0, 9, 0, 0]])  # top-1 class 4: inside the reference's top-5
+    outside = np.array([[0.0, 0, 0, 0, 0, 9, 0]])  # top-1 class 5: outside it
+    assert agreement(reference, inside)["top1_in_top5"] == 1.0
+    assert agreement(reference, outside)["top1_in_top5"] == 0.0
+    # roles matter: here the tested model's top-1 (class 0) is outside the reference's top-5 (classes 2-6)
+    assert agreement(np.array([[0.0, 1, 2, 3, 9, 4, 5]]), reference)["top1_in_top5"] == 0.0

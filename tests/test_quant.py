@@ -376,3 +376,20 @@ def test_tensorrt_builds_the_qdq_model(calibrated, tmp_path):
     profile.set_shape("input", (1, 3, 32, 32), (4, 3, 32, 32), (8, 3, 32, 32))
     config.add_optimization_profile(profile)
     assert builder.build_serialized_network(network, config) is not None
+
+
+def test_agreement_by_confidence_bins_images_by_fp32_certainty():
+    from edgecnn.quant.accuracy import agreement_by_confidence
+
+    fp32 = np.array([[0.0, 0.01, 0.0],  # unsure (p ~ 0.34)
+                     [0.0, 0.02, 0.0],  # unsure
+                     [0.0, 9.0, 0.0],   # sure (p ~ 1.0)
+                     [0.0, 0.0, 1.0]])  # in between (p ~ 0.58)
+    int8 = np.array([[0.02, 0.01, 0.0],  # flipped
+                     [0.0, 0.02, 0.0],
+                     [0.0, 9.0, 0.0],
+                     [0.0, 0.0, 1.0]])
+    rows = agreement_by_confidence(fp32, int8, bins=((0.0, 0.5), (0.5, 0.9), (0.9, 1.0)))
+    assert [r["images"] for r in rows] == [2, 1, 1]
+    assert [r["agreement"] for r in rows] == [0.5, 1.0, 1.0]
+    assert agreement_by_confidence(fp32[:2], int8[:2], bins=((0.0, 0.5), (0.5, 1.0)))[1]["agreement"] is None

@@ -37,7 +37,11 @@ def test_quantize_json_outputs_and_metadata(setup, target):
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
     assert data["target"] == target and data["calibration"]["images"] == 16
-    assert data["accuracy"]["agreement"]["top1_agreement"] >= 0.9
+    agree = data["accuracy"]["agreement"]
+    assert agree["top1_agreement"] >= 0.9
+    bins = agree["by_fp32_confidence"]
+    assert sum(b["images"] for b in bins) == 16
+    assert all(b["agreement"] is None or 0.0 <= b["agreement"] <= 1.0 for b in bins)
     c0, c1 = read_onnx_contract(model), read_onnx_contract(out)
     assert c1.labels == c0.labels and c1.preprocess == c0.preprocess and c1.precision == "int8"
     prov = c1.provenance["quantization"]
@@ -67,6 +71,7 @@ def test_human_output_has_summary_and_progress(setup):
     assert "calibration: 16 images (cat: 8, dog: 8)" in res.output and "brightness" in res.output
     assert "warning" in res.output and "100 recommended" in res.output
     assert "top-1 agreement" in res.output
+    assert "agreement by FP32 top-1 probability: p 0.0-0.2:" in res.output
 
 
 def test_max_drop_fallback_and_failure(setup):

@@ -50,7 +50,7 @@ def _print(r: dict, name_a: str, name_b: str, show: int) -> None:
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_row("top-1 agreement", f"{r['top1_agreement']:.2%}")
-    table.add_row("A's top-1 in B's top-5", f"{r['top1_in_top5']:.2%}")
+    table.add_row("B's top-1 in A's top-5", f"{r['top1_in_top5']:.2%}")
     table.add_row("max abs diff (logits)", f"{r['max_abs_diff']:.4g}")
     table.add_row("mean abs diff (logits)", f"{r['mean_abs_diff']:.4g}")
     table.add_row("max abs diff (probabilities)", f"{r['max_prob_diff']:.4g}")

@@ -113,6 +113,10 @@ def _print_summary(r: dict) -> None:
     console.print(line)
     if acc.get("note"):
         console.print(f"  ({acc['note']})")
+    if ag.get("by_fp32_confidence"):
+        from edgecnn.quant.report import confidence_summary
+
+        console.print(f"  {confidence_summary(ag['by_fp32_confidence'])} images")
     if acc.get("per_class"):
         worst = sorted(acc["per_class"].items(), key=lambda kv: kv[1]["delta"])[:5]
         console.print("  per-class top-1 delta: " + ", ".join(f"{k} {100 * v['delta']:+.1f}" for k, v in worst))

@@ -84,6 +84,27 @@ def _infer_images(runner, images: np.ndarray, batch: int) -> np.ndarray:
     return np.concatenate([runner.infer(normalize(images[i : i + batch], cfg)) for i in range(0, len(images), batch)])
 
 
+CONFIDENCE_BINS = ((0.0, 0.2), (0.2, 0.5), (0.5, 1.0))
+
+
+def agreement_by_confidence(fp32_logits: np.ndarray, int8_logits: np.ndarray, bins=CONFIDENCE_BINS) -> list[dict]:
+    """Top-1 agreement split by how sure the FP32 model is (its softmax top-1 probability).
+
+    Why: where FP32 hesitates between classes, any small perturbation (INT8, even FP16 weights) can flip top-1;
+    where it is confident, a flip is real damage. One overall agreement number mixes the two."""
+    from edgecnn.postprocess import softmax
+
+    ref = np.asarray(fp32_logits)
+    conf = softmax(ref).max(axis=1)
+    same = ref.argmax(axis=1) == np.asarray(int8_logits).argmax(axis=1)
+    rows = []
+    for i, (lo, hi) in enumerate(bins):
+        sel = (conf >= lo) & ((conf <= hi) if i == len(bins) - 1 else (conf < hi))
+        rows.append({"fp32_top1_prob": f"{lo:.1f}-{hi:.1f}", "images": int(sel.sum()),
+                     "agreement": float(same[sel].mean()) if sel.any() else None})
+    return rows
+
+
 def compare(ref: Reference, int8_runner, batch: int = 32) -> dict:
     """INT8 vs FP32 on the reference images: agreement, output error, and accuracy when labelled.
 
@@ -94,6 +115,7 @@ def compare(ref: Reference, int8_runner, batch: int = 32) -> dict:
     logits = _infer_images(int8_runner, ref.inputs, batch)
     agree = agreement(ref.logits, logits)
     agree.pop("disagreements", None)
+    agree["by_fp32_confidence"] = agreement_by_confidence(ref.logits, logits)
     out = {"images": int(len(logits)), "source": ref.source, "kind": ref.kind, "agreement": agree, "note": ref.note}
     if ref.kind == "labelled":
         fp = accuracy(ref.logits, ref.labels, ref.class_names)

@@ -18,6 +18,13 @@ def finetune_summary(ft: dict) -> str:
             f"distillation loss {ft['loss_first_epoch']:.4g} -> {ft['loss_last_epoch']:.4g}")
 
 
+def confidence_summary(rows: list[dict]) -> str:
+    """One line on top-1 agreement split by FP32's confidence (CLI summary and report): where the flips are."""
+    parts = [f"p {row['fp32_top1_prob']}: " + ("-" if row["agreement"] is None else f"{100 * row['agreement']:.1f}%")
+             + f" of {row['images']}" for row in rows]
+    return "agreement by FP32 top-1 probability: " + " · ".join(parts)
+
+
 def to_markdown(result: dict) -> str:
     r = result
     acc = r.get("accuracy") or {}
@@ -56,6 +63,9 @@ def to_markdown(result: dict) -> str:
         lines.append(f"| top-1 agreement with FP32 | | {_pct(ag['top1_agreement'])} |")
         lines.append(f"| max / mean abs logit diff | | {ag['max_abs_diff']:.4f} / {ag['mean_abs_diff']:.4f} |")
         lines.append(f"| cosine (min / mean) | | {ag['cosine_min']:.5f} / {ag['cosine_mean']:.5f} |")
+        if ag.get("by_fp32_confidence"):
+            lines.append(f"\n{confidence_summary(ag['by_fp32_confidence'])} images (flips where FP32 itself "
+                         "hesitates are expected; flips where it is sure are damage).")
         lines.append(f"\ndrop: {acc['drop']:.2f} points" + (f" (bound {r['max_drop']})" if r.get("max_drop") is not None else ""))
         if acc.get("per_class"):
             lines += ["", "| class | images | FP32 top-1 | INT8 top-1 | delta |", "| --- | --- | --- | --- | --- |"]
