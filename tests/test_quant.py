@@ -124,6 +124,26 @@ def test_ranges_on_a_real_model_match_reference_evaluator(tmp_path):
         assert hi == pytest.approx(float(values[name].max()), rel=1e-4, abs=1e-5), name
 
 
+def test_tensor_runner_reuses_buffers_and_stays_exact_across_batch_sizes(tmp_path):
+    """The runner writes into reused buffers (first batch's outputs, then leading rows for a smaller batch); every
+    call must still return exactly what a plain ONNX Runtime run returns for that batch."""
+    prepared = graph.prepare(build_tiny_onnx(tmp_path / "m.onnx"))
+    names = [n for n in graph.activation_tensors(prepared) if n != "input"]
+    run = graph.tensor_runner(prepared, names)
+    plain = graph.augmented_session(prepared, names)
+    rng = np.random.default_rng(0)
+    seen = {}
+    for n in (4, 4, 2, 6, 2, 4, 1):
+        x = rng.standard_normal((n, 3, 32, 32)).astype(np.float32)
+        got = run(x)
+        want = dict(zip(names, plain.run(names, {"input": x})))
+        for name in names:
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6, err_msg=name)
+            assert got[name].shape[0] == n
+        seen.setdefault(n, {name: got[name].ctypes.data for name in names})
+        assert {name: got[name].ctypes.data for name in names} == seen[n]  # same memory for the same batch size
+
+
 # ---------------------------------------------------------------- TensorRT calibration table
 
 
