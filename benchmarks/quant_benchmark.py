@@ -460,6 +460,10 @@ Exploratory measurements (ad-hoc scripts, same machine and photos, not re-run by
   float: 1.97x / 1.67x. A non-zero weight zero point (to use the AMX U8S8 GEMM instead of the symmetric kernels):
   1.50x (1x1 convs) and 1.01x (all layers), slower. uint8 weights: 0.18x (no fast u8u8 kernel here).
   Per-tensor instead of per-channel weights: 2.02x vs 1.98x (1 thread); reduce_range: no change.
+- Calibration buffers: writing each batch's activations (556 MB at batch 20) into fresh memory costs more in page
+  faults than the inference (1.7 s vs 0.14 s per batch on this VM). Reusing the first batch's outputs as the bound
+  buffers, and their leading rows for a smaller last batch, took 200-image entropy calibration (batch 16, 2 threads,
+  fresh process each) from a median of 5.3 s to 4.1 s over 6 runs each, interleaved.
 - The tensorrt-form Q/DQ model is for TensorRT; on ORT CPU it is not fused (symmetric int8 activations + float bias)
   and runs slower than FP32: use it for accuracy checks on CPU, and --target cpu for CPU deployment.
 """
