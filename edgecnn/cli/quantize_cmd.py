@@ -10,7 +10,8 @@ import typer
 from edgecnn.cli.common import cli_command, console, print_json, progress_bar, warn
 
 STAGES = {"decode": "decoding calibration images", "calibrate": "calibrating", "evaluate": "FP32 reference",
-          "sensitivity": "keeping sensitive layers in float", "finetune": "fine-tuning through INT8 rounding"}
+          "sensitivity": "keeping sensitive layers in float", "finetune": "fine-tuning through INT8 rounding",
+          "rounding": "GPTQ weight rounding"}
 
 
 def _floats(text: Optional[str], n: int, flag: str) -> Optional[tuple]:
@@ -50,6 +51,8 @@ def quantize(
     max_steps: int = typer.Option(8, "--max-steps", help="Most layers --max-drop may move back to float."),
     report: Optional[Path] = typer.Option(None, "--report", help="Folder for quantization.json + quantization.md."),
     no_bias_correction: bool = typer.Option(False, "--no-bias-correction", help="Skip correcting biases for INT8 weight error."),
+    rounding: str = typer.Option("gptq", "--rounding", help="INT8 weight rounding: gptq (each rounding error "
+                                 "compensated on the calibration images) or nearest."),
     finetune: int = typer.Option(0, "--finetune", help="Epochs of quantization-aware fine-tuning on the calibration "
                                  "images, with the FP32 model as teacher (needs PyTorch; 0: plain post-training)."),
     finetune_lr: float = typer.Option(1e-5, "--finetune-lr", help="Adam learning rate for --finetune."),
@@ -77,7 +80,7 @@ def quantize(
     options = QuantOptions(
         target=target, method=method, percentile=percentile, num_images=num_images, batch=batch, every=every,
         exclude=tuple(exclude or ()), cache=cache, trt_version=trt_version, val=val, max_drop=max_drop,
-        max_steps=max_steps, report=report, threads=threads, bias_correction=not no_bias_correction,
+        max_steps=max_steps, report=report, threads=threads, bias_correction=not no_bias_correction, rounding=rounding,
         finetune=finetune, finetune_lr=finetune_lr, preprocess=pre, labels=read_labels_file(labels) if labels else None,
     )
     with progress_bar("quantizing", disable=json_out) as update:
@@ -128,7 +131,7 @@ def _print_summary(r: dict) -> None:
         console.print(f"kept in float: {', '.join(r['excluded'])}")
     console.print(
         f"[green]✓[/] wrote {r['output']} ({r['sizes']['int8_bytes'] / 1e6:.2f} MB, was {r['sizes']['fp32_bytes'] / 1e6:.2f} MB; "
-        f"target {r['target']}, method {r['method']})"
+        f"target {r['target']}, method {r['method']}, {r['rounding']['method']} rounding)"
     )
     if r.get("cache"):
         console.print(f"[green]✓[/] wrote {r['cache']['path']} ({r['cache']['header']}, {r['cache']['tensors']} tensors)")

@@ -28,6 +28,9 @@ from edgecnn.quant.calib_data import load_calibration
 StageProgress = Callable[[str, int, int], None]
 
 
+ROUNDINGS = ("gptq", "nearest")
+
+
 @dataclass
 class QuantOptions:
     target: str = "tensorrt"
@@ -46,6 +49,7 @@ class QuantOptions:
     report: str | os.PathLike | None = None
     latency_runs: int = 30
     bias_correction: bool = True
+    rounding: str = "gptq"  # how INT8 weights are rounded: gptq (error-compensating) or nearest
     finetune: int = 0  # epochs of quantization-aware fine-tuning on the calibration images (0: pure PTQ)
     finetune_lr: float = 1e-5
     threads: int | None = None
@@ -62,6 +66,8 @@ class QuantOptions:
             raise UserInputError(f"--percentile must be in (50, 100], got {self.percentile}")
         if self.batch < 1:
             raise UserInputError(f"--batch must be at least 1, got {self.batch}")
+        if self.rounding not in ROUNDINGS:
+            raise UserInputError(f"--rounding must be one of {', '.join(ROUNDINGS)}, got {self.rounding!r}")
         if self.finetune < 0:
             raise UserInputError(f"--finetune must be a number of epochs >= 0, got {self.finetune}")
         if not 0.0 < self.finetune_lr < 1.0:
@@ -190,6 +196,16 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calib: str | os.P
     calib_seconds = time.perf_counter() - t0
     del runner
 
+    rounded: dict = {}
+    rounding_seconds = 0.0
+    if options.rounding == "gptq":
+        from edgecnn.quant.rounding import round_weights
+
+        t0 = time.perf_counter()
+        rounded = round_weights(prepared, calib_set.batches(options.batch), options.threads,
+                                progress=lambda d, t: prog("rounding", d, t), total=len(calib_set))
+        rounding_seconds = time.perf_counter() - t0
+
     spec = qdq.target_spec(options.target)
     int8_contract = ModelContract(
         labels=contract.labels, preprocess=contract.preprocess, arch=contract.arch, label_keys=contract.label_keys,
@@ -210,7 +226,8 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calib: str | os.P
             finetune_inputs = normalize(calib_set.images, contract.preprocess)
 
         def build(excluded: list[str], name: str) -> tuple[object, Path, dict]:
-            base = weights.bias_correct(prepared, means, skip=excluded)[0] if options.bias_correction else prepared
+            base = weights.bias_correct(prepared, means if options.bias_correction else {}, skip=excluded,
+                                        rounded=rounded)[0]
             qm = qdq.write_qdq(base, ranges, options.target, excluded)
             if options.finetune:
                 from edgecnn.quant.finetune import finetune
@@ -249,7 +266,8 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calib: str | os.P
             "percentile": options.percentile if options.method == "percentile" else None,
             "calibration": {k: summary[k] for k in ("source", "kind", "images", "corrupt", "per_class", "brightness")},
             "excluded": exclude, "activation": "int8 symmetric" if spec.activation_signed else "uint8 asymmetric",
-            "weights": "int8 symmetric per-channel", "bias_correction": options.bias_correction,
+            "weights": "int8 symmetric per-channel", "rounding": options.rounding,
+            "bias_correction": options.bias_correction,
             "drop": measured["drop"], "tool": "edgecnn quantize",
             "finetune": {k: finetune_log[-1][k] for k in ("epochs", "lr", "images")} if finetune_log else None,
         }
@@ -273,6 +291,7 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calib: str | os.P
             "ranges": _range_table(ranges, spec.activation_signed),
             "qdq": qdq.qdq_summary(qmodel), "accuracy": measured, "max_drop": options.max_drop, "fallback": fallback,
             "sizes": {"fp32_bytes": src.stat().st_size, "int8_bytes": out.stat().st_size},
+            "rounding": {"method": options.rounding, "layers": len(rounded), "seconds": round(rounding_seconds, 3)},
             "timings": {"calibration_s": round(calib_seconds, 3),
                         "images_per_s": len(calib_set) / calib_seconds if calib_seconds > 0 else 0.0},
             "latency": latency, "cache": None, "report": None,

