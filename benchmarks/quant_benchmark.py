@@ -85,7 +85,7 @@ def agreement_row(r: dict, seconds: float) -> dict:
     row = {"top1_agreement": a["top1_agreement"], "top1_in_top5": a["top1_in_top5"],
            "mean_abs_logit_diff": a["mean_abs_diff"], "cosine_mean": a["cosine_mean"],
            "images": a["images"], "calibration_s": r["timings"]["calibration_s"],
-           "quantize_total_s": seconds, "int8_bytes": r["sizes"]["int8_bytes"],
+           "quantize_total_s": seconds, "rounding": r["rounding"], "int8_bytes": r["sizes"]["int8_bytes"],
            "fp32_bytes": r["sizes"]["fp32_bytes"], "int8_nodes": r["qdq"]["int8_nodes"],
            "by_fp32_confidence": a["by_fp32_confidence"]}
     if r.get("finetune"):
@@ -96,8 +96,8 @@ def agreement_row(r: dict, seconds: float) -> dict:
 def error_budget(model_path: Path, cal_dir: Path, held_dir: Path, threads: int, method: str = "percentile") -> dict:
     """Where the INT8 error comes from (cpu target): held-out top-1 agreement with FP32 when only some of the INT8
     model's quantization points are simulated. It uses the fine-tuning executor (PyTorch fake quantization at exactly
-    the Q/DQ model's points and grids; bias-corrected weights wherever weights are quantized), so each row isolates
-    one source. 'ReLU6/ReLU outputs only' is a ceiling for any 8-bit recipe that keeps those outputs on one per-tensor
+    the Q/DQ model's points and grids; GPTQ-rounded, bias-corrected weights wherever weights are quantized, as
+    `edgecnn quantize` does by default), so each row isolates one source. 'ReLU6/ReLU outputs only' is a ceiling for any 8-bit recipe that keeps those outputs on one per-tensor
     grid; 'weights rounded to FP16' shows how fragile the photos' top-1 is to a perturbation far smaller than INT8."""
     import torch
     from onnx import numpy_helper
@@ -108,6 +108,7 @@ def error_budget(model_path: Path, cal_dir: Path, held_dir: Path, threads: int, 
     from edgecnn.quant import calibrators, graph, qdq, weights
     from edgecnn.quant.calib_data import load_calibration
     from edgecnn.quant.finetune import _GraphExecutor, quant_points
+    from edgecnn.quant.rounding import round_weights
 
     torch.set_num_threads(threads)
     cfg = read_onnx_contract(model_path).preprocess
@@ -117,14 +118,17 @@ def error_budget(model_path: Path, cal_dir: Path, held_dir: Path, threads: int, 
     stats = calibrators.collect_stats(cs.batches(16), graph.tensor_runner(prepared, graph.activation_tensors(prepared), threads),
                                       histogram=method != "minmax", total=len(cs), channel_means=mean_inputs)
     ranges = calibrators.compute_ranges(stats, method)
-    corrected = weights.bias_correct(prepared, {n: s.channel_mean for n, s in stats.items() if s.channel_mean is not None})[0]
+    means = {n: s.channel_mean for n, s in stats.items() if s.channel_mean is not None}
+    nearest = weights.bias_correct(prepared, means)[0]
+    corrected = weights.bias_correct(prepared, means, rounded=round_weights(prepared, cs.batches(16), threads,
+                                                                             total=len(cs)))[0]
     acts, axes = quant_points(qdq.write_qdq(corrected, ranges, "cpu", []))
     relu_outputs = {n.output[0] for n in prepared.graph.node if n.op_type in ("Clip", "Relu")}
     held = torch.from_numpy(normalize(decode_resized(list_images(held_dir), cfg).images, cfg))
 
-    def run(act_names, quantize_weights: bool, fp16_weights: bool = False) -> np.ndarray:
+    def run(act_names, quantize_weights: bool, fp16_weights: bool = False, rounded_model=None) -> np.ndarray:
         net = _GraphExecutor(prepared, {k: v for k, v in acts.items() if k in act_names}, axes if quantize_weights else {})
-        start = corrected if quantize_weights else prepared
+        start = (rounded_model or corrected) if quantize_weights else prepared
         for init in start.graph.initializer:
             if init.name in net.params:
                 w = numpy_helper.to_array(init).astype(np.float32)
@@ -135,7 +139,8 @@ def error_budget(model_path: Path, cal_dir: Path, held_dir: Path, threads: int, 
     fp32 = run(set(), False)
     rows = {
         "everything (the INT8 model)": run(set(acts), True),
-        "weights only (per-channel INT8, bias-corrected)": run(set(), True),
+        "weights only (per-channel INT8, GPTQ rounding, bias-corrected)": run(set(), True),
+        "weights only (per-channel INT8, round-to-nearest, bias-corrected)": run(set(), True, rounded_model=nearest),
         "activations only": run(set(acts), False),
         "ReLU6/ReLU outputs only": run(set(acts) & relu_outputs, False),
         "activations except ReLU6/ReLU outputs": run(set(acts) - relu_outputs, False),
@@ -303,8 +308,16 @@ def main() -> None:
                 print(target, method, json.dumps(row), flush=True)
                 if method == args.methods.split(",")[0]:
                     paths[f"int8_{target}"] = out
+            method = args.methods.split(",")[0]
+            out = tmp / f"{target}.{method}.nearest.int8.onnx"
+            t0 = time.perf_counter()
+            r = quantize(model, out, cal_dir, QuantOptions(target=target, method=method, val=held_dir,
+                                                           num_images=args.calibration, threads=args.threads,
+                                                           rounding="nearest"))
+            row = agreement_row(r, time.perf_counter() - t0)
+            result["agreement"][f"{target}/{method}, round-to-nearest weights"] = row
+            print(target, method, "nearest", json.dumps(row), flush=True)
             if args.finetune:
-                method = args.methods.split(",")[0]
                 out = tmp / f"{target}.{method}.finetune.int8.onnx"
                 t0 = time.perf_counter()
                 r = quantize(model, out, cal_dir, QuantOptions(target=target, method=method, val=held_dir,
@@ -354,15 +367,16 @@ def markdown(r: dict, args) -> str:
         "calibrator is fed 40 images per collect_data() call: it keeps every activation of a call in memory "
         "(all 200 at once would be about 10 GB).",
         "",
-        f"## Agreement with FP32 on {args.held_out} held-out photos (bias correction on, per-channel INT8 weights)",
+        f"## Agreement with FP32 on {args.held_out} held-out photos (per-channel INT8 weights, GPTQ-rounded unless "
+        "the row says otherwise, bias-corrected)",
         "",
-        "| target / method | top-1 agreement | INT8 top-1 in FP32 top-5 | mean abs logit diff | cosine | INT8 nodes | size MB |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| target / method | top-1 agreement | INT8 top-1 in FP32 top-5 | mean abs logit diff | cosine | INT8 nodes | size MB | quantize s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for key, a in r["agreement"].items():
         lines.append(f"| {key} | {100 * a['top1_agreement']:.2f}% | {100 * a['top1_in_top5']:.2f}% | "
                      f"{a['mean_abs_logit_diff']:.4f} | {a['cosine_mean']:.5f} | {a['int8_nodes']} | "
-                     f"{a['int8_bytes'] / 1e6:.2f} (FP32 {a['fp32_bytes'] / 1e6:.2f}) |")
+                     f"{a['int8_bytes'] / 1e6:.2f} (FP32 {a['fp32_bytes'] / 1e6:.2f}) | {a['quantize_total_s']:.0f} |")
     lines += ["", "Top-1 agreement by FP32 confidence (FP32 top-1 probability; images in each bin):", "",
               "| target / method | " + " | ".join(
                   f"p {b['fp32_top1_prob']} ({b['images']})" for b in next(iter(r["agreement"].values()))["by_fp32_confidence"]) + " |",
