@@ -121,7 +121,8 @@ def hessians(model, batches: Iterable[np.ndarray], threads: int | None = None, s
 def gptq_rows(w: np.ndarray, h: np.ndarray, row_group: np.ndarray | None = None) -> np.ndarray:
     """Round the rows of w (R, d) to the symmetric INT8 grid of each row (scale amax / 127), GPTQ order: column by
     column, each column's rounding error spread over the later columns through the upper Cholesky factor of H^-1.
-    h is (G, d, d); row r uses h[row_group[r]] (G == 1: all rows share one H). Returns float32 weights on the grid."""
+    h is (G, d, d); row r uses h[row_group[r]] (G == 1: all rows share one H, and row_group is not needed).
+    Returns float32 weights on the grid."""
     w = np.asarray(w, dtype=np.float64)
     rows, d = w.shape
     h = np.array(h, dtype=np.float64, copy=True)
@@ -131,7 +132,7 @@ def gptq_rows(w: np.ndarray, h: np.ndarray, row_group: np.ndarray | None = None)
     h[:, idx, idx] += DAMPING * h[:, idx, idx].mean(axis=1, keepdims=True)
     u = np.linalg.cholesky(np.linalg.inv(h)).transpose(0, 2, 1)  # H^-1 = U^T U, U upper triangular
     if len(u) > 1:
-        u = u[np.zeros(rows, dtype=int) if row_group is None else row_group]
+        u = u[row_group]  # one factor per row
     amax = np.abs(w).max(axis=1)
     scale = np.where(amax > 0, amax / WEIGHT_QMAX, 1.0)
     pinned = np.abs(w).argmax(axis=1)  # the largest weight stays +-127: the writer's scale is this scale
@@ -166,17 +167,23 @@ def round_weights(model, batches: Iterable[np.ndarray], threads: int | None = No
 
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     nodes = {n.name: n for n in model.graph.node}
+    uses: dict[str, int] = {}
+    for n in model.graph.node:
+        for name in n.input:
+            uses[name] = uses.get(name, 0) + 1
     out = {}
     for name, h in hessians(model, batches, threads, progress=progress, total=total).items():
         node = nodes[name]
+        if uses[node.input[1]] > 1:  # a weight shared by two layers cannot be rounded for both inputs at once
+            continue
         w = inits[node.input[1]].astype(np.float32)
-        if node.op_type == "Gemm":
-            rows = w if _layer(node, inits)["trans_b"] else w.T  # output channels x inputs
+        layer = _layer(node, inits)
+        if layer["kind"] == "gemm":
+            rows = w if layer["trans_b"] else w.T  # output channels x inputs
             q = gptq_rows(rows, h)
-            out[node.input[1]] = q if _layer(node, inits)["trans_b"] else np.ascontiguousarray(q.T)
+            out[node.input[1]] = q if layer["trans_b"] else np.ascontiguousarray(q.T)
         else:
-            group = _layer(node, inits)["group"]
             cout = w.shape[0]
-            q = gptq_rows(w.reshape(cout, -1), h, np.arange(cout) // (cout // group))
+            q = gptq_rows(w.reshape(cout, -1), h, np.arange(cout) // (cout // layer["group"]))
             out[node.input[1]] = q.reshape(w.shape)
     return out
