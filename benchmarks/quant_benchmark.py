@@ -469,6 +469,9 @@ Exploratory measurements (ad-hoc scripts, same machine and photos, not re-run by
   on the ReLU6 outputs 94.75 % vs 96.25 % per-tensor, worse (per-channel maxima from 200 photos clip held-out
   values); on the linear residual-stream tensors (project convs, residual adds) 96.75 % vs 95.75 % alone, 95.0 % vs
   94.5 % with the ReLU6 outputs quantized too: equalizing channel ranges would buy about half a point.
+- GPTQ variants (cpu target, percentile, same split, `edgecnn quantize --val`): the default (4096 sampled patches
+  per layer, damping 0.01) 94.00 % / logit diff 0.0446; activation order (columns by decreasing H diagonal) 93.50 % /
+  0.0449; damping 0.1 93.50 % / 0.0450, 0.001 93.00 % / 0.0451; 16384 patches 94.50 % / 0.0448: all within noise.
 - MSE-optimal per-channel weight clipping: no gain; empirical per-layer bias correction that also removes the input
   quantization shift: no gain over the analytic one; keeping the 1-12 most sensitive layers in float: within noise.
 - CPU speed, other layouts of the same INT8 model (batch 1, interleaved with FP32 in one run):
