@@ -10,8 +10,7 @@ import typer
 from edgecnn.cli.common import cli_command, console, print_json, progress_bar, warn
 
 STAGES = {"decode": "decoding calibration images", "calibrate": "calibrating", "evaluate": "FP32 reference",
-          "sensitivity": "keeping sensitive layers in float", "finetune": "fine-tuning through INT8 rounding",
-          "rounding": "GPTQ weight rounding"}
+          "sensitivity": "keeping sensitive layers in float", "finetune": "fine-tuning through INT8 rounding"}
 
 
 def _floats(text: Optional[str], n: int, flag: str) -> Optional[tuple]:

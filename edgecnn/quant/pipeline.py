@@ -185,26 +185,40 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calib: str | os.P
     mean_inputs = set(weights.correctable_inputs(prepared).values()) if options.bias_correction else set()
     tensors = tensors + [t for t in everything if t in mean_inputs and t not in tensors]
 
+    hessian = None
+    if options.rounding == "gptq":  # GPTQ's input statistics come from the same calibration pass
+        from edgecnn.quant.rounding import HessianAccumulator
+
+        hessian = HessianAccumulator(prepared, total=len(calib_set))
+    extra = [t for t in hessian.inputs if t not in tensors] if hessian else []
+    runner = graph.tensor_runner(prepared, tensors + extra, options.threads)
+    rounding_seconds = 0.0
+
+    def run(batch: np.ndarray) -> dict[str, np.ndarray]:
+        nonlocal rounding_seconds
+        values = runner(batch)
+        if hessian is not None:
+            t = time.perf_counter()
+            hessian.add(values)
+            rounding_seconds += time.perf_counter() - t
+        return {name: values[name] for name in tensors}
+
     t0 = time.perf_counter()
-    runner = graph.tensor_runner(prepared, tensors, options.threads)
     stats = calibrators.collect_stats(
-        calib_set.batches(options.batch), runner, histogram=options.method != "minmax", total=len(calib_set),
+        calib_set.batches(options.batch), run, histogram=options.method != "minmax", total=len(calib_set),
         progress=lambda d, t: prog("calibrate", d, t), channel_means=mean_inputs,
     )
     means = {name: s.channel_mean for name, s in stats.items() if s.channel_mean is not None}
     ranges = calibrators.compute_ranges(stats, options.method, options.percentile)
-    calib_seconds = time.perf_counter() - t0
+    calib_seconds = time.perf_counter() - t0 - rounding_seconds
     del runner
 
     rounded: dict = {}
-    rounding_seconds = 0.0
-    if options.rounding == "gptq":
-        from edgecnn.quant.rounding import round_weights
-
+    if hessian is not None:
         t0 = time.perf_counter()
-        rounded = round_weights(prepared, calib_set.batches(options.batch), options.threads,
-                                progress=lambda d, t: prog("rounding", d, t), total=len(calib_set))
-        rounding_seconds = time.perf_counter() - t0
+        rounded = hessian.round()
+        rounding_seconds += time.perf_counter() - t0
+        del hessian
 
     spec = qdq.target_spec(options.target)
     int8_contract = ModelContract(

@@ -14,7 +14,7 @@ these integers. The result is float weights on the INT8 grid; bias correction an
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Iterable
 
 import numpy as np
 
@@ -80,42 +80,63 @@ def _gram(patches: np.ndarray, group: int) -> np.ndarray:
     return np.matmul(rows, rows.transpose(0, 2, 1))
 
 
-def hessians(model, batches: Iterable[np.ndarray], threads: int | None = None, seed: int = 0,
-             progress: Callable[[int, int], None] | None = None, total: int = 0) -> dict[str, np.ndarray]:
-    """node name -> H (groups, d, d): the sum of x x^T over sampled input patches of each Conv/Gemm layer, per
-    weight group (one group for a plain layer, one per channel for a depthwise one)."""
-    from onnx import numpy_helper
+class HessianAccumulator:
+    """Sums x x^T over sampled input patches of every Conv/Gemm layer, per weight group (one group for a plain
+    layer, one per channel for a depthwise one), batch by batch, from activations someone else computed: the
+    pipeline feeds it from its calibration pass, so GPTQ costs no extra inference. `inputs` are the tensors it needs.
+    """
 
-    from edgecnn.quant import graph
-    from edgecnn.quant.weights import correctable_inputs
+    def __init__(self, model, total: int, seed: int = 0):
+        from onnx import numpy_helper
 
-    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    nodes = {n.name: n for n in model.graph.node}
-    layers = {name: lay for name in correctable_inputs(model) if (lay := _layer(nodes[name], inits)) is not None}
-    if not layers:
-        return {}
-    inputs = sorted({nodes[name].input[0] for name in layers})
-    run = graph.tensor_runner(model, inputs, threads)
-    rng = np.random.default_rng(seed)
-    out: dict[str, np.ndarray] = {}
-    done = 0
-    for batch in batches:
-        values = run(batch)
-        for name, layer in layers.items():
-            x = np.asarray(values[nodes[name].input[0]], dtype=np.float32)
+        from edgecnn.quant.weights import correctable_inputs
+
+        self.model = model
+        self.inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+        self.nodes = {n.name: n for n in model.graph.node}
+        self.layers = {name: lay for name in correctable_inputs(model)
+                       if (lay := _layer(self.nodes[name], self.inits)) is not None}
+        self.inputs = sorted({self.nodes[name].input[0] for name in self.layers})
+        self.total = total
+        self.rng = np.random.default_rng(seed)
+        self.h: dict[str, np.ndarray] = {}
+
+    def add(self, values: dict[str, np.ndarray]) -> None:
+        """One batch: {tensor: value} holding at least `inputs`."""
+        for name, layer in self.layers.items():
+            x = np.asarray(values[self.nodes[name].input[0]], dtype=np.float32)
             if layer["kind"] == "gemm":
                 h = _gram(x.T[:, :, None], 1)  # inputs as channels, images as positions
             else:
                 group = layer["group"]
                 budget = DEPTHWISE_SAMPLES if x.shape[1] == group else SAMPLES
-                positions = max(16, -(-budget * len(batch) // max(total, len(batch))))  # this batch's share
-                h = _gram(_patches(x, layer, rng, positions), group)
+                positions = max(16, -(-budget * len(x) // max(self.total, len(x))))  # this batch's share
+                h = _gram(_patches(x, layer, self.rng, positions), group)
             h = h.astype(np.float64)
-            out[name] = h if name not in out else out[name] + h
-        done += len(batch)
-        if progress:
-            progress(done, total)
-    return out
+            self.h[name] = h if name not in self.h else self.h[name] + h
+
+    def round(self) -> dict[str, np.ndarray]:
+        """weight initializer name -> GPTQ-rounded weights (float32, on the INT8 grid), for every layer seen; layers
+        GPTQ does not apply to (3-D convolutions, auto_pad, transposed A, shared weights) keep round-to-nearest."""
+        uses: dict[str, int] = {}
+        for n in self.model.graph.node:
+            for name in n.input:
+                uses[name] = uses.get(name, 0) + 1
+        out = {}
+        for name, h in self.h.items():
+            node, layer = self.nodes[name], self.layers[name]
+            if uses[node.input[1]] > 1:  # a weight shared by two layers cannot be rounded for both inputs at once
+                continue
+            w = self.inits[node.input[1]].astype(np.float32)
+            if layer["kind"] == "gemm":
+                rows = w if layer["trans_b"] else w.T  # output channels x inputs
+                q = gptq_rows(rows, h)
+                out[node.input[1]] = q if layer["trans_b"] else np.ascontiguousarray(q.T)
+            else:
+                cout = w.shape[0]
+                q = gptq_rows(w.reshape(cout, -1), h, np.arange(cout) // (cout // layer["group"]))
+                out[node.input[1]] = q.reshape(w.shape)
+        return out
 
 
 def gptq_rows(w: np.ndarray, h: np.ndarray, row_group: np.ndarray | None = None) -> np.ndarray:
@@ -160,30 +181,13 @@ def gptq_rows(w: np.ndarray, h: np.ndarray, row_group: np.ndarray | None = None)
 
 
 def round_weights(model, batches: Iterable[np.ndarray], threads: int | None = None,
-                  progress: Callable[[int, int], None] | None = None, total: int = 0) -> dict[str, np.ndarray]:
-    """weight initializer name -> GPTQ-rounded weights (float32, on the INT8 grid), for every Conv/Gemm layer GPTQ
-    applies to; layers it does not (3-D convolutions, auto_pad, transposed A) keep round-to-nearest downstream."""
-    from onnx import numpy_helper
+                  total: int = 0) -> dict[str, np.ndarray]:
+    """GPTQ-rounded weights (HessianAccumulator.round) from a pass of its own over `batches` (`total` images)."""
+    from edgecnn.quant import graph
 
-    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    nodes = {n.name: n for n in model.graph.node}
-    uses: dict[str, int] = {}
-    for n in model.graph.node:
-        for name in n.input:
-            uses[name] = uses.get(name, 0) + 1
-    out = {}
-    for name, h in hessians(model, batches, threads, progress=progress, total=total).items():
-        node = nodes[name]
-        if uses[node.input[1]] > 1:  # a weight shared by two layers cannot be rounded for both inputs at once
-            continue
-        w = inits[node.input[1]].astype(np.float32)
-        layer = _layer(node, inits)
-        if layer["kind"] == "gemm":
-            rows = w if layer["trans_b"] else w.T  # output channels x inputs
-            q = gptq_rows(rows, h)
-            out[node.input[1]] = q if layer["trans_b"] else np.ascontiguousarray(q.T)
-        else:
-            cout = w.shape[0]
-            q = gptq_rows(w.reshape(cout, -1), h, np.arange(cout) // (cout // layer["group"]))
-            out[node.input[1]] = q.reshape(w.shape)
-    return out
+    acc = HessianAccumulator(model, total)
+    if acc.inputs:
+        run = graph.tensor_runner(model, acc.inputs, threads)
+        for batch in batches:
+            acc.add(run(batch))
+    return acc.round()
