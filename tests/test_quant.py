@@ -99,17 +99,23 @@ def test_large_tensors_are_sampled_with_a_prime_stride():
     assert stride >= 8 and all(stride % p for p in range(2, stride))
 
 
+def calibrate_tiny(tmp_path, per_class: int, batch: int):
+    """The tiny model, its prepared graph, a calibration set of `per_class` images per class, and the statistics of
+    every activation tensor over it in batches of `batch`."""
+    model_path = build_tiny_onnx(tmp_path / "m.onnx")
+    cs = load_calibration(make_image_folder(tmp_path / "imgs", per_class=per_class),
+                          read_onnx_contract(model_path).preprocess)
+    prepared = graph.prepare(model_path)
+    stats = calibrators.collect_stats(cs.batches(batch), graph.tensor_runner(prepared, graph.activation_tensors(prepared)))
+    return model_path, prepared, cs, stats
+
+
 def test_ranges_on_a_real_model_match_reference_evaluator(tmp_path):
     """Activation min/max collected through ORT equal onnx's own reference implementation, tensor by tensor."""
     from onnx.reference import ReferenceEvaluator
 
-    model_path = build_tiny_onnx(tmp_path / "m.onnx")
-    folder = make_image_folder(tmp_path / "imgs", per_class=4)
-    contract = read_onnx_contract(model_path)
-    cs = load_calibration(folder, contract.preprocess)
-    prepared = graph.prepare(model_path)
+    model_path, prepared, cs, stats = calibrate_tiny(tmp_path, per_class=4, batch=3)
     names = graph.activation_tensors(prepared)
-    stats = calibrators.collect_stats(cs.batches(3), graph.tensor_runner(prepared, names))
     ranges = calibrators.compute_ranges(stats, "minmax")
 
     ref = ReferenceEvaluator(onnx.load(str(model_path)))
@@ -185,13 +191,7 @@ def test_table_reader_rejects_garbage(tmp_path):
 
 @pytest.fixture
 def calibrated(tmp_path):
-    model_path = build_tiny_onnx(tmp_path / "m.onnx")
-    folder = make_image_folder(tmp_path / "imgs", per_class=6)
-    contract = read_onnx_contract(model_path)
-    cs = load_calibration(folder, contract.preprocess)
-    prepared = graph.prepare(model_path)
-    names = graph.activation_tensors(prepared)
-    stats = calibrators.collect_stats(cs.batches(4), graph.tensor_runner(prepared, names))
+    _, prepared, cs, stats = calibrate_tiny(tmp_path, per_class=6, batch=4)
     return prepared, calibrators.compute_ranges(stats, "percentile"), cs
 
 
