@@ -89,7 +89,8 @@ def build_tiny_onnx(path: Path, labels=("cat", "dog", "bird"), size=(32, 32), ba
         numpy_helper.from_array(rng.normal(0, 0.1, (16,)).astype(np.float32), "conv2.b"),
         numpy_helper.from_array(rng.normal(0, 0.5, (n, 16)).astype(np.float32), "fc.w"),
         numpy_helper.from_array(rng.normal(0, 0.1, (n,)).astype(np.float32), "fc.b"),
-        numpy_helper.from_array(np.array([0, -1], dtype=np.int64), "flat_shape"),
+        # a fixed batch is baked into the Reshape, as a static torch.onnx.export writes it (`edgecnn export` default)
+        numpy_helper.from_array(np.array([batch or 0, -1], dtype=np.int64), "flat_shape"),
     ]
     nodes = [
         helper.make_node("Conv", ["input", "conv1.w", "conv1.b"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),

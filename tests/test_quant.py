@@ -150,6 +150,25 @@ def test_tensor_runner_reuses_buffers_and_stays_exact_across_batch_sizes(tmp_pat
         assert {name: got[name].ctypes.data for name in names} == seen[n]  # same memory for the same batch size
 
 
+def test_fixed_batch_model_is_run_at_its_own_batch_size(tmp_path):
+    """`edgecnn export` fixes the batch (1 by default) and bakes it into Reshape shapes: calibration must feed such a
+    model exactly its batch size (a padded last chunk, padded rows dropped) and get what the dynamic model gets."""
+    fixed = graph.prepare(build_tiny_onnx(tmp_path / "fixed.onnx", batch=4))
+    dynamic = graph.prepare(build_tiny_onnx(tmp_path / "dynamic.onnx"))
+    assert graph.fixed_batch(fixed) == 4 and graph.fixed_batch(dynamic) is None
+    names = [n for n in graph.activation_tensors(dynamic) if n != "input"]
+    run_fixed, run_dynamic = graph.tensor_runner(fixed, names), graph.tensor_runner(dynamic, names)
+    x = np.random.default_rng(1).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    with pytest.raises(Exception):  # the baked Reshape really refuses another batch size
+        graph.augmented_session(fixed, names).run(names, {"input": x[:3]})
+    for n in (4, 3, 9, 1):
+        x = np.random.default_rng(n).standard_normal((n, 3, 32, 32)).astype(np.float32)
+        got, want = run_fixed(x), run_dynamic(x)
+        for name in names:
+            assert got[name].shape == want[name].shape, name
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
 # ---------------------------------------------------------------- TensorRT calibration table
 
 

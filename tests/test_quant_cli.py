@@ -52,6 +52,25 @@ def test_quantize_json_outputs_and_metadata(setup, target):
     assert {n.op_type for n in onnx.load(str(out)).graph.node} >= {"QuantizeLinear", "DequantizeLinear"}
 
 
+def test_fixed_batch_model_quantizes_and_keeps_its_input_shape(tmp_path):
+    """The `edgecnn export` default is a fixed batch baked into the graph; quantize must calibrate, round (GPTQ),
+    measure and time it at that batch size, and the INT8 model takes the same input as the FP32 one."""
+    model = build_tiny_onnx(tmp_path / "fixed.onnx", batch=2)
+    calib = make_image_folder(tmp_path / "calib", per_class=7, seed=1)  # 14 images: 7 batches of 2
+    val = make_image_folder(tmp_path / "val", classes=("cat", "dog", "bird"), per_class=3, seed=5)  # 9: a padded chunk
+    out = tmp_path / "fixed.int8.onnx"
+    res = invoke("quantize", model, "--calib", calib, "--out", out, "--target", "cpu", "--val", val,
+                 "--report", tmp_path / "report", "--json")
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["calibration"]["images"] == 14 and data["accuracy"]["images"] == 9
+    assert data["rounding"]["method"] == "gptq" and data["rounding"]["layers"] == 3
+    assert data["accuracy"]["agreement"]["top1_agreement"] >= 0.75
+    assert data["latency"]["int8"]["median_ms"] > 0
+    dims = [d.dim_value for d in onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [2, 3, 32, 32]
+
+
 def test_labelled_val_reports_top1_top5_and_per_class(setup):
     model, calib, tmp = setup
     val = make_image_folder(tmp / "val", classes=("cat", "dog", "bird"), per_class=4, seed=5)

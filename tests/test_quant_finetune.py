@@ -76,6 +76,20 @@ def test_finetune_lowers_the_loss_and_keeps_the_graph(setup):
     assert err_after < 0.7 * err_before  # on the images it trained on, the INT8 model moved closer to FP32
 
 
+def test_fixed_batch_graph_is_trained_at_its_own_batch_size(tmp_path):
+    """A graph with its batch baked into a Reshape gets exactly that many images per step, the last step filled up."""
+    prepared = graph.prepare(build_tiny_onnx(tmp_path / "fixed.onnx", batch=4, size=(24, 24)))
+    folder = make_image_folder(tmp_path / "imgs", per_class=5, size=(24, 24), seed=3)
+    cs = load_calibration(folder, read_onnx_contract(tmp_path / "fixed.onnx").preprocess)
+    x = np.concatenate(list(cs.batches(4)))
+    ranges = calibrators.compute_ranges(
+        calibrators.collect_stats(cs.batches(4), graph.tensor_runner(prepared, graph.activation_tensors(prepared))),
+        "minmax")
+    tuned, summary = finetune(prepared, qdq.write_qdq(prepared, ranges, "cpu"), x, epochs=2, lr=1e-4, batch=16)
+    assert len(x) == 10 and summary["steps"] == 2 * 3  # batches of 4: 4 + 4 + (2 + 2 from the start)
+    assert np.isfinite(summary["loss_last_epoch"])
+
+
 def test_quantize_with_finetune_reports_it(setup, tmp_path):
     model_path, folder, *_ = setup
     val = make_image_folder(tmp_path / "val", per_class=6, size=(24, 24), seed=9)

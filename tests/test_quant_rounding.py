@@ -92,6 +92,28 @@ def test_per_row_hessians_and_dead_inputs():
         assert np.mean(e ** 2) <= np.mean(e_rtn ** 2) * 1.01
 
 
+def test_buffered_patches_give_the_same_hessian(tmp_path, monkeypatch):
+    """Patches are folded into H a few batches at a time (a batch-1 model would otherwise pay a d x d sum per image):
+    the buffering must not change H."""
+    from edgecnn.quant import graph
+
+    model = graph.prepare(build_tiny_onnx(tmp_path / "tiny.onnx"))
+    run = graph.tensor_runner(model, rounding.HessianAccumulator(model, 1).inputs)
+    batches = [run(np.random.default_rng(i).standard_normal((1, 3, 32, 32)).astype(np.float32)) for i in range(12)]
+    hs = []
+    for flush in (1, 10**9):
+        monkeypatch.setattr(rounding, "FLUSH", flush)
+        acc = rounding.HessianAccumulator(model, total=12, seed=0)
+        for values in batches:
+            acc.add(values)
+        acc.round()
+        hs.append(acc.h)
+    assert hs[0].keys() == hs[1].keys() == {"conv1", "conv2", "fc"}
+    for name in hs[0]:
+        scale = np.abs(hs[1][name]).max()  # float32 products summed in another order: equal to rounding
+        np.testing.assert_allclose(hs[0][name], hs[1][name], rtol=1e-5, atol=1e-6 * scale, err_msg=name)
+
+
 @pytest.fixture
 def tiny(tmp_path):
     return build_tiny_onnx(tmp_path / "tiny.onnx"), make_image_folder(tmp_path / "calib", per_class=8, seed=1), tmp_path

@@ -255,6 +255,10 @@ def finetune(model, qmodel, inputs: np.ndarray, epochs: int, lr: float = 1e-5, b
                 net.params[init.name].data.copy_(torch.from_numpy(numpy_helper.to_array(init).astype(np.float32)))
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     data = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32))
+    from edgecnn.quant.graph import fixed_batch
+
+    fixed = fixed_batch(model)  # a fixed-batch graph may bake its batch size into Reshape shapes: feed exactly that
+    batch = fixed or batch
     steps_per_epoch = (len(data) + batch - 1) // batch
     total = epochs * steps_per_epoch
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total)
@@ -263,7 +267,10 @@ def finetune(model, qmodel, inputs: np.ndarray, epochs: int, lr: float = 1e-5, b
     for _ in range(epochs):
         order = torch.from_numpy(rng.permutation(len(data)))
         for i in range(0, len(data), batch):
-            x = _augment(torch, data[order[i:i + batch]], rng)
+            idx = order[i:i + batch]
+            if fixed and len(idx) < batch:  # fill the last batch from the start of this epoch's order
+                idx = torch.cat([idx, order[: batch - len(idx)]])
+            x = _augment(torch, data[idx], rng)
             with torch.no_grad():
                 net.teacher = True
                 target = net(x)

@@ -173,6 +173,7 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calib: str | os.P
     exclude = list(dict.fromkeys(options.exclude))
     _check_exclude(prepared, exclude, original)
 
+    batch_size = graph.fixed_batch(prepared) or options.batch  # a fixed-batch model only runs at its own batch size
     calib_set = load_calibration(calib, contract.preprocess, options.num_images, options.every,
                                  progress=lambda d, t: prog("decode", d, t))
     summary = calib_set.summary()
@@ -205,7 +206,7 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calib: str | os.P
 
     t0 = time.perf_counter()
     stats = calibrators.collect_stats(
-        calib_set.batches(options.batch), run, histogram=options.method != "minmax", total=len(calib_set),
+        calib_set.batches(batch_size), run, histogram=options.method != "minmax", total=len(calib_set),
         progress=lambda d, t: prog("calibrate", d, t), channel_means=mean_inputs,
     )
     means = {name: s.channel_mean for name, s in stats.items() if s.channel_mean is not None}
@@ -246,7 +247,7 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calib: str | os.P
             if options.finetune:
                 from edgecnn.quant.finetune import finetune
 
-                base, tuned = finetune(prepared, qm, finetune_inputs, options.finetune, options.finetune_lr, options.batch,
+                base, tuned = finetune(prepared, qm, finetune_inputs, options.finetune, options.finetune_lr, batch_size,
                                        options.threads, start=base, progress=lambda d, t: prog("finetune", d, t))
                 finetune_log.append({**tuned, "excluded": list(excluded)})
                 qm = qdq.write_qdq(base, ranges, options.target, excluded)
@@ -271,7 +272,7 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calib: str | os.P
         fallback = None
         if options.max_drop is not None and measured["drop"] > options.max_drop:
             qmodel, qpath, measured, fallback = _fallback(
-                prepared, qmodel, measured, exclude, options, build, ref, contract.preprocess, prog
+                prepared, qmodel, measured, exclude, options, batch_size, build, ref, contract.preprocess, prog
             )
             exclude = fallback["excluded"]
 
@@ -290,7 +291,8 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calib: str | os.P
 
         latency = None
         if options.report is not None and options.latency_runs > 0:
-            shape = (1,) + tuple(d.dim_value for d in prepared.graph.input[0].type.tensor_type.shape.dim[1:])
+            shape = (graph.fixed_batch(prepared) or 1,) + tuple(
+                d.dim_value for d in prepared.graph.input[0].type.tensor_type.shape.dim[1:])
             save_onnx(qmodel, qpath)
             lf, lq = (_latency(p, options.latency_runs, options.threads, shape) for p in (fp32_path, qpath))
             latency = {"fp32": lf, "int8": lq, "speedup": lf["median_ms"] / max(lq["median_ms"], 1e-9),
@@ -324,12 +326,12 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calib: str | os.P
     return result
 
 
-def _fallback(prepared, qmodel, measured, exclude, options, build, ref, cfg, prog):
+def _fallback(prepared, qmodel, measured, exclude, options, batch_size, build, ref, cfg, prog):
     """Keep the most sensitive INT8 layers in float, one more per step, until the drop is within --max-drop."""
     from edgecnn.preprocess import normalize
 
     images = ref.inputs[: options.sensitivity_images]
-    batches = [normalize(images[i : i + options.batch], cfg) for i in range(0, len(images), options.batch)]
+    batches = [normalize(images[i : i + batch_size], cfg) for i in range(0, len(images), batch_size)]
     ranked = accuracy.layer_sensitivity(prepared, qmodel, batches, options.threads)
     steps = [{"step": 0, "excluded": list(exclude), "drop": measured["drop"]}]
     candidates = [r["node"] for r in ranked if r["node"] not in exclude]

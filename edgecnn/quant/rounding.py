@@ -24,6 +24,8 @@ SAMPLES = 4096  # input patches sampled per layer over all calibration images: H
 DEPTHWISE_SAMPLES = 1024  # a depthwise channel's H is only kh*kw square
 DAMPING = 0.01  # added to H's diagonal, relative to its mean (GPTQ's default): keeps H invertible
 BLOCK = 128  # columns rounded between two whole-matrix updates (GPTQ's lazy batching)
+FLUSH = 256  # sampled patches buffered per layer before they are folded into H: one d x d product per flush, not
+# per batch (a fixed-batch-1 model calibrates image by image, and a 576-input layer's H is 330 k numbers)
 
 
 def _attrs(node) -> dict:
@@ -100,19 +102,30 @@ class HessianAccumulator:
         self.total = total
         self.rng = np.random.default_rng(seed)
         self.h: dict[str, np.ndarray] = {}
+        self.pending: dict[str, list[np.ndarray]] = {}  # sampled (C, P, kk) patches not yet in H
 
     def add(self, values: dict[str, np.ndarray]) -> None:
         """One batch: {tensor: value} holding at least `inputs`."""
         for name, layer in self.layers.items():
             x = np.asarray(values[self.nodes[name].input[0]], dtype=np.float32)
             if layer["kind"] == "gemm":
-                h = _gram(x.T[:, :, None], 1)  # inputs as channels, images as positions
+                patches = x.T[:, :, None].copy()  # inputs as channels, images as positions
             else:
-                group = layer["group"]
-                budget = DEPTHWISE_SAMPLES if x.shape[1] == group else SAMPLES
+                budget = DEPTHWISE_SAMPLES if x.shape[1] == layer["group"] else SAMPLES
                 positions = max(16, -(-budget * len(x) // max(self.total, len(x))))  # this batch's share
-                h = _gram(_patches(x, layer, self.rng, positions), group)
-            h = h.astype(np.float64)
+                patches = _patches(x, layer, self.rng, positions)
+            pending = self.pending.setdefault(name, [])
+            pending.append(patches)
+            depthwise = layer["kind"] == "conv" and x.shape[1] == layer["group"]  # H is only kk x kk: no need to wait
+            if depthwise or sum(p.shape[1] for p in pending) >= FLUSH:
+                self._flush(name)
+
+    def _flush(self, name: str) -> None:
+        pending = self.pending.pop(name, [])
+        if pending:
+            group = self.layers[name].get("group", 1)
+            patches = pending[0] if len(pending) == 1 else np.concatenate(pending, axis=1)
+            h = _gram(patches, group).astype(np.float64)
             self.h[name] = h if name not in self.h else self.h[name] + h
 
     def round(self) -> dict[str, np.ndarray]:
@@ -122,6 +135,8 @@ class HessianAccumulator:
         for n in self.model.graph.node:
             for name in n.input:
                 uses[name] = uses.get(name, 0) + 1
+        for name in list(self.pending):
+            self._flush(name)
         out = {}
         for name, h in self.h.items():
             node, layer = self.nodes[name], self.layers[name]
