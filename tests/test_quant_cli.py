@@ -66,7 +66,8 @@ def test_fixed_batch_model_quantizes_and_keeps_its_input_shape(tmp_path):
     assert data["calibration"]["images"] == 14 and data["accuracy"]["images"] == 9
     assert data["rounding"]["method"] == "gptq" and data["rounding"]["layers"] == 3
     assert data["accuracy"]["agreement"]["top1_agreement"] >= 0.75
-    assert data["latency"]["int8"]["median_ms"] > 0
+    assert data["latency"]["int8"]["median_ms"] > 0 and data["latency"]["batch"] == 2
+    assert "ONNX Runtime CPU, batch 2" in (tmp_path / "report" / "quantization.md").read_text()
     dims = [d.dim_value for d in onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim]
     assert dims == [2, 3, 32, 32]
 

@@ -39,7 +39,7 @@ def quantize(
     percentile: float = typer.Option(99.99, "--percentile", help="Percentile of |x| kept by --method percentile."),
     num_images: int = typer.Option(500, "--num-images", help="Use at most this many calibration images (random subset)."),
     every: Optional[int] = typer.Option(None, "--every", help="Video source: take every k-th frame (default: spread over the video)."),
-    batch: int = typer.Option(16, "--batch", help="Calibration batch size."),
+    batch: int = typer.Option(16, "--batch", help="Calibration batch size (a model exported with a fixed batch always runs at its own)."),
     exclude: Optional[List[str]] = typer.Option(None, "--exclude", help="Node name to keep in float (repeatable)."),
     cache: Optional[Path] = typer.Option(None, "--cache", help="Also write the ranges as a TensorRT calibration table."),
     trt_version: Optional[str] = typer.Option(None, "--trt-version", help="TensorRT version for the table header "
@@ -136,7 +136,7 @@ def _print_summary(r: dict) -> None:
         console.print(f"[green]✓[/] wrote {r['cache']['path']} ({r['cache']['header']}, {r['cache']['tensors']} tensors)")
     if r.get("latency"):
         lat = r["latency"]
-        console.print(f"latency (batch 1, this machine): FP32 {lat['fp32']['median_ms']:.2f} ms, INT8 "
+        console.print(f"latency (batch {lat['batch']}, this machine): FP32 {lat['fp32']['median_ms']:.2f} ms, INT8 "
                       f"{lat['int8']['median_ms']:.2f} ms ({lat['speedup']:.2f}x)")
     if r.get("report"):
         console.print(f"[green]✓[/] report: {r['report']['markdown']}")

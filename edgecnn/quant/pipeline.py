@@ -296,7 +296,7 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calib: str | os.P
             save_onnx(qmodel, qpath)
             lf, lq = (_latency(p, options.latency_runs, options.threads, shape) for p in (fp32_path, qpath))
             latency = {"fp32": lf, "int8": lq, "speedup": lf["median_ms"] / max(lq["median_ms"], 1e-9),
-                       "runs": options.latency_runs, "threads": options.threads,
+                       "batch": shape[0], "runs": options.latency_runs, "threads": options.threads,
                        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"}
 
         # ---- outputs: model first, then cache and report (each atomic)

@@ -84,7 +84,7 @@ def to_markdown(result: dict) -> str:
             lines.append(f"- `{row['node']}` ({row['op']}): {row['added_error']:.3g}")
     if r.get("latency"):
         lat = r["latency"]
-        lines += ["", "## Latency on this machine (ONNX Runtime CPU, batch 1)", "",
+        lines += ["", f"## Latency on this machine (ONNX Runtime CPU, batch {lat['batch']})", "",
                   "| model | median ms | p90 ms |", "| --- | --- | --- |",
                   f"| FP32 | {lat['fp32']['median_ms']:.2f} | {lat['fp32']['p90_ms']:.2f} |",
                   f"| INT8 | {lat['int8']['median_ms']:.2f} | {lat['int8']['p90_ms']:.2f} |",
