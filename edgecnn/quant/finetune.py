@@ -24,18 +24,13 @@ from typing import Callable
 import numpy as np
 
 from edgecnn.errors import UserInputError
+from edgecnn.quant.graph import fixed_batch, node_attrs
 
 SUPPORTED_OPS = frozenset({
     "Conv", "Gemm", "MatMul", "Add", "Sub", "Mul", "Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish",
     "GlobalAveragePool", "MaxPool", "AveragePool", "Flatten", "Reshape", "Concat", "Identity",
 })
 WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
-
-
-def _attrs(node) -> dict:
-    from onnx import helper
-
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
 def _require_torch():
@@ -62,7 +57,7 @@ class _GraphExecutor:
                 "quantize without --finetune"
             )
         self.torch = torch
-        self.nodes = [(node, _attrs(node)) for node in model.graph.node]  # attributes parsed once, not every step
+        self.nodes = [(node, node_attrs(node)) for node in model.graph.node]  # attributes parsed once, not every step
         self.input_name = model.graph.input[0].name
         self.output_name = model.graph.output[0].name
         self.consts = {i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in model.graph.initializer}
@@ -213,7 +208,7 @@ def quant_points(qmodel) -> tuple[dict[str, tuple], dict[str, int]]:
             continue
         w = dq_source.get(node.input[1], node.input[1])
         original = w[: -len("_quantized")] if w.endswith("_quantized") else w
-        trans_b = _attrs(node).get("transB", 0)
+        trans_b = node_attrs(node).get("transB", 0)
         axes[original] = 1 if node.op_type == "MatMul" or (node.op_type == "Gemm" and not trans_b) else 0
     return acts, axes
 
@@ -255,8 +250,6 @@ def finetune(model, qmodel, inputs: np.ndarray, epochs: int, lr: float = 1e-5, b
                 net.params[init.name].data.copy_(torch.from_numpy(numpy_helper.to_array(init).astype(np.float32)))
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     data = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32))
-    from edgecnn.quant.graph import fixed_batch
-
     fixed = fixed_batch(model)  # a fixed-batch graph may bake its batch size into Reshape shapes: feed exactly that
     batch = fixed or batch
     steps_per_epoch = (len(data) + batch - 1) // batch

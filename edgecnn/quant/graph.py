@@ -78,6 +78,13 @@ def activation_tensors(model) -> list[str]:
     return names
 
 
+def node_attrs(node) -> dict:
+    """A node's attributes as {name: python value}."""
+    from onnx import helper
+
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
 def fixed_batch(model) -> int | None:
     """The batch size the model's input is fixed to (`edgecnn export` fixes it at 1 unless --dynamic-batch), or None.
     Such a graph may bake the batch into its Reshape shapes, so it is only ever run at exactly that batch size."""

@@ -18,6 +18,7 @@ from typing import Iterable
 
 import numpy as np
 
+from edgecnn.quant.graph import node_attrs
 from edgecnn.quant.weights import WEIGHT_QMAX
 
 SAMPLES = 4096  # input patches sampled per layer over all calibration images: H is well estimated long before
@@ -28,15 +29,9 @@ FLUSH = 256  # sampled patches buffered per layer before they are folded into H:
 # per batch (a fixed-batch-1 model calibrates image by image, and a 576-input layer's H is 330 k numbers)
 
 
-def _attrs(node) -> dict:
-    from onnx import helper
-
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
-
-
 def _layer(node, inits: dict) -> dict | None:
     """How to read a Conv/Gemm node's weight as rows (output channels) x inputs; None when GPTQ does not apply."""
-    a = _attrs(node)
+    a = node_attrs(node)
     if node.op_type == "Conv":
         w = inits[node.input[1]]
         if w.ndim != 4 or a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
