@@ -169,6 +169,27 @@ def test_fixed_batch_model_is_run_at_its_own_batch_size(tmp_path):
             np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6, err_msg=name)
 
 
+def test_fixed_batch_model_calibrates_in_real_batches_when_its_graph_allows(tmp_path):
+    """A fixed-batch graph with its batch baked into a Reshape (as a static torch export writes `x.view(bs, -1)`) is
+    calibrated through a free-batch copy that computes the same values; a graph where that rewrite would be wrong is
+    refused by the check (None); a dynamic model is used as it is."""
+    baked = graph.prepare(build_tiny_onnx(tmp_path / "baked.onnx", batch=2))
+    dynamic = graph.prepare(build_tiny_onnx(tmp_path / "dynamic.onnx"))
+    assert graph.batch_agnostic(dynamic) is dynamic
+    copy = graph.batch_agnostic(baked)
+    assert graph.fixed_batch(copy) is None and graph.fixed_batch(baked) == 2  # the original is left as it was
+    assert numpy_helper.to_array(next(i for i in baked.graph.initializer if i.name == "flat_shape")).tolist() == [2, -1]
+    names = [n for n in graph.activation_tensors(dynamic) if n != "input"]
+    x = np.random.default_rng(2).standard_normal((5, 3, 32, 32)).astype(np.float32)
+    got, want = graph.tensor_runner(copy, names)(x), graph.tensor_runner(dynamic, names)(x)
+    for name in names:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    literal = onnx.ModelProto()  # allowzero=1: the 2 in [2, -1] is literal, so the batch cannot be freed
+    literal.CopyFrom(baked)
+    next(n for n in literal.graph.node if n.op_type == "Reshape").attribute.append(onnx.helper.make_attribute("allowzero", 1))
+    assert graph.batch_agnostic(literal) is None
+
+
 # ---------------------------------------------------------------- TensorRT calibration table
 
 

@@ -53,8 +53,8 @@ def test_quantize_json_outputs_and_metadata(setup, target):
 
 
 def test_fixed_batch_model_quantizes_and_keeps_its_input_shape(tmp_path):
-    """The `edgecnn export` default is a fixed batch baked into the graph; quantize must calibrate, round (GPTQ),
-    measure and time it at that batch size, and the INT8 model takes the same input as the FP32 one."""
+    """The `edgecnn export` default is a fixed batch baked into the graph; quantize must calibrate and round (GPTQ)
+    it, measure and time it at that batch size, and the INT8 model takes the same input as the FP32 one."""
     model = build_tiny_onnx(tmp_path / "fixed.onnx", batch=2)
     calib = make_image_folder(tmp_path / "calib", per_class=7, seed=1)  # 14 images: 7 batches of 2
     val = make_image_folder(tmp_path / "val", classes=("cat", "dog", "bird"), per_class=3, seed=5)  # 9: a padded chunk

@@ -173,7 +173,8 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calib: str | os.P
     exclude = list(dict.fromkeys(options.exclude))
     _check_exclude(prepared, exclude, original)
 
-    batch_size = graph.fixed_batch(prepared) or options.batch  # a fixed-batch model only runs at its own batch size
+    runnable = graph.batch_agnostic(prepared)  # None: the batch is baked into the graph, so it runs at its own size
+    batch_size = options.batch if runnable is not None else graph.fixed_batch(prepared)
     calib_set = load_calibration(calib, contract.preprocess, options.num_images, options.every,
                                  progress=lambda d, t: prog("decode", d, t))
     summary = calib_set.summary()
@@ -192,7 +193,7 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calib: str | os.P
 
         hessian = HessianAccumulator(prepared, total=len(calib_set))
     extra = [t for t in hessian.inputs if t not in tensors] if hessian else []
-    runner = graph.tensor_runner(prepared, tensors + extra, options.threads)
+    runner = graph.tensor_runner(runnable or prepared, tensors + extra, options.threads)
     rounding_seconds = 0.0
 
     def run(batch: np.ndarray) -> dict[str, np.ndarray]:
