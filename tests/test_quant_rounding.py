@@ -168,3 +168,13 @@ def test_gptq_lowers_int8_error_on_the_real_network(tmp_path, scenes_dir):
                      QuantOptions(target="cpu", rounding=method, val=folders["held"]))
         diff[method] = r["accuracy"]["agreement"]["mean_abs_diff"]
     assert diff["gptq"] < 0.95 * diff["nearest"], diff
+
+
+def test_quantize_reports_progress_of_every_stage_in_order(tiny):
+    """The GPTQ solve gets its own progress stage (seconds per layer on a network with large dense convolutions)."""
+    model, calib, tmp = tiny
+    calls = []
+    quantize(model, tmp / "q.onnx", calib, QuantOptions(target="cpu"), progress=lambda *c: calls.append(c))
+    stages = list(dict.fromkeys(stage for stage, _, _ in calls))
+    assert stages[:3] == ["decode", "calibrate", "round"]
+    assert [c for c in calls if c[0] == "round"] == [("round", 1, 3), ("round", 2, 3), ("round", 3, 3)]

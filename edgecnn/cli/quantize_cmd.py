@@ -9,7 +9,8 @@ import typer
 
 from edgecnn.cli.common import cli_command, console, print_json, progress_bar, warn
 
-STAGES = {"decode": "decoding calibration images", "calibrate": "calibrating", "evaluate": "FP32 reference",
+STAGES = {"decode": "decoding calibration images", "calibrate": "calibrating", "round": "rounding weights (GPTQ)",
+          "evaluate": "FP32 reference",
           "sensitivity": "keeping sensitive layers in float", "finetune": "fine-tuning through INT8 rounding"}
 
 

@@ -24,7 +24,7 @@ from edgecnn.preprocess import PreprocessConfig
 from edgecnn.quant import accuracy, calibrators, graph, qdq, trt_cache, weights
 from edgecnn.quant.calib_data import load_calibration
 
-# progress(stage, done, total): stages 'decode', 'calibrate', 'evaluate', 'sensitivity'
+# progress(stage, done, total): stages 'decode', 'calibrate', 'round', 'finetune', 'evaluate', 'sensitivity'
 StageProgress = Callable[[str, int, int], None]
 
 
@@ -218,7 +218,7 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calib: str | os.P
     rounded: dict = {}
     if hessian is not None:
         t0 = time.perf_counter()
-        rounded = hessian.round()
+        rounded = hessian.round(progress=lambda d, t: prog("round", d, t))
         rounding_seconds += time.perf_counter() - t0
         del hessian
 

@@ -14,7 +14,7 @@ these integers. The result is float weights on the INT8 grid; bias correction an
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -123,9 +123,10 @@ class HessianAccumulator:
             h = _gram(patches, group).astype(np.float64)
             self.h[name] = h if name not in self.h else self.h[name] + h
 
-    def round(self) -> dict[str, np.ndarray]:
+    def round(self, progress: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
         """weight initializer name -> GPTQ-rounded weights (float32, on the INT8 grid), for every layer seen; layers
-        GPTQ does not apply to (3-D convolutions, auto_pad, transposed A, shared weights) keep round-to-nearest."""
+        GPTQ does not apply to (3-D convolutions, auto_pad, transposed A, shared weights) keep round-to-nearest.
+        progress(layers done, layers): a network with large dense convolutions spends seconds per layer here."""
         uses: dict[str, int] = {}
         for n in self.model.graph.node:
             for name in n.input:
@@ -133,8 +134,10 @@ class HessianAccumulator:
         for name in list(self.pending):
             self._flush(name)
         out = {}
-        for name, h in self.h.items():
+        for done, (name, h) in enumerate(self.h.items(), 1):
             node, layer = self.nodes[name], self.layers[name]
+            if progress:
+                progress(done, len(self.h))
             if uses[node.input[1]] > 1:  # a weight shared by two layers cannot be rounded for both inputs at once
                 continue
             w = self.inits[node.input[1]].astype(np.float32)
