@@ -454,8 +454,8 @@ NOTES = """## Reading the numbers (scenes photos)
   where the flips are: 97-100 % agreement where FP32's top-1 probability is at least 0.2 (percentile, minmax), 100 %
   for every recipe where it is at least 0.5; almost all flips are among the 63 % of photos where FP32 gives its top
   class less than 0.2.
-- **--target cpu >= 2x faster at batch 1**: not met; 1.86-1.96x single-threaded over the last runs, 1.6-1.7x with
-  2 threads. A per-layer ORT profile (1 thread) shows why: the 1x1 convolutions run 2.2-3.5x faster in INT8, but the
+- **--target cpu >= 2x faster at batch 1**: not met; 1.85-1.96x single-threaded over the last runs, 1.59-1.68x
+  with 2 threads. A per-layer ORT profile (1 thread) shows why: the 1x1 convolutions run 2.2-3.5x faster in INT8, but the
   16 depthwise convolutions, about 40 % of INT8 time, run 0.6-1.3x (ORT's symmetric INT8 depthwise kernel on
   AVX-512 VNNI is no faster than its FP32 NCHWc one), and the 3-channel stem runs 0.55x (too few input channels for
   the fast INT8 path).
