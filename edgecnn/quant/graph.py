@@ -116,9 +116,9 @@ def batch_agnostic(model):
         shape_init = inits.get(node.input[1]) if node.op_type == "Reshape" and len(node.input) > 1 else None
         if shape_init is None or node_attrs(node).get("allowzero", 0):
             continue
-        shape = numpy_helper.to_array(shape_init)
-        if shape.ndim == 1 and len(shape) > 0 and shape[0] == fixed:
-            free_shape = numpy_helper.from_array(np.concatenate([[0], shape[1:]]).astype(shape.dtype),
+        target = numpy_helper.to_array(shape_init)
+        if target.ndim == 1 and len(target) > 0 and target[0] == fixed:
+            free_shape = numpy_helper.from_array(np.concatenate([[0], target[1:]]).astype(target.dtype),
                                                  f"{shape_init.name}__free_batch_{node.name}")
             m.graph.initializer.append(free_shape)
             node.input[1] = free_shape.name
@@ -215,13 +215,10 @@ def tensor_runner(model, tensors: list[str], threads: int | None = None) -> Call
 
     def run_fixed(batch: np.ndarray) -> dict[str, np.ndarray]:
         """Chunks of the fixed batch size, the last one zero-padded; padded rows are dropped from every output."""
-        n = batch.shape[0]
+        from edgecnn.runtime.base import batch_chunks
+
         parts: dict[str, list[np.ndarray]] = {}
-        for start in range(0, n, fixed):
-            chunk = batch[start : start + fixed]
-            real = chunk.shape[0]
-            if real < fixed:
-                chunk = np.concatenate([chunk, np.zeros((fixed - real,) + chunk.shape[1:], np.float32)])
+        for chunk, real in batch_chunks(batch, fixed, pad=True):
             for name, value in run(chunk).items():
                 parts.setdefault(name, []).append(value[:real].copy())
         return {name: np.concatenate(values) for name, values in parts.items()}

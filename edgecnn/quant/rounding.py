@@ -103,16 +103,16 @@ class HessianAccumulator:
         """One batch: {tensor: value} holding at least `inputs`."""
         for name, layer in self.layers.items():
             x = np.asarray(values[self.nodes[name].input[0]], dtype=np.float32)
+            depthwise = layer["kind"] == "conv" and x.shape[1] == layer["group"]
             if layer["kind"] == "gemm":
                 patches = x.T[:, :, None].copy()  # inputs as channels, images as positions
             else:
-                budget = DEPTHWISE_SAMPLES if x.shape[1] == layer["group"] else SAMPLES
+                budget = DEPTHWISE_SAMPLES if depthwise else SAMPLES
                 positions = max(16, -(-budget * len(x) // max(self.total, len(x))))  # this batch's share
                 patches = _patches(x, layer, self.rng, positions)
             pending = self.pending.setdefault(name, [])
             pending.append(patches)
-            depthwise = layer["kind"] == "conv" and x.shape[1] == layer["group"]  # H is only kk x kk: no need to wait
-            if depthwise or sum(p.shape[1] for p in pending) >= FLUSH:
+            if depthwise or sum(p.shape[1] for p in pending) >= FLUSH:  # a depthwise H is only kk x kk: no need to wait
                 self._flush(name)
 
     def _flush(self, name: str) -> None:

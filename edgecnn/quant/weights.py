@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgecnn.quant.graph import node_attrs
+
 WEIGHT_QMAX = 127  # symmetric INT8 weights: [-127, 127], scale = amax / 127 (what ORT writes and TensorRT expects)
 
 
@@ -33,13 +35,6 @@ def correctable_inputs(model) -> dict[str, str]:
         if n.op_type in ("Conv", "Gemm") and len(n.input) >= 2 and n.input[1] in inits and n.input[0] not in inits:
             out[n.name] = n.input[0]
     return out
-
-
-def _attr(node, name, default):
-    for a in node.attribute:
-        if a.name == name:
-            return a.i if a.type == a.INT else a.f
-    return default
 
 
 def bias_correct(model, channel_means: dict[str, np.ndarray], skip=(),
@@ -70,8 +65,9 @@ def bias_correct(model, channel_means: dict[str, np.ndarray], skip=(),
         w = numpy_helper.to_array(originals[node.input[1]]).astype(np.float32)
         wq = rounded.get(node.input[1])
         mu = np.asarray(channel_means[node.input[0]], dtype=np.float64)
+        attrs = node_attrs(node)
         if node.op_type == "Conv":
-            group = int(_attr(node, "group", 1))
+            group = int(attrs.get("group", 1))
             cout, cin_g = w.shape[:2]
             if mu.size != cin_g * group:
                 continue
@@ -80,10 +76,10 @@ def bias_correct(model, channel_means: dict[str, np.ndarray], skip=(),
             mu_g = mu.reshape(group, cin_g)[np.arange(cout) // (cout // group)]  # each output's input group
             delta = np.einsum("oc,oc->o", d, mu_g)
         else:  # Gemm: y = alpha * A @ B' + beta * C
-            alpha, beta = float(_attr(node, "alpha", 1.0)), float(_attr(node, "beta", 1.0))
-            if int(_attr(node, "transA", 0)) or w.ndim != 2 or beta == 0.0:
+            alpha, beta = float(attrs.get("alpha", 1.0)), float(attrs.get("beta", 1.0))
+            if int(attrs.get("transA", 0)) or w.ndim != 2 or beta == 0.0:
                 continue
-            trans_b = int(_attr(node, "transB", 0))
+            trans_b = int(attrs.get("transB", 0))
             wq = fake_quant_per_channel(w, 0 if trans_b else 1) if wq is None else wq
             d = (wq - w).astype(np.float64)
             if d.shape[1 if trans_b else 0] != mu.size:

@@ -21,6 +21,17 @@ from edgecnn.errors import UserInputError
 from edgecnn.preprocess import preprocess
 
 
+def batch_chunks(batch: np.ndarray, size: int, pad: bool):
+    """Yield (chunk, real rows) over `batch` in pieces of `size`; with `pad`, the last piece is zero-padded to `size`
+    (a fixed-batch model takes nothing else) and the caller keeps only the first `real` rows of its result."""
+    for start in range(0, batch.shape[0], size):
+        part = batch[start : start + size]
+        real = part.shape[0]
+        if pad and real < size:
+            part = np.concatenate([part, np.zeros((size - real,) + part.shape[1:], dtype=part.dtype)])
+        yield part, real
+
+
 @dataclass(frozen=True)
 class InputSpec:
     """What `infer()` accepts: name, shape (None for a dynamic dimension), dtype and the batch range."""
@@ -88,15 +99,7 @@ class Runner(abc.ABC):
             chunk = limit
         else:
             chunk = fixed
-        outs = []
-        for start in range(0, n, chunk):
-            part = batch[start : start + chunk]
-            if part.shape[0] < chunk and fixed is not None:  # pad the last chunk of a fixed-batch model
-                pad = np.zeros((chunk - part.shape[0],) + part.shape[1:], dtype=np.float32)
-                outs.append(self._infer(np.concatenate([part, pad]))[: part.shape[0]])
-            else:
-                outs.append(self._infer(part))
-        return np.concatenate(outs)
+        return np.concatenate([self._infer(part)[:real] for part, real in batch_chunks(batch, chunk, fixed is not None)])
 
     def infer_frames(self, frames: Sequence[np.ndarray]) -> np.ndarray:
         """Logits for BGR uint8 frames, through the model's own preprocessing."""
