@@ -79,6 +79,25 @@ def photo_split(photos: Path, work: Path, n_cal: int, n_held: int, seed: int) ->
     return cal, held, n_held
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({platform.machine()})"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def int8_dot() -> str:
+    """What the CPU offers ORT's uint8 x int8 kernels: VNNI (exact and fast at 8 bits) or not (int16 pair sums)."""
+    from edgecnn.runtime.onnxrt import x86_without_vnni
+
+    if x86_without_vnni():
+        return "no VNNI: 8-bit weights need ORT's exact u8u8 kernels (session.x64quantprecision), 7-bit weights run fast"
+    return "VNNI or not x86: 8-bit and 7-bit weights run the same fast kernels"
+
+
 def agreement_row(r: dict, seconds: float) -> dict:
     """One agreement-table row from a quantize() result measured on the held-out photos (its --val)."""
     a = r["accuracy"]["agreement"]
@@ -122,12 +141,17 @@ def error_budget(model_path: Path, cal_dir: Path, held_dir: Path, threads: int, 
     nearest = weights.bias_correct(prepared, means)[0]
     corrected = weights.bias_correct(prepared, means, rounded=round_weights(prepared, cs.batches(16), threads,
                                                                              total=len(cs)))[0]
+    qmax7 = weights.REDUCED_WEIGHT_QMAX
+    corrected7 = weights.bias_correct(prepared, means, qmax=qmax7, rounded=round_weights(
+        prepared, cs.batches(16), threads, total=len(cs), qmax=qmax7))[0]
     acts, axes = quant_points(qdq.write_qdq(corrected, ranges, "cpu", []))
     relu_outputs = {n.output[0] for n in prepared.graph.node if n.op_type in ("Clip", "Relu")}
     held = torch.from_numpy(normalize(decode_resized(list_images(held_dir), cfg).images, cfg))
 
-    def run(act_names, quantize_weights: bool, fp16_weights: bool = False, rounded_model=None) -> np.ndarray:
-        net = _GraphExecutor(prepared, {k: v for k, v in acts.items() if k in act_names}, axes if quantize_weights else {})
+    def run(act_names, quantize_weights: bool, fp16_weights: bool = False, rounded_model=None,
+            qmax: int = weights.WEIGHT_QMAX) -> np.ndarray:
+        net = _GraphExecutor(prepared, {k: v for k, v in acts.items() if k in act_names}, axes if quantize_weights else {},
+                             qmax)
         start = (rounded_model or corrected) if quantize_weights else prepared
         for init in start.graph.initializer:
             if init.name in net.params:
@@ -138,7 +162,11 @@ def error_budget(model_path: Path, cal_dir: Path, held_dir: Path, threads: int, 
 
     fp32 = run(set(), False)
     rows = {
-        "everything (the INT8 model)": run(set(acts), True),
+        "everything, 7-bit weights (the default --target cpu model)": run(set(acts), True, rounded_model=corrected7,
+                                                                         qmax=qmax7),
+        "everything, 8-bit weights (--full-range)": run(set(acts), True),
+        "weights only (per-channel 7-bit [-64, 64], GPTQ rounding, bias-corrected)": run(set(), True, rounded_model=corrected7,
+                                                                                        qmax=qmax7),
         "weights only (per-channel INT8, GPTQ rounding, bias-corrected)": run(set(), True),
         "weights only (per-channel INT8, round-to-nearest, bias-corrected)": run(set(), True, rounded_model=nearest),
         "activations only": run(set(acts), False),
@@ -219,16 +247,14 @@ def time_calibration(model_path: Path, cal_dir: Path, threads: int, rounds: int 
 def latency(paths: dict[str, Path], threads_list=(1, 2), rounds: int = 5, runs: int = 60) -> dict:
     import onnxruntime as ort
 
+    from edgecnn.runtime.onnxrt import session_options
+
     x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
     out = {}
     for threads in threads_list:
         sessions = {}
-        for name, p in paths.items():
-            so = ort.SessionOptions()
-            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            so.intra_op_num_threads = threads
-            so.inter_op_num_threads = 1
-            sessions[name] = ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
+        for name, p in paths.items():  # edgecnn's options: exact INT8 on x86 CPUs without VNNI (slow kernels there)
+            sessions[name] = ort.InferenceSession(str(p), session_options(threads), providers=["CPUExecutionProvider"])
             for _ in range(10):
                 sessions[name].run(None, {"input": x})
         times = {name: [] for name in paths}
@@ -243,6 +269,7 @@ def latency(paths: dict[str, Path], threads_list=(1, 2), rounds: int = 5, runs: 
             "median_ms": med,
             "p90_ms": {name: float(np.percentile(v, 90)) for name, v in times.items()},
             "speedup_cpu_int8": med["fp32"] / med["int8_cpu"],
+            "speedup_cpu_int8_full_range": med["fp32"] / med["int8_cpu_full"],
             "speedup_tensorrt_qdq_on_cpu": med["fp32"] / med["int8_tensorrt"],
         }
     return out
@@ -276,7 +303,7 @@ def main() -> None:
     model = pretrained_onnx("efficientnet-lite0")
     result = {
         "command": "flock /tmp/edgecnn-bench.lock python benchmarks/quant_benchmark.py " + " ".join(sys.argv[1:]),
-        "machine": {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+        "machine": {"cpu": cpu_name(), "cpus": os.cpu_count(), "int8_dot_product": int8_dot(),
                     "python": platform.python_version(), "onnxruntime": ort.__version__, "onnx": onnx.__version__,
                     "numpy": np.__version__, "platform": platform.platform()},
         "model": "efficientnet-lite0 (ImageNet-1k pretrained, FP32 ONNX opset 17, dynamic batch)",
@@ -309,6 +336,16 @@ def main() -> None:
                 if method == args.methods.split(",")[0]:
                     paths[f"int8_{target}"] = out
             method = args.methods.split(",")[0]
+            if target == "cpu":  # the default is 7-bit weights; the 8-bit model for comparison
+                out = tmp / f"{target}.{method}.full.int8.onnx"
+                t0 = time.perf_counter()
+                r = quantize(model, out, cal_dir, QuantOptions(target=target, method=method, val=held_dir,
+                                                               num_images=args.calibration, threads=args.threads,
+                                                               reduce_range=False))
+                row = agreement_row(r, time.perf_counter() - t0)
+                result["agreement"][f"{target}/{method}, full-range (8-bit) weights"] = row
+                print(target, method, "full range", json.dumps(row), flush=True)
+                paths["int8_cpu_full"] = out
             out = tmp / f"{target}.{method}.nearest.int8.onnx"
             t0 = time.perf_counter()
             r = quantize(model, out, cal_dir, QuantOptions(target=target, method=method, val=held_dir,
@@ -345,7 +382,8 @@ def markdown(r: dict, args) -> str:
         "",
         f"Command: `{r['command']}`",
         "",
-        f"Machine: {r['machine']['cpu']}, {r['machine']['cpus']} CPUs (shared with other work), "
+        f"Machine: {r['machine']['cpu']}, {r['machine']['cpus']} CPUs (shared with other work; INT8: "
+        f"{r['machine'].get('int8_dot_product', 'not recorded')}), "
         f"{r['machine']['platform']}; Python {r['machine']['python']}, onnxruntime {r['machine']['onnxruntime']}, "
         f"onnx {r['machine']['onnx']}, numpy {r['machine']['numpy']}.",
         "",
@@ -367,8 +405,8 @@ def markdown(r: dict, args) -> str:
         "calibrator is fed 40 images per collect_data() call: it keeps every activation of a call in memory "
         "(all 200 at once would be about 10 GB).",
         "",
-        f"## Agreement with FP32 on {args.held_out} held-out photos (per-channel INT8 weights, GPTQ-rounded unless "
-        "the row says otherwise, bias-corrected)",
+        f"## Agreement with FP32 on {args.held_out} held-out photos (per-channel INT8 weights: 8-bit for tensorrt, "
+        "7-bit [-64, 64] for cpu, the defaults; GPTQ-rounded unless the row says otherwise; bias-corrected)",
         "",
         "| target / method | top-1 agreement | INT8 top-1 in FP32 top-5 | mean abs logit diff | cosine | INT8 nodes | size MB | quantize s |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -392,11 +430,15 @@ def markdown(r: dict, args) -> str:
             lines.append(f"- {k}: {ft['steps']} steps in {ft['seconds']:.0f} s, distillation loss "
                          f"{ft['loss_first_epoch']:.4g} -> {ft['loss_last_epoch']:.4g}")
     lines += ["", "## Batch-1 latency, ONNX Runtime CPU (median of interleaved rounds)", "",
-              "| threads | FP32 ms | INT8 cpu ms | speed-up | INT8 tensorrt-form Q/DQ on CPU ms |", "| --- | --- | --- | --- | --- |"]
+              "Sessions with edgecnn's options (exact INT8 on every CPU: session.x64quantprecision).", "",
+              "| threads | FP32 ms | INT8 cpu ms (7-bit weights, default) | speed-up | INT8 cpu, 8-bit weights ms | "
+              "INT8 tensorrt-form Q/DQ on CPU ms |", "| --- | --- | --- | --- | --- | --- |"]
     for key, lat in r["latency_batch1"].items():
         m = lat["median_ms"]
+        full = (f"{m['int8_cpu_full']:.2f} ({lat['speedup_cpu_int8_full_range']:.2f}x)" if "int8_cpu_full" in m
+                else "not measured")
         lines.append(f"| {key.split('_')[1]} | {m['fp32']:.2f} | {m['int8_cpu']:.2f} | {lat['speedup_cpu_int8']:.2f}x | "
-                     f"{m['int8_tensorrt']:.2f} ({lat['speedup_tensorrt_qdq_on_cpu']:.2f}x) |")
+                     f"{full} | {m['int8_tensorrt']:.2f} ({lat['speedup_tensorrt_qdq_on_cpu']:.2f}x) |")
     b = r.get("error_budget")
     if b:
         lines += ["", f"## Where the error comes from (cpu target, {b['method']}; {b['images']} held-out photos)", "",

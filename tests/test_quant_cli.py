@@ -46,6 +46,9 @@ def test_quantize_json_outputs_and_metadata(setup, target):
     assert c1.labels == c0.labels and c1.preprocess == c0.preprocess and c1.precision == "int8"
     prov = c1.provenance["quantization"]
     assert prov["target"] == target and prov["method"] == "entropy" and prov["calibration"]["images"] == 16
+    qmax = 64 if target == "cpu" else 127  # cpu: reduced range by default (no int16 saturation on any x86 CPU)
+    assert data["weights"]["qmax"] == qmax and f"{qmax}]" in prov["weights"]
+    assert f"{qmax}]" in (report / "quantization.md").read_text()
     assert cache.read_text().startswith("TRT-8601-EntropyCalibration2\n")
     assert (report / "quantization.json").is_file() and "Per-tensor ranges" in (report / "quantization.md").read_text()
     assert json.loads((report / "quantization.json").read_text())["latency"]["int8"]["median_ms"] > 0
@@ -137,6 +140,7 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(setup):
     fails(model, "--calib", calib, "--out", out, "--exclude", "conv9", match="Unknown --exclude node(s): conv9")
     fails(model, "--calib", calib, "--out", out, "--target", "gpu", match="--target")
     fails(model, "--calib", calib, "--out", out, "--method", "mse", match="--method")
+    fails(model, "--calib", calib, "--out", out, "--reduce-range", match="--reduce-range is for --target cpu")
     fails(model, "--calib", calib, "--out", out, "--input-size", "32,32", "--mean", "1", "--std", "1",
           match="carries its own preprocessing")
     # an already quantized model
@@ -161,6 +165,17 @@ def test_model_without_metadata_asks_for_preprocessing(setup):
     assert contract.labels == ["class_0", "class_1", "class_2"] and contract.preprocess.mean == (120.0,) * 3
 
 
+def test_full_range_cpu_weights_on_request(setup):
+    from edgecnn.runtime.onnxrt import x86_without_vnni
+
+    model, calib, tmp = setup
+    res = invoke("quantize", model, "--calib", calib, "--out", tmp / "q.onnx", "--target", "cpu", "--full-range")
+    assert res.exit_code == 0, res.output
+    assert "8-bit weights" in res.output
+    assert ("this x86 CPU has no VNNI" in res.output) == x86_without_vnni()  # said where it matters, only there
+    assert "[-127, 127]" in read_onnx_contract(tmp / "q.onnx").provenance["quantization"]["weights"]
+
+
 @pytest.mark.slow
 def test_pretrained_efficientnet_lite0_cpu_target(scenes_dir, tmp_path):
     """The real network by name, 48 real photos: the INT8 model is fused by ORT and mostly agrees with FP32."""
@@ -182,3 +197,12 @@ def test_pretrained_efficientnet_lite0_cpu_target(scenes_dir, tmp_path):
     assert data["sizes"]["int8_bytes"] < 0.35 * data["sizes"]["fp32_bytes"]
     assert data["qdq"]["int8_nodes"] >= 50
     assert (tmp_path / "lite0.calib").read_text().count("\n") > 60
+    # reduced-range weights: any ONNX Runtime app gets the same numbers as edgecnn, VNNI or not (nothing saturates)
+    import onnxruntime as ort
+
+    from edgecnn.runtime.onnxrt import session_options
+
+    x = np.random.default_rng(0).standard_normal((2, 3, 224, 224)).astype(np.float32)
+    plain = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    exact = ort.InferenceSession(str(out), session_options(), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    np.testing.assert_allclose(plain, exact, atol=1e-5)

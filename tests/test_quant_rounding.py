@@ -11,7 +11,7 @@ from onnx import numpy_helper
 
 from conftest import build_tiny_onnx, make_image_folder
 from edgecnn.errors import UserInputError
-from edgecnn.quant import QuantOptions, quantize, rounding
+from edgecnn.quant import QuantOptions, qdq, quantize, rounding
 from edgecnn.quant.weights import fake_quant_per_channel
 
 
@@ -119,25 +119,29 @@ def tiny(tmp_path):
     return build_tiny_onnx(tmp_path / "tiny.onnx"), make_image_folder(tmp_path / "calib", per_class=8, seed=1), tmp_path
 
 
-@pytest.mark.parametrize("target", ["tensorrt", "cpu"])
-def test_qdq_model_carries_exactly_the_gptq_integers(tiny, target):
+@pytest.mark.parametrize("target,reduce_range,qmax", [("tensorrt", None, 127), ("cpu", None, 64), ("cpu", False, 127)])
+def test_qdq_model_carries_exactly_the_gptq_integers(tiny, target, reduce_range, qmax):
     model, calib, tmp = tiny
-    r = quantize(model, tmp / "q.onnx", calib, QuantOptions(target=target, bias_correction=False))
+    r = quantize(model, tmp / "q.onnx", calib, QuantOptions(target=target, bias_correction=False,
+                                                            reduce_range=reduce_range))
     assert r["rounding"] == {"method": "gptq", "layers": 3, "seconds": r["rounding"]["seconds"]}
+    assert r["weights"]["qmax"] == qmax
     from edgecnn.artifacts import read_onnx_contract
     from edgecnn.quant import graph
     from edgecnn.quant.calib_data import load_calibration
 
     cs = load_calibration(calib, read_onnx_contract(model).preprocess)
-    expected = rounding.round_weights(graph.prepare(model), cs.batches(16), total=len(cs))
+    expected = rounding.round_weights(graph.prepare(model), cs.batches(16), total=len(cs), qmax=qmax)
     qm = onnx.load(str(tmp / "q.onnx"))
     inits = {i.name: numpy_helper.to_array(i) for i in qm.graph.initializer}
     for name, wq in expected.items():
         ints = next(v for k, v in inits.items() if k.startswith(name) and v.dtype == np.int8 and v.shape == wq.shape)
         axis = 0 if wq.ndim == 4 or name == "fc.w" else 1
-        scale = np.abs(np.moveaxis(wq, axis, 0)).reshape(wq.shape[axis], -1).max(axis=1) / 127
+        scale = np.abs(np.moveaxis(wq, axis, 0)).reshape(wq.shape[axis], -1).max(axis=1) / qmax
         want = np.round(np.moveaxis(wq, axis, 0) / scale.reshape((-1,) + (1,) * (wq.ndim - 1)))
         np.testing.assert_array_equal(np.moveaxis(ints, axis, 0), want.astype(np.int8), err_msg=name)
+        assert np.abs(ints.astype(int)).max() == qmax  # every channel's largest weight is on the edge of the grid
+    assert qdq.weight_qmax_of(qm) == qmax
     assert read_onnx_contract(tmp / "q.onnx").provenance["quantization"]["rounding"] == "gptq"
 
 

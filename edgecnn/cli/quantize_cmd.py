@@ -53,6 +53,10 @@ def quantize(
     no_bias_correction: bool = typer.Option(False, "--no-bias-correction", help="Skip correcting biases for INT8 weight error."),
     rounding: str = typer.Option("gptq", "--rounding", help="INT8 weight rounding: gptq (each rounding error "
                                  "compensated on the calibration images) or nearest."),
+    reduce_range: Optional[bool] = typer.Option(
+        None, "--reduce-range/--full-range", help="INT8 weights on [-64, 64] instead of [-127, 127]. Default: reduced "
+        "for --target cpu (fast and exact on every CPU; full-range weights saturate ONNX Runtime's fast kernels on x86 "
+        "CPUs without VNNI), full for tensorrt."),
     finetune: int = typer.Option(0, "--finetune", help="Epochs of quantization-aware fine-tuning on the calibration "
                                  "images, with the FP32 model as teacher (needs PyTorch; 0: plain post-training)."),
     finetune_lr: float = typer.Option(1e-5, "--finetune-lr", help="Adam learning rate for --finetune."),
@@ -81,7 +85,7 @@ def quantize(
         target=target, method=method, percentile=percentile, num_images=num_images, batch=batch, every=every,
         exclude=tuple(exclude or ()), cache=cache, trt_version=trt_version, val=val, max_drop=max_drop,
         max_steps=max_steps, report=report, threads=threads, bias_correction=not no_bias_correction, rounding=rounding,
-        finetune=finetune, finetune_lr=finetune_lr, preprocess=pre, labels=read_labels_file(labels) if labels else None,
+        reduce_range=reduce_range, finetune=finetune, finetune_lr=finetune_lr, preprocess=pre, labels=read_labels_file(labels) if labels else None,
     )
     with progress_bar("quantizing", disable=json_out) as update:
         def progress(stage: str, done: int, total: int) -> None:
@@ -131,8 +135,11 @@ def _print_summary(r: dict) -> None:
         console.print(f"kept in float: {', '.join(r['excluded'])}")
     console.print(
         f"[green]✓[/] wrote {r['output']} ({r['sizes']['int8_bytes'] / 1e6:.2f} MB, was {r['sizes']['fp32_bytes'] / 1e6:.2f} MB; "
-        f"target {r['target']}, method {r['method']}, {r['rounding']['method']} rounding)"
+        f"target {r['target']}, method {r['method']}, {r['rounding']['method']} rounding, "
+        f"{'7-bit' if r['weights']['reduce_range'] else '8-bit'} weights)"
     )
+    if r["weights"].get("note"):
+        warn(r["weights"]["note"])
     if r.get("cache"):
         console.print(f"[green]✓[/] wrote {r['cache']['path']} ({r['cache']['header']}, {r['cache']['tensors']} tensors)")
     if r.get("latency"):

@@ -46,7 +46,7 @@ def _require_torch():
 class _GraphExecutor:
     """Runs an FP32 ONNX graph with PyTorch ops, optionally with fake quantization at the Q/DQ model's points."""
 
-    def __init__(self, model, act_quant: dict[str, tuple], weight_axes: dict[str, int]):
+    def __init__(self, model, act_quant: dict[str, tuple], weight_axes: dict[str, int], weight_qmax: int = 127):
         torch = _require_torch()
         from onnx import numpy_helper
 
@@ -71,6 +71,7 @@ class _GraphExecutor:
                 self.params[name] = torch.nn.Parameter(self.consts[name].clone())
         self.act_quant = act_quant
         self.weight_axes = weight_axes
+        self.weight_qmax = int(weight_qmax)  # 127, or 64 for a --reduce-range model
         self.teacher = False  # True: the original FP32 weights, no fake quantization (the distillation target)
 
     def parameters(self):
@@ -87,9 +88,10 @@ class _GraphExecutor:
         torch = self.torch
         dims = [d for d in range(w.dim()) if d != axis]
         amax = w.detach().abs().amax(dim=dims)
-        scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax)).float()
+        qmax = self.weight_qmax
+        scale = torch.where(amax > 0, amax / qmax, torch.ones_like(amax)).float()
         zero = torch.zeros_like(scale, dtype=torch.int32)
-        return torch.fake_quantize_per_channel_affine(w, scale, zero, axis, -127, 127)
+        return torch.fake_quantize_per_channel_affine(w, scale, zero, axis, -qmax, qmax)
 
     def _fake_quant(self, name: str, x):
         q = self.act_quant.get(name)
@@ -242,8 +244,10 @@ def finetune(model, qmodel, inputs: np.ndarray, epochs: int, lr: float = 1e-5, b
         torch.set_num_threads(int(threads))
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
+    from edgecnn.quant.qdq import weight_qmax_of
+
     acts, axes = quant_points(qmodel)
-    net = _GraphExecutor(model, acts, axes)
+    net = _GraphExecutor(model, acts, axes, weight_qmax_of(qmodel))
     if start is not None:
         for init in start.graph.initializer:
             if init.name in net.params:

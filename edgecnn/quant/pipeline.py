@@ -50,6 +50,9 @@ class QuantOptions:
     latency_runs: int = 30
     bias_correction: bool = True
     rounding: str = "gptq"  # how INT8 weights are rounded: gptq (error-compensating) or nearest
+    # INT8 weights on [-64, 64] instead of [-127, 127]. None: on for --target cpu (see weights.REDUCED_WEIGHT_QMAX:
+    # without it the model saturates, or needs ORT's slow exact kernels, on x86 CPUs without VNNI), off for tensorrt.
+    reduce_range: bool | None = None
     finetune: int = 0  # epochs of quantization-aware fine-tuning on the calibration images (0: pure PTQ)
     finetune_lr: float = 1e-5
     threads: int | None = None
@@ -74,6 +77,17 @@ class QuantOptions:
             raise UserInputError(f"--finetune-lr must be in (0, 1), got {self.finetune_lr}")
         if self.max_drop is not None and self.max_drop < 0:
             raise UserInputError(f"--max-drop must be >= 0 percentage points, got {self.max_drop}")
+        if self.reduce_range and self.target == "tensorrt":
+            raise UserInputError("--reduce-range is for --target cpu: TensorRT computes INT8 without int16 "
+                                 "saturation, so full-range weights only gain precision there")
+
+    @property
+    def reduced_range(self) -> bool:
+        return self.target == "cpu" if self.reduce_range is None else bool(self.reduce_range)
+
+    @property
+    def weight_qmax(self) -> int:
+        return weights.weight_qmax(self.reduced_range)
 
 
 def model_contract(model_proto, path: Path, options: QuantOptions) -> ModelContract:
@@ -136,6 +150,22 @@ def _latency(path: Path, runs: int, threads: int | None, input_shape: tuple) -> 
             runner.infer(x)
             times.append((time.perf_counter() - t0) * 1000.0)
     return {"median_ms": float(np.median(times)), "p90_ms": float(np.percentile(times, 90)), "mean_ms": float(np.mean(times))}
+
+
+def _weights_text(reduced: bool) -> str:
+    return ("int8 symmetric per-channel, reduced range [-64, 64] (exact and fast on x86 CPUs without VNNI)" if reduced
+            else "int8 symmetric per-channel, full range [-127, 127]")
+
+
+def _weights_note(options: QuantOptions) -> str | None:
+    """A warning when a full-range --target cpu model is made on a CPU where it cannot run fast."""
+    from edgecnn.runtime.onnxrt import x86_without_vnni
+
+    if options.target != "cpu" or options.reduced_range or not x86_without_vnni():
+        return None
+    return ("this x86 CPU has no VNNI: full-range INT8 weights run on ONNX Runtime's exact but slow kernels here (edgecnn "
+            "sets session.x64quantprecision; other ORT apps must too, or they get saturated, wrong results); "
+            "--reduce-range gives a model that is fast and exact on every CPU")
 
 
 def _range_table(ranges: dict[str, tuple[float, float]], signed: bool) -> dict:
@@ -218,7 +248,7 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calib: str | os.P
     rounded: dict = {}
     if hessian is not None:
         t0 = time.perf_counter()
-        rounded = hessian.round(progress=lambda d, t: prog("round", d, t))
+        rounded = hessian.round(progress=lambda d, t: prog("round", d, t), qmax=options.weight_qmax)
         rounding_seconds += time.perf_counter() - t0
         del hessian
 
@@ -243,15 +273,15 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calib: str | os.P
 
         def build(excluded: list[str], name: str) -> tuple[object, Path, dict]:
             base = weights.bias_correct(prepared, means if options.bias_correction else {}, skip=excluded,
-                                        rounded=rounded)[0]
-            qm = qdq.write_qdq(base, ranges, options.target, excluded)
+                                        rounded=rounded, qmax=options.weight_qmax)[0]
+            qm = qdq.write_qdq(base, ranges, options.target, excluded, reduce_range=options.reduced_range)
             if options.finetune:
                 from edgecnn.quant.finetune import finetune
 
                 base, tuned = finetune(prepared, qm, finetune_inputs, options.finetune, options.finetune_lr, batch_size,
                                        options.threads, start=base, progress=lambda d, t: prog("finetune", d, t))
                 finetune_log.append({**tuned, "excluded": list(excluded)})
-                qm = qdq.write_qdq(base, ranges, options.target, excluded)
+                qm = qdq.write_qdq(base, ranges, options.target, excluded, reduce_range=options.reduced_range)
             write_onnx_contract(qm, int8_contract)
             path = tmp / name
             save_onnx(qm, path)
@@ -282,7 +312,7 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calib: str | os.P
             "percentile": options.percentile if options.method == "percentile" else None,
             "calibration": {k: summary[k] for k in ("source", "kind", "images", "corrupt", "per_class", "brightness")},
             "excluded": exclude, "activation": "int8 symmetric" if spec.activation_signed else "uint8 asymmetric",
-            "weights": "int8 symmetric per-channel", "rounding": options.rounding,
+            "weights": _weights_text(options.reduced_range), "rounding": options.rounding,
             "bias_correction": options.bias_correction,
             "drop": measured["drop"], "tool": "edgecnn quantize",
             "finetune": {k: finetune_log[-1][k] for k in ("epochs", "lr", "images")} if finetune_log else None,
@@ -309,6 +339,8 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calib: str | os.P
             "qdq": qdq.qdq_summary(qmodel), "accuracy": measured, "max_drop": options.max_drop, "fallback": fallback,
             "sizes": {"fp32_bytes": src.stat().st_size, "int8_bytes": out.stat().st_size},
             "rounding": {"method": options.rounding, "layers": len(rounded), "seconds": round(rounding_seconds, 3)},
+            "weights": {"qmax": options.weight_qmax, "reduce_range": options.reduced_range,
+                        "text": _weights_text(options.reduced_range), "note": _weights_note(options)},
             "timings": {"calibration_s": round(calib_seconds, 3),
                         "images_per_s": len(calib_set) / calib_seconds if calib_seconds > 0 else 0.0},
             "latency": latency, "cache": None, "report": None,

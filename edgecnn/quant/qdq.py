@@ -69,10 +69,11 @@ def _tensors_data(ranges: dict[str, tuple[float, float]]):
 
 
 def write_qdq(model, ranges: dict[str, tuple[float, float]], target: str, exclude: list[str] | tuple = (),
-              dry_run: bool = False):
+              dry_run: bool = False, reduce_range: bool = False):
     """A new onnx.ModelProto with Q/DQ nodes for `target`, using `ranges` for activations; nodes in `exclude` stay
     float. `model` must be prepared (see graph.prepare) and is not modified. `dry_run` allows missing ranges (used
-    to find out which tensors need one)."""
+    to find out which tensors need one). `reduce_range`: weights on [-64, 64] instead of [-127, 127] (ORT applies
+    it to weights only; see weights.REDUCED_WEIGHT_QMAX for why)."""
     import onnx
     from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
@@ -89,7 +90,7 @@ def write_qdq(model, ranges: dict[str, tuple[float, float]], target: str, exclud
     m.CopyFrom(model)
     op_types = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
     quantizer = QDQQuantizer(
-        m, spec.per_channel, False, weight_type, act_type, _tensors_data({**placeholder, **ranges}), [], list(exclude), op_types,
+        m, spec.per_channel, reduce_range, weight_type, act_type, _tensors_data({**placeholder, **ranges}), [], list(exclude), op_types,
         dict(spec.extra_options),
     )
     with _quiet_root_logger():  # ORT's quantizer logs advice through the root logger; our caller reports instead
@@ -218,6 +219,20 @@ def needed_tensors(model, candidates: list[str], target: str, exclude=()) -> lis
     only measures those: on EfficientNet-Lite0 about half of all activations."""
     needed = set(quantized_tensors(write_qdq(model, {}, target, exclude, dry_run=True)))
     return [t for t in candidates if t in needed]
+
+
+def weight_qmax_of(qmodel) -> int:
+    """The largest |integer| among a Q/DQ model's INT8 weights: 127 for full-range weights, 64 with reduce_range
+    (every channel's largest weight sits on the edge of the grid, since its scale is amax / qmax)."""
+    from onnx import TensorProto, numpy_helper
+
+    inits = {i.name: i for i in qmodel.graph.initializer}
+    qmax = 0
+    for n in qmodel.graph.node:
+        w = inits.get(n.input[0]) if n.op_type == "DequantizeLinear" else None
+        if w is not None and w.data_type == TensorProto.INT8 and len(w.dims) > 1:
+            qmax = max(qmax, int(np.abs(numpy_helper.to_array(w).astype(np.int16)).max()))
+    return qmax or 127
 
 
 def qdq_summary(qmodel) -> dict:

@@ -48,6 +48,10 @@ def to_markdown(result: dict) -> str:
         ro = r["rounding"]
         lines.append(f"- weight rounding: {ro['method']}" + (f" ({ro['layers']} layers, {ro['seconds']:.1f} s)"
                                                             if ro["method"] == "gptq" else ""))
+    if r.get("weights"):
+        lines.append(f"- weights: {r['weights']['text']}")
+        if r["weights"].get("note"):
+            lines.append(f"- warning: {r['weights']['note']}")
     if r.get("finetune"):
         lines.append(f"- quantization-aware fine-tuning: {finetune_summary(r['finetune'])}")
     if r.get("cache"):

@@ -7,8 +7,8 @@ output channel one input at a time and moves each rounding error onto the inputs
 the layer's inputs co-vary on the calibration images (H = sum of x x^T over input patches). On EfficientNet-Lite0 it
 cuts the output error of INT8 weights by about 40 %, with numpy only (no PyTorch) and a few seconds of work.
 
-The scale stays what the Q/DQ writer computes (per output channel, symmetric, amax / 127): each channel's largest
-weight is pinned to +-127, so the writer, which re-derives the scale from the weights it is given, lands on exactly
+The scale stays what the Q/DQ writer computes (per output channel, symmetric, amax / qmax, qmax 127, or 64 with
+--reduce-range): each channel's largest weight is pinned to +-qmax, so the writer, which re-derives the scale from the weights it is given, lands on exactly
 these integers. The result is float weights on the INT8 grid; bias correction and the writer take them from there.
 """
 
@@ -123,8 +123,9 @@ class HessianAccumulator:
             h = _gram(patches, group).astype(np.float64)
             self.h[name] = h if name not in self.h else self.h[name] + h
 
-    def round(self, progress: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
-        """weight initializer name -> GPTQ-rounded weights (float32, on the INT8 grid), for every layer seen; layers
+    def round(self, progress: Callable[[int, int], None] | None = None,
+              qmax: int = WEIGHT_QMAX) -> dict[str, np.ndarray]:
+        """weight initializer name -> GPTQ-rounded weights (float32, on the [-qmax, qmax] grid), for every layer seen; layers
         GPTQ does not apply to (3-D convolutions, auto_pad, transposed A, shared weights) keep round-to-nearest.
         progress(layers done, layers): a network with large dense convolutions spends seconds per layer here."""
         uses: dict[str, int] = {}
@@ -143,17 +144,18 @@ class HessianAccumulator:
             w = self.inits[node.input[1]].astype(np.float32)
             if layer["kind"] == "gemm":
                 rows = w if layer["trans_b"] else w.T  # output channels x inputs
-                q = gptq_rows(rows, h)
+                q = gptq_rows(rows, h, qmax=qmax)
                 out[node.input[1]] = q if layer["trans_b"] else np.ascontiguousarray(q.T)
             else:
                 cout = w.shape[0]
-                q = gptq_rows(w.reshape(cout, -1), h, np.arange(cout) // (cout // layer["group"]))
+                q = gptq_rows(w.reshape(cout, -1), h, np.arange(cout) // (cout // layer["group"]), qmax)
                 out[node.input[1]] = q.reshape(w.shape)
         return out
 
 
-def gptq_rows(w: np.ndarray, h: np.ndarray, row_group: np.ndarray | None = None) -> np.ndarray:
-    """Round the rows of w (R, d) to the symmetric INT8 grid of each row (scale amax / 127), GPTQ order: column by
+def gptq_rows(w: np.ndarray, h: np.ndarray, row_group: np.ndarray | None = None,
+              qmax: int = WEIGHT_QMAX) -> np.ndarray:
+    """Round the rows of w (R, d) to the symmetric INT8 grid of each row (scale amax / qmax), GPTQ order: column by
     column, each column's rounding error spread over the later columns through the upper Cholesky factor of H^-1.
     h is (G, d, d); row r uses h[row_group[r]] (G == 1: all rows share one H, and row_group is not needed).
     Returns float32 weights on the grid."""
@@ -168,8 +170,8 @@ def gptq_rows(w: np.ndarray, h: np.ndarray, row_group: np.ndarray | None = None)
     if len(u) > 1:
         u = u[row_group]  # one factor per row
     amax = np.abs(w).max(axis=1)
-    scale = np.where(amax > 0, amax / WEIGHT_QMAX, 1.0)
-    pinned = np.abs(w).argmax(axis=1)  # the largest weight stays +-127: the writer's scale is this scale
+    scale = np.where(amax > 0, amax / qmax, 1.0)
+    pinned = np.abs(w).argmax(axis=1)  # the largest weight stays +-qmax: the writer's scale is this scale
     pinned_value = np.round(w[np.arange(rows), pinned] / scale)
     work = w.copy()
     q = np.zeros_like(w)
@@ -178,7 +180,7 @@ def gptq_rows(w: np.ndarray, h: np.ndarray, row_group: np.ndarray | None = None)
         stop = min(start + BLOCK, d)
         errs = np.zeros((rows, stop - start))
         for j in range(start, stop):
-            qj = np.clip(np.round(work[:, j] / scale), -WEIGHT_QMAX, WEIGHT_QMAX)
+            qj = np.clip(np.round(work[:, j] / scale), -qmax, qmax)
             qj = np.where(pinned == j, pinned_value, qj) * scale
             q[:, j] = qj
             err = (work[:, j] - qj) / (u[0, j, j] if shared else u[:, j, j])
@@ -194,7 +196,7 @@ def gptq_rows(w: np.ndarray, h: np.ndarray, row_group: np.ndarray | None = None)
 
 
 def round_weights(model, batches: Iterable[np.ndarray], threads: int | None = None,
-                  total: int = 0) -> dict[str, np.ndarray]:
+                  total: int = 0, qmax: int = WEIGHT_QMAX) -> dict[str, np.ndarray]:
     """GPTQ-rounded weights (HessianAccumulator.round) from a pass of its own over `batches` (`total` images)."""
     from edgecnn.quant import graph
 
@@ -203,4 +205,4 @@ def round_weights(model, batches: Iterable[np.ndarray], threads: int | None = No
         run = graph.tensor_runner(model, acc.inputs, threads)
         for batch in batches:
             acc.add(run(batch))
-    return acc.round()
+    return acc.round(qmax=qmax)

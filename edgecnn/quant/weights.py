@@ -15,15 +15,23 @@ import numpy as np
 from edgecnn.quant.graph import node_attrs
 
 WEIGHT_QMAX = 127  # symmetric INT8 weights: [-127, 127], scale = amax / 127 (what ORT writes and TensorRT expects)
+# ONNX Runtime's reduce_range grid, [-64, 64]: 255 * 64 * 2 fits int16, so x86 CPUs without VNNI, whose uint8 x int8
+# kernels add product pairs in int16 (VPMADDUBSW), cannot saturate and keep their fast kernels (`--reduce-range`).
+REDUCED_WEIGHT_QMAX = 64
 
 
-def fake_quant_per_channel(w: np.ndarray, axis: int = 0) -> np.ndarray:
-    """W after symmetric per-channel INT8 quantization and back (round half to even, like ORT's quantizer)."""
+def weight_qmax(reduce_range: bool) -> int:
+    return REDUCED_WEIGHT_QMAX if reduce_range else WEIGHT_QMAX
+
+
+def fake_quant_per_channel(w: np.ndarray, axis: int = 0, qmax: int = WEIGHT_QMAX) -> np.ndarray:
+    """W after symmetric per-channel INT8 quantization on [-qmax, qmax] and back (round half to even, like ORT's
+    quantizer)."""
     moved = np.moveaxis(w, axis, 0)
     amax = np.abs(moved.reshape(moved.shape[0], -1)).max(axis=1).astype(np.float32)
-    scale = np.where(amax > 0, amax / np.float32(WEIGHT_QMAX), np.float32(1.0)).astype(np.float32)
+    scale = np.where(amax > 0, amax / np.float32(qmax), np.float32(1.0)).astype(np.float32)
     shape = (-1,) + (1,) * (moved.ndim - 1)
-    q = np.clip(np.round(moved / scale.reshape(shape)), -WEIGHT_QMAX, WEIGHT_QMAX) * scale.reshape(shape)
+    q = np.clip(np.round(moved / scale.reshape(shape)), -qmax, qmax) * scale.reshape(shape)
     return np.moveaxis(q.astype(np.float32), 0, axis)
 
 
@@ -38,11 +46,11 @@ def correctable_inputs(model) -> dict[str, str]:
 
 
 def bias_correct(model, channel_means: dict[str, np.ndarray], skip=(),
-                 rounded: dict[str, np.ndarray] | None = None) -> tuple[object, list[str]]:
+                 rounded: dict[str, np.ndarray] | None = None, qmax: int = WEIGHT_QMAX) -> tuple[object, list[str]]:
     """A copy of `model` whose Conv/Gemm biases absorb the mean INT8 weight error; returns (model, corrected nodes).
     Nodes in `skip` (kept in float) and nodes without a measured input mean are left alone. `rounded` (weight name ->
     weights already on the INT8 grid, from rounding.round_weights) replaces those weights in the copy, and their
-    error against the original weights is what the biases absorb; other weights get round-to-nearest."""
+    error against the original weights is what the biases absorb; other weights get round-to-nearest on [-qmax, qmax]."""
     import onnx
     from onnx import numpy_helper
 
@@ -71,7 +79,7 @@ def bias_correct(model, channel_means: dict[str, np.ndarray], skip=(),
             cout, cin_g = w.shape[:2]
             if mu.size != cin_g * group:
                 continue
-            wq = fake_quant_per_channel(w, 0) if wq is None else wq
+            wq = fake_quant_per_channel(w, 0, qmax) if wq is None else wq
             d = (wq - w).astype(np.float64).reshape(cout, cin_g, -1).sum(axis=2)
             mu_g = mu.reshape(group, cin_g)[np.arange(cout) // (cout // group)]  # each output's input group
             delta = np.einsum("oc,oc->o", d, mu_g)
@@ -80,7 +88,7 @@ def bias_correct(model, channel_means: dict[str, np.ndarray], skip=(),
             if int(attrs.get("transA", 0)) or w.ndim != 2 or beta == 0.0:
                 continue
             trans_b = int(attrs.get("transB", 0))
-            wq = fake_quant_per_channel(w, 0 if trans_b else 1) if wq is None else wq
+            wq = fake_quant_per_channel(w, 0 if trans_b else 1, qmax) if wq is None else wq
             d = (wq - w).astype(np.float64)
             if d.shape[1 if trans_b else 0] != mu.size:
                 continue

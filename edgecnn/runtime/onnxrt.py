@@ -26,6 +26,21 @@ PROVIDER_ALIASES = {
 EXACT_INT8 = ("session.x64quantprecision", "1")
 
 
+def x86_without_vnni() -> bool:
+    """True on an x86 CPU whose flags (Linux /proc/cpuinfo) show neither AVX-512 VNNI nor AVX-VNNI: where
+    full-range INT8 weights need ORT's slower exact kernels. False where it cannot tell (other OS, ARM)."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "i386"):
+        return False
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), None)
+    return flags is not None and not {"avx512_vnni", "avx_vnni"} & set(flags)
+
+
 def session_options(threads: int | None = None, profile_prefix: str | None = None):
     import onnxruntime as ort
 
