@@ -38,6 +38,9 @@ def test_doctor_on_this_machine_json():
     failures = [c for c in checks.values() if c["status"] == FAIL]
     assert all(c["fix"] for c in failures), f"every ✗ names its fix: {failures}"
     assert checks["onnxruntime"]["status"] == OK and "CPU" in checks["onnxruntime"]["value"]
+    from edgecnn.runtime.onnxrt import x86_without_vnni
+
+    assert ("without VNNI" in checks["onnxruntime"]["value"]) == x86_without_vnni()
     assert report["summary"][FAIL] == len(failures)
     if not report["platform"]["jetson"]:
         assert checks["jetpack"]["status"] == SKIP and checks["power_mode"]["status"] == SKIP

@@ -69,3 +69,17 @@ def test_int8_runner_does_not_saturate_on_any_x86_cpu(tmp_path):
     with OnnxRuntimeRunner(path) as runner:
         got = runner.infer(x)
     np.testing.assert_allclose(got, _exact(x), atol=0.14)  # within one output step (27/200)
+
+
+def test_x86_without_vnni_reads_the_cpu_flags(tmp_path):
+    from edgecnn.runtime.onnxrt import x86_without_vnni
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse4_1 avx2 fma\n")
+    assert x86_without_vnni(info, "x86_64")
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_vnni amx_int8\n")
+    assert not x86_without_vnni(info, "x86_64")
+    info.write_text("flags\t\t: fpu avx2 avx_vnni\n")
+    assert not x86_without_vnni(info, "x86_64")
+    assert not x86_without_vnni(info, "aarch64")  # ARM: no VPMADDUBSW, nothing to warn about
+    assert not x86_without_vnni(tmp_path / "missing", "x86_64")  # cannot tell: no warning

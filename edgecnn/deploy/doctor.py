@@ -250,6 +250,10 @@ def _check_onnxruntime(info: dict, gpu_ok: bool) -> Check:
                      "pip install onnxruntime (on Jetson, the onnxruntime-gpu wheel from the Jetson AI Lab index)")
     providers = ort.get_available_providers()
     value = f"{ort.__version__}: {', '.join(p.replace('ExecutionProvider', '') for p in providers)}"
+    from edgecnn.runtime.onnxrt import x86_without_vnni
+
+    if x86_without_vnni():  # worth knowing before choosing INT8 weights (see `quantize --reduce-range/--full-range`)
+        value += "; CPU without VNNI: full-range INT8 weights run slow here, 7-bit ones (quantize --target cpu) fast"
     if gpu_ok and not any(p in providers for p in ("CUDAExecutionProvider", "TensorrtExecutionProvider")):
         fix = ("for ONNX on the GPU install the onnxruntime-gpu wheel built for your JetPack (Jetson AI Lab pip "
                "index) in place of onnxruntime; TensorRT engines do not need it" if info["jetson"] else

@@ -26,15 +26,15 @@ PROVIDER_ALIASES = {
 EXACT_INT8 = ("session.x64quantprecision", "1")
 
 
-def x86_without_vnni() -> bool:
+def x86_without_vnni(cpuinfo: Path = Path("/proc/cpuinfo"), machine: str | None = None) -> bool:
     """True on an x86 CPU whose flags (Linux /proc/cpuinfo) show neither AVX-512 VNNI nor AVX-VNNI: where
     full-range INT8 weights need ORT's slower exact kernels. False where it cannot tell (other OS, ARM)."""
     import platform
 
-    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "i386"):
+    if (machine or platform.machine()).lower() not in ("x86_64", "amd64", "i686", "i386"):
         return False
     try:
-        text = Path("/proc/cpuinfo").read_text(errors="replace")
+        text = Path(cpuinfo).read_text(errors="replace")
     except OSError:
         return False
     flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), None)
