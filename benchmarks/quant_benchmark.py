@@ -323,48 +323,34 @@ def main() -> None:
         print(json.dumps(result["calibration_time"], indent=1), flush=True)
 
         result["agreement"] = {}
+
+        def measure(label: str, filename: str, **options) -> Path:
+            """Quantize with this row's options, measure agreement on the held-out photos, record the row."""
+            out = tmp / filename
+            t0 = time.perf_counter()
+            r = quantize(model, out, cal_dir, QuantOptions(val=held_dir, num_images=args.calibration,
+                                                           threads=args.threads, **options))
+            result["agreement"][label] = row = agreement_row(r, time.perf_counter() - t0)
+            print(label, json.dumps(row), flush=True)
+            return out
+
         paths = {"fp32": model}
+        first = args.methods.split(",")[0]
         for target in ("tensorrt", "cpu"):
             for method in args.methods.split(","):
-                out = tmp / f"{target}.{method}.int8.onnx"
-                t0 = time.perf_counter()
-                r = quantize(model, out, cal_dir, QuantOptions(target=target, method=method, val=held_dir,
-                                                               num_images=args.calibration, threads=args.threads))
-                row = agreement_row(r, time.perf_counter() - t0)
-                result["agreement"][f"{target}/{method}"] = row
-                print(target, method, json.dumps(row), flush=True)
-                if method == args.methods.split(",")[0]:
+                out = measure(f"{target}/{method}", f"{target}.{method}.int8.onnx", target=target, method=method)
+                if method == first:
                     paths[f"int8_{target}"] = out
-            method = args.methods.split(",")[0]
             if target == "cpu":  # the default is 7-bit weights; the 8-bit model for comparison
-                out = tmp / f"{target}.{method}.full.int8.onnx"
-                t0 = time.perf_counter()
-                r = quantize(model, out, cal_dir, QuantOptions(target=target, method=method, val=held_dir,
-                                                               num_images=args.calibration, threads=args.threads,
-                                                               reduce_range=False))
-                row = agreement_row(r, time.perf_counter() - t0)
-                result["agreement"][f"{target}/{method}, full-range (8-bit) weights"] = row
-                print(target, method, "full range", json.dumps(row), flush=True)
-                paths["int8_cpu_full"] = out
-            out = tmp / f"{target}.{method}.nearest.int8.onnx"
-            t0 = time.perf_counter()
-            r = quantize(model, out, cal_dir, QuantOptions(target=target, method=method, val=held_dir,
-                                                           num_images=args.calibration, threads=args.threads,
-                                                           rounding="nearest"))
-            row = agreement_row(r, time.perf_counter() - t0)
-            result["agreement"][f"{target}/{method}, round-to-nearest weights"] = row
-            print(target, method, "nearest", json.dumps(row), flush=True)
+                paths["int8_cpu_full"] = measure(f"cpu/{first}, full-range (8-bit) weights", f"cpu.{first}.full.int8.onnx",
+                                                 target=target, method=first, reduce_range=False)
+            measure(f"{target}/{first}, round-to-nearest weights", f"{target}.{first}.nearest.int8.onnx",
+                    target=target, method=first, rounding="nearest")
             if args.finetune:
-                out = tmp / f"{target}.{method}.finetune.int8.onnx"
-                t0 = time.perf_counter()
-                r = quantize(model, out, cal_dir, QuantOptions(target=target, method=method, val=held_dir,
-                                                               num_images=args.calibration, threads=args.threads,
-                                                               finetune=args.finetune))
-                row = agreement_row(r, time.perf_counter() - t0)
-                result["agreement"][f"{target}/{method} + finetune {args.finetune}"] = row
-                print(target, method, "finetune", json.dumps(row), flush=True)
+                measure(f"{target}/{first} + finetune {args.finetune}", f"{target}.{first}.finetune.int8.onnx",
+                        target=target, method=first, finetune=args.finetune)
         print("error budget ...", flush=True)
-        result["error_budget"] = error_budget(model, cal_dir, held_dir, args.threads, args.methods.split(",")[0])
+        result["error_budget"] = error_budget(model, cal_dir, held_dir, args.threads, first)
         print(json.dumps(result["error_budget"], indent=1), flush=True)
         print("latency ...", flush=True)
         result["latency_batch1"] = latency(paths)

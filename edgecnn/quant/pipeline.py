@@ -50,8 +50,9 @@ class QuantOptions:
     latency_runs: int = 30
     bias_correction: bool = True
     rounding: str = "gptq"  # how INT8 weights are rounded: gptq (error-compensating) or nearest
-    # INT8 weights on [-64, 64] instead of [-127, 127]. None: on for --target cpu (see weights.REDUCED_WEIGHT_QMAX:
-    # without it the model saturates, or needs ORT's slow exact kernels, on x86 CPUs without VNNI), off for tensorrt.
+    # INT8 weights on [-64, 64] instead of [-127, 127]. None (resolved at construction): on for --target cpu (see
+    # weights.REDUCED_WEIGHT_QMAX: without it the model saturates, or needs ORT's slow exact kernels, on x86 CPUs
+    # without VNNI), off for tensorrt.
     reduce_range: bool | None = None
     finetune: int = 0  # epochs of quantization-aware fine-tuning on the calibration images (0: pure PTQ)
     finetune_lr: float = 1e-5
@@ -59,6 +60,10 @@ class QuantOptions:
     # Only for a model WITHOUT edgecnn metadata (foreign ONNX): how its inputs are made, and its class names.
     preprocess: PreprocessConfig | None = None
     labels: list[str] | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        if self.reduce_range is None:
+            self.reduce_range = self.target == "cpu"
 
     def validate(self) -> None:
         if self.target not in qdq.TARGETS:
@@ -82,12 +87,8 @@ class QuantOptions:
                                  "saturation, so full-range weights only gain precision there")
 
     @property
-    def reduced_range(self) -> bool:
-        return self.target == "cpu" if self.reduce_range is None else bool(self.reduce_range)
-
-    @property
     def weight_qmax(self) -> int:
-        return weights.weight_qmax(self.reduced_range)
+        return weights.weight_qmax(self.reduce_range)
 
 
 def model_contract(model_proto, path: Path, options: QuantOptions) -> ModelContract:
@@ -161,7 +162,7 @@ def _weights_note(options: QuantOptions) -> str | None:
     """A warning when a full-range --target cpu model is made on a CPU where it cannot run fast."""
     from edgecnn.runtime.onnxrt import x86_without_vnni
 
-    if options.target != "cpu" or options.reduced_range or not x86_without_vnni():
+    if options.target != "cpu" or options.reduce_range or not x86_without_vnni():
         return None
     return ("this x86 CPU has no VNNI: full-range INT8 weights run on ONNX Runtime's exact but slow kernels here (edgecnn "
             "sets session.x64quantprecision; other ORT apps must too, or they get saturated, wrong results); "
@@ -274,14 +275,14 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calib: str | os.P
         def build(excluded: list[str], name: str) -> tuple[object, Path, dict]:
             base = weights.bias_correct(prepared, means if options.bias_correction else {}, skip=excluded,
                                         rounded=rounded, qmax=options.weight_qmax)[0]
-            qm = qdq.write_qdq(base, ranges, options.target, excluded, reduce_range=options.reduced_range)
+            qm = qdq.write_qdq(base, ranges, options.target, excluded, reduce_range=options.reduce_range)
             if options.finetune:
                 from edgecnn.quant.finetune import finetune
 
                 base, tuned = finetune(prepared, qm, finetune_inputs, options.finetune, options.finetune_lr, batch_size,
                                        options.threads, start=base, progress=lambda d, t: prog("finetune", d, t))
                 finetune_log.append({**tuned, "excluded": list(excluded)})
-                qm = qdq.write_qdq(base, ranges, options.target, excluded, reduce_range=options.reduced_range)
+                qm = qdq.write_qdq(base, ranges, options.target, excluded, reduce_range=options.reduce_range)
             write_onnx_contract(qm, int8_contract)
             path = tmp / name
             save_onnx(qm, path)
@@ -307,12 +308,13 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calib: str | os.P
             )
             exclude = fallback["excluded"]
 
+        weights_text = _weights_text(options.reduce_range)
         provenance = {
             "source": str(src), "source_sha256": sha256_file(src), "target": options.target, "method": options.method,
             "percentile": options.percentile if options.method == "percentile" else None,
             "calibration": {k: summary[k] for k in ("source", "kind", "images", "corrupt", "per_class", "brightness")},
             "excluded": exclude, "activation": "int8 symmetric" if spec.activation_signed else "uint8 asymmetric",
-            "weights": _weights_text(options.reduced_range), "rounding": options.rounding,
+            "weights": weights_text, "rounding": options.rounding,
             "bias_correction": options.bias_correction,
             "drop": measured["drop"], "tool": "edgecnn quantize",
             "finetune": {k: finetune_log[-1][k] for k in ("epochs", "lr", "images")} if finetune_log else None,
@@ -339,8 +341,8 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calib: str | os.P
             "qdq": qdq.qdq_summary(qmodel), "accuracy": measured, "max_drop": options.max_drop, "fallback": fallback,
             "sizes": {"fp32_bytes": src.stat().st_size, "int8_bytes": out.stat().st_size},
             "rounding": {"method": options.rounding, "layers": len(rounded), "seconds": round(rounding_seconds, 3)},
-            "weights": {"qmax": options.weight_qmax, "reduce_range": options.reduced_range,
-                        "text": _weights_text(options.reduced_range), "note": _weights_note(options)},
+            "weights": {"qmax": options.weight_qmax, "reduce_range": options.reduce_range,
+                        "text": weights_text, "note": _weights_note(options)},
             "timings": {"calibration_s": round(calib_seconds, 3),
                         "images_per_s": len(calib_set) / calib_seconds if calib_seconds > 0 else 0.0},
             "latency": latency, "cache": None, "report": None,
