@@ -136,3 +136,45 @@ def write_video(path, frames=10, size=(64, 48), fps=30.0, fourcc="mp4v") -> Path
         writer.write(img)
     writer.release()
     return Path(path)
+
+
+def build_int8_qdq_onnx(path: Path, weight: int = 127) -> Path:
+    """A tiny INT8 Q/DQ model (input Q/DQ, one 3x3 convolution with every weight at `weight`, output Q/DQ, global mean)
+    with the edgecnn contract. With weight 127 and inputs at 255 every product pair saturates ORT's int16 sums on x86
+    CPUs without VNNI; 64 is the reduced range, which cannot saturate."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgecnn.artifacts import ModelContract, save_onnx, write_onnx_contract
+    from edgecnn.preprocess import PreprocessConfig
+
+    cout = 2
+    inits = [
+        numpy_helper.from_array(np.array(1 / 255, dtype=np.float32), "x_scale"),
+        numpy_helper.from_array(np.array(0, dtype=np.uint8), "x_zp"),
+        numpy_helper.from_array(np.full((cout, 3, 3, 3), weight, dtype=np.int8), "w_q"),
+        numpy_helper.from_array(np.full((cout,), 1 / weight, dtype=np.float32), "w_scale"),
+        numpy_helper.from_array(np.zeros((cout,), dtype=np.int8), "w_zp"),
+        numpy_helper.from_array(np.array(27 / 200, dtype=np.float32), "y_scale"),
+        numpy_helper.from_array(np.array(0, dtype=np.uint8), "y_zp"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["input", "x_scale", "x_zp"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "x_scale", "x_zp"], ["xf"]),
+        helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zp"], ["wf"], axis=0),
+        helper.make_node("Conv", ["xf", "wf"], ["y"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("QuantizeLinear", ["y", "y_scale", "y_zp"], ["yq"]),
+        helper.make_node("DequantizeLinear", ["yq", "y_scale", "y_zp"], ["yf"]),
+        helper.make_node("GlobalAveragePool", ["yf"], ["gap"]),
+        helper.make_node("Flatten", ["gap"], ["logits"]),
+    ]
+    graph = helper.make_graph(nodes, "saturating", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", cout])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    contract = ModelContract(labels=["a", "b"], arch="saturation-test", precision="int8",
+                             preprocess=PreprocessConfig(input_size=(8, 8), resize="resize", mean=(0, 0, 0),
+                                                         std=(255, 255, 255)))
+    write_onnx_contract(model, contract)
+    return save_onnx(model, path)

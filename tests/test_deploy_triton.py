@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from conftest import build_tiny_onnx
+from conftest import build_int8_qdq_onnx, build_tiny_onnx
 from edgecnn.artifacts import read_onnx_contract, sha256_file
 from edgecnn.deploy.triton import TritonOptions, write_repository
 from edgecnn.errors import UserInputError
@@ -130,6 +130,27 @@ def test_cli_triton_json(tmp_path, dynamic_onnx):
 
     res = CliRunner().invoke(app, ["deploy", "triton", str(tmp_path / "nope.onnx"), "--repo", str(tmp_path / "r")])
     assert res.exit_code == 2 and "not found" in res.output
+
+
+def test_full_range_int8_model_on_cpu_instances_gets_a_warning(tmp_path, dynamic_onnx):
+    """Triton's ORT backend cannot set session.x64quantprecision: full-range INT8 weights saturate on x86 servers
+    without VNNI, so KIND_CPU serving of such a model is flagged; reduced-range weights and GPU instances are not."""
+    from edgecnn.cli.main import app
+
+    full = build_int8_qdq_onnx(tmp_path / "full.onnx", weight=127)
+    reduced = build_int8_qdq_onnx(tmp_path / "reduced.onnx", weight=64)
+    report = write_repository(full, tmp_path / "repo", TritonOptions(kind="cpu"))
+    assert any("full-range INT8 weights (up to 127)" in n and "x64quantprecision" in n for n in report.notes)
+    assert parse((tmp_path / "repo" / "full" / "config.pbtxt").read_text()).instance_group[0].kind == (
+        model_config_pb2.ModelInstanceGroup.KIND_CPU)
+    assert not write_repository(full, tmp_path / "repo", TritonOptions(kind="gpu", force=True)).notes
+    assert not write_repository(reduced, tmp_path / "repo", TritonOptions(kind="cpu")).notes
+    assert not write_repository(dynamic_onnx, tmp_path / "repo", TritonOptions(kind="cpu")).notes  # FP32
+
+    res = CliRunner().invoke(app, ["deploy", "triton", str(full), "--repo", str(tmp_path / "cli"), "--cpu"])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())  # the console wraps long lines
+    assert "full-range INT8 weights" in text and "--target cpu" in text
 
 
 def test_repo_example_in_deploy_folder_parses():

@@ -151,6 +151,27 @@ def config_text(io: ModelIO, name: str, options: TritonOptions) -> tuple[str, in
     return "\n".join(lines) + "\n", max_batch, notes
 
 
+def int8_cpu_note(io: ModelIO, options: TritonOptions) -> str | None:
+    """A warning for a full-range INT8 Q/DQ model on CPU instances. Why: Triton's ONNX Runtime backend exposes no
+    session.x64quantprecision, so on x86 servers without VNNI ORT's fast uint8 x int8 kernels sum pairs of products in
+    int16 and saturate with weights beyond [-64, 64]: the model answers wrongly there. Reduced-range weights (the
+    `--target cpu` default) cannot saturate."""
+    if io.kind != "onnx" or options.kind != "cpu" or io.contract.precision != "int8":
+        return None
+    import onnx
+
+    from edgecnn.quant.qdq import weight_qmax_of
+    from edgecnn.quant.weights import REDUCED_WEIGHT_QMAX
+
+    qmax = weight_qmax_of(onnx.load(str(io.path)))
+    if qmax <= REDUCED_WEIGHT_QMAX:
+        return None
+    return (f"{io.path.name} has full-range INT8 weights (up to {qmax}): on x86 Triton servers without VNNI (AMD Zen 2/3, "
+            "Intel before Cascade Lake) ONNX Runtime's fast kernels saturate on them and Triton's ONNX Runtime backend "
+            "cannot set session.x64quantprecision, so results there are wrong. For KIND_CPU serving, quantize with "
+            "`edgecnn quantize --target cpu` (reduced-range weights, the default)")
+
+
 def model_name(model: str | Path, name: str | None) -> str:
     if name is None:
         from edgecnn.deploy.bundle import default_name
@@ -170,6 +191,9 @@ def write_repository(model: str | Path, repo: str | Path, options: TritonOptions
     io = read_model_io(path)
     name = model_name(model, options.name)
     text, max_batch, notes = config_text(io, name, options)
+    note = int8_cpu_note(io, options)
+    if note:
+        notes.append(note)
     repo = Path(repo)
     if repo.exists() and not repo.is_dir():
         raise UserInputError(f"--repo {repo} is a file; expected a folder")
