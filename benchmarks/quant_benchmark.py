@@ -127,7 +127,7 @@ def error_budget(model_path: Path, cal_dir: Path, held_dir: Path, threads: int, 
     from edgecnn.quant import calibrators, graph, qdq, weights
     from edgecnn.quant.calib_data import load_calibration
     from edgecnn.quant.finetune import _GraphExecutor, quant_points
-    from edgecnn.quant.rounding import round_weights
+    from edgecnn.quant.rounding import sampled_hessians
 
     torch.set_num_threads(threads)
     cfg = read_onnx_contract(model_path).preprocess
@@ -139,11 +139,10 @@ def error_budget(model_path: Path, cal_dir: Path, held_dir: Path, threads: int, 
     ranges = calibrators.compute_ranges(stats, method)
     means = {n: s.channel_mean for n, s in stats.items() if s.channel_mean is not None}
     nearest = weights.bias_correct(prepared, means)[0]
-    corrected = weights.bias_correct(prepared, means, rounded=round_weights(prepared, cs.batches(16), threads,
-                                                                             total=len(cs)))[0]
+    hessians = sampled_hessians(prepared, cs.batches(16), threads, total=len(cs))  # one pass, rounded twice
+    corrected = weights.bias_correct(prepared, means, rounded=hessians.round())[0]
     qmax7 = weights.REDUCED_WEIGHT_QMAX
-    corrected7 = weights.bias_correct(prepared, means, qmax=qmax7, rounded=round_weights(
-        prepared, cs.batches(16), threads, total=len(cs), qmax=qmax7))[0]
+    corrected7 = weights.bias_correct(prepared, means, qmax=qmax7, rounded=hessians.round(qmax=qmax7))[0]
     acts, axes = quant_points(qdq.write_qdq(corrected, ranges, "cpu", []))
     relu_outputs = {n.output[0] for n in prepared.graph.node if n.op_type in ("Clip", "Relu")}
     held = torch.from_numpy(normalize(decode_resized(list_images(held_dir), cfg).images, cfg))

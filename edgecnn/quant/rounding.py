@@ -195,9 +195,10 @@ def gptq_rows(w: np.ndarray, h: np.ndarray, row_group: np.ndarray | None = None,
     return q.astype(np.float32)
 
 
-def round_weights(model, batches: Iterable[np.ndarray], threads: int | None = None,
-                  total: int = 0, qmax: int = WEIGHT_QMAX) -> dict[str, np.ndarray]:
-    """GPTQ-rounded weights (HessianAccumulator.round) from a pass of its own over `batches` (`total` images)."""
+def sampled_hessians(model, batches: Iterable[np.ndarray], threads: int | None = None,
+                     total: int = 0) -> HessianAccumulator:
+    """A HessianAccumulator filled by a pass of its own over `batches` (`total` images); round it as often as needed
+    (e.g. for 8- and 7-bit weights) without a second pass."""
     from edgecnn.quant import graph
 
     acc = HessianAccumulator(model, total)
@@ -205,4 +206,10 @@ def round_weights(model, batches: Iterable[np.ndarray], threads: int | None = No
         run = graph.tensor_runner(model, acc.inputs, threads)
         for batch in batches:
             acc.add(run(batch))
-    return acc.round(qmax=qmax)
+    return acc
+
+
+def round_weights(model, batches: Iterable[np.ndarray], threads: int | None = None,
+                  total: int = 0, qmax: int = WEIGHT_QMAX) -> dict[str, np.ndarray]:
+    """GPTQ-rounded weights (HessianAccumulator.round) from a pass of its own over `batches` (`total` images)."""
+    return sampled_hessians(model, batches, threads, total).round(qmax=qmax)
