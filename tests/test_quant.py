@@ -294,6 +294,21 @@ def test_cpu_target_structure_and_parity(calibrated):
     assert np.abs(fp - q8).max() < 0.1 * np.abs(fp).max()
 
 
+@pytest.mark.parametrize("target,exclude", [("tensorrt", []), ("cpu", []), ("cpu", ["conv2"])])
+def test_qdq_model_is_valid_onnx_in_topological_order(calibrated, target, exclude):
+    """ORT's quantizer appends Q/DQ nodes at the end of the graph; ONNX (and TensorRT's parser, which reads nodes in
+    order) needs producers first. ONNX Runtime alone would not notice: it sorts for itself."""
+    import onnx
+
+    prepared, ranges, _ = calibrated
+    qm = qdq.write_qdq(prepared, ranges, target, exclude=exclude)
+    onnx.checker.check_model(qm, full_check=True)  # full_check: strict shape inference too
+    seen = {i.name for i in qm.graph.input} | {i.name for i in qm.graph.initializer}
+    for node in qm.graph.node:
+        assert all(not name or name in seen for name in node.input), node.name
+        seen.update(node.output)
+
+
 def test_exclude_keeps_a_node_in_float(calibrated):
     prepared, ranges, _ = calibrated
     qm = qdq.write_qdq(prepared, ranges, "cpu", exclude=["conv2"])

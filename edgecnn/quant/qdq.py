@@ -75,6 +75,7 @@ def write_qdq(model, ranges: dict[str, tuple[float, float]], target: str, exclud
     to find out which tensors need one). `reduce_range`: weights on [-64, 64] instead of [-127, 127] (ORT applies
     it to weights only; see weights.REDUCED_WEIGHT_QMAX for why)."""
     import onnx
+    from onnxruntime.quantization.onnx_model import ONNXModel
     from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
@@ -101,6 +102,9 @@ def write_qdq(model, ranges: dict[str, tuple[float, float]], target: str, exclud
     missing = [t for t in quantized_tensors(qmodel) if t in placeholder]
     if missing and not dry_run:
         raise ArtifactError(f"Internal error: no calibrated range for quantized tensor(s) {', '.join(missing[:5])}")
+    # ORT's quantizer appends its Q/DQ nodes at the end of the graph. ONNX requires producers before consumers
+    # (onnx.checker, shape inference) and TensorRT's ONNX parser reads nodes in order; ONNX Runtime alone re-sorts.
+    ONNXModel(qmodel).topological_sort()
     return qmodel
 
 
