@@ -2,6 +2,7 @@
 
 Decoding goes through OpenCV (`imdecode` on the raw bytes, so non-ASCII paths work). Grayscale, RGBA, palette and
 16-bit images are converted to BGR uint8; a corrupt or unsupported file yields None and is counted, never a crash.
+Images come back upright: the EXIF Orientation tag (phone photos) is applied by OpenCV itself.
 """
 
 from __future__ import annotations
@@ -25,16 +26,21 @@ SPLIT_TEST = ("test", "val", "valid", "validation")
 
 Progress = Callable[[int, int], None]  # (done, total)
 
+# Keep 16-bit / float depth and gray-vs-colour (as_bgr converts them), but NOT IMREAD_UNCHANGED: OpenCV ignores the
+# EXIF Orientation tag for IMREAD_UNCHANGED only, so phone photos would come back sideways or mirrored. The alpha
+# channel this drops is the one as_bgr would drop anyway (BGRA2BGR), so the pixels are otherwise identical.
+_DECODE_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
+
 
 def read_image(path: str | os.PathLike) -> np.ndarray | None:
-    """BGR uint8 H×W×3, or None when the file is unreadable or not an image."""
+    """BGR uint8 H×W×3, upright per the EXIF Orientation tag, or None when the file is unreadable or not an image."""
     try:
         buf = np.fromfile(str(path), dtype=np.uint8)
     except OSError:
         return None
     if buf.size == 0:
         return None
-    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    img = cv2.imdecode(buf, _DECODE_FLAGS)
     if img is None or img.size == 0:
         return None
     try:

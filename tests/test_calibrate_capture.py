@@ -122,3 +122,73 @@ def test_ctrl_c_keeps_the_frames_saved_so_far(tmp_path):
     assert summary["end_reason"] == "stopped" and summary["saved"] == len(files) >= 5
     assert all(cv2.imread(str(p)) is not None for p in files)  # every file complete
     assert not list(out.glob(".*"))
+
+
+def _corrupt_sources(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "corrupt.mp4").write_bytes(rng.bytes(5000))
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for i in range(3):
+        (bad / f"x{i}.jpg").write_bytes(b"\xff\xd8\xff" + rng.bytes(3000))
+    (tmp_path / "empty").mkdir()
+    return {"corrupt.mp4": "Cannot open video", "bad": "3 unreadable image file(s)", "empty": "No images in"}
+
+
+@pytest.mark.parametrize("source", ["corrupt.mp4", "bad", "empty"])
+def test_failed_capture_leaves_no_folder_behind(tmp_path, source):
+    message = _corrupt_sources(tmp_path)[source]
+    out = tmp_path / "calibration" / "lab"  # both folders are new: neither may be left behind
+    result = CliRunner().invoke(
+        app, ["calibrate", "capture", "--source", str(tmp_path / source), "--out", str(out), "--count", "5"]
+    )
+    assert result.exit_code == 6 and message in result.output, result.output
+    assert "No frames captured" in result.output or source != "bad"
+    assert not (tmp_path / "calibration").exists()
+
+
+def test_failed_capture_keeps_a_folder_that_existed(tmp_path):
+    _corrupt_sources(tmp_path)
+    runner = CliRunner()
+    empty_out = tmp_path / "existing"
+    empty_out.mkdir()
+    result = runner.invoke(app, ["calibrate", "capture", "--source", str(tmp_path / "bad"), "--out", str(empty_out)])
+    assert result.exit_code == 6 and empty_out.is_dir()
+
+    video = write_video(tmp_path / "clip.mp4", frames=10)
+    out = tmp_path / "cal"
+    ok = runner.invoke(app, ["calibrate", "capture", "--source", str(video), "--out", str(out), "--count", "3",
+                             "--every-ms", "0"])
+    assert ok.exit_code == 0, ok.output
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    for source in ("bad", "corrupt.mp4", "empty"):
+        failed = runner.invoke(app, ["calibrate", "capture", "--source", str(tmp_path / source), "--out", str(out),
+                                     "--force"])
+        assert failed.exit_code == 6, failed.output
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # saved frames untouched
+
+
+def test_mixed_folder_counts_unreadable_files(tmp_path):
+    import numpy as np
+
+    src = tmp_path / "mixed"
+    src.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(src / f"ok{i}.png"), np.full((12, 16, 3), 60 * i, np.uint8))
+    (src / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    (src / "truncated.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    out = tmp_path / "cal"
+    args = ["calibrate", "capture", "--source", str(src), "--out", str(out), "--count", "5", "--every-ms", "0"]
+    result = CliRunner().invoke(app, args + ["--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["saved"] == 3 and summary["skipped_unreadable"] == 2
+    assert "2 unreadable image file(s) skipped" in result.output
+    assert len(list(out.glob("*.jpg"))) == 3
+
+    clean = CliRunner().invoke(app, ["calibrate", "capture", "--source", str(write_video(tmp_path / "v.mp4", frames=4)),
+                                     "--out", str(tmp_path / "cal2"), "--count", "2", "--every-ms", "0", "--json"])
+    assert clean.exit_code == 0 and json.loads(clean.stdout)["skipped_unreadable"] == 0
+    assert "unreadable image" not in clean.output  # no warning line

@@ -23,6 +23,68 @@ def test_read_image_formats_and_corrupt(tmp_path):
     assert read_image(tmp_path / "missing.png") is None
 
 
+# EXIF Orientation k -> the numpy transform that turns the stored pixels into the upright (displayed) image.
+_UPRIGHT = {
+    1: lambda a: a,
+    2: lambda a: a[:, ::-1],  # mirrored left-right
+    3: lambda a: a[::-1, ::-1],  # rotated 180°
+    4: lambda a: a[::-1],  # mirrored top-bottom
+    5: lambda a: a.transpose(1, 0, 2),  # transposed
+    6: lambda a: np.rot90(a, -1),  # rotate 90° clockwise to display (the usual portrait phone photo)
+    7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),  # transversed
+    8: lambda a: np.rot90(a, 1),  # rotate 90° counter-clockwise to display
+}
+
+
+def _quadrants(h=48, w=80) -> np.ndarray:
+    """Non-square BGR image with four flat, distinct quadrants: every flip and rotation gives a different image."""
+    img = np.empty((h, w, 3), np.uint8)
+    img[: h // 2, : w // 2] = (255, 0, 0)
+    img[: h // 2, w // 2 :] = (0, 255, 0)
+    img[h // 2 :, : w // 2] = (0, 0, 255)
+    img[h // 2 :, w // 2 :] = (255, 255, 255)
+    return img
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_read_image_applies_exif_orientation(tmp_path, orientation):
+    from PIL import Image, ImageOps  # Pillow (edgecnn[dev]): only the tests use it, to write the EXIF tag
+
+    stored = _quadrants()
+    path = tmp_path / f"phone_{orientation}.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(np.ascontiguousarray(stored[:, :, ::-1])).save(path, exif=exif, quality=95)
+    assert Image.open(path).getexif()[0x0112] == orientation
+
+    expected = _UPRIGHT[orientation](stored)
+    with Image.open(path) as im:  # Pillow's reading of the tag must agree with the table above
+        pil_upright = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))[:, :, ::-1]
+    img = read_image(path)
+    assert img.shape == expected.shape == pil_upright.shape and img.dtype == np.uint8
+    assert np.abs(img.astype(int) - expected).mean() < 4  # JPEG tolerance; a wrong orientation is off by ~100
+    assert np.abs(img.astype(int) - pil_upright).mean() < 4
+    assert np.abs(pil_upright.astype(int) - expected).mean() < 4
+
+
+def test_read_image_orientation_on_gray_and_16bit(tmp_path):
+    """The conversions keep working on oriented files: gray JPEG with EXIF, 16-bit PNG without."""
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    gray = _quadrants()[:, :, 1]
+    Image.fromarray(gray).save(tmp_path / "gray.jpg", exif=exif, quality=95)
+    img = read_image(tmp_path / "gray.jpg")
+    assert img.shape == (80, 48, 3) and img.dtype == np.uint8
+    assert np.abs(img[:, :, 0].astype(int) - np.rot90(gray, -1)).mean() < 4
+    assert (img[:, :, 0] == img[:, :, 2]).all()
+    deep = np.zeros((10, 12, 3), np.uint16)
+    deep[:5] = 65535
+    cv2.imwrite(str(tmp_path / "deep.png"), deep)
+    assert (read_image(tmp_path / "deep.png") == (deep >> 8).astype(np.uint8)).all()
+
+
 def test_scan_folder_counts_and_errors(tmp_path, image_folder):
     folder = scan_image_folder(image_folder)
     assert folder.classes == ["cat", "dog"] and len(folder) == 12

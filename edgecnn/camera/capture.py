@@ -83,6 +83,7 @@ class ThreadedCapture:
         self.dropped = 0
         self.reconnects = 0
         self.loops = 0
+        self._skipped_before = 0  # unreadable files skipped by readers already released (see `skipped`)
         # Optional per-frame work done in the capture thread, beside inference: the live loop sets the model's
         # preprocessing here so a frame arrives as a ready tensor (read each frame, so it may be set after start()).
         self.transform: Callable[[np.ndarray], np.ndarray] | None = None
@@ -113,8 +114,19 @@ class ThreadedCapture:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=10)
         if self.reader is not None and (self._thread is None or not self._thread.is_alive()):
-            self.reader.release()
-            self.reader = None
+            self._release_reader()
+
+    def _release_reader(self) -> None:
+        reader, self.reader = self.reader, None
+        if reader is not None:
+            self._skipped_before += getattr(reader, "skipped", 0)
+            reader.release()
+
+    @property
+    def skipped(self) -> int:
+        """Unreadable files an image-folder source has passed over so far (0 for cameras, streams and videos)."""
+        reader = self.reader
+        return self._skipped_before + getattr(reader, "skipped", 0)
 
     def __enter__(self) -> "ThreadedCapture":
         return self.start() if self._thread is None else self
@@ -179,9 +191,7 @@ class ThreadedCapture:
         else:
             self._finish()
         finally:
-            if self.reader is not None:
-                self.reader.release()
-                self.reader = None
+            self._release_reader()
 
     def _read_loop(self) -> None:
         index = 0  # position in the source (restarts with --loop)
@@ -196,7 +206,7 @@ class ThreadedCapture:
                         return
                     continue
                 if self.loop and index > 0:
-                    self.reader.release()
+                    self._release_reader()
                     self.reader = self._opener(self.spec)
                     self.loops += 1
                     self.on_event("looped", f"{self.spec.display}: restarting from the first frame (loop {self.loops})")
@@ -225,9 +235,7 @@ class ThreadedCapture:
 
     def _reconnect(self) -> bool:
         """Reopen a lost live source with backoff; False (and an error for the consumer) after the last attempt."""
-        if self.reader is not None:
-            self.reader.release()
-            self.reader = None
+        self._release_reader()
         policy = self.reconnect
         self.on_event("lost", f"lost {self.spec.display}; reconnecting (up to {policy.attempts} attempts)")
         last = ""

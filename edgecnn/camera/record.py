@@ -7,12 +7,14 @@ saved as JPEG files one at a time, atomically, into a new folder.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import cv2
 import numpy as np
@@ -34,6 +36,7 @@ class CaptureReport:
     frames_seen: int = 0
     dropped: int = 0
     reconnects: int = 0
+    skipped_unreadable: int = 0  # image-folder source: files that could not be decoded
     elapsed_s: float = 0.0
     size: tuple[int, int] | None = None  # (width, height) of the first frame
     brightness: dict = field(default_factory=dict)  # mean grey level: min, mean, max over saved frames
@@ -51,6 +54,7 @@ class CaptureReport:
             "frames_seen": self.frames_seen,
             "dropped": self.dropped,
             "reconnects": self.reconnects,
+            "skipped_unreadable": self.skipped_unreadable,
             "elapsed_s": round(self.elapsed_s, 3),
             "size": list(self.size) if self.size else None,
             "brightness": self.brightness,
@@ -77,6 +81,26 @@ def prepare_output(out: str | Path, force: bool = False) -> int:
     out.mkdir(parents=True, exist_ok=True)
     numbers = [int(m.group(1)) for p in existing if (m := _FRAME_RE.match(p.name))]
     return max(numbers) + 1 if numbers else 0
+
+
+@contextmanager
+def output_folder(out: str | Path, force: bool = False) -> Iterator[int]:
+    """`prepare_output` for the duration of a capture: yields the first frame number, and if the body fails, removes
+    the folders that `prepare_output` created (`out` and any missing parents) as long as they are still empty.
+
+    A folder that existed before is never removed, and neither is one holding a saved frame (or any other file).
+    """
+    full = Path(os.path.abspath(out))
+    created = [p for p in (full, *full.parents) if not p.exists()]  # deepest first
+    try:
+        yield prepare_output(out, force=force)
+    except BaseException:
+        for folder in created:
+            try:
+                os.rmdir(folder)  # only ever removes an empty folder
+            except OSError:
+                break
+        raise
 
 
 def capture_frames(
@@ -141,6 +165,7 @@ def capture_frames(
         report.dropped = capture.dropped
         report.reconnects = capture.reconnects
         capture.close()
+        report.skipped_unreadable = capture.skipped
     report.ended_early = len(report.saved) < count
     if levels:
         arr = np.asarray(levels)

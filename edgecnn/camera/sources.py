@@ -236,6 +236,7 @@ class Reader:
 
     fps: float | None = None  # the source's own frame rate, when it has one
     frame_count: int | None = None
+    skipped: int = 0  # unreadable files passed over (image folders)
 
     def read(self) -> np.ndarray | None:
         raise NotImplementedError

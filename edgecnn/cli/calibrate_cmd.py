@@ -41,44 +41,48 @@ def capture(
     import threading
 
     from edgecnn.camera.capture import ThreadedCapture
-    from edgecnn.camera.record import capture_frames, prepare_output
+    from edgecnn.camera.record import capture_frames, output_folder
     from edgecnn.camera.sources import parse_source
-    from edgecnn.errors import UserInputError
+    from edgecnn.errors import SourceError, UserInputError
 
     spec = parse_source(source, width=width, height=height, fps=fps)
     if spec.kind in ("file", "folder") and Path(spec.target).resolve() == out.resolve():
         raise UserInputError("--out must differ from --source: frames are never written into the input folder")
-    first = prepare_output(out, force=force)
 
     def on_event(kind: str, message: str) -> None:
         warn(message) if kind in ("lost", "retry", "gave_up") else console.print(message, style="cyan", markup=False)
 
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        cap = ThreadedCapture(spec, pace=False, on_event=on_event).start()
-        with progress_bar(f"capturing {count} frames", total=count, disable=json_out) as update:
-            report = capture_frames(cap, out, count, every_ms=every_ms, start_number=first, jpeg_quality=quality,
-                                    progress=lambda done, total: update(done, total), stop=stop)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    # A failed capture (source that cannot be opened, nothing decodable) leaves no empty --out folder behind.
+    with output_folder(out, force=force) as first:
+        stop = threading.Event()
+        previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            cap = ThreadedCapture(spec, pace=False, on_event=on_event).start()
+            with progress_bar(f"capturing {count} frames", total=count, disable=json_out) as update:
+                report = capture_frames(cap, out, count, every_ms=every_ms, start_number=first, jpeg_quality=quality,
+                                        progress=lambda done, total: update(done, total), stop=stop)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
-    if json_out:
-        print_json(report.to_dict())
-    else:
         d = report.to_dict()
-        size = f"{d['size'][0]}x{d['size'][1]}" if d["size"] else "-"
-        console.print(
-            f"saved {d['saved']}/{count} frames ({size}) from {d['source']} to {out} in {d['elapsed_s']:.1f} s; "
-            f"brightness min/mean/max {d['brightness'].get('min', '-')}/{d['brightness'].get('mean', '-')}/"
-            f"{d['brightness'].get('max', '-')}",
-            markup=False,
-        )
-    if not report.saved:
-        from edgecnn.errors import SourceError
-
-        raise SourceError(f"No frames captured from {report.source} ({report.end_reason})")
+        if json_out:
+            print_json(d)
+        elif report.saved:
+            size = f"{d['size'][0]}x{d['size'][1]}" if d["size"] else "-"
+            console.print(
+                f"saved {d['saved']}/{count} frames ({size}) from {d['source']} to {out} in {d['elapsed_s']:.1f} s; "
+                f"brightness min/mean/max {d['brightness'].get('min', '-')}/{d['brightness'].get('mean', '-')}/"
+                f"{d['brightness'].get('max', '-')}",
+                markup=False,
+            )
+        skipped = report.skipped_unreadable
+        unreadable = f"{skipped} unreadable image file(s) skipped" if skipped else ""
+        if not report.saved:
+            detail = f"{report.end_reason}; {unreadable}" if unreadable else report.end_reason
+            raise SourceError(f"No frames captured from {report.source} ({detail})")
+    if unreadable:
+        warn(f"{unreadable} in {report.source}")
     if report.ended_early:
         warn(f"only {len(report.saved)} of {count} frames ({report.end_reason})")
     if len(report.saved) < 100:
