@@ -158,8 +158,10 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def ensure_distinct(inputs: list[str | os.PathLike] | str | os.PathLike, output: str | os.PathLike) -> None:
-    """Refuse to write `output` over any of `inputs` (no command overwrites its own input)."""
+def ensure_distinct(inputs: list[str | os.PathLike] | str | os.PathLike, output: str | os.PathLike,
+                    flag: str = "--out") -> None:
+    """Refuse to write `output` over any of `inputs` (no command overwrites its own input). An input may be a folder
+    (calibration or validation images): an existing file inside it is an input too."""
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     out = Path(output)
@@ -169,7 +171,22 @@ def ensure_distinct(inputs: list[str | os.PathLike] | str | os.PathLike, output:
         if not same and inp.exists() and out.exists():
             same = os.path.samefile(inp, out)
         if same:
-            raise UserInputError(f"Output {out} is the input file: choose another --out (inputs are never overwritten)")
+            raise UserInputError(f"Output {out} is the input file: choose another {flag} (inputs are never overwritten)")
+        if inp.is_dir() and out.is_file() and out.resolve().is_relative_to(inp.resolve()):
+            raise UserInputError(f"{flag} {out} would overwrite a file inside the input folder {inp}: choose another {flag}")
+
+
+def check_output_file(path: str | os.PathLike, flag: str) -> Path:
+    """Refuse, before any work starts, an output file path that cannot be written: a folder, or a path under a file."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserInputError(f"{flag} {path} is a folder; give a file name")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():
+        raise UserInputError(f"{flag} {path}: {parent} is a file, not a folder")
+    return path
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -143,6 +143,24 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(setup):
     fails(model, "--calib", calib, "--out", out, "--reduce-range", match="--reduce-range is for --target cpu")
     fails(model, "--calib", calib, "--out", out, "--input-size", "32,32", "--mean", "1", "--std", "1",
           match="carries its own preprocessing")
+    # outputs are checked before any work: never over an input image, a folder, a file's "subfolder" or each other
+    image = sorted(p for p in calib.rglob("*") if p.is_file())[0]
+    image_bytes = image.read_bytes()
+    fails(model, "--calib", calib, "--out", image, match="would overwrite a file inside the input folder")
+    fails(model, "--calib", calib, "--out", out, "--cache", image, match="--cache")
+    fails(model, "--calib", calib, "--out", tmp / "new.onnx", "--val", calib, "--cache", image, match="input folder")
+    assert image.read_bytes() == image_bytes
+    fails(model, "--calib", calib, "--out", out, "--cache", out, match="--cache and --out both name")
+    fails(model, "--calib", calib, "--out", out, "--cache", tmp / "empty", match="--cache")
+    fails(model, "--calib", calib, "--out", out, "--report", out, match="--report")
+    fails(model, "--calib", calib, "--out", out / "x.onnx", match="is a file, not a folder")
+    for bad in ("nan", "inf", "-1"):
+        fails(model, "--calib", calib, "--out", out, "--max-drop", bad, match="--max-drop must be a number >= 0")
+    fails(model, "--calib", calib, "--out", out, "--max-drop", "1", "--max-steps", "0", match="--max-steps")
+    fails(model, "--calib", calib, "--out", out, "--cache", tmp / "t.calib", "--trt-version", "banana",
+          match="TensorRT version")
+    fails(model, "--calib", calib, "--out", out, "--trt-version", "10", match="major.minor.patch")
+    assert not (tmp / "t.calib").exists() and not (tmp / "new.onnx").exists()
     # an already quantized model
     q = tmp / "q.onnx"
     assert invoke("quantize", model, "--calib", calib, "--out", q).exit_code == 0
@@ -163,6 +181,22 @@ def test_model_without_metadata_asks_for_preprocessing(setup):
     assert res.exit_code == 0, res.output
     contract = read_onnx_contract(tmp / "q.onnx")
     assert contract.labels == ["class_0", "class_1", "class_2"] and contract.preprocess.mean == (120.0,) * 3
+    res = invoke("quantize", bare_path, "--calib", calib, "--out", tmp / "q2.onnx", "--input-size", "100,100",
+                 "--mean", "120", "--std", "60")
+    assert res.exit_code == 2 and "takes 32x32 inputs" in res.output and not (tmp / "q2.onnx").exists()
+
+
+def test_malformed_metadata_is_named_not_taken_for_missing(setup):
+    model, calib, tmp = setup
+    broken = onnx.load(str(model))
+    for prop in broken.metadata_props:
+        if prop.key == "edgecnn.preprocess":
+            prop.value = "{not json"
+    path = tmp / "broken.onnx"
+    onnx.save(broken, str(path))
+    res = invoke("quantize", path, "--calib", calib, "--out", tmp / "q.onnx")
+    assert res.exit_code == 2 and "cannot be used" in res.output and "edgecnn.preprocess" in res.output
+    assert "no edgecnn metadata" not in res.output and not (tmp / "q.onnx").exists()
 
 
 def test_full_range_cpu_weights_on_request(setup):

@@ -8,6 +8,8 @@ bound, then write the outputs atomically (never over the input). Progress goes t
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import platform
 import tempfile
@@ -18,7 +20,15 @@ from typing import Callable
 
 import numpy as np
 
-from edgecnn.artifacts import ModelContract, ensure_distinct, save_onnx, sha256_file, write_onnx_contract
+from edgecnn.artifacts import (
+    ModelContract,
+    atomic_path,
+    check_output_file,
+    ensure_distinct,
+    save_onnx,
+    sha256_file,
+    write_onnx_contract,
+)
 from edgecnn.errors import AccuracyGateError, ArtifactError, UserInputError
 from edgecnn.preprocess import PreprocessConfig
 from edgecnn.quant import accuracy, calibrators, graph, qdq, trt_cache, weights
@@ -80,8 +90,12 @@ class QuantOptions:
             raise UserInputError(f"--finetune must be a number of epochs >= 0, got {self.finetune}")
         if not 0.0 < self.finetune_lr < 1.0:
             raise UserInputError(f"--finetune-lr must be in (0, 1), got {self.finetune_lr}")
-        if self.max_drop is not None and self.max_drop < 0:
-            raise UserInputError(f"--max-drop must be >= 0 percentage points, got {self.max_drop}")
+        if self.max_drop is not None and not (math.isfinite(self.max_drop) and self.max_drop >= 0):
+            raise UserInputError(f"--max-drop must be a number >= 0 (percentage points), got {self.max_drop}")
+        if self.max_steps < 1:
+            raise UserInputError(f"--max-steps must be at least 1, got {self.max_steps}")
+        if self.trt_version is not None:
+            trt_cache.version_number(self.trt_version)  # a clear error now, not after calibration
         if self.reduce_range and self.target == "tensorrt":
             raise UserInputError("--reduce-range is for --target cpu: TensorRT computes INT8 without int16 "
                                  "saturation, so full-range weights only gain precision there")
@@ -93,10 +107,15 @@ class QuantOptions:
 
 def model_contract(model_proto, path: Path, options: QuantOptions) -> ModelContract:
     """The model's own contract; preprocessing flags are accepted only for a model that has none."""
+    from edgecnn.artifacts import META_PREFIX
+
     props = {p.key: p.value for p in model_proto.metadata_props}
     try:
         contract = ModelContract.from_onnx_props(props, source=str(path))
-    except ArtifactError:
+    except ArtifactError as exc:
+        if all(META_PREFIX + key in props for key in ("labels", "preprocess")):  # there, but unreadable: say so
+            raise UserInputError(f"{path} has edgecnn metadata that cannot be used ({exc}); re-export it with "
+                                 "`edgecnn export`") from None
         if options.preprocess is None:
             raise UserInputError(
                 f"{path} has no edgecnn metadata, so its preprocessing is unknown: export it with `edgecnn export`, "
@@ -107,6 +126,7 @@ def model_contract(model_proto, path: Path, options: QuantOptions) -> ModelContr
         labels = options.labels or ([f"class_{i}" for i in range(n)] if n else None)
         if not labels:
             raise UserInputError(f"{path}: cannot tell the number of classes; give --labels FILE") from None
+        _check_input_size(model_proto, path, options.preprocess)
         return ModelContract(labels=list(labels), preprocess=options.preprocess, arch=None,
                              provenance={"source": "foreign onnx", "preprocess_from": "command line"})
     if options.preprocess is not None or options.labels is not None:
@@ -117,6 +137,35 @@ def model_contract(model_proto, path: Path, options: QuantOptions) -> ModelContr
     if contract.precision == "int8":
         raise UserInputError(f"{path} is already an INT8 model: quantize the FP32 model it came from")
     return contract
+
+
+def _check_input_size(model_proto, path: Path, pre: PreprocessConfig) -> None:
+    """--input-size must match a model input whose height and width are fixed (NCHW, 1 or 3 channels)."""
+    inits = {i.name for i in model_proto.graph.initializer}
+    inputs = [i for i in model_proto.graph.input if i.name not in inits]
+    dims = [d.dim_value if d.HasField("dim_value") else 0 for d in inputs[0].type.tensor_type.shape.dim] if inputs else []
+    if len(dims) == 4 and dims[1] in (1, 3) and dims[2] > 0 and dims[3] > 0 and tuple(dims[2:]) != pre.input_size:
+        raise UserInputError(f"{path.name} takes {dims[2]}x{dims[3]} inputs: --input-size "
+                             f"{pre.input_size[0]},{pre.input_size[1]} does not match")
+
+
+def _check_outputs(src: Path, out: Path, calib, options: QuantOptions) -> None:
+    """Every output path checked before any work: none may overwrite an input (the model, a calibration or --val
+    image), be a folder, or sit under a file; --cache and --out must differ; --report must be a folder."""
+    inputs = [src, calib] + ([options.val] if options.val is not None else [])
+    check_output_file(out, "--out")
+    ensure_distinct(inputs, out, "--out")
+    if options.cache is not None:
+        check_output_file(options.cache, "--cache")
+        ensure_distinct(inputs, options.cache, "--cache")
+        if Path(options.cache).resolve() == out.resolve():
+            raise UserInputError(f"--cache and --out both name {out}: give the calibration table its own file")
+    if options.report is not None:
+        report = Path(options.report)
+        if report.exists() and not report.is_dir():
+            raise UserInputError(f"--report {report} is a file; give a folder")
+        ensure_distinct(inputs, report / "quantization.json", "--report")
+        ensure_distinct(inputs, report / "quantization.md", "--report")
 
 
 def _check_exclude(prepared, exclude, original) -> None:
@@ -191,11 +240,7 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calib: str | os.P
     prog = progress or (lambda stage, done, total: None)
     src = resolve_model(model)
     out = Path(out)
-    ensure_distinct(src, out)
-    if options.cache is not None:
-        ensure_distinct([src, out], options.cache)
-    if out.exists() and out.is_dir():
-        raise UserInputError(f"--out {out} is a folder; give a file name such as model.int8.onnx")
+    _check_outputs(src, out, calib, options)
 
     original = graph.load_model(src)
     graph.check_not_quantized(original, str(src))
@@ -332,8 +377,19 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calib: str | os.P
                        "batch": shape[0], "runs": options.latency_runs, "threads": options.threads,
                        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"}
 
-        # ---- outputs: model first, then cache and report (each atomic)
-        save_onnx(qmodel, out)
+        # ---- outputs: the model and its table staged side by side, then renamed one right after the other, so a
+        # failure leaves neither (never a new model beside a stale table); the report last.
+        table = None
+        if options.cache is not None:
+            version = options.trt_version or trt_cache.installed_version() or trt_cache.DEFAULT_VERSION
+            amax = {name: max(abs(lo), abs(hi)) for name, (lo, hi) in ranges.items()}
+            table = trt_cache.format_table(amax, version)
+        with contextlib.ExitStack() as staged:
+            model_tmp = staged.enter_context(atomic_path(out, suffix=".onnx"))
+            save_onnx(qmodel, model_tmp)
+            if table is not None:
+                table_tmp = staged.enter_context(atomic_path(options.cache))
+                table_tmp.write_text(table, encoding="utf-8")
         result = {
             "model": str(src), "output": str(out), "target": options.target, "method": options.method,
             "percentile": options.percentile, "calibration": summary, "excluded": exclude,
@@ -348,10 +404,7 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calib: str | os.P
             "latency": latency, "cache": None, "report": None,
             "finetune": finetune_log[-1] if finetune_log else None,
         }
-        if options.cache is not None:
-            version = options.trt_version or trt_cache.installed_version() or trt_cache.DEFAULT_VERSION
-            amax = {name: max(abs(lo), abs(hi)) for name, (lo, hi) in ranges.items()}
-            trt_cache.write_table(options.cache, amax, version)
+        if table is not None:
             result["cache"] = {"path": str(options.cache), "tensors": len(amax),
                                "header": f"TRT-{trt_cache.version_number(version)}-{trt_cache.DEFAULT_ALGORITHM}"}
         if options.report is not None:

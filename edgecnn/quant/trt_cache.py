@@ -35,6 +35,9 @@ _HEADER = re.compile(r"^TRT-(\d+)-([A-Za-z0-9]+)$")
 def version_number(version: str | int) -> int:
     """'8.6.1' -> 8601, '10.3.0' -> 100300, '8601' or 8601 -> 8601 (TensorRT's NV_TENSORRT_VERSION)."""
     if isinstance(version, int) or str(version).isdigit():
+        if int(version) < 1000:  # '10' is not TensorRT 10 (that is 100000): refuse rather than write a wrong header
+            raise UserInputError(f"TensorRT version {version!r}: give major.minor.patch such as 10.3.0, or the "
+                                 "NV_TENSORRT_VERSION number such as 100300")
         return int(version)
     parts = str(version).split(".")
     try:
