@@ -32,9 +32,14 @@ class ArtifactError(EdgeCNNError):
 
 
 class AccuracyGateError(EdgeCNNError):
-    """A measured accuracy or parity check failed its bound."""
+    """A measured accuracy or parity check failed its bound. `details`: what was measured (JSON-able), so a
+    `--json` caller gets the numbers as well as the exit code."""
 
     exit_code = 5
+
+    def __init__(self, message: str, details: dict | None = None):
+        super().__init__(message)
+        self.details = details or {}
 
 
 class SourceError(EdgeCNNError):

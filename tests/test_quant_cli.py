@@ -114,6 +114,9 @@ def test_max_drop_fallback_and_failure(setup):
     assert first > 0  # the setup really hurts INT8 (drop = share of images whose top-1 changed)
     assert res.exit_code == 5 and "max-drop" in res.output and "Nothing was written" in res.output
     assert not out.exists()
+    failed = json.loads(res.stdout)  # --json: the measured steps too, not only the exit code
+    assert "Nothing was written" in failed["error"] and failed["max_drop"] == 0
+    assert failed["steps"][0]["drop"] == first and len(failed["steps"]) == 2 and failed["sensitivity"]
     res = invoke("quantize", model, "--calib", dark, "--out", out, "--val", val, "--method", "minmax",
                  "--max-drop", "0", "--max-steps", "8", "--json")
     assert res.exit_code == 0, res.output
@@ -136,6 +139,8 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(setup):
     (tmp / "empty").mkdir()
     fails(model, "--calib", tmp / "empty", "--out", out, match="No images")
     fails(model, "--calib", tmp / "nowhere", "--out", out, match="does not exist")
+    fails(model, "--calib", model, "--out", out, match="neither an image folder, an image nor a video")
+    fails(model, "--calib", calib, "--out", out, "--every", "5", match="--every is for a video source")
     fails(model, "--calib", calib, "--out", model, match="is the input file")
     fails(model, "--calib", calib, "--out", out, "--exclude", "conv9", match="Unknown --exclude node(s): conv9")
     fails(model, "--calib", calib, "--out", out, "--target", "gpu", match="--target")

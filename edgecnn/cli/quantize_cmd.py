@@ -70,7 +70,7 @@ def quantize(
 ):
     """Quantize to INT8 with calibration images: Q/DQ ONNX for TensorRT or CPU, accuracy measured on this machine."""
     from edgecnn.artifacts import read_labels_file
-    from edgecnn.errors import UserInputError
+    from edgecnn.errors import AccuracyGateError, UserInputError
     from edgecnn.preprocess import PreprocessConfig
     from edgecnn.quant import QuantOptions
     from edgecnn.quant import quantize as run_quantize
@@ -91,7 +91,12 @@ def quantize(
         def progress(stage: str, done: int, total: int) -> None:
             update(done, total, description=STAGES.get(stage, stage))
 
-        result = run_quantize(model, out, calib, options, progress=progress)
+        try:
+            result = run_quantize(model, out, calib, options, progress=progress)
+        except AccuracyGateError as exc:
+            if json_out and exc.details:  # scripts get the measured steps too, then the error and exit 5
+                print_json({"error": str(exc), **exc.details})
+            raise
     if json_out:
         print_json(result)
         return

@@ -113,6 +113,10 @@ def load_calibration(
         raise UserInputError(f"--num-images must be at least 1, got {num_images}")
     if src.is_file() and is_video(src):
         return _load_video(src, cfg, num_images, every, progress)
+    if src.is_file() and not list_images(src):
+        raise UserInputError(f"Calibration source {src} is neither an image folder, an image nor a video file")
+    if every is not None:
+        raise UserInputError("--every is for a video source; this calibration source is images")
     paths = list_images(src)
     if not paths:
         hint = ": see calibration/README.md for how to fill it" if (src / "README.md").is_file() else ""
