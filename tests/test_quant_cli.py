@@ -186,6 +186,15 @@ def test_model_without_metadata_asks_for_preprocessing(setup):
     assert res.exit_code == 0, res.output
     contract = read_onnx_contract(tmp / "q.onnx")
     assert contract.labels == ["class_0", "class_1", "class_2"] and contract.preprocess.mean == (120.0,) * 3
+    res = invoke("quantize", bare_path, "--calib", calib, "--out", tmp / "q3.onnx", "--input-size", "32,32",
+                 "--mean", "120", "--std", "60", "--interpolation", "cubic")
+    assert res.exit_code == 0, res.output
+    assert read_onnx_contract(tmp / "q3.onnx").preprocess.interpolation == "cubic"
+    res = invoke("quantize", bare_path, "--calib", calib, "--out", tmp / "q4.onnx", "--input-size", "32,32",
+                 "--mean", "120", "--std", "60", "--interpolation", "bicubic")
+    assert res.exit_code == 2 and "interpolation must be one of" in res.output
+    res = invoke("quantize", model, "--calib", calib, "--out", tmp / "q4.onnx", "--interpolation", "cubic")
+    assert res.exit_code == 2 and "model without edgecnn metadata" in res.output and not (tmp / "q4.onnx").exists()
     res = invoke("quantize", bare_path, "--calib", calib, "--out", tmp / "q2.onnx", "--input-size", "100,100",
                  "--mean", "120", "--std", "60")
     assert res.exit_code == 2 and "takes 32x32 inputs" in res.output and not (tmp / "q2.onnx").exists()

@@ -60,11 +60,13 @@ def quantize(
     finetune: int = typer.Option(0, "--finetune", help="Epochs of quantization-aware fine-tuning on the calibration "
                                  "images, with the FP32 model as teacher (needs PyTorch; 0: plain post-training)."),
     finetune_lr: float = typer.Option(1e-5, "--finetune-lr", help="Adam learning rate for --finetune."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="ONNX Runtime threads."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="ONNX Runtime threads (default: all cores)."),
     input_size: Optional[str] = typer.Option(None, "--input-size", help="ONLY for a model without edgecnn metadata: H,W."),
     mean: Optional[str] = typer.Option(None, "--mean", help="ONLY without metadata: per-channel mean, 0-255 scale (R,G,B)."),
     std: Optional[str] = typer.Option(None, "--std", help="ONLY without metadata: per-channel std, 0-255 scale (R,G,B)."),
-    resize: str = typer.Option("shorter_crop", "--resize", help="ONLY without metadata: shorter_crop, resize or letterbox."),
+    resize: Optional[str] = typer.Option(None, "--resize", help="ONLY without metadata: shorter_crop (default), resize or letterbox."),
+    interpolation: Optional[str] = typer.Option(None, "--interpolation", help="ONLY without metadata: linear (default), "
+                                                "cubic, area or nearest (as the model was trained)."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="ONLY without metadata: class names file, one per line."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON only (stdout)."),
 ):
@@ -80,7 +82,11 @@ def quantize(
         if not (input_size and mean and std):
             raise UserInputError("--input-size, --mean and --std go together (for a model without edgecnn metadata)")
         pre = PreprocessConfig(input_size=_floats(input_size, 2, "--input-size"), mean=_floats(mean, 3, "--mean"),
-                               std=_floats(std, 3, "--std"), resize=resize)
+                               std=_floats(std, 3, "--std"), resize=resize or "shorter_crop",
+                               interpolation=interpolation or "linear")
+    elif resize or interpolation:
+        raise UserInputError("--resize and --interpolation describe a model without edgecnn metadata: give them with "
+                             "--input-size, --mean and --std (a model with metadata brings its own preprocessing)")
     options = QuantOptions(
         target=target, method=method, percentile=percentile, num_images=num_images, batch=batch, every=every,
         exclude=tuple(exclude or ()), cache=cache, trt_version=trt_version, val=val, max_drop=max_drop,
