@@ -297,6 +297,25 @@ def test_int8_material_and_contract_checks(tmp_path, tiny_onnx):
     int8 = save_onnx(model, tmp_path / "tiny.int8.onnx")
     report = create_bundle(tiny_onnx, tmp_path / "z.tar.gz", BundleOptions(precision="int8", int8_model=int8))
     assert (report.build_onnx, report.run_onnx) == ("model.int8.onnx", "model.onnx")
+    with_cache = create_bundle(tiny_onnx, tmp_path / "w.tar.gz",
+                               BundleOptions(precision="int8", int8_model=int8, calib_cache=calib))
+    assert any("--calib-cache is bundled but unused" in w for w in with_cache.warnings)
+
+    # INT8 material the device could not build from is refused here, not at first start on the device
+    with pytest.raises(UserInputError, match="is not an INT8 model"):
+        create_bundle(tiny_onnx, tmp_path / "v.tar.gz", BundleOptions(precision="int8", int8_model=tiny_onnx))
+    cpu = onnx.load(str(tiny_onnx))
+    contract = read_onnx_contract(tiny_onnx).with_provenance(quantization={"target": "cpu"})
+    contract.precision = "int8"
+    write_onnx_contract(cpu, contract)
+    cpu_path = save_onnx(cpu, tmp_path / "tiny.cpu.int8.onnx")
+    with pytest.raises(UserInputError, match="--target tensorrt"):
+        create_bundle(tiny_onnx, tmp_path / "v.tar.gz", BundleOptions(precision="int8", int8_model=cpu_path))
+    garbage = tmp_path / "garbage.calib"
+    garbage.write_text("not a table\n")
+    with pytest.raises(UserInputError, match="--calib-cache"):
+        create_bundle(tiny_onnx, tmp_path / "v.tar.gz", BundleOptions(precision="int8", calib_cache=garbage))
+    assert not (tmp_path / "v.tar.gz").exists()
 
 
 def test_bundle_refuses_bad_input_and_never_overwrites_it(tmp_path, tiny_onnx):
@@ -304,10 +323,17 @@ def test_bundle_refuses_bad_input_and_never_overwrites_it(tmp_path, tiny_onnx):
     with pytest.raises(UserInputError, match=r"\.tar\.gz"):
         create_bundle(tiny_onnx, tmp_path / "app.zip")
     calib = tmp_path / "calib.tar.gz"  # an input that is also the --out path
-    calib.write_bytes(b"calibration cache")
+    calib.write_bytes(b"TRT-8601-EntropyCalibration2\ninput: 3c010a14\n")
     with pytest.raises(UserInputError, match="is the input file"):
         create_bundle(tiny_onnx, calib, BundleOptions(precision="int8", calib_cache=calib))
-    assert calib.read_bytes() == b"calibration cache"
+    assert calib.read_bytes() == b"TRT-8601-EntropyCalibration2\ninput: 3c010a14\n"
+    table = tmp_path / "b.tar.gz.sha256"  # the sidecar written beside --out b.tar.gz would replace this input
+    table.write_bytes(b"TRT-8601-EntropyCalibration2\ninput: 3c010a14\n")
+    with pytest.raises(UserInputError, match="is the input file"):
+        create_bundle(tiny_onnx, tmp_path / "b.tar.gz", BundleOptions(precision="int8", calib_cache=table))
+    assert table.read_bytes().startswith(b"TRT-8601") and not (tmp_path / "b.tar.gz").exists()
+    with pytest.raises(UserInputError, match="is a file, not a folder"):
+        create_bundle(tiny_onnx, tiny_onnx / "a.tar.gz")
     with pytest.raises(UserInputError, match="Unknown --device"):
         create_bundle(tiny_onnx, tmp_path / "a.tar.gz", BundleOptions(device="orin-mega"))
     with pytest.raises(UserInputError, match="L4T"):
@@ -348,6 +374,41 @@ def test_ssh_commands_are_data():
         ssh_commands("/tmp/app.tar.gz", "evil; rm -rf /", "tiny", "ab" * 32)
     with pytest.raises(UserInputError, match="--prefix"):
         ssh_commands("/tmp/app.tar.gz", "orin", "tiny", "ab" * 32, prefix="apps/../../etc")
+
+
+def test_host_commands_are_shell_quoted_and_host_only_flags_need_host(tmp_path, tiny_onnx):
+    """A --dry-run line pasted into a shell must run what it shows: the remote script is one quoted argument."""
+    import shlex
+
+    from edgecnn.cli.main import app
+
+    runner = CliRunner()
+    out = tmp_path / "app.tar.gz"
+    res = runner.invoke(app, ["deploy", "bundle", str(tiny_onnx), "--out", str(out), "--json", "--host",
+                              "nvidia@orin.local", "--dry-run", "--service"])
+    assert res.exit_code == 0, res.output
+    lines = json.loads(res.stdout)["host_commands"]
+    expected = ssh_commands(out, "nvidia@orin.local", "tiny", sha256_file(out), service=True)
+    assert [shlex.split(line) for line in lines] == expected
+    for flags in (["--service"], ["--dry-run"], ["--prefix", "/opt/x"]):
+        res = runner.invoke(app, ["deploy", "bundle", str(tiny_onnx), "--out", str(tmp_path / "b.tar.gz"), *flags])
+        assert res.exit_code == 2 and "only apply with --host" in res.output
+
+
+def test_remote_output_never_reaches_json_stdout(tmp_path, tiny_onnx):
+    """Real ssh/scp stand-ins that talk on stdout, as remote pip and install do: `--json` stdout stays one document."""
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    for tool in ("ssh", "scp"):
+        (shim / tool).write_text(f"#!/bin/sh\necho 'remote {tool} chatter'\n")
+        (shim / tool).chmod(0o755)
+    env = {**os.environ, "PATH": f"{shim}{os.pathsep}{os.environ['PATH']}"}
+    res = subprocess.run([sys.executable, "-m", "edgecnn", "deploy", "bundle", str(tiny_onnx), "--out",
+                          str(tmp_path / "app.tar.gz"), "--host", "nvidia@orin", "--json"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["name"] == "tiny"
+    assert "remote ssh chatter" in res.stderr and "remote scp chatter" in res.stderr
 
 
 def test_push_bundle_runs_the_steps_in_order_and_stops_on_failure():

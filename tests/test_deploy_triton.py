@@ -65,6 +65,10 @@ def test_fixed_batch_model_gets_max_batch_size_zero(tmp_path):
     assert cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
     with pytest.raises(UserInputError, match="--dynamic-batch"):
         write_repository(model, tmp_path / "repo2", TritonOptions(dynamic_batching=True))
+    with pytest.raises(UserInputError, match="--dynamic-batch"):  # a negative max batch is not "no batching"
+        write_repository(model, tmp_path / "repo2", TritonOptions(max_batch=-3))
+    with pytest.raises(UserInputError, match="is a file; expected a folder"):
+        write_repository(model, model / "sub", TritonOptions(kind="cpu"))
 
 
 def _engine_with_manifest(tmp_path: Path, onnx: Path, max_batch: int) -> Path:

@@ -38,14 +38,22 @@ def bundle(
     base_image: Optional[str] = typer.Option(None, "--base-image", help="Override the Dockerfile's base image."),
     user: str = typer.Option("root", "--user", help="User the bundled systemd unit runs as (install sets the real one)."),
     host: Optional[str] = typer.Option(None, "--host", help="user@device: copy the bundle there over ssh and install it."),
-    prefix: str = typer.Option("/opt/edgecnn", "--prefix", help="With --host: install folder on the device."),
+    prefix: Optional[str] = typer.Option(None, "--prefix", help="With --host: install folder on the device (default /opt/edgecnn)."),
     service: bool = typer.Option(False, "--service", help="With --host: install and enable the systemd service."),
     dry_run: bool = typer.Option(False, "--dry-run", help="With --host: print the ssh/scp commands instead of running them."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON only."),
 ):
     """A self-contained, checksummed bundle: ONNX, calibration, contract, start script, systemd unit, Dockerfile."""
-    from edgecnn.deploy.bundle import BundleOptions, create_bundle, push_bundle, ssh_commands
+    import shlex
 
+    from edgecnn.deploy.bundle import DEFAULT_PREFIX, BundleOptions, create_bundle, push_bundle, ssh_commands
+    from edgecnn.errors import UserInputError
+
+    host_only = [flag for flag, given in (("--prefix", prefix is not None), ("--service", service),
+                                          ("--dry-run", dry_run)) if given]
+    if host_only and not host:
+        raise UserInputError(f"{', '.join(host_only)} only apply with --host user@device (installing on this machine "
+                             "is `edgecnn deploy install BUNDLE`)")
     options = BundleOptions(
         precision=precision, device=device, calib_cache=calib_cache, int8_model=int8_model, source=source,
         sinks=tuple(sink), name=name, l4t=l4t, base_image=base_image, user=user,
@@ -54,8 +62,8 @@ def bundle(
         report = create_bundle(model, out, options, progress=update)
     result = report.to_dict()
     if host:
-        commands = ssh_commands(out, host, report.name, report.sha256, prefix=prefix, service=service)
-        result["host_commands"] = [" ".join(c) for c in commands]
+        commands = ssh_commands(out, host, report.name, report.sha256, prefix=prefix or DEFAULT_PREFIX, service=service)
+        result["host_commands"] = [shlex.join(c) for c in commands]  # quoted: pasting a line runs it as shown
         if not dry_run:
             if not json_out:
                 console.print(f"copying to {host} and installing ...")
@@ -74,7 +82,7 @@ def bundle(
     if host and dry_run:
         console.print("commands (--dry-run):")
         for line in result["host_commands"]:
-            console.print(f"  {line}", markup=False)
+            console.print(f"  {line}", markup=False, soft_wrap=True)  # one line each, never wrapped
     elif host:
         console.print(f"[green]✓[/] installed on {host}")
 

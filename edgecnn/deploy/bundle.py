@@ -37,6 +37,7 @@ from edgecnn.artifacts import (
     ModelContract,
     atomic_path,
     atomic_write_text,
+    check_output_file,
     ensure_distinct,
     read_onnx_contract,
     sha256_file,
@@ -272,6 +273,9 @@ def plan_models(precision: str, has_fp32: bool, has_int8: bool, has_calib: bool,
     args = ["--precision", precision]
     if has_calib and precision in ("int8", "best") and not use_int8_onnx:
         args += ["--calib-cache", "model.calib"]
+    elif has_calib:
+        why = "the Q/DQ INT8 ONNX carries its own scales" if use_int8_onnx else f"--precision {precision} builds no INT8"
+        warnings.append(f"--calib-cache is bundled but unused: {why}")
     if device:
         args += ["--device", device]
     return _Plan(build, run, args, warnings)
@@ -302,6 +306,17 @@ def _onnx_model(model: str | Path, workdir: Path) -> Path:
     raise UserInputError(f"Cannot bundle {path.name}: expected an .onnx model, a .pt checkpoint or a pretrained name")
 
 
+def _check_tensorrt_int8(path: Path, contract: ModelContract) -> None:
+    """--int8-model is what the device builds its INT8 engine from: it must be a Q/DQ model in TensorRT's form."""
+    if contract.precision != "int8":
+        raise UserInputError(f"--int8-model {path.name} is not an INT8 model (precision {contract.precision}): make "
+                             "one with `edgecnn quantize MODEL --target tensorrt`")
+    target = (contract.provenance.get("quantization") or {}).get("target")
+    if target == "cpu":
+        raise UserInputError(f"--int8-model {path.name} was quantized for ONNX Runtime CPU (--target cpu: uint8 "
+                             "activations), which TensorRT cannot build: quantize with --target tensorrt")
+
+
 def _same_contract(a: ModelContract, b: ModelContract, what: str) -> None:
     if a.labels != b.labels or a.preprocess != b.preprocess:
         raise UserInputError(
@@ -320,6 +335,8 @@ def create_bundle(
     out = Path(out)
     if not (out.name.endswith(".tar.gz") or out.name.endswith(".tgz")):
         raise UserInputError(f"--out should end in .tar.gz, got {out.name}")
+    check_output_file(out, "--out")
+    sidecar = out.with_name(out.name + ".sha256")
     if options.device:
         from edgecnn.trt.devices import get_device
 
@@ -343,18 +360,27 @@ def create_bundle(
             int8 = Path(options.int8_model)
             if not int8.is_file():
                 raise UserInputError(f"--int8-model {int8} does not exist")
-            _same_contract(contract, read_onnx_contract(int8), f"--int8-model {int8.name}")
+            int8_contract = read_onnx_contract(int8)
+            _same_contract(contract, int8_contract, f"--int8-model {int8.name}")
             if not has_fp32:
                 raise UserInputError("MODEL is already an INT8 ONNX: pass the FP32 ONNX as MODEL with --int8-model")
+            _check_tensorrt_int8(int8, int8_contract)
             payload["model.int8.onnx"] = (int8, 0o644)
             inputs.append(int8)
         if options.calib_cache is not None:
             calib = Path(options.calib_cache)
             if not calib.is_file() or calib.stat().st_size == 0:
                 raise UserInputError(f"--calib-cache {calib} does not exist or is empty")
+            from edgecnn.quant.trt_cache import read_table
+
+            try:
+                read_table(calib)  # garbage would only fail the engine build on the device
+            except ArtifactError as exc:
+                raise UserInputError(f"--calib-cache: {exc}") from None
             payload["model.calib"] = (calib, 0o644)
             inputs.append(calib)
         ensure_distinct(inputs, out)
+        ensure_distinct(inputs, sidecar, "--out")  # the .sha256 written beside the bundle must not hit an input either
 
         name = bundle_name(model, options.name)
         plan = plan_models(
@@ -372,7 +398,8 @@ def create_bundle(
         payload["contract.json"] = (json.dumps(contract.to_dict(), indent=2, sort_keys=True).encode() + b"\n", 0o644)
         payload["labels.txt"] = ("".join(f"{label}\n" for label in contract.labels).encode(), 0o644)
         model_files = [p for p in ("model.onnx", "model.int8.onnx", "model.calib") if p in payload]
-        for rel, (text, mode) in app_files(name, contract, options, plan, model_id, base_image, model_files).items():
+        for rel, (text, mode) in app_files(name, contract, options, plan, model_id, base_image, model_files,
+                                             archive=out.name).items():
             payload[rel] = (text.encode(), mode)
         for rel, path in _package_files().items():
             payload[rel] = (path, 0o644)
@@ -416,7 +443,7 @@ def create_bundle(
             _write_tar(tmp_out, name, payload)
     digest = sha256_file(out)
     # `install` checks the archive against this file when it travels with it (sha256sum -c works too)
-    atomic_write_text(out.with_name(out.name + ".sha256"), f"{digest}  {out.name}\n")
+    atomic_write_text(sidecar, f"{digest}  {out.name}\n")
     return BundleReport(
         out=str(out),
         name=name,
@@ -439,8 +466,10 @@ def app_files(
     base_image: str,
     model_files: list[str],
     created: str | None = None,
+    archive: str | None = None,
 ) -> dict[str, tuple[str, int]]:
     """The rendered text files of a bundle (start.sh, unit, Dockerfile, run-docker.sh, requirements, README).
+    archive: the bundle's file name, which the README's install steps name (default NAME.tar.gz).
 
     Also what `python -m edgecnn.deploy.examples` writes into the repository's deploy/ folder.
     """
@@ -487,7 +516,7 @@ def app_files(
             model_files=", ".join(model_files), classes=contract.num_classes, input_size=f"{h}x{w}",
             precision=options.precision, device_line=f", built for `{options.device}`" if options.device else "",
             source_display=redact_source(options.source), sink_display=", ".join(options.sinks) or "display",
-            base_image=base_image,
+            base_image=base_image, archive=archive or f"{name}.tar.gz",
         ),
         0o644,
     )
@@ -577,9 +606,11 @@ def ssh_commands(
 
 def push_bundle(commands: list[list[str]], run: Callable | None = None) -> None:
     """Run `ssh_commands` in order, stopping at the first failure with a one-line error."""
+    import functools
     import subprocess
 
-    run = run or subprocess.run
+    # The remote side's output goes to stderr: stdout carries only edgecnn's own result (`--json` stays parseable).
+    run = run or functools.partial(subprocess.run, stdout=2)
     for argv in commands:
         try:
             result = run(argv)

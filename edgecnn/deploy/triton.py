@@ -69,7 +69,7 @@ def resolve_batching(io: ModelIO, options: TritonOptions) -> tuple[int, list[str
     """Triton's max_batch_size for this model, or a clear error when the model cannot batch as asked."""
     notes: list[str] = []
     if not io.dynamic_batch:
-        if (options.max_batch or 0) > 0 or options.dynamic_batching:
+        if options.max_batch not in (None, 0) or options.dynamic_batching:
             raise UserInputError(
                 f"{io.path.name} takes a fixed batch of {io.fixed_batch}: Triton cannot batch it. Export with "
                 "`edgecnn export --dynamic-batch` (and for an engine `build-engine --batch 1:4:8`) first"
@@ -195,8 +195,11 @@ def write_repository(model: str | Path, repo: str | Path, options: TritonOptions
     if note:
         notes.append(note)
     repo = Path(repo)
-    if repo.exists() and not repo.is_dir():
-        raise UserInputError(f"--repo {repo} is a file; expected a folder")
+    above = repo
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if above.exists() and not above.is_dir():
+        raise UserInputError(f"--repo {repo}: {above} is a file; expected a folder")
     target = repo / name
     if target.exists() and not options.force:
         raise UserInputError(f"{target} already exists: pass --force to replace it (or choose another --name)")
