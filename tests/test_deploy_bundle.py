@@ -334,6 +334,11 @@ def test_bundle_refuses_bad_input_and_never_overwrites_it(tmp_path, tiny_onnx):
     assert table.read_bytes().startswith(b"TRT-8601") and not (tmp_path / "b.tar.gz").exists()
     with pytest.raises(UserInputError, match="is a file, not a folder"):
         create_bundle(tiny_onnx, tiny_onnx / "a.tar.gz")
+    for device in ("nano", "agx-xavier", "thor"):  # boards whose JetPack is not this bundle's L4T 36
+        with pytest.raises(UserInputError, match=f"--device {device} does not run L4T 36.4.0"):
+            create_bundle(tiny_onnx, tmp_path / "a.tar.gz", BundleOptions(device=device))
+    with pytest.raises(UserInputError, match="a bundle is for a Jetson"):
+        create_bundle(tiny_onnx, tmp_path / "a.tar.gz", BundleOptions(device="desktop"))
     with pytest.raises(UserInputError, match="Unknown --device"):
         create_bundle(tiny_onnx, tmp_path / "a.tar.gz", BundleOptions(device="orin-mega"))
     with pytest.raises(UserInputError, match="L4T"):

@@ -340,7 +340,15 @@ def create_bundle(
     if options.device:
         from edgecnn.trt.devices import get_device
 
-        get_device(options.device)  # unknown preset: a clear error now, not on the device
+        preset = get_device(options.device)  # unknown preset: a clear error now, not on the device
+        if not preset.jetson:
+            raise UserInputError(f"--device {preset.name}: a bundle is for a Jetson; for a desktop GPU build the engine "
+                                 "with `edgecnn build-engine` or serve with `edgecnn deploy triton`")
+        major = options.l4t.split(".")[0]
+        if not any(r.l4t.split(".")[0] == major for r in preset.jetpack):
+            runs = ", ".join(sorted({f"JetPack {r.jetpack} (L4T {r.l4t})" for r in preset.jetpack}))
+            raise UserInputError(f"--device {preset.name} does not run L4T {options.l4t}, which this bundle's base "
+                                 f"image needs; the {preset.title} runs {runs}")
     base_image = options.base_image or L4T_BASE_IMAGES.get(options.l4t)
     if base_image is None:
         raise UserInputError(
