@@ -66,6 +66,8 @@ class ModelContract:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelContract":
+        if "labels" in d and not isinstance(d["labels"], list):
+            raise ArtifactError(f"Model contract: labels must be a list of class names, got {type(d['labels']).__name__}")
         try:
             labels = [str(v) for v in d["labels"]]
             pre = PreprocessConfig.from_dict(d["preprocess"])

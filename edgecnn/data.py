@@ -40,7 +40,10 @@ def read_image(path: str | os.PathLike) -> np.ndarray | None:
         return None
     if buf.size == 0:
         return None
-    img = cv2.imdecode(buf, _DECODE_FLAGS)
+    try:
+        img = cv2.imdecode(buf, _DECODE_FLAGS)
+    except cv2.error:  # e.g. a decompression bomb beyond CV_IO_MAX_IMAGE_PIXELS: unreadable, like any bad file
+        return None
     if img is None or img.size == 0:
         return None
     try:

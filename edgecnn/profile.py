@@ -29,6 +29,7 @@ This module never imports PyTorch (a .pt goes through the torch runner).
 
 from __future__ import annotations
 
+import math
 import resource
 import sys
 import time
@@ -98,8 +99,8 @@ class ProfileOptions:
         if self.warmup < 0:
             raise UserInputError(f"--warmup must be >= 0, got {self.warmup}")
         if self.duration is not None:
-            if self.duration <= 0:
-                raise UserInputError(f"--duration must be > 0 seconds, got {self.duration}")
+            if not (math.isfinite(self.duration) and self.duration > 0):  # NaN never ends the timing loop
+                raise UserInputError(f"--duration must be a number of seconds > 0, got {self.duration}")
         elif self.iterations is None or self.iterations < 1:
             raise UserInputError(f"--iterations must be >= 1, got {self.iterations}")
         if self.threads is not None and self.threads < 1:

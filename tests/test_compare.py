@@ -108,6 +108,19 @@ def test_cli_json_and_gate(tmp_path, tiny_onnx, image_folder):
     assert res.exit_code == 2
 
 
+def test_nan_outputs_fail_the_gate_and_json_stays_strict(tmp_path, tiny_onnx, image_folder):
+    """NaN compares False with every bound, so a broken build used to pass `--max-diff`; and NaN is not JSON."""
+    broken = perturbed_copy(tiny_onnx, tmp_path / "nan.onnx", scale=float("nan"))
+    res = cli("compare", str(tiny_onnx), str(broken), "--data", str(image_folder), "--max-diff", "0.001", "--json")
+    assert res.exit_code == 5 and "non-finite outputs" in res.output
+
+    def strict(token):
+        raise ValueError(f"not JSON: {token}")
+
+    data = json.loads(res.stdout, parse_constant=strict)
+    assert data["max_abs_diff"] is None and data["images"] == 12
+
+
 def test_top1_in_top5_is_the_tested_models_top1_inside_the_references_top5():
     from edgecnn.evaluate import agreement
 

@@ -85,6 +85,21 @@ def test_read_image_orientation_on_gray_and_16bit(tmp_path):
     assert (read_image(tmp_path / "deep.png") == (deep >> 8).astype(np.uint8)).all()
 
 
+def test_decompression_bomb_is_an_unreadable_file_not_a_crash(tmp_path):
+    """A tiny PNG claiming 40000x40000 pixels: OpenCV refuses it with an exception (CV_IO_MAX_IMAGE_PIXELS), which
+    must become 'unreadable' like any bad file, so the other images of a folder are still processed."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 40000, 40000, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\x00" * 100)) + chunk(b"IEND", b""))
+    assert read_image(bomb) is None
+
+
 def test_scan_folder_counts_and_errors(tmp_path, image_folder):
     folder = scan_image_folder(image_folder)
     assert folder.classes == ["cat", "dog"] and len(folder) == 12

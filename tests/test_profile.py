@@ -209,7 +209,10 @@ def test_unrunnable_and_unknown_models(tmp_path, tiny_onnx):
         profile_models([f"{tiny_onnx}@nosuch"], ProfileOptions(**FAST))
     with pytest.raises(UserInputError, match="not found"):
         profile_models([str(tmp_path / "missing.onnx")], ProfileOptions(**FAST))
-    for bad in (dict(batches=(0,)), dict(iterations=0), dict(iterations=None, duration=-1.0), dict(threads=0)):
+    with pytest.raises(UserInputError, match="not a TensorRT engine"):  # an ONNX given to the engine backend
+        profile_models([f"{tiny_onnx}@tensorrt"], ProfileOptions(**FAST))
+    for bad in (dict(batches=(0,)), dict(iterations=0), dict(iterations=None, duration=-1.0), dict(threads=0),
+                dict(iterations=None, duration=float("nan")), dict(iterations=None, duration=float("inf"))):
         with pytest.raises(UserInputError):
             profile_models([str(tiny_onnx)], ProfileOptions(**{**FAST, **bad}))
 
@@ -295,6 +298,8 @@ def test_cli_bad_inputs(tmp_path, tiny_onnx):
     a_file = tmp_path / "report.txt"
     a_file.write_text("keep me")
     res = cli("profile", str(tiny_onnx), "-n", "2", "--report", str(a_file))
+    assert res.exit_code == 2 and "is a file" in res.output and a_file.read_text() == "keep me"
+    res = cli("profile", str(tiny_onnx), "-n", "2", "--report", str(a_file / "sub"))  # under a file: before timing
     assert res.exit_code == 2 and "is a file" in res.output and a_file.read_text() == "keep me"
     res = cli("profile", str(tiny_onnx), "--batch", "1,x")
     assert res.exit_code == 2 and "comma-separated" in res.output

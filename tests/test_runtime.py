@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import numpy as np
 import pytest
 
@@ -97,6 +98,27 @@ def test_load_errors(tmp_path):
         load(tmp_path)
     with pytest.raises(UserInputError, match="Unknown backend"):
         backend_for(tmp_path / "m.onnx", "nope")
+
+
+def test_labels_must_match_the_models_outputs(tmp_path):
+    """More labels than outputs would name classes that do not exist; fewer failed on the first prediction."""
+    import onnx
+
+    from conftest import build_tiny_onnx
+    from edgecnn.errors import ArtifactError
+
+    model = build_tiny_onnx(tmp_path / "three.onnx")  # 3 outputs
+    for labels, match in ((["a", "b"], "outputs 3 classes but its metadata lists 2 labels"),
+                          (["a", "b", "c", "d"], "lists 4 labels"),
+                          ({"a": 0, "b": 1, "c": 2}, "labels must be a list")):
+        m = onnx.load(str(model))
+        for prop in m.metadata_props:
+            if prop.key == "edgecnn.labels":
+                prop.value = json.dumps(labels)
+        path = tmp_path / "relabelled.onnx"
+        onnx.save(m, str(path))
+        with pytest.raises(ArtifactError, match=match):
+            load(path)
 
 
 def test_corrupt_onnx_and_checkpoint_are_artifact_errors(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import os
 import sys
 from typing import Callable, Iterator
@@ -62,8 +63,20 @@ def warn(message: str) -> None:
     console.print(f"[yellow]warning:[/] {message}")
 
 
+def _strict(obj):
+    """NaN and infinities as null: they are not JSON, and strict parsers (JavaScript, jq) reject the document."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict(v) for v in obj]
+    return obj
+
+
 def print_json(obj) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    text = json.dumps(_strict(obj), indent=2, sort_keys=True, default=str, allow_nan=False)
+    sys.stdout.write(text + "\n")
     sys.stdout.flush()
 
 

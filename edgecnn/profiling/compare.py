@@ -120,7 +120,11 @@ def compare_runners(runner_a, runner_b, images: list[Path], batch: int = 32, lim
 
 def check_gate(result: dict, min_agreement: float | None = None, max_abs_diff: float | None = None) -> None:
     """Raise AccuracyGateError (exit 5) when the comparison misses a bound: for CI around quantization/builds."""
+    import math
+
     failures = []
+    if (min_agreement is not None or max_abs_diff is not None) and not math.isfinite(result["max_abs_diff"]):
+        failures.append(f"non-finite outputs (max abs diff {result['max_abs_diff']})")  # NaN compares False with any bound
     if min_agreement is not None and result["top1_agreement"] < min_agreement:
         failures.append(f"top-1 agreement {result['top1_agreement']:.2%} < {min_agreement:.2%}")
     if max_abs_diff is not None and result["max_abs_diff"] > max_abs_diff:

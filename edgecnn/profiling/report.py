@@ -17,8 +17,11 @@ from edgecnn.errors import UserInputError
 def check_report_dir(folder: str | Path) -> Path:
     """The report folder, or a clear error when the path is a file (checked before any timing starts)."""
     folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise UserInputError(f"--report {folder} is a file; give a folder (it is created if missing)")
+    above = folder
+    while not above.exists() and above != above.parent:  # the first folder that exists on the way up
+        above = above.parent
+    if above.exists() and not above.is_dir():
+        raise UserInputError(f"--report {folder}: {above} is a file; give a folder (it is created if missing)")
     return folder
 
 

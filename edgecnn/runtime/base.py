@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from edgecnn.artifacts import ModelContract
-from edgecnn.errors import UserInputError
+from edgecnn.errors import ArtifactError, UserInputError
 from edgecnn.preprocess import preprocess
 
 
@@ -62,10 +62,15 @@ class Runner(abc.ABC):
 
     backend: str = "?"
 
-    def __init__(self, path: Path, contract: ModelContract, input_spec: InputSpec):
+    def __init__(self, path: Path, contract: ModelContract, input_spec: InputSpec, classes: int | None = None):
+        """classes: the model's output size when the backend knows it; it must match the labels in the contract
+        (more labels would name classes that do not exist, fewer would fail on the first prediction)."""
         self.path = Path(path)
         self.contract = contract
         self.input_spec = input_spec
+        if classes is not None and classes != len(contract.labels):
+            raise ArtifactError(f"{self.path.name} outputs {classes} classes but its metadata lists "
+                                f"{len(contract.labels)} labels: re-export it (`edgecnn export`)")
 
     @property
     def labels(self) -> list[str]:

@@ -100,8 +100,10 @@ class OnnxRuntimeRunner(Runner):
         shape = tuple(d if isinstance(d, int) and d > 0 else None for d in inp.shape)
         fixed = shape[0]
         spec = InputSpec(name=inp.name, shape=shape, min_batch=fixed or 1, max_batch=fixed)
-        super().__init__(path, contract, spec)
-        self.output_name = self.session.get_outputs()[0].name
+        output = self.session.get_outputs()[0]
+        classes = output.shape[-1] if output.shape and isinstance(output.shape[-1], int) and output.shape[-1] > 0 else None
+        super().__init__(path, contract, spec, classes)
+        self.output_name = output.name
         self.providers = self.session.get_providers()
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:

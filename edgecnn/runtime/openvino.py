@@ -63,7 +63,8 @@ class OpenVinoRunner(Runner):
         pshape = self.model.inputs[0].get_partial_shape()
         shape = tuple(d.get_length() if d.is_static else None for d in pshape)
         spec = InputSpec(name=self.model.inputs[0].any_name, shape=shape, min_batch=shape[0] or 1, max_batch=shape[0])
-        super().__init__(path, contract, spec)
+        last = self.model.outputs[0].get_partial_shape()[-1]
+        super().__init__(path, contract, spec, last.get_length() if last.is_static else None)
         self.device = device
         self.config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": PRECISIONS[precision.lower()]}
         if threads:

@@ -31,6 +31,11 @@ class TensorRTRunner(Runner):
 
         self._closed = True
         path = Path(path)
+        if path.suffix.lower() in (".onnx", ".pt"):
+            raise UserInputError(
+                f"{path.name} is not a TensorRT engine: the tensorrt backend runs engines. Build one first with "
+                f"`edgecnn build-engine {path} --out {path.with_suffix('.engine')}`"
+            )
         manifest = read_manifest(path)
         verify_engine_file(path, manifest)  # size + sha256, before any TensorRT import
         contract = contract_of(manifest)
