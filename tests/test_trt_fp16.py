@@ -21,7 +21,9 @@ pytest.importorskip("onnxconverter_common", reason="FP16 conversion needs onnxco
 
 
 def make_qdq_onnx(src: Path, dst: Path, batches: int = 4) -> Path:
-    """A Q/DQ (explicitly quantized) copy of `src` made with ONNX Runtime's quantize_static, contract re-attached."""
+    """A Q/DQ (explicitly quantized) copy of `src` made with ONNX Runtime's quantize_static, contract re-attached.
+    Symmetric INT8 with float bias: ONNX Runtime's defaults (asymmetric activations, nonzero zero points, int32
+    bias) are not something TensorRT builds, and build-engine refuses them (edgecnn.trt.int8)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     contract = read_onnx_contract(src)
@@ -36,8 +38,10 @@ def make_qdq_onnx(src: Path, dst: Path, batches: int = 4) -> Path:
             return next(self.items, None)
 
     tmp = dst.with_name(dst.stem + ".raw.onnx")
+    # the form TensorRT's explicit quantization takes: symmetric INT8 (zero point 0), float bias
     quantize_static(str(src), str(tmp), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
-                    weight_type=QuantType.QInt8)
+                    weight_type=QuantType.QInt8,
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
     model = onnx.load(str(tmp))
     write_onnx_contract(model, replace(contract, precision="int8"))
     tmp.unlink()

@@ -283,3 +283,122 @@ def test_jetson_model_strings_and_l4t(tmp_path):
     assert jetson_release(release) == "36.4.3"
     assert jetson_release(tmp_path / "absent") is None
     assert np.all([DEVICES[n].dla_cores == 0 for n in ("orin-nano", "thor", "desktop", "nano")])
+
+
+# ---------------------------------------------------------------- Q/DQ models TensorRT cannot build
+
+
+def make_target_qdq_onnx(src, dst, target: str, provenance_target: str | None = None):
+    """A Q/DQ copy of `src` written by edgecnn's own writer for `target` ('tensorrt': symmetric INT8, 'cpu': UINT8
+    asymmetric), with ranges that include negatives so the cpu target gets nonzero zero points."""
+    from dataclasses import replace
+
+    from edgecnn.artifacts import read_onnx_contract, save_onnx, write_onnx_contract
+    from edgecnn.quant import graph, qdq
+
+    prepared = graph.prepare(src)
+    model = qdq.write_qdq(prepared, {t: (-1.0, 4.0) for t in graph.activation_tensors(prepared)}, target)
+    contract = replace(read_onnx_contract(src), precision="int8")
+    if provenance_target:
+        contract = contract.with_provenance(quantization={"target": provenance_target, "tool": "edgecnn quantize"})
+    write_onnx_contract(model, contract)
+    return save_onnx(model, dst)
+
+
+CPU_MESSAGE = r"quantized for ONNX Runtime CPU \(--target cpu\): for TensorRT quantize with --target tensorrt"
+
+
+@pytest.fixture(scope="module")
+def cpu_int8(tiny, tmp_path_factory):
+    return make_target_qdq_onnx(tiny, tmp_path_factory.mktemp("cpu") / "tiny.cpu.onnx", "cpu")
+
+
+@pytest.fixture(scope="module")
+def trt_int8(tiny, tmp_path_factory):
+    return make_target_qdq_onnx(tiny, tmp_path_factory.mktemp("trt") / "tiny.trt.onnx", "tensorrt", "tensorrt")
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("precision", ["int8", "best", "fp16", "fp32"])
+def test_cpu_target_int8_model_is_refused_for_tensorrt(cpu_int8, version, precision):
+    """UINT8 activations with nonzero zero points: TensorRT 8.x refuses them at parse time, 10.x reinterprets a UINT8
+    zero point as INT8 (halving the range): refused up front for every version and precision."""
+    from edgecnn.trt.int8 import check_tensorrt_qdq
+
+    facts = inspect_onnx(cpu_int8)
+    assert facts.has_qdq and facts.qdq_problem
+    with pytest.raises(UserInputError, match=CPU_MESSAGE):
+        plan_for(facts, version, precision=precision)
+    with pytest.raises(UserInputError, match=CPU_MESSAGE):
+        check_tensorrt_qdq(cpu_int8)
+
+
+def test_tensorrt_target_int8_model_is_accepted(trt_int8):
+    from edgecnn.trt.int8 import check_tensorrt_qdq
+
+    facts = inspect_onnx(trt_int8)
+    assert facts.has_qdq and facts.qdq_problem is None
+    check_tensorrt_qdq(trt_int8)
+    assert plan_for(facts, "10.3.0", precision="int8").int8_source == "qdq"
+
+
+def test_int8_problems_found_from_provenance_zero_point_type_and_value(tiny, trt_int8, tmp_path):
+    from onnx import numpy_helper
+
+    from conftest import build_int8_qdq_onnx
+    from edgecnn.trt.int8 import check_tensorrt_qdq, tensorrt_qdq_problem
+
+    # the contract says --target cpu although the graph looks symmetric: trust the provenance
+    labelled = make_target_qdq_onnx(tiny, tmp_path / "labelled.onnx", "tensorrt", provenance_target="cpu")
+    with pytest.raises(UserInputError, match=CPU_MESSAGE):
+        check_tensorrt_qdq(labelled)
+    # UINT8 zero points of value 0 (no provenance at all): still a CPU-style model
+    uint8_zero = build_int8_qdq_onnx(tmp_path / "u8.onnx")
+    with pytest.raises(UserInputError, match=CPU_MESSAGE + r".*has a uint8 zero point"):
+        check_tensorrt_qdq(uint8_zero)
+    # a signed but asymmetric zero point
+    model = onnx.load(str(trt_int8))
+    inits = {i.name: i for i in model.graph.initializer}
+    q = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits)
+    inits[q.input[2]].CopyFrom(numpy_helper.from_array(np.array(3, dtype=np.int8), q.input[2]))
+    problem = tensorrt_qdq_problem(model, "m.onnx")
+    assert problem.startswith("m.onnx: TensorRT takes only symmetric Q/DQ") and "nonzero zero point" in problem
+    # a zero point from a Constant node is read too
+    model = onnx.load(str(trt_int8))
+    inits = {i.name: i for i in model.graph.initializer}
+    q = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits)
+    const = onnx.helper.make_node("Constant", [], ["zp_const"],
+                                  value=numpy_helper.from_array(np.array(128, dtype=np.uint8)))
+    model.graph.node.insert(0, const)
+    q.input[2] = "zp_const"
+    assert "has a uint8 zero point" in tensorrt_qdq_problem(model)
+    # no Q/DQ at all: nothing to say
+    assert tensorrt_qdq_problem(onnx.load(str(tiny))) is None
+
+
+def test_planning_version_without_tensorrt(monkeypatch):
+    import edgecnn.trt.env as env
+    from edgecnn.trt.builder import planning_version
+
+    monkeypatch.setattr(env, "tensorrt_version", lambda: None)
+    desktop, orin_nano, thor = get_device("desktop"), get_device("orin-nano"), get_device("thor")
+    assert planning_version("8.6", desktop, None) == TrtVersion(8, 6)
+    assert planning_version(None, desktop, None) == TrtVersion.parse("10.13")
+    # on a Jetson, its own JetPack's TensorRT (L4T 36.3.0 = JetPack 6.0 = TensorRT 8.6.2), not the preset's newest
+    jetson = {"preset": "orin-nano", "l4t": "36.3.0"}
+    assert planning_version(None, orin_nano, jetson) == TrtVersion(8, 6, 2)
+    assert planning_version(None, thor, jetson) == TrtVersion(10, 13, 3)  # planning for another board
+    monkeypatch.setattr(env, "tensorrt_version", lambda: "10.3.0.30")
+    assert planning_version(None, orin_nano, jetson) == TrtVersion(10, 3, 0)  # installed wins
+    with pytest.raises(UserInputError, match="Not a TensorRT version"):
+        planning_version("abc", desktop, None)
+
+
+def test_trt_version_must_match_the_installed_one_for_a_build():
+    from edgecnn.trt.builder import check_trt_version_matches
+
+    for asked, installed in [(None, "10.3.0"), ("10.3", "10.3.0.30"), ("10", "10.13.3"), ("10.3.0", "10.3.0.30")]:
+        check_trt_version_matches(asked, installed)
+    for asked, installed in [("10.3.0", "10.13.3"), ("8.6", "10.3.0"), ("10.3.1", "10.3.0")]:
+        with pytest.raises(UserInputError, match="installed TensorRT is"):
+            check_trt_version_matches(asked, installed)

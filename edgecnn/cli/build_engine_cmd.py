@@ -28,13 +28,18 @@ def build_engine(
     hardware_compat: Optional[str] = typer.Option(None, "--hardware-compat", help="ampere+ or same-cc: engine that runs on other GPUs (desktop only)."),
     print_trtexec: bool = typer.Option(False, "--print-trtexec", help="Print the equivalent trtexec command and exit (no TensorRT needed)."),
     trt_version: Optional[str] = typer.Option(
-        None, "--trt-version", help="With --print-trtexec: plan for this TensorRT version (default: installed, else the device's JetPack one)."
+        None, "--trt-version", help="Plan for this TensorRT version (default: installed, else the device's JetPack one); a build refuses a "
+        "version other than the installed one."
     ),
     json_out: bool = typer.Option(False, "--json", help="Print the report (or the plan + trtexec command) as JSON only."),
 ):
     """Build a TensorRT engine on this machine's GPU, with a manifest that lets the runner refuse a mismatched engine."""
+    from edgecnn.trt.builder import check_device_is_here, check_inputs, check_trt_version_matches, preview_plan
+    from edgecnn.trt.env import jetson_info
     from edgecnn.trt.plan import BuildOptions, parse_batch, parse_size
 
+    # Everything that can be checked without TensorRT is checked first, the same way with or without
+    # --print-trtexec: argument and file errors (exit 2/4) come before "TensorRT is not installed" (exit 3).
     options = BuildOptions(
         precision=precision.lower(),
         device=device.lower() if device else None,
@@ -47,16 +52,19 @@ def build_engine(
         version_compatible=version_compatible,
         hardware_compat=hardware_compat,
     )
+    _contract, facts = check_inputs(model, out, options, require_contract=not print_trtexec)
+    jetson = jetson_info()
+    device_preset, plan = preview_plan(options, facts, trt_version, jetson)
     if print_trtexec:
-        _print_trtexec(model, out, options, trt_version, json_out)
+        _print_trtexec(plan, model, out, json_out)
         return
+    check_device_is_here(device_preset, jetson)  # a Jetson preset on a desktop (or the reverse): needs no GPU to say
 
     from edgecnn.trt.builder import build_engine as build
-    from edgecnn.trt.builder import check_inputs
     from edgecnn.trt.env import runtime_facts
 
-    check_inputs(model, out, options)  # bad files fail before TensorRT is even looked for
     here = runtime_facts()  # TensorRT, cuda-python and a GPU, or one line saying what is missing (exit 3)
+    check_trt_version_matches(trt_version, here["tensorrt"])
     with progress_bar("building the TensorRT engine", total=None, disable=json_out) as update:
 
         def progress(phase: str, done: int, total: int | None) -> None:
@@ -80,20 +88,16 @@ def build_engine(
     )
 
 
-def _print_trtexec(model: Path, out: Path, options, trt_version: Optional[str], json_out: bool) -> None:
-    from edgecnn.trt.builder import resolve_device
-    from edgecnn.trt.env import jetson_info, tensorrt_version
-    from edgecnn.trt.plan import DESKTOP_DEFAULT_TRT, inspect_onnx, make_plan
+def _print_trtexec(plan, model: Path, out: Path, json_out: bool) -> None:
     from edgecnn.trt.trtexec import trtexec_argv, trtexec_script
 
-    dev = resolve_device(options.device, jetson_info())
-    version = trt_version or tensorrt_version() or dev.default_tensorrt or DESKTOP_DEFAULT_TRT
-    plan = make_plan(options, inspect_onnx(model), version, dev)
     if json_out:
         print_json({"plan": plan.to_dict(), "trtexec": trtexec_argv(plan, model, out), "script": trtexec_script(plan, model, out)})
         return
     for note in plan.notes:
         warn(note)
+    if not out.parent.is_dir():
+        warn(f"{out.parent} does not exist: trtexec does not create folders (mkdir -p {out.parent})")
     typer.echo(trtexec_script(plan, model, out))
 
 

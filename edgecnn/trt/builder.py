@@ -16,11 +16,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from edgecnn.artifacts import atomic_write_bytes, ensure_distinct, read_onnx_contract
+from edgecnn.artifacts import atomic_write_bytes, check_output_file, ensure_distinct, read_onnx_contract
 from edgecnn.errors import ArtifactError, EdgeCNNError, UserInputError
 from edgecnn.trt.devices import DEVICES, DevicePreset, get_device
 from edgecnn.trt.manifest import file_record, manifest_path, write_manifest
-from edgecnn.trt.plan import BuildOptions, BuildPlan, inspect_onnx, make_plan
+from edgecnn.trt.plan import (
+    DESKTOP_DEFAULT_TRT,
+    BuildOptions,
+    BuildPlan,
+    TrtVersion,
+    inspect_onnx,
+    make_plan,
+)
+
+ENGINE_SUFFIXES = (".engine", ".plan")  # what runtime.load() recognises as a TensorRT engine
+# calibration-table algorithm -> the IInt8Calibrator that replays it (TensorRT refuses a cache of another algorithm)
+CALIBRATORS = {
+    "EntropyCalibration2": "IInt8EntropyCalibrator2",
+    "EntropyCalibration": "IInt8EntropyCalibrator",
+    "MinMaxCalibration": "IInt8MinMaxCalibrator",
+}
 
 # progress(phase, done, total): total None when unknown
 ProgressFn = Callable[[str, int, "int | None"], None]
@@ -55,20 +70,64 @@ def resolve_device(name: str | None, jetson: dict | None) -> DevicePreset:
     return DEVICES["desktop"]
 
 
-def check_device_matches(device: DevicePreset, here: dict) -> None:
-    """A build targets the GPU it runs on: refuse a preset that is not this machine (engines do not travel)."""
-    on_jetson = bool(here.get("jetson"))
-    if device.jetson and not on_jetson:
+def check_device_is_here(device: DevicePreset, jetson: dict | None) -> None:
+    """The part of `check_device_matches` that needs no TensorRT and no GPU: a Jetson preset on a desktop (or the
+    reverse) is an argument error, reported before TensorRT is looked for."""
+    if device.jetson and not jetson:
         raise UserInputError(
             f"--device {device.name}: this machine is not a {device.title}, and engines only run on the GPU that "
             "built them; build on the device (or print the command with --print-trtexec)"
         )
-    if not device.jetson and on_jetson:
-        raise UserInputError(f"--device desktop on a Jetson: use --device {here['jetson'].get('preset') or 'PRESET'}")
+    if not device.jetson and jetson:
+        raise UserInputError(f"--device desktop on a Jetson: use --device {jetson.get('preset') or 'PRESET'}")
+
+
+def check_device_matches(device: DevicePreset, here: dict) -> None:
+    """A build targets the GPU it runs on: refuse a preset that is not this machine (engines do not travel)."""
+    check_device_is_here(device, here.get("jetson"))
     if device.compute_capability and device.compute_capability != here.get("compute_capability"):
         raise UserInputError(
             f"--device {device.name} has compute capability {device.compute_capability}, this GPU "
             f"({here.get('gpu')}) has {here.get('compute_capability')}: pick the preset of this board"
+        )
+
+
+def planning_version(trt_version: str | None, device: DevicePreset, jetson: dict | None) -> TrtVersion:
+    """The TensorRT version a plan is made for before (or without) a build: --trt-version, else the installed one,
+    else the one this Jetson's JetPack ships (when planning for this board), else the preset's newest JetPack's,
+    else DESKTOP_DEFAULT_TRT. A malformed version is refused here, an unsupported one by make_plan (exit 2)."""
+    from edgecnn.trt.devices import jetpack_for_l4t
+    from edgecnn.trt.env import tensorrt_version
+
+    version = trt_version or tensorrt_version()
+    if not version and jetson and jetson.get("preset") == device.name and jetson.get("l4t"):
+        release = jetpack_for_l4t(jetson["l4t"])
+        version = release.tensorrt if release else None
+    return TrtVersion.parse(version or device.default_tensorrt or DESKTOP_DEFAULT_TRT)  # make_plan checks support
+
+
+def preview_plan(options: BuildOptions, facts, trt_version: str | None = None,
+                 jetson: dict | None = None) -> tuple[DevicePreset, BuildPlan]:
+    """(device, plan) decided without TensorRT: every option checked against the version (see `planning_version`)
+    and the target preset. `edgecnn build-engine` runs it first, so argument errors (exit 2) come before "TensorRT is
+    not installed" (exit 3); `--print-trtexec` prints this plan."""
+    device = resolve_device(options.device, jetson)
+    version = planning_version(trt_version, device, jetson)
+    plan = make_plan(options, facts, version, device)
+    plan.notes.extend(calib_cache_notes(plan))
+    return device, plan
+
+
+def check_trt_version_matches(trt_version: str | None, installed: str) -> None:
+    """A build uses the installed TensorRT: a --trt-version that names another release is a mistake, not a wish."""
+    if not trt_version:
+        return
+    wanted, have = TrtVersion.parse(trt_version), TrtVersion.parse(installed)
+    given = len(trt_version.strip().split("."))  # '10' matches any 10.x, '10.3' any 10.3.x
+    if tuple(wanted)[:given] != tuple(have)[:given]:
+        raise UserInputError(
+            f"--trt-version {trt_version}, but the installed TensorRT is {installed}: a build uses the installed "
+            "release; drop --trt-version, or plan for another release with --print-trtexec"
         )
 
 
@@ -94,18 +153,76 @@ def rebuild_command(onnx: Path, out: Path, options: BuildOptions) -> str:
     return shlex.join(argv)
 
 
-def check_inputs(onnx_path: Path, out: Path, options: BuildOptions):
-    """Everything about the inputs that can fail without TensorRT: files exist, outputs never overwrite inputs, the
-    ONNX carries the edgecnn contract. Returns (contract, OnnxFacts)."""
+def check_calib_cache(path: str | os.PathLike) -> tuple[int, str, int]:
+    """(header version number, algorithm, number of tensor scales) of a TensorRT calibration table, or a one-line
+    UserInputError: a missing, empty, garbage or unusable cache fails here, not deep inside a TensorRT build."""
+    from edgecnn.quant.trt_cache import read_table
+
+    path = Path(path)
+    if not path.exists():
+        raise UserInputError(f"--calib-cache {path} does not exist")
+    if not path.is_file():
+        raise UserInputError(f"--calib-cache {path} is not a file (expected a TensorRT calibration table)")
+    try:
+        version, algorithm, scales = read_table(path)
+    except ArtifactError as exc:
+        raise UserInputError(
+            f"--calib-cache {path}: {exc} (write one with `edgecnn quantize MODEL.onnx --cache FILE`)"
+        ) from exc
+    if algorithm not in CALIBRATORS:
+        raise UserInputError(
+            f"--calib-cache {path}: algorithm {algorithm!r} cannot be replayed "
+            f"(expected one of {', '.join(CALIBRATORS)})"
+        )
+    if not scales:
+        raise UserInputError(f"--calib-cache {path} has a header but no tensor scales")
+    return version, algorithm, len(scales)
+
+
+def calib_cache_notes(plan: BuildPlan) -> list[str]:
+    """A warning when the calibration table's header names another TensorRT release than the plan's: TensorRT skips
+    an incompatible cache, and a cache-only calibrator has no images to fall back on."""
+    if plan.int8_source != "calib_cache" or not plan.calib_cache:
+        return []
+    number = check_calib_cache(plan.calib_cache)[0]
+    major, minor = (number // 10000, number // 100 % 100) if number >= 100000 else (number // 1000, number // 100 % 10)
+    want = TrtVersion.parse(plan.tensorrt)
+    if (major, minor) == (want.major, want.minor):
+        return []
+    return [f"--calib-cache {plan.calib_cache} was written for TensorRT {major}.{minor} (header TRT-{number}), this "
+            f"plan is for {want.major}.{want.minor}: TensorRT may skip it; rewrite it with "
+            f"`edgecnn quantize MODEL.onnx --cache FILE --trt-version {plan.tensorrt}`"]
+
+
+def check_inputs(onnx_path: Path, out: Path, options: BuildOptions, require_contract: bool = True):
+    """Everything about the files that can fail without TensorRT: the ONNX exists, the engine path is a writable
+    .engine/.plan file (a missing folder is created when it is written, as every edgecnn command does), outputs
+    (engine, manifest, timing cache) never overwrite an input, the calibration cache is a real calibration table, and
+    the ONNX carries the edgecnn contract. Returns (contract or None, OnnxFacts)."""
     onnx_path, out = Path(onnx_path), Path(out)
     if not onnx_path.is_file():
-        raise UserInputError(f"{onnx_path} does not exist")
-    inputs = [onnx_path] + [Path(p) for p in (options.calib_cache, options.timing_cache) if p]
-    ensure_distinct(inputs, out)  # never write the engine over the ONNX, the calibration or the timing cache
-    ensure_distinct(inputs + [out], manifest_path(out))
-    if options.calib_cache and not Path(options.calib_cache).is_file():
-        raise UserInputError(f"--calib-cache {options.calib_cache} does not exist")
-    contract = read_onnx_contract(onnx_path)  # an ONNX without labels/preprocessing fails here, before TensorRT
+        raise UserInputError(f"{onnx_path} does not exist" + (" (it is a folder)" if onnx_path.is_dir() else ""))
+    calib = Path(options.calib_cache) if options.calib_cache else None
+    timing = Path(options.timing_cache) if options.timing_cache else None
+    inputs = [onnx_path] + ([calib] if calib else [])
+    # The timing cache is read AND written (saved back after the build): it must not be the ONNX or the calibration
+    # cache, and the engine/manifest must not land on it. An existing timing cache file itself is fine.
+    if timing:
+        ensure_distinct(inputs, timing, "--timing-cache")
+    ensure_distinct(inputs + ([timing] if timing else []), out)  # never the engine over the ONNX or a cache
+    ensure_distinct(inputs + ([timing] if timing else []) + [out], manifest_path(out))
+    check_output_file(out, "--out")  # a folder, or a path under a file
+    if out.suffix.lower() not in ENGINE_SUFFIXES:
+        raise UserInputError(
+            f"--out {out}: an engine file ends in {' or '.join(ENGINE_SUFFIXES)} (edgecnn loads engines by that "
+            f"suffix), e.g. --out {out.with_suffix('.engine') if out.name else 'model.engine'}"
+        )
+    check_output_file(manifest_path(out), "--out (its manifest)")
+    if timing:
+        check_output_file(timing, "--timing-cache")
+    if calib:
+        check_calib_cache(calib)
+    contract = read_onnx_contract(onnx_path) if require_contract else None  # no labels/preprocessing: fails here
     return contract, inspect_onnx(onnx_path)
 
 
@@ -131,6 +248,7 @@ def build_engine(
     device = resolve_device(options.device, here.get("jetson"))
     check_device_matches(device, here)
     plan = make_plan(options, facts, here["tensorrt"], device, here["compute_capability"])
+    plan.notes.extend(calib_cache_notes(plan))
 
     with tempfile.TemporaryDirectory(prefix=".edgecnn-build-", dir=out.parent if out.parent.exists() else None) as tmp:
         parse_path = onnx_path
@@ -202,11 +320,7 @@ def calibrator_kind(cache: bytes) -> str:
     """
     header = cache.split(b"\n", 1)[0].decode("ascii", errors="replace").strip()
     algo = header.rsplit("-", 1)[-1] if header.startswith("TRT-") else ""
-    kinds = {
-        "EntropyCalibration2": "IInt8EntropyCalibrator2",
-        "EntropyCalibration": "IInt8EntropyCalibrator",
-        "MinMaxCalibration": "IInt8MinMaxCalibrator",
-    }
+    kinds = CALIBRATORS
     if algo not in kinds:
         raise UserInputError(
             f"Calibration cache header {header[:60]!r} is not a TensorRT cache this build can use "

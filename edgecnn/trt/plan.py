@@ -187,6 +187,7 @@ class OnnxFacts:
     output_names: tuple[str, ...]
     qdq_nodes: int  # QuantizeLinear + DequantizeLinear
     fp16: bool  # the graph already computes in FP16 (made by edgecnn.trt.fp16 or similar)
+    qdq_problem: str | None = None  # why TensorRT cannot build its Q/DQ nodes (edgecnn.trt.int8), None if it can
 
     @property
     def has_qdq(self) -> bool:
@@ -217,7 +218,10 @@ def inspect_onnx(path: str | Path) -> OnnxFacts:
         n.op_type == "Cast" and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT16 for a in n.attribute)
         for n in graph.node
     )
-    return OnnxFacts(inputs[0].name, shape, tuple(o.name for o in graph.output), qdq, fp16)
+    from edgecnn.trt.int8 import tensorrt_qdq_problem
+
+    problem = tensorrt_qdq_problem(model, str(path)) if qdq else None
+    return OnnxFacts(inputs[0].name, shape, tuple(o.name for o in graph.output), qdq, fp16, problem)
 
 
 # ---------------------------------------------------------------- the plan
@@ -284,6 +288,8 @@ def make_plan(
     precision = options.precision.lower()
     if precision not in PRECISIONS:
         raise UserInputError(f"--precision {options.precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if onnx.qdq_problem:  # e.g. an `edgecnn quantize --target cpu` model: asymmetric UINT8, never right on TensorRT
+        raise UserInputError(onnx.qdq_problem)
     notes: list[str] = _jetpack_notes(version, device)
 
     int8_source, calib_cache = _int8_source(precision, onnx, options.calib_cache, version, caps, notes)
