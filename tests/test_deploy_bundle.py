@@ -304,11 +304,11 @@ def test_int8_material_and_contract_checks(tmp_path, tiny_onnx):
     # INT8 material the device could not build from is refused here, not at first start on the device
     with pytest.raises(UserInputError, match="is not an INT8 model"):
         create_bundle(tiny_onnx, tmp_path / "v.tar.gz", BundleOptions(precision="int8", int8_model=tiny_onnx))
-    cpu = onnx.load(str(tiny_onnx))
-    contract = read_onnx_contract(tiny_onnx).with_provenance(quantization={"target": "cpu"})
-    contract.precision = "int8"
-    write_onnx_contract(cpu, contract)
-    cpu_path = save_onnx(cpu, tmp_path / "tiny.cpu.int8.onnx")
+    from conftest import make_image_folder
+    from edgecnn.quant import QuantOptions, quantize
+
+    cpu_path = tmp_path / "tiny.cpu.int8.onnx"  # a real `edgecnn quantize --target cpu` model: uint8 activations
+    quantize(tiny_onnx, cpu_path, make_image_folder(tmp_path / "calib", per_class=4), QuantOptions(target="cpu"))
     with pytest.raises(UserInputError, match="--target tensorrt"):
         create_bundle(tiny_onnx, tmp_path / "v.tar.gz", BundleOptions(precision="int8", int8_model=cpu_path))
     garbage = tmp_path / "garbage.calib"

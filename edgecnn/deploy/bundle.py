@@ -311,10 +311,9 @@ def _check_tensorrt_int8(path: Path, contract: ModelContract) -> None:
     if contract.precision != "int8":
         raise UserInputError(f"--int8-model {path.name} is not an INT8 model (precision {contract.precision}): make "
                              "one with `edgecnn quantize MODEL --target tensorrt`")
-    target = (contract.provenance.get("quantization") or {}).get("target")
-    if target == "cpu":
-        raise UserInputError(f"--int8-model {path.name} was quantized for ONNX Runtime CPU (--target cpu: uint8 "
-                             "activations), which TensorRT cannot build: quantize with --target tensorrt")
+    from edgecnn.trt.int8 import check_tensorrt_qdq
+
+    check_tensorrt_qdq(path)  # e.g. a --target cpu model (uint8 activations): TensorRT cannot build it as meant
 
 
 def _same_contract(a: ModelContract, b: ModelContract, what: str) -> None:
