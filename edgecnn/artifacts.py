@@ -191,6 +191,39 @@ def check_output_file(path: str | os.PathLike, flag: str) -> Path:
     return path
 
 
+def make_dirs(path: str | os.PathLike) -> Path | None:
+    """mkdir -p `path`; returns the topmost folder it created (None if `path` existed), so a command that fails later
+    can take back what it made (`remove_created`). Any OSError (a file in the way, /proc, permissions) is a
+    UserInputError naming the folder; the OSError is its __cause__."""
+    path = Path(path)
+    if path.is_dir():
+        return None
+    top = path
+    while not top.parent.exists() and top.parent != top.parent.parent:
+        top = top.parent
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        remove_created(top, path)
+        raise UserInputError(f"Cannot create the folder {path}: {exc.strerror or exc}") from exc
+    return top
+
+
+def remove_created(top: Path | None, path: str | os.PathLike) -> None:
+    """Remove the folders `make_dirs` created, from `path` up to `top`, as long as they are empty."""
+    if top is None:
+        return
+    path = Path(path)
+    while True:
+        try:
+            path.rmdir()
+        except OSError:
+            return
+        if path == top:
+            return
+        path = path.parent
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:

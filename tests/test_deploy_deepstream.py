@@ -168,3 +168,148 @@ def test_cli_deepstream(tmp_path, lite0_like):
     model = with_contract(build_tiny_onnx(tmp_path / "s.onnx"), tmp_path / "cifar.onnx", CIFAR)
     res = CliRunner().invoke(app, ["deploy", "deepstream", str(model), "--out", str(tmp_path / "ds2")])
     assert res.exit_code == 2 and "net-scale-factor" in res.output
+
+
+# ---------------------------------------------------------------- an existing --out, old-format models
+
+
+def listing(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.fixture
+def earlier_config(tmp_path) -> Path:
+    """A folder DeepStream has used: an INT8 config with a calibration cache, and the engine nvinfer cached."""
+    model = build_tiny_onnx(tmp_path / "old.onnx", labels=("a", "b", "c"), seed=1)
+    calib = tmp_path / "old.calib"
+    calib.write_bytes(b"TRT-8601-EntropyCalibration2\ninput: 3c010a14\n")
+    out = tmp_path / "ds"
+    write_deepstream(model, out, DeepStreamOptions(precision="int8", calib_cache=calib))
+    engine = props(out)["model-engine-file"]
+    assert engine == "model.softmax.onnx_b1_gpu0_int8.engine"
+    (out / engine).write_bytes(b"engine DeepStream built from the OLD model")
+    return out
+
+
+def test_earlier_config_is_refused_unless_forced_then_replaced_as_a_whole(tmp_path, earlier_config):
+    new = build_tiny_onnx(tmp_path / "new.onnx", labels=("x", "y", "z"), seed=2)
+    before = listing(earlier_config)
+    with pytest.raises(UserInputError, match="already holds a DeepStream config.*--force"):
+        write_deepstream(new, earlier_config)
+    assert listing(earlier_config) == before, "nothing changed without --force"
+
+    report = write_deepstream(new, earlier_config, DeepStreamOptions(force=True))
+    assert report.replaced
+    assert sorted(listing(earlier_config)) == report.files == ["README.md", "labels.txt", "model.softmax.onnx", "nvinfer_config.txt"]
+    assert not list(earlier_config.glob("*.engine")) and not (earlier_config / "calib.cache").exists()
+    assert (earlier_config / "labels.txt").read_text() == "x;y;z\n"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [], "no staging or old folder left"
+
+
+def test_cli_force_replaces_and_says_so(tmp_path, earlier_config):
+    from edgecnn.cli.main import app
+
+    new = build_tiny_onnx(tmp_path / "new.onnx", labels=("x", "y", "z"), seed=2)
+    res = CliRunner().invoke(app, ["deploy", "deepstream", str(new), "--out", str(earlier_config)])
+    assert res.exit_code == 2 and "--force" in res.output and "internal error" not in res.output
+    res = CliRunner().invoke(app, ["deploy", "deepstream", str(new), "--out", str(earlier_config), "--force"])
+    assert res.exit_code == 0, res.output
+    assert "replaced the earlier config" in res.output
+    assert not list(earlier_config.glob("*.engine"))
+
+
+def test_same_config_again_keeps_the_engine_built_from_it(tmp_path, lite0_like):
+    out = tmp_path / "ds"
+    write_deepstream(lite0_like, out)
+    engine = out / props(out)["model-engine-file"]
+    engine.write_bytes(b"engine DeepStream built from this very model")
+    (out / "README.md").unlink()
+    report = write_deepstream(lite0_like, out)  # a rerun: nothing differs, no --force needed
+    assert not report.replaced and engine.read_bytes() == b"engine DeepStream built from this very model"
+    assert (out / "README.md").is_file()
+    with pytest.raises(UserInputError, match="--force"):  # other options: the cached engine no longer matches
+        write_deepstream(lite0_like, out, DeepStreamOptions(classifier_threshold=0.5))
+
+
+def test_files_edgecnn_did_not_write_are_never_replaced(tmp_path, lite0_like):
+    out = tmp_path / "ds"
+    write_deepstream(lite0_like, out)
+    (out / "deepstream_app_config.txt").write_text("[application]\n")
+    before = listing(out)
+    for force in (False, True):
+        with pytest.raises(UserInputError, match=r"did not write \(deepstream_app_config\.txt\)"):
+            write_deepstream(lite0_like, out, DeepStreamOptions(force=force))
+    assert listing(out) == before
+    with pytest.raises(UserInputError, match="is inside --out"):  # the model's own folder: its input would go
+        write_deepstream(lite0_like, tmp_path, DeepStreamOptions(force=True))
+    assert lite0_like.is_file()
+    with pytest.raises(UserInputError, match="is inside --out"):  # an earlier output as input, into its own folder
+        write_deepstream(out / "model.softmax.onnx", out, DeepStreamOptions(force=True))
+
+
+def test_empty_existing_out_is_filled(tmp_path, lite0_like):
+    out = tmp_path / "ds"
+    out.mkdir()
+    write_deepstream(lite0_like, out)
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "labels.txt", "model.softmax.onnx", "nvinfer_config.txt"]
+
+
+def test_out_under_a_file_is_a_clear_error(tmp_path, lite0_like):
+    from edgecnn.cli.main import app
+
+    (tmp_path / "afile").write_text("x")
+    for out in (tmp_path / "afile" / "sub", tmp_path / "afile"):
+        res = CliRunner().invoke(app, ["deploy", "deepstream", str(lite0_like), "--out", str(out)])
+        assert res.exit_code == 2, res.output
+        assert res.output.startswith("error: --out") and "internal error" not in res.output
+    assert (tmp_path / "afile").read_text() == "x"
+
+
+def unsorted_qdq(tmp_path) -> tuple[Path, Path]:
+    """A real INT8 Q/DQ model, and a copy with its nodes reversed (as older edgecnn versions wrote them)."""
+    from conftest import build_int8_qdq_onnx
+
+    good = build_int8_qdq_onnx(tmp_path / "sorted.int8.onnx", weight=64)
+    model = onnx.load(str(good))
+    nodes = list(model.graph.node)[::-1]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    bad = tmp_path / "old.int8.onnx"
+    onnx.save(model, str(bad))
+    with pytest.raises(onnx.checker.ValidationError, match="topologically sorted"):
+        onnx.checker.check_model(onnx.load(str(bad)))
+    return good, bad
+
+
+def test_unsorted_qdq_model_is_sorted_in_the_copy(tmp_path):
+    import onnxruntime as ort
+
+    good, bad = unsorted_qdq(tmp_path)
+    src_bytes = bad.read_bytes()
+    report = write_deepstream(bad, tmp_path / "ds")
+    assert bad.read_bytes() == src_bytes, "the input is never changed"
+    assert props(tmp_path / "ds")["network-mode"] == "1"  # INT8 from the Q/DQ contract
+    assert any("topological order" in w and "re-quantize" in w for w in report.warnings)
+    out = onnx.load(str(tmp_path / "ds" / "model.softmax.onnx"))
+    onnx.checker.check_model(out)
+    x = np.random.default_rng(3).uniform(0, 255, (2, 3, 8, 8)).astype(np.float32)
+    logits = ort.InferenceSession(str(good), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    probs = ort.InferenceSession(str(tmp_path / "ds" / "model.softmax.onnx"),
+                                 providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    np.testing.assert_allclose(probs, e / e.sum(1, keepdims=True), rtol=1e-5, atol=1e-6)
+
+
+def test_unsortable_model_is_a_clear_error_and_leaves_nothing(tmp_path):
+    from edgecnn.cli.main import app
+
+    _, bad = unsorted_qdq(tmp_path)
+    model = onnx.load(str(bad))
+    conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    conv.input[0] = "produced_by_nothing"
+    onnx.save(model, str(bad))
+    out = tmp_path / "new" / "ds"
+    res = CliRunner().invoke(app, ["deploy", "deepstream", str(bad), "--out", str(out)])
+    assert res.exit_code == 4, res.output
+    assert "re-quantize" in res.output and "internal error" not in res.output
+    assert not (tmp_path / "new").exists(), "no empty folder left behind"

@@ -154,3 +154,210 @@ def test_corrupted_gzip_stream_is_refused(bundle, tmp_path):
     bad = tmp_path / "flipped.tar.gz"
     bad.write_bytes(bytes(data))
     assert_refused(bad, tmp_path / "prefix", "truncated or corrupt|not a gzip|SHA256SUMS|unsafe|link|device|folder")
+
+
+# ---------------------------------------------------------------- updates: all or nothing, previous kept
+
+
+def resigned(src: Path, dst: Path, change) -> Path:
+    """Like `repack`, but SHA256SUMS is rewritten to match: a consistent bundle whose content differs (as a newer
+    version, or a broken one, would)."""
+    import hashlib
+
+    from edgecnn.deploy.bundle import sha256sums_text
+
+    files = {}
+    with tarfile.open(src) as tin:
+        for m in tin.getmembers():
+            if m.isfile():
+                files[m.name] = (m.mode, change(m.name, tin.extractfile(m).read()))
+    top = next(iter(files)).split("/", 1)[0]
+    sums = {n.split("/", 1)[1]: hashlib.sha256(d).hexdigest() for n, (_, d) in files.items() if not n.endswith("/SHA256SUMS")}
+    files[f"{top}/SHA256SUMS"] = (0o644, sha256sums_text(sums).encode())
+    with tarfile.open(dst, "w:gz") as tout:
+        for name, (mode, data) in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), mode
+            tout.addfile(info, io.BytesIO(data))
+    return dst
+
+
+FAILING_PREPARE = b'#!/usr/bin/env bash\necho "no space left for the engine" >&2\nexit 1\n'
+
+
+def snapshot(folder: Path) -> dict:
+    """Every file and folder under `folder` with its bytes, mode and inode: 'exactly as it was'."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        st = p.stat()
+        out[p.relative_to(folder).as_posix()] = (st.st_ino, st.st_mode, None if p.is_dir() else p.read_bytes())
+    return out
+
+
+@pytest.fixture
+def installed(bundle, tmp_path) -> Path:
+    """A working install with a built engine and a file the user added."""
+    report = install_bundle(bundle, tmp_path / "prefix", build_engine=False)
+    app = Path(report.app_dir)
+    (app / "engines").mkdir()
+    (app / "engines" / "abc-trt10.3.0-fp16.engine").write_bytes(b"engine bytes")
+    (app / "local.conf").write_text("EDGECNN_SOURCE=rtsp://cam\n")
+    return app
+
+
+def test_failed_prepare_leaves_the_previous_install_exactly(bundle, tmp_path, installed):
+    before = snapshot(installed)
+    bad = resigned(bundle, tmp_path / "v2.tar.gz", lambda n, d: FAILING_PREPARE if n == "tiny/start.sh" else d)
+    with pytest.raises(ArtifactError, match=r"start\.sh --prepare failed \(exit 1\): no space left.*previous install .* unchanged"):
+        install_bundle(bad, installed.parent)
+    assert snapshot(installed) == before
+    assert sorted(p.name for p in installed.parent.iterdir()) == ["tiny"], "no staging, .old or .previous left"
+
+
+def test_failed_prepare_through_the_cli_is_one_line(bundle, tmp_path, installed):
+    from typer.testing import CliRunner
+
+    from edgecnn.cli.main import app as cli
+
+    before = snapshot(installed)
+    bad = resigned(bundle, tmp_path / "v2.tar.gz", lambda n, d: FAILING_PREPARE if n == "tiny/start.sh" else d)
+    res = CliRunner().invoke(cli, ["deploy", "install", str(bad), "--prefix", str(installed.parent)])
+    assert res.exit_code == 4, res.output
+    assert "internal error" not in res.output and "Traceback" not in res.output
+    assert "unchanged" in res.output.strip().splitlines()[-1]
+    assert snapshot(installed) == before
+
+
+def test_failed_first_install_leaves_nothing(bundle, tmp_path):
+    bad = resigned(bundle, tmp_path / "v2.tar.gz", lambda n, d: FAILING_PREPARE if n == "tiny/start.sh" else d)
+    prefix = tmp_path / "new" / "prefix"
+    with pytest.raises(ArtifactError, match="nothing was installed"):
+        install_bundle(bad, prefix)
+    assert not (tmp_path / "new").exists()
+
+
+def test_failed_service_step_restores_install_and_unit(bundle, tmp_path, installed):
+    """`systemctl enable` failing after the new version was swapped in: the old app and the old unit come back."""
+    import getpass
+
+    from edgecnn.deploy.install import ServiceTarget
+
+    units = tmp_path / "units"
+    units.mkdir()
+    (units / "tiny.service").write_text("[Unit]\nDescription=the previous unit\n")
+    log = tmp_path / "systemctl.log"
+    fake = tmp_path / "systemctl"
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {log}\n[ "$1" = enable ] && {{ echo "unit is masked" >&2; exit 1; }}\nexit 0\n')
+    fake.chmod(0o755)
+    before = snapshot(installed)
+    v2 = resigned(bundle, tmp_path / "v2.tar.gz", lambda n, d: d + b"\n" if n == "tiny/README.md" else d)
+    target = ServiceTarget(unit_dir=units, systemctl=(str(fake),), is_root=True, has_systemd=True, user=getpass.getuser())
+    with pytest.raises(UserInputError, match="enable --now tiny.service` failed: unit is masked.*unchanged"):
+        install_bundle(v2, installed.parent, build_engine=False, service=True, service_target=target)
+    assert snapshot(installed) == before
+    assert (units / "tiny.service").read_text() == "[Unit]\nDescription=the previous unit\n"
+    assert log.read_text().splitlines() == ["daemon-reload", "enable --now tiny.service", "daemon-reload"]
+    assert sorted(p.name for p in installed.parent.iterdir()) == ["tiny"]
+
+
+def test_reinstall_says_so_and_keeps_one_previous_generation(bundle, tmp_path, installed):
+    from typer.testing import CliRunner
+
+    from edgecnn.cli.main import app as cli
+
+    prefix = installed.parent
+    old_readme = (installed / "README.md").read_bytes()
+    v2 = resigned(bundle, tmp_path / "v2.tar.gz", lambda n, d: d + b"\nv2\n" if n == "tiny/README.md" else d)
+    res = CliRunner().invoke(cli, ["deploy", "install", str(v2), "--prefix", str(prefix), "--no-build"])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert f"replaced the previous install at {installed}" in text
+    assert f"now at {prefix / '.tiny.previous'}" in text
+    assert "user files in it are not kept" in text and "not carried over: local.conf" in text
+    previous = prefix / ".tiny.previous"
+    assert (previous / "local.conf").read_text() == "EDGECNN_SOURCE=rtsp://cam\n"
+    assert (previous / "README.md").read_bytes() == old_readme
+    assert (installed / "README.md").read_bytes().endswith(b"\nv2\n")
+    assert (installed / "engines" / "abc-trt10.3.0-fp16.engine").read_bytes() == b"engine bytes"
+    assert not (installed / "local.conf").exists()
+
+    third = install_bundle(bundle, prefix, build_engine=False)  # one generation: v2 becomes the previous one
+    assert third.replaced_previous and third.previous_kept == str(previous) and third.previous_extra_files == []
+    assert (previous / "README.md").read_bytes().endswith(b"\nv2\n") and not (previous / "local.conf").exists()
+    assert sorted(p.name for p in prefix.iterdir()) == [".tiny.previous", "tiny"]
+
+
+def test_rollback_to_previous_with_two_renames(bundle, tmp_path, installed):
+    """What the README and the command help tell a user: the kept generation is a complete, working app."""
+    before = snapshot(installed)
+    v2 = resigned(bundle, tmp_path / "v2.tar.gz", lambda n, d: d + b"\nv2\n" if n == "tiny/README.md" else d)
+    report = install_bundle(v2, installed.parent, build_engine=False)
+    previous = Path(report.previous_kept)
+    installed.rename(installed.with_name("tiny.bad"))
+    previous.rename(installed)
+    assert snapshot(installed) == before
+
+
+@pytest.mark.parametrize("kind", ["file", "under-file", "proc"])
+def test_unusable_prefix_is_a_clear_error(bundle, tmp_path, kind):
+    from typer.testing import CliRunner
+
+    from edgecnn.cli.main import app as cli
+
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    listing = sorted(p.name for p in tmp_path.iterdir())
+    prefix = {"file": afile, "under-file": afile / "sub", "proc": Path("/proc/edgecnn-test")}[kind]
+    if kind == "proc" and not Path("/proc/self").is_dir():
+        pytest.skip("no /proc here")
+    res = CliRunner().invoke(cli, ["deploy", "install", str(bundle), "--prefix", str(prefix), "--no-build"])
+    assert res.exit_code == 2, res.output
+    assert "internal error" not in res.output and res.output.startswith("error: ")
+    assert afile.read_text() == "not a folder"
+    assert sorted(p.name for p in tmp_path.iterdir()) == listing
+
+
+@pytest.mark.parametrize("extra", [
+    [member("tiny/labels.txt/x")],  # a file that is also a folder
+    [member("tiny/model.onnx/", tarfile.DIRTYPE)],
+    [member("tiny/lib/edgecnn", data=b"x")],  # a folder the bundle fills, shipped as a file too
+])
+def test_file_folder_clash_is_refused_before_writing(bundle, tmp_path, extra):
+    bad = repack(bundle, tmp_path / "clash.tar.gz", extra=extra)
+    prefix = tmp_path / "new" / "prefix"
+    assert_refused(bad, prefix, "both a file and a folder")
+    assert not (tmp_path / "new").exists()
+
+
+def test_refused_after_extraction_leaves_no_prefix_folder(bundle, tmp_path):
+    bad = repack(bundle, tmp_path / "bad.tar.gz", lambda n, d: d + b"\x00" if n == "tiny/model.onnx" else d)
+    with pytest.raises(ArtifactError, match="tampered"):
+        install_bundle(bad, tmp_path / "new" / "prefix", build_engine=False)
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "mine").mkdir()  # a prefix the user made is kept, empty
+    with pytest.raises(ArtifactError, match="tampered"):
+        install_bundle(bad, tmp_path / "mine", build_engine=False)
+    assert (tmp_path / "mine").is_dir() and not list((tmp_path / "mine").iterdir())
+
+
+def test_sha256sums_naming_files_outside_the_bundle_is_refused(bundle, tmp_path):
+    """A listed `../..` path would be read (an oracle for files on the device) and count as verified."""
+    import hashlib
+
+    outside = tmp_path / "outside.txt"
+    outside.write_text("a file on the device")
+    line = f"{hashlib.sha256(outside.read_bytes()).hexdigest()}  ../../outside.txt\n".encode()
+    bad = repack(bundle, tmp_path / "bad.tar.gz", lambda n, d: d + line if n == "tiny/SHA256SUMS" else d)
+    assert_refused(bad, tmp_path / "prefix", "outside the bundle")
+
+
+def test_manifest_run_onnx_outside_the_bundle_is_refused(bundle, tmp_path):
+    import json
+
+    def change(name, data):
+        if name != "tiny/bundle.json":
+            return data
+        return json.dumps(dict(json.loads(data), run_onnx="../../../etc/passwd")).encode()
+
+    bad = resigned(bundle, tmp_path / "bad.tar.gz", change)
+    assert_refused(bad, tmp_path / "prefix", "run_onnx '../../../etc/passwd', which is not a file in the bundle")

@@ -97,7 +97,12 @@ def install(
     no_build: bool = typer.Option(False, "--no-build", help="Do not build the TensorRT engine now (start.sh builds it on first start)."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON only."),
 ):
-    """Verify (SHA256SUMS; a tampered bundle is refused), extract safely, build the engine, optionally the service."""
+    """Verify (SHA256SUMS; a tampered bundle is refused), extract safely, build the engine, optionally the service.
+
+    Over an existing install, any failure (bad bundle, start.sh --prepare, service) leaves it exactly as it was.
+    On success it is replaced (built engines carried over, files you added are not) and kept as PREFIX/.NAME.previous.
+    One generation is kept; roll back with: mv PREFIX/NAME PREFIX/NAME.bad && mv PREFIX/.NAME.previous PREFIX/NAME
+    """
     from edgecnn.deploy.install import install_bundle
 
     with progress_bar("installing", total=3, disable=json_out) as update:
@@ -110,6 +115,18 @@ def install(
         f"[green]✓[/] installed {report.name} in {report.app_dir} ({checked}{report.files_verified} files verified)\n"
         f"  runtime: {report.runtime} ({report.model}): {report.engine_note}"
     )
+    if report.replaced_previous:
+        from rich.markup import escape
+
+        kept = f"now at {report.previous_kept}" if report.previous_kept else "it could not be kept"
+        warn(escape(
+            f"replaced the previous install at {report.app_dir} ({kept}): its built engines were carried over, "
+            "user files in it are not kept in the new install"
+        ))
+        extra = report.previous_extra_files
+        if extra:
+            more = f" and {len(extra) - 5} more" if len(extra) > 5 else ""
+            console.print(f"  not carried over: {', '.join(extra[:5])}{more}", markup=False)
     svc = report.service
     if svc:
         if svc.get("installed"):
@@ -163,14 +180,21 @@ def deepstream(
     calib_cache: Optional[Path] = typer.Option(None, "--calib-cache", help="int8-calib-file (TensorRT calibration cache)."),
     classifier_threshold: float = typer.Option(0.2, "--classifier-threshold", help="Minimum probability to attach a label."),
     approximate_std: bool = typer.Option(False, "--approximate-std", help="Accept one scale factor for per-channel std."),
+    force: bool = typer.Option(
+        False, "--force", help="Replace an earlier config in --out as a whole (with the engine DeepStream cached for it)."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON only."),
 ):
-    """A DeepStream nvinfer classifier config whose scale, offsets and color format come from the model's contract."""
+    """A DeepStream nvinfer classifier config whose scale, offsets and color format come from the model's contract.
+
+    --out must be new, empty or hold this very config; --force replaces an earlier config there as a whole.
+    A folder holding files edgecnn did not write is never written into.
+    """
     from edgecnn.deploy.deepstream import DeepStreamOptions, write_deepstream
 
     options = DeepStreamOptions(
         precision=precision, batch_size=batch_size, calib_cache=calib_cache,
-        classifier_threshold=classifier_threshold, approximate_std=approximate_std,
+        classifier_threshold=classifier_threshold, approximate_std=approximate_std, force=force,
     )
     report = write_deepstream(model, out, options)
     if json_out:
@@ -182,3 +206,5 @@ def deepstream(
         f"[green]✓[/] wrote {Path(report.out) / 'nvinfer_config.txt'}: net-scale-factor {report.net_scale_factor:.6g}, "
         f"offsets {';'.join(f'{o:g}' for o in report.offsets)}, model-color-format {report.model_color_format}"
     )
+    if report.replaced:
+        console.print(f"  replaced the earlier config in {report.out} (and any engine DeepStream had cached)", markup=False)

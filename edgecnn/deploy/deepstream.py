@@ -9,22 +9,34 @@ caller accepts the mean scale (`approximate_std`), and the report says how far o
 nvinfer's default classifier parser reads *probabilities* (classifier-threshold compares against them), while edgecnn
 models output logits, so the ONNX handed to DeepStream gets a Softmax appended (`model.softmax.onnx`).
 Its label file for classifiers is one line per output layer, labels separated by ';'.
+
+DeepStream caches the engine it builds next to the model (`model-engine-file`) and reuses it on the next run. So a
+folder holding an earlier config is never written over file by file: `--out` must be new, empty, or already exactly
+what this call writes; `--force` replaces a folder of edgecnn/DeepStream files as a whole (staged beside it, then
+swapped), so no engine or calibration cache of an earlier model survives. Files edgecnn did not write are never removed.
 """
 
 from __future__ import annotations
 
+import filecmp
+import os
+import re
 import shutil
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from edgecnn.artifacts import atomic_path, atomic_write_text, ensure_distinct
+from edgecnn.artifacts import atomic_path, atomic_write_text, ensure_distinct, make_dirs, remove_created
 from edgecnn.deploy.model_io import ModelIO, read_model_io
-from edgecnn.errors import UserInputError
+from edgecnn.errors import ArtifactError, UserInputError
 
 NETWORK_MODES = {"fp32": 0, "int8": 1, "fp16": 2}
 COLOR_FORMATS = {"rgb": 0, "bgr": 1}
 # NvBufSurfTransform_Inter: 0 nearest, 1 bilinear, 2 algo1 (GPU cubic), 3 algo2 (GPU super-sampling ~ area)
 SCALING_FILTERS = {"nearest": 0, "linear": 1, "cubic": 2, "area": 3}
+# What `write_deepstream` writes, and the engine DeepStream caches beside the model (model-engine-file)
+OWN_FILES = frozenset({"model.softmax.onnx", "model.engine", "calib.cache", "labels.txt", "nvinfer_config.txt", "README.md"})
+DEEPSTREAM_ENGINE_RE = re.compile(r"model[^/]*_b\d+_gpu\d+_[a-z0-9]+\.engine")
 
 
 @dataclass
@@ -35,6 +47,7 @@ class DeepStreamOptions:
     classifier_threshold: float = 0.2
     gpu_id: int = 0
     approximate_std: bool = False
+    force: bool = False  # replace an --out that holds a different (edgecnn-written) config
 
 
 @dataclass
@@ -47,6 +60,7 @@ class DeepStreamReport:
     network_mode: int
     files: list[str]
     warnings: list[str] = field(default_factory=list)
+    replaced: bool = False  # an earlier config in --out was replaced (--force)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -88,8 +102,11 @@ def labels_line(labels: list[str]) -> tuple[str, list[str]]:
     return ";".join(clean) + "\n", warnings
 
 
-def add_softmax(src: Path, dst: Path) -> str:
-    """Copy of the ONNX `src` with Softmax(axis=1) after its output; returns the new output name."""
+def add_softmax(src: Path, dst: Path, notes: list[str] | None = None) -> str:
+    """Copy of the ONNX `src` with Softmax(axis=1) after its output; returns the new output name.
+
+    A graph whose nodes are out of order (Q/DQ models from older edgecnn versions) is written sorted (TensorRT's
+    ONNX parser, and the ONNX checker, need that); `notes` gets a line saying so."""
     import onnx
     from onnx import helper
 
@@ -97,10 +114,22 @@ def add_softmax(src: Path, dst: Path) -> str:
 
     model = onnx.load(str(src))
     graph = model.graph
+    unsorted = not _is_sorted(graph)
+    if unsorted:
+        _topological_sort(model, src)
+        if notes is not None:
+            notes.append(
+                f"{src.name}'s nodes were not in topological order (made by an older edgecnn): {dst.name} has them "
+                "sorted; re-quantize/re-export with this edgecnn to fix the source model too"
+            )
     logits = graph.output[0]
     last = next((n for n in graph.node if logits.name in n.output), None)
     if last is not None and last.op_type == "Softmax":
-        shutil.copyfile(src, dst)
+        if unsorted:
+            _check(model, src)
+            save_onnx(model, dst)
+        else:
+            shutil.copyfile(src, dst)
         return logits.name
     probs = "probs"
     graph.node.append(helper.make_node("Softmax", [logits.name], [probs], name="edgecnn_softmax", axis=1))
@@ -109,9 +138,50 @@ def add_softmax(src: Path, dst: Path) -> str:
     out.name = probs
     del graph.output[:]
     graph.output.append(out)
-    onnx.checker.check_model(model)
+    _check(model, src)
     save_onnx(model, dst)
     return probs
+
+
+def _is_sorted(graph) -> bool:
+    """Every node input is a graph input, an initializer or the output of an earlier node."""
+    known = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    known |= {t.values.name for t in graph.sparse_initializer}
+    for node in graph.node:
+        if any(name not in known for name in node.input):
+            return False
+        known.update(node.output)
+    return True
+
+
+def _topological_sort(model, src: Path) -> None:
+    from onnxruntime.quantization.onnx_model import ONNXModel
+
+    try:
+        ONNXModel(model).topological_sort()
+    except Exception as exc:  # AssertionError "Graph is not a DAG", or inputs nothing produces
+        raise ArtifactError(
+            f"{src.name}: its nodes are out of order and cannot be sorted ({exc.__class__.__name__}: {exc}); "
+            "re-quantize (edgecnn quantize) or re-export it with this edgecnn"
+        ) from exc
+    if not _is_sorted(model.graph):
+        raise ArtifactError(
+            f"{src.name}: some node inputs are produced by no node (the graph is incomplete); re-quantize (edgecnn "
+            "quantize) or re-export it with this edgecnn"
+        )
+
+
+def _check(model, src: Path) -> None:
+    import onnx
+
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        first = (str(exc).strip().splitlines() or ["invalid"])[0]
+        raise ArtifactError(
+            f"{src.name} is not a valid ONNX model ({first}); re-quantize (edgecnn quantize) or re-export it with "
+            "this edgecnn"
+        ) from exc
 
 
 @dataclass(frozen=True)
@@ -221,44 +291,148 @@ def nvinfer_config(
 
 
 def write_deepstream(model: str | Path, out_dir: str | Path, options: DeepStreamOptions | None = None) -> DeepStreamReport:
-    """Write `nvinfer_config.txt`, `labels.txt`, the model (+ calib cache) and a README into `out_dir`."""
+    """Write `nvinfer_config.txt`, `labels.txt`, the model (+ calib cache) and a README into `out_dir`.
+
+    Everything is written into a staging folder beside `out_dir` first; `out_dir` then gets it at once (see the module
+    docstring for when an existing `out_dir` is refused or, with `force`, replaced as a whole)."""
     from edgecnn.runtime.resolve import resolve_model
 
     options = options or DeepStreamOptions()
     path = resolve_model(model)
     io = read_model_io(path)
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserInputError(f"--out {out_dir} is a file; expected a folder")
+    _check_out_dir(out_dir)
     calib = Path(options.calib_cache) if options.calib_cache else None
     if calib is not None and not calib.is_file():
         raise UserInputError(f"--calib-cache {calib} does not exist")
     model_file = "model.engine" if io.kind == "engine" else "model.softmax.onnx"
     # validate everything (and fail) before writing anything
     config = nvinfer_config(io, options, model_file, io.output_name, "calib.cache" if calib else None)
+    target = Path(os.path.realpath(out_dir))  # "." works, and a symlinked --out keeps its link
+    existing = _existing_entries(target)
+    if existing and path.resolve().is_relative_to(target):
+        raise UserInputError(f"{path} is inside --out {out_dir}: choose another --out (inputs are never overwritten)")
+    foreign = sorted(n for n in existing if n not in OWN_FILES and not DEEPSTREAM_ENGINE_RE.fullmatch(n))
+    if foreign:
+        raise UserInputError(
+            f"--out {out_dir} holds files `edgecnn deploy deepstream` did not write ({', '.join(foreign[:5])}): "
+            "choose a new or empty folder (nothing was changed)"
+        )
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files = [model_file]
-    if io.kind == "engine":
-        _copy(path, out_dir / model_file, [path])
-        output_name = io.output_name
-    else:
-        ensure_distinct([path], out_dir / model_file)
-        output_name = add_softmax(path, out_dir / model_file)
-        if output_name != io.output_name:
-            config = nvinfer_config(io, options, model_file, output_name, "calib.cache" if calib else None)
-    if calib is not None and config.network_mode == NETWORK_MODES["int8"]:
-        _copy(calib, out_dir / "calib.cache", [path])
-        files.append("calib.cache")
-    atomic_write_text(out_dir / "labels.txt", config.labels_text)
-    atomic_write_text(out_dir / "nvinfer_config.txt", config.text)
-    atomic_write_text(out_dir / "README.md", readme(path.name, config.warnings))
-    files += ["labels.txt", "nvinfer_config.txt", "README.md"]
+    created = make_dirs(target.parent)
+    try:
+        try:
+            staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.deepstream-", dir=target.parent))
+        except OSError:
+            if not target.is_dir():
+                raise
+            staging = Path(tempfile.mkdtemp(prefix=".deepstream-", dir=target))  # a folder whose parent is read-only
+    except OSError as exc:
+        remove_created(created, target.parent)
+        raise UserInputError(f"Cannot write to {out_dir}: {exc.strerror or exc}") from exc
+    notes: list[str] = []
+    replaced = False
+    try:
+        os.chmod(staging, 0o777 & ~_umask())
+        files = [model_file]
+        if io.kind == "engine":
+            _copy(path, staging / model_file, [path])
+        else:
+            output_name = add_softmax(path, staging / model_file, notes)
+            if output_name != io.output_name:
+                config = nvinfer_config(io, options, model_file, output_name, "calib.cache" if calib else None)
+        if calib is not None and config.network_mode == NETWORK_MODES["int8"]:
+            _copy(calib, staging / "calib.cache", [path])
+            files.append("calib.cache")
+        atomic_write_text(staging / "labels.txt", config.labels_text)
+        atomic_write_text(staging / "nvinfer_config.txt", config.text)
+        atomic_write_text(staging / "README.md", readme(path.name, config.warnings))
+        files += ["labels.txt", "nvinfer_config.txt", "README.md"]
+        replaced = _publish(staging, target, existing, _engine_name(config.text), options.force, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        remove_created(created, target.parent)
+        raise
     return DeepStreamReport(
         out=str(out_dir), config=config.text, net_scale_factor=config.net_scale_factor, offsets=config.offsets,
         model_color_format=config.model_color_format, network_mode=config.network_mode, files=sorted(files),
-        warnings=config.warnings,
+        warnings=config.warnings + notes, replaced=replaced,
     )
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """Refuse, before any work, an --out that cannot be a folder: a file, or a path under a file."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserInputError(f"--out {out_dir} is a file; expected a folder")
+    parent = out_dir.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserInputError(f"--out {out_dir}: {parent} is a file, not a folder")
+
+
+def _existing_entries(out_dir: Path) -> list[str]:
+    try:
+        return sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else []
+    except OSError as exc:
+        raise UserInputError(f"Cannot read --out {out_dir}: {exc.strerror or exc}") from exc
+
+
+def _engine_name(config_text: str) -> str | None:
+    m = re.search(r"^model-engine-file=(.+)$", config_text, re.M)
+    return m.group(1) if m else None
+
+
+def _publish(staging: Path, out_dir: Path, existing: list[str], engine: str | None, force: bool, shown: Path) -> bool:
+    """Move the staged files to `out_dir` (a real path; `shown` is how the user named it). Returns True when an
+    earlier, different config was replaced."""
+    staged = sorted(p.name for p in staging.iterdir())
+    if not existing:  # new or empty folder
+        if out_dir.is_dir():
+            for name in staged:
+                os.replace(staging / name, out_dir / name)
+            shutil.rmtree(staging, ignore_errors=True)
+        else:
+            os.replace(staging, out_dir)
+        return False
+    differs = [n for n in existing if n not in staged and n != engine]  # stale files: another model's engine, cache
+    differs += [n for n in staged if n in existing and not filecmp.cmp(staging / n, out_dir / n, shallow=False)]
+    if not differs:  # the same config again: the engine DeepStream built from this very model stays valid
+        for name in staged:
+            if name not in existing:
+                os.replace(staging / name, out_dir / name)
+        shutil.rmtree(staging, ignore_errors=True)
+        return False
+    if not force:
+        raise UserInputError(
+            f"--out {shown} already holds a DeepStream config for another model or other options "
+            f"({', '.join(sorted(differs)[:5])} differ): pass --force to replace that folder as a whole (with "
+            "the engine DeepStream cached for the earlier model), or choose another --out (nothing was changed)"
+        )
+    if staging.parent == out_dir:  # staged inside (read-only parent): no swap possible, so clear, then move in
+        for name in existing:
+            old = out_dir / name
+            shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
+        for name in staged:
+            os.replace(staging / name, out_dir / name)
+        shutil.rmtree(staging, ignore_errors=True)
+        return True
+    os.chmod(staging, out_dir.stat().st_mode & 0o7777)
+    aside = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+    os.replace(out_dir, aside)
+    try:
+        os.replace(staging, out_dir)
+    except BaseException:
+        os.replace(aside, out_dir)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+    return True
 
 
 def _copy(src: Path, dst: Path, inputs: list[Path]) -> None:

@@ -2,14 +2,18 @@
 
 Order matters: (1) the archive's own sha256 when known (`--sha256`, or a `<bundle>.sha256` file beside it), (2) every
 member checked before anything is written (regular files and folders only, relative paths under the one top folder,
-no `..`, no links, no devices), (3) extraction into a staging folder next to the target, (4) every file checked
-against SHA256SUMS and nothing unlisted, (5) only then the staging folder replaces the installed app. A bad bundle
-leaves the previous install untouched. Then the engine is prepared by the bundle's own `start.sh --prepare` (the
-same code path as the first start), and optionally the systemd unit is installed and enabled.
+no `..`, no links, no devices, no file that is also a folder), (3) extraction into a staging folder next to the target,
+(4) every file checked against SHA256SUMS and nothing unlisted, (5) only then the previous install is renamed aside
+and the staging folder takes its place, (6) the engine is prepared by the bundle's own `start.sh --prepare` (the same
+code path as the first start), and optionally the systemd unit is installed and enabled. Any failure up to and
+including (6) removes the new files and puts the previous install back exactly (renames, nothing rewritten). On success
+the previous install is kept, one generation, as `PREFIX/.NAME.previous` (a rollback is two `mv`s); only its built
+engines are carried into the new install, files a user added to it stay in `.NAME.previous`.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
@@ -23,7 +27,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable
 from zlib import error as zlib_error  # a damaged gzip stream raises this mid-extraction
 
-from edgecnn.artifacts import sha256_file
+from edgecnn.artifacts import make_dirs, remove_created, sha256_file
 from edgecnn.deploy.bundle import BUNDLE_FORMAT, NAME_RE, parse_sha256sums, systemd_unit, unit_description
 from edgecnn.errors import ArtifactError, UserInputError
 
@@ -54,6 +58,8 @@ class InstallReport:
     engine_note: str
     service: dict = field(default_factory=dict)
     replaced_previous: bool = False
+    previous_kept: str | None = None  # where the replaced install now is (PREFIX/.NAME.previous), if it was kept
+    previous_extra_files: list[str] = field(default_factory=list)  # files a user added to it (not carried over)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -91,6 +97,7 @@ def check_members(members: list[tarfile.TarInfo]) -> str:
         raise ArtifactError(f"the bundle has {len(members)} entries; refusing more than {MAX_MEMBERS}")
     top = None
     seen = set()
+    folders = set()
     total = 0
     for m in members:
         name = m.name
@@ -111,11 +118,17 @@ def check_members(members: list[tarfile.TarInfo]) -> str:
         if parts[0] != top:
             raise ArtifactError(f"bundle entries must all sit under one folder; found {top!r} and {parts[0]!r}")
         key = "/".join(parts)
+        folders.update("/".join(parts[:i]) for i in range(1, len(parts)))
         if m.isfile():
             if key in seen:
                 raise ArtifactError(f"bundle entry {name!r} appears twice")
             seen.add(key)
             total += m.size
+        else:
+            folders.add(key)
+    clash = sorted(seen & folders)
+    if clash:
+        raise ArtifactError(f"bundle entry {clash[0]!r} is both a file and a folder; refusing to install")
     if top is None or not NAME_RE.match(top):
         raise ArtifactError(f"bundle folder {top!r} is not a valid app name")
     if total > MAX_TOTAL_BYTES:
@@ -134,9 +147,12 @@ def _extract(tar: tarfile.TarFile, members: list[tarfile.TarInfo], top: str, des
         target = dest.joinpath(*parts[1:])
         if not target.resolve().is_relative_to(dest.resolve()):  # belt and braces after check_members
             raise ArtifactError(f"bundle entry {m.name!r} would land outside the install folder")
-        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except (FileExistsError, NotADirectoryError, IsADirectoryError) as exc:  # check_members refuses these first
+            raise ArtifactError(f"bundle entry {m.name!r} clashes with another entry (file vs folder)") from exc
         src = tar.extractfile(m)
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as fh:
             shutil.copyfileobj(src, fh)
         os.chmod(target, 0o755 if m.mode & 0o100 else 0o644)
@@ -154,6 +170,8 @@ def verify_tree(app: Path, written: list[str]) -> int:
     if unlisted:
         raise ArtifactError(f"bundle file {unlisted[0]} is not in SHA256SUMS: the bundle was tampered with")
     for rel, digest in sorted(listed.items()):
+        if rel.startswith("/") or "\\" in rel or ".." in PurePosixPath(rel).parts:
+            raise ArtifactError(f"SHA256SUMS lists {rel!r}, outside the bundle: the bundle was tampered with")
         path = app / rel
         if not path.is_file():
             raise ArtifactError(f"bundle file {rel} listed in SHA256SUMS is missing: the bundle is incomplete")
@@ -175,12 +193,16 @@ def install_bundle(
     service_target: ServiceTarget | None = None,
     progress: Callable[..., None] | None = None,
 ) -> InstallReport:
-    """Verify, extract and prepare `bundle` under `prefix/<name>`; optionally install + enable its service."""
+    """Verify, extract and prepare `bundle` under `prefix/<name>`; optionally install + enable its service.
+
+    Nothing is changed unless everything succeeds: a failure puts the previous install (if any) back exactly and
+    removes what this call created. On success the previous install is kept as `prefix/.<name>.previous`."""
     bundle = Path(bundle)
     if not bundle.is_file():
         raise UserInputError(f"Bundle {bundle} does not exist")
-    digest, archive_checked = verify_archive_sha256(bundle, expected_sha256)
     prefix = Path(prefix).expanduser().absolute()
+    check_prefix(prefix)
+    digest, archive_checked = verify_archive_sha256(bundle, expected_sha256)
     try:
         tar = tarfile.open(bundle, "r:gz")
     except (tarfile.TarError, OSError, EOFError) as exc:
@@ -191,42 +213,92 @@ def install_bundle(
         except (tarfile.TarError, OSError, EOFError) as exc:
             raise ArtifactError(f"{bundle.name} is truncated or corrupt ({exc.__class__.__name__})") from exc
         name = check_members(members)
+        app = prefix / name
+        if (app.exists() or app.is_symlink()) and not (app / "bundle.json").is_file():
+            raise UserInputError(f"{app} exists and is not an edgecnn app: choose another --prefix (nothing was changed)")
+        created = _make_dirs(prefix)
+        staging = None
         try:
-            prefix.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=f".{name}.install-", dir=prefix))
-            os.chmod(staging, 0o755)  # mkdtemp makes it 0700: the service user must be able to read the app
-        except PermissionError as exc:
-            raise UserInputError(
-                f"Cannot write to {prefix}: run with sudo, or install elsewhere with --prefix ~/edgecnn-apps"
-            ) from exc
-        try:
+            try:
+                staging = Path(tempfile.mkdtemp(prefix=f".{name}.install-", dir=prefix))
+                os.chmod(staging, 0o755)  # mkdtemp makes it 0700: the service user must be able to read the app
+            except OSError as exc:
+                raise _write_error(prefix, exc) from exc
             try:
                 written = _extract(tar, members, name, staging)
             except (tarfile.TarError, EOFError, zlib_error) as exc:
                 raise ArtifactError(f"{bundle.name} is truncated or corrupt ({exc.__class__.__name__})") from exc
+            except OSError as exc:  # disk full, quota, ... (damaged gzip data is a BadGzipFile, an OSError too)
+                if isinstance(exc, gzip.BadGzipFile):
+                    raise ArtifactError(f"{bundle.name} is truncated or corrupt ({exc.__class__.__name__})") from exc
+                raise _write_error(prefix, exc) from exc
             if progress:
                 progress(1, 3, description="verifying")
             count = verify_tree(staging, written)
             manifest = _manifest(staging)
+            aside = _swap_in(staging, app)
         except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
+            remove_created(created, prefix)
             raise
-    app = prefix / name
-    replaced = _swap_in(staging, app)
-    if progress:
-        progress(2, 3, description="preparing the model")
-    runtime, model, note = ("onnx", str(app / manifest["run_onnx"]), "engine build skipped (--no-build)")
-    if build_engine:
-        runtime, model, note = prepare(app, python=python)
-    svc = {}
-    if service:
-        svc = install_service(app, name, service_target or ServiceTarget(), python=python or sys.executable)
+    try:
+        if progress:
+            progress(2, 3, description="preparing the model")
+        runtime, model, note = ("onnx", str(app / manifest["run_onnx"]), "engine build skipped (--no-build)")
+        if build_engine:
+            runtime, model, note = prepare(app, python=python)
+        svc = {}
+        if service:
+            svc = install_service(app, name, service_target or ServiceTarget(), python=python or sys.executable)
+    except BaseException as exc:
+        _roll_back(app, aside)
+        if aside is None:
+            remove_created(created, prefix)
+        if isinstance(exc, (ArtifactError, UserInputError)):
+            kept = f"the previous install at {app} is unchanged" if aside else f"nothing was installed in {prefix}"
+            raise exc.__class__(f"{exc}; {kept}") from exc
+        raise
+    kept, extra = (None, [])
+    if aside is not None:
+        extra = _extra_files(aside)
+        kept = _keep_previous(aside, app)
     if progress:
         progress(3, 3, description="done")
     return InstallReport(
         app_dir=str(app), name=name, files_verified=count, bundle_sha256=digest, archive_checked=archive_checked,
-        runtime=runtime, model=model, engine_note=note, service=svc, replaced_previous=replaced,
+        runtime=runtime, model=model, engine_note=note, service=svc, replaced_previous=aside is not None,
+        previous_kept=kept, previous_extra_files=extra,
     )
+
+
+def check_prefix(prefix: Path) -> None:
+    """Refuse, before anything is read or written, a --prefix that cannot be a folder."""
+    if prefix.exists() and not prefix.is_dir():
+        raise UserInputError(f"--prefix {prefix} is a file; give a folder (e.g. /opt/edgecnn)")
+    parent = prefix.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserInputError(f"--prefix {prefix}: {parent} is a file, not a folder")
+
+
+def _write_error(folder: Path, exc: OSError) -> UserInputError:
+    if isinstance(exc, PermissionError):
+        return UserInputError(
+            f"Cannot write to {folder}: run with sudo, or install elsewhere with --prefix ~/edgecnn-apps"
+        )
+    return UserInputError(f"Cannot write to {folder}: {exc.strerror or exc}")
+
+
+def _make_dirs(path: Path) -> Path | None:
+    """artifacts.make_dirs, with install's own message when only root may write there."""
+    try:
+        return make_dirs(path)
+    except UserInputError as exc:
+        if isinstance(exc.__cause__, PermissionError):
+            raise _write_error(path, exc.__cause__) from exc.__cause__
+        raise
 
 
 def _manifest(app: Path) -> dict:
@@ -238,25 +310,90 @@ def _manifest(app: Path) -> dict:
         raise ArtifactError(
             f"bundle format {manifest.get('format')!r} is not {BUNDLE_FORMAT}: made by another edgecnn version"
         )
+    run_onnx = manifest.get("run_onnx")
+    if not isinstance(run_onnx, str) or ".." in PurePosixPath(run_onnx).parts or not (app / run_onnx).is_file():
+        raise ArtifactError(f"the bundle's bundle.json names run_onnx {run_onnx!r}, which is not a file in the bundle")
     return manifest
 
 
-def _swap_in(staging: Path, app: Path) -> bool:
-    """Replace `app` by `staging` (two renames in one folder); keep built engines of the previous install."""
-    if not app.exists():
+def _swap_in(staging: Path, app: Path) -> Path | None:
+    """Put `staging` in place of `app` (renames in one folder); carry over built engines of the previous install.
+
+    Returns where the previous install was renamed to (None: there was none), for `_roll_back` or `_keep_previous`."""
+    if not app.exists() and not app.is_symlink():
         os.replace(staging, app)
-        return False
+        return None
     if not (app / "bundle.json").is_file():
-        shutil.rmtree(staging, ignore_errors=True)
         raise UserInputError(f"{app} exists and is not an edgecnn app: choose another --prefix (nothing was changed)")
     old_engines = app / "engines"
-    if old_engines.is_dir():  # engine files are keyed by model hash + TensorRT version: safe to carry over
-        shutil.copytree(old_engines, staging / "engines", dirs_exist_ok=True)
-    old = app.with_name(f".{app.name}.old-{os.getpid()}")
-    os.replace(app, old)
-    os.replace(staging, app)
-    shutil.rmtree(old, ignore_errors=True)
-    return True
+    try:
+        if old_engines.is_dir():  # engine files are keyed by model hash + TensorRT version: safe to carry over
+            shutil.copytree(old_engines, staging / "engines", dirs_exist_ok=True)
+        aside = Path(tempfile.mkdtemp(prefix=f".{app.name}.old-", dir=app.parent))
+        os.replace(app, aside)  # onto the empty folder mkdtemp made: a name nobody else uses
+    except OSError as exc:
+        raise _write_error(app.parent, exc) from exc
+    try:
+        os.replace(staging, app)
+    except BaseException:
+        os.replace(aside, app)
+        raise
+    return aside
+
+
+def _roll_back(app: Path, aside: Path | None) -> None:
+    """Undo `_swap_in`: the new install goes (renamed away first, so a slow or partial delete cannot block the
+    restore), the previous one comes back under its own name."""
+    failed = None
+    try:
+        failed = Path(tempfile.mkdtemp(prefix=f".{app.name}.failed-", dir=app.parent))
+        os.replace(app, failed)
+    except OSError:
+        if failed is not None:
+            shutil.rmtree(failed, ignore_errors=True)
+        failed = None
+        shutil.rmtree(app, ignore_errors=True)
+    if aside is not None:
+        os.replace(aside, app)
+    if failed is not None:
+        shutil.rmtree(failed, ignore_errors=True)
+
+
+def _extra_files(old: Path, limit: int = 20) -> list[str]:
+    """Files in a previous install that its bundle did not ship (user additions); engines/ and Python's
+    __pycache__ aside."""
+    try:
+        listed = set(parse_sha256sums((old / "SHA256SUMS").read_text(encoding="utf-8"))) | {"SHA256SUMS"}
+    except (OSError, UnicodeDecodeError, ValueError, ArtifactError):
+        return []
+    extra = []
+    for path in sorted(old.rglob("*")):
+        rel = path.relative_to(old).as_posix()
+        parts = rel.split("/")
+        if parts[0] == "engines" or "__pycache__" in parts or (path.is_dir() and not path.is_symlink()):
+            continue
+        if rel not in listed:
+            extra.append(rel)
+            if len(extra) >= limit:
+                break
+    return extra
+
+
+def _keep_previous(aside: Path, app: Path) -> str | None:
+    """Keep the replaced install as `.NAME.previous` (one generation). Best effort: the new install is in place."""
+    previous = app.with_name(f".{app.name}.previous")
+    try:
+        if previous.is_symlink() or previous.is_file():
+            previous.unlink()
+        elif previous.exists():
+            stale = Path(tempfile.mkdtemp(prefix=f".{app.name}.old-", dir=app.parent))
+            os.replace(previous, stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        os.replace(aside, previous)
+        return str(previous)
+    except OSError:
+        shutil.rmtree(aside, ignore_errors=True)
+        return None
 
 
 def prepare(app: Path, python: str | None = None, timeout: float = 3600) -> tuple[str, str, str]:
@@ -320,10 +457,34 @@ def install_service(app: Path, name: str, target: ServiceTarget, python: str = "
             shutil.chown(f, user=user)
     except (LookupError, PermissionError) as exc:
         raise UserInputError(f"Cannot give {engines} to user {user!r}: {exc}") from exc
-    atomic_write_text(unit_path, unit_text)
-    for argv in commands:
-        proc = subprocess.run(argv, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise UserInputError(f"`{' '.join(argv)}` failed: {(proc.stderr.strip() or 'no output').splitlines()[-1]}")
+    try:
+        previous_unit = unit_path.read_bytes() if unit_path.is_file() else None
+        atomic_write_text(unit_path, unit_text)
+    except OSError as exc:
+        raise UserInputError(f"Cannot write {unit_path}: {exc.strerror or exc}") from exc
+    try:
+        for argv in commands:
+            proc = subprocess.run(argv, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise UserInputError(
+                    f"`{' '.join(argv)}` failed: {(proc.stderr.strip() or 'no output').splitlines()[-1]}"
+                )
+    except BaseException:
+        _restore_unit(unit_path, previous_unit, commands[0])
+        raise
     plan["installed"] = True
     return plan
+
+
+def _restore_unit(unit_path: Path, previous: bytes | None, reload: list[str]) -> None:
+    """Best effort after a failed service step: the unit file as it was (or none), and systemd told so."""
+    from edgecnn.artifacts import atomic_write_bytes
+
+    try:
+        if previous is None:
+            unit_path.unlink(missing_ok=True)
+        else:
+            atomic_write_bytes(unit_path, previous)
+        subprocess.run(reload, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        pass
