@@ -182,7 +182,7 @@ def test_service_plan_without_root_or_systemd(bundle, tmp_path):
     svc = report.service
     assert svc["installed"] is False and "not root" in svc["reason"]
     assert svc["unit"] == str(units / "tiny.service")
-    assert svc["commands"] == ["systemctl daemon-reload", "systemctl enable --now tiny.service"]
+    assert svc["commands"] == ["systemctl daemon-reload", "systemctl enable tiny.service", "systemctl restart tiny.service"]
     assert not units.exists()
 
     svc = install_bundle(
@@ -213,7 +213,7 @@ def test_service_install_writes_unit_for_the_real_prefix(bundle, tmp_path):
     assert f"ExecStart={report.app_dir}/start.sh" in unit and f"User={me}\n" in unit
     assert f"Environment=EDGECNN_PYTHON={sys.executable}\n" in unit
     assert (Path(report.app_dir) / "engines").owner() == me  # the service user can rebuild the engine
-    assert log.read_text().splitlines() == ["daemon-reload", "enable --now tiny.service"]
+    assert log.read_text().splitlines() == ["daemon-reload", "enable tiny.service", "restart tiny.service"]
 
 
 # ---------------------------------------------------------------- pure pieces

@@ -252,11 +252,11 @@ def test_failed_service_step_restores_install_and_unit(bundle, tmp_path, install
     before = snapshot(installed)
     v2 = resigned(bundle, tmp_path / "v2.tar.gz", lambda n, d: d + b"\n" if n == "tiny/README.md" else d)
     target = ServiceTarget(unit_dir=units, systemctl=(str(fake),), is_root=True, has_systemd=True, user=getpass.getuser())
-    with pytest.raises(UserInputError, match="enable --now tiny.service` failed: unit is masked.*unchanged"):
+    with pytest.raises(UserInputError, match="enable tiny.service` failed: unit is masked.*unchanged"):
         install_bundle(v2, installed.parent, build_engine=False, service=True, service_target=target)
     assert snapshot(installed) == before
     assert (units / "tiny.service").read_text() == "[Unit]\nDescription=the previous unit\n"
-    assert log.read_text().splitlines() == ["daemon-reload", "enable --now tiny.service", "daemon-reload"]
+    assert log.read_text().splitlines() == ["daemon-reload", "enable tiny.service", "daemon-reload"]
     assert sorted(p.name for p in installed.parent.iterdir()) == ["tiny"]
 
 

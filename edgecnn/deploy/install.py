@@ -432,7 +432,10 @@ def install_service(app: Path, name: str, target: ServiceTarget, python: str = "
         unit_description(manifest.get("arch"), manifest.get("classes") or 0), python=python,
     )
     unit_path = Path(target.unit_dir) / f"{name}.service"
-    commands = [list(target.systemctl) + ["daemon-reload"], list(target.systemctl) + ["enable", "--now", f"{name}.service"]]
+    # restart, not `enable --now`: over an existing install the running service must move to the new version
+    # (enable --now leaves a running unit alone, still executing the previous install's files)
+    systemctl, unit = list(target.systemctl), f"{name}.service"
+    commands = [systemctl + ["daemon-reload"], systemctl + ["enable", unit], systemctl + ["restart", unit]]
     is_root = os.geteuid() == 0 if target.is_root is None else target.is_root
     has_systemd = Path("/run/systemd/system").is_dir() if target.has_systemd is None else target.has_systemd
     plan = {
