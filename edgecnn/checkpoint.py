@@ -6,6 +6,8 @@ Loaded with `torch.load(..., weights_only=True)`: a checkpoint is data, never co
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,37 @@ def save_checkpoint(
     return Path(path)
 
 
+RESAVE_HINT = (
+    "re-save it with edgecnn.checkpoint.save_checkpoint(), or as plain data: torch.save({'format': '%s', "
+    "'version': %d, 'arch': <registry name>, 'arch_kwargs': {...}, 'state_dict': model.state_dict(), "
+    "'contract': ModelContract(...).to_dict()}, path)" % (FORMAT, VERSION)
+)
+
+
+def _load_error(path: Path, exc: Exception) -> ArtifactError:
+    """edgecnn's own one-line reason why `torch.load(weights_only=True)` could not read `path` (never PyTorch's
+    advice to retry with weights_only=False: that would run code from the file)."""
+    text = str(exc)
+    if "Weights only load failed" in text or exc.__class__.__name__ == "UnpicklingError":
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        what = f" (it references {found.group(1)})" if found else ""
+        if found or "Unsupported global" in text:
+            return ArtifactError(
+                f"{path} holds Python objects beyond tensors and plain data{what}; edgecnn loads checkpoints "
+                f"weights-only and never runs code from a file: {RESAVE_HINT}"
+            )
+        return ArtifactError(
+            f"{path} is not a torch.save checkpoint of tensors and plain data (a plain pickle, or objects a "
+            f"weights-only load cannot read); edgecnn never runs code from a file: {RESAVE_HINT}"
+        )
+    if isinstance(exc, EOFError) or path.stat().st_size == 0:
+        return ArtifactError(f"{path} is empty or truncated: not a loadable edgecnn checkpoint")
+    if "zip archive" in text or "central directory" in text:
+        return ArtifactError(f"{path} is truncated or corrupt (its zip archive cannot be read): re-copy or re-save it")
+    return ArtifactError(f"{path} is not a readable PyTorch checkpoint ({exc.__class__.__name__}): "
+                         "expected a file written by `edgecnn train` or torch.save")
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """The raw checkpoint dict, validated; never executes code from the file."""
     torch = require_torch()
@@ -50,16 +83,65 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise UserInputError(f"Checkpoint {path} does not exist")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4" on a plain pickle: the error says it all
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors, zip errors, weights_only refusals
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc.__class__.__name__
-        raise ArtifactError(f"{path} is not a loadable edgecnn checkpoint (weights-only load refused or failed: {first})") from exc
+        raise _load_error(path, exc) from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ArtifactError(f"{path} is not an edgecnn checkpoint (no '{FORMAT}' marker)")
     for key in ("arch", "arch_kwargs", "state_dict", "contract"):
         if key not in ckpt:
             raise ArtifactError(f"{path}: checkpoint is missing '{key}'")
+    if not isinstance(ckpt["arch"], str) or not ckpt["arch"]:
+        raise ArtifactError(f"checkpoint {path}: 'arch' is {ckpt['arch']!r}, expected a registered architecture name")
+    kwargs = ckpt["arch_kwargs"]
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        raise ArtifactError(f"checkpoint {path}: arch_kwargs {_short(kwargs)} do not fit arch {ckpt['arch']}: "
+                            "expected a dict of keyword arguments")
+    if not isinstance(ckpt["state_dict"], dict):
+        raise ArtifactError(f"checkpoint {path}: 'state_dict' is a {type(ckpt['state_dict']).__name__}, expected a "
+                            "dict of tensors (model.state_dict())")
+    if not isinstance(ckpt["contract"], dict):
+        raise ArtifactError(f"checkpoint {path}: 'contract' is a {type(ckpt['contract']).__name__}, expected a dict "
+                            "(ModelContract.to_dict(): labels, preprocess, ...)")
     return ckpt
+
+
+def _short(value, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def read_contract(path: str | os.PathLike, ckpt: dict) -> ModelContract:
+    """The ModelContract of a checkpoint read by `read_checkpoint`, with errors that name the file and the field."""
+    d = ckpt["contract"]
+    labels, pre = d.get("labels"), d.get("preprocess")
+    if labels is not None and not isinstance(labels, (list, tuple)):
+        raise ArtifactError(f"checkpoint {path}: contract labels is a {type(labels).__name__}, expected a list of "
+                            "class names")
+    if pre is not None and not isinstance(pre, dict):
+        raise ArtifactError(f"checkpoint {path}: contract preprocess is a {type(pre).__name__}, expected a dict "
+                            "(PreprocessConfig.to_dict())")
+    try:
+        return ModelContract.from_dict(d)
+    except (ArtifactError, UserInputError) as exc:  # from the file, not the command line: an artifact problem
+        raise ArtifactError(f"checkpoint {path}: {exc}") from exc
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise ArtifactError(f"checkpoint {path}: damaged model contract ({exc.__class__.__name__}: {exc})") from exc
+
+
+def _state_dict_problems(exc: Exception, limit: int = 3) -> str:
+    """PyTorch's load_state_dict error is a headline plus one tab-indented line per problem: keep the problems."""
+    lines = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
+    if not lines:
+        return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc.__class__.__name__
+    shown = []
+    for line in lines[:limit]:
+        line = re.sub(r"torch\.Size\((\[[^\]]*\])\)", r"\1", line).rstrip(".")
+        shown.append(line if len(line) <= 200 else line[:197] + "...")
+    more = f" (and {len(lines) - limit} more)" if len(lines) > limit else ""
+    return "; ".join(shown) + more
 
 
 def load_checkpoint(path: str | os.PathLike):
@@ -67,12 +149,27 @@ def load_checkpoint(path: str | os.PathLike):
     from edgecnn.models.registry import create_model
 
     ckpt = read_checkpoint(path)
-    contract = ModelContract.from_dict(ckpt["contract"])
-    model = create_model(ckpt["arch"], **ckpt["arch_kwargs"])
+    contract = read_contract(path, ckpt)
+    arch, kwargs = ckpt["arch"], ckpt["arch_kwargs"]
+    try:
+        model = create_model(arch, **kwargs)
+    except UserInputError as exc:  # unknown architecture (a file from a newer edgecnn, or a damaged one)
+        raise ArtifactError(f"checkpoint {path}: {exc}") from exc
+    except (TypeError, ValueError) as exc:  # unknown keyword, wrong type or value for the builder
+        raise ArtifactError(f"checkpoint {path}: arch_kwargs {_short(kwargs)} do not fit arch {arch}: {exc}") from exc
     try:
         model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as exc:
-        raise ArtifactError(f"{path}: weights do not fit architecture {ckpt['arch']} ({str(exc).splitlines()[0][:200]})") from exc
+    except (RuntimeError, TypeError, ValueError, AttributeError) as exc:
+        raise ArtifactError(
+            f"checkpoint {path}: weights do not fit architecture {arch} with arch_kwargs {_short(kwargs)}: "
+            f"{_state_dict_problems(exc)}"
+        ) from exc
+    classes = kwargs.get("num_classes")
+    if isinstance(classes, int) and classes != contract.num_classes:
+        raise ArtifactError(
+            f"checkpoint {path}: the model has {classes} outputs (arch_kwargs num_classes) but the contract has "
+            f"{contract.num_classes} labels {_short(contract.labels, 80)}: each output needs exactly one label"
+        )
     model.eval()
     return model, contract, ckpt
 

@@ -2,7 +2,8 @@
 
 The parity check runs the exported file on ONNX Runtime and the PyTorch model on the same inputs — real images when
 any are at hand (`data`, else the training data recorded in the checkpoint, else the repo's calibration/ folder), random
-inputs otherwise (the report says which) — and fails above `tolerance` (max abs difference of the logits).
+inputs otherwise (the report says which) — and fails above `tolerance` (max abs difference of the logits). An explicit
+`data` is used or the export fails; it is never silently replaced.
 
 The TorchScript-based exporter (`dynamo=False`) is used: it needs no onnxscript, and gives the plain static graphs that
 TensorRT and the quantizer handle best.
@@ -10,7 +11,10 @@ TensorRT and the quantizer handle best.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
+import sys
 import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -19,16 +23,16 @@ from typing import Callable
 
 import numpy as np
 
-from edgecnn.artifacts import ensure_distinct, save_onnx, sha256_file, write_onnx_contract
-from edgecnn.errors import AccuracyGateError, ArtifactError, UserInputError, require_torch
+from edgecnn.artifacts import check_output_file, ensure_distinct, save_onnx, sha256_file, write_onnx_contract
+from edgecnn.errors import AccuracyGateError, ArtifactError, EdgeCNNError, UserInputError, require_torch
 
 DEFAULT_CALIBRATION_DIR = Path(__file__).resolve().parents[1] / "calibration"
 
 
 @dataclass
 class ExportOptions:
-    opset: int = 17
-    batch: int = 1  # fixed batch size (ignored with dynamic_batch)
+    opset: int = 17  # within opset_range()
+    batch: int = 1  # fixed batch size; with dynamic_batch it must stay 1
     dynamic_batch: bool = False
     tolerance: float = 1e-3  # max abs logit difference allowed between PyTorch and ONNX Runtime
     data: Path | None = None  # images for the parity check
@@ -54,28 +58,134 @@ class ExportReport:
         return asdict(self)
 
 
-def _parity_frames(options: ExportOptions, training: dict, count: int) -> tuple[list[np.ndarray], str]:
-    """Real images for the parity check, and a sentence saying where they came from."""
-    from edgecnn.data import list_images, read_image
+def opset_range() -> tuple[int, int]:
+    """The ONNX opsets `torch.onnx.export(dynamo=False)` supports in the installed PyTorch (7..20 in torch 2.x; above
+    20 it warns "not supported" and above 23 it fails). ONNX Runtime runs all of them (it has no kernels below 7)."""
+    try:
+        from torch.onnx import _constants
 
-    candidates = []
+        return int(_constants.ONNX_MIN_OPSET), int(_constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET)
+    except (ImportError, AttributeError):  # private module: fall back to torch 2.x's numbers
+        return 7, 20
+
+
+def check_options(options: ExportOptions) -> None:
+    """Refuse options that cannot work (or would silently do something else) before any work starts."""
+    low, high = opset_range()
+    if isinstance(options.opset, bool) or not isinstance(options.opset, int) or not low <= options.opset <= high:
+        raise UserInputError(
+            f"--opset {options.opset} is not supported: the PyTorch ONNX exporter writes opsets {low} to {high} "
+            "(17 is the default; TensorRT and ONNX Runtime read them all)"
+        )
+    if options.batch < 1:
+        raise UserInputError("--batch must be >= 1")
+    if options.dynamic_batch and options.batch != 1:
+        raise UserInputError(
+            f"--batch {options.batch} and --dynamic-batch exclude each other: --dynamic-batch exports any batch size, "
+            "--batch N exports exactly N"
+        )
+    tol = options.tolerance
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol <= 0:
+        raise UserInputError(f"--tolerance must be a finite number > 0 (max abs logit difference), got {tol}")
+    if options.parity_images < 1:
+        raise UserInputError("parity_images must be >= 1")
+    if options.data is not None and not Path(options.data).exists():
+        raise UserInputError(f"--data {options.data} does not exist")
+
+
+def _read_some(paths: list[Path], count: int) -> list[np.ndarray]:
+    """Up to `count` decodable images, spread over `paths` (not only the first class); unreadable ones are replaced
+    by the next readable ones."""
+    from edgecnn.data import read_image
+
+    if len(paths) > count:
+        spread = [int(i) for i in np.linspace(0, len(paths) - 1, count).astype(int)]
+        chosen = set(spread)
+        order = [paths[i] for i in spread] + [p for i, p in enumerate(paths) if i not in chosen]
+    else:
+        order = list(paths)
+    frames = []
+    for p in order:
+        frame = read_image(p)
+        if frame is not None:
+            frames.append(frame)
+            if len(frames) == count:
+                break
+    return frames
+
+
+def _parity_frames(options: ExportOptions, training: dict, count: int) -> tuple[list[np.ndarray], str]:
+    """Real images for the parity check, and a sentence saying where they came from.
+
+    An explicit `data` is used or the export fails: it is never silently replaced by other images or random inputs.
+    """
+    from edgecnn.data import list_images
+
     if options.data is not None:
-        if not Path(options.data).exists():
-            raise UserInputError(f"Parity data {options.data} does not exist")
-        candidates.append(Path(options.data))
+        folder = Path(options.data)
+        if not folder.exists():
+            raise UserInputError(f"--data {folder} does not exist")
+        paths = list_images(folder)
+        frames = _read_some(paths, count)
+        if not frames:
+            if folder.is_file():
+                found = "it is not an image file" if not paths else "the image cannot be decoded"
+            else:
+                found = f"none of its {len(paths)} image file(s) can be decoded" if paths else "it holds no image files"
+            raise UserInputError(
+                f"--data {folder} has no readable images for the parity check ({found}); give a folder of images, "
+                "or leave --data out to use the training data"
+            )
+        return frames, f"{len(frames)} real images from {folder}"
+    candidates = []
     if training.get("data"):
         candidates.append(Path(training["data"]))
     candidates.append(DEFAULT_CALIBRATION_DIR)
     for folder in candidates:
         if not folder.exists():
             continue
-        paths = list_images(folder)
-        if len(paths) > count:  # spread over the folder, not only the first class
-            paths = [paths[i] for i in np.linspace(0, len(paths) - 1, count).astype(int)]
-        frames = [f for f in (read_image(p) for p in paths) if f is not None]
+        frames = _read_some(list_images(folder), count)
         if frames:
             return frames, f"{len(frames)} real images from {folder}"
     return [], "random inputs (pass --data DIR to check on real images)"
+
+
+@contextlib.contextmanager
+def _exporter_output_silenced():
+    """Keep the exporter's chatter off stdout (where `--json` output goes) and off the user's screen.
+
+    torch's TorchScript exporter always enables its C++ log (a bug in `setup_onnx_logging`), which writes e.g. the whole
+    "Torch IR graph at exception" to the process's stdout (file descriptor 1) when an export fails. File descriptor 1
+    and Python's sys.stdout are pointed at a scratch file for the duration and the text is dropped: the exception that
+    follows says what failed.
+    """
+    import ctypes
+
+    def flush_c_stdio():
+        try:
+            ctypes.CDLL(None).fflush(None)
+        except (OSError, AttributeError):
+            pass
+
+    with tempfile.TemporaryFile() as sink, open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        saved = None
+        try:
+            if sys.__stdout__ is not None:
+                sys.__stdout__.flush()
+            flush_c_stdio()
+            saved = os.dup(1)
+            os.dup2(sink.fileno(), 1)
+        except (OSError, ValueError):  # no usable file descriptor 1: Python-level redirection only
+            if saved is not None:
+                os.close(saved)
+            saved = None
+        try:
+            yield
+        finally:
+            if saved is not None:
+                flush_c_stdio()
+                os.dup2(saved, 1)
+                os.close(saved)
 
 
 def export_onnx(
@@ -96,14 +206,14 @@ def export_onnx(
     options = options or ExportOptions()
     say = progress or (lambda msg: None)
     out = Path(out)
+    if out.suffix.lower() != ".onnx":
+        raise UserInputError(f"--out should end in .onnx, got {out.name}")
+    check_output_file(out, "--out")
+    check_options(options)
     src = resolve_model(model, backend="torch")
     if src.suffix.lower() not in (".pt", ".pth"):
         raise UserInputError(f"export takes a PyTorch checkpoint (.pt) or a pretrained name, got {src.name}")
     ensure_distinct(src, out)
-    if out.suffix.lower() != ".onnx":
-        raise UserInputError(f"--out should end in .onnx, got {out.name}")
-    if options.batch < 1:
-        raise UserInputError("--batch must be >= 1")
 
     say(f"loading {src}")
     net, contract, ckpt = load_checkpoint(src)
@@ -121,12 +231,14 @@ def export_onnx(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                torch.onnx.export(
-                    net, (example,), str(raw), dynamo=False, input_names=["input"], output_names=["logits"],
-                    dynamic_axes=dynamic_axes, opset_version=options.opset, do_constant_folding=True,
-                )
+                with _exporter_output_silenced():
+                    torch.onnx.export(
+                        net, (example,), str(raw), dynamo=False, input_names=["input"], output_names=["logits"],
+                        dynamic_axes=dynamic_axes, opset_version=options.opset, do_constant_folding=True,
+                    )
             except Exception as exc:
-                raise ArtifactError(f"ONNX export of {contract.arch} failed at opset {options.opset}: {exc}") from exc
+                reason = " ".join(str(exc).replace(str(raw), out.name).split())[:300] or exc.__class__.__name__
+                raise ArtifactError(f"ONNX export of {contract.arch} failed at opset {options.opset}: {reason}") from exc
         proto = onnx.load(str(raw))
     try:
         onnx.checker.check_model(proto, full_check=True)
@@ -148,10 +260,21 @@ def export_onnx(
         candidate = Path(tmp) / out.name
         save_onnx(proto, candidate)
         say("checking parity with ONNX Runtime")
-        with OnnxRuntimeRunner(candidate) as runner:
-            onnx_logits = runner.infer(x)
+        try:
+            with OnnxRuntimeRunner(candidate) as runner:
+                onnx_logits = runner.infer(x)
+        except (EdgeCNNError, RuntimeError, ValueError) as exc:  # name the output, not the staging folder
+            raise ArtifactError(
+                f"ONNX Runtime cannot run the opset {options.opset} export of {contract.arch}: "
+                + str(exc).replace(str(candidate), out.name).strip().splitlines()[0][:300] + "; nothing written"
+            ) from exc
         with torch.no_grad():
             torch_logits = net(torch.from_numpy(x)).numpy()
+        if not np.all(np.isfinite(torch_logits)):
+            raise AccuracyGateError(
+                f"The model's own PyTorch logits are not finite (NaN/inf) on {parity_inputs}: the checkpoint's "
+                "weights are damaged or diverged in training; nothing written"
+            )
         diff = float(np.max(np.abs(onnx_logits - torch_logits)))
         agree = float(np.mean(onnx_logits.argmax(1) == torch_logits.argmax(1)))
         if not np.isfinite(diff) or diff > options.tolerance:

@@ -1,0 +1,136 @@
+"""Checkpoint loading: weights-only, and every way a checkpoint can be wrong is one clear ArtifactError naming the file
+and the field (never an internal TypeError, never PyTorch's advice to load with weights_only=False)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+
+import pytest
+from typer.testing import CliRunner
+
+torch = pytest.importorskip("torch")
+
+from edgecnn.artifacts import ModelContract  # noqa: E402
+from edgecnn.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from edgecnn.cli.main import app  # noqa: E402
+from edgecnn.errors import ArtifactError  # noqa: E402
+from edgecnn.models.registry import create_model, get_entry  # noqa: E402
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def good(tmp_path):
+    model = create_model("lenet5", num_classes=2).eval()
+    contract = ModelContract(labels=["cat", "dog"], preprocess=get_entry("lenet5").preprocess, arch="lenet5")
+    return save_checkpoint(tmp_path / "good.pt", model, "lenet5", {"num_classes": 2}, contract)
+
+
+def _variant(good, tmp_path, name, **changes):
+    ckpt = torch.load(good, weights_only=True)
+    ckpt.update(changes)
+    path = tmp_path / name
+    torch.save(ckpt, path)
+    return path
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"bogus": 1}, r"arch_kwargs \{'bogus': 1\} do not fit arch lenet5: .*unexpected keyword argument 'bogus'"),
+    ([1, 2], r"arch_kwargs \[1, 2\] do not fit arch lenet5: expected a dict of keyword arguments"),
+])
+def test_bad_arch_kwargs_are_artifact_errors(good, tmp_path, kwargs, match):
+    bad = _variant(good, tmp_path, "bad.pt", arch_kwargs=kwargs)
+    with pytest.raises(ArtifactError, match=match):
+        load_checkpoint(bad)
+    # through the CLI: export and predict (torch backend) say the same, with the artifact exit code
+    for args in (["export", str(bad), "--out", str(tmp_path / "x.onnx")], ["predict", str(bad), str(tmp_path)]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 4, result.output
+        assert "internal error" not in result.stderr and "do not fit arch lenet5" in result.stderr
+        assert result.stderr.count("\n") == 1
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_python_objects_are_refused_with_edgecnns_own_message(tmp_path, capfd):
+    marker = tmp_path / "PWNED"
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "edgecnn.checkpoint", "evil": _RunsCode(marker)}, evil)
+    with pytest.raises(ArtifactError) as info:
+        load_checkpoint(evil)
+    message = str(info.value)
+    assert not marker.exists()  # refused, never executed
+    assert "holds Python objects beyond tensors and plain data" in message and "weights-only" in message
+    assert "'state_dict': model.state_dict()" in message and "'contract'" in message and "'arch_kwargs'" in message
+    assert "weights_only` set to `False" not in message and "Re-running" not in message and "\n" not in message
+
+    plain = tmp_path / "plain.pt"
+    plain.write_bytes(pickle.dumps({"format": "edgecnn.checkpoint", "evil": _RunsCode(marker)}, protocol=4))
+    capfd.readouterr()
+    with pytest.raises(ArtifactError, match="never runs code from a file: re-save it"):
+        load_checkpoint(plain)
+    assert not marker.exists()
+    assert "UserWarning" not in capfd.readouterr().err  # torch's "Detected pickle protocol 4" warning is silenced
+
+    result = runner.invoke(app, ["export", str(evil), "--out", str(tmp_path / "x.onnx")])
+    assert result.exit_code == 4 and result.stderr.count("\n") == 1 and "weights_only set to False" not in result.stderr
+    assert not marker.exists()
+
+
+def test_unreadable_files_say_why(tmp_path, good):
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(ArtifactError, match="empty or truncated"):
+        load_checkpoint(empty)
+    trunc = tmp_path / "trunc.pt"
+    trunc.write_bytes(good.read_bytes()[:500])
+    with pytest.raises(ArtifactError, match="truncated or corrupt") as info:
+        load_checkpoint(trunc)
+    assert "If you are seeing" not in str(info.value)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"hello world garbage" * 10)
+    with pytest.raises(ArtifactError, match="not a readable PyTorch checkpoint"):
+        load_checkpoint(garbage)
+
+
+def test_damaged_contract_and_weights_say_what_is_wrong(good, tmp_path):
+    with pytest.raises(ArtifactError, match=r"'contract' is a str, expected a dict") as info:
+        load_checkpoint(_variant(good, tmp_path, "c1.pt", contract="hello"))
+    assert "string indices" not in str(info.value)
+    contract = torch.load(good, weights_only=True)["contract"]
+    with pytest.raises(ArtifactError, match="contract labels is a int"):
+        load_checkpoint(_variant(good, tmp_path, "c2.pt", contract={**contract, "labels": 5}))
+    with pytest.raises(ArtifactError, match=r"c3.pt: Model contract is missing 'labels'"):
+        load_checkpoint(_variant(good, tmp_path, "c3.pt", contract={k: v for k, v in contract.items() if k != "labels"}))
+    bad_pre = {**contract["preprocess"], "std": [0.0, 0.0, 0.0]}
+    with pytest.raises(ArtifactError, match=r"c4.pt: Invalid preprocessing"):
+        load_checkpoint(_variant(good, tmp_path, "c4.pt", contract={**contract, "preprocess": bad_pre}))
+
+    state = torch.load(good, weights_only=True)["state_dict"]
+    first = next(iter(state))
+    shape = _variant(good, tmp_path, "sd.pt", state_dict={**state, first: torch.zeros(1)})
+    with pytest.raises(ArtifactError, match=rf"size mismatch for {first}: copying a param with shape \[1\]") as info:
+        load_checkpoint(shape)
+    assert "torch.Size" not in str(info.value) and "\n" not in str(info.value)
+    wider = _variant(good, tmp_path, "nc5.pt", arch_kwargs={"num_classes": 5})
+    with pytest.raises(ArtifactError, match=r"arch_kwargs \{'num_classes': 5\}: size mismatch"):
+        load_checkpoint(wider)
+    three = _variant(good, tmp_path, "lab3.pt", contract={**contract, "labels": ["a", "b", "c"], "label_keys": None})
+    with pytest.raises(ArtifactError, match="the model has 2 outputs .* but the contract has 3 labels"):
+        load_checkpoint(three)
+    with pytest.raises(ArtifactError, match=r"unk.pt: Unknown architecture 'nope'"):
+        load_checkpoint(_variant(good, tmp_path, "unk.pt", arch="nope"))
+
+
+def test_good_checkpoint_still_loads(good):
+    model, contract, ckpt = load_checkpoint(good)
+    assert contract.labels == ["cat", "dog"] and not model.training
+    assert json.dumps(ckpt["arch_kwargs"]) == '{"num_classes": 2}'

@@ -1,0 +1,140 @@
+"""`edgecnn export` option checks, parity data, output paths, exporter chatter and SIGTERM cleanup."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+torch = pytest.importorskip("torch")
+
+from edgecnn.artifacts import ModelContract  # noqa: E402
+from edgecnn.checkpoint import save_checkpoint  # noqa: E402
+from edgecnn.cli.main import app  # noqa: E402
+from edgecnn.errors import UserInputError  # noqa: E402
+from edgecnn.export import ExportOptions, export_onnx, opset_range  # noqa: E402
+from edgecnn.models.registry import create_model, get_entry  # noqa: E402
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    model = create_model("lenet5", num_classes=2).eval()
+    contract = ModelContract(labels=["cat", "dog"], preprocess=get_entry("lenet5").preprocess, arch="lenet5")
+    return save_checkpoint(tmp_path / "m.pt", model, "lenet5", {"num_classes": 2}, contract)
+
+
+def _export(ckpt, tmp_path, *extra, out="m.onnx"):
+    return runner.invoke(app, ["export", str(ckpt), "--out", str(tmp_path / out), *extra])
+
+
+def _no_staging_left(folder: Path) -> bool:
+    return not [p for p in folder.iterdir() if p.name.startswith(".export-") or p.name.startswith(".m.onnx")]
+
+
+def test_opset_range_is_torchs_and_checked_up_front(ckpt, tmp_path):
+    low, high = opset_range()
+    assert (low, high) == (7, 20)  # torch 2.13's TorchScript exporter; ONNX Runtime has no kernels below 7
+    for opset in ("5", "21", "25", "99"):
+        result = _export(ckpt, tmp_path, "--opset", opset, "--json")
+        assert result.exit_code == 2, result.output
+        assert result.stdout == ""  # no Torch IR graph on stdout
+        assert f"--opset {opset} is not supported" in result.stderr and "7 to 20" in result.stderr
+        assert ".export-" not in result.stderr and result.stderr.count("\n") == 1
+    assert not (tmp_path / "m.onnx").exists() and _no_staging_left(tmp_path)
+    ok = _export(ckpt, tmp_path, "--opset", str(low), "--json")
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.stdout)["opset"] == low
+
+
+def test_exporter_chatter_never_reaches_stdout(ckpt, tmp_path, monkeypatch, capfd):
+    """torch logs the whole Torch IR graph to file descriptor 1 when an export fails; `--json` stdout stays clean."""
+    monkeypatch.setattr("edgecnn.export.opset_range", lambda: (7, 99))  # let torch itself fail
+    capfd.readouterr()
+    result = _export(ckpt, tmp_path, "--opset", "99", "--json")
+    captured = capfd.readouterr()
+    assert result.exit_code == 4, result.output
+    assert result.stdout == "" and "Torch IR graph" not in captured.out and "graph(" not in captured.out
+    assert "failed at opset 99" in result.stderr and result.stderr.count("\n") == 1
+    assert _no_staging_left(tmp_path)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "-1", "0"])
+def test_tolerance_must_be_finite_and_positive(ckpt, tmp_path, value):
+    result = _export(ckpt, tmp_path, f"--tolerance={value}")
+    assert result.exit_code == 2, result.output
+    assert "--tolerance must be a finite number > 0" in result.stderr
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_explicit_data_is_used_or_the_export_fails(ckpt, tmp_path, image_folder):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = _export(ckpt, tmp_path, "--data", str(empty))
+    assert result.exit_code == 2 and "has no readable images" in result.stderr and "no image files" in result.stderr
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "a.jpg").write_bytes(b"\xff\xd8\xff\xe0garbage")
+    (corrupt / "b.png").write_bytes(b"")
+    result = _export(ckpt, tmp_path, "--data", str(corrupt))
+    assert result.exit_code == 2 and "none of its 2 image file(s) can be decoded" in result.stderr
+    missing = _export(ckpt, tmp_path, "--data", str(tmp_path / "nope"))
+    assert missing.exit_code == 2 and "does not exist" in missing.stderr
+    assert not (tmp_path / "m.onnx").exists() and _no_staging_left(tmp_path)
+    # corrupt files among good ones are skipped; the parity check runs on the folder given
+    (image_folder / "cat" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0garbage")
+    ok = _export(ckpt, tmp_path, "--data", str(image_folder), "--json")
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.stdout)["parity_inputs"] == f"8 real images from {image_folder}"
+
+
+def test_out_is_checked_before_any_work(ckpt, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    under = _export(ckpt, tmp_path, out="afile/x.onnx")
+    assert under.exit_code == 2 and "is a file, not a folder" in under.stderr and "internal" not in under.stderr
+    (tmp_path / "dir.onnx").mkdir()
+    folder = _export(ckpt, tmp_path, out="dir.onnx")
+    assert folder.exit_code == 2 and "is a folder" in folder.stderr and "internal" not in folder.stderr
+    assert afile.read_text() == "x" and _no_staging_left(tmp_path)
+
+
+def test_batch_with_dynamic_batch_is_refused(ckpt, tmp_path):
+    result = _export(ckpt, tmp_path, "--batch", "4", "--dynamic-batch")
+    assert result.exit_code == 2 and "exclude each other" in result.stderr
+    with pytest.raises(UserInputError, match="exclude each other"):
+        export_onnx(ckpt, tmp_path / "m.onnx", ExportOptions(batch=2, dynamic_batch=True))
+    report = export_onnx(ckpt, tmp_path / "m.onnx", ExportOptions(dynamic_batch=True))
+    assert report.input_shape[0] == "N"
+
+
+def test_sigterm_during_export_cleans_up(tmp_path):
+    """SIGTERM (timeout, kill, docker stop) cleans up like Ctrl-C: no `.export-*` staging folder with the model."""
+    big = create_model("mobilenetv2", num_classes=10).eval()  # large enough that the export takes a while
+    contract = ModelContract(labels=[str(i) for i in range(10)], preprocess=get_entry("mobilenetv2").preprocess,
+                             arch="mobilenetv2")
+    src = save_checkpoint(tmp_path / "big.pt", big, "mobilenetv2", {"num_classes": 10}, contract)
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "edgecnn", "export", str(src), "--out", str(outdir / "m.onnx")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:  # wait until the staging folder exists
+        if any(p.name.startswith(".export-") for p in outdir.iterdir()):
+            break
+        time.sleep(0.02)
+    if proc.poll() is not None:
+        pytest.skip("the export finished before it could be interrupted")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert os.listdir(outdir) == []
