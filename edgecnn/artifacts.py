@@ -71,8 +71,10 @@ class ModelContract:
         try:
             labels = [str(v) for v in d["labels"]]
             pre = PreprocessConfig.from_dict(d["preprocess"])
-        except (KeyError, TypeError) as exc:
+        except KeyError as exc:
             raise ArtifactError(f"Model contract is missing {exc}: not an edgecnn artifact, or a damaged one") from exc
+        except (TypeError, AttributeError, ValueError) as exc:
+            raise ArtifactError(f"Model contract is damaged: {exc}") from exc
         if not labels:
             raise ArtifactError("Model contract has no labels")
         keys = d.get("label_keys")
