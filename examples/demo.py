@@ -104,7 +104,7 @@ def main() -> None:
     edgecnn("predict", int8, *[all_photos[i] for i in order[400:403]], "--top-k", "3")
     edgecnn("compare", fp32, int8, "--data", held_out)
     edgecnn("profile", fp32, int8, "--end-to-end", "--iterations", "100", "--report", OUT / "profile-report")
-    edgecnn("live", int8, "--source", video, "--headless", "--max-frames", "90", "--record", OUT / "annotated.mp4")
+    edgecnn("live", int8, "--source", video, "--headless", "--max-frames", "90", "--record", OUT / "annotated.mp4", "--force")
     edgecnn("build-engine", int8, "--out", OUT / "lite0.engine", "--device", "orin-nano", "--print-trtexec")
     edgecnn("deploy", "bundle", fp32, "--int8-model", int8, "--calib-cache", OUT / "lite0.calib",
             "--device", "orin-nano", "--precision", "int8", "--out", OUT / "lite0-orin-nano.tar.gz")

@@ -192,3 +192,20 @@ def test_mixed_folder_counts_unreadable_files(tmp_path):
                                      "--out", str(tmp_path / "cal2"), "--count", "2", "--every-ms", "0", "--json"])
     assert clean.exit_code == 0 and json.loads(clean.stdout)["skipped_unreadable"] == 0
     assert "unreadable image" not in clean.output  # no warning line
+
+
+@pytest.mark.parametrize("fps", ["nan", "inf", "1e300", "0"])
+def test_fps_must_be_a_sane_finite_rate(tmp_path, fps):
+    video = write_video(tmp_path / "clip.mp4", frames=4)
+    out = tmp_path / "cal"
+    result = CliRunner().invoke(app, ["calibrate", "capture", "--source", str(video), "--out", str(out), "--fps", fps])
+    assert result.exit_code == 2, result.output
+    errors = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "--fps must be a frame rate from 0.01 to 1000" in errors[0]
+    assert not out.exists()
+
+
+def test_csi_fps_parameter_is_checked_too(tmp_path):
+    result = CliRunner().invoke(app, ["calibrate", "capture", "--source", "csi://0?fps=inf", "--out", str(tmp_path / "c")])
+    assert result.exit_code == 2 and "csi:// fps must be a frame rate" in result.output
+    assert "internal error" not in result.output and not (tmp_path / "c").exists()

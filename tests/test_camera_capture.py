@@ -11,7 +11,7 @@ import pytest
 from edgecnn.camera.capture import ReconnectPolicy, ThreadedCapture
 from edgecnn.camera.sources import parse_source
 from edgecnn.errors import SourceError
-from test_camera_server import MjpegServer
+from test_camera_server import MjpegServer, OneFrameServer
 from test_camera_sources import write_video
 
 
@@ -129,3 +129,60 @@ def test_close_stops_the_thread_and_releases_the_source(tmp_path):
     cap.close()
     assert not cap._thread.is_alive() and cap.reader is None
     cap.close()  # twice is fine
+
+
+@pytest.mark.parametrize("attempts", [1, 3])
+def test_a_source_that_connects_then_dies_at_once_uses_up_the_attempts(attempts):
+    # Each reconnect succeeds (the server answers) and dies after one frame: a successful open must not restore the
+    # budget, or this would reconnect forever.
+    events = []
+    with OneFrameServer() as server:
+        cap = ThreadedCapture(
+            parse_source(server.url()), reconnect=ReconnectPolicy(attempts=attempts, initial=0.05, max_delay=0.1),
+            on_event=lambda kind, msg: events.append((kind, msg)),
+        ).start()
+        t0 = time.perf_counter()
+        try:
+            with pytest.raises(SourceError, match=f"could not reconnect after {attempts} attempt"):
+                while time.perf_counter() - t0 < 30:
+                    cap.get(timeout=0.2)
+        finally:
+            cap.close()
+    assert time.perf_counter() - t0 < 15
+    kinds = [k for k, _ in events]
+    assert kinds.count("reconnected") == attempts and kinds[-1] == "gave_up"
+    assert server.connections == attempts + 1  # the first open, then one per attempt
+    assert cap.reconnects == attempts
+
+
+def test_a_stream_healthy_again_wins_its_attempts_back():
+    # attempts=1: each of two outages needs one attempt; the budget comes back because the stream delivered frames
+    # for healthy_s between them
+    events = []
+    with MjpegServer(fps=100) as server:
+        cap = ThreadedCapture(
+            parse_source(server.url()), reconnect=ReconnectPolicy(attempts=1, initial=0.3, max_delay=0.3, healthy_s=0.3),
+            on_event=lambda kind, msg: events.append(kind),
+        ).start()
+        try:
+            for _ in range(2):
+                assert len(drain(cap, limit=5)) == 5
+                server.stop()
+                server.start()  # back before the reconnect attempt (0.3 s after the loss)
+                t0 = time.perf_counter()
+                while time.perf_counter() - t0 < 1.2:  # reconnect after 0.3 s, then frames for longer than healthy_s
+                    cap.get(timeout=0.2)
+            assert len(drain(cap, limit=5)) == 5
+        finally:
+            cap.close()
+    assert cap.reconnects == 2 and "gave_up" not in events
+
+
+def test_looping_folder_counts_each_unreadable_file_once(tmp_path):
+    for i in range(2):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), np.full((20, 30, 3), i * 40, np.uint8))
+    (tmp_path / "bad.jpg").write_bytes(b"corrupt")
+    with ThreadedCapture(parse_source(str(tmp_path)), pace=False, loop=True) as cap:
+        frames = drain(cap, limit=7)
+    assert len(frames) == 7 and cap.loops >= 3
+    assert cap.skipped == 1

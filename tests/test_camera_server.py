@@ -92,6 +92,53 @@ class MjpegServer:
         self.stop()
 
 
+class OneFrameServer:
+    """An HTTP camera that answers every request with one JPEG (image/jpeg, Content-Length) and closes: OpenCV opens
+    it as a stream, reads one frame, then sees the end — a source that connects and dies at once, every time."""
+
+    def __init__(self, size=(64, 48)):
+        self.size = size
+        self.connections = 0
+        self.httpd = None
+
+    def start(self) -> "OneFrameServer":
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                server.connections += 1
+                data = cv2.imencode(".jpg", numbered_frame(server.connections, server.size))[1].tobytes()
+                self.send_response(200)
+                self.send_header("Content-Type", "image/jpeg")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        return self
+
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/snapshot.jpg"
+
+    def stop(self) -> None:
+        if self.httpd is not None:
+            self.httpd.shutdown()
+            self.httpd.server_close()
+            self.httpd = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
 @pytest.fixture
 def mjpeg_server():
     with MjpegServer() as server:
@@ -122,3 +169,14 @@ def test_stream_end_is_seen_when_the_server_stops(mjpeg_server):
         assert reader.read() is None  # EOF, not a hang: the loop can reconnect
     finally:
         reader.release()
+
+
+def test_one_frame_server_gives_one_frame_per_connection():
+    with OneFrameServer() as server:
+        reader = open_reader(parse_source(server.url()))
+        try:
+            assert reader.read() is not None
+            assert reader.read() is None  # and then the source is gone
+        finally:
+            reader.release()
+    assert server.connections == 1

@@ -143,3 +143,54 @@ def test_camera_package_and_commands_never_import_torch():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+@pytest.mark.parametrize("fps", [float("nan"), float("inf"), float("-inf"), 1e300, 0, -1, 1001, 0.001, "fast"])
+def test_frame_rate_must_be_finite_and_in_range(fps):
+    with pytest.raises(UserInputError) as err:
+        parse_source("0", fps=fps)
+    assert str(err.value).startswith("--fps must be a frame rate from 0.01 to 1000") and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("query", ["fps=inf", "fps=nan", "fps=1e300", "fps=-5", "fps=0", "fps=x"])
+def test_csi_fps_parameter_must_be_finite_and_in_range(query):
+    with pytest.raises(UserInputError, match=r"^csi:// fps must be a frame rate from 0\.01 to 1000"):
+        parse_source(f"csi://0?{query}")
+
+
+def test_valid_frame_rates_are_kept():
+    assert parse_source("0", fps=0.01).fps == 0.01 and parse_source("0", fps=1000).fps == 1000.0
+    assert "framerate=(fraction)29970/1000" in parse_source("csi://0?fps=29.97").target
+
+
+@pytest.mark.parametrize("text, fragment", [("²", "not found"), ("٣", "not found"), ("csi://²", "csi://<sensor-id>"),
+                                            ("csi://0?capture=١٢x٣٤", "1920x1080")])
+def test_unicode_digits_are_not_camera_numbers(text, fragment):
+    # str.isdigit() is true for "²" and "٣"; only ASCII 0-9 make a camera index or CSI sensor id
+    with pytest.raises(UserInputError) as err:
+        parse_source(text)
+    assert fragment in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--source", "²"], "Source ² not found"),
+        (["--source", "csi://0?fps=inf"], "csi:// fps must be a frame rate"),
+        (["--source", "csi://0", "--fps", "nan"], "--fps must be a frame rate"),
+        (["--fps", "inf", "--record", "{tmp}/out.mp4"], "--fps must be a frame rate"),
+        (["--fps", "nan"], "--fps must be a frame rate"),
+        (["--fps", "1e300", "--record", "{tmp}/out.avi"], "--fps must be a frame rate"),
+    ],
+)
+def test_cli_bad_frame_rate_or_source_is_one_line_exit_2(tiny_onnx, tmp_path, args, fragment):
+    video = write_video(tmp_path / "clip.mp4", frames=3)
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    if "--source" not in args:
+        args = ["--source", str(video)] + args
+    result = CliRunner().invoke(app, ["live", str(tiny_onnx), "--headless", "--json", *args])
+    assert result.exit_code == 2, result.output
+    errors = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and fragment in errors[0] and "internal error" not in result.output
+    assert result.stdout == ""  # refused before anything ran
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "tiny.onnx"]  # no recording, no temporary file

@@ -249,7 +249,7 @@ def test_plan_models_errors_name_the_fix():
 def test_sink_args():
     assert sink_args(["display"]) == []
     assert sink_args(["json"]) == ["--headless", "--json"]
-    assert sink_args(["json", "record:/data/out.mp4"]) == ["--headless", "--json", "--record", "/data/out.mp4"]
+    assert sink_args(["json", "record:/data/out.mp4"]) == ["--headless", "--json", "--record", "/data/out.mp4", "--force"]
     with pytest.raises(UserInputError, match="Unknown --sink"):
         sink_args(["screen"])
     with pytest.raises(UserInputError, match="cannot be combined"):

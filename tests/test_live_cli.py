@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -17,8 +18,9 @@ from typer.testing import CliRunner
 
 from edgecnn.camera.sinks import display_available
 from edgecnn.cli.main import app
-from test_camera_server import MjpegServer
+from test_camera_server import MjpegServer, OneFrameServer
 from test_camera_sources import write_video
+from test_live_loop import small_disk, write_noise_video  # noqa: F401  (small_disk is a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -139,3 +141,157 @@ def test_lost_stream_ends_with_summary_and_source_error(tiny_onnx):
     assert proc.returncode == 6
     assert summary["end_reason"] == "source_lost" and "2 attempts" in summary["error"]
     assert "reconnecting" in err and err.strip().splitlines()[-1].startswith("error: Lost http://127.0.0.1")
+
+
+# ---------------------------------------------------------------- --record: checked before anything runs, --force
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "proc", "sys", "existing"])
+def test_bad_record_path_is_refused_before_the_model_loads(tmp_path, where):
+    video = write_video(tmp_path / "clip.mp4", frames=3)
+    (tmp_path / "afile").write_text("x")
+    existing = write_video(tmp_path / "existing.avi", frames=2, fourcc="MJPG")
+    record = {"under-a-file": tmp_path / "afile" / "out.mp4", "proc": "/proc/out.mp4", "sys": "/sys/out.avi",
+              "existing": existing}[where]
+    before = existing.read_bytes()
+    # the model does not exist: a --record error (not a model error) proves the path was checked first
+    result = CliRunner().invoke(
+        app, ["live", str(tmp_path / "missing.onnx"), "--source", str(video), "--headless", "--record", str(record)]
+    )
+    assert result.exit_code == 2, result.output
+    errors = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and f"--record {record}" in errors[0] and "internal error" not in result.output
+    if where == "existing":
+        assert "--force" in errors[0]
+    assert existing.read_bytes() == before
+    assert not list(tmp_path.glob(".*"))
+
+
+def test_force_replaces_an_existing_recording(tiny_onnx, tmp_path):
+    video = write_video(tmp_path / "clip.mp4", frames=6)
+    out = write_video(tmp_path / "out.avi", frames=2, fourcc="MJPG")
+    result = CliRunner().invoke(
+        app, ["live", str(tiny_onnx), "--source", str(video), "--headless", "--no-pace", "--record", str(out), "--force"]
+    )
+    assert result.exit_code == 0, result.output
+    assert count_frames(out) == 6
+    assert "--force" in CliRunner().invoke(app, ["live", "--help"]).output
+
+
+# ---------------------------------------------------------------- a recording the disk could not hold
+
+
+def test_full_disk_recording_exits_non_zero_with_the_summary(tiny_onnx, tmp_path, small_disk):
+    video = write_noise_video(tmp_path / "noise.avi", frames=30)
+    out = small_disk / "out.avi"
+    result = CliRunner().invoke(
+        app, ["live", str(tiny_onnx), "--source", str(video), "--headless", "--no-pace", "--json", "--record", str(out)]
+    )
+    assert result.exit_code == 2, result.output
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(records) == 31 and records[-1]["type"] == "summary" and records[-1]["frames"] == 30
+    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "is unusable" in errors[0] and "disk full" in errors[0]
+    assert "recording:" not in result.stderr
+    assert list(small_disk.iterdir()) == []  # no final file, no temporary file
+
+
+# ---------------------------------------------------------------- stdout closed by its reader (`| head -1`)
+
+
+def test_json_piped_into_head_stops_quietly_and_finalises_the_recording(tiny_onnx, tmp_path):
+    video = write_video(tmp_path / "clip.mp4", frames=30)
+    out = tmp_path / "annotated.avi"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgecnn", "live", str(tiny_onnx), "--source", str(video), "--loop", "--headless",
+         "--json", "--record", str(out)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        first = proc.stdout.readline()  # what `head -1` does: one line, then it exits
+        proc.stdout.close()
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert json.loads(first)["type"] == "frame"
+    assert proc.returncode == 0, stderr
+    assert "error" not in stderr.lower() and "Exception" not in stderr and "Traceback" not in stderr
+    assert "ended: output closed" in stderr
+    assert count_frames(out) >= 1 and not list(tmp_path.glob(".annotated*"))
+
+
+# ---------------------------------------------------------------- unreadable files, sources without a single frame
+
+
+def test_unreadable_images_are_counted_and_warned_about(tiny_onnx, tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(folder / f"{i}.png"), cv2.UMat(16, 16, cv2.CV_8UC3).get())
+    (folder / "bad.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    (folder / "empty.png").write_bytes(b"")
+    result = CliRunner().invoke(app, ["live", str(tiny_onnx), "--source", str(folder), "--headless", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.splitlines()[-1])
+    assert summary["frames"] == 3 and summary["skipped_unreadable"] == 2
+    assert f"2 unreadable image file(s) skipped in {folder}" in result.stderr
+
+
+@pytest.mark.parametrize("kind", ["all-corrupt-folder", "corrupt-image", "zero-frame-video"])
+def test_a_source_without_a_single_frame_is_a_source_error(tiny_onnx, tmp_path, kind):
+    if kind == "zero-frame-video":
+        source = tmp_path / "zero.avi"
+        writer = cv2.VideoWriter(str(source), cv2.VideoWriter_fourcc(*"MJPG"), 30, (64, 48))
+        writer.release()  # a valid AVI that opens, holding no frame
+        assert cv2.VideoCapture(str(source)).isOpened()
+        detail = "(end of source)"
+    else:
+        folder = tmp_path / "bad"
+        folder.mkdir()
+        for name in ("a.jpg", "b.png"):
+            (folder / name).write_bytes(b"\xff\xd8\xff garbage")
+        source = folder if kind == "all-corrupt-folder" else folder / "a.jpg"
+        detail = f"(end of source; {2 if kind == 'all-corrupt-folder' else 1} unreadable image file(s) skipped)"
+    result = CliRunner().invoke(app, ["live", str(tiny_onnx), "--source", str(source), "--headless", "--json"])
+    assert result.exit_code == 6, result.output
+    summary = json.loads(result.stdout.splitlines()[-1])
+    assert summary["frames"] == 0 and summary["end_reason"] == "end_of_source"
+    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert errors == [f"error: No frames from {source} {detail}"]
+
+
+# ---------------------------------------------------------------- a source that connects and dies, every time
+
+
+def test_reconnect_attempts_bound_a_source_that_dies_right_after_connecting(tiny_onnx):
+    with OneFrameServer() as server:
+        t0 = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, "-m", "edgecnn", "live", str(tiny_onnx), "--source", server.url(), "--headless", "--json",
+             "--reconnect-attempts", "1"],
+            cwd=ROOT, capture_output=True, text=True, timeout=60,
+        )
+        elapsed = time.perf_counter() - t0
+    assert proc.returncode == 6, proc.stderr
+    summary = json.loads(proc.stdout.splitlines()[-1])
+    assert summary["end_reason"] == "source_lost" and summary["reconnects"] == 1
+    assert "after 1 attempt " in summary["error"]
+    assert server.connections == 2 and elapsed < 30
+
+
+# ---------------------------------------------------------------- recording rate of a live stream
+
+
+def test_recording_of_a_10fps_stream_plays_at_10fps(tiny_onnx, tmp_path):
+    out = tmp_path / "cam.avi"
+    with MjpegServer(fps=10) as server:
+        proc = subprocess.run(
+            [sys.executable, "-m", "edgecnn", "live", str(tiny_onnx), "--source", server.url(), "--headless",
+             "--max-frames", "25", "--record", str(out)],
+            cwd=ROOT, capture_output=True, text=True, timeout=60,
+        )
+    assert proc.returncode == 0, proc.stderr
+    cap = cv2.VideoCapture(str(out))
+    assert cap.get(cv2.CAP_PROP_FRAME_COUNT) == 25
+    assert cap.get(cv2.CAP_PROP_FPS) == pytest.approx(10, rel=0.15)  # not FFmpeg's nominal 25 for MJPEG

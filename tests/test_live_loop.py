@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import shutil
+import subprocess
 import threading
 import time
 import tracemalloc
@@ -15,7 +18,7 @@ import pytest
 
 from edgecnn.camera.capture import ReconnectPolicy, ThreadedCapture
 from edgecnn.camera.loop import STAGES, LiveOptions, Postprocessor, run_live
-from edgecnn.camera.sinks import CallbackSink, JsonLinesSink, VideoRecorder, display_available, WindowSink
+from edgecnn.camera.sinks import CallbackSink, JsonLinesSink, RecordingError, VideoRecorder, display_available, WindowSink
 from edgecnn.camera.sources import parse_source
 from edgecnn.camera.stats import LatencyHistogram
 from edgecnn.data import iter_video_frames
@@ -215,3 +218,171 @@ def test_overlay_draws_labels_and_status_in_the_corner():
     corner, rest = out[:100, :300], out[200:, 400:]
     assert (corner != 200).mean() > 0.5  # darkened box with text and bars
     assert (rest == 200).all()  # the scene itself is left alone
+
+
+# ---------------------------------------------------------------- recording: checked up front, verified at the end
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 300 KiB tmpfs: a recording written here runs out of space (needs root, or a user allowed to mount)."""
+    mount = shutil.which("mount")
+    folder = tmp_path / "small"
+    folder.mkdir()
+    if mount is None:
+        pytest.skip("no mount command: cannot make a small file system to fill")
+    proc = subprocess.run([mount, "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(folder)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {proc.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        if subprocess.run(["umount", str(folder)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def write_noise_video(path, frames=30, size=(320, 240), fps=30.0):
+    """A real video of random frames: MJPEG re-encodes each to ~50 KB, so a few fill the small disk."""
+    w, h = size
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
+    rng = np.random.default_rng(0)
+    for _ in range(frames):
+        writer.write(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+    writer.release()
+    return path
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "proc", "sys", "folder"])
+def test_recorder_refuses_an_unwritable_path_up_front(tmp_path, where):
+    (tmp_path / "afile").write_text("x")
+    path = {"under-a-file": tmp_path / "afile" / "out.mp4", "proc": "/proc/out.mp4", "sys": "/sys/out.avi",
+            "folder": tmp_path / "rec.mp4"}[where]
+    if where == "folder":
+        (tmp_path / "rec.mp4").mkdir()
+    if where in ("proc", "sys") and not os.path.isdir(str(path).rsplit("/", 1)[0]):
+        pytest.skip(f"no {path} parent folder on this system")
+    with pytest.raises(UserInputError) as err:
+        VideoRecorder(path, fps=30)
+    assert "--record" in str(err.value) and "\n" not in str(err.value)
+    assert not list(tmp_path.glob(".*"))  # the writability probe left nothing behind
+
+
+def test_recorder_refuses_a_read_only_folder(small_disk):
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    with pytest.raises(UserInputError, match="cannot write to the folder .*Read-only file system"):
+        VideoRecorder(small_disk / "out.avi", fps=30)
+
+
+def test_recorder_refuses_an_existing_file_unless_overwrite(tmp_path):
+    existing = write_video(tmp_path / "old.avi", frames=2, fourcc="MJPG")
+    with pytest.raises(UserInputError, match="already exists.*--force"):
+        VideoRecorder(existing, fps=30)
+    os.symlink(tmp_path / "nowhere.avi", tmp_path / "dangling.avi")  # a link is a file there too
+    with pytest.raises(UserInputError, match="already exists"):
+        VideoRecorder(tmp_path / "dangling.avi", fps=30)
+    assert VideoRecorder(existing, fps=30, overwrite=True).path == existing
+
+
+@pytest.mark.parametrize("fps", [float("nan"), float("inf"), 1e300, -3])
+def test_recorder_refuses_a_frame_rate_opencv_cannot_write(tmp_path, fps):
+    with pytest.raises(UserInputError, match="--fps must be a frame rate"):
+        VideoRecorder(tmp_path / "out.avi", fps=fps)
+    recorder = VideoRecorder(tmp_path / "out.avi", fps=None)
+    with pytest.raises(UserInputError, match="--fps must be a frame rate"):
+        recorder.fps = fps  # the rate the CLI sets once the source is open is checked too
+    assert recorder.fps == 30.0
+
+
+@pytest.mark.parametrize("suffix", [".avi", ".mp4", ".mkv"])
+def test_recording_cut_short_by_a_full_disk_is_an_error_and_replaces_nothing(tiny_onnx, tmp_path, small_disk, suffix):
+    video = write_noise_video(tmp_path / "noise.avi")
+    out = small_disk / f"out{suffix}"
+    out.write_bytes(b"previous recording")  # --force: replaced only by a complete new recording
+    results = []
+    with load(tiny_onnx) as runner:
+        recorder = VideoRecorder(out, fps=30, overwrite=True)
+        cap = ThreadedCapture(parse_source(str(video)), pace=False).start()
+        with pytest.raises(RecordingError) as err:
+            run_live(runner, cap, LiveOptions(), [CallbackSink(results.append), recorder])
+    msg = str(err.value)
+    assert msg.startswith(f"Recording {out} is unusable") and "disk full" in msg and "left as it was" in msg
+    assert err.value.summary.frames == 30 == len(results)  # what was classified is still reported
+    assert err.value.summary.end_reason == "end_of_source"
+    assert out.read_bytes() == b"previous recording"
+    assert sorted(p.name for p in small_disk.iterdir()) == [out.name]  # the temporary file is gone
+
+
+def test_complete_recording_is_verified_and_moved_into_place(tiny_onnx, tmp_path):
+    video = write_noise_video(tmp_path / "noise.avi", frames=8)
+    out = tmp_path / "out.mkv"
+    with load(tiny_onnx) as runner:
+        recorder = VideoRecorder(out, fps=30)
+        run(runner, video, sinks=[recorder])
+    cap = cv2.VideoCapture(str(out))
+    assert cap.get(cv2.CAP_PROP_FRAME_COUNT) == 8 and cap.read()[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["noise.avi", "out.mkv", "tiny.onnx"]
+
+
+# ---------------------------------------------------------------- recording at the rate frames really arrive
+
+
+def test_live_stream_is_recorded_at_its_measured_rate_not_ffmpegs_nominal_25(tiny_onnx, tmp_path):
+    out = tmp_path / "cam.avi"
+    with MjpegServer(fps=10) as server, load(tiny_onnx) as runner:
+        cap = ThreadedCapture(parse_source(server.url())).start()
+        assert cap.fps == 25  # what FFmpeg claims for any MJPEG stream
+        recorder = VideoRecorder(out, fps=cap.fps, measure_fps=True)
+        summary = run_live(runner, cap, LiveOptions(max_frames=25), [recorder])
+    written = cv2.VideoCapture(str(out))
+    assert written.get(cv2.CAP_PROP_FRAME_COUNT) == summary.frames == 25
+    assert written.get(cv2.CAP_PROP_FPS) == pytest.approx(10, rel=0.15)
+    assert recorder.measured_fps == pytest.approx(10, rel=0.15)
+
+
+def test_paced_file_keeps_its_exact_rate_when_measured(tiny_onnx, tmp_path):
+    video = write_video(tmp_path / "clip.mp4", frames=45, fps=30)
+    out = tmp_path / "paced.avi"
+    with load(tiny_onnx) as runner:
+        recorder = VideoRecorder(out, fps=30, measure_fps=True)
+        results, summary = run(runner, video, sinks=[recorder], pace=True)
+    written = cv2.VideoCapture(str(out))
+    assert written.get(cv2.CAP_PROP_FPS) == 30.0 and written.get(cv2.CAP_PROP_FRAME_COUNT) == summary.frames
+    frames = []
+    while True:
+        ok, img = written.read()
+        if not ok:
+            break
+        frames.append(img)
+    assert len(frames) == len(results)  # every held-back frame was written, in order, once
+
+
+# ---------------------------------------------------------------- a reader that goes away, unreadable files
+
+
+def test_json_lines_to_a_closed_pipe_end_the_loop_quietly(tiny_onnx, tmp_path):
+    video = write_video(tmp_path / "clip.mp4", frames=20)
+    read_fd, write_fd = os.pipe()
+    os.close(read_fd)  # the reader (`| head -1`) is gone
+    stream = os.fdopen(write_fd, "w")
+    try:
+        with load(tiny_onnx) as runner:
+            sink = JsonLinesSink(stream)
+            results, summary = run(runner, video, sinks=[sink])
+    finally:
+        try:
+            stream.close()
+        except BrokenPipeError:
+            pass
+    assert summary.end_reason == "output_closed" and summary.frames == 1 and sink.stop_reason == "output_closed"
+
+
+def test_summary_counts_unreadable_images(tiny_onnx, tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(folder / f"{i}.png"), np.full((20, 30, 3), i * 40, np.uint8))
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    with load(tiny_onnx) as runner:
+        results, summary = run(runner, folder)
+    assert summary.frames == 3 and summary.skipped_unreadable == 1
+    assert summary.to_dict()["skipped_unreadable"] == 1

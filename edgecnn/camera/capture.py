@@ -6,7 +6,9 @@ frame rate by default so it behaves like a camera; with `pace=False` (or an imag
 becomes a hand-off that drops nothing, so every frame is processed as fast as the consumer goes.
 
 Live sources that fail (camera unplugged, stream dropped) are reopened with exponential backoff, a bounded number of
-times; `on_event` hears about every loss and reconnect so the caller can say so.
+times; `on_event` hears about every loss and reconnect so the caller can say so. A reopened source wins its attempts
+back only after it has delivered frames for `ReconnectPolicy.healthy_s` seconds: a server that accepts each connection
+and drops it after one frame uses up the attempts and is given up on, instead of being reconnected forever.
 """
 
 from __future__ import annotations
@@ -40,11 +42,15 @@ class Frame:
 
 @dataclass(frozen=True)
 class ReconnectPolicy:
-    """Backoff for live sources: wait initial, 2×initial, ... (capped at max_delay) for up to `attempts` tries."""
+    """Backoff for live sources: wait initial, 2×initial, ... (capped at max_delay) for up to `attempts` tries.
+
+    The attempts (and the backoff) are a budget over consecutive failures: a reconnect does not restore it; the source
+    has to stay up, delivering frames, for `healthy_s` seconds after a reconnect before the budget is reset."""
 
     attempts: int = 5
     initial: float = 0.5
     max_delay: float = 8.0
+    healthy_s: float = 5.0
 
     def delay(self, attempt: int) -> float:
         return min(self.max_delay, self.initial * (2 ** (attempt - 1)))
@@ -84,6 +90,8 @@ class ThreadedCapture:
         self.reconnects = 0
         self.loops = 0
         self._skipped_before = 0  # unreadable files skipped by readers already released (see `skipped`)
+        self._attempts_used = 0  # reconnect attempts spent since the source was last healthy (see ReconnectPolicy)
+        self._reconnected_at: float | None = None  # perf_counter() of the last successful reconnect, until healthy
         # Optional per-frame work done in the capture thread, beside inference: the live loop sets the model's
         # preprocessing here so a frame arrives as a ready tensor (read each frame, so it may be set after start()).
         self.transform: Callable[[np.ndarray], np.ndarray] | None = None
@@ -119,14 +127,16 @@ class ThreadedCapture:
     def _release_reader(self) -> None:
         reader, self.reader = self.reader, None
         if reader is not None:
-            self._skipped_before += getattr(reader, "skipped", 0)
+            # --loop reopens the same folder: each pass skips the same files, so keep the largest count, not the sum
+            self._skipped_before = max(self._skipped_before, getattr(reader, "skipped", 0))
             reader.release()
 
     @property
     def skipped(self) -> int:
-        """Unreadable files an image-folder source has passed over so far (0 for cameras, streams and videos)."""
+        """Unreadable files an image-folder source has passed over (0 for cameras, streams and videos); with --loop,
+        files are counted once, not once per pass."""
         reader = self.reader
-        return self._skipped_before + getattr(reader, "skipped", 0)
+        return max(self._skipped_before, getattr(reader, "skipped", 0))
 
     def __enter__(self) -> "ThreadedCapture":
         return self.start() if self._thread is None else self
@@ -214,6 +224,8 @@ class ThreadedCapture:
                     continue
                 return
             self.frames_read += 1
+            if self._reconnected_at is not None and time.perf_counter() - self._reconnected_at >= self.reconnect.healthy_s:
+                self._attempts_used, self._reconnected_at = 0, None  # up and delivering for a while: budget restored
             if self.pace and interval:
                 due = pace_start + (index - pace_first) * interval
                 wait = due - time.perf_counter()
@@ -234,12 +246,20 @@ class ThreadedCapture:
             index += 1
 
     def _reconnect(self) -> bool:
-        """Reopen a lost live source with backoff; False (and an error for the consumer) after the last attempt."""
+        """Reopen a lost live source with backoff; False (and an error for the consumer) after the last attempt.
+
+        Attempts count across reconnects until the source has been healthy for `policy.healthy_s` seconds, so a
+        source that opens and dies at once is not reopened forever."""
         self._release_reader()
         policy = self.reconnect
-        self.on_event("lost", f"lost {self.spec.display}; reconnecting (up to {policy.attempts} attempts)")
+        left = policy.attempts - self._attempts_used
+        self.on_event("lost", f"lost {self.spec.display}; " + (
+            f"reconnecting (up to {left} more attempt{'s' if left != 1 else ''})" if left > 0 else "no reconnect attempts left"
+        ))
         last = ""
-        for attempt in range(1, policy.attempts + 1):
+        while self._attempts_used < policy.attempts:
+            self._attempts_used += 1
+            attempt = self._attempts_used
             if self._stop.wait(policy.delay(attempt)):
                 return False
             try:
@@ -249,7 +269,14 @@ class ThreadedCapture:
                 self.on_event("retry", f"reconnect attempt {attempt}/{policy.attempts} failed: {last}")
                 continue
             self.reconnects += 1
+            self._reconnected_at = time.perf_counter()
             self.on_event("reconnected", f"reconnected to {self.spec.display} (attempt {attempt}/{policy.attempts})")
             return True
-        self.on_event("gave_up", f"gave up on {self.spec.display} after {policy.attempts} reconnect attempts")
-        raise SourceError(f"Lost {self.spec.display} and could not reconnect after {policy.attempts} attempts ({last})")
+        self.on_event("gave_up", f"gave up on {self.spec.display} after {policy.attempts} reconnect attempt{'s' if policy.attempts != 1 else ''}")
+        if last:
+            detail = last
+        elif policy.attempts:
+            detail = f"it kept dropping the connection within {policy.healthy_s:g} s of reconnecting"
+        else:
+            detail = "reconnecting is off: --reconnect-attempts 0"
+        raise SourceError(f"Lost {self.spec.display} and could not reconnect after {policy.attempts} attempt{'s' if policy.attempts != 1 else ''} ({detail})")

@@ -16,6 +16,7 @@ Stages, per frame:
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -120,6 +121,7 @@ class LiveSummary:
     end_reason: str
     stages: dict[str, dict] = field(default_factory=dict)
     error: str | None = None  # why a live source ended for good (end_reason 'source_lost')
+    skipped_unreadable: int = 0  # image-folder source: files that could not be decoded and were passed over
 
     def to_dict(self) -> dict:
         return {
@@ -135,6 +137,7 @@ class LiveSummary:
             "end_reason": self.end_reason,
             "stages_ms": self.stages,
             "error": self.error,
+            "skipped_unreadable": self.skipped_unreadable,
         }
 
 
@@ -175,6 +178,9 @@ def run_live(
 ) -> LiveSummary:
     """Classify frames from a started `capture` until it ends, `options.max_frames`, `stop` is set, or a sink asks
     to quit. Sinks are closed (recording finalised) and the capture released on every way out, Ctrl-C included.
+
+    If closing a sink fails after the loop itself ended normally (a recording cut short by a full disk), that error is
+    raised with the run's LiveSummary attached as its `summary` attribute: the results delivered so far stay valid.
 
     annotate(image, result) draws the overlay for image sinks; defaults to `edgecnn.camera.overlay.annotate`.
     """
@@ -252,8 +258,8 @@ def run_live(
             hist["frame_age"].add(result.frame_age)
             for sink in other_sinks:
                 keep_going = sink.handle(result, None) is not False and keep_going
-            if not keep_going:
-                end_reason = "quit"
+            if not keep_going:  # a window's q/Esc, or a sink with its own reason (stdout closed: 'output_closed')
+                end_reason = next((s.stop_reason for s in sinks if getattr(s, "stop_reason", None)), "quit")
                 break
     finally:
         elapsed = clock() - t_begin
@@ -264,8 +270,14 @@ def run_live(
                 sink.close()
             except Exception as exc:  # close every sink even if one fails; report the first failure
                 errors.append(exc)
+        if errors and sys.exc_info()[1] is None:  # the loop ended normally: the summary travels with the error
+            errors[0].summary = _summary(capture, processed, elapsed, end_reason, hist, source_error)
         if errors:
             raise errors[0]
+    return _summary(capture, processed, elapsed, end_reason, hist, source_error)
+
+
+def _summary(capture, processed, elapsed, end_reason, hist, source_error) -> LiveSummary:
     return LiveSummary(
         source=capture.spec.display,
         frames=processed,
@@ -278,4 +290,5 @@ def run_live(
         end_reason=end_reason,
         stages={name: h.summary_ms() for name, h in hist.items()},
         error=source_error,
+        skipped_unreadable=capture.skipped,
     )

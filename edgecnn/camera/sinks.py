@@ -1,20 +1,25 @@
 """Where live results go: an OpenCV window, a recorded video (finalised on every exit), JSON lines.
 
 Each sink implements `needs_image`, `handle(result, image) -> bool` (False asks the loop to stop) and `close()`.
+A sink that stops the loop for a reason of its own sets `stop_reason` (the summary's end_reason; default 'quit').
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import tempfile
+from collections import deque
 from pathlib import Path
 from typing import TextIO
 
 import cv2
 import numpy as np
 
+from edgecnn.artifacts import check_output_file
+from edgecnn.camera.sources import MAX_FPS, MIN_FPS, check_fps
 from edgecnn.errors import UserInputError
 
 FOURCC_BY_SUFFIX = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
@@ -64,65 +69,198 @@ class WindowSink:
             self.opened = False
 
 
+class RecordingError(UserInputError):
+    """A recording could not be completed (disk full, write error): the final path was left as it was."""
+
+
+def _probe_writable(folder: Path, flag: str, path: Path) -> None:
+    """Create and remove a temporary file in `folder`: the only reliable test (os.access says yes to root on a
+    read-only mount, /proc or /sys)."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".edgecnn-probe-", dir=folder)
+    except OSError as exc:
+        raise UserInputError(f"{flag} {path}: cannot write to the folder {folder} ({exc.strerror or exc})") from None
+    os.close(fd)
+    try:
+        os.unlink(probe)
+    except OSError:
+        pass
+
+
+def _recording_problem(path: Path, frames: int) -> str | None:
+    """Why the finished video at `path` is not a complete recording of `frames` frames, or None when it is.
+
+    A write that ran out of space leaves a file whose index (AVI idx1, MP4 moov, MKV cues/duration) is missing:
+    OpenCV then cannot open it, decodes nothing, or counts no (or a nonsense number of) frames."""
+    if not path.exists() or path.stat().st_size == 0:
+        return "the video file is empty"
+    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    try:
+        if not cap.isOpened():
+            return "the video cannot be opened"
+        count = cap.get(cv2.CAP_PROP_FRAME_COUNT)
+        ok, image = cap.read()
+        if not ok or image is None:
+            return "its first frame cannot be decoded"
+        if not math.isfinite(count) or count < 1:
+            return "it is truncated, with no frame index"
+        if count < frames - max(2, 0.02 * frames):  # MKV estimates the count from its duration: allow a little
+            return f"it is truncated: {int(count)} of the {frames} frames written"
+    finally:
+        cap.release()
+    return None
+
+
 class VideoRecorder:
     """Writes annotated frames to `path` through a temporary file in the same folder; `close()` finalises it
-    (the container is completed by VideoWriter.release, then moved into place), so an interrupted run still leaves a
-    playable video and never a half-written file under the final name."""
+    (the container is completed by VideoWriter.release, checked to be playable, then moved into place), so an
+    interrupted run still leaves a playable video and never a half-written file under the final name. A recording
+    that cannot be completed (disk full) is removed and `close()` raises RecordingError; `path` is left as it was.
+
+    The path is checked when the recorder is made, before anything runs: a folder, a path under a file, a folder
+    that cannot be written to, the input video itself, or an existing file (unless `overwrite`) are refused.
+
+    measure_fps: write the video at the rate frames really arrive (for live sources and paced files, where the loop
+    may drop frames): the first ~second of frames is held back to measure it, and a measured rate within 10 % of
+    `fps` is taken to be `fps`. Without it the video is written at `fps` (right when every frame is processed)."""
 
     needs_image = True
+    MEASURE_S = 1.0  # seconds of frames used to measure the rate
+    MEASURE_MAX_FRAMES = 120
+    MEASURE_MAX_BYTES = 64 * 1024 * 1024  # at most this much image data is held back while measuring
 
-    def __init__(self, path: str | os.PathLike, fps: float, inputs: list[str] = ()):
+    def __init__(self, path: str | os.PathLike, fps: float, inputs: list[str] = (), overwrite: bool = False,
+                 measure_fps: bool = False):
         self.path = Path(path)
         suffix = self.path.suffix.lower()
         if suffix not in FOURCC_BY_SUFFIX:
             raise UserInputError(f"--record {self.path}: use one of {', '.join(sorted(FOURCC_BY_SUFFIX))}")
-        if self.path.is_dir():
-            raise UserInputError(f"--record {self.path} is a folder, expected a video file path")
+        check_output_file(self.path, "--record")  # a folder, or a path under a file
         for inp in inputs:
             if Path(inp).exists() and self.path.exists() and os.path.samefile(inp, self.path):
                 raise UserInputError(f"--record {self.path} is the input video: choose another file")
+        if os.path.lexists(self.path) and not overwrite:
+            raise UserInputError(f"--record {self.path} already exists: choose a new file name, or pass --force to replace it")
         if not self.path.parent.exists():
             raise UserInputError(f"--record {self.path}: folder {self.path.parent} does not exist")
+        _probe_writable(self.path.parent, "--record", self.path)
         self.fourcc = FOURCC_BY_SUFFIX[suffix]
-        self.fps = float(fps) if fps and fps > 0 else 30.0
+        self.fps = fps
+        self.measure_fps = measure_fps
+        self.measured_fps: float | None = None
         self.writer: cv2.VideoWriter | None = None
         self.tmp: Path | None = None
         self.size: tuple[int, int] | None = None
         self.frames = 0
+        self._pending: deque[tuple[float, np.ndarray]] = deque()  # (arrival time, image) held back while measuring
+        self._pending_bytes = 0
+        self._measured = False
+
+    @property
+    def fps(self) -> float:
+        return self._fps
+
+    @fps.setter
+    def fps(self, value) -> None:
+        """None or 0: 30 fps; nan, inf and rates outside [MIN_FPS, MAX_FPS] are refused (a VideoWriter at inf fps
+        hangs inside OpenCV)."""
+        self._fps = 30.0 if not value else check_fps("--fps", value)
 
     def _open(self, image: np.ndarray) -> None:
         h, w = image.shape[:2]
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=self.path.suffix, dir=self.path.parent)
         os.close(fd)
         self.tmp = Path(tmp)
-        self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*self.fourcc), self.fps, (w, h))
+        fps = self.measured_fps or self.fps
+        self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*self.fourcc), fps, (w, h))
         if not self.writer.isOpened():
             self.writer = None
             self.tmp.unlink(missing_ok=True)
             raise UserInputError(f"Cannot write {self.path} with codec {self.fourcc}: try an .avi file")
         self.size = (w, h)
 
-    def handle(self, result, image) -> bool:
+    def _write(self, image: np.ndarray) -> None:
         if self.writer is None:
             self._open(image)
         if (image.shape[1], image.shape[0]) != self.size:  # a stream that changed resolution after a reconnect
             image = cv2.resize(image, self.size, interpolation=cv2.INTER_AREA)
         self.writer.write(image)
         self.frames += 1
+
+    def _measure(self) -> float | None:
+        """Frames per second over the held-back frames (None with fewer than two, or no time between them)."""
+        times = [t for t, _ in self._pending]
+        if len(times) < 2:
+            return None
+        intervals = np.diff(times)
+        median = float(np.median(intervals))
+        start = 0  # a stream's first frames come in a burst (what queued up while it opened): leave them out
+        while start < len(intervals) and intervals[start] < 0.5 * median:
+            start += 1
+        span = times[-1] - times[start]
+        if len(times) - start < 2 or not span > 0:
+            return None
+        rate = (len(times) - start - 1) / span
+        if abs(rate - self.fps) <= 0.1 * self.fps:
+            return self.fps  # the nominal rate, measured: keep its exact value (30, not 29.7)
+        return min(MAX_FPS, max(MIN_FPS, round(rate, 2)))
+
+    def _drain(self, limit: int | None = None) -> None:
+        """Write held-back frames, oldest first (all of them, or `limit` so no single frame pays for the backlog)."""
+        n = len(self._pending) if limit is None else min(limit, len(self._pending))
+        for _ in range(n):
+            _, image = self._pending.popleft()
+            self._pending_bytes -= image.nbytes
+            self._write(image)
+
+    def handle(self, result, image) -> bool:
+        if not self.measure_fps or (self._measured and not self._pending):
+            self._write(image)
+            return True
+        self._pending.append((float(result.timestamp), image))
+        self._pending_bytes += image.nbytes
+        if not self._measured:
+            span = self._pending[-1][0] - self._pending[0][0]
+            if (
+                (span >= self.MEASURE_S and len(self._pending) >= 3)
+                or len(self._pending) >= self.MEASURE_MAX_FRAMES
+                or self._pending_bytes >= self.MEASURE_MAX_BYTES
+            ):
+                self.measured_fps, self._measured = self._measure(), True
+        if self._measured:
+            self._drain(limit=3)  # the backlog shrinks by two frames per frame: no latency spike
         return True
 
     def close(self) -> None:
+        if self._pending:  # frames still held back (a run shorter than the measuring window: measure what there is)
+            if not self._measured:
+                self.measured_fps, self._measured = self._measure(), True
+            self._drain()
         if self.writer is None:
             return
         self.writer.release()
         self.writer = None
-        if self.frames:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(self.tmp, 0o666 & ~umask)  # mkstemp makes 0600; a video is an ordinary user file
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
+        tmp, self.tmp = self.tmp, None
+        if not self.frames:
+            tmp.unlink(missing_ok=True)
+            return
+        kept = f"the existing {self.path.name} was left as it was" if os.path.lexists(self.path) else "no video was written"
+        problem = _recording_problem(tmp, self.frames)
+        hint = " (is the disk full?)"
+        if problem is None:
+            try:
+                umask = os.umask(0)
+                os.umask(umask)
+                os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a video is an ordinary user file
+                os.replace(tmp, self.path)
+                return
+            except OSError as exc:
+                problem, hint = f"it could not be moved into place: {exc.strerror or exc}", ""
+        tmp.unlink(missing_ok=True)
+        self.frames = 0
+        raise RecordingError(
+            f"Recording {self.path} is unusable: {problem}{hint}; the incomplete video was removed and {kept}"
+        )
 
 
 class JsonLinesSink:
@@ -136,18 +274,28 @@ class JsonLinesSink:
         self.stream = stream
         self.every = every
         self.source = source
+        self.stop_reason: str | None = None  # "output_closed" once the reader of the stream has gone away
 
     def handle(self, result, image=None) -> bool:
+        if self.stop_reason is not None:
+            return False
         if (result.processed - 1) % self.every == 0:
-            self.stream.write(json.dumps(result.to_dict(self.source)) + "\n")
-            self.stream.flush()
+            line = json.dumps(result.to_dict(self.source)) + "\n"
+            try:
+                self.stream.write(line)
+                self.stream.flush()
+            except (BrokenPipeError, ValueError):  # the reader went away (`| head -1`), or the stream was closed
+                self.stop_reason = "output_closed"
+                return False
         return True
 
     def close(self) -> None:
+        if self.stop_reason is not None:
+            return
         try:
             self.stream.flush()
         except (ValueError, OSError):  # closed pipe (`| head`): nothing left to flush
-            pass
+            self.stop_reason = "output_closed"
 
 
 class CallbackSink:

@@ -18,6 +18,7 @@ Credentials in URLs (`user:pass@`, `password=`/`token=` query values, `user-pw=`
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -36,6 +37,7 @@ STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https")
 OPEN_TIMEOUT_MS = 5000
 READ_TIMEOUT_MS = 5000
 
+_DIGITS = re.compile(r"[0-9]+")
 _USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s?#]+@")
 _SECRET_QUERY = re.compile(r"(?i)(?P<key>[?&;](?:pass|password|passwd|pwd|token|access_token|key|apikey|api_key|auth|secret|sig|signature)=)[^&#\s]*")
 _SECRET_PROP = re.compile(r"(?i)(?P<key>(?<![?&;\w-])(?:user-pw|user-id|proxy-pw|proxy-id|password)\s*=\s*)(\"[^\"]*\"|'[^']*'|\S+)")
@@ -94,15 +96,33 @@ def _require_gstreamer(display: str) -> None:
         raise MissingDependencyError(f"Cannot open {display}: " + GSTREAMER_HINT.format(version=cv2.__version__))
 
 
+MIN_FPS = 0.01  # one frame every 100 s (a slow slideshow of an image folder)
+MAX_FPS = 1000.0  # a frame rate above this is a typo (or nan/inf), not a camera
+
+
 def _positive(name: str, value, cast=int):
     if value is None:
         return None
     try:
         v = cast(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int(float('inf'))
         raise UserInputError(f"{name} must be a positive number, got {value!r}") from None
     if v <= 0:
         raise UserInputError(f"{name} must be positive, got {value!r}")
+    return v
+
+
+def check_fps(name: str, value) -> float | None:
+    """A frame rate: a finite number in [MIN_FPS, MAX_FPS]. nan, inf and 1e300 are refused here, before they reach
+    OpenCV (a VideoWriter at inf fps hangs in C code), a pipeline's framerate fraction, or pacing arithmetic."""
+    if value is None:
+        return None
+    try:
+        v = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise UserInputError(f"{name} must be a frame rate from {MIN_FPS:g} to {MAX_FPS:g}, got {value!r}") from None
+    if not math.isfinite(v) or not MIN_FPS <= v <= MAX_FPS:
+        raise UserInputError(f"{name} must be a frame rate from {MIN_FPS:g} to {MAX_FPS:g}, got {value!r}")
     return v
 
 
@@ -135,7 +155,7 @@ def _fraction(fps: float) -> tuple[int, int]:
 
 
 def _size(text: str, what: str) -> tuple[int, int]:
-    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text or "")
+    m = re.fullmatch(r"\s*([0-9]+)\s*[xX]\s*([0-9]+)\s*", text or "")
     if not m or int(m.group(1)) == 0 or int(m.group(2)) == 0:
         raise UserInputError(f"{what} must look like 1920x1080, got {text!r}")
     return int(m.group(1)), int(m.group(2))
@@ -150,13 +170,13 @@ def parse_source(
     """Turn what the user typed into a SourceSpec, or raise one clear UserInputError (unknown or malformed source)."""
     width = _positive("--width", width)
     height = _positive("--height", height)
-    fps = _positive("--fps", fps, float)
+    fps = check_fps("--fps", fps)
     text = str(source).strip()
     if not text:
         raise UserInputError("--source is empty: give a camera index (0), /dev/videoN, csi://N, a URL, a video or a folder")
     common = dict(width=width, height=height, fps=fps)
 
-    if text.isdigit():
+    if _DIGITS.fullmatch(text):  # ASCII only: str.isdigit() accepts "²", which int() refuses
         return SourceSpec("camera", int(text), f"camera {text}", live=True, **common)
     if text.startswith("/dev/video") or (sys.platform.startswith("linux") and text.startswith("/dev/")):
         return SourceSpec("camera", text, text, live=True, **common)
@@ -206,14 +226,14 @@ def parse_source(
 def _parse_csi(text: str, width, height, fps) -> SourceSpec:
     parts = urlsplit(text)
     sensor = parts.netloc or parts.path.strip("/")
-    if not sensor.isdigit():
+    if not _DIGITS.fullmatch(sensor):
         raise UserInputError(f"CSI source must be csi://<sensor-id> (e.g. csi://0), got {text!r}")
     query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
     unknown = set(query) - {"capture", "fps", "flip"}
     if unknown:
         raise UserInputError(f"Unknown csi:// option(s) {', '.join(sorted(unknown))}; known: capture=WxH, fps=F, flip=0..7")
     capture = _size(query["capture"], "csi:// capture") if "capture" in query else (1920, 1080)
-    rate = fps or _positive("csi:// fps", query.get("fps"), float) or 30.0
+    rate = fps or check_fps("csi:// fps", query.get("fps")) or 30.0
     try:
         flip = int(query.get("flip", 0))
     except ValueError:
@@ -252,7 +272,7 @@ class CvReader(Reader):
         self.spec = spec
         self.cap = _open_capture(spec)
         fps = self.cap.get(cv2.CAP_PROP_FPS)
-        self.fps = float(fps) if fps and np.isfinite(fps) and 0 < fps < 1000 else None
+        self.fps = float(fps) if fps and np.isfinite(fps) and MIN_FPS <= fps <= MAX_FPS else None
         count = self.cap.get(cv2.CAP_PROP_FRAME_COUNT)
         self.frame_count = int(count) if spec.kind == "file" and count and count > 0 else None
 

@@ -25,11 +25,12 @@ def live(
     source: str = typer.Option("0", "--source", "-s", help=SOURCE_HELP),
     width: Optional[int] = typer.Option(None, "--width", help="Capture width (cameras; output width for csi://)."),
     height: Optional[int] = typer.Option(None, "--height", help="Capture height (cameras; output height for csi://)."),
-    fps: Optional[float] = typer.Option(None, "--fps", help="Capture rate; for an image folder, the pace."),
+    fps: Optional[float] = typer.Option(None, "--fps", help="Capture rate (0.01-1000); for an image folder, the pace."),
     headless: bool = typer.Option(False, "--headless", help="No window (servers, SSH, services)."),
     json_out: bool = typer.Option(False, "--json", help="One JSON line per frame on stdout, then a summary line."),
     every: int = typer.Option(1, "--every", min=1, help="With --json, write every N-th frame only."),
-    record: Optional[Path] = typer.Option(None, "--record", help="Write the annotated video here (.mp4/.avi/.mkv)."),
+    record: Optional[Path] = typer.Option(None, "--record", help="Write the annotated video here (.mp4/.avi/.mkv); an existing file needs --force."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --record file (only once the new recording is complete)."),
     top_k: int = typer.Option(3, "--top-k", min=1, help="Classes shown per frame."),
     threshold: float = typer.Option(0.0, "--threshold", min=0.0, max=1.0, help="Below this top-1 probability show 'unknown'."),
     smoothing: float = typer.Option(0.0, "--smoothing", min=0.0, max=0.99, help="EMA factor over probabilities (0 = off, 0.8 = steady)."),
@@ -53,7 +54,7 @@ def live(
     from edgecnn.camera.loop import LiveOptions, run_live
     from edgecnn.camera.sinks import CallbackSink, JsonLinesSink, VideoRecorder, WindowSink
     from edgecnn.camera.sources import parse_source
-    from edgecnn.errors import SourceError
+    from edgecnn.errors import EdgeCNNError, SourceError
     from edgecnn.runtime.base import load
 
     spec = parse_source(source, width=width, height=height, fps=fps)
@@ -62,12 +63,14 @@ def live(
     if not headless:
         sinks.append(WindowSink(f"edgecnn live: {spec.display}"))  # fails fast (no display) before loading anything
     recorder = None
-    if record is not None:
+    if record is not None:  # checked now (folder, under a file, unwritable, existing without --force), not at frame 1
         inputs = [spec.target] if spec.kind == "file" else []
-        recorder = VideoRecorder(record, fps=fps or 30.0, inputs=inputs + [model])
+        recorder = VideoRecorder(record, fps=fps or 30.0, inputs=inputs + [model], overwrite=force)
         sinks.append(recorder)
+    json_sink = None
     if json_out:
-        sinks.append(JsonLinesSink(sys.stdout, every=every, source=spec.display))
+        json_sink = JsonLinesSink(sys.stdout, every=every, source=spec.display)
+        sinks.append(json_sink)
     elif headless:  # nothing else shows progress: a status line on stderr every few seconds
         sinks.append(CallbackSink(_status_printer(console)))
 
@@ -93,6 +96,9 @@ def live(
         ).start()
         if recorder is not None:
             recorder.fps = fps or capture.fps or 30.0
+            # frames may be dropped (live source, paced file): record at the rate they really arrive, not at a
+            # nominal one (FFmpeg says 25 for any MJPEG stream), so the video plays at the right speed
+            recorder.measure_fps = not capture.lossless
         pace_note = "paced" if capture.pace and not spec.live else "live" if spec.live else "unpaced"
         console.print(
             f"[bold]live[/] {escape(runner.path.name)} ({runner.backend}, {runner.contract.precision}) on "
@@ -101,18 +107,54 @@ def live(
         )
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, on_signal)
-        summary = run_live(runner, capture, options, sinks, stop=stop)
+        sink_error = None
+        try:
+            summary = run_live(runner, capture, options, sinks, stop=stop)
+        except EdgeCNNError as exc:  # a recording that could not be completed: still report what was classified
+            summary = getattr(exc, "summary", None)
+            if summary is None:
+                raise
+            sink_error = exc
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         runner.close()
 
-    if json_out:
-        sys.stdout.write(json.dumps(summary.to_dict()) + "\n")
-        sys.stdout.flush()
+    if json_out and json_sink.stop_reason is None:
+        try:
+            sys.stdout.write(json.dumps(summary.to_dict()) + "\n")
+            sys.stdout.flush()
+        except BrokenPipeError:
+            json_sink.stop_reason = "output_closed"
+    if json_sink is not None and json_sink.stop_reason is not None:
+        _discard_stdout()  # `| head -1` went away: no "Exception ignored ... BrokenPipeError" when Python exits
     _print_summary(summary, record if recorder is not None and recorder.frames else None)
+    if sink_error is not None:
+        raise sink_error
+    skipped = summary.skipped_unreadable
+    unreadable = f"{skipped} unreadable image file(s) skipped" if skipped else ""
     if summary.end_reason == "source_lost":
         raise SourceError(summary.error or f"Lost {spec.display}")
+    if summary.frames == 0 and summary.end_reason == "end_of_source":
+        detail = "end of source" + (f"; {unreadable}" if unreadable else "")
+        raise SourceError(f"No frames from {spec.display} ({detail})")
+    if unreadable:
+        warn(f"{unreadable} in {spec.display}")
+
+
+def _discard_stdout() -> None:
+    """Point file descriptor 1 at /dev/null once its reader has gone, so buffered output has somewhere to go."""
+    import os
+    import sys
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, sys.stdout.fileno())
+        finally:
+            os.close(devnull)
+    except (OSError, ValueError):  # not a real file (tests' captured stdout): nothing to redirect
+        pass
 
 
 def _status_printer(console, period_s: float = 5.0):
@@ -148,7 +190,8 @@ def _print_summary(summary, recorded: Path | None) -> None:
         f"[bold]{summary.frames}[/] frames in {summary.elapsed_s:.1f} s = [bold]{summary.fps:.1f} FPS[/]; "
         f"{summary.dropped} dropped, {summary.reconnects} reconnects; ended: {summary.end_reason.replace('_', ' ')}"
     )
-    console.print(table)
+    if table.row_count:  # no frame processed: no empty table
+        console.print(table)
     if recorded is not None:
         console.print(f"recording: {recorded}", markup=False)
 

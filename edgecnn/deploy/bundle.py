@@ -148,7 +148,7 @@ def sink_args(sinks) -> list[str]:
         elif sink == "json":
             args += ["--headless", "--json"]
         elif sink.startswith("record:") and len(sink) > len("record:"):
-            args += ["--headless", "--record", sink.split(":", 1)[1]]
+            args += ["--headless", "--record", sink.split(":", 1)[1], "--force"]  # a service restarts: replace its own recording
         else:
             raise UserInputError(f"Unknown --sink {sink!r}: choose from {', '.join(SINKS)}")
     if "display" in sinks and "--headless" in args:
@@ -171,7 +171,7 @@ def redact_source(source: str) -> str:
 def docker_device_flags(source: str) -> list[str]:
     """`docker run` flags that pass the bundled source's camera into the container."""
     text = str(source).strip()
-    if text.isdigit():
+    if re.fullmatch(r"[0-9]+", text):
         return ["--device", f"/dev/video{int(text)}"]
     if re.fullmatch(r"/dev/video\d+", text):
         return ["--device", text]
