@@ -105,8 +105,11 @@ def main() -> None:
     edgecnn("compare", fp32, int8, "--data", held_out)
     edgecnn("profile", fp32, int8, "--end-to-end", "--iterations", "100", "--report", OUT / "profile-report")
     edgecnn("live", int8, "--source", video, "--headless", "--max-frames", "90", "--record", OUT / "annotated.mp4", "--force")
-    edgecnn("build-engine", int8, "--out", OUT / "lite0.engine", "--device", "orin-nano", "--print-trtexec")
-    edgecnn("deploy", "bundle", fp32, "--int8-model", int8, "--calib-cache", OUT / "lite0.calib",
+    # The INT8 model above is --target cpu (uint8 activations), which TensorRT cannot build: the Jetson gets the FP32
+    # ONNX (FP16 engine here) and the TensorRT calibration table for implicit INT8.
+    edgecnn("build-engine", fp32, "--out", OUT / "lite0.engine", "--device", "orin-nano", "--precision", "fp16",
+            "--print-trtexec")
+    edgecnn("deploy", "bundle", fp32, "--calib-cache", OUT / "lite0.calib",
             "--device", "orin-nano", "--precision", "int8", "--out", OUT / "lite0-orin-nano.tar.gz")
     edgecnn("doctor")
     print(f"\ndemo: done. Everything is in {OUT.relative_to(ROOT)}/ (reports: quant-report/, profile-report/).")
