@@ -180,16 +180,34 @@ def ensure_distinct(inputs: list[str | os.PathLike] | str | os.PathLike, output:
             raise UserInputError(f"{flag} {out} would overwrite a file inside the input folder {inp}: choose another {flag}")
 
 
+def _first_existing(path: Path) -> Path:
+    """`path` or the nearest of its parents that exists (where a new file or folder would be created)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _refuse_under_a_file(path: Path, flag: str) -> None:
+    above = _first_existing(path.parent)
+    if above.exists() and not above.is_dir():
+        raise UserInputError(f"{flag} {path}: {above} is a file, not a folder")
+
+
 def check_output_file(path: str | os.PathLike, flag: str) -> Path:
     """Refuse, before any work starts, an output file path that cannot be written: a folder, or a path under a file."""
     path = Path(path)
     if path.is_dir():
         raise UserInputError(f"{flag} {path} is a folder; give a file name")
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if parent.exists() and not parent.is_dir():
-        raise UserInputError(f"{flag} {path}: {parent} is a file, not a folder")
+    _refuse_under_a_file(path, flag)
+    return path
+
+
+def check_output_folder(path: str | os.PathLike, flag: str) -> Path:
+    """Refuse, before any work starts, an output folder path that cannot be one: a file, or a path under a file."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserInputError(f"{flag} {path} is a file; expected a folder (it is created if missing)")
+    _refuse_under_a_file(path, flag)
     return path
 
 

@@ -67,7 +67,7 @@ def test_fixed_batch_model_gets_max_batch_size_zero(tmp_path):
         write_repository(model, tmp_path / "repo2", TritonOptions(dynamic_batching=True))
     with pytest.raises(UserInputError, match="--dynamic-batch"):  # a negative max batch is not "no batching"
         write_repository(model, tmp_path / "repo2", TritonOptions(max_batch=-3))
-    with pytest.raises(UserInputError, match="is a file; expected a folder"):
+    with pytest.raises(UserInputError, match="is a file, not a folder"):
         write_repository(model, model / "sub", TritonOptions(kind="cpu"))
 
 

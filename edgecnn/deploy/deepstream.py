@@ -26,7 +26,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from edgecnn.artifacts import atomic_path, atomic_write_text, ensure_distinct, make_dirs, remove_created
+from edgecnn.artifacts import atomic_path, atomic_write_text, ensure_distinct, check_output_folder, make_dirs, remove_created
 from edgecnn.deploy.model_io import ModelIO, read_model_io
 from edgecnn.errors import ArtifactError, UserInputError
 
@@ -368,13 +368,7 @@ def _umask() -> int:
 
 def _check_out_dir(out_dir: Path) -> None:
     """Refuse, before any work, an --out that cannot be a folder: a file, or a path under a file."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserInputError(f"--out {out_dir} is a file; expected a folder")
-    parent = out_dir.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UserInputError(f"--out {out_dir}: {parent} is a file, not a folder")
+    check_output_folder(out_dir, "--out")
 
 
 def _existing_entries(out_dir: Path) -> list[str]:

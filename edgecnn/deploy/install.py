@@ -27,7 +27,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable
 from zlib import error as zlib_error  # a damaged gzip stream raises this mid-extraction
 
-from edgecnn.artifacts import make_dirs, remove_created, sha256_file
+from edgecnn.artifacts import check_output_folder, make_dirs, remove_created, sha256_file
 from edgecnn.deploy.bundle import BUNDLE_FORMAT, NAME_RE, parse_sha256sums, systemd_unit, unit_description
 from edgecnn.errors import ArtifactError, UserInputError
 
@@ -274,13 +274,7 @@ def install_bundle(
 
 def check_prefix(prefix: Path) -> None:
     """Refuse, before anything is read or written, a --prefix that cannot be a folder."""
-    if prefix.exists() and not prefix.is_dir():
-        raise UserInputError(f"--prefix {prefix} is a file; give a folder (e.g. /opt/edgecnn)")
-    parent = prefix.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UserInputError(f"--prefix {prefix}: {parent} is a file, not a folder")
+    check_output_folder(prefix, "--prefix")
 
 
 def _write_error(folder: Path, exc: OSError) -> UserInputError:

@@ -19,6 +19,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from edgecnn.artifacts import check_output_folder
 from edgecnn.deploy.model_io import ModelIO, read_model_io
 from edgecnn.errors import UserInputError
 
@@ -195,11 +196,7 @@ def write_repository(model: str | Path, repo: str | Path, options: TritonOptions
     if note:
         notes.append(note)
     repo = Path(repo)
-    above = repo
-    while not above.exists() and above != above.parent:
-        above = above.parent
-    if above.exists() and not above.is_dir():
-        raise UserInputError(f"--repo {repo}: {above} is a file; expected a folder")
+    check_output_folder(repo, "--repo")
     target = repo / name
     if target.exists() and not options.force:
         raise UserInputError(f"{target} already exists: pass --force to replace it (or choose another --name)")

@@ -10,19 +10,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edgecnn.artifacts import atomic_path, atomic_write_text
-from edgecnn.errors import UserInputError
+from edgecnn.artifacts import atomic_path, atomic_write_text, check_output_folder
 
 
 def check_report_dir(folder: str | Path) -> Path:
     """The report folder, or a clear error when the path is a file (checked before any timing starts)."""
-    folder = Path(folder)
-    above = folder
-    while not above.exists() and above != above.parent:  # the first folder that exists on the way up
-        above = above.parent
-    if above.exists() and not above.is_dir():
-        raise UserInputError(f"--report {folder}: {above} is a file; give a folder (it is created if missing)")
-    return folder
+    return check_output_folder(folder, "--report")
 
 
 def write_report(result, folder: str | Path) -> dict[str, Path]:
