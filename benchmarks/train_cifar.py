@@ -86,6 +86,7 @@ def main() -> None:
         data=data, arch=args.arch, out=out_dir / f"{name}.pt", epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
         augment=not args.no_augment, crop_pad=args.crop_pad, time_budget=args.time_budget, channels_last=not args.no_channels_last, arch_kwargs=arch_kwargs,
+        force=True,  # a benchmark re-run replaces its own scratch checkpoint under .cache/bench
     )
     load_before = os.getloadavg()
     t0 = time.perf_counter()

@@ -8,6 +8,7 @@ Images come back upright: the EXIF Orientation tag (phone photos) is applied by 
 from __future__ import annotations
 
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,12 +20,15 @@ import numpy as np
 from edgecnn.errors import UserInputError
 from edgecnn.preprocess import PreprocessConfig, as_bgr, geometric
 
-IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm", ".pnm", ".jp2"})
+# .gif (first frame) and .avif decode with OpenCV >= 4.11; with an older OpenCV they count as unreadable files.
+IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm", ".pnm", ".jp2",
+                        ".gif", ".avif"})
 VIDEO_EXTS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"})
 SPLIT_TRAIN = ("train", "training")
 SPLIT_TEST = ("test", "val", "valid", "validation")
 
 Progress = Callable[[int, int], None]  # (done, total)
+PROGRESS_INTERVAL_S = 0.1
 
 # Keep 16-bit / float depth and gray-vs-colour (as_bgr converts them), but NOT IMREAD_UNCHANGED: OpenCV ignores the
 # EXIF Orientation tag for IMREAD_UNCHANGED only, so phone photos would come back sideways or mirrored. The alpha
@@ -82,6 +86,7 @@ class ImageFolder:
     classes: list[str]
     samples: list[tuple[Path, int]]
     ignored: list[Path] = field(default_factory=list)  # files with a non-image suffix
+    empty: list[str] = field(default_factory=list)  # class folders without any image file: not classes
 
     def counts(self) -> dict[str, int]:
         out = {c: 0 for c in self.classes}
@@ -104,11 +109,13 @@ def scan_image_folder(root: str | os.PathLike, min_classes: int = 1) -> ImageFol
     samples: list[tuple[Path, int]] = []
     ignored: list[Path] = []
     classes: list[str] = []
+    empty: list[str] = []
     for d in class_dirs:
         files = sorted(p for p in d.rglob("*") if p.is_file() and not _hidden(p, d))
         imgs = [p for p in files if is_image(p)]
         ignored += [p for p in files if not is_image(p)]
         if not imgs:
+            empty.append(d.name)
             continue
         idx = len(classes)
         classes.append(d.name)
@@ -121,7 +128,7 @@ def scan_image_folder(root: str | os.PathLike, min_classes: int = 1) -> ImageFol
         raise UserInputError(
             f"{root} has {len(classes)} class folder(s) with images ({', '.join(classes)}); need at least {min_classes}"
         )
-    return ImageFolder(root, classes, samples, ignored)
+    return ImageFolder(root, classes, samples, ignored, empty)
 
 
 def find_splits(root: str | os.PathLike) -> tuple[Path, Path | None]:
@@ -163,10 +170,13 @@ def decode_resized(
             ok[i] = True
 
     total = len(paths)
+    reported = 0.0
     with ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1)) as pool:
         for done, _ in enumerate(pool.map(work, range(total)), start=1):
-            if progress and (done % 256 == 0 or done == total):
+            now = time.monotonic()
+            if progress and (now - reported >= PROGRESS_INTERVAL_S or done == total):  # a few updates a second
                 progress(done, total)
+                reported = now
     keep = np.flatnonzero(ok)
     return DecodedSet(
         images=out[keep],

@@ -24,7 +24,7 @@ import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -60,6 +60,15 @@ class TrainConfig:
                    instead of the step count, so a slower (or busier) machine still gets a fully annealed model
                    when the time is up; `epochs` stays the upper bound.
     arch_kwargs:   extra builder arguments, e.g. {"width_mult": 0.5}.
+    resume:        continue an earlier run from its checkpoint (normally its `.last.pt`). The run's settings
+                   (RESUMED_SETTINGS: optimizer, learning rate, batch size, seed, split, augmentation ...) come from
+                   the checkpoint, so the continuation is exact; setting one of them to another value is an error.
+                   `epochs`, `patience` and `time_budget` may change. With `out` = the earlier run's `out`, the run
+                   continues in place.
+    force:         replace an earlier run's files at `out` (the checkpoint and its side files); without it they are
+                   refused, so a new run that fails can never destroy a good model.
+    given:         the settings the caller chose explicitly (the CLI: the options typed on the command line); None
+                   means the fields that differ from their defaults. Only resume uses it.
     """
 
     data: str | os.PathLike
@@ -87,6 +96,8 @@ class TrainConfig:
     channels_last: bool = True
     device: str | None = None  # None: CUDA when available, else CPU
     time_budget: float | None = None  # minutes of training; the schedule follows the clock and training stops there
+    force: bool = False
+    given: frozenset[str] | None = None
 
     def resolved_lr(self) -> float:
         if self.lr is not None:
@@ -102,7 +113,7 @@ class TrainConfig:
 @dataclass
 class TrainProgress:
     """One progress report. phase: 'decode' (step/steps = files), 'train' (step/steps = batches of this epoch),
-    'epoch' (an epoch finished: `metrics` holds its row)."""
+    'epoch' (an epoch finished: `metrics` holds its row), 'warning' (`message`; also in TrainResult.warnings)."""
 
     phase: str
     epoch: int = 0
@@ -114,6 +125,7 @@ class TrainProgress:
     images_per_s: float | None = None
     split: str = ""
     metrics: dict | None = None
+    message: str = ""  # phase 'warning': something the user should know, reported when it is found
 
 
 ProgressCallback = Callable[[TrainProgress], None]
@@ -143,6 +155,7 @@ class TrainResult:
     images_per_s: float
     world_size: int
     history: list[dict]
+    warnings: list[str] = field(default_factory=list)
     model: Any = field(default=None, repr=False)  # the trained torch module (best weights not reloaded)
 
     def to_dict(self) -> dict:
@@ -217,14 +230,20 @@ def _check_memory(n_images: int, pre: PreprocessConfig) -> None:
         )
 
 
-def _load_data(cfg: TrainConfig, pre: PreprocessConfig, classes_from_ckpt: list[str] | None, report) -> tuple:
-    """Scan, split and decode. Returns (classes, train _Split, val _Split | None, corrupt counts, corrupt examples)."""
+def _load_data(cfg: TrainConfig, pre: PreprocessConfig, classes_from_ckpt: list[str] | None, report,
+               warn: Callable[[str], None]) -> tuple:
+    """Scan, split and decode. Returns (classes, train _Split, val _Split | None, corrupt counts, corrupt examples).
+    Class folders without images are left out with a warning: the model would never learn such a class, and a
+    user who forgot to fill a folder wants to know before the training time is spent."""
     from edgecnn.data import decode_resized, find_splits, scan_image_folder
 
     data = Path(cfg.data)
     train_dir, test_dir = find_splits(data)
     folder = scan_image_folder(train_dir, min_classes=2)
     classes = folder.classes
+    if folder.empty:
+        warn(f"{len(folder.empty)} class folder(s) in {train_dir} hold no images and are not classes of this model: "
+             f"{', '.join(folder.empty)}")
     if classes_from_ckpt is not None and classes != classes_from_ckpt:
         raise UserInputError(
             f"--resume checkpoint was trained on classes {classes_from_ckpt}, but {train_dir} has {classes}"
@@ -425,12 +444,15 @@ def _plot(history: list[dict], path: Path) -> None:
 
 
 def _validate(cfg: TrainConfig) -> None:
+    """Every option checked before any work: a bad one costs the user no decoding and no training time."""
     if cfg.epochs < 1:
         raise UserInputError(f"--epochs must be at least 1, got {cfg.epochs}")
     if cfg.batch_size < 1:
         raise UserInputError(f"--batch-size must be at least 1, got {cfg.batch_size}")
-    if cfg.lr is not None and not cfg.lr > 0:
-        raise UserInputError(f"--lr must be positive, got {cfg.lr}")
+    if cfg.lr is not None and not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise UserInputError(f"--lr must be a positive number, got {cfg.lr}")
+    if cfg.weight_decay is not None and not (math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0):
+        raise UserInputError(f"--weight-decay must be a number >= 0, got {cfg.weight_decay}")
     if cfg.img_size is not None and cfg.img_size < 8:
         raise UserInputError(f"--img-size must be at least 8, got {cfg.img_size}")
     if cfg.val is not None and cfg.val_split is not None:
@@ -439,33 +461,132 @@ def _validate(cfg: TrainConfig) -> None:
         raise UserInputError(f"--val-split must be in [0, 1), got {cfg.val_split}")
     if cfg.crop_pad is not None and cfg.crop_pad < 0:
         raise UserInputError(f"crop padding must be >= 0, got {cfg.crop_pad}")
-    if cfg.time_budget is not None and not cfg.time_budget > 0:
-        raise UserInputError(f"--time-budget must be positive minutes, got {cfg.time_budget}")
+    if cfg.time_budget is not None and not (math.isfinite(cfg.time_budget) and cfg.time_budget > 0):
+        raise UserInputError(f"--time-budget must be a positive number of minutes, got {cfg.time_budget}")
     if cfg.patience is not None and cfg.patience < 1:
         raise UserInputError(f"--patience must be at least 1, got {cfg.patience}")
+    if cfg.workers is not None and cfg.workers < 1:
+        raise UserInputError(f"--workers must be at least 1, got {cfg.workers} (leave it out to use every core)")
     if cfg.optimizer not in OPTIMIZERS:
         raise UserInputError(f"optimizer must be one of {OPTIMIZERS}, got {cfg.optimizer!r}")
     if cfg.schedule not in SCHEDULES:
         raise UserInputError(f"schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
     if not 0.0 <= cfg.label_smoothing < 1.0:
         raise UserInputError(f"label smoothing must be in [0, 1), got {cfg.label_smoothing}")
+    _validate_paths(cfg)
+
+
+def _validate_paths(cfg: TrainConfig) -> None:
+    """Inputs exist; outputs can be written, are no input, and replace no earlier run's files without --force."""
+    from edgecnn.artifacts import check_output_file, ensure_distinct
+
     out = Path(cfg.out)
     if out.is_dir():
         raise UserInputError(f"--out {out} is a folder: give a checkpoint file path such as {out / 'model.pt'}")
     if out.suffix != ".pt":
         raise UserInputError(f"--out {out} must end in .pt (a PyTorch checkpoint; `edgecnn export` makes ONNX)")
+    check_output_file(out, "--out")
     if not Path(cfg.data).exists():
         raise UserInputError(f"Data folder {cfg.data} does not exist")
-    data = Path(cfg.data).resolve()
-    if out.resolve().is_relative_to(data):
-        raise UserInputError(f"--out {out} is inside the data folder {cfg.data}: write the model elsewhere")
+    if cfg.val is not None and not Path(cfg.val).is_dir():
+        raise UserInputError(f"--val {cfg.val} is not a folder (expected one sub-folder per class)")
+    for flag, folder in (("data folder", cfg.data), ("--val folder", cfg.val)):
+        if folder is not None and out.resolve().is_relative_to(Path(folder).resolve()):
+            raise UserInputError(f"--out {out} is inside the {flag} {folder}: write the model elsewhere")
+    outputs = [out, *side_paths(out).values()]
+    in_place = continues_in_place(cfg)
     if cfg.resume is not None:
-        from edgecnn.artifacts import ensure_distinct
-
         if not Path(cfg.resume).is_file():
             raise UserInputError(f"--resume {cfg.resume} does not exist")
-        for target in (out, *side_paths(out).values()):
-            ensure_distinct(cfg.resume, target)
+        for target in outputs:
+            if not (in_place and target == side_paths(out)["last"]):
+                ensure_distinct(cfg.resume, target)
+    existing = [p for p in outputs if p.exists()]
+    if existing and not cfg.force and not in_place:
+        last = side_paths(out)["last"]
+        hint = f", `--resume {last} --out {out}` to continue that run" if last.exists() else ""
+        raise UserInputError(
+            f"--out {out}: {', '.join(p.name for p in existing)} already exist (an earlier run): pass --force to "
+            f"replace them{hint}, or choose another --out"
+        )
+
+
+def continues_in_place(cfg: TrainConfig) -> bool:
+    """True when --resume is the `.last.pt` of --out itself: the run goes on writing its own files."""
+    if cfg.resume is None:
+        return False
+    last = side_paths(cfg.out)["last"]
+    try:
+        return last.exists() and os.path.samefile(cfg.resume, last)
+    except OSError:
+        return False
+
+
+# Settings a resumed run takes from its checkpoint (exact continuation); `given` ones must match.
+RESUMED_SETTINGS = ("optimizer", "lr", "weight_decay", "batch_size", "schedule", "warmup", "label_smoothing",
+                    "augment", "crop_pad", "seed", "val_split", "channels_last")
+_FLAGS = {"lr": "--lr", "weight_decay": "--weight-decay", "batch_size": "--batch-size", "val_split": "--val-split",
+          "label_smoothing": "--label-smoothing", "crop_pad": "--crop-pad", "augment": "--augment/--no-augment"}
+
+
+def _given(cfg: TrainConfig) -> frozenset[str]:
+    if cfg.given is not None:
+        return cfg.given
+    defaults = TrainConfig(data="", arch="", out="")
+    return frozenset(f.name for f in fields(TrainConfig) if getattr(cfg, f.name) != getattr(defaults, f.name))
+
+
+def resumed_config(cfg: TrainConfig, ckpt: dict) -> TrainConfig:
+    """`cfg` with the checkpoint run's settings (RESUMED_SETTINGS) filled in. Another optimizer, learning rate or
+    batch size would not continue that run (and its optimizer state would not even load); another seed or split
+    would move validation images into training. So a setting the caller gave with another value is an error."""
+    training = ckpt.get("training") or {}
+    earlier = dict(training.get("config") or {})
+    if not earlier:  # a checkpoint without its run's settings: nothing to take over
+        return cfg
+    earlier["lr"] = training.get("lr", earlier.get("lr"))  # the peak LR the run used (its default resolved)
+    earlier_cfg = replace(cfg, **{k: earlier[k] for k in RESUMED_SETTINGS if k in earlier})
+    earlier["weight_decay"] = earlier_cfg.resolved_weight_decay()
+    given = _given(cfg)
+    updates = {}
+    for key in RESUMED_SETTINGS:
+        if key not in earlier:
+            continue
+        mine = getattr(cfg, key)
+        if key == "lr" and mine is not None:
+            mine = cfg.resolved_lr()
+        if key == "weight_decay" and mine is not None:
+            mine = cfg.resolved_weight_decay()
+        if key in given and mine != earlier[key]:
+            flag = _FLAGS.get(key, f"--{key.replace('_', '-')}")
+            raise UserInputError(
+                f"--resume continues a run trained with {key} = {earlier[key]!r}, not {mine!r}: drop {flag} to "
+                f"continue it, or start a new run"
+            )
+        updates[key] = earlier[key]
+    return replace(cfg, **updates)
+
+
+_RESTARTED = Path("<the resumed weights>")  # best_source when the earlier best checkpoint was not found
+
+
+def _is_best_of(path: Path, extra: dict) -> bool:
+    """Is `path` the best checkpoint of the run whose state is `extra`: same run, saved at its best epoch?"""
+    from edgecnn.checkpoint import read_checkpoint
+
+    try:
+        theirs = read_checkpoint(path).get("extra") or {}
+    except EdgeCNNError:
+        return False
+    epoch = theirs.get("epoch")
+    return epoch == extra.get("best_epoch") and theirs.get("history") == list(extra.get("history", []))[:epoch]
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _check_input_size(torch, model, arch: str, pre: PreprocessConfig) -> None:
@@ -504,6 +625,10 @@ def _resolve_model_spec(cfg: TrainConfig, ckpt: dict | None) -> tuple[str, dict,
             raise UserInputError(f"--resume checkpoint is a {arch}, not {cfg.arch}: drop --arch or match it")
         if cfg.img_size and (cfg.img_size, cfg.img_size) != pre.input_size:
             raise UserInputError(f"--resume checkpoint takes {pre.height}×{pre.width} inputs, not --img-size {cfg.img_size}")
+        built_with = {k: v for k, v in ckpt["arch_kwargs"].items() if k != "num_classes"}
+        if cfg.arch_kwargs and cfg.arch_kwargs != built_with:
+            raise UserInputError(f"--resume checkpoint's {arch} was built with {built_with or 'no options'}, not "
+                                 f"--arch-opt {cfg.arch_kwargs}: drop --arch-opt to continue it")
         return arch, dict(ckpt["arch_kwargs"]), pre, contract.labels, (ckpt.get("training") or {}).get("pretrained_from")
     entry = get_entry(cfg.arch)
     if cfg.pretrained and not entry.pretrained:
@@ -522,17 +647,20 @@ class _Run:
         from edgecnn.models.registry import count_parameters, create_model
 
         self.cfg, self.dist, self.report, self.torch = cfg, dist, report, torch
+        self.warnings: list[str] = []
         self.device_type = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
         cuda_index = f":{dist.local_rank}" if self.device_type == "cuda" and dist.active else ""
         self.device = torch.device(self.device_type + cuda_index)
         self.arch, self.arch_kwargs, self.pre, ckpt_classes, self.pretrained_from = _resolve_model_spec(cfg, ckpt)
 
-        self.classes, self.train, self.val, self.corrupt, self.corrupt_examples = _load_data(cfg, self.pre, ckpt_classes, report)
+        self.classes, self.train, self.val, self.corrupt, self.corrupt_examples = _load_data(cfg, self.pre, ckpt_classes, report, self._warn)
         self.arch_kwargs["num_classes"] = len(self.classes)
         try:
             model = create_model(self.arch, pretrained=bool(cfg.pretrained and ckpt is None), **self.arch_kwargs)
         except TypeError as exc:
             raise UserInputError(f"{self.arch} does not take these options {sorted(cfg.arch_kwargs)}: {exc}") from exc
+        except ValueError as exc:  # e.g. torch refusing dropout=1.5
+            raise UserInputError(f"{self.arch} with options {cfg.arch_kwargs}: {exc}") from exc
         _check_input_size(torch, model, self.arch, self.pre)
         if ckpt is not None:
             model.load_state_dict(ckpt["state_dict"])
@@ -553,11 +681,17 @@ class _Run:
         self.best_acc = extra.get("best_val_acc")
         self.best_epoch = int(extra.get("best_epoch", 0))
         self.bad_epochs = int(extra.get("bad_epochs", 0))
+        self.best_source: Path | None = None  # resume: the earlier run's best checkpoint, put at --out at the start
         if ckpt is not None:
-            if "optimizer" in extra:
-                self.optimizer.load_state_dict(extra["optimizer"])
             if self.start_epoch >= cfg.epochs:
                 raise UserInputError(f"--resume checkpoint already has {self.start_epoch} epochs: pass --epochs above {self.start_epoch}")
+            if "optimizer" in extra:
+                try:
+                    self.optimizer.load_state_dict(extra["optimizer"])
+                except (ValueError, KeyError) as exc:
+                    raise UserInputError(f"--resume {cfg.resume}: its optimizer state does not fit this "
+                                         f"{cfg.optimizer} optimizer ({exc!r}); start a new run") from exc
+            self._find_earlier_best(extra)
 
         self.net = self.model
         if dist.active:
@@ -570,6 +704,61 @@ class _Run:
         self.budget_s = (cfg.time_budget or 0) * 60.0
         self.stopped = self.out_of_time = False
         self.paths = side_paths(cfg.out)
+
+    def _warn(self, message: str) -> None:
+        self.warnings.append(message)
+        if self.report:
+            self.report(TrainProgress("warning", message=message))
+
+    def _find_earlier_best(self, extra: dict) -> None:
+        """A resumed run's --out must hold the best model of the whole run, including the epochs before the resume,
+        whose best weights are not in the `.last.pt`. They are in the earlier run's best checkpoint: --out itself when
+        continuing in place, else `NAME.pt` beside `NAME.last.pt`. If that file is gone (or is from another run), the
+        best restarts from the resumed weights, and the user is told."""
+        if self.best_acc is None:  # no validation: the checkpoint is simply the last epoch
+            return
+        resume = Path(self.cfg.resume)
+        candidates = [Path(self.cfg.out)] if continues_in_place(self.cfg) else []
+        if resume.name.endswith(".last.pt"):
+            candidates.append(resume.with_name(resume.name[: -len(".last.pt")] + ".pt"))
+        if resume.name.endswith(".pt") and self.best_epoch == self.start_epoch:
+            candidates.append(resume)  # the resumed epoch was the best one
+        for cand in candidates:
+            if _is_best_of(cand, extra):
+                self.best_source = cand
+                return
+        last_acc = self.history[-1]["val_acc"] if self.history else None
+        self._warn(f"the best checkpoint of the resumed run (epoch {self.best_epoch}, val acc {self.best_acc:.2%}) "
+                   f"was not found next to {resume}: the best is counted again from epoch {self.start_epoch}")
+        self.best_acc, self.best_epoch, self.bad_epochs = last_acc, self.start_epoch, 0
+        self.best_source = _RESTARTED
+
+    def _place_earlier_best(self) -> None:
+        """Put the resumed run's best model at --out before training on (see `_find_earlier_best`)."""
+        import shutil
+
+        from edgecnn.artifacts import atomic_path
+
+        out = Path(self.cfg.out)
+        if self.best_source is _RESTARTED:
+            self.save(out, self.summary())  # the resumed weights are the best so far now
+        elif not _same_file(self.best_source, out):
+            with atomic_path(out, suffix=".pt") as tmp:
+                shutil.copyfile(self.best_source, tmp)
+
+    def _check_finite(self, row: dict) -> None:
+        """Refuse to save a model with non-finite weights or outputs. The loss check in `train_epoch` sees each
+        step's loss before its update, so the last update of an epoch (the only one when an epoch is one step) can
+        diverge unseen; NaN outputs even score a validation accuracy (argmax of NaN is 0) and would become "best".
+        The best checkpoint on disk stays the last good one."""
+        torch, epoch = self.torch, row["epoch"]
+        kept = f"; the best checkpoint so far (epoch {self.best_epoch}) is kept" if self.best_epoch else ""
+        if row["val_loss"] is not None and not math.isfinite(row["val_loss"]):
+            raise EdgeCNNError(f"Training diverged: validation loss {row['val_loss']} after epoch {epoch}{kept}. "
+                               "Lower --lr")
+        for name, value in self.model.state_dict().items():
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                raise EdgeCNNError(f"Training diverged: {name} is not finite after epoch {epoch}{kept}. Lower --lr")
 
     def _tensor(self, x: np.ndarray):
         return self.torch.from_numpy(x).to(device=self.device, memory_format=self.memory_format, non_blocking=True)
@@ -619,7 +808,13 @@ class _Run:
             loss = self.criterion(logits, y)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            self.optimizer.step()
+            try:
+                self.optimizer.step()
+            except RuntimeError as exc:  # torch refuses an update beyond float range ("... without overflow")
+                if "overflow" not in str(exc):
+                    raise
+                raise EdgeCNNError(f"Training diverged (the update at epoch {epoch}, step {i + 1} overflows): "
+                                   "lower --lr") from exc
             batch_loss = loss.item()
             if not math.isfinite(batch_loss):
                 raise EdgeCNNError(f"Training diverged (loss {batch_loss} at epoch {epoch}, step {i + 1}): lower --lr")
@@ -709,11 +904,14 @@ class _Run:
 
     def run(self) -> TrainResult:
         cfg, dist = self.cfg, self.dist
+        if dist.main and self.best_source is not None:
+            self._place_earlier_best()
         with ThreadPoolExecutor(max_workers=1) as prep_pool:
             for epoch in range(self.start_epoch + 1, cfg.epochs + 1):
                 row = self.train_epoch(epoch, prep_pool)
                 if row is None:  # the time budget ran out exactly at an epoch boundary
                     break
+                self._check_finite(row)
                 improved = self.record(row)
                 if dist.main:  # rank 0 alone writes; the others wait so nobody runs ahead of a checkpoint
                     summary = self.summary()
@@ -735,7 +933,7 @@ class _Run:
             corrupt_examples=self.corrupt_examples, epochs_run=self.epoch, best_epoch=self.best_epoch,
             best_val_acc=self.best_acc, final_val_acc=s["final_val_acc"], stopped_early=self.stopped,
             out_of_time=self.out_of_time, train_seconds=s["train_seconds"], images_per_s=s["images_per_s"],
-            world_size=dist.world, history=self.history, model=self.model,
+            world_size=dist.world, history=self.history, warnings=list(self.warnings), model=self.model,
         )
 
 
@@ -746,6 +944,8 @@ def fit(cfg: TrainConfig, progress: ProgressCallback | None = None) -> TrainResu
 
     _validate(cfg)
     ckpt = read_checkpoint(cfg.resume) if cfg.resume is not None else None
+    if ckpt is not None:
+        cfg = resumed_config(cfg, ckpt)
     device_type = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dist = _Dist.from_env(torch, device_type)
     try:

@@ -18,6 +18,7 @@ def main() -> None:
     ap.add_argument("--out", default=Path("runs/cifar"), type=Path, help="output folder")
     ap.add_argument("--epochs", default=5, type=int)
     ap.add_argument("--arch", default="cifar-cnn", help="any `edgecnn models` name")
+    ap.add_argument("--force", action="store_true", help="replace an earlier run in --out")
     args = ap.parse_args()
 
     from edgecnn.evaluate import evaluate
@@ -30,7 +31,8 @@ def main() -> None:
             print(f"epoch {p.epoch}/{p.epochs}: " + ", ".join(f"{k} {v:.4g}" for k, v in p.metrics.items()
                                                             if isinstance(v, float)))
 
-    result = fit(TrainConfig(data=args.data, arch=args.arch, out=args.out / "model.pt", epochs=args.epochs), progress)
+    result = fit(TrainConfig(data=args.data, arch=args.arch, out=args.out / "model.pt", epochs=args.epochs,
+                             force=args.force), progress)
     print(f"best validation accuracy {result.best_val_acc} at epoch {result.best_epoch}; curves: {result.plot}")
 
     onnx_path = args.out / "model.onnx"

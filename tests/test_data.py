@@ -23,6 +23,32 @@ def test_read_image_formats_and_corrupt(tmp_path):
     assert read_image(tmp_path / "missing.png") is None
 
 
+@pytest.mark.parametrize("ext", [".gif", ".avif"])
+def test_gif_and_avif_images_are_listed_and_decoded(tmp_path, ext):
+    """Both are common in scraped image folders; OpenCV >= 4.11 decodes them (a GIF: its first frame)."""
+    img = np.zeros((24, 32, 3), np.uint8)
+    img[:, 16:] = (0, 0, 255)
+    ok, buf = cv2.imencode(ext, img)
+    if not ok:
+        pytest.skip(f"this OpenCV {cv2.__version__} has no {ext} codec")
+    path = tmp_path / "cls" / f"a{ext.upper()}"
+    path.parent.mkdir()
+    buf.tofile(path)
+    assert list_images(tmp_path) == [path]
+    decoded = read_image(path)
+    assert decoded.shape == (24, 32, 3)
+    assert decoded[:, :14].max() < 40 and decoded[:, 18:, 2].min() > 200  # black left, red right (lossy codecs)
+    assert scan_image_folder(tmp_path).counts() == {"cls": 1}
+
+
+def test_scan_folder_names_empty_class_folders(tmp_path, image_folder):
+    (image_folder / "fox").mkdir()
+    (image_folder / "owl").mkdir()
+    (image_folder / "owl" / "readme.txt").write_text("no images yet")
+    folder = scan_image_folder(image_folder)
+    assert folder.classes == ["cat", "dog"] and folder.empty == ["fox", "owl"]
+
+
 # EXIF Orientation k -> the numpy transform that turns the stored pixels into the upright (displayed) image.
 _UPRIGHT = {
     1: lambda a: a,

@@ -160,8 +160,6 @@ def test_resume_continues_exactly(folder, tmp_path):
         fit(_cfg(folder, tmp_path / "x" / "m.pt", epochs=1, resume=first.last_checkpoint))
     with pytest.raises(UserInputError, match="is the input file"):
         fit(_cfg(folder, first.checkpoint, resume=first.checkpoint))
-    with pytest.raises(UserInputError, match="is the input file"):  # m.last.pt of --out m.pt is the input too
-        fit(_cfg(folder, first.checkpoint, resume=first.last_checkpoint))
     with pytest.raises(UserInputError, match="not lenet5"):
         fit(_cfg(folder, tmp_path / "e" / "m.pt", arch="lenet5", resume=first.last_checkpoint))
 
@@ -357,3 +355,155 @@ def test_cli_train_export_eval_end_to_end(tmp_path):
     metrics = json.loads(r.stdout)
     assert metrics["images"] == 8
     assert metrics["top1"] == pytest.approx(trained["best_val_acc"])
+
+
+# ---------------------------------------------------------------- earlier runs, resume, divergence, bad options
+
+
+def test_an_earlier_run_is_never_replaced_without_force(folder, tmp_path):
+    """A second run into the same --out is refused before any work (a new run that diverges or is interrupted
+    would otherwise have replaced a good model with its epoch 1); --force replaces it."""
+    first = fit(_cfg(folder, tmp_path / "m.pt", epochs=1))
+    before = {p.name: p.read_bytes() for p in tmp_path.glob("m.*")}
+    with pytest.raises(UserInputError, match=r"m\.pt, m\.last\.pt.*already exist.*--force.*--resume"):
+        fit(_cfg(folder, tmp_path / "m.pt", epochs=1, seed=5))
+    assert {p.name: p.read_bytes() for p in tmp_path.glob("m.*")} == before
+
+    first.checkpoint.unlink()  # one side file of another run is enough to refuse
+    first.last_checkpoint.unlink()
+    with pytest.raises(UserInputError, match="m.metrics.csv"):
+        fit(_cfg(folder, tmp_path / "m.pt", epochs=1))
+
+    again = fit(_cfg(folder, tmp_path / "m.pt", epochs=1, seed=5, force=True))
+    assert read_checkpoint(again.checkpoint)["training"]["config"]["seed"] == 5
+
+
+def test_a_diverging_step_never_becomes_the_checkpoint(folder, tmp_path):
+    """One step per epoch (12 training images, batch 12): the loss of that step is computed before its update, so
+    only the outputs show the divergence (NaN outputs even scored 50-100 % validation accuracy and were saved as
+    the best model). Nothing is saved, and the run fails with a clear error."""
+    from edgecnn.errors import EdgeCNNError
+
+    with pytest.raises(EdgeCNNError, match="diverged: validation loss nan after epoch 1"):
+        fit(_cfg(folder, tmp_path / "m.pt", batch_size=12, optimizer="sgd", lr=1e9))
+    assert not (tmp_path / "m.pt").exists()
+    with pytest.raises(EdgeCNNError, match="update at epoch 1, step 1 overflows"):
+        fit(_cfg(folder, tmp_path / "m.pt", batch_size=12, optimizer="sgd", lr=1e300))
+    assert not list(tmp_path.glob("m.*"))
+
+
+def _flat_run(folder, out, **kw):
+    """A run whose validation accuracy never improves after epoch 1 (a learning rate of 1e-9)."""
+    return fit(_cfg(folder, out, lr=1e-9, **kw))
+
+
+def test_resume_keeps_the_best_checkpoint_of_the_whole_run(folder, tmp_path):
+    run = _flat_run(folder, tmp_path / "b" / "m.pt", epochs=2)
+    assert run.best_epoch == 1
+    best_bytes = run.checkpoint.read_bytes()
+
+    # Into a new --out: the earlier best (b/m.pt, epoch 1) is carried over, it is not the resumed epoch 2.
+    new = fit(_cfg(folder, tmp_path / "c" / "m.pt", epochs=3, resume=run.last_checkpoint))
+    assert new.best_epoch == 1 and new.checkpoint.read_bytes() == best_bytes and not new.warnings
+    assert read_checkpoint(new.checkpoint)["extra"]["epoch"] == new.best_epoch
+
+    # In place (--out is the run's own): allowed, the best stays where it is.
+    same = fit(_cfg(folder, run.checkpoint, epochs=3, resume=run.last_checkpoint))
+    assert same.best_epoch == 1 and run.checkpoint.read_bytes() == best_bytes
+    assert read_checkpoint(run.last_checkpoint)["extra"]["epoch"] == 3
+
+    # The earlier best is gone: the best restarts from the resumed weights, with a warning, and --out holds them.
+    other = _flat_run(folder, tmp_path / "d" / "m.pt", epochs=2)
+    other.checkpoint.unlink()
+    events = []
+    lost = fit(_cfg(folder, tmp_path / "e" / "m.pt", epochs=3, resume=other.last_checkpoint), progress=events.append)
+    assert lost.warnings and "not found" in lost.warnings[0]
+    assert [e.message for e in events if e.phase == "warning"] == lost.warnings
+    assert read_checkpoint(lost.checkpoint)["extra"]["epoch"] == lost.best_epoch == 2
+
+
+def test_resume_continues_with_the_runs_own_settings(folder, tmp_path):
+    """An SGD run with its own batch size, seed and learning rate resumes with them (it failed with a KeyError when
+    the default AdamW met SGD's optimizer state); another value given explicitly is refused by name."""
+    first = fit(_cfg(folder, tmp_path / "a" / "m.pt", epochs=1, optimizer="sgd", batch_size=3, seed=7, lr=0.01))
+    resumed = fit(TrainConfig(data=folder, arch="", out=tmp_path / "b" / "m.pt", epochs=2, workers=1,
+                              resume=first.last_checkpoint))
+    config = read_checkpoint(resumed.checkpoint)["training"]["config"]
+    assert (config["optimizer"], config["batch_size"], config["seed"], config["val_split"]) == ("sgd", 3, 7, 0.25)
+    assert read_checkpoint(resumed.last_checkpoint)["training"]["lr"] == 0.01
+
+    def resume(**kw):
+        return fit(_cfg(folder, tmp_path / "x" / "m.pt", arch="", resume=first.last_checkpoint, **kw))
+
+    with pytest.raises(UserInputError, match="optimizer = 'sgd', not 'adamw'"):
+        resume(optimizer="adamw", given=frozenset({"optimizer"}))
+    with pytest.raises(UserInputError, match="lr = 0.01, not 0.5: drop --lr"):
+        resume(lr=0.5)
+    with pytest.raises(UserInputError, match="drop --arch-opt"):
+        resume(arch_kwargs={"dropout": 0.5}, given=frozenset({"arch_kwargs"}))
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"weight_decay": float("nan")}, "--weight-decay must be a number >= 0"),
+        ({"weight_decay": -1.0}, "--weight-decay must be a number >= 0"),
+        ({"lr": float("inf")}, "--lr must be a positive number"),
+        ({"time_budget": float("inf")}, "--time-budget must be a positive number"),
+        ({"workers": 0}, "--workers must be at least 1"),
+        ({"workers": -1}, "--workers must be at least 1"),
+        ({"arch": "resnet8", "arch_kwargs": {"width_mult": 0}}, "width_mult must be positive"),
+        ({"arch": "resnet8", "arch_kwargs": {"width_mult": "wide"}}, "width_mult must be a number"),
+        ({"arch_kwargs": {"dropout": 1.5}}, r"dropout must be in \[0, 1\)"),
+    ],
+)
+def test_bad_values_are_refused_before_any_work(folder, tmp_path, kw, match):
+    with pytest.raises(UserInputError, match=match):
+        fit(_cfg(folder, tmp_path / "m.pt", **kw))
+    assert not list(tmp_path.glob("m.*"))
+
+
+def test_output_paths_are_checked_first(folder, tmp_path):
+    val = make_image_folder(tmp_path / "val", per_class=2)
+    with pytest.raises(UserInputError, match="inside the --val folder"):
+        fit(_cfg(folder, val / "m.pt", val=val, val_split=None))
+    (tmp_path / "file").write_text("a file, not a folder")
+    with pytest.raises(UserInputError, match="--out .* under a file|is a file"):
+        fit(_cfg(folder, tmp_path / "file" / "m.pt"))
+    with pytest.raises(UserInputError, match="--val .*nope is not a folder"):
+        fit(_cfg(folder, tmp_path / "m.pt", val=tmp_path / "nope", val_split=None))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "file", "val"]
+
+
+def test_an_empty_class_folder_is_a_warning(folder, tmp_path):
+    (folder / "fox").mkdir()
+    result = fit(_cfg(folder, tmp_path / "m.pt", epochs=1))
+    assert result.classes == ["cat", "dog"]
+    assert len(result.warnings) == 1 and "fox" in result.warnings[0] and "no images" in result.warnings[0]
+
+
+def test_cli_refuses_an_earlier_run_and_resumes_an_sgd_run(folder, tmp_path):
+    out = tmp_path / "m.pt"
+    base = ["train", str(folder), "--epochs", "1", "--batch-size", "4", "--optimizer", "sgd", "--out", str(out)]
+    assert _invoke(base).exit_code == 0
+    r = _invoke(base)
+    assert r.exit_code == 2 and "already exist" in r.output and "--force" in r.output and "Traceback" not in r.output
+    assert _invoke([*base, "--force"]).exit_code == 0
+
+    # Continue in place without repeating the settings: --optimizer sgd comes from the checkpoint.
+    r = _invoke(["train", str(folder), "--epochs", "2", "--resume", str(side_paths(out)["last"]), "--out", str(out),
+                 "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["epochs_run"] == 2
+    # An explicit --optimizer adamw (the default value, typed) is not silently replaced by sgd.
+    r = _invoke(["train", str(folder), "--epochs", "3", "--optimizer", "adamw", "--resume",
+                 str(side_paths(out)["last"]), "--out", str(out)])
+    assert r.exit_code == 2 and "optimizer = 'sgd', not 'adamw'" in r.output
+
+
+def test_cli_prints_the_empty_class_warning(folder, tmp_path):
+    (folder / "fox").mkdir()
+    r = _invoke(["train", str(folder), "--epochs", "1", "--batch-size", "4", "--out", str(tmp_path / "m.pt")])
+    assert r.exit_code == 0, r.output
+    assert "fox" in r.output and "no images" in r.output

@@ -28,10 +28,23 @@ def parse_arch_opts(items: list[str]) -> dict:
     return out
 
 
+def given_options(ctx: typer.Context) -> frozenset[str]:
+    """The TrainConfig fields typed on the command line (not left at their defaults): with --resume these are
+    checked against the resumed run's settings, the others are taken from it."""
+    names = {"arch_opt": "arch_kwargs"}
+    given = set()
+    for name in ctx.params:
+        source = ctx.get_parameter_source(name)
+        if source is not None and source.name != "DEFAULT":
+            given.add(names.get(name, name))
+    return frozenset(given)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("train")
     @cli_command
     def train(
+        ctx: typer.Context,
         data: Annotated[Path, typer.Argument(help="Image folder: one sub-folder per class, or a train/ + test/ pair.")],
         out: Annotated[Path, typer.Option("--out", "-o", help="Best checkpoint (.pt); metrics CSV/JSON and curves PNG go next to it.")],
         arch: Annotated[Optional[str], typer.Option("--arch", "-a", help="Architecture from `edgecnn models` (default cifar-cnn; taken from the checkpoint with --resume).")] = None,
@@ -42,7 +55,7 @@ def register(app: typer.Typer) -> None:
         val: Annotated[Optional[Path], typer.Option("--val", help="Validation folder (same class names).")] = None,
         val_split: Annotated[Optional[float], typer.Option("--val-split", help="Hold out this fraction of each class (0: no validation).")] = None,
         pretrained: Annotated[bool, typer.Option("--pretrained", help="Start from the registered pretrained weights (transfer learning: new classifier for DATA's classes).")] = False,
-        resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue from a checkpoint (weights, optimizer, epoch); e.g. the .last.pt of an earlier run.")] = None,
+        resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue a run from its checkpoint (weights, optimizer, epoch, settings): its .last.pt; with the same --out it continues in place.")] = None,
         patience: Annotated[Optional[int], typer.Option("--patience", help="Early stopping: stop after N epochs without a better validation accuracy.")] = None,
         time_budget: Annotated[Optional[float], typer.Option("--time-budget", help="Minutes of training: the LR schedule follows the clock and training stops when it is spent (--epochs is the upper bound).")] = None,
         workers: Annotated[Optional[int], typer.Option("--workers", help="Threads decoding images (default: all cores).")] = None,
@@ -54,6 +67,7 @@ def register(app: typer.Typer) -> None:
         augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Random crop with padding + horizontal flip.")] = True,
         crop_pad: Annotated[Optional[int], typer.Option("--crop-pad", help="Random-crop padding in px (default 1/8 of the side: 4 at 32×32).")] = None,
         arch_opt: Annotated[Optional[list[str]], typer.Option("--arch-opt", help="Builder option KEY=VALUE, repeatable (e.g. width_mult=0.5).")] = None,
+        force: Annotated[bool, typer.Option("--force", help="Replace an earlier run's checkpoint and side files at --out.")] = False,
         json_out: Annotated[bool, typer.Option("--json", help="Print the training summary as JSON on stdout.")] = False,
     ):
         """Train a zoo network on an image folder; writes the best checkpoint, metrics and a training-curve plot.
@@ -74,6 +88,7 @@ def register(app: typer.Typer) -> None:
             val=val, val_split=val_split, pretrained=pretrained, resume=resume, patience=patience, time_budget=time_budget, workers=workers,
             seed=seed, optimizer=optimizer, schedule=schedule, weight_decay=weight_decay,
             label_smoothing=label_smoothing, augment=augment, crop_pad=crop_pad, arch_kwargs=parse_arch_opts(arch_opt or []),
+            force=force, given=given_options(ctx),
         )
         quiet = int(os.environ.get("RANK", "0")) != 0  # under torchrun only rank 0 talks
         with contextlib.ExitStack() as stack:
@@ -90,6 +105,8 @@ def register(app: typer.Typer) -> None:
                 elif ev.phase == "train":
                     update(ev.step, total=ev.steps, description=f"epoch {ev.epoch}/{ev.epochs}",
                            info=f"loss {ev.loss:.3f}  acc {ev.acc:6.1%}  {ev.images_per_s:,.0f} img/s")
+                elif ev.phase == "warning":
+                    warn(ev.message)
                 elif ev.phase == "epoch":
                     m = ev.metrics
                     val_txt = f"val loss {m['val_loss']:.3f}  val acc {m['val_acc']:6.1%}" if m["val_acc"] is not None else "no validation"

@@ -7,6 +7,7 @@ preprocessing (input size, mean/std, resize policy) that travels with the model 
 from __future__ import annotations
 
 import importlib
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -62,9 +63,28 @@ def create_model(name: str, num_classes: int | None = None, pretrained: bool = F
     args = {**entry.default_kwargs, **kwargs}
     if num_classes is not None:
         args["num_classes"] = num_classes
+    _check_builder_args(name, args)
     if entry.pretrained:
         args["pretrained"] = pretrained
     return entry.builder(**args)
+
+
+def _check_builder_args(name: str, args: dict) -> None:
+    """The shared builder options, checked by value: a zero width or a dropout of 1.5 would otherwise build a broken
+    network (or fail deep inside torch) only after the data was decoded."""
+    def number(key):
+        value = args[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise UserInputError(f"{name}: {key} must be a number, got {value!r}")
+        return value
+
+    if "width_mult" in args and not number("width_mult") > 0:
+        raise UserInputError(f"{name}: width_mult must be positive, got {args['width_mult']}")
+    if "dropout" in args and not 0 <= number("dropout") < 1:
+        raise UserInputError(f"{name}: dropout must be in [0, 1), got {args['dropout']}")
+    classes = args.get("num_classes", 1)
+    if isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
+        raise UserInputError(f"{name}: num_classes must be a positive integer, got {classes!r}")
 
 
 def list_models() -> list[ModelEntry]:
