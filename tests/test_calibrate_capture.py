@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
 
 import cv2
 import pytest
 from typer.testing import CliRunner
 
 from edgecnn.camera.capture import ThreadedCapture
-from edgecnn.camera.record import capture_frames, prepare_output
+from edgecnn.camera.record import capture_frames, output_folder, prepare_output
 from edgecnn.camera.sources import parse_source
 from edgecnn.cli.main import app
 from edgecnn.data import iter_video_frames
 from edgecnn.errors import UserInputError
 from test_camera_server import MjpegServer
 from test_camera_sources import write_video
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_video_frames_spaced_in_source_time(tmp_path):
@@ -93,35 +101,106 @@ def test_from_an_http_mjpeg_camera(tmp_path):
     assert len(images) == 5 and all(img.shape == (48, 64, 3) for img in images)
 
 
-def test_ctrl_c_keeps_the_frames_saved_so_far(tmp_path):
-    import signal
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
+def _start_capture(source: str, out: Path) -> subprocess.Popen:
+    """`edgecnn calibrate capture` as a real process (signals reach it as they would from a terminal)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "edgecnn", "calibrate", "capture", "--source", source, "--out", str(out),
+         "--count", "100000", "--every-ms", "20", "--json"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
 
+
+def _wait_for(condition, timeout: float = 60) -> None:
+    t0 = time.perf_counter()
+    while not condition() and time.perf_counter() - t0 < timeout:
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_keeps_the_frames_saved_so_far_and_exits_130(tmp_path, sig):
+    """Interrupted before --count: every frame saved so far stays (complete files, JSON summary), one line on stderr
+    says how many and where, and the exit is 130 (cli_command's Ctrl-C code), so `capture && quantize` stops."""
     out = tmp_path / "cam"
     with MjpegServer(fps=100) as server:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "edgecnn", "calibrate", "capture", "--source", server.url(), "--out", str(out),
-             "--count", "100000", "--every-ms", "20", "--json"],
-            cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
+        proc = _start_capture(server.url(), out)
         try:
-            t0 = time.perf_counter()
-            while len(list(out.glob("*.jpg"))) < 5 and time.perf_counter() - t0 < 60:
-                time.sleep(0.05)
-            proc.send_signal(signal.SIGINT)
+            _wait_for(lambda: len(list(out.glob("*.jpg"))) >= 5)
+            proc.send_signal(sig)
             stdout, stderr = proc.communicate(timeout=30)
         finally:
             if proc.poll() is None:
                 proc.kill()
-    assert proc.returncode == 0, stderr
+    assert proc.returncode == 130, stderr
     summary = json.loads(stdout)
     files = sorted(out.glob("*.jpg"))
     assert summary["end_reason"] == "stopped" and summary["saved"] == len(files) >= 5
     assert all(cv2.imread(str(p)) is not None for p in files)  # every file complete
     assert not list(out.glob(".*"))
+    how = "interrupted (Ctrl-C)" if sig == signal.SIGINT else "terminated (SIGTERM)"
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {how}: kept the {len(files)} frame(s) saved so far in {out}"], stderr
+    assert "Traceback" not in stderr
+
+
+def test_ctrl_c_before_the_first_frame_exits_130_and_leaves_no_folder(tmp_path):
+    """Ctrl-C while a slow camera is still opening: nothing saved, so the folder the run created is removed again."""
+    out = tmp_path / "calibration" / "slow"
+    answer = threading.Event()
+    with MjpegServer(fps=100, hold=answer) as server:
+        proc = _start_capture(server.url(), out)
+        try:
+            _wait_for(lambda: server.connections >= 1)  # the CLI is inside the camera's open (handlers installed)
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.5)
+            answer.set()  # the camera answers; the capture then sees the stop before its first frame
+            stdout, stderr = proc.communicate(timeout=30)
+        finally:
+            answer.set()
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 130, stderr
+    assert json.loads(stdout)["saved"] == 0
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: interrupted (Ctrl-C) before any frame was saved: nothing was written to {out}"], stderr
+    assert not (tmp_path / "calibration").exists()
+
+
+def test_output_folder_takes_back_only_the_empty_folders_it_made(tmp_path):
+    """The folders a failed capture created are removed while empty; one that existed, or holds a frame, stays."""
+    out = tmp_path / "a" / "b" / "c"
+    with pytest.raises(RuntimeError):
+        with output_folder(out) as first:
+            assert first == 0 and out.is_dir()
+            raise RuntimeError("source failed")
+    assert not (tmp_path / "a").exists()
+
+    (tmp_path / "a").mkdir()
+    with pytest.raises(RuntimeError):
+        with output_folder(out):
+            (out / "frame_00000.jpg").write_bytes(b"x")  # a saved frame: its folder and parents stay
+            raise RuntimeError("source lost")
+    assert (out / "frame_00000.jpg").is_file()
+
+    with pytest.raises(RuntimeError):
+        with output_folder(out, force=True) as first:
+            assert first == 1  # after the existing frame
+            raise RuntimeError("source failed")
+    assert (out / "frame_00000.jpg").is_file()  # existed before this run: kept
+
+    with pytest.raises(UserInputError, match="already holds 1 file"):
+        with output_folder(out):
+            pass
+
+
+def test_out_under_a_file_is_a_one_line_user_error(tmp_path):
+    (tmp_path / "file.txt").write_text("x")
+    video = write_video(tmp_path / "clip.mp4", frames=4)
+    result = CliRunner().invoke(
+        app, ["calibrate", "capture", "--source", str(video), "--out", str(tmp_path / "file.txt" / "cal")]
+    )
+    assert result.exit_code == 2, result.output
+    assert "Cannot create the folder" in result.output and "internal error" not in result.output
+    assert (tmp_path / "file.txt").read_text() == "x"
 
 
 def _corrupt_sources(tmp_path):

@@ -24,10 +24,11 @@ def numbered_frame(i: int, size=(64, 48)) -> np.ndarray:
 
 class MjpegServer:
     """multipart/x-mixed-replace JPEG stream at `fps`; stop() drops every open connection, restart() comes back on
-    the same port — a camera that loses power or network and returns."""
+    the same port — a camera that loses power or network and returns. With `hold`, each request waits until that
+    event is set before answering: a camera that is slow to open (the client is stuck opening it meanwhile)."""
 
-    def __init__(self, fps: float = 60.0, size=(64, 48), port: int = 0):
-        self.fps, self.size, self.port = fps, size, port
+    def __init__(self, fps: float = 60.0, size=(64, 48), port: int = 0, hold: threading.Event | None = None):
+        self.fps, self.size, self.port, self.hold = fps, size, port, hold
         self.sent = 0
         self.connections = 0
         self.httpd = None
@@ -39,6 +40,8 @@ class MjpegServer:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
                 server.connections += 1
+                if server.hold is not None:
+                    server.hold.wait(30)
                 self.send_response(200)
                 self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=edgecnnframe")
                 self.send_header("Cache-Control", "no-cache")

@@ -157,6 +157,35 @@ def test_full_range_int8_model_on_cpu_instances_gets_a_warning(tmp_path, dynamic
     assert "full-range INT8 weights" in text and "--target cpu" in text
 
 
+def test_int8_cpu_note_reads_the_weights_read_model_io_already_loaded(tmp_path):
+    """The note reuses the ModelProto from read_model_io: it still answers once the file is gone (no second load)."""
+    from edgecnn.deploy.model_io import read_model_io
+    from edgecnn.deploy.triton import int8_cpu_note
+
+    full = build_int8_qdq_onnx(tmp_path / "full.onnx", weight=127)
+    io = read_model_io(full)
+    assert io.onnx_model is not None
+    full.unlink()
+    note = int8_cpu_note(io, TritonOptions(kind="cpu"))
+    assert note is not None and "full-range INT8 weights (up to 127)" in note
+
+
+def test_int8_cpu_note_with_weights_in_external_data(tmp_path):
+    """read_model_io does not load external data; the note then reads the file with its weights, as before."""
+    import onnx
+
+    from edgecnn.deploy.model_io import read_model_io
+    from edgecnn.deploy.triton import int8_cpu_note
+
+    for weight, expected in ((127, True), (64, False)):
+        model = onnx.load(str(build_int8_qdq_onnx(tmp_path / f"w{weight}.onnx", weight=weight)))
+        path = tmp_path / f"external{weight}.onnx"
+        onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                  location=f"external{weight}.data", size_threshold=0)
+        io = read_model_io(path)
+        assert (int8_cpu_note(io, TritonOptions(kind="cpu")) is not None) is expected
+
+
 def test_repo_example_in_deploy_folder_parses():
     root = Path(__file__).resolve().parents[1] / "deploy" / "triton" / "efficientnet-lite0"
     cfg = parse((root / "config.pbtxt").read_text())

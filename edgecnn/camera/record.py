@@ -7,7 +7,6 @@ saved as JPEG files one at a time, atomically, into a new folder.
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 import time
@@ -19,7 +18,7 @@ from typing import Callable, Iterator
 import cv2
 import numpy as np
 
-from edgecnn.artifacts import atomic_write_bytes
+from edgecnn.artifacts import atomic_write_bytes, make_dirs, remove_created
 from edgecnn.camera.capture import ThreadedCapture
 from edgecnn.errors import SourceError, UserInputError
 
@@ -63,13 +62,12 @@ class CaptureReport:
         }
 
 
-def prepare_output(out: str | Path, force: bool = False) -> int:
-    """Create `out` (or accept it) and return the first frame number to use.
+def _first_number(out: Path, force: bool) -> int:
+    """Check `out` without writing anything and return the first frame number to use.
 
     A folder that already holds files is refused unless `force`: then new frames are added after the highest
     existing frame number, and no existing file is ever overwritten.
     """
-    out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserInputError(f"--out {out} is a file; give a folder for the calibration frames")
     existing = [p for p in out.iterdir() if not p.name.startswith(".")] if out.is_dir() else []
@@ -78,28 +76,32 @@ def prepare_output(out: str | Path, force: bool = False) -> int:
             f"--out {out} already holds {len(existing)} file(s); choose a new folder, or pass --force to add frames "
             "to it (existing files are kept)"
         )
-    out.mkdir(parents=True, exist_ok=True)
     numbers = [int(m.group(1)) for p in existing if (m := _FRAME_RE.match(p.name))]
     return max(numbers) + 1 if numbers else 0
+
+
+def prepare_output(out: str | Path, force: bool = False) -> int:
+    """Create `out` (or accept it) and return the first frame number to use (see `_first_number`)."""
+    start = _first_number(Path(out), force)
+    make_dirs(out)
+    return start
 
 
 @contextmanager
 def output_folder(out: str | Path, force: bool = False) -> Iterator[int]:
     """`prepare_output` for the duration of a capture: yields the first frame number, and if the body fails, removes
-    the folders that `prepare_output` created (`out` and any missing parents) as long as they are still empty.
+    the folders it created (`out` and any missing parents) as long as they are still empty.
 
-    A folder that existed before is never removed, and neither is one holding a saved frame (or any other file).
+    Uses the same `make_dirs` / `remove_created` pair as `deploy install` and `deploy deepstream`, so every command
+    takes back its folders the same way. A folder that existed before is never removed, and neither is one holding a
+    saved frame (or any other file).
     """
-    full = Path(os.path.abspath(out))
-    created = [p for p in (full, *full.parents) if not p.exists()]  # deepest first
+    start = _first_number(Path(out), force)
+    created = make_dirs(out)
     try:
-        yield prepare_output(out, force=force)
+        yield start
     except BaseException:
-        for folder in created:
-            try:
-                os.rmdir(folder)  # only ever removes an empty folder
-            except OSError:
-                break
+        remove_created(created, out)
         raise
 
 

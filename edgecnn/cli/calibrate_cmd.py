@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from edgecnn.cli.common import cli_command, console, print_json, progress_bar, warn
+from edgecnn.cli.common import cli_command, console, error, print_json, progress_bar, warn
 
 calibrate_app = typer.Typer(
     name="calibrate",
@@ -35,8 +35,8 @@ def capture(
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ):
     """Save --count frames, --every-ms apart, as calibration/NAME/frame_NNNNN.jpg (each file written atomically).
-    A video file is read frame by frame on its own timeline (fast); a camera or stream in real time. Ctrl-C keeps
-    the frames saved so far."""
+    A video file is read frame by frame on its own timeline (fast); a camera or stream in real time. Ctrl-C (or
+    SIGTERM) keeps the frames saved so far and exits 130."""
     import signal
     import threading
 
@@ -55,7 +55,13 @@ def capture(
     # A failed capture (source that cannot be opened, nothing decodable) leaves no empty --out folder behind.
     with output_folder(out, force=force) as first:
         stop = threading.Event()
-        previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+        received = []  # the signal that stopped the capture, named in the exit message
+
+        def on_signal(signum, _frame):
+            received.append(signal.Signals(signum).name)
+            stop.set()
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             cap = ThreadedCapture(spec, pace=False, on_event=on_event).start()
             with progress_bar(f"capturing {count} frames", total=count, disable=json_out) as update:
@@ -76,6 +82,12 @@ def capture(
                 f"{d['brightness'].get('max', '-')}",
                 markup=False,
             )
+        if report.end_reason == "stopped":
+            # Interrupted before --count: the frames saved so far stay (each file is complete), but the exit is not 0,
+            # like every interrupted command (cli_command's Ctrl-C -> 130), so `capture && quantize` does not go on.
+            # Raised inside output_folder, so a folder this run created and left empty is removed.
+            error(_interrupted_message(received[0], len(report.saved), out))
+            raise typer.Exit(130)
         skipped = report.skipped_unreadable
         unreadable = f"{skipped} unreadable image file(s) skipped" if skipped else ""
         if not report.saved:
@@ -87,3 +99,11 @@ def capture(
         warn(f"only {len(report.saved)} of {count} frames ({report.end_reason})")
     if len(report.saved) < 100:
         warn("fewer than 100 calibration images: INT8 ranges may be unreliable (aim for 200-500 varied frames)")
+
+
+def _interrupted_message(signal_name: str, saved: int, out: Path) -> str:
+    """One line saying what an interrupted capture left behind, and where."""
+    how = "interrupted (Ctrl-C)" if signal_name == "SIGINT" else f"terminated ({signal_name})"
+    if not saved:
+        return f"{how} before any frame was saved: nothing was written to {out}"
+    return f"{how}: kept the {saved} frame(s) saved so far in {out}"

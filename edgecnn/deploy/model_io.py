@@ -6,8 +6,9 @@ TensorRT needed), so Triton and DeepStream configs can be written on any machine
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from edgecnn.artifacts import ModelContract, read_onnx_contract
 from edgecnn.errors import ArtifactError, UserInputError
@@ -18,7 +19,9 @@ ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 @dataclass(frozen=True)
 class ModelIO:
     """kind: 'onnx' or 'engine'. Shapes include the batch dimension; None marks a dynamic one.
-    max_batch: the largest batch the model takes (None: unbounded dynamic ONNX)."""
+    max_batch: the largest batch the model takes (None: unbounded dynamic ONNX).
+    onnx_model: the onnx.ModelProto read for an ONNX file (external data not loaded), kept so that later checks on the
+    graph or its weights (Triton's INT8 --cpu note) need not parse the file again; None for an engine."""
 
     path: Path
     kind: str
@@ -28,6 +31,7 @@ class ModelIO:
     output_shape: tuple
     contract: ModelContract
     max_batch: int | None
+    onnx_model: Any = field(default=None, repr=False, compare=False)
 
     @property
     def dynamic_batch(self) -> bool:
@@ -59,7 +63,8 @@ def _onnx_io(path: Path) -> ModelIO:
     import onnx
 
     contract = read_onnx_contract(path)
-    graph = onnx.load(str(path), load_external_data=False).graph
+    model = onnx.load(str(path), load_external_data=False)
+    graph = model.graph
     init = {t.name for t in graph.initializer}
     inputs = [i for i in graph.input if i.name not in init]
     if len(inputs) != 1 or len(graph.output) != 1:
@@ -72,7 +77,7 @@ def _onnx_io(path: Path) -> ModelIO:
     in_shape, out_shape = shape(inputs[0]), shape(graph.output[0])
     return ModelIO(
         path, "onnx", inputs[0].name, in_shape, graph.output[0].name, out_shape, contract,
-        max_batch=in_shape[0] if in_shape and in_shape[0] else None,
+        max_batch=in_shape[0] if in_shape and in_shape[0] else None, onnx_model=model,
     )
 
 

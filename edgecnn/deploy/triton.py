@@ -156,15 +156,22 @@ def int8_cpu_note(io: ModelIO, options: TritonOptions) -> str | None:
     """A warning for a full-range INT8 Q/DQ model on CPU instances. Why: Triton's ONNX Runtime backend exposes no
     session.x64quantprecision, so on x86 servers without VNNI ORT's fast uint8 x int8 kernels sum pairs of products in
     int16 and saturate with weights beyond [-64, 64]: the model answers wrongly there. Reduced-range weights (the
-    `--target cpu` default) cannot saturate."""
+    `--target cpu` default) cannot saturate.
+
+    The weights are read from the model `read_model_io` already parsed (`io.onnx_model`); the file is loaded again
+    only when that is missing or its weights live in external data files, which it did not load."""
     if io.kind != "onnx" or options.kind != "cpu" or io.contract.precision != "int8":
         return None
     import onnx
+    from onnx.external_data_helper import uses_external_data
 
     from edgecnn.quant.qdq import weight_qmax_of
     from edgecnn.quant.weights import REDUCED_WEIGHT_QMAX
 
-    qmax = weight_qmax_of(onnx.load(str(io.path)))
+    model = io.onnx_model
+    if model is None or any(uses_external_data(t) for t in model.graph.initializer):
+        model = onnx.load(str(io.path))
+    qmax = weight_qmax_of(model)
     if qmax <= REDUCED_WEIGHT_QMAX:
         return None
     return (f"{io.path.name} has full-range INT8 weights (up to {qmax}): on x86 Triton servers without VNNI (AMD Zen 2/3, "
