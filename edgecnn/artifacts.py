@@ -13,12 +13,13 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
-from edgecnn.errors import ArtifactError, UserInputError
+from edgecnn.errors import ArtifactError, ExternalDataError, UserInputError
 from edgecnn.preprocess import PreprocessConfig
 
 CONTRACT_VERSION = 1
@@ -265,6 +266,108 @@ def read_onnx_contract(path: str | os.PathLike) -> ModelContract:
     except Exception as exc:  # onnx raises DecodeError / various on garbage
         raise ArtifactError(f"{path} is not a readable ONNX model ({exc.__class__.__name__})") from exc
     return ModelContract.from_onnx_props({p.key: p.value for p in model.metadata_props}, source=str(path))
+
+
+def onnx_external_data(path: str | os.PathLike, model=None) -> list[str]:
+    """The external data files of the ONNX model at `path`: '/'-separated paths relative to its folder, sorted; [] for
+    a self-contained model. `model`: the onnx.ModelProto already read from `path` (without its external data), if any.
+
+    Why: torch.onnx.export, and any model over 2 GB, keeps weights in files beside model.onnx that each tensor names
+    by a `location` relative to the model's folder. Whatever copies, hashes or ships the model must take them along,
+    and nothing may follow a location out of that folder. So this refuses, with an ExternalDataError naming the fix
+    and before any weights are read: an absolute location, one leaving the folder ('..' or a symlink), a missing
+    file, or one too short for the tensors it holds (truncated)."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+
+    path = Path(path)
+    if model is None:
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception as exc:
+            raise ArtifactError(f"{path} is not a readable ONNX model ({exc.__class__.__name__})") from exc
+    folder = path.parent
+    needed: dict[str, int] = {}  # location -> bytes the tensors need
+    for tensor in _get_all_tensors(model):  # onnx's own walk: initializers, subgraphs, attribute tensors
+        if not uses_external_data(tensor):
+            continue
+        try:
+            info = ExternalDataInfo(tensor)
+        except ValueError as exc:  # a negative offset or length
+            raise ExternalDataError(f"{path}: damaged external data entry ({exc})") from exc
+        location = info.location
+        parts = Path(location).parts
+        if not location or Path(location).is_absolute() or ".." in parts or "\\" in location:
+            raise ExternalDataError(
+                f"{path}: tensor {tensor.name!r} keeps its weights at {location!r}, outside the model's folder, which "
+                "edgecnn does not read: keep the data file in the model's folder (onnx.save(model, PATH, "
+                "save_as_external_data=True, location='NAME.data') writes it there)"
+            )
+        file = folder
+        for part in parts:
+            file = file / part
+            if file.is_symlink():
+                raise ExternalDataError(
+                    f"{path}: external data {location!r} is a symbolic link ({file}), which edgecnn does not follow: "
+                    "copy the real file beside the model"
+                )
+        if not file.is_file():
+            raise ExternalDataError(
+                f"{path} keeps its weights in the external data file {location!r}, which is missing ({file}): copy it "
+                f"beside {path.name} (the two travel together)"
+            )
+        end = (info.offset or 0) + (info.length or 0)
+        needed[location] = max(needed.get(location, 0), end)
+    for location, end in needed.items():
+        size = (folder / location).stat().st_size
+        if size < end:
+            raise ExternalDataError(
+                f"{path}: external data file {location!r} is truncated ({size} bytes, its tensors need {end}): copy it "
+                "again from where the model was made"
+            )
+    return sorted({Path(location).as_posix() for location in needed})
+
+
+def copy_onnx(src: str | os.PathLike, dst: str | os.PathLike, data_files: list[str] | None = None) -> list[str]:
+    """Copy the ONNX model `src` to `dst` together with its external data files, which keep their paths relative to
+    the model (the model names them so); returns those paths. A model whose data file would land on `dst` itself
+    (a weights file named like the destination) is refused. `data_files`: `onnx_external_data(src)` when known."""
+    src, dst = Path(src), Path(dst)
+    data_files = onnx_external_data(src) if data_files is None else data_files
+    for rel in data_files:
+        if dst.parent / rel == dst:
+            raise UserInputError(
+                f"{src.name} keeps its weights in {rel!r}, the name its copy must take here: re-save the model with "
+                "another location, or without external data: onnx.save(onnx.load(SRC), DST)"
+            )
+    shutil.copyfile(src, dst)
+    for rel in data_files:
+        target = dst.parent / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src.parent / rel, target)
+    return data_files
+
+
+def model_bytes(path: str | os.PathLike) -> int:
+    """A model's size on disk: for an ONNX with external data, its data files included (the .onnx alone may be a few
+    kB of graph)."""
+    path = Path(path)
+    size = path.stat().st_size
+    if path.suffix.lower() == ".onnx":
+        size += sum((path.parent / rel).stat().st_size for rel in onnx_external_data(path))
+    return size
+
+
+def onnx_sha256(path: str | os.PathLike, data_files: list[str] | None = None) -> str:
+    """sha256 identifying the ONNX model at `path`: the file's own for a self-contained model; with external data,
+    that of the model's and its data files' digests, so that new weights give a new id (the .onnx alone holds only
+    the graph and offsets, unchanged by retraining)."""
+    path = Path(path)
+    data_files = onnx_external_data(path) if data_files is None else data_files
+    if not data_files:
+        return sha256_file(path)
+    lines = [sha256_file(path)] + [f"{sha256_file(path.parent / rel)}  {rel}" for rel in data_files]  # not the name
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
 def write_onnx_contract(model, contract: ModelContract) -> None:

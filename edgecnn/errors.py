@@ -31,6 +31,10 @@ class ArtifactError(EdgeCNNError):
     exit_code = 4
 
 
+class ExternalDataError(ArtifactError):
+    """An ONNX model's external data (weights in files beside it) is missing, truncated, or outside its folder."""
+
+
 class AccuracyGateError(EdgeCNNError):
     """A measured accuracy or parity check failed its bound. `details`: what was measured (JSON-able), so a
     `--json` caller gets the numbers as well as the exit code."""

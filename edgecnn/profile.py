@@ -39,6 +39,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from edgecnn.artifacts import model_bytes
 from edgecnn.errors import ArtifactError, EdgeCNNError, UserInputError
 from edgecnn.postprocess import topk
 from edgecnn.preprocess import preprocess
@@ -257,7 +258,7 @@ def _load_and_warm(spec: ModelSpec, label: str, options: ProfileOptions, batches
         backend=runner.backend,
         precision=runner.contract.precision,
         input_shape=["N" if d is None else d for d in runner.input_spec.shape],
-        file_size_mb=round(path.stat().st_size / 2**20, 3) if path.is_file() else 0.0,
+        file_size_mb=round(model_bytes(path) / 2**20, 3) if path.is_file() else 0.0,  # with external data files
         load_s=round(load_s, 4),
         rss_delta_mb=round(rss1 - rss0, 1) if rss0 is not None and rss1 is not None else None,
     )

@@ -178,3 +178,22 @@ def build_int8_qdq_onnx(path: Path, weight: int = 127) -> Path:
                                                          std=(255, 255, 255)))
     write_onnx_contract(model, contract)
     return save_onnx(model, path)
+
+
+def save_with_external_data(src: Path, folder: Path, location: str = "model.onnx.data", name: str = "model.onnx",
+                            size_threshold: int = 1024) -> Path:
+    """`src` re-saved into its own `folder` with its weights as EXTERNAL DATA (`location`, relative to the model), the
+    form torch.onnx.export and models over 2 GB use. The default threshold keeps small tensors (the Reshape's shape)
+    inline, as torch does: ONNX Runtime cannot infer shapes through an external shape tensor."""
+    import onnx
+
+    (folder / location).parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(onnx.load(str(src)), str(folder / name), save_as_external_data=True, all_tensors_to_one_file=True,
+              location=location, size_threshold=size_threshold)
+    return folder / name
+
+
+@pytest.fixture
+def external_onnx(tmp_path) -> Path:
+    """The tiny classifier with its conv2 weights in `model.onnx.data` beside `model.onnx`, in a folder of its own."""
+    return save_with_external_data(build_tiny_onnx(tmp_path / "tiny.onnx"), tmp_path / "external")

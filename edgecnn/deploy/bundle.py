@@ -4,6 +4,7 @@ The bundle is a single folder `<name>/`:
 
     model.onnx / model.int8.onnx   the FP32 ONNX and/or the Q/DQ INT8 ONNX (engines are built on the device:
     model.calib                    they do not travel between TensorRT versions or GPUs), the calibration cache,
+    (their external data files)    weights a model keeps beside itself, at the locations it names (in SHA256SUMS),
     contract.json, labels.txt      the labels + preprocessing manifest (the ModelContract),
     bundle.json                    what was bundled and how it runs (source redacted),
     start.sh                       build the engine on first start, then `edgecnn live`; ONNX Runtime fallback,
@@ -39,6 +40,8 @@ from edgecnn.artifacts import (
     atomic_write_text,
     check_output_file,
     ensure_distinct,
+    onnx_external_data,
+    onnx_sha256,
     read_onnx_contract,
     sha256_file,
 )
@@ -306,6 +309,22 @@ def _onnx_model(model: str | Path, workdir: Path) -> Path:
     raise UserInputError(f"Cannot bundle {path.name}: expected an .onnx model, a .pt checkpoint or a pretrained name")
 
 
+def _external_data(model: Path, found: dict[str, Path]) -> dict[str, Path]:
+    """`found` plus the external data files of the ONNX `model` (bundle path -> file): they sit beside model.onnx in
+    the bundle at the locations the model names, so SHA256SUMS covers them and the device finds them. Two models of a
+    bundle naming the same data file with different contents are refused: one file cannot serve both."""
+    found = dict(found)
+    for rel in onnx_external_data(model):
+        path = model.parent / rel
+        if rel in found and sha256_file(found[rel]) != sha256_file(path):
+            raise UserInputError(
+                f"MODEL and --int8-model both keep weights in external data files named {rel!r}, with different "
+                "contents: re-save one with another location, or without external data: onnx.save(onnx.load(SRC), DST)"
+            )
+        found[rel] = path
+    return found
+
+
 def _check_tensorrt_int8(path: Path, contract: ModelContract) -> None:
     """--int8-model is what the device builds its INT8 engine from: it must be a Q/DQ model in TensorRT's form."""
     if contract.precision != "int8":
@@ -363,6 +382,7 @@ def create_bundle(
 
         has_fp32 = contract.precision != "int8"
         payload["model.onnx" if has_fp32 else "model.int8.onnx"] = (onnx_path, 0o644)
+        data_files = _external_data(onnx_path, {})  # weights stored beside the model travel (and are hashed) with it
         if options.int8_model is not None:
             int8 = Path(options.int8_model)
             if not int8.is_file():
@@ -374,6 +394,7 @@ def create_bundle(
             _check_tensorrt_int8(int8, int8_contract)
             payload["model.int8.onnx"] = (int8, 0o644)
             inputs.append(int8)
+            data_files = _external_data(int8, data_files)
         if options.calib_cache is not None:
             calib = Path(options.calib_cache)
             if not calib.is_file() or calib.stat().st_size == 0:
@@ -386,6 +407,7 @@ def create_bundle(
                 raise UserInputError(f"--calib-cache: {exc}") from None
             payload["model.calib"] = (calib, 0o644)
             inputs.append(calib)
+        inputs += data_files.values()
         ensure_distinct(inputs, out)
         ensure_distinct(inputs, sidecar, "--out")  # the .sha256 written beside the bundle must not hit an input either
 
@@ -393,7 +415,7 @@ def create_bundle(
         plan = plan_models(
             options.precision, has_fp32, "model.int8.onnx" in payload, "model.calib" in payload, options.device
         )
-        model_id = sha256_file(payload[plan.build_onnx][0])[:12]
+        model_id = onnx_sha256(payload[plan.build_onnx][0])[:12]  # keys the device's engine: covers external weights
         warnings = list(plan.warnings)
         source_display = redact_source(options.source)
         if source_display != options.source:
@@ -431,6 +453,15 @@ def create_bundle(
             "arch": contract.arch,
         }
         payload["bundle.json"] = (json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n", 0o644)
+        taken = set(payload) | {"SHA256SUMS", "engines"}  # engines/: where the device caches its engine
+        clash = sorted(rel for rel in data_files
+                       if any(rel == t or t.startswith(rel + "/") or rel.startswith(t + "/") for t in taken))
+        if clash:
+            raise UserInputError(
+                f"The model keeps its weights in an external data file named {clash[0]!r}, a path the bundle uses "
+                "itself: re-save it with another location, or without external data: onnx.save(onnx.load(SRC), DST)"
+            )
+        payload.update({rel: (path, 0o644) for rel, path in data_files.items()})
 
         digests: dict[str, str] = {}
         files = []

@@ -103,16 +103,23 @@ def labels_line(labels: list[str]) -> tuple[str, list[str]]:
 
 
 def add_softmax(src: Path, dst: Path, notes: list[str] | None = None) -> str:
-    """Copy of the ONNX `src` with Softmax(axis=1) after its output; returns the new output name.
+    """Copy of the ONNX `src` with Softmax(axis=1) after its output, as one file (external data taken inline);
+    returns the new output name.
 
     A graph whose nodes are out of order (Q/DQ models from older edgecnn versions) is written sorted (TensorRT's
     ONNX parser, and the ONNX checker, need that); `notes` gets a line saying so."""
     import onnx
     from onnx import helper
+    from onnx.external_data_helper import load_external_data_for_model
 
-    from edgecnn.artifacts import save_onnx
+    from edgecnn.artifacts import onnx_external_data, save_onnx
 
-    model = onnx.load(str(src))
+    model = onnx.load(str(src), load_external_data=False)
+    # Weights in external data files (checked first: missing, truncated or outside src's folder fails clearly) go
+    # inline: the copy is the one file nvinfer's onnx-file names, and a classifier is far below protobuf's 2 GB.
+    external = bool(onnx_external_data(src, model))
+    if external:
+        load_external_data_for_model(model, str(src.parent))
     graph = model.graph
     unsorted = not _is_sorted(graph)
     if unsorted:
@@ -125,7 +132,7 @@ def add_softmax(src: Path, dst: Path, notes: list[str] | None = None) -> str:
     logits = graph.output[0]
     last = next((n for n in graph.node if logits.name in n.output), None)
     if last is not None and last.op_type == "Softmax":
-        if unsorted:
+        if unsorted or external:
             _check(model, src)
             save_onnx(model, dst)
         else:

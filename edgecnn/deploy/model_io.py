@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgecnn.artifacts import ModelContract, read_onnx_contract
+from edgecnn.artifacts import ModelContract, onnx_external_data, read_onnx_contract
 from edgecnn.errors import ArtifactError, UserInputError
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
@@ -21,7 +21,9 @@ class ModelIO:
     """kind: 'onnx' or 'engine'. Shapes include the batch dimension; None marks a dynamic one.
     max_batch: the largest batch the model takes (None: unbounded dynamic ONNX).
     onnx_model: the onnx.ModelProto read for an ONNX file (external data not loaded), kept so that later checks on the
-    graph or its weights (Triton's INT8 --cpu note) need not parse the file again; None for an engine."""
+    graph or its weights (Triton's INT8 --cpu note) need not parse the file again; None for an engine.
+    data_files: the ONNX model's external data files, relative to its folder (`artifacts.onnx_external_data`, checked
+    here: missing, truncated or outside the folder fails before any config is written); they travel with the model."""
 
     path: Path
     kind: str
@@ -32,6 +34,7 @@ class ModelIO:
     contract: ModelContract
     max_batch: int | None
     onnx_model: Any = field(default=None, repr=False, compare=False)
+    data_files: tuple[str, ...] = ()
 
     @property
     def dynamic_batch(self) -> bool:
@@ -78,6 +81,7 @@ def _onnx_io(path: Path) -> ModelIO:
     return ModelIO(
         path, "onnx", inputs[0].name, in_shape, graph.output[0].name, out_shape, contract,
         max_batch=in_shape[0] if in_shape and in_shape[0] else None, onnx_model=model,
+        data_files=tuple(onnx_external_data(path, model)),
     )
 
 

@@ -2,7 +2,8 @@
 
     <repo>/<name>/config.pbtxt          platform onnxruntime_onnx or tensorrt_plan, tensors, batching, instances,
     <repo>/<name>/labels.txt            label_filename: Triton's classification extension returns class names,
-    <repo>/<name>/1/model.onnx|.plan    the model (an engine as model.plan, its manifest beside it).
+    <repo>/<name>/1/model.onnx|.plan    the model (an engine as model.plan, its manifest beside it; an ONNX's
+                                        external data files beside it, at the locations the model names).
 
 The preprocessing contract goes into config `parameters` (edgecnn.preprocess, edgecnn.labels_file) so a client can
 read it from the server's model config instead of guessing. The config is written as protobuf text format and the
@@ -19,7 +20,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from edgecnn.artifacts import check_output_folder
+from edgecnn.artifacts import check_output_folder, copy_onnx, make_dirs, remove_created
 from edgecnn.deploy.model_io import ModelIO, read_model_io
 from edgecnn.errors import UserInputError
 
@@ -207,16 +208,20 @@ def write_repository(model: str | Path, repo: str | Path, options: TritonOptions
     target = repo / name
     if target.exists() and not options.force:
         raise UserInputError(f"{target} already exists: pass --force to replace it (or choose another --name)")
-    if path.resolve().is_relative_to(target.resolve()):
-        raise UserInputError(f"{path} is inside {target}: the input would be replaced; choose another --repo or --name")
-    repo.mkdir(parents=True, exist_ok=True)
-
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=repo))
+    for source in [path] + [path.parent / rel for rel in io.data_files]:  # the model and its weights files
+        if source.resolve().is_relative_to(target.resolve()):
+            raise UserInputError(
+                f"{source} is inside {target}: the input would be replaced; choose another --repo or --name"
+            )
+    created = make_dirs(repo)  # taken back below if writing fails, as deploy install/deepstream do
+    staging = None
     try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=repo))
         version_dir = staging / str(options.version)
         version_dir.mkdir()
         model_file = "model.plan" if io.kind == "engine" else "model.onnx"
-        shutil.copyfile(path, version_dir / model_file)
+        # an ONNX with external data: its weights files go beside model.onnx, where the model looks for them
+        copy_onnx(path, version_dir / model_file, list(io.data_files))
         if io.kind == "engine":
             from edgecnn.trt.manifest import manifest_path
 
@@ -234,8 +239,12 @@ def write_repository(model: str | Path, repo: str | Path, options: TritonOptions
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+    except BaseException as exc:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        remove_created(created, repo)
+        if isinstance(exc, OSError):
+            raise UserInputError(f"Cannot write the Triton repository in {repo}: {exc.strerror or exc}") from exc
         raise
     files = sorted(p.relative_to(repo).as_posix() for p in target.rglob("*") if p.is_file())
     return TritonReport(str(target), name, "tensorrt_plan" if io.kind == "engine" else "onnxruntime_onnx", max_batch, text, files, notes)

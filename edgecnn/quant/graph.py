@@ -21,8 +21,13 @@ NO_RANGE_OPS = frozenset({"Shape", "Constant", "ConstantOfShape", "Cast", "Size"
 
 
 def load_model(path: str | os.PathLike):
+    """The model with its weights, external data included (checked first: missing, truncated or outside the model's
+    folder is an ExternalDataError that says so)."""
     import onnx
 
+    from edgecnn.artifacts import onnx_external_data
+
+    onnx_external_data(path)
     try:
         return onnx.load(str(path))
     except Exception as exc:
@@ -45,10 +50,18 @@ def prepare(model_path: str | os.PathLike):
 
     import onnx
 
+    from edgecnn.artifacts import onnx_external_data
+
     with tempfile.TemporaryDirectory(prefix="edgecnn-quant-") as tmp:
         out = Path(tmp) / "prepared.onnx"
+        source = Path(model_path)
+        if onnx_external_data(source):
+            # quant_pre_process re-saves the model in a folder of its own, where external data files are not: hand
+            # it one file with the weights inside (the INT8 model edgecnn writes is one file too)
+            source = Path(tmp) / "source.onnx"
+            onnx.save(load_model(model_path), str(source))
         try:
-            quant_pre_process(str(model_path), str(out), skip_symbolic_shape=True)
+            quant_pre_process(str(source), str(out), skip_symbolic_shape=True)
         except Exception as exc:  # shape inference or ORT optimiser failure on an odd model
             raise ArtifactError(f"Cannot prepare {model_path} for quantization: {str(exc).splitlines()[0][:300]}") from exc
         return onnx.load(str(out))

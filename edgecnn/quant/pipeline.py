@@ -25,8 +25,10 @@ from edgecnn.artifacts import (
     atomic_path,
     check_output_file,
     ensure_distinct,
+    model_bytes,
+    onnx_external_data,
+    onnx_sha256,
     save_onnx,
-    sha256_file,
     write_onnx_contract,
 )
 from edgecnn.errors import AccuracyGateError, ArtifactError, UserInputError
@@ -152,7 +154,8 @@ def _check_input_size(model_proto, path: Path, pre: PreprocessConfig) -> None:
 def _check_outputs(src: Path, out: Path, calib, options: QuantOptions) -> None:
     """Every output path checked before any work: none may overwrite an input (the model, a calibration or --val
     image), be a folder, or sit under a file; --cache and --out must differ; --report must be a folder."""
-    inputs = [src, calib] + ([options.val] if options.val is not None else [])
+    data = [src.parent / rel for rel in onnx_external_data(src)]  # the model's weights files are inputs too
+    inputs = [src, *data, calib] + ([options.val] if options.val is not None else [])
     check_output_file(out, "--out")
     ensure_distinct(inputs, out, "--out")
     if options.cache is not None:
@@ -355,7 +358,7 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calib: str | os.P
 
         weights_text = _weights_text(options.reduce_range)
         provenance = {
-            "source": str(src), "source_sha256": sha256_file(src), "target": options.target, "method": options.method,
+            "source": str(src), "source_sha256": onnx_sha256(src), "target": options.target, "method": options.method,
             "percentile": options.percentile if options.method == "percentile" else None,
             "calibration": {k: summary[k] for k in ("source", "kind", "images", "corrupt", "per_class", "brightness")},
             "excluded": exclude, "activation": "int8 symmetric" if spec.activation_signed else "uint8 asymmetric",
@@ -395,7 +398,7 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calib: str | os.P
             "percentile": options.percentile, "calibration": summary, "excluded": exclude,
             "ranges": _range_table(ranges, spec.activation_signed),
             "qdq": qdq.qdq_summary(qmodel), "accuracy": measured, "max_drop": options.max_drop, "fallback": fallback,
-            "sizes": {"fp32_bytes": src.stat().st_size, "int8_bytes": out.stat().st_size},
+            "sizes": {"fp32_bytes": model_bytes(src), "int8_bytes": out.stat().st_size},
             "rounding": {"method": options.rounding, "layers": len(rounded), "seconds": round(rounding_seconds, 3)},
             "weights": {"qmax": options.weight_qmax, "reduce_range": options.reduce_range,
                         "text": weights_text, "note": _weights_note(options)},

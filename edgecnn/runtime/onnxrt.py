@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecnn.artifacts import ModelContract
-from edgecnn.errors import ArtifactError, UserInputError
+from edgecnn.errors import ArtifactError, EdgeCNNError, ExternalDataError, UserInputError
 from edgecnn.runtime.base import Backend, InputSpec, Runner
 
 PROVIDER_ALIASES = {
@@ -41,12 +41,26 @@ def x86_without_vnni(cpuinfo: Path = Path("/proc/cpuinfo"), machine: str | None 
     return flags is not None and not {"avx512_vnni", "avx_vnni"} & set(flags)
 
 
+def external_data_problem(path: Path) -> None:
+    """Raise the clear ExternalDataError of `artifacts.onnx_external_data` when the model's external data is what
+    stopped ONNX Runtime or OpenVINO (their own messages name C++ source lines and get cut short). Called only after a
+    failed load, so a model that loads pays nothing for it."""
+    from edgecnn.artifacts import onnx_external_data
+
+    try:
+        onnx_external_data(path)
+    except ExternalDataError:
+        raise
+    except EdgeCNNError:
+        pass  # not an ONNX file at all, ...: ONNX Runtime's own message says enough
+
+
 def session_options(threads: int | None = None, profile_prefix: str | None = None):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # errors come back as exceptions, reported in one line; ORT's log would repeat them
     so.add_session_config_entry(*EXACT_INT8)
     if threads:
         so.intra_op_num_threads = int(threads)
@@ -90,6 +104,7 @@ class OnnxRuntimeRunner(Runner):
         except UserInputError:
             raise
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            external_data_problem(path)  # weights beside the model missing, truncated or outside its folder: say so
             raise ArtifactError(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0][:300]}") from exc
         meta = self.session.get_modelmeta().custom_metadata_map
         contract = ModelContract.from_onnx_props(meta, source=str(path))

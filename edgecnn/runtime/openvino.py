@@ -56,6 +56,10 @@ class OpenVinoRunner(Runner):
         try:
             self.model = self.core.read_model(str(path))
         except Exception as exc:
+            if path.suffix.lower() == ".onnx":
+                from edgecnn.runtime.onnxrt import external_data_problem
+
+                external_data_problem(path)  # its weights files missing, truncated or outside: say that, in one line
             raise ArtifactError(f"OpenVINO cannot read {path}: {str(exc).strip().splitlines()[0][:300]}") from exc
         contract = _contract(path, self.model)
         if len(self.model.inputs) != 1:

@@ -16,7 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from edgecnn.artifacts import atomic_write_bytes, check_output_file, ensure_distinct, read_onnx_contract
+from edgecnn.artifacts import (
+    atomic_write_bytes,
+    check_output_file,
+    ensure_distinct,
+    onnx_external_data,
+    read_onnx_contract,
+)
 from edgecnn.errors import ArtifactError, EdgeCNNError, UserInputError
 from edgecnn.trt.devices import DEVICES, DevicePreset, get_device
 from edgecnn.trt.manifest import file_record, manifest_path, write_manifest
@@ -222,6 +228,12 @@ def check_inputs(onnx_path: Path, out: Path, options: BuildOptions, require_cont
         check_output_file(timing, "--timing-cache")
     if calib:
         check_calib_cache(calib)
+    # Weights in external data files are checked now (missing, truncated, outside the model's folder), not by
+    # TensorRT's parser minutes into a build; it reads them from beside the ONNX, so no output may land on one.
+    data = [onnx_path.parent / rel for rel in onnx_external_data(onnx_path)]
+    outputs = [(out, "--out"), (manifest_path(out), "--out")] + ([(timing, "--timing-cache")] if timing else [])
+    for target, flag in outputs:
+        ensure_distinct(data, target, flag)
     contract = read_onnx_contract(onnx_path) if require_contract else None  # no labels/preprocessing: fails here
     return contract, inspect_onnx(onnx_path)
 
@@ -265,7 +277,7 @@ def build_engine(
     engine_precision = plan.engine_precision
     manifest = {
         "engine": file_record(out),
-        "onnx": file_record(onnx_path),
+        "onnx": onnx_record(onnx_path),
         "calib_cache": file_record(plan.calib_cache) if plan.calib_cache else None,
         "built_with": {k: here[k] for k in ("tensorrt", "cuda", "gpu", "compute_capability", "jetson")},
         "compatibility": {"version_compatible": plan.version_compatible, "hardware": plan.hardware_compat},
@@ -282,6 +294,16 @@ def build_engine(
     }
     mpath = write_manifest(out, manifest)
     return BuildReport(out, mpath, plan, seconds, manifest["built_with"], list(plan.notes))
+
+
+def onnx_record(path: Path) -> dict:
+    """The manifest's record of the ONNX an engine was built from; with external data, its data files' records too
+    (`external_data`), since the .onnx alone holds only the graph and new weights would leave its sha256 unchanged."""
+    record = file_record(path)
+    data = onnx_external_data(path)
+    if data:
+        record["external_data"] = [{**file_record(path.parent / rel), "file": rel} for rel in data]
+    return record
 
 
 def _engine_contract(contract, precision: str, onnx_path: Path, here: dict):
