@@ -24,7 +24,7 @@ import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,6 +33,7 @@ import numpy as np
 from edgecnn.augment import random_crop_flip
 from edgecnn.errors import EdgeCNNError, UserInputError, require_torch
 from edgecnn.preprocess import PreprocessConfig, normalize
+from edgecnn.train_resume import check_resumable, check_same_split, continues_in_place, is_best_of, resumed_config
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("onecycle", "cosine")
@@ -230,15 +231,40 @@ def _check_memory(n_images: int, pre: PreprocessConfig) -> None:
         )
 
 
-def _load_data(cfg: TrainConfig, pre: PreprocessConfig, classes_from_ckpt: list[str] | None, report,
-               warn: Callable[[str], None]) -> tuple:
-    """Scan, split and decode. Returns (classes, train _Split, val _Split | None, corrupt counts, corrupt examples).
-    Class folders without images are left out with a warning: the model would never learn such a class, and a
-    user who forgot to fill a folder wants to know before the training time is spent."""
-    from edgecnn.data import decode_resized, find_splits, scan_image_folder
+@dataclass
+class _DataPlan:
+    """Which files train and which validate (scanned and split, nothing decoded yet)."""
 
-    data = Path(cfg.data)
-    train_dir, test_dir = find_splits(data)
+    classes: list[str]
+    train_dir: Path
+    train_paths: list[Path]
+    train_labels: list[int]
+    val_root: Path | None  # the validation folder; None for a split of the training folder
+    val_paths: list[Path]
+    val_labels: list[int]
+
+    def digest(self) -> str:
+        """sha256 of the split: each file's path relative to its folder, and its class. A resumed run must see the
+        same split, or images it validated on would move into training (and the best epoch would be chosen on two
+        different validation sets)."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for name, root, paths, labels in (("train", self.train_dir, self.train_paths, self.train_labels),
+                                          ("val", self.val_root or self.train_dir, self.val_paths, self.val_labels)):
+            h.update(f"{name}\n".encode())
+            for path, label in zip(paths, labels):
+                h.update(f"{path.relative_to(root).as_posix()}\t{self.classes[label]}\n".encode())
+        return h.hexdigest()
+
+
+def _plan_data(cfg: TrainConfig, classes_from_ckpt: list[str] | None, warn: Callable[[str], None]) -> _DataPlan:
+    """Scan and split the folders (cheap: no decoding). Class folders without images are left out with a warning:
+    the model would never learn such a class, and a user who forgot to fill a folder wants to know before the
+    training time is spent."""
+    from edgecnn.data import find_splits, scan_image_folder
+
+    train_dir, test_dir = find_splits(Path(cfg.data))
     folder = scan_image_folder(train_dir, min_classes=2)
     classes = folder.classes
     if folder.empty:
@@ -251,15 +277,13 @@ def _load_data(cfg: TrainConfig, pre: PreprocessConfig, classes_from_ckpt: list[
     paths = [p for p, _ in folder.samples]
     labels = [c for _, c in folder.samples]
 
-    val_paths: list[Path] = []
-    val_labels: list[int] = []
-    if cfg.val is not None:
-        val_folder = scan_image_folder(cfg.val)
-    elif cfg.val_split is None and test_dir is not None:
-        val_folder = scan_image_folder(test_dir)
-    else:
-        val_folder = None
-    if val_folder is not None:
+    val_root = Path(cfg.val) if cfg.val is not None else test_dir if cfg.val_split is None else None
+    if val_root is not None:
+        a, b = val_root.resolve(), train_dir.resolve()
+        if a.is_relative_to(b) or b.is_relative_to(a):
+            raise UserInputError(f"--val {val_root} overlaps the training images in {train_dir}: validating on "
+                                 "images the model trains on measures nothing; give a separate folder or --val-split")
+        val_folder = scan_image_folder(val_root)
         unknown = [c for c in val_folder.classes if c not in classes]
         if unknown:
             raise UserInputError(
@@ -269,6 +293,7 @@ def _load_data(cfg: TrainConfig, pre: PreprocessConfig, classes_from_ckpt: list[
         val_paths = [p for p, _ in val_folder.samples]
         val_labels = [classes.index(val_folder.classes[c]) for _, c in val_folder.samples]
     else:
+        val_paths, val_labels = [], []
         fraction = 0.1 if cfg.val_split is None else float(cfg.val_split)
         if fraction > 0:
             train_idx, val_idx = _stratified_split(labels, fraction, cfg.seed)
@@ -276,27 +301,40 @@ def _load_data(cfg: TrainConfig, pre: PreprocessConfig, classes_from_ckpt: list[
             val_labels = [labels[i] for i in val_idx]
             paths = [paths[i] for i in train_idx]
             labels = [labels[i] for i in train_idx]
+    return _DataPlan(classes, train_dir, paths, labels, val_root, val_paths, val_labels)
 
-    _check_memory(len(paths) + len(val_paths), pre)
+
+def _decode_data(plan: _DataPlan, cfg: TrainConfig, pre: PreprocessConfig, report) -> tuple:
+    """Decode the planned files at the model's input size. Returns (train _Split, val _Split | None, corrupt counts,
+    corrupt examples). No readable training image, or none of two classes, or validation images of which none is
+    readable: each a clear error (training on without the validation the user asked for would silently switch
+    off early stopping and best-checkpoint selection)."""
+    from edgecnn.data import decode_resized
+
+    _check_memory(len(plan.train_paths) + len(plan.val_paths), pre)
     workers = cfg.workers or os.cpu_count() or 1
 
     def decode(split: str, p: list[Path], lab: list[int]):
         cb = (lambda done, total: report(TrainProgress("decode", step=done, steps=total, split=split))) if report else None
         return decode_resized(p, pre, lab, progress=cb, workers=workers)
 
-    train_set = decode("train", paths, labels)
-    val_set = decode("val", val_paths, val_labels) if val_paths else None
-    corrupt = {"train": len(train_set.corrupt), "val": len(val_set.corrupt) if val_set else 0}
-    examples = [str(p) for p in (train_set.corrupt + (val_set.corrupt if val_set else []))[:5]]
+    train_set = decode("train", plan.train_paths, plan.train_labels)
     if len(train_set.labels) == 0:
-        raise UserInputError(f"None of the {len(paths)} training images in {train_dir} could be decoded")
+        raise UserInputError(f"None of the {len(plan.train_paths)} training images in {plan.train_dir} could be decoded")
     present = np.unique(train_set.labels)
     if len(present) < 2:
         raise UserInputError(
-            f"Only class {classes[int(present[0])]!r} has readable training images in {train_dir}: need at least two classes"
+            f"Only class {plan.classes[int(present[0])]!r} has readable training images in {plan.train_dir}: need at "
+            "least two classes"
         )
-    val = _Split(val_set.images, val_set.labels) if val_set is not None and len(val_set.labels) else None
-    return classes, _Split(train_set.images, train_set.labels), val, corrupt, examples
+    val_set = decode("val", plan.val_paths, plan.val_labels) if plan.val_paths else None
+    if val_set is not None and len(val_set.labels) == 0:
+        raise UserInputError(f"None of the {len(plan.val_paths)} validation images "
+                             f"({plan.val_root or 'split off ' + str(plan.train_dir)}) could be decoded")
+    corrupt = {"train": len(train_set.corrupt), "val": len(val_set.corrupt) if val_set else 0}
+    examples = [str(p) for p in (train_set.corrupt + (val_set.corrupt if val_set else []))[:5]]
+    val = _Split(val_set.images, val_set.labels) if val_set is not None else None
+    return _Split(train_set.images, train_set.labels), val, corrupt, examples
 
 
 # ---------------------------------------------------------------- distributed
@@ -494,6 +532,9 @@ def _validate_paths(cfg: TrainConfig) -> None:
         if folder is not None and out.resolve().is_relative_to(Path(folder).resolve()):
             raise UserInputError(f"--out {out} is inside the {flag} {folder}: write the model elsewhere")
     outputs = [out, *side_paths(out).values()]
+    for path in outputs[1:]:
+        if path.is_dir():
+            raise UserInputError(f"{path} (written next to --out {out.name}) is a folder: move it, or choose another --out")
     in_place = continues_in_place(cfg)
     if cfg.resume is not None:
         if not Path(cfg.resume).is_file():
@@ -511,75 +552,7 @@ def _validate_paths(cfg: TrainConfig) -> None:
         )
 
 
-def continues_in_place(cfg: TrainConfig) -> bool:
-    """True when --resume is the `.last.pt` of --out itself: the run goes on writing its own files."""
-    if cfg.resume is None:
-        return False
-    last = side_paths(cfg.out)["last"]
-    try:
-        return last.exists() and os.path.samefile(cfg.resume, last)
-    except OSError:
-        return False
-
-
-# Settings a resumed run takes from its checkpoint (exact continuation); `given` ones must match.
-RESUMED_SETTINGS = ("optimizer", "lr", "weight_decay", "batch_size", "schedule", "warmup", "label_smoothing",
-                    "augment", "crop_pad", "seed", "val_split", "channels_last")
-_FLAGS = {"lr": "--lr", "weight_decay": "--weight-decay", "batch_size": "--batch-size", "val_split": "--val-split",
-          "label_smoothing": "--label-smoothing", "crop_pad": "--crop-pad", "augment": "--augment/--no-augment"}
-
-
-def _given(cfg: TrainConfig) -> frozenset[str]:
-    if cfg.given is not None:
-        return cfg.given
-    defaults = TrainConfig(data="", arch="", out="")
-    return frozenset(f.name for f in fields(TrainConfig) if getattr(cfg, f.name) != getattr(defaults, f.name))
-
-
-def resumed_config(cfg: TrainConfig, ckpt: dict) -> TrainConfig:
-    """`cfg` with the checkpoint run's settings (RESUMED_SETTINGS) filled in. Another optimizer, learning rate or
-    batch size would not continue that run (and its optimizer state would not even load); another seed or split
-    would move validation images into training. So a setting the caller gave with another value is an error."""
-    training = ckpt.get("training") or {}
-    earlier = dict(training.get("config") or {})
-    if not earlier:  # a checkpoint without its run's settings: nothing to take over
-        return cfg
-    earlier["lr"] = training.get("lr", earlier.get("lr"))  # the peak LR the run used (its default resolved)
-    earlier_cfg = replace(cfg, **{k: earlier[k] for k in RESUMED_SETTINGS if k in earlier})
-    earlier["weight_decay"] = earlier_cfg.resolved_weight_decay()
-    given = _given(cfg)
-    updates = {}
-    for key in RESUMED_SETTINGS:
-        if key not in earlier:
-            continue
-        mine = getattr(cfg, key)
-        if key == "lr" and mine is not None:
-            mine = cfg.resolved_lr()
-        if key == "weight_decay" and mine is not None:
-            mine = cfg.resolved_weight_decay()
-        if key in given and mine != earlier[key]:
-            flag = _FLAGS.get(key, f"--{key.replace('_', '-')}")
-            raise UserInputError(
-                f"--resume continues a run trained with {key} = {earlier[key]!r}, not {mine!r}: drop {flag} to "
-                f"continue it, or start a new run"
-            )
-        updates[key] = earlier[key]
-    return replace(cfg, **updates)
-
-
 _RESTARTED = Path("<the resumed weights>")  # best_source when the earlier best checkpoint was not found
-
-
-def _is_best_of(path: Path, extra: dict) -> bool:
-    """Is `path` the best checkpoint of the run whose state is `extra`: same run, saved at its best epoch?"""
-    from edgecnn.checkpoint import read_checkpoint
-
-    try:
-        theirs = read_checkpoint(path).get("extra") or {}
-    except EdgeCNNError:
-        return False
-    epoch = theirs.get("epoch")
-    return epoch == extra.get("best_epoch") and theirs.get("history") == list(extra.get("history", []))[:epoch]
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -644,29 +617,31 @@ class _Run:
     checkpoint must carry for an exact resume (epoch, history, best, patience counter, optimizer)."""
 
     def __init__(self, cfg: TrainConfig, ckpt: dict | None, dist: _Dist, report: ProgressCallback | None, torch):
-        from edgecnn.models.registry import count_parameters, create_model
-
+        """Everything that can be refused is refused before the images are decoded (the slow part): the split, the
+        model options and input size, the resumed state."""
         self.cfg, self.dist, self.report, self.torch = cfg, dist, report, torch
         self.warnings: list[str] = []
         self.device_type = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
         cuda_index = f":{dist.local_rank}" if self.device_type == "cuda" and dist.active else ""
         self.device = torch.device(self.device_type + cuda_index)
         self.arch, self.arch_kwargs, self.pre, ckpt_classes, self.pretrained_from = _resolve_model_spec(cfg, ckpt)
-
-        self.classes, self.train, self.val, self.corrupt, self.corrupt_examples = _load_data(cfg, self.pre, ckpt_classes, report, self._warn)
-        self.arch_kwargs["num_classes"] = len(self.classes)
-        try:
-            model = create_model(self.arch, pretrained=bool(cfg.pretrained and ckpt is None), **self.arch_kwargs)
-        except TypeError as exc:
-            raise UserInputError(f"{self.arch} does not take these options {sorted(cfg.arch_kwargs)}: {exc}") from exc
-        except ValueError as exc:  # e.g. torch refusing dropout=1.5
-            raise UserInputError(f"{self.arch} with options {cfg.arch_kwargs}: {exc}") from exc
-        _check_input_size(torch, model, self.arch, self.pre)
+        if cfg.crop_pad is not None and cfg.crop_pad >= min(self.pre.height, self.pre.width):
+            raise UserInputError(f"--crop-pad {cfg.crop_pad} must be smaller than the {self.pre.height}×{self.pre.width} "
+                                 "input (random crops shift an image by at most that many pixels)")
+        extra = (ckpt or {}).get("extra") or {}
+        self.history: list[dict] = list(extra.get("history", []))
+        self.train_seconds = sum(r["seconds"] for r in self.history)
+        self.budget_s = (cfg.time_budget or 0) * 60.0
         if ckpt is not None:
-            model.load_state_dict(ckpt["state_dict"])
-        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-        self.model = model.to(device=self.device, memory_format=self.memory_format)
-        self.parameters = count_parameters(model)
+            check_resumable(cfg, ckpt, self.train_seconds)
+
+        plan = _plan_data(cfg, ckpt_classes, self._warn)
+        self.classes, self.split_digest = plan.classes, plan.digest()
+        if ckpt is not None:
+            check_same_split(cfg, ckpt, self.split_digest)
+        self.arch_kwargs["num_classes"] = len(self.classes)
+        self.model = self._build_model(ckpt)
+        self.train, self.val, self.corrupt, self.corrupt_examples = _decode_data(plan, cfg, self.pre, report)
 
         self.lr_peak = cfg.resolved_lr()
         groups = _param_groups(self.model, cfg.resolved_weight_decay())
@@ -675,23 +650,19 @@ class _Run:
         else:
             self.optimizer = torch.optim.SGD(groups, lr=self.lr_peak, momentum=0.9, nesterov=True)
 
-        extra = (ckpt or {}).get("extra") or {}
         self.start_epoch = self.epoch = int(extra.get("epoch", 0))
-        self.history: list[dict] = list(extra.get("history", []))
         self.best_acc = extra.get("best_val_acc")
         self.best_epoch = int(extra.get("best_epoch", 0))
         self.bad_epochs = int(extra.get("bad_epochs", 0))
-        self.best_source: Path | None = None  # resume: the earlier run's best checkpoint, put at --out at the start
+        self.best_source: Path | None = None  # resume: the earlier run's best checkpoint, put at --out with the first save
         if ckpt is not None:
-            if self.start_epoch >= cfg.epochs:
-                raise UserInputError(f"--resume checkpoint already has {self.start_epoch} epochs: pass --epochs above {self.start_epoch}")
             if "optimizer" in extra:
                 try:
                     self.optimizer.load_state_dict(extra["optimizer"])
                 except (ValueError, KeyError) as exc:
                     raise UserInputError(f"--resume {cfg.resume}: its optimizer state does not fit this "
                                          f"{cfg.optimizer} optimizer ({exc!r}); start a new run") from exc
-            self._find_earlier_best(extra)
+            self._find_earlier_best(ckpt)
 
         self.net = self.model
         if dist.active:
@@ -699,22 +670,40 @@ class _Run:
 
             self.net = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-        self.steps_per_epoch = math.ceil(len(_shard(len(self.train.labels), 0, cfg.seed, dist)) / cfg.batch_size)
-        self.train_seconds = sum(r["seconds"] for r in self.history)
-        self.budget_s = (cfg.time_budget or 0) * 60.0
+        self.steps_per_epoch = math.ceil(len(_shard(len(self.train.labels), 0, cfg.seed, self.dist)) / cfg.batch_size)
         self.stopped = self.out_of_time = False
         self.paths = side_paths(cfg.out)
+
+    def _build_model(self, ckpt: dict | None):
+        """The network for these classes (pretrained or resumed weights), after a forward pass at the input size."""
+        from edgecnn.models.registry import count_parameters, create_model
+
+        torch, cfg = self.torch, self.cfg
+        try:
+            model = create_model(self.arch, pretrained=bool(cfg.pretrained and ckpt is None), **self.arch_kwargs)
+        except TypeError as exc:
+            raise UserInputError(f"{self.arch} does not take these options {sorted(cfg.arch_kwargs)}: {exc}") from exc
+        except ValueError as exc:  # e.g. torch refusing a value
+            raise UserInputError(f"{self.arch} with options {cfg.arch_kwargs}: {exc}") from exc
+        _check_input_size(torch, model, self.arch, self.pre)
+        if ckpt is not None:
+            model.load_state_dict(ckpt["state_dict"])
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.parameters = count_parameters(model)
+        return model.to(device=self.device, memory_format=self.memory_format)
 
     def _warn(self, message: str) -> None:
         self.warnings.append(message)
         if self.report:
             self.report(TrainProgress("warning", message=message))
 
-    def _find_earlier_best(self, extra: dict) -> None:
+    def _find_earlier_best(self, ckpt: dict) -> None:
         """A resumed run's --out must hold the best model of the whole run, including the epochs before the resume,
         whose best weights are not in the `.last.pt`. They are in the earlier run's best checkpoint: --out itself when
         continuing in place, else `NAME.pt` beside `NAME.last.pt`. If that file is gone (or is from another run), the
-        best restarts from the resumed weights, and the user is told."""
+        best restarts from the resumed weights, and the user is told. Either is written to --out only with the first
+        epoch's files, so a resume interrupted before that leaves --out as it was."""
+        extra = ckpt.get("extra") or {}
         if self.best_acc is None:  # no validation: the checkpoint is simply the last epoch
             return
         resume = Path(self.cfg.resume)
@@ -724,24 +713,28 @@ class _Run:
         if resume.name.endswith(".pt") and self.best_epoch == self.start_epoch:
             candidates.append(resume)  # the resumed epoch was the best one
         for cand in candidates:
-            if _is_best_of(cand, extra):
+            if is_best_of(cand, extra):
                 self.best_source = cand
                 return
         last_acc = self.history[-1]["val_acc"] if self.history else None
         self._warn(f"the best checkpoint of the resumed run (epoch {self.best_epoch}, val acc {self.best_acc:.2%}) "
                    f"was not found next to {resume}: the best is counted again from epoch {self.start_epoch}")
         self.best_acc, self.best_epoch, self.bad_epochs = last_acc, self.start_epoch, 0
+        best = {"best_val_acc": last_acc, "best_epoch": self.start_epoch}
+        self.restarted_best = {**ckpt, "extra": {**extra, **best, "bad_epochs": 0},
+                               "training": {**(ckpt.get("training") or {}), **best}}
         self.best_source = _RESTARTED
 
     def _place_earlier_best(self) -> None:
-        """Put the resumed run's best model at --out before training on (see `_find_earlier_best`)."""
+        """Put the resumed run's best model at --out (see `_find_earlier_best`)."""
         import shutil
 
         from edgecnn.artifacts import atomic_path
 
         out = Path(self.cfg.out)
-        if self.best_source is _RESTARTED:
-            self.save(out, self.summary())  # the resumed weights are the best so far now
+        if self.best_source is _RESTARTED:  # the resumed weights, marked as the best so far
+            with atomic_path(out, suffix=".pt") as tmp:
+                self.torch.save(self.restarted_best, tmp)
         elif not _same_file(self.best_source, out):
             with atomic_path(out, suffix=".pt") as tmp:
                 shutil.copyfile(self.best_source, tmp)
@@ -764,16 +757,19 @@ class _Run:
         return self.torch.from_numpy(x).to(device=self.device, memory_format=self.memory_format, non_blocking=True)
 
     def _lr(self, epoch: int, i: int, t0: float) -> float | None:
-        """The learning rate of step i of `epoch`, or None when the time budget is spent."""
+        """The learning rate of step i of `epoch`, or None when the time budget is spent. With a time budget the
+        schedule runs on whichever ends first, the clock or the epochs (the larger fraction done), so the model is
+        fully annealed at the end either way."""
         cfg = self.cfg
+        step, total = (epoch - 1) * self.steps_per_epoch + i, self.steps_per_epoch * cfg.epochs
         if not cfg.time_budget:
-            step = (epoch - 1) * self.steps_per_epoch + i
-            return learning_rate(step, self.steps_per_epoch * cfg.epochs, self.lr_peak, cfg.schedule, cfg.warmup)
+            return learning_rate(step, total, self.lr_peak, cfg.schedule, cfg.warmup)
         spent = self.train_seconds + time.perf_counter() - t0
         spent = self.dist.all_sum(self.torch, [spent])[0] / self.dist.world  # one decision for all ranks
         if spent >= self.budget_s:
             return None
-        return learning_rate(int(spent / self.budget_s * 100_000), 100_000, self.lr_peak, cfg.schedule, cfg.warmup)
+        done = max(spent / self.budget_s, step / total)
+        return learning_rate(int(done * 100_000), 100_000, self.lr_peak, cfg.schedule, cfg.warmup)
 
     def train_epoch(self, epoch: int, prep_pool: ThreadPoolExecutor) -> dict | None:
         """One pass over this rank's shard; returns the epoch's metrics row (None if the budget ran out at once)."""
@@ -884,6 +880,8 @@ class _Run:
             "images_per_s": round(sum(r["images_per_s"] * r["seconds"] for r in h) / secs, 1) if secs else 0.0,
             "world_size": self.dist.world, "device": self.device_type,
             "resumed_from": str(cfg.resume) if cfg.resume else None,
+            "val_folder": str(Path(cfg.val).resolve()) if cfg.val is not None else None,
+            "split_digest": self.split_digest,
             "config": {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in asdict(cfg).items()},
             "optimizer": cfg.optimizer, "lr": self.lr_peak, "batch_size": cfg.batch_size, "schedule": cfg.schedule,
             "torch": str(self.torch.__version__), "cpu_threads": self.torch.get_num_threads(),
@@ -900,12 +898,14 @@ class _Run:
         )
         state = {"optimizer": self.optimizer.state_dict(), "epoch": self.epoch, "history": self.history,
                  "best_val_acc": self.best_acc, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
-        save_checkpoint(target, self.model, self.arch, self.arch_kwargs, contract, training=summary, extra=state)
+        try:
+            save_checkpoint(target, self.model, self.arch, self.arch_kwargs, contract, training=summary, extra=state)
+        except (OSError, RuntimeError) as exc:  # torch reports a full disk as RuntimeError("... unexpected pos ...")
+            raise EdgeCNNError(f"Could not write the checkpoint {target} ({str(exc).splitlines()[0][:160]}): is the "
+                               "disk full? The files of the epochs before are kept") from exc
 
     def run(self) -> TrainResult:
         cfg, dist = self.cfg, self.dist
-        if dist.main and self.best_source is not None:
-            self._place_earlier_best()
         with ThreadPoolExecutor(max_workers=1) as prep_pool:
             for epoch in range(self.start_epoch + 1, cfg.epochs + 1):
                 row = self.train_epoch(epoch, prep_pool)
@@ -915,9 +915,14 @@ class _Run:
                 improved = self.record(row)
                 if dist.main:  # rank 0 alone writes; the others wait so nobody runs ahead of a checkpoint
                     summary = self.summary()
+                    # .last.pt first: interrupted between the two writes, the best on disk is never newer than the
+                    # .last.pt a resume starts from (which then finds its best again, see _find_earlier_best).
+                    self.save(self.paths["last"], summary)
                     if improved:
                         self.save(Path(cfg.out), summary)
-                    self.save(self.paths["last"], summary)
+                    elif self.best_source is not None:  # a resumed run's first epoch did not beat the earlier best
+                        self._place_earlier_best()
+                    self.best_source = None
                     _write_metrics(self.history, self.paths, summary)
                 dist.barrier()
                 if self.report:
@@ -925,6 +930,9 @@ class _Run:
                                               metrics=dict(row, best_val_acc=self.best_acc, improved=improved)))
                 if self.stopped or self.out_of_time:
                     break
+        if self.epoch == self.start_epoch:  # not one step fitted in the budget: say so, never name unwritten files
+            raise EdgeCNNError(f"The time budget ({cfg.time_budget:g} min) was spent before the first training step "
+                               "finished; nothing was written. Pass a larger --time-budget")
         s = self.summary()
         return TrainResult(
             checkpoint=Path(cfg.out), last_checkpoint=self.paths["last"], metrics_csv=self.paths["csv"],
@@ -937,15 +945,38 @@ class _Run:
         )
 
 
+def _prepare_output_folder(out: Path) -> Path | None:
+    """Create --out's folder and write a probe file in it now: a read-only or otherwise unwritable place (/proc, a
+    read-only mount, no permission) is one clear error before the data is decoded, not an internal error after the
+    first epoch. Returns the topmost folder created (for `remove_created`)."""
+    import tempfile
+
+    from edgecnn.artifacts import make_dirs, remove_created
+
+    created = make_dirs(out.parent)
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".probe", dir=out.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        remove_created(created, out.parent)
+        raise UserInputError(f"--out {out}: cannot write files in {out.parent} ({exc.strerror or exc})") from exc
+    return created
+
+
 def fit(cfg: TrainConfig, progress: ProgressCallback | None = None) -> TrainResult:
     """Train `cfg.arch` on `cfg.data` and write the best checkpoint to `cfg.out`. See the module docstring."""
     torch = require_torch()
     from edgecnn.checkpoint import read_checkpoint
 
+    from edgecnn.artifacts import remove_created
+
     _validate(cfg)
     ckpt = read_checkpoint(cfg.resume) if cfg.resume is not None else None
     if ckpt is not None:
         cfg = resumed_config(cfg, ckpt)
+        _validate(cfg)  # the settings taken from the checkpoint (e.g. its --val folder) are checked the same way
+    created = _prepare_output_folder(Path(cfg.out))
     device_type = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dist = _Dist.from_env(torch, device_type)
     try:
@@ -956,6 +987,9 @@ def fit(cfg: TrainConfig, progress: ProgressCallback | None = None) -> TrainResu
         torch.manual_seed(cfg.seed)
         report = progress if (progress is not None and dist.main) else None
         return _Run(cfg, ckpt, dist, report, torch).run()
+    except BaseException:
+        remove_created(created, Path(cfg.out).parent)  # only folders this run made and left empty
+        raise
     finally:
         if dist.owns_group:
             import torch.distributed as tdist

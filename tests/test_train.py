@@ -507,3 +507,99 @@ def test_cli_prints_the_empty_class_warning(folder, tmp_path):
     r = _invoke(["train", str(folder), "--epochs", "1", "--batch-size", "4", "--out", str(tmp_path / "m.pt")])
     assert r.exit_code == 0, r.output
     assert "fox" in r.output and "no images" in r.output
+
+
+def _interrupted(folder, out, **kw):
+    """A run stopped by Ctrl-C right after its first epoch (the callback raises where the user's key would)."""
+    def stop(ev):
+        if ev.phase == "epoch":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(_cfg(folder, out, **kw), progress=stop)
+    return side_paths(out)["last"]
+
+
+def test_resume_without_options_continues_the_planned_run(folder, tmp_path):
+    """Nothing typed but --resume: the run's own --epochs, --patience and --time-budget continue (the epochs fell
+    back to the default 10 and stretched the learning-rate schedule mid-run)."""
+    straight = fit(_cfg(folder, tmp_path / "a" / "m.pt", epochs=3, patience=5))
+    last = _interrupted(folder, tmp_path / "b" / "m.pt", epochs=3, patience=5)
+    resumed = fit(TrainConfig(data=folder, arch="", out=tmp_path / "b" / "m.pt", resume=last, given=frozenset()))
+    assert resumed.epochs_run == 3
+    assert [r["lr"] for r in resumed.history] == pytest.approx([r["lr"] for r in straight.history], rel=1e-6)
+    config = read_checkpoint(resumed.last_checkpoint)["training"]["config"]
+    assert (config["epochs"], config["patience"], config["time_budget"]) == (3, 5, None)
+
+
+def test_resume_refuses_another_split_and_keeps_its_val_folder(folder, tmp_path):
+    last = _interrupted(folder, tmp_path / "a" / "m.pt", epochs=2)
+    cv2_img = read_image(next((folder / "cat").glob("*.png")))
+    import cv2
+
+    cv2.imwrite(str(folder / "cat" / "added.png"), cv2_img)  # one more image reshuffles the seeded split
+    with pytest.raises(UserInputError, match="images differ from those the run started with"):
+        fit(_cfg(folder, tmp_path / "a" / "m.pt", resume=last))
+    (folder / "cat" / "added.png").unlink()
+    other_val = make_image_folder(tmp_path / "other-val", per_class=2, seed=4)
+    with pytest.raises(UserInputError, match="images differ"):
+        fit(_cfg(folder, tmp_path / "a" / "m.pt", resume=last, val=other_val, val_split=None))
+    # Typing the values the run used is not "another value": --val-split 0.25 here, --crop-pad 4 at 32×32.
+    done = fit(_cfg(folder, tmp_path / "a" / "m.pt", resume=last, crop_pad=4))
+    assert done.epochs_run == 2
+
+    # A run that validated on a --val folder keeps validating on it when resumed without typing --val.
+    val = make_image_folder(tmp_path / "val", per_class=3, seed=9)
+    last = _interrupted(folder, tmp_path / "c" / "m.pt", val=val, val_split=None)
+    resumed = fit(TrainConfig(data=folder, arch="", out=tmp_path / "c" / "m.pt", resume=last, given=frozenset()))
+    assert (resumed.num_train, resumed.num_val) == (16, 6)
+
+
+def test_a_spent_time_budget_writes_nothing_and_fails(folder, tmp_path):
+    from edgecnn.errors import EdgeCNNError
+
+    with pytest.raises(EdgeCNNError, match="spent before the first training step"):
+        fit(_cfg(folder, tmp_path / "m.pt", time_budget=1e-9))
+    assert not list(tmp_path.glob("m*"))
+
+    first = fit(_cfg(folder, tmp_path / "r" / "m.pt", epochs=1, time_budget=1e-4))  # one step, then out of time
+    with pytest.raises(UserInputError, match="already trained .* of its --time-budget"):
+        fit(_cfg(folder, tmp_path / "s" / "m.pt", epochs=3, time_budget=1e-4, resume=first.last_checkpoint))
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_time_budget_still_anneals_when_the_epochs_end_first(folder, tmp_path):
+    plain = fit(_cfg(folder, tmp_path / "a.pt", epochs=2))
+    budget = fit(_cfg(folder, tmp_path / "b.pt", epochs=2, time_budget=60))
+    assert not budget.out_of_time
+    # The schedule follows the epochs here (2 of 2 done, 0.1 % of the hour): the same curve as without a budget, up
+    # to the finer warm-up of the clock schedule (it stayed in its warm-up, at peak / 25, before).
+    assert [r["lr"] for r in budget.history] == pytest.approx([r["lr"] for r in plain.history], rel=0.15)
+
+
+def test_unwritable_outputs_are_refused_before_training(folder, tmp_path):
+    (tmp_path / "m.last.pt").mkdir()
+    with pytest.raises(UserInputError, match=r"m\.last\.pt .* is a folder"):
+        fit(_cfg(folder, tmp_path / "m.pt", force=True))
+    if Path("/proc/self").is_dir():  # a place nobody can create files in, even root
+        with pytest.raises(UserInputError, match="cannot write files in /proc"):
+            fit(_cfg(folder, Path("/proc/m.pt")))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "m.last.pt"]
+
+
+def test_data_problems_found_before_decoding(folder, tmp_path):
+    events = []
+    with pytest.raises(UserInputError, match="does not take"):
+        fit(_cfg(folder, tmp_path / "m.pt", arch_kwargs={"foo": 1}), progress=events.append)
+    with pytest.raises(UserInputError, match="--crop-pad 32 must be smaller than the 32×32 input"):
+        fit(_cfg(folder, tmp_path / "m.pt", crop_pad=32), progress=events.append)
+    with pytest.raises(UserInputError, match="overlaps the training images"):
+        fit(_cfg(folder, tmp_path / "m.pt", val=folder, val_split=None), progress=events.append)
+    assert not [e for e in events if e.phase == "decode"]
+
+    bad_val = tmp_path / "bad-val" / "cat"
+    bad_val.mkdir(parents=True)
+    (bad_val / "x.png").write_bytes(b"not a png")
+    with pytest.raises(UserInputError, match="None of the 1 validation images"):
+        fit(_cfg(folder, tmp_path / "m.pt", val=bad_val.parent, val_split=None))
+    assert not list(tmp_path.glob("m*"))

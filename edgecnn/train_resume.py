@@ -1,0 +1,148 @@
+"""What `--resume` needs to continue a training run exactly, and to refuse what would not continue it.
+
+A resumed run must end as the uninterrupted run would have: same optimizer, learning-rate schedule, batches, seed,
+augmentation and, above all, the same train/validation split (a different split moves images the run validated on
+into training, and picks its best epoch on two different validation sets). So the run's settings come from the
+checkpoint, a different value given explicitly is refused by name, and the split itself is compared by digest.
+`--epochs`, `--patience` and `--time-budget` are when to stop, not how to train: they may change, and otherwise are
+the run's own too.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from edgecnn.errors import EdgeCNNError, UserInputError
+
+if TYPE_CHECKING:
+    from edgecnn.train import TrainConfig
+
+# How the run trains: taken from the checkpoint; an explicit other value is an error.
+RESUMED_SETTINGS = ("optimizer", "lr", "weight_decay", "batch_size", "schedule", "warmup", "label_smoothing",
+                    "augment", "crop_pad", "seed", "channels_last")
+# Which images and when to stop: taken from the checkpoint unless given (the split digest guards the images).
+INHERITED_SETTINGS = ("val", "val_split", "epochs", "patience", "time_budget")
+_FLAGS = {"augment": "--augment/--no-augment", "channels_last": "(channels_last)"}
+
+
+def _flag(key: str) -> str:
+    return _FLAGS.get(key, "--" + key.replace("_", "-"))
+
+
+def continues_in_place(cfg: TrainConfig) -> bool:
+    """True when --resume is the `.last.pt` of --out itself: the run goes on writing its own files."""
+    from edgecnn.train import side_paths
+
+    if cfg.resume is None:
+        return False
+    last = side_paths(cfg.out)["last"]
+    try:
+        return last.exists() and os.path.samefile(cfg.resume, last)
+    except OSError:
+        return False
+
+
+def given_settings(cfg: TrainConfig) -> frozenset[str]:
+    """The fields the caller chose: `cfg.given` (the CLI's typed options), else those that differ from defaults."""
+    from edgecnn.train import TrainConfig
+
+    if cfg.given is not None:
+        return cfg.given
+    defaults = TrainConfig(data="", arch="", out="")
+    return frozenset(f.name for f in fields(TrainConfig) if getattr(cfg, f.name) != getattr(defaults, f.name))
+
+
+def _effective(key: str, value, cfg: TrainConfig, input_size: tuple[int, int] | None):
+    """A setting as the run used it: the learning rate and weight decay with their defaults resolved, the crop
+    padding with its default for the input size, so that typing the value a run used is never 'another value'."""
+    from edgecnn.augment import default_pad
+
+    if key == "lr":
+        return replace(cfg, lr=value).resolved_lr()
+    if key == "weight_decay":
+        return replace(cfg, weight_decay=value).resolved_weight_decay()
+    if key == "crop_pad" and value is None and input_size:
+        return default_pad(*input_size)
+    return value
+
+
+def resumed_config(cfg: TrainConfig, ckpt: dict) -> TrainConfig:
+    """`cfg` with the checkpoint run's settings filled in (see the module docstring)."""
+    from edgecnn.artifacts import ModelContract
+
+    training = ckpt.get("training") or {}
+    earlier = dict(training.get("config") or {})
+    if not earlier:  # a checkpoint without its run's settings (not written by edgecnn train): nothing to take over
+        return cfg
+    if training.get("val_folder"):
+        earlier["val"] = training["val_folder"]  # absolute: the run may be resumed from another folder
+    earlier["lr"] = training.get("lr", earlier.get("lr"))  # the peak LR the run used (its default resolved)
+    try:
+        size = ModelContract.from_dict(ckpt["contract"]).preprocess.input_size
+    except Exception:  # the contract is checked where the model is built; here it only resolves a default
+        size = None
+    earlier_cfg = replace(cfg, **{k: earlier[k] for k in RESUMED_SETTINGS if k in earlier})
+    given = given_settings(cfg)
+    updates = {}
+    for key in RESUMED_SETTINGS:
+        if key not in earlier:
+            continue
+        theirs = _effective(key, earlier[key], earlier_cfg, size)
+        mine = _effective(key, getattr(cfg, key), replace(cfg, optimizer=earlier_cfg.optimizer), size)
+        if key in given and mine != theirs:
+            raise UserInputError(
+                f"--resume continues a run trained with {key} = {theirs!r}, not {mine!r}: drop {_flag(key)} to "
+                "continue it, or start a new run"
+            )
+        updates[key] = earlier[key]
+    for key in INHERITED_SETTINGS:
+        if key not in given and key in earlier:
+            updates[key] = earlier[key]
+    if "val" in updates and "val_split" in given:  # --val-split replaces the run's --val folder (the digest decides)
+        updates["val"] = None
+    if "val_split" in updates and "val" in given:
+        updates["val_split"] = None
+    return replace(cfg, **updates)
+
+
+def check_resumable(cfg: TrainConfig, ckpt: dict, trained_seconds: float) -> None:
+    """Refuse a resume with nothing left to do: all epochs done, or the time budget spent."""
+    done = int(((ckpt.get("extra") or {}).get("epoch")) or 0)
+    if done >= cfg.epochs:
+        raise UserInputError(f"--resume checkpoint already has {done} epochs: pass --epochs above {done}")
+    if cfg.time_budget and trained_seconds >= cfg.time_budget * 60:
+        raise UserInputError(
+            f"--resume checkpoint already trained {trained_seconds / 60:.2f} min of its --time-budget "
+            f"{cfg.time_budget:g} min: pass a larger --time-budget"
+        )
+
+
+def check_same_split(cfg: TrainConfig, ckpt: dict, digest: str) -> None:
+    """The resumed run must train and validate on the very files the run started with."""
+    training = ckpt.get("training") or {}
+    theirs = training.get("split_digest")
+    if theirs is None or theirs == digest:  # older checkpoints carry no digest: nothing to compare
+        return
+    val = training.get("val_folder") or (training.get("config") or {}).get("val")
+    source = f"validated on {val}" if val else "split off its validation images by seed and --val-split"
+    raise UserInputError(
+        f"--resume: the training/validation images differ from those the run started with (it trained on "
+        f"{training.get('num_train')} images and {source}); images added, removed or moved, or another --val / "
+        "--val-split, would mix validation images into training. Resume on the same data, or start a new run"
+    )
+
+
+def is_best_of(path: Path, extra: dict) -> bool:
+    """Is `path` the best checkpoint of the run whose state is `extra`: same run, saved at its best epoch?"""
+    from edgecnn.checkpoint import read_checkpoint
+
+    try:
+        theirs = read_checkpoint(path).get("extra") or {}
+    except EdgeCNNError:
+        return False
+    epoch = theirs.get("epoch")
+    return epoch == extra.get("best_epoch") and theirs.get("history") == list(extra.get("history", []))[:epoch]
+
