@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -197,3 +199,22 @@ def save_with_external_data(src: Path, folder: Path, location: str = "model.onnx
 def external_onnx(tmp_path) -> Path:
     """The tiny classifier with its conv2 weights in `model.onnx.data` beside `model.onnx`, in a folder of its own."""
     return save_with_external_data(build_tiny_onnx(tmp_path / "tiny.onnx"), tmp_path / "external")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 300 KiB tmpfs: a recording or checkpoint written here runs out of space, and a test can remount it
+    read-only (needs root, or a user allowed to mount; skipped otherwise)."""
+    mount = shutil.which("mount")
+    folder = tmp_path / "small"
+    folder.mkdir()
+    if mount is None:
+        pytest.skip("no mount command: cannot make a small file system to fill")
+    proc = subprocess.run([mount, "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(folder)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {proc.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        if subprocess.run(["umount", str(folder)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(folder)], capture_output=True)

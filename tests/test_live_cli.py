@@ -4,7 +4,6 @@ credentials never printed, a clear error instead of a window on a headless machi
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from edgecnn.camera.sinks import display_available
 from edgecnn.cli.main import app
 from test_camera_server import MjpegServer, OneFrameServer
 from test_camera_sources import write_video
-from test_live_loop import small_disk, write_noise_video  # noqa: F401  (small_disk is a fixture)
+from test_live_loop import write_noise_video
 
 ROOT = Path(__file__).resolve().parents[1]
 

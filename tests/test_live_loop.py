@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import subprocess
 import threading
 import time
@@ -221,24 +220,6 @@ def test_overlay_draws_labels_and_status_in_the_corner():
 
 
 # ---------------------------------------------------------------- recording: checked up front, verified at the end
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    """A real 300 KiB tmpfs: a recording written here runs out of space (needs root, or a user allowed to mount)."""
-    mount = shutil.which("mount")
-    folder = tmp_path / "small"
-    folder.mkdir()
-    if mount is None:
-        pytest.skip("no mount command: cannot make a small file system to fill")
-    proc = subprocess.run([mount, "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(folder)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here (needs root): {proc.stderr.strip()}")
-    try:
-        yield folder
-    finally:
-        if subprocess.run(["umount", str(folder)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(folder)], capture_output=True)
 
 
 def write_noise_video(path, frames=30, size=(320, 240), fps=30.0):

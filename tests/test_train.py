@@ -603,3 +603,20 @@ def test_data_problems_found_before_decoding(folder, tmp_path):
     with pytest.raises(UserInputError, match="None of the 1 validation images"):
         fit(_cfg(folder, tmp_path / "m.pt", val=bad_val.parent, val_split=None))
     assert not list(tmp_path.glob("m*"))
+
+
+def test_a_full_or_read_only_disk_is_a_clear_error(folder, small_disk):
+    """A real 300 KiB file system: the first checkpoint does not fit (one line, nothing half-written); read-only, the
+    run is refused before any decoding."""
+    from edgecnn.errors import EdgeCNNError
+
+    with pytest.raises(EdgeCNNError, match=r"Could not write the checkpoint .*m\.last\.pt.*disk full"):
+        fit(_cfg(folder, small_disk / "m.pt", epochs=1))
+    assert [p.name for p in small_disk.iterdir()] == []  # no temporary file left
+    import subprocess
+
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    events = []
+    with pytest.raises(UserInputError, match="cannot write files in .*Read-only file system"):
+        fit(_cfg(folder, small_disk / "m.pt", epochs=1), progress=events.append)
+    assert events == []

@@ -292,7 +292,7 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calib: str | os.P
     means = {name: s.channel_mean for name, s in stats.items() if s.channel_mean is not None}
     ranges = calibrators.compute_ranges(stats, options.method, options.percentile)
     calib_seconds = time.perf_counter() - t0 - rounding_seconds
-    del runner
+    runner = None  # frees the calibration session and its buffers before rounding
 
     rounded: dict = {}
     if hessian is not None:

@@ -5,7 +5,6 @@ torch is imported only when a checkpoint is opened, so the rest of runtime/ stay
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
