@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +22,8 @@ from edgecnn.errors import UserInputError
 from edgecnn.preprocess import PreprocessConfig, as_bgr, geometric
 
 # .gif (first frame) and .avif decode with OpenCV >= 4.11; with an older OpenCV they count as unreadable files.
-IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm", ".pnm", ".jp2",
-                        ".gif", ".avif"})
+IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".dib", ".tif", ".tiff", ".webp", ".pgm",
+                        ".ppm", ".pbm", ".pnm", ".jp2", ".gif", ".avif"})
 VIDEO_EXTS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"})
 SPLIT_TRAIN = ("train", "training")
 SPLIT_TEST = ("test", "val", "valid", "validation")
@@ -207,22 +208,47 @@ def iter_video_frames(path: str | os.PathLike, every: int = 1, max_frames: int |
         cap.release()
 
 
+def loose_name(name: str) -> str:
+    """A class name as people spell it in folder names: Unicode NFC (macOS stores names decomposed), case-folded,
+    '_' and '-' read as spaces, runs of spaces collapsed, ends stripped: 'Great_White-Shark ' -> 'great white shark'."""
+    name = unicodedata.normalize("NFC", name).casefold().replace("_", " ").replace("-", " ")
+    return " ".join(name.split())
+
+
 def map_classes(folder_names: Sequence[str], labels: Sequence[str], label_keys: Sequence[str] | None = None) -> list[int]:
-    """Model class index for each dataset folder: by label name (case-insensitive), label key (ImageNet wnid), or
-    numeric id. An unknown folder is a clear error naming it."""
-    by_name = {name.lower(): i for i, name in enumerate(labels)}
+    """Model class index for each dataset folder, by the first rule that gives an answer:
+    1. the exact label (after NFC and stripping): 'Cardigan' is ImageNet's corgi (264), 'cardigan' the sweater (474);
+    2. a label key (ImageNet wnid, any case);
+    3. the label spelled loosely (`loose_name`: case, '_', '-', spaces);
+    4. a numeric class id (ASCII digits).
+    A folder that names several classes (ImageNet has two 'crane's and two 'maillot's) is an error asking for the
+    key or id, never a silent pick; an unknown folder is an error naming it."""
+    exact: dict[str, list[int]] = {}
+    loose: dict[str, list[int]] = {}
+    for i, name in enumerate(labels):
+        exact.setdefault(unicodedata.normalize("NFC", name).strip(), []).append(i)
+        loose.setdefault(loose_name(name), []).append(i)
     by_key = {key.lower(): i for i, key in enumerate(label_keys or [])}
-    out, unknown = [], []
+    out, unknown, ambiguous = [], [], []
     for folder in folder_names:
-        key = folder.lower()
-        if key in by_name:
-            out.append(by_name[key])
-        elif key in by_key:
-            out.append(by_key[key])
-        elif folder.isdigit() and int(folder) < len(labels):
-            out.append(int(folder))
-        else:
+        hits = exact.get(unicodedata.normalize("NFC", folder).strip())
+        if hits is None and folder.strip().lower() in by_key:
+            hits = [by_key[folder.strip().lower()]]
+        if hits is None:
+            hits = loose.get(loose_name(folder))
+        if hits is None and folder.isascii() and folder.isdigit() and int(folder) < len(labels):
+            hits = [int(folder)]
+        if not hits:
             unknown.append(folder)
+        elif len(hits) > 1:
+            keys = [label_keys[i] if label_keys else str(i) for i in hits]
+            ambiguous.append(f"{folder!r} (classes {', '.join(f'{i} {k}' for i, k in zip(hits, keys))})")
+        else:
+            out.append(hits[0])
+    if ambiguous:
+        raise UserInputError(
+            f"Folder(s) {'; '.join(ambiguous)} name more than one model class: rename each to its key or class id"
+        )
     if unknown:
         sample = ", ".join(labels[:5]) + (", ..." if len(labels) > 5 else "")
         raise UserInputError(

@@ -26,11 +26,14 @@ class LabelledLogits:
     corrupt: list[Path]
     class_names: list[str]  # model class name per dataset folder, in folder order
     folder_to_class: list[int]
+    ignored: int = 0  # files in the class folders that are not images (by suffix)
 
 
 def run_labelled(runner, data_dir: str | os.PathLike, batch: int = 32, progress: Progress | None = None,
                  limit: int | None = None) -> LabelledLogits:
     """Decode a labelled folder in chunks (memory stays bounded) and run the model on it."""
+    from edgecnn.errors import UserInputError
+
     root, test = find_splits(data_dir)
     folder = scan_image_folder(test or root)
     mapping = map_classes(folder.classes, runner.labels, runner.contract.label_keys)
@@ -51,12 +54,14 @@ def run_labelled(runner, data_dir: str | os.PathLike, batch: int = 32, progress:
         paths += decoded.paths
         if progress:
             progress(min(start + chunk, len(samples)), len(samples))
+    if samples and not paths:  # scoring nothing would print no accuracy at all (or null in --json) with exit 0
+        raise UserInputError(f"None of the {len(samples)} images in {test or root} could be decoded")
     num_classes = len(runner.labels)
     return LabelledLogits(
         logits=np.concatenate(logits) if logits else np.zeros((0, num_classes), np.float32),
         labels=np.concatenate(labels) if labels else np.zeros(0, np.int64),
         paths=paths, corrupt=corrupt,
-        class_names=[runner.labels[i] for i in mapping], folder_to_class=mapping,
+        class_names=[runner.labels[i] for i in mapping], folder_to_class=mapping, ignored=len(folder.ignored),
     )
 
 
@@ -75,13 +80,23 @@ def accuracy(logits: np.ndarray, labels: np.ndarray, class_names: dict[int, str]
     return {"images": int(len(labels)), "top1": float(hit1.mean()), "top5": float(hit5.mean()), "per_class": per_class}
 
 
+def class_display_name(runner, cls: int) -> str:
+    """The label, made unique where the model repeats it (ImageNet's two 'crane's): 'crane (n02012849)', else
+    'crane (#134)'; a per-class table keyed by plain names would merge such classes into one row."""
+    label = runner.labels[cls]
+    if runner.labels.count(label) == 1:
+        return label
+    keys = runner.contract.label_keys
+    return f"{label} ({keys[cls]})" if keys else f"{label} (#{cls})"
+
+
 def evaluate(runner, data_dir: str | os.PathLike, batch: int = 32, progress: Progress | None = None,
              limit: int | None = None) -> dict:
     """Accuracy of `runner` on a labelled folder (folders map to classes by name, id or wnid)."""
     res = run_labelled(runner, data_dir, batch=batch, progress=progress, limit=limit)
-    names = {cls: runner.labels[cls] for cls in res.folder_to_class}
+    names = {cls: class_display_name(runner, cls) for cls in res.folder_to_class}
     out = accuracy(res.logits, res.labels, names)
-    out.update({"corrupt": len(res.corrupt), "corrupt_files": [str(p) for p in res.corrupt[:20]],
+    out.update({"corrupt": len(res.corrupt), "corrupt_files": [str(p) for p in res.corrupt[:20]], "ignored": res.ignored,
                 "model": str(runner.path), "backend": runner.backend, "data": str(data_dir)})
     return out
 

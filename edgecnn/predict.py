@@ -13,26 +13,31 @@ from edgecnn.postprocess import topk
 from edgecnn.preprocess import preprocess
 
 
-def expand_inputs(items: list[str | os.PathLike]) -> list[Path]:
-    """Files as given, folders expanded to their images (recursive). Missing paths are a clear error."""
+def expand_inputs(items: list[str | os.PathLike]) -> tuple[list[Path], dict[Path, str]]:
+    """(files, problems): files as given and folders expanded to their images (recursive), in order; a missing path
+    or a folder without images is a problem to report beside the results of the others, not a reason to classify
+    nothing."""
     out: list[Path] = []
+    problems: dict[Path, str] = {}
     for item in items:
         p = Path(item)
         if p.is_dir():
             found = list_images(p)
             if not found:
-                raise UserInputError(f"No images in folder {p}")
-            out += found
-        elif p.is_file():
-            out.append(p)
+                problems[p] = "folder without images"
+            out += found or [p]
         else:
-            raise UserInputError(f"Image {p} does not exist")
-    return out
+            if not p.is_file():
+                problems[p] = "does not exist"
+            out.append(p)
+    if not out:
+        raise UserInputError("No images given")
+    return out, problems
 
 
 def predict_files(runner, images: list[str | os.PathLike], top_k: int = 5, batch: int = 16) -> list[dict]:
     """One result per image: {'path', 'top_k': [{'index', 'label', 'score'}]} or {'path', 'error'}."""
-    paths = expand_inputs(images)
+    paths, problems = expand_inputs(images)
     results: list[dict | None] = [None] * len(paths)
     pending: list[tuple[int, np.ndarray]] = []
 
@@ -49,6 +54,9 @@ def predict_files(runner, images: list[str | os.PathLike], top_k: int = 5, batch
         pending.clear()
 
     for i, p in enumerate(paths):
+        if p in problems:
+            results[i] = {"path": str(p), "error": problems[p]}
+            continue
         frame = read_image(p)
         if frame is None:
             kind = "not an image file" if not is_image(p) else "corrupt or unreadable image"

@@ -57,6 +57,43 @@ def test_predict_reports_bad_files_and_exits_2(cat_dog_onnx, image_folder, tmp_p
     assert data["results"][0]["error"] and "top_k" in data["results"][1]
 
 
+def test_predict_classifies_the_rest_when_an_input_is_missing(cat_dog_onnx, image_folder, tmp_path):
+    (tmp_path / "empty").mkdir()
+    good = sorted((image_folder / "dog").iterdir())[0]
+    result = runner.invoke(app, ["predict", str(cat_dog_onnx), str(tmp_path / "missing.jpg"), str(good),
+                                 str(tmp_path / "empty"), "--json"])
+    assert result.exit_code == 2
+    missing, ok, empty = json.loads(result.stdout)["results"]
+    assert missing["error"] == "does not exist" and empty["error"] == "folder without images"
+    assert ok["path"] == str(good) and len(ok["top_k"]) == 2
+
+
+def test_eval_with_no_readable_image_fails_in_both_modes(cat_dog_onnx, tmp_path):
+    (tmp_path / "d" / "cat").mkdir(parents=True)
+    (tmp_path / "d" / "cat" / "x.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    for extra in ([], ["--json"]):
+        result = runner.invoke(app, ["eval", str(cat_dog_onnx), str(tmp_path / "d"), *extra])
+        assert result.exit_code == 2, result.output
+        assert "None of the 1 images" in result.stderr and "Traceback" not in result.output
+        assert result.stdout == ""
+
+
+def test_eval_keeps_classes_that_share_a_name_apart(tmp_path):
+    """Two model classes named alike (ImageNet's two 'crane's) get one row each, and the rows add up."""
+    from conftest import build_tiny_onnx, make_image_folder
+
+    model = build_tiny_onnx(tmp_path / "m.onnx", labels=("crane", "crane", "dog"))
+    data = make_image_folder(tmp_path / "d", classes=("0", "1", "dog"), per_class=2)
+    (data / "dog" / "notes.txt").write_text("not an image")
+    result = runner.invoke(app, ["eval", str(model), str(data), "--json"])
+    assert result.exit_code == 0, result.output
+    m = json.loads(result.stdout)
+    assert set(m["per_class"]) == {"crane (#0)", "crane (#1)", "dog"} and m["ignored"] == 1
+    assert sum(row["images"] for row in m["per_class"].values()) == m["images"] == 6
+    human = runner.invoke(app, ["eval", str(model), str(data)])
+    assert "ignored 1 file(s) that are not images" in human.output
+
+
 def test_eval_json_on_labelled_folder(cat_dog_onnx, image_folder):
     (image_folder / "cat" / "broken.png").write_bytes(b"\x89PNG broken")
     result = runner.invoke(app, ["eval", str(cat_dog_onnx), str(image_folder), "--json"])

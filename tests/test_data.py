@@ -172,6 +172,31 @@ def test_map_classes_by_name_key_and_id():
         map_classes(["zebra"], labels, keys)
 
 
+def test_map_classes_on_imagenet_exact_case_first_and_never_a_silent_pick():
+    """ImageNet repeats names: 'Cardigan' (264, a corgi) vs 'cardigan' (474, a sweater) differ only in case; 'crane'
+    (134 bird, 517 machine) and 'maillot' (638, 639) are spelled the same. A folder was scored against the wrong
+    class: the case-insensitive lookup let the later index win."""
+    from edgecnn.artifacts import imagenet_labels
+
+    names, wnids = imagenet_labels()
+    assert map_classes(["Cardigan", "cardigan", "n02012849", "n03126707", "134"], names, wnids) == [264, 474, 134, 517, 134]
+    for folder in ("crane", "maillot", "CARDIGAN"):
+        with pytest.raises(UserInputError, match="name more than one model class: rename each to its key"):
+            map_classes([folder], names, wnids)
+    with pytest.raises(UserInputError, match=r"'crane' \(classes 134 n02012849, 517 n03126707\)"):
+        map_classes(["crane"], names, wnids)
+
+
+def test_map_classes_reads_folder_spellings():
+    import unicodedata
+
+    labels = ["great white shark", "café", "tench"]
+    folders = ["great_white_shark", "Great-White-Shark", "tench ", unicodedata.normalize("NFD", "café")]
+    assert map_classes(folders, labels) == [0, 0, 2, 1]
+    with pytest.raises(UserInputError, match="match no model class"):  # not an int() crash on a Unicode digit
+        map_classes(["²"], labels)
+
+
 def test_video_frames(tmp_path):
     from conftest import write_video
 
