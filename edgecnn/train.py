@@ -22,6 +22,7 @@ import io
 import json
 import math
 import os
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -244,9 +245,11 @@ class _DataPlan:
     val_labels: list[int]
 
     def digest(self) -> str:
-        """sha256 of the split: each file's path relative to its folder, and its class. A resumed run must see the
-        same split, or images it validated on would move into training (and the best epoch would be chosen on two
-        different validation sets)."""
+        """sha256 of the split: each file's path relative to its folder, its size and its class. A resumed run must
+        see the same split, or images it validated on would move into training (and the best epoch would be chosen on
+        two different validation sets). Sizes catch other images under the same names (compressed images of equal
+        size are rare) without reading every file; modification times are left out, so a copied folder still
+        resumes."""
         import hashlib
 
         h = hashlib.sha256()
@@ -254,7 +257,8 @@ class _DataPlan:
                                           ("val", self.val_root or self.train_dir, self.val_paths, self.val_labels)):
             h.update(f"{name}\n".encode())
             for path, label in zip(paths, labels):
-                h.update(f"{path.relative_to(root).as_posix()}\t{self.classes[label]}\n".encode())
+                size = path.stat().st_size if path.exists() else -1
+                h.update(f"{path.relative_to(root).as_posix()}\t{size}\t{self.classes[label]}\n".encode())
         return h.hexdigest()
 
 
@@ -292,6 +296,10 @@ def _plan_data(cfg: TrainConfig, classes_from_ckpt: list[str] | None, warn: Call
             )
         val_paths = [p for p, _ in val_folder.samples]
         val_labels = [classes.index(val_folder.classes[c]) for _, c in val_folder.samples]
+        shared = {os.path.realpath(p) for p in val_paths} & {os.path.realpath(p) for p in paths}
+        if shared:  # linked folders or files: the roots differ, the images do not
+            raise UserInputError(f"{len(shared)} validation image(s) in {val_root} are training images too (e.g. "
+                                 f"{sorted(shared)[0]}, by a link): validating on them measures nothing")
     else:
         val_paths, val_labels = [], []
         fraction = 0.1 if cfg.val_split is None else float(cfg.val_split)
@@ -537,6 +545,8 @@ def _validate_paths(cfg: TrainConfig) -> None:
             raise UserInputError(f"{path} (written next to --out {out.name}) is a folder: move it, or choose another --out")
     in_place = continues_in_place(cfg)
     if cfg.resume is not None:
+        if Path(cfg.resume).is_dir():
+            raise UserInputError(f"--resume {cfg.resume} is a folder: give the run's checkpoint file (NAME.last.pt)")
         if not Path(cfg.resume).is_file():
             raise UserInputError(f"--resume {cfg.resume} does not exist")
         for target in outputs:
@@ -633,7 +643,7 @@ class _Run:
         self.train_seconds = sum(r["seconds"] for r in self.history)
         self.budget_s = (cfg.time_budget or 0) * 60.0
         if ckpt is not None:
-            check_resumable(cfg, ckpt, self.train_seconds)
+            check_resumable(cfg, ckpt, self.train_seconds, dist.world)
 
         plan = _plan_data(cfg, ckpt_classes, self._warn)
         self.classes, self.split_digest = plan.classes, plan.digest()
@@ -704,6 +714,10 @@ class _Run:
         best restarts from the resumed weights, and the user is told. Either is written to --out only with the first
         epoch's files, so a resume interrupted before that leaves --out as it was."""
         extra = ckpt.get("extra") or {}
+        out = Path(self.cfg.out)
+        if continues_in_place(self.cfg) and out.exists() and not self.cfg.force and not is_best_of(out, extra):
+            raise UserInputError(f"--out {out} is not the best checkpoint of the run in {self.cfg.resume} (another "
+                                 "run's, or replaced since): pass --force to replace it, or choose another --out")
         if self.best_acc is None:  # no validation: the checkpoint is simply the last epoch
             return
         resume = Path(self.cfg.resume)
@@ -718,7 +732,8 @@ class _Run:
                 return
         last_acc = self.history[-1]["val_acc"] if self.history else None
         self._warn(f"the best checkpoint of the resumed run (epoch {self.best_epoch}, val acc {self.best_acc:.2%}) "
-                   f"was not found next to {resume}: the best is counted again from epoch {self.start_epoch}")
+                   f"is missing or is not that run's ({', '.join(str(c) for c in candidates) or 'no NAME.pt beside it'}): "
+                   f"the best is counted again from epoch {self.start_epoch}")
         self.best_acc, self.best_epoch, self.bad_epochs = last_acc, self.start_epoch, 0
         best = {"best_val_acc": last_acc, "best_epoch": self.start_epoch}
         self.restarted_best = {**ckpt, "extra": {**extra, **best, "bad_epochs": 0},
@@ -915,14 +930,16 @@ class _Run:
                 improved = self.record(row)
                 if dist.main:  # rank 0 alone writes; the others wait so nobody runs ahead of a checkpoint
                     summary = self.summary()
-                    # .last.pt first: interrupted between the two writes, the best on disk is never newer than the
-                    # .last.pt a resume starts from (which then finds its best again, see _find_earlier_best).
+                    # A resumed run's first epoch that did not beat the earlier best puts that best at --out, before
+                    # the .last.pt it may be copied from is replaced. Then .last.pt before the new best: interrupted
+                    # between the two writes, the best on disk is never newer than the .last.pt a resume starts
+                    # from (which then finds its best again, see _find_earlier_best).
+                    if not improved and self.best_source is not None:
+                        self._place_earlier_best()
+                    self.best_source = None
                     self.save(self.paths["last"], summary)
                     if improved:
                         self.save(Path(cfg.out), summary)
-                    elif self.best_source is not None:  # a resumed run's first epoch did not beat the earlier best
-                        self._place_earlier_best()
-                    self.best_source = None
                     _write_metrics(self.history, self.paths, summary)
                 dist.barrier()
                 if self.report:
@@ -943,6 +960,18 @@ class _Run:
             out_of_time=self.out_of_time, train_seconds=s["train_seconds"], images_per_s=s["images_per_s"],
             world_size=dist.world, history=self.history, warnings=list(self.warnings), model=self.model,
         )
+
+
+_PEER_LOST = ("closed by peer", "reset by peer", "broken pipe", "nccl", "gloo", "processgroup")
+
+
+def _lost_peer(exc: BaseException) -> bool:
+    """Did a collective fail because another rank is gone? torch raises DistError for some backends and a plain
+    RuntimeError naming the transport for others (gloo: "Connection closed by peer")."""
+    dist_error = getattr(getattr(sys.modules.get("torch"), "distributed", None), "DistError", None)
+    if dist_error is not None and isinstance(exc, dist_error):
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc).lower() for m in _PEER_LOST)
 
 
 def _prepare_output_folder(out: Path) -> Path | None:
@@ -987,6 +1016,12 @@ def fit(cfg: TrainConfig, progress: ProgressCallback | None = None) -> TrainResu
         torch.manual_seed(cfg.seed)
         report = progress if (progress is not None and dist.main) else None
         return _Run(cfg, ckpt, dist, report, torch).run()
+    except RuntimeError as exc:
+        remove_created(created, Path(cfg.out).parent)
+        if dist.active and _lost_peer(exc):  # another rank stopped first: its own message says why
+            raise EdgeCNNError(f"Another process of this torchrun job stopped (rank {dist.rank} lost it: "
+                               f"{str(exc).splitlines()[0][:120]}); its error above says why") from exc
+        raise
     except BaseException:
         remove_created(created, Path(cfg.out).parent)  # only folders this run made and left empty
         raise

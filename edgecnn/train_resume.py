@@ -103,16 +103,35 @@ def resumed_config(cfg: TrainConfig, ckpt: dict) -> TrainConfig:
             updates[key] = earlier[key]
     if "val" in updates and "val_split" in given:  # --val-split replaces the run's --val folder (the digest decides)
         updates["val"] = None
+    if updates.get("val") is not None and not Path(updates["val"]).is_dir():
+        raise UserInputError(f"--resume: the run validated on {updates['val']}, which is no longer a folder: pass "
+                             "--val with where it is now")
     if "val_split" in updates and "val" in given:
         updates["val_split"] = None
     return replace(cfg, **updates)
 
 
-def check_resumable(cfg: TrainConfig, ckpt: dict, trained_seconds: float) -> None:
-    """Refuse a resume with nothing left to do: all epochs done, or the time budget spent."""
-    done = int(((ckpt.get("extra") or {}).get("epoch")) or 0)
+def check_resumable(cfg: TrainConfig, ckpt: dict, trained_seconds: float, world: int) -> None:
+    """Refuse a resume with nothing left to do (all epochs done, early stopping reached, the time budget spent), and
+    one under another number of processes: the batch size is per process, so the global batch and the steps per
+    epoch would change mid-run."""
+    extra = ckpt.get("extra") or {}
+    training = ckpt.get("training") or {}
+    done = int(extra.get("epoch") or 0)
     if done >= cfg.epochs:
         raise UserInputError(f"--resume checkpoint already has {done} epochs: pass --epochs above {done}")
+    bad = int(extra.get("bad_epochs") or 0)
+    if cfg.patience is not None and bad >= cfg.patience:
+        raise UserInputError(f"--resume: the run stopped early ({bad} epoch(s) without a better validation accuracy, "
+                             f"--patience {cfg.patience}): pass a larger --patience to go on")
+    earlier_world = int(training.get("world_size") or 1)
+    if earlier_world != world:
+        how = f"torchrun --nproc_per_node {earlier_world} -m edgecnn train" if earlier_world > 1 else "edgecnn train"
+        raise UserInputError(
+            f"--resume: the run trained in {earlier_world} process(es), this is {world} (--batch-size is per process: "
+            f"the global batch would change from {earlier_world * cfg.batch_size} to {world * cfg.batch_size}); "
+            f"resume it with `{how}`"
+        )
     if cfg.time_budget and trained_seconds >= cfg.time_budget * 60:
         raise UserInputError(
             f"--resume checkpoint already trained {trained_seconds / 60:.2f} min of its --time-budget "

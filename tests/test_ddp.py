@@ -106,3 +106,68 @@ def test_edgecnn_train_cli_under_torchrun(tmp_path):
 
     model, contract, ckpt = load_checkpoint(out)
     assert contract.labels == ["cat", "dog"] and ckpt["training"]["world_size"] == 2
+
+
+def _torchrun_cli(args: list[str], cwd: Path, nproc: int = 2) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+           "-m", "edgecnn", "train", *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=180)
+
+
+def test_a_user_error_under_torchrun_is_printed_once(tmp_path):
+    """Every rank meets the same refusal; rank 0 alone prints it (it was printed once per rank) and the job fails."""
+    data = make_image_folder(tmp_path / "data", per_class=4)
+    proc = _torchrun_cli([str(data), "--val", str(data / "cat"), "--out", str(tmp_path / "m.pt")], cwd=tmp_path)
+    assert proc.returncode != 0
+    assert proc.stderr.count("overlaps the training images") == 1, proc.stderr[-2000:]
+    assert "internal error" not in proc.stderr
+
+
+def test_resume_under_another_number_of_processes_is_refused(tmp_path):
+    """--batch-size is per process: a run resumed under another torchrun size would change its global batch."""
+    data = make_image_folder(tmp_path / "data", per_class=8)
+    out = tmp_path / "m.pt"
+    first = subprocess.run([sys.executable, "-m", "edgecnn", "train", str(data), "--arch", "lenet5", "--epochs", "1",
+                            "--batch-size", "4", "--out", str(out)], capture_output=True, text=True, timeout=180,
+                           env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert first.returncode == 0, first.stderr[-2000:]
+    proc = _torchrun_cli([str(data), "--epochs", "2", "--resume", str(tmp_path / "m.last.pt"), "--out", str(out)],
+                         cwd=tmp_path)
+    assert proc.returncode != 0
+    assert proc.stderr.count("trained in 1 process(es), this is 2") == 1, proc.stderr[-2000:]
+    assert "global batch would change from 4 to 8" in proc.stderr
+
+
+PEER_WORKER = textwrap.dedent('''
+    """Rank 0 fails on its own after epoch 1 (as a full disk would); rank 1 must see a clear EdgeCNNError."""
+    import os, sys
+    from edgecnn.errors import EdgeCNNError
+    from edgecnn.train import TrainConfig, fit
+
+    data, out = sys.argv[1:3]
+
+    def fail_on_rank0(ev):  # the progress callback runs on rank 0 only
+        if ev.phase == "epoch":
+            raise EdgeCNNError("rank 0 stops here")
+
+    try:
+        fit(TrainConfig(data=data, arch="resnet8", out=out, epochs=3, batch_size=4, val_split=0.25, workers=1),
+            progress=fail_on_rank0)
+    except EdgeCNNError as exc:
+        print(f"rank {os.environ['RANK']}: EdgeCNNError: {exc}", flush=True)
+        sys.exit(1)
+''')
+
+
+def test_a_rank_that_loses_its_peer_says_so_clearly(tmp_path):
+    data = make_image_folder(tmp_path / "data", per_class=8)
+    script = tmp_path / "worker.py"
+    script.write_text(PEER_WORKER)
+    proc = _torchrun([str(script), str(data), str(tmp_path / "m.pt")], cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "rank 0: EdgeCNNError: rank 0 stops here" in proc.stdout
+    # rank 1 either reports the lost peer clearly or is stopped by torchrun first; never a raw gloo traceback
+    assert "[rank1]: RuntimeError" not in proc.stderr, proc.stderr[-3000:]
+    if "rank 1:" in proc.stdout:
+        assert "rank 1: EdgeCNNError: Another process of this torchrun job stopped" in proc.stdout

@@ -417,7 +417,7 @@ def test_resume_keeps_the_best_checkpoint_of_the_whole_run(folder, tmp_path):
     other.checkpoint.unlink()
     events = []
     lost = fit(_cfg(folder, tmp_path / "e" / "m.pt", epochs=3, resume=other.last_checkpoint), progress=events.append)
-    assert lost.warnings and "not found" in lost.warnings[0]
+    assert lost.warnings and "is missing or is not that run's" in lost.warnings[0]
     assert [e.message for e in events if e.phase == "warning"] == lost.warnings
     assert read_checkpoint(lost.checkpoint)["extra"]["epoch"] == lost.best_epoch == 2
 
@@ -620,3 +620,61 @@ def test_a_full_or_read_only_disk_is_a_clear_error(folder, small_disk):
     with pytest.raises(UserInputError, match="cannot write files in .*Read-only file system"):
         fit(_cfg(folder, small_disk / "m.pt", epochs=1), progress=events.append)
     assert events == []
+
+
+def test_resume_refuses_other_images_under_the_same_names(folder, tmp_path):
+    last = _interrupted(folder, tmp_path / "a" / "m.pt", epochs=2)
+    swapped = tmp_path / "swapped"
+    for src in folder.rglob("*.*"):  # the same names, other pictures
+        dst = swapped / src.relative_to(folder)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        img = read_image(src)
+        import cv2
+
+        cv2.imwrite(str(dst), 255 - img)
+    with pytest.raises(UserInputError, match="images differ from those the run started with"):
+        fit(_cfg(swapped, tmp_path / "a" / "m.pt", resume=last))
+
+
+def test_resume_in_place_never_replaces_another_runs_model(folder, tmp_path):
+    """With --force the run's best (here its epoch 1, the .last.pt itself: lr 1e-9 never improves) is put back at
+    --out, copied before that .last.pt is rewritten."""
+    last = _interrupted(folder, tmp_path / "a" / "m.pt", epochs=2, lr=1e-9)
+    other = fit(_cfg(folder, tmp_path / "b" / "m.pt", epochs=1, seed=3))
+    other_bytes = other.checkpoint.read_bytes()
+    (tmp_path / "a" / "m.pt").write_bytes(other_bytes)  # another run's model where this run's best was
+    with pytest.raises(UserInputError, match="is not the best checkpoint of the run .*--force"):
+        fit(_cfg(folder, tmp_path / "a" / "m.pt", resume=last))
+    assert (tmp_path / "a" / "m.pt").read_bytes() == other_bytes
+    forced = fit(_cfg(folder, tmp_path / "a" / "m.pt", resume=last, force=True))
+    mine = read_checkpoint(forced.checkpoint)
+    assert mine["extra"]["epoch"] == forced.best_epoch == 1 and mine["training"]["config"]["seed"] == 0
+
+
+def test_resume_of_an_early_stopped_run_needs_more_patience(folder, tmp_path):
+    stopped = fit(_cfg(folder, tmp_path / "m.pt", epochs=6, lr=1e-9, patience=2))
+    assert stopped.stopped_early and stopped.epochs_run == 3
+    with pytest.raises(UserInputError, match="stopped early .*--patience 2.*larger --patience"):
+        fit(_cfg(folder, tmp_path / "m.pt", epochs=6, lr=1e-9, patience=2, resume=stopped.last_checkpoint))
+    more = fit(_cfg(folder, tmp_path / "m.pt", epochs=6, lr=1e-9, patience=3, resume=stopped.last_checkpoint))
+    assert more.epochs_run == 4 and more.stopped_early
+
+
+def test_validation_through_links_to_training_images_is_refused(folder, tmp_path):
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    os.symlink(folder / "cat", linked / "cat")
+    with pytest.raises(UserInputError, match=r"validation image\(s\) in .* are training images too"):
+        fit(_cfg(folder, tmp_path / "m.pt", val=linked, val_split=None))
+
+
+def test_resume_messages_name_what_to_pass(folder, tmp_path):
+    val = make_image_folder(tmp_path / "val", per_class=2, seed=9)
+    last = _interrupted(folder, tmp_path / "a" / "m.pt", val=val, val_split=None)
+    val.rename(tmp_path / "val-moved")
+    with pytest.raises(UserInputError, match="the run validated on .*val, which is no longer a folder: pass --val"):
+        fit(TrainConfig(data=folder, arch="", out=tmp_path / "a" / "m.pt", resume=last, given=frozenset()))
+    resumed = fit(_cfg(folder, tmp_path / "a" / "m.pt", resume=last, val=tmp_path / "val-moved", val_split=None))
+    assert resumed.epochs_run == 2
+    with pytest.raises(UserInputError, match="is a folder: give the run's checkpoint file"):
+        fit(_cfg(folder, tmp_path / "b" / "m.pt", resume=tmp_path / "a"))

@@ -76,7 +76,7 @@ def register(app: typer.Typer) -> None:
         """
         import os
 
-        from edgecnn.errors import UserInputError
+        from edgecnn.errors import EdgeCNNError, UserInputError
         from edgecnn.train import TrainConfig, fit
 
         if arch is None and resume is None:
@@ -114,7 +114,12 @@ def register(app: typer.Typer) -> None:
                     console.print(f"epoch {ev.epoch:3d}/{ev.epochs}  loss {m['train_loss']:.3f}  acc {m['train_acc']:6.1%}  "
                                   f"{val_txt}  {m['images_per_s']:,.0f} img/s  {m['seconds']:.1f} s{mark}")
 
-            result = fit(cfg, progress=on_progress)
+            try:
+                result = fit(cfg, progress=on_progress)
+            except EdgeCNNError as exc:
+                if quiet:  # every rank meets the same error: rank 0 alone prints it (the exit code stays)
+                    raise typer.Exit(exc.exit_code) from exc
+                raise
         if quiet:
             return
         if sum(result.corrupt.values()):
