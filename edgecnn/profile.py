@@ -245,7 +245,7 @@ def _load_and_warm(spec: ModelSpec, label: str, options: ProfileOptions, batches
         for b in batches:
             for mode in options.modes:
                 fn = _workload(runner, mode, b, frame)
-                for _ in range(max(1, options.warmup)):
+                for _ in range(options.warmup):  # --warmup 0: the first timed run is the cold one
                     _run_checked(fn, runner, label)
     except BaseException:
         runner.close()

@@ -294,3 +294,14 @@ def test_recording_of_a_10fps_stream_plays_at_10fps(tiny_onnx, tmp_path):
     cap = cv2.VideoCapture(str(out))
     assert cap.get(cv2.CAP_PROP_FRAME_COUNT) == 25
     assert cap.get(cv2.CAP_PROP_FPS) == pytest.approx(10, rel=0.15)  # not FFmpeg's nominal 25 for MJPEG
+
+
+def test_a_truncated_video_warns(tiny_onnx, tmp_path):
+    from conftest import write_video
+
+    video = write_video(tmp_path / "clip.avi", frames=60, size=(160, 120), fourcc="MJPG")
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(video.read_bytes()[: video.stat().st_size // 2])
+    result = CliRunner().invoke(app, ["live", str(tiny_onnx), "--source", str(cut), "--headless", "--no-pace"])
+    assert result.exit_code == 0, result.output
+    assert "of the 60 frames its header declares" in result.stderr

@@ -367,3 +367,25 @@ def test_summary_counts_unreadable_images(tiny_onnx, tmp_path):
         results, summary = run(runner, folder)
     assert summary.frames == 3 and summary.skipped_unreadable == 1
     assert summary.to_dict()["skipped_unreadable"] == 1
+
+
+def test_fps_counts_the_intervals_between_frames(tiny_onnx, tmp_path):
+    """5 frames of a paced 30 fps video span 4 frame intervals: the rate is 30 FPS at most (it read ~40 when the
+    clock started with the first frame already waiting)."""
+    video = write_video(tmp_path / "clip.avi", frames=30, fps=30.0, fourcc="MJPG")
+    with load(tiny_onnx) as runner:
+        _, summary = run(runner, video, LiveOptions(max_frames=5), pace=True)
+    assert summary.frames == 5
+    assert summary.fps < 31.5
+
+
+def test_a_truncated_video_is_noticed(tiny_onnx, tmp_path):
+    video = write_video(tmp_path / "clip.avi", frames=60, size=(160, 120), fourcc="MJPG")
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(video.read_bytes()[: video.stat().st_size // 2])
+    with load(tiny_onnx) as runner:
+        _, whole = run(runner, video)
+        _, short = run(runner, cut)
+    assert not whole.truncated and whole.frames_expected == 60
+    assert short.truncated and short.frames_read < 60 == short.frames_expected
+    assert short.to_dict()["frames_expected"] == 60

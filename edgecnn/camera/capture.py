@@ -86,6 +86,7 @@ class ThreadedCapture:
         self.fps: float | None = None
         self.lossless = False
         self.frames_read = 0
+        self.frame_count: int | None = None  # frames a video file's header declares (None: unknown / not a file)
         self.dropped = 0
         self.reconnects = 0
         self.loops = 0
@@ -102,6 +103,7 @@ class ThreadedCapture:
         """Open the source now (so a bad source fails here, in the caller's thread) and start reading."""
         self.reader = self._opener(self.spec)
         own_fps = self.reader.fps
+        self.frame_count = getattr(self.reader, "frame_count", None) if self.spec.kind == "file" else None
         if self.spec.live:
             self.fps = own_fps or self.spec.fps
             self.pace = False  # a camera paces itself; an MJPEG stream's nominal rate (FFmpeg says 25) is no clock

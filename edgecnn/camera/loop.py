@@ -122,6 +122,13 @@ class LiveSummary:
     stages: dict[str, dict] = field(default_factory=dict)
     error: str | None = None  # why a live source ended for good (end_reason 'source_lost')
     skipped_unreadable: int = 0  # image-folder source: files that could not be decoded and were passed over
+    frames_expected: int | None = None  # video file: the frames its header declares (a shorter read: truncated?)
+
+    @property
+    def truncated(self) -> bool:
+        """The video ended before the frames its header declares (cut short or damaged), as far as it can tell."""
+        return (self.end_reason == "end_of_source" and self.frames_expected is not None and self.loops == 0
+                and self.frames_read < self.frames_expected)
 
     def to_dict(self) -> dict:
         return {
@@ -138,6 +145,7 @@ class LiveSummary:
             "stages_ms": self.stages,
             "error": self.error,
             "skipped_unreadable": self.skipped_unreadable,
+            "frames_expected": self.frames_expected,
         }
 
 
@@ -205,6 +213,7 @@ def run_live(
     clock = time.perf_counter
     t_begin = clock()
     t_prev = None
+    span = [None, None]  # when the first and the last frame were done: N frames span N - 1 intervals
     try:
         while True:
             if stop.is_set():
@@ -240,6 +249,8 @@ def run_live(
                 inst = 1.0 / max(t4 - t_prev, 1e-6)
                 fps = inst if fps == 0.0 else 0.9 * fps + 0.1 * inst
             t_prev = t4
+            span[0] = t4 if span[0] is None else span[0]
+            span[1] = t4
             timings = {"capture_wait": t1 - t0, "preprocess": prep, "inference": t3 - t2, "postprocess": t4 - t3}
             result = FrameResult(
                 index=frame.index, timestamp=frame.wall_time, top=top, label=label, score=score, timings=timings,
@@ -271,20 +282,29 @@ def run_live(
             except Exception as exc:  # close every sink even if one fails; report the first failure
                 errors.append(exc)
         if errors and sys.exc_info()[1] is None:  # the loop ended normally: the summary travels with the error
-            errors[0].summary = _summary(capture, processed, elapsed, end_reason, hist, source_error)
+            errors[0].summary = _summary(capture, processed, elapsed, end_reason, hist, source_error, span)
         if errors:
             raise errors[0]
-    return _summary(capture, processed, elapsed, end_reason, hist, source_error)
+    return _summary(capture, processed, elapsed, end_reason, hist, source_error, span)
 
 
-def _summary(capture, processed, elapsed, end_reason, hist, source_error) -> LiveSummary:
+def _summary(capture, processed, elapsed, end_reason, hist, source_error, span) -> LiveSummary:
+    """FPS is frames over the time between the first and the last frame done, (N - 1) / span: counting from the
+    start of the loop, where the first frame was already waiting, read 40 FPS for the first 5 frames of a 30 fps
+    video."""
+    first, last = span
+    if processed >= 2 and last > first:
+        fps = (processed - 1) / (last - first)
+    else:
+        fps = processed / elapsed if elapsed > 0 else 0.0
     return LiveSummary(
         source=capture.spec.display,
         frames=processed,
         dropped=capture.dropped,
         frames_read=capture.frames_read,
         elapsed_s=elapsed,
-        fps=processed / elapsed if elapsed > 0 else 0.0,
+        fps=fps,
+        frames_expected=capture.frame_count,
         reconnects=capture.reconnects,
         loops=capture.loops,
         end_reason=end_reason,

@@ -102,7 +102,8 @@ def live(
         pace_note = "paced" if capture.pace and not spec.live else "live" if spec.live else "unpaced"
         console.print(
             f"[bold]live[/] {escape(runner.path.name)} ({runner.backend}, {runner.contract.precision}) on "
-            + escape(f"{spec.display} [{pace_note}{f', {capture.fps:g} fps' if capture.fps else ''}]")
+            # a live source's rate is nominal (FFmpeg says 25 for any MJPEG stream): the summary gives the measured one
+            + escape(f"{spec.display} [{pace_note}{f', {capture.fps:g} fps' if capture.fps and not spec.live else ''}]")
             + ("" if headless else "  (q/Esc quits)")
         )
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -192,6 +193,9 @@ def _print_summary(summary, recorded: Path | None) -> None:
     )
     if table.row_count:  # no frame processed: no empty table
         console.print(table)
+    if summary.truncated:
+        warn(f"the video ended after {summary.frames_read} of the {summary.frames_expected} frames its header "
+             "declares: the file may be cut short or damaged")
     if recorded is not None:
         console.print(f"recording: {recorded}", markup=False)
 
