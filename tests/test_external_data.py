@@ -325,6 +325,8 @@ def test_bundle_carries_hashes_and_installs_the_weights(external_onnx, tmp_path)
     with tarfile.open(out) as tar:
         sums = parse_sha256sums(tar.extractfile("ext/SHA256SUMS").read().decode())
         manifest = json.loads(tar.extractfile("ext/bundle.json").read())
+        readme = tar.extractfile("ext/README.md").read().decode()
+    assert "model.onnx, model.onnx.data" in readme  # the README lists the weights file beside the model
     assert sums["model.onnx.data"] == sha256_file(data)
     assert manifest["model_id"] == onnx_sha256(external_onnx)[:12]  # the device's engine key changes with the weights
     assert {"path": "model.onnx.data", "sha256": sha256_file(data), "bytes": 4608} in report.files

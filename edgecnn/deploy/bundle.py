@@ -426,7 +426,7 @@ def create_bundle(
 
         payload["contract.json"] = (json.dumps(contract.to_dict(), indent=2, sort_keys=True).encode() + b"\n", 0o644)
         payload["labels.txt"] = ("".join(f"{label}\n" for label in contract.labels).encode(), 0o644)
-        model_files = [p for p in ("model.onnx", "model.int8.onnx", "model.calib") if p in payload]
+        model_files = [p for p in ("model.onnx", "model.int8.onnx", "model.calib") if p in payload] + sorted(data_files)
         for rel, (text, mode) in app_files(name, contract, options, plan, model_id, base_image, model_files,
                                              archive=out.name).items():
             payload[rel] = (text.encode(), mode)
