@@ -78,7 +78,7 @@ def test_fit_writes_checkpoint_metrics_and_plot(folder, tmp_path):
 def _val_paths(folder: Path, result) -> list[str]:
     """The held-out files: those of the folder that were not in the training split (same seeded split)."""
     from edgecnn.data import scan_image_folder
-    from edgecnn.train import _stratified_split
+    from edgecnn.train_data import _stratified_split
 
     scan = scan_image_folder(folder)
     _, val_idx = _stratified_split([c for _, c in scan.samples], 0.25, 0)
