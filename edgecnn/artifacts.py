@@ -10,6 +10,7 @@ Also here: atomic writes (temp file in the same folder, then `os.replace`) and s
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -163,6 +164,17 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Do the two paths name one file: the same resolved path, or existing links to one inode?"""
+    a, b = Path(a), Path(b)
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def ensure_distinct(inputs: list[str | os.PathLike] | str | os.PathLike, output: str | os.PathLike,
                     flag: str = "--out") -> None:
     """Refuse to write `output` over any of `inputs` (no command overwrites its own input). An input may be a folder
@@ -172,10 +184,7 @@ def ensure_distinct(inputs: list[str | os.PathLike] | str | os.PathLike, output:
     out = Path(output)
     for inp in inputs:
         inp = Path(inp)
-        same = inp.resolve() == out.resolve()
-        if not same and inp.exists() and out.exists():
-            same = os.path.samefile(inp, out)
-        if same:
+        if same_file(inp, out):
             raise UserInputError(f"Output {out} is the input file: choose another {flag} (inputs are never overwritten)")
         if inp.is_dir() and out.is_file() and out.resolve().is_relative_to(inp.resolve()):
             raise UserInputError(f"{flag} {out} would overwrite a file inside the input folder {inp}: choose another {flag}")
@@ -277,29 +286,19 @@ def onnx_external_data(path: str | os.PathLike, model=None) -> list[str]:
     and nothing may follow a location out of that folder. So this refuses, with an ExternalDataError naming the fix
     and before any weights are read: an absolute location, one leaving the folder ('..' or a symlink), a missing
     file, or one too short for the tensors it holds (truncated)."""
-    import onnx
-    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
-
     path = Path(path)
-    if model is None:
-        try:
-            model = onnx.load(str(path), load_external_data=False)
-        except Exception as exc:
-            raise ArtifactError(f"{path} is not a readable ONNX model ({exc.__class__.__name__})") from exc
+    if model is not None:
+        refs = _external_refs_of(model, path)
+    else:  # one command asks several times (checks, copy, hash, size): the graph is parsed once per file version
+        st = path.stat() if path.is_file() else None
+        refs = _external_refs(str(path), st.st_size if st else -1, st.st_mtime_ns if st else -1)
     folder = path.parent
     needed: dict[str, int] = {}  # location -> bytes the tensors need
-    for tensor in _get_all_tensors(model):  # onnx's own walk: initializers, subgraphs, attribute tensors
-        if not uses_external_data(tensor):
-            continue
-        try:
-            info = ExternalDataInfo(tensor)
-        except ValueError as exc:  # a negative offset or length
-            raise ExternalDataError(f"{path}: damaged external data entry ({exc})") from exc
-        location = info.location
+    for name, location, end in refs:
         parts = Path(location).parts
         if not location or Path(location).is_absolute() or ".." in parts or "\\" in location:
             raise ExternalDataError(
-                f"{path}: tensor {tensor.name!r} keeps its weights at {location!r}, outside the model's folder, which "
+                f"{path}: tensor {name!r} keeps its weights at {location!r}, outside the model's folder, which "
                 "edgecnn does not read: keep the data file in the model's folder (onnx.save(model, PATH, "
                 "save_as_external_data=True, location='NAME.data') writes it there)"
             )
@@ -316,7 +315,6 @@ def onnx_external_data(path: str | os.PathLike, model=None) -> list[str]:
                 f"{path} keeps its weights in the external data file {location!r}, which is missing ({file}): copy it "
                 f"beside {path.name} (the two travel together)"
             )
-        end = (info.offset or 0) + (info.length or 0)
         needed[location] = max(needed.get(location, 0), end)
     for location, end in needed.items():
         size = (folder / location).stat().st_size
@@ -326,6 +324,36 @@ def onnx_external_data(path: str | os.PathLike, model=None) -> list[str]:
                 "again from where the model was made"
             )
     return sorted({Path(location).as_posix() for location in needed})
+
+
+@functools.lru_cache(maxsize=16)
+def _external_refs(path: str, size: int, mtime_ns: int) -> tuple[tuple[str, str, int], ...]:
+    """`_external_refs_of` the model file, memoised by its size and modification time (a graph with inline weights
+    is a full parse: 55 ms for EfficientNet-Lite0's 18 MB)."""
+    import onnx
+
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception as exc:
+        raise ArtifactError(f"{path} is not a readable ONNX model ({exc.__class__.__name__})") from exc
+    return _external_refs_of(model, Path(path))
+
+
+def _external_refs_of(model, path: Path) -> tuple[tuple[str, str, int], ...]:
+    """(tensor name, location, end offset) of every tensor kept in external data (onnx's own walk: initializers,
+    subgraphs, attribute tensors)."""
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+
+    refs = []
+    for tensor in _get_all_tensors(model):
+        if not uses_external_data(tensor):
+            continue
+        try:
+            info = ExternalDataInfo(tensor)
+        except ValueError as exc:  # a negative offset or length
+            raise ExternalDataError(f"{path}: damaged external data entry ({exc})") from exc
+        refs.append((tensor.name, info.location, (info.offset or 0) + (info.length or 0)))
+    return tuple(refs)
 
 
 def copy_onnx(src: str | os.PathLike, dst: str | os.PathLike, data_files: list[str] | None = None) -> list[str]:

@@ -417,13 +417,6 @@ def _validate_paths(cfg: TrainConfig) -> None:
 _RESTARTED = Path("<the resumed weights>")  # best_source when the earlier best checkpoint was not found
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
 def _check_input_size(torch, model, arch: str, pre: PreprocessConfig) -> None:
     """Run one tiny forward pass so an input size the network cannot take fails now, in one clear line."""
     model.eval()
@@ -565,23 +558,31 @@ class _Run:
         continuing in place, else `NAME.pt` beside `NAME.last.pt`. If that file is gone (or is from another run), the
         best restarts from the resumed weights, and the user is told. Either is written to --out only with the first
         epoch's files, so a resume interrupted before that leaves --out as it was."""
+        from edgecnn.artifacts import same_file
+
         extra = ckpt.get("extra") or {}
-        out = Path(self.cfg.out)
-        if continues_in_place(self.cfg) and out.exists() and not self.cfg.force and not is_best_of(out, extra):
-            raise UserInputError(f"--out {out} is not the best checkpoint of the run in {self.cfg.resume} (another "
+        out, resume = Path(self.cfg.out), Path(self.cfg.resume)
+        in_place = continues_in_place(self.cfg)
+        out_is_best = in_place and out.exists() and is_best_of(out, extra)  # read once, used twice
+        if in_place and out.exists() and not out_is_best and not self.cfg.force:
+            raise UserInputError(f"--out {out} is not the best checkpoint of the run in {resume} (another "
                                  "run's, or replaced since): pass --force to replace it, or choose another --out")
         if self.best_acc is None:  # no validation: the checkpoint is simply the last epoch
             return
-        resume = Path(self.cfg.resume)
-        candidates = [Path(self.cfg.out)] if continues_in_place(self.cfg) else []
+        if out_is_best:
+            self.best_source = out
+            return
+        candidates = []
         if resume.name.endswith(".last.pt"):
             candidates.append(resume.with_name(resume.name[: -len(".last.pt")] + ".pt"))
         if resume.name.endswith(".pt") and self.best_epoch == self.start_epoch:
             candidates.append(resume)  # the resumed epoch was the best one
+        candidates = [c for c in candidates if not (in_place and same_file(c, out))]  # --out was read above
         for cand in candidates:
             if is_best_of(cand, extra):
                 self.best_source = cand
                 return
+        candidates = ([out] if in_place else []) + candidates
         last_acc = self.history[-1]["val_acc"] if self.history else None
         self._warn(f"the best checkpoint of the resumed run (epoch {self.best_epoch}, val acc {self.best_acc:.2%}) "
                    f"is missing or is not that run's ({', '.join(str(c) for c in candidates) or 'no NAME.pt beside it'}): "
@@ -596,13 +597,13 @@ class _Run:
         """Put the resumed run's best model at --out (see `_find_earlier_best`)."""
         import shutil
 
-        from edgecnn.artifacts import atomic_path
+        from edgecnn.artifacts import atomic_path, same_file
 
         out = Path(self.cfg.out)
         if self.best_source is _RESTARTED:  # the resumed weights, marked as the best so far
             with atomic_path(out, suffix=".pt") as tmp:
                 self.torch.save(self.restarted_best, tmp)
-        elif not _same_file(self.best_source, out):
+        elif not same_file(self.best_source, out):
             with atomic_path(out, suffix=".pt") as tmp:
                 shutil.copyfile(self.best_source, tmp)
 

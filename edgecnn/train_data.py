@@ -85,7 +85,10 @@ class DataPlan:
                                           ("val", self.val_root or self.train_dir, self.val_paths, self.val_labels)):
             h.update(f"{name}\n".encode())
             for path, label in zip(paths, labels):
-                size = path.stat().st_size if path.exists() else -1
+                try:
+                    size = path.stat().st_size  # one stat per file (exists() + stat() was two)
+                except OSError:
+                    size = -1
                 h.update(f"{path.relative_to(root).as_posix()}\t{size}\t{self.classes[label]}\n".encode())
         return h.hexdigest()
 

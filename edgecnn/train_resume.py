@@ -10,7 +10,6 @@ the run's own too.
 
 from __future__ import annotations
 
-import os
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,11 +37,10 @@ def continues_in_place(cfg: TrainConfig) -> bool:
 
     if cfg.resume is None:
         return False
+    from edgecnn.artifacts import same_file
+
     last = side_paths(cfg.out)["last"]
-    try:
-        return last.exists() and os.path.samefile(cfg.resume, last)
-    except OSError:
-        return False
+    return last.exists() and same_file(cfg.resume, last)
 
 
 def given_settings(cfg: TrainConfig) -> frozenset[str]:
