@@ -294,6 +294,40 @@ def test_cpu_target_structure_and_parity(calibrated):
     assert np.abs(fp - q8).max() < 0.1 * np.abs(fp).max()
 
 
+def test_cpu_target_pads_the_rgb_stem_to_four_channels(calibrated, tmp_path):
+    """ORT's fast symmetric INT8 convolution on x86 wants input channels in multiples of 4: the 3-channel stem gets
+    a zero fourth channel (uint8 Pad at the input's zero point, zero weights), which changes no product."""
+    import onnxruntime as ort
+
+    prepared, ranges, cs = calibrated
+    padded, plain = qdq.write_qdq(prepared, ranges, "cpu"), qdq.write_qdq(prepared, ranges, "cpu", pad_stem=False)
+    inits, producers = _inits(padded), {o: n for n in padded.graph.node for o in n.output}
+    conv1 = next(n for n in padded.graph.node if n.name == "conv1")
+    w = inits[producers[conv1.input[1]].input[0]]
+    assert w.shape == (8, 4, 3, 3) and not w[:, 3].any()
+    np.testing.assert_array_equal(w[:, :3], _inits(plain)[producers[conv1.input[1]].input[0]])
+    x_dq = producers[conv1.input[0]]
+    pad = producers[x_dq.input[0]]
+    assert x_dq.op_type == "DequantizeLinear" and pad.op_type == "Pad"
+    assert producers[pad.input[0]].op_type == "QuantizeLinear"
+    assert list(inits[pad.input[1]]) == [0, 0, 0, 0, 0, 1, 0, 0]  # only the channel axis, at the end
+    assert inits[pad.input[2]].dtype == np.uint8 and inits[pad.input[2]] == inits[x_dq.input[2]]  # the zero point
+    assert "conv1" in qdq.quantized_nodes(padded) and qdq.quantized_tensors(padded) == qdq.quantized_tensors(plain)
+    conv2 = next(n for n in padded.graph.node if n.name == "conv2")
+    assert inits[producers[conv2.input[1]].input[0]].shape[1] == 8  # only 3-channel inputs are padded
+    x = np.concatenate(list(cs.batches(100)))
+    a, b = _logits(padded, x), _logits(plain, x)
+    assert (a.argmax(1) == b.argmax(1)).all()
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.abs(b).max())
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(padded.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    assert [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node].count("QLinearConv") == 2  # still INT8
+    for other in (qdq.write_qdq(prepared, ranges, "tensorrt"), qdq.write_qdq(prepared, ranges, "cpu", exclude=["conv1"])):
+        assert all(n.op_type != "Pad" for n in other.graph.node)  # TensorRT takes 3 channels; a float stem stays as is
+
+
 @pytest.mark.parametrize("target,exclude", [("tensorrt", []), ("cpu", []), ("cpu", ["conv2"])])
 def test_qdq_model_is_valid_onnx_in_topological_order(calibrated, target, exclude):
     """ORT's quantizer appends Q/DQ nodes at the end of the graph; ONNX (and TensorRT's parser, which reads nodes in
