@@ -307,34 +307,86 @@ def test_complete_recording_is_verified_and_moved_into_place(tiny_onnx, tmp_path
 # ---------------------------------------------------------------- recording at the rate frames really arrive
 
 
+def _decoded(path):
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, img = cap.read()
+        if not ok:
+            return frames, cap.get(cv2.CAP_PROP_FPS)
+        frames.append(img)
+
+
 def test_live_stream_is_recorded_at_its_measured_rate_not_ffmpegs_nominal_25(tiny_onnx, tmp_path):
     out = tmp_path / "cam.avi"
+    results = []
     with MjpegServer(fps=10) as server, load(tiny_onnx) as runner:
         cap = ThreadedCapture(parse_source(server.url())).start()
         assert cap.fps == 25  # what FFmpeg claims for any MJPEG stream
-        recorder = VideoRecorder(out, fps=cap.fps, measure_fps=True)
-        summary = run_live(runner, cap, LiveOptions(max_frames=25), [recorder])
-    written = cv2.VideoCapture(str(out))
-    assert written.get(cv2.CAP_PROP_FRAME_COUNT) == summary.frames == 25
-    assert written.get(cv2.CAP_PROP_FPS) == pytest.approx(10, rel=0.15)
-    assert recorder.measured_fps == pytest.approx(10, rel=0.15)
+        recorder = VideoRecorder(out, fps=cap.fps, timeline="clock")
+        summary = run_live(runner, cap, LiveOptions(max_frames=25), [CallbackSink(results.append), recorder])
+    frames, fps = _decoded(out)
+    assert fps == pytest.approx(10, rel=0.15) and recorder.measured_fps == pytest.approx(10, rel=0.15)
+    assert len(frames) == recorder.frames == summary.frames + recorder.repeated - recorder.left_out
+    span = results[-1].timestamp - results[0].timestamp  # what the recording must last, one frame short
+    assert abs(len(frames) - 1 - span * fps) <= 2
 
 
-def test_paced_file_keeps_its_exact_rate_when_measured(tiny_onnx, tmp_path):
-    video = write_video(tmp_path / "clip.mp4", frames=45, fps=30)
-    out = tmp_path / "paced.avi"
+def test_paced_file_with_dropped_frames_plays_at_its_own_speed(tiny_onnx, tmp_path):
+    """A loop slower than the file drops frames; each processed frame goes to its place in the file, the previous
+    one standing in for the dropped frames, so the recording lasts as long as the file it covers."""
+    video = write_video(tmp_path / "clip.mp4", frames=60, fps=30)
+    out = tmp_path / "paced.avi"  # MJPG: every frame coded alone, so a repeat decodes identically
     with load(tiny_onnx) as runner:
-        recorder = VideoRecorder(out, fps=30, measure_fps=True)
-        results, summary = run(runner, video, sinks=[recorder], pace=True)
-    written = cv2.VideoCapture(str(out))
-    assert written.get(cv2.CAP_PROP_FPS) == 30.0 and written.get(cv2.CAP_PROP_FRAME_COUNT) == summary.frames
-    frames = []
-    while True:
-        ok, img = written.read()
-        if not ok:
-            break
-        frames.append(img)
-    assert len(frames) == len(results)  # every held-back frame was written, in order, once
+        recorder = VideoRecorder(out, fps=30, timeline="source")
+        slow = CallbackSink(lambda result: time.sleep(0.08))  # about 12 of the file's 30 frames a second
+        results, summary = run(runner, video, sinks=[slow, recorder], pace=True)
+    frames, fps = _decoded(out)
+    first, last = results[0].index, results[-1].index
+    assert summary.dropped > 0 and fps == 30.0
+    assert len(frames) == recorder.frames == last - first + 1  # one video frame per frame of the file
+    assert recorder.repeated == len(frames) - len(results) and recorder.left_out == 0
+    processed = {r.index - first for r in results}
+    for slot in range(1, len(frames)):
+        if slot not in processed:
+            assert np.array_equal(frames[slot], frames[slot - 1]), slot
+
+
+def test_looped_paced_file_continues_its_timeline(tiny_onnx, tmp_path):
+    video = write_video(tmp_path / "clip.mp4", frames=10, fps=30)
+    out = tmp_path / "looped.avi"
+    with load(tiny_onnx) as runner:
+        recorder = VideoRecorder(out, fps=30, timeline="source")
+        results, summary = run(runner, video, LiveOptions(max_frames=25), sinks=[recorder], pace=True, loop=True)
+    base, previous, slots = 0, None, []
+    for r in results:
+        if previous is not None and r.index <= previous:
+            base += previous + 1
+        previous = r.index
+        slots.append(base + r.index)
+    assert base >= 10  # it did loop
+    assert recorder.frames == slots[-1] - slots[0] + 1 == len(_decoded(out)[0])
+
+
+def test_clock_timeline_fills_gaps_cuts_outages_and_leaves_out_early_frames(tmp_path):
+    """Placement on the clock, fed arrival times directly: 10 fps for 1.2 s, a 0.5 s stall (filled with repeats),
+    a 20 s outage (filled for MAX_FILL_S only), then a frame arriving in the slot just taken (left out)."""
+    from types import SimpleNamespace
+
+    recorder = VideoRecorder(tmp_path / "clock.avi", fps=10, timeline="clock")
+    image = np.zeros((48, 64, 3), np.uint8)
+    arrivals = [100 + i / 10 for i in range(13)] + [101.7, 121.7, 121.71]
+    for i, t in enumerate(arrivals):
+        recorder.handle(SimpleNamespace(timestamp=t, index=i), image + i)
+    recorder.close()
+    assert recorder.measured_fps == 10
+    assert recorder.repeated == 4 + 50 and recorder.left_out == 1  # 1.2 -> 1.7 s: 4 repeats; the outage: 5 s of them
+    assert recorder.frames == 13 + 4 + 1 + 50 + 1 == len(_decoded(tmp_path / "clock.avi")[0])
+
+
+def test_recorder_refuses_an_unknown_timeline(tmp_path):
+    with pytest.raises(ValueError, match="timeline"):
+        VideoRecorder(tmp_path / "x.avi", fps=30, timeline="wall")
 
 
 # ---------------------------------------------------------------- a reader that goes away, unreadable files

@@ -120,17 +120,26 @@ class VideoRecorder:
     The path is checked when the recorder is made, before anything runs: a folder, a path under a file, a folder
     that cannot be written to, the input video itself, or an existing file (unless `overwrite`) are refused.
 
-    measure_fps: write the video at the rate frames really arrive (for live sources and paced files, where the loop
-    may drop frames): the first ~second of frames is held back to measure it, and a measured rate within 10 % of
-    `fps` is taken to be `fps`. Without it the video is written at `fps` (right when every frame is processed)."""
+    timeline: how processed frames become video frames at a constant rate, so the video plays at the right speed
+    even when the loop drops frames (and drops more as it heats up or the machine gets busy):
+    - "frames": every processed frame once, at `fps` (an unpaced file or folder: nothing is dropped);
+    - "source": each frame at its position in the source (a paced file at `fps`, its own rate); where the loop
+      dropped frames the previous one is repeated, so the recording lasts exactly as long as the part of the file
+      it covers;
+    - "clock": each frame at its arrival time (a live source), at the rate measured over its first ~second (a
+      measured rate within 10 % of `fps` is taken to be `fps`); gaps are filled by repeating the previous frame (at
+      most MAX_FILL_S of them: a reconnect's outage is cut, not recorded as a still), and a frame that arrives
+      while its slot is taken is left out."""
 
     needs_image = True
+    TIMELINES = ("frames", "source", "clock")
     MEASURE_S = 1.0  # seconds of frames used to measure the rate
     MEASURE_MAX_FRAMES = 120
     MEASURE_MAX_BYTES = 64 * 1024 * 1024  # at most this much image data is held back while measuring
+    MAX_FILL_S = 5.0  # the longest gap filled with repeats of the previous frame
 
     def __init__(self, path: str | os.PathLike, fps: float, inputs: list[str] = (), overwrite: bool = False,
-                 measure_fps: bool = False):
+                 timeline: str = "frames"):
         self.path = Path(path)
         suffix = self.path.suffix.lower()
         if suffix not in FOURCC_BY_SUFFIX:
@@ -146,15 +155,23 @@ class VideoRecorder:
         _probe_writable(self.path.parent, "--record", self.path)
         self.fourcc = FOURCC_BY_SUFFIX[suffix]
         self.fps = fps
-        self.measure_fps = measure_fps
+        self.timeline = timeline
         self.measured_fps: float | None = None
         self.writer: cv2.VideoWriter | None = None
         self.tmp: Path | None = None
         self.size: tuple[int, int] | None = None
-        self.frames = 0
+        self.frames = 0  # video frames written, repeats included
+        self.repeated = 0  # of them, repeats of the previous frame filling a gap
+        self.left_out = 0  # processed frames not written (arrived while their slot was taken)
         self._pending: deque[tuple[float, np.ndarray]] = deque()  # (arrival time, image) held back while measuring
         self._pending_bytes = 0
         self._measured = False
+        self._next_slot: int | None = None  # the video frame to be written next, on the timeline's clock
+        self._last_image: np.ndarray | None = None
+        self._index_base = 0  # source positions of earlier loops of a looped file
+        self._last_index: int | None = None
+        self._clock: tuple[float, int] | None = None  # (arrival time, slot) the clock timeline counts from
+        self._drained = 0  # held-back frames written so far (clock timeline)
 
     @property
     def fps(self) -> float:
@@ -166,13 +183,27 @@ class VideoRecorder:
         hangs inside OpenCV)."""
         self._fps = 30.0 if not value else check_fps("--fps", value)
 
+    @property
+    def timeline(self) -> str:
+        return self._timeline
+
+    @timeline.setter
+    def timeline(self, value: str) -> None:
+        if value not in self.TIMELINES:
+            raise ValueError(f"timeline must be one of {self.TIMELINES}, got {value!r}")
+        self._timeline = value
+
+    @property
+    def video_fps(self) -> float:
+        """The rate the video is written at."""
+        return self.measured_fps or self.fps
+
     def _open(self, image: np.ndarray) -> None:
         h, w = image.shape[:2]
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=self.path.suffix, dir=self.path.parent)
         os.close(fd)
         self.tmp = Path(tmp)
-        fps = self.measured_fps or self.fps
-        self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*self.fourcc), fps, (w, h))
+        self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*self.fourcc), self.video_fps, (w, h))
         if not self.writer.isOpened():
             self.writer = None
             self.tmp.unlink(missing_ok=True)
@@ -187,35 +218,71 @@ class VideoRecorder:
         self.writer.write(image)
         self.frames += 1
 
-    def _measure(self) -> float | None:
-        """Frames per second over the held-back frames (None with fewer than two, or no time between them)."""
+    def _place(self, slot: int, image: np.ndarray) -> None:
+        """Write `image` as video frame `slot`, repeating the previous frame over the slots in between."""
+        if self._next_slot is None:
+            self._next_slot = slot
+        if slot < self._next_slot:
+            self.left_out += 1
+            return
+        gap = slot - self._next_slot
+        if gap and self._last_image is not None:
+            fill = min(gap, int(self.MAX_FILL_S * self.video_fps))
+            for _ in range(fill):
+                self._write(self._last_image)
+            self.repeated += fill
+        self._write(image)
+        self._last_image = image
+        self._next_slot = slot + 1
+
+    def _source_slot(self, index: int) -> int:
+        if self._last_index is not None and index <= self._last_index:  # a looped file started again
+            self._index_base += self._last_index + 1
+        self._last_index = index
+        return self._index_base + index
+
+    def _measure(self) -> tuple[float | None, int]:
+        """(frames per second over the held-back frames, or None with fewer than two or no time between them;
+        how many of the first frames came in a burst: what queued up while a stream opened)."""
         times = [t for t, _ in self._pending]
         if len(times) < 2:
-            return None
+            return None, 0
         intervals = np.diff(times)
         median = float(np.median(intervals))
-        start = 0  # a stream's first frames come in a burst (what queued up while it opened): leave them out
+        start = 0
         while start < len(intervals) and intervals[start] < 0.5 * median:
             start += 1
         span = times[-1] - times[start]
         if len(times) - start < 2 or not span > 0:
-            return None
+            return None, start
         rate = (len(times) - start - 1) / span
         if abs(rate - self.fps) <= 0.1 * self.fps:
-            return self.fps  # the nominal rate, measured: keep its exact value (30, not 29.7)
-        return min(MAX_FPS, max(MIN_FPS, round(rate, 2)))
+            return self.fps, start  # the nominal rate, measured: keep its exact value (30, not 29.7)
+        return min(MAX_FPS, max(MIN_FPS, round(rate, 2))), start
+
+    def _start_clock(self) -> None:
+        """Measure the rate; the burst frames take the first slots one after another, the clock starts after them."""
+        self.measured_fps, burst = self._measure()
+        self._measured = True
+        self._clock = (self._pending[min(burst, len(self._pending) - 1)][0], burst)
 
     def _drain(self, limit: int | None = None) -> None:
         """Write held-back frames, oldest first (all of them, or `limit` so no single frame pays for the backlog)."""
         n = len(self._pending) if limit is None else min(limit, len(self._pending))
         for _ in range(n):
-            _, image = self._pending.popleft()
+            arrival, image = self._pending.popleft()
             self._pending_bytes -= image.nbytes
-            self._write(image)
+            t0, slot0 = self._clock
+            slot = self._drained if self._drained < slot0 else slot0 + int(round((arrival - t0) * self.video_fps))
+            self._drained += 1
+            self._place(slot, image)
 
     def handle(self, result, image) -> bool:
-        if not self.measure_fps or (self._measured and not self._pending):
+        if self.timeline == "frames":
             self._write(image)
+            return True
+        if self.timeline == "source":
+            self._place(self._source_slot(int(result.index)), image)
             return True
         self._pending.append((float(result.timestamp), image))
         self._pending_bytes += image.nbytes
@@ -226,7 +293,7 @@ class VideoRecorder:
                 or len(self._pending) >= self.MEASURE_MAX_FRAMES
                 or self._pending_bytes >= self.MEASURE_MAX_BYTES
             ):
-                self.measured_fps, self._measured = self._measure(), True
+                self._start_clock()
         if self._measured:
             self._drain(limit=3)  # the backlog shrinks by two frames per frame: no latency spike
         return True
@@ -234,7 +301,7 @@ class VideoRecorder:
     def close(self) -> None:
         if self._pending:  # frames still held back (a run shorter than the measuring window: measure what there is)
             if not self._measured:
-                self.measured_fps, self._measured = self._measure(), True
+                self._start_clock()
             self._drain()
         if self.writer is None:
             return

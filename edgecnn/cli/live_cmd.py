@@ -96,9 +96,9 @@ def live(
         ).start()
         if recorder is not None:
             recorder.fps = fps or capture.fps or 30.0
-            # frames may be dropped (live source, paced file): record at the rate they really arrive, not at a
-            # nominal one (FFmpeg says 25 for any MJPEG stream), so the video plays at the right speed
-            recorder.measure_fps = not capture.lossless
+            # frames may be dropped (live source, paced file): place them on the source's own clock, so the video
+            # plays at the right speed however many the loop drops (FFmpeg's 25 for any MJPEG stream is no clock)
+            recorder.timeline = "frames" if capture.lossless else "clock" if spec.live else "source"
         pace_note = "paced" if capture.pace and not spec.live else "live" if spec.live else "unpaced"
         console.print(
             f"[bold]live[/] {escape(runner.path.name)} ({runner.backend}, {runner.contract.precision}) on "
@@ -123,13 +123,16 @@ def live(
 
     if json_out and json_sink.stop_reason is None:
         try:
-            sys.stdout.write(json.dumps(summary.to_dict()) + "\n")
+            out = summary.to_dict()
+            if recorder is not None and recorder.frames:
+                out["recording"] = _recording_dict(record, recorder)
+            sys.stdout.write(json.dumps(out) + "\n")
             sys.stdout.flush()
         except BrokenPipeError:
             json_sink.stop_reason = "output_closed"
     if json_sink is not None and json_sink.stop_reason is not None:
         _discard_stdout()  # `| head -1` went away: no "Exception ignored ... BrokenPipeError" when Python exits
-    _print_summary(summary, record if recorder is not None and recorder.frames else None)
+    _print_summary(summary, _recording_dict(record, recorder) if recorder is not None and recorder.frames else None)
     if sink_error is not None:
         raise sink_error
     skipped = summary.skipped_unreadable
@@ -178,7 +181,13 @@ def _status_printer(console, period_s: float = 5.0):
     return on_result
 
 
-def _print_summary(summary, recorded: Path | None) -> None:
+def _recording_dict(path: Path, recorder) -> dict:
+    """What the recording holds: its frames and rate, and how dropped frames were made up for."""
+    return {"path": str(path), "frames": recorder.frames, "fps": recorder.video_fps, "timeline": recorder.timeline,
+            "repeated": recorder.repeated, "left_out": recorder.left_out}
+
+
+def _print_summary(summary, recorded: dict | None) -> None:
     from rich.table import Table
 
     table = Table(title=None, show_edge=False, header_style="bold")
@@ -197,5 +206,8 @@ def _print_summary(summary, recorded: Path | None) -> None:
         warn(f"the video ended after {summary.frames_read} of the {summary.frames_expected} frames its header "
              "declares: the file may be cut short or damaged")
     if recorded is not None:
-        console.print(f"recording: {recorded}", markup=False)
+        made_up = (f"; {recorded['repeated']} repeats of the previous frame stand in for dropped ones"
+                   if recorded["repeated"] else "")
+        console.print(f"recording: {recorded['path']} ({recorded['frames']} frames at {recorded['fps']:g} fps{made_up})",
+                      markup=False)
 
