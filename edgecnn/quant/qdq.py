@@ -148,11 +148,14 @@ def pad_conv_input_channels(qmodel):
 
     Why: with 3 input channels ONNX Runtime's x86 CPU kernels skip their symmetric INT8 path, and EfficientNet-Lite0's
     stem ran 1.6x slower than in FP32 (769 vs 485 us, AMD EPYC with AVX-512 VNNI, 1 thread); padded it takes that path
-    and the whole model went from 1.93x to 2.13x FP32 at batch 1 (benchmarks/quant_benchmark.md). On ARM, ORT takes
+    and the whole model went from 2.05x to 2.18x FP32 at batch 1, 1 thread (2.13x to 2.24x at 2), side by side in
+    benchmarks/quant_benchmark.md. On ARM, ORT takes
     that path only from 64 input channels, so there the stem does 4/3 of its (small) im2col work. Grayscale stems are
     left alone: 1 -> 4 channels quadruples their work, and the measured gain was noise (5.8 vs 6.0 ms at 1 thread,
     4.6 vs 4.1 at 2)."""
     from onnx import TensorProto, helper, numpy_helper
+
+    from edgecnn.quant.graph import node_attrs
 
     inits = {i.name: i for i in qmodel.graph.initializer}
     producers = {o: n for n in qmodel.graph.node for o in n.output}
@@ -161,7 +164,7 @@ def pad_conv_input_channels(qmodel):
         for i in n.input:
             consumers[i] = consumers.get(i, 0) + 1
     for node in list(qmodel.graph.node):
-        if node.op_type != "Conv" or len(node.input) < 2 or _attr(node, "group", 1) != 1:
+        if node.op_type != "Conv" or len(node.input) < 2 or node_attrs(node).get("group", 1) != 1:
             continue
         x_dq, w_dq = producers.get(node.input[0]), producers.get(node.input[1])
         if not (x_dq and w_dq and x_dq.op_type == w_dq.op_type == "DequantizeLinear"):
@@ -170,7 +173,8 @@ def pad_conv_input_channels(qmodel):
         if x_dq.input[0] in inits or weight is None or weight.data_type != TensorProto.INT8 or len(weight.dims) < 3:
             continue
         channels = weight.dims[1]
-        if channels != _CONV_SYM_CHANNEL_ALIGNMENT - 1 or consumers.get(w_dq.input[0], 0) != 1:
+        shared = consumers.get(w_dq.input[0], 0) != 1 or consumers.get(w_dq.output[0], 0) != 1  # padding changes it
+        if channels != _CONV_SYM_CHANNEL_ALIGNMENT - 1 or shared:
             continue
         w = numpy_helper.to_array(weight)
         extra = _CONV_SYM_CHANNEL_ALIGNMENT - channels
@@ -185,6 +189,7 @@ def pad_conv_input_channels(qmodel):
         pad = helper.make_node("Pad", pad_inputs, [base + "_quantized"], name=base + "_pad", mode="constant")
         dq = helper.make_node("DequantizeLinear", [base + "_quantized", *x_dq.input[1:]], [base],
                               name=base + "_DequantizeLinear")
+        dq.attribute.extend(x_dq.attribute)
         at = list(qmodel.graph.node).index(node)
         qmodel.graph.node.insert(at, dq)
         qmodel.graph.node.insert(at, pad)
@@ -193,12 +198,6 @@ def pad_conv_input_channels(qmodel):
             qmodel.graph.node.remove(x_dq)
         node.input[0] = base
     return qmodel
-
-
-def _attr(node, name: str, default):
-    from onnx import helper
-
-    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
 @contextlib.contextmanager
