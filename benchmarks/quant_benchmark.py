@@ -244,22 +244,12 @@ def time_calibration(model_path: Path, cal_dir: Path, threads: int, rounds: int 
 
 
 def without_stem_padding(src: Path, dst: Path) -> Path:
-    """The same INT8 model with its stem back at 3 input channels (qdq.pad_conv_input_channels undone), to time the
-    padding side by side."""
+    """The same INT8 model with its stem back at 3 input channels, to time the padding side by side."""
     import onnx
-    from onnx import numpy_helper
 
-    m = onnx.load(str(src))
-    inits = {i.name: i for i in m.graph.initializer}
-    producers = {o: n for n in m.graph.node for o in n.output}
-    for pad in [n for n in m.graph.node if n.op_type == "Pad" and n.name.endswith("_channels_pad")]:
-        dq = next(n for n in m.graph.node if pad.output[0] in n.input)
-        conv = next(n for n in m.graph.node if dq.output[0] in n.input)
-        weight = inits[producers[conv.input[1]].input[0]]
-        weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight)[:, :3].copy(), weight.name))
-        dq.input[0] = pad.input[0]
-        m.graph.node.remove(pad)
-    onnx.save(m, str(dst))
+    from edgecnn.quant.qdq import without_padded_stem
+
+    onnx.save(without_padded_stem(onnx.load(str(src))), str(dst))
     return dst
 
 

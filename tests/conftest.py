@@ -70,7 +70,7 @@ def image_folder(tmp_path) -> Path:
     return make_image_folder(tmp_path / "images")
 
 
-def build_tiny_onnx(path: Path, labels=("cat", "dog", "bird"), size=(32, 32), batch=None, seed=0) -> Path:
+def build_tiny_onnx(path: Path, labels=("cat", "dog", "bird"), size=(32, 32), batch=None, seed=0, opset=17) -> Path:
     """A real, small Conv-ReLU-Conv-ReLU-GlobalAvgPool-Gemm classifier with the edgecnn contract in its metadata.
 
     Built with onnx.helper (no PyTorch), so torch-free modules can be tested against a real ONNX Runtime session.
@@ -110,7 +110,7 @@ def build_tiny_onnx(path: Path, labels=("cat", "dog", "bird"), size=(32, 32), ba
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch if batch else "N", n])],
         inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="edgecnn-tests")
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="edgecnn-tests")
     model.ir_version = 8
     onnx.checker.check_model(model)
     contract = ModelContract(

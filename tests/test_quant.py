@@ -328,6 +328,51 @@ def test_cpu_target_pads_the_rgb_stem_to_four_channels(calibrated, tmp_path):
         assert all(n.op_type != "Pad" for n in other.graph.node)  # TensorRT takes 3 channels; a float stem stays as is
 
 
+def test_padding_is_undone_exactly_and_keeps_the_sensitivity_ranking(calibrated):
+    from edgecnn.quant import accuracy
+
+    prepared, ranges, cs = calibrated
+    padded, plain = qdq.write_qdq(prepared, ranges, "cpu"), qdq.write_qdq(prepared, ranges, "cpu", pad_stem=False)
+    undone = qdq.without_padded_stem(padded)
+    assert any(n.op_type == "Pad" for n in padded.graph.node)  # the original is left as it was
+    assert _inits(undone).keys() == _inits(plain).keys()
+    for name, value in _inits(plain).items():
+        np.testing.assert_array_equal(_inits(undone)[name], value, err_msg=name)
+    batches = list(cs.batches(8))
+    ranked = [(r["node"], r["added_error"]) for r in accuracy.layer_sensitivity(prepared, undone, batches)]
+    assert ranked == [(r["node"], r["added_error"]) for r in accuracy.layer_sensitivity(prepared, plain, batches)]
+
+
+def test_unnamed_rgb_convs_get_distinct_padding_names(tmp_path):
+    """Two nameless 3-channel convolutions on the input (other exporters leave names empty): each padding gets
+    names of its own, and the model stays valid and exact."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    graph_ = helper.make_graph(
+        [helper.make_node("Conv", ["input", "wa", "ba"], ["a"], pads=[1, 1, 1, 1]),
+         helper.make_node("Conv", ["input", "wb", "bb"], ["b"], pads=[1, 1, 1, 1]),
+         helper.make_node("Concat", ["a", "b"], ["ab"], axis=1),
+         helper.make_node("Relu", ["ab"], ["r"]),
+         helper.make_node("GlobalAveragePool", ["r"], ["logits"])],
+        "two_stems", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 3, 16, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 16, 1, 1])],
+        [numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32), "wa"),
+         numpy_helper.from_array(np.zeros(8, np.float32), "ba"),
+         numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32), "wb"),
+         numpy_helper.from_array(np.zeros(8, np.float32), "bb")])
+    model = helper.make_model(graph_, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    prepared = graph.prepare(tmp_path / "m.onnx")
+    x = rng.normal(0, 1, (16, 3, 16, 16)).astype(np.float32)
+    stats = calibrators.collect_stats([x], graph.tensor_runner(prepared, graph.activation_tensors(prepared)))
+    ranges = calibrators.compute_ranges(stats, "minmax")
+    padded, plain = qdq.write_qdq(prepared, ranges, "cpu"), qdq.write_qdq(prepared, ranges, "cpu", pad_stem=False)
+    assert [n.op_type for n in padded.graph.node].count("Pad") == 2
+    onnx.checker.check_model(padded, full_check=True)
+    np.testing.assert_allclose(_logits(padded, x), _logits(plain, x), rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("target,exclude", [("tensorrt", []), ("cpu", []), ("cpu", ["conv2"])])
 def test_qdq_model_is_valid_onnx_in_topological_order(calibrated, target, exclude):
     """ORT's quantizer appends Q/DQ nodes at the end of the graph; ONNX (and TensorRT's parser, which reads nodes in

@@ -186,3 +186,19 @@ def test_quantize_reports_progress_of_every_stage_in_order(tiny):
     stages = list(dict.fromkeys(stage for stage, _, _ in calls))
     assert stages[:3] == ["decode", "calibrate", "round"]
     assert [c for c in calls if c[0] == "round"] == [("round", 1, 3), ("round", 2, 3), ("round", 3, 3)]
+
+
+@pytest.mark.parametrize("target", ["cpu", "tensorrt"])
+def test_an_opset_11_model_is_quantized_at_opset_13(tiny, target):
+    """Per-channel Q/DQ (`axis`) needs opset 13: an older model is converted first, instead of ending in a model
+    ONNX Runtime refuses ("Unrecognized attribute: axis for operator DequantizeLinear")."""
+    import onnxruntime as ort
+
+    _, calib, tmp = tiny
+    old = build_tiny_onnx(tmp / "tiny11.onnx", opset=11)
+    r = quantize(old, tmp / "q11.onnx", calib, QuantOptions(target=target))
+    qm = onnx.load(str(tmp / "q11.onnx"))
+    assert next(o.version for o in qm.opset_import if o.domain in ("", "ai.onnx")) >= 13
+    onnx.checker.check_model(qm, full_check=True)
+    ort.InferenceSession(str(tmp / "q11.onnx"), providers=["CPUExecutionProvider"])
+    assert r["accuracy"]["agreement"]["top1_agreement"] >= 0.9

@@ -64,7 +64,29 @@ def prepare(model_path: str | os.PathLike):
             quant_pre_process(str(source), str(out), skip_symbolic_shape=True)
         except Exception as exc:  # shape inference or ORT optimiser failure on an odd model
             raise ArtifactError(f"Cannot prepare {model_path} for quantization: {str(exc).splitlines()[0][:300]}") from exc
-        return onnx.load(str(out))
+        return _at_least_opset(onnx.load(str(out)), QDQ_MIN_OPSET, model_path)
+
+
+# Per-channel QuantizeLinear/DequantizeLinear (their `axis`) exist from ONNX opset 13; an older model (opset 10-12,
+# common from older exporters) would get Q/DQ nodes ONNX Runtime refuses to load.
+QDQ_MIN_OPSET = 13
+
+
+def _at_least_opset(model, opset: int, model_path):
+    """`model` converted to `opset` when its default-domain opset is older (onnx.version_converter; values are
+    unchanged, which quantize's own FP32 comparison would show)."""
+    from onnx import version_converter
+
+    current = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), opset)
+    if current >= opset:
+        return model
+    try:
+        return version_converter.convert_version(model, opset)
+    except Exception as exc:
+        raise ArtifactError(
+            f"{model_path} uses ONNX opset {current}; INT8 Q/DQ needs opset {opset} and converting it failed "
+            f"({str(exc).splitlines()[0][:200]}): re-export it with opset {opset} or later"
+        ) from exc
 
 
 def activation_tensors(model) -> list[str]:

@@ -423,7 +423,8 @@ def _fallback(prepared, qmodel, measured, exclude, options, batch_size, build, r
 
     images = ref.inputs[: options.sensitivity_images]
     batches = [normalize(images[i : i + batch_size], cfg) for i in range(0, len(images), batch_size)]
-    ranked = accuracy.layer_sensitivity(prepared, qmodel, batches, options.threads)
+    # the padded stem's 4-channel input has no FP32 twin: rank on the same model unpadded (same values)
+    ranked = accuracy.layer_sensitivity(prepared, qdq.without_padded_stem(qmodel), batches, options.threads)
     steps = [{"step": 0, "excluded": list(exclude), "drop": measured["drop"]}]
     candidates = [r["node"] for r in ranked if r["node"] not in exclude]
     current = list(exclude)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -140,6 +141,7 @@ def _float_graph_outputs(qmodel):
 # ONNX Runtime's fast symmetric INT8 convolution (MLAS ConvSym, x86 AVX2 / AVX-512 VNNI) takes group-1 convolutions
 # only when the input channels are a multiple of 4; an RGB stem (3 channels) falls back to im2col + GEMM.
 _CONV_SYM_CHANNEL_ALIGNMENT = 4
+_PADDED_SUFFIX = f"_input_padded_to_{_CONV_SYM_CHANNEL_ALIGNMENT}_channels"
 
 
 def pad_conv_input_channels(qmodel):
@@ -159,6 +161,7 @@ def pad_conv_input_channels(qmodel):
 
     inits = {i.name: i for i in qmodel.graph.initializer}
     producers = {o: n for n in qmodel.graph.node for o in n.output}
+    name_counts = Counter(n.name for n in qmodel.graph.node)
     consumers: dict[str, int] = {}
     for n in qmodel.graph.node:
         for i in n.input:
@@ -181,12 +184,13 @@ def pad_conv_input_channels(qmodel):
         zeros = np.zeros((w.shape[0], extra) + w.shape[2:], dtype=w.dtype)
         weight.CopyFrom(numpy_helper.from_array(np.concatenate([w, zeros], axis=1), weight.name))
         rank = len(weight.dims)
-        base = f"{node.name}_input_padded_to_{_CONV_SYM_CHANNEL_ALIGNMENT}_channels"
+        own = node.name if node.name and name_counts[node.name] == 1 else node.output[0]  # unnamed: output is unique
+        base = own + _PADDED_SUFFIX
         pad_value = x_dq.input[2] if len(x_dq.input) > 2 and x_dq.input[2] else None
         qmodel.graph.initializer.append(
             numpy_helper.from_array(np.array([0] * (rank + 1) + [extra] + [0] * (rank - 2), np.int64), base + "_pads"))
         pad_inputs = [x_dq.input[0], base + "_pads"] + ([pad_value] if pad_value else [])
-        pad = helper.make_node("Pad", pad_inputs, [base + "_quantized"], name=base + "_pad", mode="constant")
+        pad = helper.make_node("Pad", pad_inputs, [base + "_quantized"], name=base, mode="constant")
         dq = helper.make_node("DequantizeLinear", [base + "_quantized", *x_dq.input[1:]], [base],
                               name=base + "_DequantizeLinear")
         dq.attribute.extend(x_dq.attribute)
@@ -198,6 +202,28 @@ def pad_conv_input_channels(qmodel):
             qmodel.graph.node.remove(x_dq)
         node.input[0] = base
     return qmodel
+
+
+def without_padded_stem(qmodel):
+    """A copy of `qmodel` with pad_conv_input_channels undone (same values): for analyses that compare each INT8
+    tensor with its FP32 twin, which has 3 channels (the --max-drop sensitivity ranking, the benchmark's timing)."""
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.ModelProto()
+    m.CopyFrom(qmodel)
+    inits = {i.name: i for i in m.graph.initializer}
+    producers = {o: n for n in m.graph.node for o in n.output}
+    for pad in [n for n in m.graph.node if n.op_type == "Pad" and n.name.endswith(_PADDED_SUFFIX)]:
+        dq = next(n for n in m.graph.node if pad.output[0] in n.input)
+        conv = next(n for n in m.graph.node if dq.output[0] in n.input)
+        weight = inits[producers[conv.input[1]].input[0]]
+        w = numpy_helper.to_array(weight)
+        weight.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(w[:, : w.shape[1] - 1]), weight.name))
+        dq.input[0] = pad.input[0]
+        m.graph.node.remove(pad)
+        m.graph.initializer.remove(inits[pad.input[1]])
+    return m
 
 
 @contextlib.contextmanager
