@@ -328,7 +328,7 @@ def test_live_stream_is_recorded_at_its_measured_rate_not_ffmpegs_nominal_25(tin
     frames, fps = _decoded(out)
     assert fps == pytest.approx(10, rel=0.15) and recorder.measured_fps == pytest.approx(10, rel=0.15)
     assert len(frames) == recorder.frames == summary.frames + recorder.repeated - recorder.left_out
-    span = results[-1].timestamp - results[0].timestamp  # what the recording must last, one frame short
+    span = results[-1].t_capture - results[0].t_capture  # what the recording must last, one frame short
     assert abs(len(frames) - 1 - span * fps) <= 2
 
 
@@ -352,36 +352,49 @@ def test_paced_file_with_dropped_frames_plays_at_its_own_speed(tiny_onnx, tmp_pa
             assert np.array_equal(frames[slot], frames[slot - 1]), slot
 
 
-def test_looped_paced_file_continues_its_timeline(tiny_onnx, tmp_path):
-    video = write_video(tmp_path / "clip.mp4", frames=10, fps=30)
+def test_looped_paced_file_continues_its_timeline_and_its_pace(tiny_onnx, tmp_path):
+    """A looped file's positions count on across restarts (the recording covers every pass, dropped frames
+    included), and its pacing too: the first frame of a pass is due one interval after the last, not at once."""
+    video = write_video(tmp_path / "clip.mp4", frames=3, fps=20)
     out = tmp_path / "looped.avi"
     with load(tiny_onnx) as runner:
-        recorder = VideoRecorder(out, fps=30, timeline="source")
-        results, summary = run(runner, video, LiveOptions(max_frames=25), sinks=[recorder], pace=True, loop=True)
-    base, previous, slots = 0, None, []
-    for r in results:
-        if previous is not None and r.index <= previous:
-            base += previous + 1
-        previous = r.index
-        slots.append(base + r.index)
-    assert base >= 10  # it did loop
-    assert recorder.frames == slots[-1] - slots[0] + 1 == len(_decoded(out)[0])
+        recorder = VideoRecorder(out, fps=20, timeline="source")
+        results, summary = run(runner, video, LiveOptions(max_frames=10), sinks=[recorder], pace=True, loop=True)
+    assert [r.index for r in results][:4] == [0, 1, 2, 0] or summary.dropped  # it looped
+    assert [r.position for r in results] == sorted({r.position for r in results})
+    assert recorder.frames == results[-1].position - results[0].position + 1 == len(_decoded(out)[0])
+    elapsed = results[-1].t_capture - results[0].t_capture
+    assert elapsed >= 0.9 * (results[-1].position - results[0].position) / 20  # paced across restarts
 
 
 def test_clock_timeline_fills_gaps_cuts_outages_and_leaves_out_early_frames(tmp_path):
-    """Placement on the clock, fed arrival times directly: 10 fps for 1.2 s, a 0.5 s stall (filled with repeats),
-    a 20 s outage (filled for MAX_FILL_S only), then a frame arriving in the slot just taken (left out)."""
+    """Placement on the clock, fed arrival times directly: a 10 fps stream that stalls 0.9 s in its first second
+    (the measured rate stays 10: the median time per source frame), then a 0.5 s stall (filled with repeats), a 20 s
+    outage (cut: longer than MAX_FILL_S), then a frame arriving in the slot just taken (left out)."""
     from types import SimpleNamespace
 
-    recorder = VideoRecorder(tmp_path / "clock.avi", fps=10, timeline="clock")
+    recorder = VideoRecorder(tmp_path / "clock.avi", fps=25, timeline="clock")
     image = np.zeros((48, 64, 3), np.uint8)
-    arrivals = [100 + i / 10 for i in range(13)] + [101.7, 121.7, 121.71]
+    arrivals = [100 + i / 10 + (0.9 if i >= 3 else 0) for i in range(13)] + [102.6, 122.6, 122.61]
     for i, t in enumerate(arrivals):
-        recorder.handle(SimpleNamespace(timestamp=t, index=i), image + i)
+        recorder.handle(SimpleNamespace(t_capture=t, position=i, index=i), image + i)
     recorder.close()
     assert recorder.measured_fps == 10
-    assert recorder.repeated == 4 + 50 and recorder.left_out == 1  # 1.2 -> 1.7 s: 4 repeats; the outage: 5 s of them
-    assert recorder.frames == 13 + 4 + 1 + 50 + 1 == len(_decoded(tmp_path / "clock.avi")[0])
+    assert recorder.repeated == 9 + 4 and recorder.left_out == 1  # the two stalls filled; the outage: none
+    assert recorder.frames == 15 + 13 == len(_decoded(tmp_path / "clock.avi")[0])  # 16 arrived, 1 left out
+
+
+def test_stepping_the_wall_clock_back_does_not_disturb_a_recording(tiny_onnx, tmp_path):
+    """Live frames are placed by time.perf_counter(), not the wall clock NTP may step back (Jetsons without an RTC)."""
+    from types import SimpleNamespace
+
+    recorder = VideoRecorder(tmp_path / "ntp.avi", fps=10, timeline="clock")
+    image = np.zeros((48, 64, 3), np.uint8)
+    for i in range(40):
+        wall = 1_000_000 + i / 10 - (60 if i >= 20 else 0)  # NTP steps the wall clock back a minute
+        recorder.handle(SimpleNamespace(t_capture=50 + i / 10, timestamp=wall, position=i, index=i), image + i)
+    recorder.close()
+    assert recorder.frames == 40 and recorder.left_out == 0 and recorder.repeated == 0
 
 
 def test_recorder_refuses_an_unknown_timeline(tmp_path):

@@ -38,6 +38,7 @@ class Frame:
     wall_time: float
     tensor: np.ndarray | None = None  # the model input, when the capture thread preprocessed the frame
     prep_time: float = 0.0  # seconds the capture thread spent making `tensor`
+    position: int = 0  # frames read from the source before this one, counting on across --loop restarts
 
 
 @dataclass(frozen=True)
@@ -207,6 +208,7 @@ class ThreadedCapture:
 
     def _read_loop(self) -> None:
         index = 0  # position in the source (restarts with --loop)
+        position = 0  # frames read so far, across loops: the clock a paced source (and its recording) runs on
         t_start = time.perf_counter()
         pace_start, pace_first = t_start, 0
         interval = 1.0 / self.fps if self.fps else 0.0
@@ -222,23 +224,23 @@ class ThreadedCapture:
                     self.reader = self._opener(self.spec)
                     self.loops += 1
                     self.on_event("looped", f"{self.spec.display}: restarting from the first frame (loop {self.loops})")
-                    index, pace_start, pace_first = 0, time.perf_counter(), 0
+                    index = 0  # the pacing clock runs on: the first frame is due one interval after the last
                     continue
                 return
             self.frames_read += 1
             if self._reconnected_at is not None and time.perf_counter() - self._reconnected_at >= self.reconnect.healthy_s:
                 self._attempts_used, self._reconnected_at = 0, None  # up and delivering for a while: budget restored
             if self.pace and interval:
-                due = pace_start + (index - pace_first) * interval
+                due = pace_start + (position - pace_first) * interval
                 wait = due - time.perf_counter()
                 if wait > 0:
                     if self._stop.wait(wait):
                         return
                 elif wait < -1.0:  # fell far behind (slow decoder): re-anchor instead of bursting to catch up
-                    pace_start, pace_first = time.perf_counter(), index
+                    pace_start, pace_first = time.perf_counter(), position
             now = time.perf_counter()
             t_source = index * interval if not self.spec.live and interval else now - t_start
-            frame = Frame(image, index, now, t_source, time.time())
+            frame = Frame(image, index, now, t_source, time.time(), position=position)
             transform = self.transform
             if transform is not None:
                 frame.tensor = transform(image)
@@ -246,6 +248,7 @@ class ThreadedCapture:
             if not self._publish(frame):
                 return
             index += 1
+            position += 1
 
     def _reconnect(self) -> bool:
         """Reopen a lost live source with backoff; False (and an error for the consumer) after the last attempt.

@@ -76,6 +76,8 @@ class FrameResult:
     processed: int
     fps: float
     reconnects: int = 0
+    position: int = 0  # frames read from the source before this one, across --loop restarts (Frame.position)
+    t_capture: float = 0.0  # time.perf_counter() when the frame arrived: a clock NTP cannot step back
 
     def to_dict(self, source: str | None = None) -> dict:
         d = {
@@ -255,7 +257,7 @@ def run_live(
             result = FrameResult(
                 index=frame.index, timestamp=frame.wall_time, top=top, label=label, score=score, timings=timings,
                 frame_age=t4 - frame.t_capture, dropped=capture.dropped, processed=processed, fps=fps,
-                reconnects=capture.reconnects,
+                reconnects=capture.reconnects, position=frame.position, t_capture=frame.t_capture,
             )
             keep_going = True
             if image_sinks:

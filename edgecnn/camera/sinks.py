@@ -123,13 +123,14 @@ class VideoRecorder:
     timeline: how processed frames become video frames at a constant rate, so the video plays at the right speed
     even when the loop drops frames (and drops more as it heats up or the machine gets busy):
     - "frames": every processed frame once, at `fps` (an unpaced file or folder: nothing is dropped);
-    - "source": each frame at its position in the source (a paced file at `fps`, its own rate); where the loop
-      dropped frames the previous one is repeated, so the recording lasts exactly as long as the part of the file
-      it covers;
-    - "clock": each frame at its arrival time (a live source), at the rate measured over its first ~second (a
-      measured rate within 10 % of `fps` is taken to be `fps`); gaps are filled by repeating the previous frame (at
-      most MAX_FILL_S of them: a reconnect's outage is cut, not recorded as a still), and a frame that arrives
-      while its slot is taken is left out."""
+    - "source": each frame at its position in the source (a paced file at `fps`, its own rate; a looped file's
+      positions count on across restarts); where the loop dropped frames the previous one is repeated, so the
+      recording lasts exactly as long as the part of the source it covers;
+    - "clock": each frame at its arrival time (a live source; a monotonic clock, which NTP cannot step back), at
+      the source's rate measured over its first ~second (the median time per source frame, so one late frame
+      cannot skew it; within 10 % of `fps` it is taken to be `fps`); gaps of up to MAX_FILL_S are filled by
+      repeating the previous frame, a longer outage (a reconnect) is cut, and a frame that arrives while its slot
+      is taken is left out (counted in `left_out`)."""
 
     needs_image = True
     TIMELINES = ("frames", "source", "clock")
@@ -163,13 +164,11 @@ class VideoRecorder:
         self.frames = 0  # video frames written, repeats included
         self.repeated = 0  # of them, repeats of the previous frame filling a gap
         self.left_out = 0  # processed frames not written (arrived while their slot was taken)
-        self._pending: deque[tuple[float, np.ndarray]] = deque()  # (arrival time, image) held back while measuring
+        self._pending: deque[tuple[float, int, np.ndarray]] = deque()  # (arrival, source position, image) held back
         self._pending_bytes = 0
         self._measured = False
         self._next_slot: int | None = None  # the video frame to be written next, on the timeline's clock
         self._last_image: np.ndarray | None = None
-        self._index_base = 0  # source positions of earlier loops of a looped file
-        self._last_index: int | None = None
         self._clock: tuple[float, int] | None = None  # (arrival time, slot) the clock timeline counts from
         self._drained = 0  # held-back frames written so far (clock timeline)
 
@@ -219,43 +218,39 @@ class VideoRecorder:
         self.frames += 1
 
     def _place(self, slot: int, image: np.ndarray) -> None:
-        """Write `image` as video frame `slot`, repeating the previous frame over the slots in between."""
+        """Write `image` as video frame `slot`, repeating the previous frame over the slots in between (a gap longer
+        than MAX_FILL_S is cut instead: the video jumps)."""
         if self._next_slot is None:
             self._next_slot = slot
         if slot < self._next_slot:
             self.left_out += 1
             return
         gap = slot - self._next_slot
-        if gap and self._last_image is not None:
-            fill = min(gap, int(self.MAX_FILL_S * self.video_fps))
-            for _ in range(fill):
+        if gap and self._last_image is not None and gap <= max(1, round(self.MAX_FILL_S * self.video_fps)):
+            for _ in range(gap):
                 self._write(self._last_image)
-            self.repeated += fill
+            self.repeated += gap
         self._write(image)
         self._last_image = image
         self._next_slot = slot + 1
 
-    def _source_slot(self, index: int) -> int:
-        if self._last_index is not None and index <= self._last_index:  # a looped file started again
-            self._index_base += self._last_index + 1
-        self._last_index = index
-        return self._index_base + index
-
     def _measure(self) -> tuple[float | None, int]:
-        """(frames per second over the held-back frames, or None with fewer than two or no time between them;
-        how many of the first frames came in a burst: what queued up while a stream opened)."""
-        times = [t for t, _ in self._pending]
+        """(the source's frames per second over the held-back frames: the median time per source frame between
+        consecutive ones, None without two frames apart in time; how many of the first frames came in a burst,
+        what queued up while a stream opened)."""
+        times = np.array([t for t, _, _ in self._pending])
+        positions = np.array([pos for _, pos, _ in self._pending])
         if len(times) < 2:
             return None, 0
-        intervals = np.diff(times)
-        median = float(np.median(intervals))
+        per_frame = np.diff(times) / np.maximum(np.diff(positions), 1)
+        median = float(np.median(per_frame))
         start = 0
-        while start < len(intervals) and intervals[start] < 0.5 * median:
+        while start < len(per_frame) and per_frame[start] < 0.5 * median:
             start += 1
-        span = times[-1] - times[start]
-        if len(times) - start < 2 or not span > 0:
+        steady = per_frame[start:]
+        if not len(steady) or not float(np.median(steady)) > 0:
             return None, start
-        rate = (len(times) - start - 1) / span
+        rate = 1.0 / float(np.median(steady))
         if abs(rate - self.fps) <= 0.1 * self.fps:
             return self.fps, start  # the nominal rate, measured: keep its exact value (30, not 29.7)
         return min(MAX_FPS, max(MIN_FPS, round(rate, 2))), start
@@ -270,7 +265,7 @@ class VideoRecorder:
         """Write held-back frames, oldest first (all of them, or `limit` so no single frame pays for the backlog)."""
         n = len(self._pending) if limit is None else min(limit, len(self._pending))
         for _ in range(n):
-            arrival, image = self._pending.popleft()
+            arrival, _, image = self._pending.popleft()
             self._pending_bytes -= image.nbytes
             t0, slot0 = self._clock
             slot = self._drained if self._drained < slot0 else slot0 + int(round((arrival - t0) * self.video_fps))
@@ -282,9 +277,9 @@ class VideoRecorder:
             self._write(image)
             return True
         if self.timeline == "source":
-            self._place(self._source_slot(int(result.index)), image)
+            self._place(int(result.position), image)
             return True
-        self._pending.append((float(result.timestamp), image))
+        self._pending.append((float(result.t_capture), int(result.position), image))
         self._pending_bytes += image.nbytes
         if not self._measured:
             span = self._pending[-1][0] - self._pending[0][0]

@@ -206,8 +206,10 @@ def _print_summary(summary, recorded: dict | None) -> None:
         warn(f"the video ended after {summary.frames_read} of the {summary.frames_expected} frames its header "
              "declares: the file may be cut short or damaged")
     if recorded is not None:
-        made_up = (f"; {recorded['repeated']} repeats of the previous frame stand in for dropped ones"
-                   if recorded["repeated"] else "")
-        console.print(f"recording: {recorded['path']} ({recorded['frames']} frames at {recorded['fps']:g} fps{made_up})",
-                      markup=False)
+        notes = [f"{recorded['frames']} frames at {recorded['fps']:g} fps"]
+        if recorded["repeated"]:
+            notes.append(f"{recorded['repeated']} of them repeat the previous frame where frames were dropped or late")
+        if recorded["left_out"]:
+            notes.append(f"{recorded['left_out']} processed frames left out: they came faster than the video's rate")
+        console.print(f"recording: {recorded['path']} ({'; '.join(notes)})", markup=False)
 
