@@ -140,10 +140,11 @@ def write_video(path, frames=10, size=(64, 48), fps=30.0, fourcc="mp4v") -> Path
     return Path(path)
 
 
-def build_int8_qdq_onnx(path: Path, weight: int = 127) -> Path:
+def build_int8_qdq_onnx(path: Path, weight: int = 127, activations=np.uint8) -> Path:
     """A tiny INT8 Q/DQ model (input Q/DQ, one 3x3 convolution with every weight at `weight`, output Q/DQ, global mean)
     with the edgecnn contract. With weight 127 and inputs at 255 every product pair saturates ORT's int16 sums on x86
-    CPUs without VNNI; 64 is the reduced range, which cannot saturate."""
+    CPUs without VNNI; 64 is the reduced range, which cannot saturate. `activations` np.uint8: the --target cpu form;
+    np.int8 (zero points 0): the symmetric form TensorRT takes."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -153,12 +154,12 @@ def build_int8_qdq_onnx(path: Path, weight: int = 127) -> Path:
     cout = 2
     inits = [
         numpy_helper.from_array(np.array(1 / 255, dtype=np.float32), "x_scale"),
-        numpy_helper.from_array(np.array(0, dtype=np.uint8), "x_zp"),
+        numpy_helper.from_array(np.array(0, dtype=activations), "x_zp"),
         numpy_helper.from_array(np.full((cout, 3, 3, 3), weight, dtype=np.int8), "w_q"),
         numpy_helper.from_array(np.full((cout,), 1 / weight, dtype=np.float32), "w_scale"),
         numpy_helper.from_array(np.zeros((cout,), dtype=np.int8), "w_zp"),
         numpy_helper.from_array(np.array(27 / 200, dtype=np.float32), "y_scale"),
-        numpy_helper.from_array(np.array(0, dtype=np.uint8), "y_zp"),
+        numpy_helper.from_array(np.array(0, dtype=activations), "y_zp"),
     ]
     nodes = [
         helper.make_node("QuantizeLinear", ["input", "x_scale", "x_zp"], ["xq"]),

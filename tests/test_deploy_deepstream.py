@@ -269,7 +269,7 @@ def unsorted_qdq(tmp_path) -> tuple[Path, Path]:
     """A real INT8 Q/DQ model, and a copy with its nodes reversed (as older edgecnn versions wrote them)."""
     from conftest import build_int8_qdq_onnx
 
-    good = build_int8_qdq_onnx(tmp_path / "sorted.int8.onnx", weight=64)
+    good = build_int8_qdq_onnx(tmp_path / "sorted.int8.onnx", weight=64, activations=np.int8)  # TensorRT's form
     model = onnx.load(str(good))
     nodes = list(model.graph.node)[::-1]
     del model.graph.node[:]
@@ -313,3 +313,17 @@ def test_unsortable_model_is_a_clear_error_and_leaves_nothing(tmp_path):
     assert res.exit_code == 4, res.output
     assert "re-quantize" in res.output and "internal error" not in res.output
     assert not (tmp_path / "new").exists(), "no empty folder left behind"
+
+
+def test_a_cpu_target_int8_model_is_refused_and_nothing_is_written(tmp_path):
+    """nvinfer builds the model with TensorRT, which takes symmetric INT8 Q/DQ only: a --target cpu model (uint8
+    activations) is refused, as build-engine and deploy bundle refuse it."""
+    from conftest import build_int8_qdq_onnx
+    from edgecnn.cli.main import app
+
+    cpu_model = build_int8_qdq_onnx(tmp_path / "m.cpu.int8.onnx", weight=64)
+    with pytest.raises(UserInputError, match="--target cpu.*--target tensorrt"):
+        write_deepstream(cpu_model, tmp_path / "ds")
+    assert not (tmp_path / "ds").exists()
+    res = CliRunner().invoke(app, ["deploy", "deepstream", str(cpu_model), "--out", str(tmp_path / "ds")])
+    assert res.exit_code == 2 and "--target tensorrt" in res.output

@@ -402,3 +402,10 @@ def test_trt_version_must_match_the_installed_one_for_a_build():
     for asked, installed in [("10.3.0", "10.13.3"), ("8.6", "10.3.0"), ("10.3.1", "10.3.0")]:
         with pytest.raises(UserInputError, match="installed TensorRT is"):
             check_trt_version_matches(asked, installed)
+
+
+@pytest.mark.parametrize("device", ["agx-orin", "thor"])
+def test_tensorrt_11_before_11_4_1_is_no_jetpack_release(facts, device):
+    """TensorRT 11.0-11.4.0 support no JetPack: a plan for a Jetson with one says to build on the device."""
+    assert any("build on the device" in n for n in plan_for(facts, "11.2.0", device, precision="fp16").notes)
+    assert not any("build on the device" in n for n in plan_for(facts, "11.4.1", device, precision="fp16").notes)

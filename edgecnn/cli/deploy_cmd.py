@@ -27,7 +27,7 @@ def bundle(
     out: Path = typer.Option(..., "--out", "-o", help="The bundle to write (.tar.gz)."),
     device: Optional[str] = typer.Option(None, "--device", help="build-engine preset for the target (orin-nano, agx-orin, ...)."),
     precision: str = typer.Option("fp16", "--precision", help="Engine precision on the device: fp32, fp16, int8 or best."),
-    calib_cache: Optional[Path] = typer.Option(None, "--calib-cache", help="TensorRT calibration cache (edgecnn calibrate)."),
+    calib_cache: Optional[Path] = typer.Option(None, "--calib-cache", help="TensorRT calibration cache (edgecnn quantize --cache)."),
     int8_model: Optional[Path] = typer.Option(None, "--int8-model", help="Q/DQ INT8 ONNX of the same model (edgecnn quantize)."),
     source: str = typer.Option("0", "--source", "-s", help="`edgecnn live` source on the device (0, /dev/video0, csi://0, rtsp://...)."),
     sink: List[str] = typer.Option(

@@ -213,7 +213,8 @@ def nvinfer_config(
         raise UserInputError(f"--precision must be one of {', '.join(NETWORK_MODES)}, got {precision!r}")
     if precision == "int8" and io.kind == "onnx" and contract.precision != "int8" and calib_file is None:
         raise UserInputError(
-            "--precision int8 needs a Q/DQ ONNX (edgecnn quantize) or --calib-cache (edgecnn calibrate) for nvinfer"
+            "--precision int8 needs a Q/DQ ONNX (edgecnn quantize --target tensorrt) or --calib-cache (edgecnn "
+            "quantize --cache) for nvinfer"
         )
     if options.batch_size < 1:
         raise UserInputError("--batch-size must be >= 1")
@@ -315,6 +316,10 @@ def write_deepstream(model: str | Path, out_dir: str | Path, options: DeepStream
     model_file = "model.engine" if io.kind == "engine" else "model.softmax.onnx"
     # validate everything (and fail) before writing anything
     config = nvinfer_config(io, options, model_file, io.output_name, "calib.cache" if calib else None)
+    if io.kind == "onnx" and io.contract.precision == "int8":
+        from edgecnn.trt.int8 import check_tensorrt_qdq
+
+        check_tensorrt_qdq(path)  # nvinfer builds it with TensorRT: a --target cpu model (uint8) would be built wrong
     target = Path(os.path.realpath(out_dir))  # "." works, and a symlinked --out keeps its link
     existing = _existing_entries(target)
     if existing and path.resolve().is_relative_to(target):

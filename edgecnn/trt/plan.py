@@ -345,7 +345,8 @@ def _jetpack_notes(version: TrtVersion, device: DevicePreset) -> list[str]:
     if not device.jetson or not device.jetpack:
         return []
     shipped = {TrtVersion.parse(r.tensorrt)[:2] for r in device.jetpack}
-    later_11 = version.major == 11 and device.name in ("agx-orin", "thor")  # JetPack 7.2.2+ with TensorRT 11.4.1+
+    # JetPack 7.2.2+ ships TensorRT 11.4.1+ on these two; 11.0-11.4.0 support no JetPack at all
+    later_11 = version.major == 11 and version.at_least(11, 4, 1) and device.name in ("agx-orin", "thor")
     if (version.major, version.minor) in shipped or later_11:
         return []
     versions = ", ".join(sorted({r.tensorrt for r in device.jetpack}))
