@@ -82,8 +82,10 @@ def test_bad_out_and_bad_source(tmp_path):
     folder = tmp_path / "imgs"
     folder.mkdir()
     cv2.imwrite(str(folder / "a.png"), cv2.UMat(8, 8, cv2.CV_8UC3).get())
-    result = CliRunner().invoke(app, ["calibrate", "capture", "--source", str(folder), "--out", str(folder), "--force"])
-    assert result.exit_code == 2 and "differ" in result.output
+    for out in (folder, folder / "new"):  # the folder itself, or one inside it (it would look like a class)
+        result = CliRunner().invoke(app, ["calibrate", "capture", "--source", str(folder), "--out", str(out), "--force"])
+        assert result.exit_code == 2 and "must not be --source or a folder inside it" in result.output
+    assert sorted(p.name for p in folder.iterdir()) == ["a.png"]
 
 
 def test_from_an_http_mjpeg_camera(tmp_path):
@@ -271,6 +273,20 @@ def test_mixed_folder_counts_unreadable_files(tmp_path):
                                      "--out", str(tmp_path / "cal2"), "--count", "2", "--every-ms", "0", "--json"])
     assert clean.exit_code == 0 and json.loads(clean.stdout)["skipped_unreadable"] == 0
     assert "unreadable image" not in clean.output  # no warning line
+
+
+def test_a_folder_gives_every_image_not_one_per_500_ms(tmp_path):
+    """A folder is read at full speed and has no timeline: the default --every-ms kept 1 image of 20."""
+    import numpy as np
+
+    src = tmp_path / "imgs"
+    src.mkdir()
+    for i in range(20):
+        cv2.imwrite(str(src / f"{i:02d}.png"), np.full((12, 16, 3), 10 * i, np.uint8))
+    result = CliRunner().invoke(app, ["calibrate", "capture", "--source", str(src), "--out", str(tmp_path / "cal"),
+                                      "--count", "20", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["saved"] == 20 and "every image is taken" in result.output
 
 
 @pytest.mark.parametrize("fps", ["nan", "inf", "1e300", "0"])

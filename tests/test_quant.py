@@ -497,6 +497,9 @@ def test_video_source_every_kth_frame(tmp_path):
     assert cs.kind == "video" and len(cs) == 6 and cs.names[1] == "frame 5"
     cs = load_calibration(path, contract.preprocess, num_images=10)
     assert len(cs) == 10 and cs.names[1] == "frame 3"
+    cs = load_calibration(path, contract.preprocess, num_images=20)  # spread over all 30 frames, not the first 20
+    assert len(cs) == 20 and cs.names[:3] == ["frame 0", "frame 1", "frame 3"] and cs.names[-1] == "frame 28"
+    assert len(load_calibration(path, contract.preprocess, num_images=50)) == 30  # fewer frames than asked: all
 
 
 def test_empty_and_unreadable_sources_are_clear_errors(tmp_path):

@@ -125,6 +125,23 @@ def test_max_drop_fallback_and_failure(setup):
     assert read_onnx_contract(out).provenance["quantization"]["excluded"] == data["excluded"]
 
 
+def test_cache_leaves_out_the_tensors_of_layers_kept_in_float(setup):
+    """TensorRT's implicit INT8 runs every layer whose tensors have a scale in INT8: a layer --exclude keeps in float
+    in the Q/DQ model must have none in the table either, or the engine is not the model the gate measured."""
+    from edgecnn.quant import trt_cache
+
+    model, calib, tmp = setup
+    full = json.loads(invoke("quantize", model, "--calib", calib, "--out", tmp / "a.onnx", "--cache", tmp / "a.calib",
+                             "--target", "tensorrt", "--json").stdout)
+    part = json.loads(invoke("quantize", model, "--calib", calib, "--out", tmp / "b.onnx", "--cache", tmp / "b.calib",
+                             "--target", "tensorrt", "--exclude", "conv2", "--json").stdout)
+    _, _, all_scales = trt_cache.read_table(tmp / "a.calib")
+    _, _, kept = trt_cache.read_table(tmp / "b.calib")
+    gone = set(all_scales) - set(kept)
+    assert gone == {"r1", "c2"} == set(part["cache"]["left_out_for_float_layers"])  # conv2's input and output
+    assert all(kept[t] == all_scales[t] for t in kept) and full["cache"]["left_out_for_float_layers"] == []
+
+
 def test_bad_inputs_are_one_line_errors_and_write_nothing(setup):
     model, calib, tmp = setup
     out = tmp / "existing.onnx"
@@ -198,6 +215,25 @@ def test_model_without_metadata_asks_for_preprocessing(setup):
     res = invoke("quantize", bare_path, "--calib", calib, "--out", tmp / "q2.onnx", "--input-size", "100,100",
                  "--mean", "120", "--std", "60")
     assert res.exit_code == 2 and "takes 32x32 inputs" in res.output and not (tmp / "q2.onnx").exists()
+    (tmp / "two.txt").write_text("cat\ndog\n")  # the model outputs 3 classes: said before any calibration
+    res = invoke("quantize", bare_path, "--calib", calib, "--out", tmp / "q5.onnx", "--input-size", "32,32",
+                 "--mean", "120", "--std", "60", "--labels", tmp / "two.txt")
+    assert res.exit_code == 2 and "--labels has 2 names but bare.onnx outputs 3 classes" in res.output
+    assert not (tmp / "q5.onnx").exists()
+
+
+def test_a_model_with_fp16_weights_is_refused(setup):
+    from onnx import TensorProto, numpy_helper
+
+    model, calib, tmp = setup
+    half = onnx.load(str(model))
+    for init in half.graph.initializer:
+        if init.name == "conv2.w":
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), "conv2.w.half"))
+    half.graph.node.insert(0, onnx.helper.make_node("Cast", ["conv2.w.half"], ["conv2.w"], to=TensorProto.FLOAT))
+    onnx.save(half, str(tmp / "half.onnx"))
+    res = invoke("quantize", tmp / "half.onnx", "--calib", calib, "--out", tmp / "q.onnx")
+    assert res.exit_code == 2 and "16-bit floats (conv2.w.half)" in res.output and not (tmp / "q.onnx").exists()
 
 
 def test_malformed_metadata_is_named_not_taken_for_missing(setup):
@@ -254,3 +290,38 @@ def test_pretrained_efficientnet_lite0_cpu_target(scenes_dir, tmp_path):
     plain = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
     exact = ort.InferenceSession(str(out), session_options(), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
     np.testing.assert_allclose(plain, exact, atol=1e-5)
+
+
+def test_a_full_disk_while_writing_the_outputs_writes_none_of_them(setup, small_disk):
+    """The model, its table and the report are staged together: a report that does not fit (a real 300 KiB tmpfs,
+    filled first) leaves the earlier model and table as they were, and no report folder, with one clear error."""
+    model, calib, tmp = setup
+    out, cache = tmp / "q.onnx", tmp / "q.calib"
+    out.write_bytes(b"earlier model")
+    cache.write_text("earlier table")
+    (small_disk / "filler").write_bytes(b"\0" * (300 * 1024 - 4096))  # leaves one page at most
+    res = invoke("quantize", model, "--calib", calib, "--out", out, "--cache", cache,
+                 "--report", small_disk / "report", "--json")
+    assert res.exit_code == 4, res.output
+    assert "Cannot write the outputs" in res.output and "internal error" not in res.output and res.stdout == ""
+    assert out.read_bytes() == b"earlier model" and cache.read_text() == "earlier table"
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]
+    assert sorted(p.name for p in tmp.iterdir() if p.name.startswith(".q.")) == []  # no temporary file left
+
+
+def test_the_report_names_its_own_files(setup):
+    model, calib, tmp = setup
+    data = json.loads(invoke("quantize", model, "--calib", calib, "--out", tmp / "q.onnx", "--report", tmp / "r",
+                             "--json").stdout)
+    written = json.loads((tmp / "r" / "quantization.json").read_text())
+    assert written["report"] == data["report"] == {"json": str(tmp / "r" / "quantization.json"),
+                                                   "markdown": str(tmp / "r" / "quantization.md")}
+    assert written["sizes"]["int8_bytes"] == (tmp / "q.onnx").stat().st_size
+
+
+def test_a_val_folder_with_one_misnamed_class_is_an_error_not_unlabelled(setup):
+    model, calib, tmp = setup
+    val = make_image_folder(tmp / "val", classes=("cat", "dog", "birds"), per_class=3, seed=5)  # "bird" misspelled
+    res = invoke("quantize", model, "--calib", calib, "--out", tmp / "q.onnx", "--val", val)
+    assert res.exit_code == 2 and "2 class folder(s) name this model's classes, but" in res.output
+    assert "birds" in res.output and not (tmp / "q.onnx").exists()

@@ -46,8 +46,10 @@ def capture(
     from edgecnn.errors import SourceError, UserInputError
 
     spec = parse_source(source, width=width, height=height, fps=fps)
-    if spec.kind in ("file", "folder") and Path(spec.target).resolve() == out.resolve():
-        raise UserInputError("--out must differ from --source: frames are never written into the input folder")
+    if spec.kind in ("file", "folder") and (Path(spec.target).resolve() == out.resolve()
+                                             or out.resolve().is_relative_to(Path(spec.target).resolve())):
+        raise UserInputError("--out must not be --source or a folder inside it: frames are never written into the "
+                             "input folder (where they would also look like one more class)")
 
     def on_event(kind: str, message: str) -> None:
         warn(message) if kind in ("lost", "retry", "gave_up") else console.print(message, style="cyan", markup=False)
@@ -64,6 +66,11 @@ def capture(
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             cap = ThreadedCapture(spec, pace=False, on_event=on_event).start()
+            if spec.kind == "folder" and not cap.fps and every_ms:
+                # a folder has no timeline (read at full speed, 500 ms apart kept 1 image of 20): take every image
+                console.print("an image folder has no frame rate: every image is taken (--every-ms applies with "
+                              "--fps)", style="cyan", markup=False)
+                every_ms = 0.0
             with progress_bar(f"capturing {count} frames", total=count, disable=json_out) as update:
                 report = capture_frames(cap, out, count, every_ms=every_ms, start_number=first, jpeg_quality=quality,
                                         progress=lambda done, total: update(done, total), stop=stop)

@@ -34,8 +34,23 @@ def _is_labelled(runner, folder: Path) -> tuple[bool, str]:
     root, test = find_splits(folder)
     try:
         scanned = scan_image_folder(test or root)
+    except UserInputError as exc:
+        return False, str(exc)
+    try:
         map_classes(scanned.classes, runner.labels, runner.contract.label_keys)
     except UserInputError as exc:
+        matched, problems = [], []
+        for name in scanned.classes:
+            try:
+                map_classes([name], runner.labels, runner.contract.label_keys)
+                matched.append(name)
+            except UserInputError as one:
+                problems.append(str(one))
+        if matched and problems:  # a labelled folder with a typo: not silently "unlabelled"
+            raise UserInputError(
+                f"--val {folder}: {len(matched)} class folder(s) name this model's classes, but {problems[0]}"
+                f"{f' (and {len(problems) - 1} more)' if len(problems) > 1 else ''}"
+            ) from None
         return False, str(exc)
     return True, ""
 

@@ -153,17 +153,27 @@ def _video_frame_count(path: Path) -> int:
 def _load_video(path: Path, cfg: PreprocessConfig, num_images: int | None, every: int | None,
                 progress: Progress | None) -> CalibrationSet:
     total = _video_frame_count(path)
-    if every is None:
-        every = max(1, total // num_images) if num_images and total else 1
-    if every < 1:
+    if every is not None and every < 1:
         raise UserInputError(f"--every must be at least 1, got {every}")
-    expected = min(num_images or total or 0, -(-total // every) if total else num_images or 0) or None
+    wanted = None  # frame indices to keep: None = every `every`-th
+    if every is None:
+        every = 1
+        if num_images and total > num_images:  # spread over the whole video: frame i * total / n, not the first n
+            wanted = {i * total // num_images for i in range(num_images)}
+    expected = (len(wanted) if wanted is not None
+                else min(num_images or total or 0, -(-total // every) if total else num_images or 0) or None)
     frames, names = [], []
-    for index, frame in iter_video_frames(path, every=every, max_frames=num_images):
+    for index, frame in iter_video_frames(path, every=every, max_frames=None if wanted is not None else num_images):
+        if wanted is not None:
+            if index not in wanted:
+                continue
+            wanted.discard(index)
         frames.append(geometric(frame, cfg))
         names.append(f"frame {index}")
         if progress:
             progress(len(frames), expected or len(frames))
+        if wanted is not None and not wanted:
+            break
     if not frames:
         raise UserInputError(f"No frames could be read from video {path}")
     return CalibrationSet(

@@ -41,6 +41,15 @@ def check_not_quantized(model, source: str) -> None:
         raise UserInputError(
             f"{source} is already quantized (it contains {', '.join(found)}): quantize the FP32 model it came from"
         )
+    from onnx import TensorProto
+
+    low = [i.name for i in model.graph.initializer
+           if i.data_type in (TensorProto.FLOAT16, TensorProto.BFLOAT16) and len(i.dims) > 1]
+    if low:  # its Q/DQ would sit on Casts of FP16 weights: no per-channel INT8 weights, a bigger file than the input
+        raise UserInputError(
+            f"{source} keeps its weights in 16-bit floats ({low[0]}{' and others' if len(low) > 1 else ''}): quantize "
+            "the FP32 model it came from"
+        )
 
 
 def prepare(model_path: str | os.PathLike):

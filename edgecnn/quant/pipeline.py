@@ -25,9 +25,11 @@ from edgecnn.artifacts import (
     atomic_path,
     check_output_file,
     ensure_distinct,
+    make_dirs,
     model_bytes,
     onnx_external_data,
     onnx_sha256,
+    remove_created,
     save_onnx,
     write_onnx_contract,
 )
@@ -128,6 +130,8 @@ def model_contract(model_proto, path: Path, options: QuantOptions) -> ModelContr
         labels = options.labels or ([f"class_{i}" for i in range(n)] if n else None)
         if not labels:
             raise UserInputError(f"{path}: cannot tell the number of classes; give --labels FILE") from None
+        if n and len(labels) != n:
+            raise UserInputError(f"--labels has {len(labels)} names but {path.name} outputs {n} classes") from None
         _check_input_size(model_proto, path, options.preprocess)
         return ModelContract(labels=list(labels), preprocess=options.preprocess, arch=None,
                              provenance={"source": "foreign onnx", "preprocess_from": "command line"})
@@ -385,35 +389,50 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calib: str | os.P
         table = None
         if options.cache is not None:
             version = options.trt_version or trt_cache.installed_version() or trt_cache.DEFAULT_VERSION
-            amax = {name: max(abs(lo), abs(hi)) for name, (lo, hi) in ranges.items()}
+            # the layers kept in float (--exclude, --max-drop) must stay float in TensorRT's implicit INT8 too: their
+            # tensors get no scale (TensorRT then runs them in higher precision), as in the measured Q/DQ model
+            float_tensors = {t for n in prepared.graph.node if n.name in set(exclude) for t in (*n.input, *n.output)}
+            amax = {name: max(abs(lo), abs(hi)) for name, (lo, hi) in ranges.items() if name not in float_tensors}
             table = trt_cache.format_table(amax, version)
-        with contextlib.ExitStack() as staged:
-            model_tmp = staged.enter_context(atomic_path(out, suffix=".onnx"))
-            save_onnx(qmodel, model_tmp)
-            if table is not None:
-                table_tmp = staged.enter_context(atomic_path(options.cache))
-                table_tmp.write_text(table, encoding="utf-8")
-        result = {
-            "model": str(src), "output": str(out), "target": options.target, "method": options.method,
-            "percentile": options.percentile, "calibration": summary, "excluded": exclude,
-            "ranges": _range_table(ranges, spec.activation_signed),
-            "qdq": qdq.qdq_summary(qmodel), "accuracy": measured, "max_drop": options.max_drop, "fallback": fallback,
-            "sizes": {"fp32_bytes": model_bytes(src), "int8_bytes": out.stat().st_size},
-            "rounding": {"method": options.rounding, "layers": len(rounded), "seconds": round(rounding_seconds, 3)},
-            "weights": {"qmax": options.weight_qmax, "reduce_range": options.reduce_range,
-                        "text": weights_text, "note": _weights_note(options)},
-            "timings": {"calibration_s": round(calib_seconds, 3),
-                        "images_per_s": len(calib_set) / calib_seconds if calib_seconds > 0 else 0.0},
-            "latency": latency, "cache": None, "report": None,
-            "finetune": finetune_log[-1] if finetune_log else None,
-        }
-        if table is not None:
-            result["cache"] = {"path": str(options.cache), "tensors": len(amax),
-                               "header": f"TRT-{trt_cache.version_number(version)}-{trt_cache.DEFAULT_ALGORITHM}"}
-        if options.report is not None:
-            from edgecnn.quant.report import write_report
+        report_top = make_dirs(options.report) if options.report is not None else None
+        try:
+            with contextlib.ExitStack() as staged:
+                model_tmp = staged.enter_context(atomic_path(out, suffix=".onnx"))
+                save_onnx(qmodel, model_tmp)
+                if table is not None:
+                    table_tmp = staged.enter_context(atomic_path(options.cache))
+                    table_tmp.write_text(table, encoding="utf-8")
+                result = {
+                    "model": str(src), "output": str(out), "target": options.target, "method": options.method,
+                    "percentile": options.percentile, "calibration": summary, "excluded": exclude,
+                    "ranges": _range_table(ranges, spec.activation_signed),
+                    "qdq": qdq.qdq_summary(qmodel), "accuracy": measured, "max_drop": options.max_drop,
+                    "fallback": fallback,
+                    "sizes": {"fp32_bytes": model_bytes(src), "int8_bytes": model_tmp.stat().st_size},
+                    "rounding": {"method": options.rounding, "layers": len(rounded),
+                                 "seconds": round(rounding_seconds, 3)},
+                    "weights": {"qmax": options.weight_qmax, "reduce_range": options.reduce_range,
+                                "text": weights_text, "note": _weights_note(options)},
+                    "timings": {"calibration_s": round(calib_seconds, 3),
+                                "images_per_s": len(calib_set) / calib_seconds if calib_seconds > 0 else 0.0},
+                    "latency": latency, "cache": None, "report": None,
+                    "finetune": finetune_log[-1] if finetune_log else None,
+                }
+                if table is not None:
+                    result["cache"] = {"path": str(options.cache), "tensors": len(amax),
+                                       "left_out_for_float_layers": sorted(set(ranges) & float_tensors),
+                                       "header": f"TRT-{trt_cache.version_number(version)}-{trt_cache.DEFAULT_ALGORITHM}"}
+                if options.report is not None:  # staged with the model: all of them are written, or none
+                    from edgecnn.quant.report import stage_report
 
-            result["report"] = write_report(options.report, result)
+                    stage_report(staged, options.report, result)
+        except OSError as exc:
+            remove_created(report_top, options.report)
+            raise ArtifactError(f"Cannot write the outputs ({exc.strerror or exc}; is the disk full?): nothing was "
+                                f"written, and {out} is as it was") from exc
+        except BaseException:
+            remove_created(report_top, options.report)
+            raise
     return result
 
 

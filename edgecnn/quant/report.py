@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from edgecnn.artifacts import atomic_write_json, atomic_write_text
+from edgecnn.artifacts import atomic_path
 
 
 def _pct(v) -> str:
@@ -100,13 +100,16 @@ def to_markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(folder: str | os.PathLike, result: dict) -> dict[str, str]:
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        from edgecnn.errors import UserInputError
+def stage_report(stack, folder: str | os.PathLike, result: dict) -> dict[str, str]:
+    """Write the report (JSON + Markdown) as temporary files that `stack` (a contextlib.ExitStack of atomic_path
+    stagings) moves into `folder` when it closes, together with the model: a failure (a full disk) leaves neither.
+    Sets and returns result["report"] (the paths)."""
+    import json
 
-        raise UserInputError(f"--report {folder} is a file; give a folder")
-    folder.mkdir(parents=True, exist_ok=True)
-    js = atomic_write_json(folder / "quantization.json", result)
-    md = atomic_write_text(folder / "quantization.md", to_markdown(result))
-    return {"json": str(js), "markdown": str(md)}
+    folder = Path(folder)
+    result["report"] = {"json": str(folder / "quantization.json"), "markdown": str(folder / "quantization.md")}
+    js = stack.enter_context(atomic_path(folder / "quantization.json"))
+    js.write_text(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    md = stack.enter_context(atomic_path(folder / "quantization.md"))
+    md.write_text(to_markdown(result), encoding="utf-8")
+    return result["report"]
