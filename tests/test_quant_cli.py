@@ -51,7 +51,9 @@ def test_quantize_json_outputs_and_metadata(setup, target):
     assert f"{qmax}]" in (report / "quantization.md").read_text()
     assert cache.read_text().startswith("TRT-8601-EntropyCalibration2\n")
     assert (report / "quantization.json").is_file() and "Per-tensor ranges" in (report / "quantization.md").read_text()
-    assert json.loads((report / "quantization.json").read_text())["latency"]["int8"]["median_ms"] > 0
+    latency = json.loads((report / "quantization.json").read_text())["latency"]
+    assert latency["int8"]["median_ms"] > 0 and latency["fp32"]["runs"] == latency["int8"]["runs"] == latency["runs"]
+    assert latency["interleaved_rounds"] == 5 and "interleaved in 5 rounds" in (report / "quantization.md").read_text()
     assert {n.op_type for n in onnx.load(str(out)).graph.node} >= {"QuantizeLinear", "DequantizeLinear"}
 
 

@@ -194,19 +194,30 @@ def _check_exclude(prepared, exclude, original) -> None:
         )
 
 
-def _latency(path: Path, runs: int, threads: int | None, input_shape: tuple) -> dict:
+def _latency(paths: dict[str, Path], runs: int, threads: int | None, input_shape: tuple, rounds: int = 5) -> dict:
+    """Median/p90/mean ms per model, the models interleaved: each of `rounds` rounds times every model in turn, so
+    load on a shared machine hits them alike (run one after the other, the same FP32 model read 9.7-22.8 ms)."""
     from edgecnn.runtime.onnxrt import OnnxRuntimeRunner
 
     x = np.random.default_rng(0).standard_normal(input_shape).astype(np.float32)
-    with OnnxRuntimeRunner(path, threads=threads) as runner:
-        for _ in range(5):
-            runner.infer(x)
-        times = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            runner.infer(x)
-            times.append((time.perf_counter() - t0) * 1000.0)
-    return {"median_ms": float(np.median(times)), "p90_ms": float(np.percentile(times, 90)), "mean_ms": float(np.mean(times))}
+    runners = {name: OnnxRuntimeRunner(path, threads=threads) for name, path in paths.items()}
+    try:
+        for runner in runners.values():
+            for _ in range(5):
+                runner.infer(x)
+        times: dict[str, list[float]] = {name: [] for name in runners}
+        per_round = max(1, -(-runs // rounds))
+        for _ in range(rounds):
+            for name, runner in runners.items():
+                for _ in range(per_round):
+                    t0 = time.perf_counter()
+                    runner.infer(x)
+                    times[name].append((time.perf_counter() - t0) * 1000.0)
+    finally:
+        for runner in runners.values():
+            runner.close()
+    return {name: {"median_ms": float(np.median(t)), "p90_ms": float(np.percentile(t, 90)),
+                   "mean_ms": float(np.mean(t)), "runs": len(t)} for name, t in times.items()}
 
 
 def _weights_text(reduced: bool) -> str:
@@ -379,13 +390,14 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calib: str | os.P
             shape = (graph.fixed_batch(prepared) or 1,) + tuple(
                 d.dim_value for d in prepared.graph.input[0].type.tensor_type.shape.dim[1:])
             save_onnx(qmodel, qpath)
-            lf, lq = (_latency(p, options.latency_runs, options.threads, shape) for p in (fp32_path, qpath))
+            timed = _latency({"fp32": fp32_path, "int8": qpath}, options.latency_runs, options.threads, shape)
+            lf, lq = timed["fp32"], timed["int8"]
             latency = {"fp32": lf, "int8": lq, "speedup": lf["median_ms"] / max(lq["median_ms"], 1e-9),
-                       "batch": shape[0], "runs": options.latency_runs, "threads": options.threads,
+                       "batch": shape[0], "runs": lf["runs"], "interleaved_rounds": 5, "threads": options.threads,
                        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"}
 
-        # ---- outputs: the model and its table staged side by side, then renamed one right after the other, so a
-        # failure leaves neither (never a new model beside a stale table); the report last.
+        # ---- outputs: the model, its table and the report staged side by side, then renamed one right after the
+        # other, so a failure leaves none of them (never a new model beside a stale table).
         table = None
         if options.cache is not None:
             version = options.trt_version or trt_cache.installed_version() or trt_cache.DEFAULT_VERSION

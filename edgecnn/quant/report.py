@@ -92,7 +92,8 @@ def to_markdown(result: dict) -> str:
                   "| model | median ms | p90 ms |", "| --- | --- | --- |",
                   f"| FP32 | {lat['fp32']['median_ms']:.2f} | {lat['fp32']['p90_ms']:.2f} |",
                   f"| INT8 | {lat['int8']['median_ms']:.2f} | {lat['int8']['p90_ms']:.2f} |",
-                  "", f"speed-up {lat['speedup']:.2f}x ({lat['runs']} runs each, {lat['threads'] or 'default'} threads, "
+                  "", f"speed-up {lat['speedup']:.2f}x ({lat['runs']} runs each, interleaved in "
+                  f"{lat.get('interleaved_rounds', 1)} rounds, {lat['threads'] or 'default'} threads, "
                   f"{lat['machine']})"]
     lines += ["", "## Per-tensor ranges", "", "| tensor | low | high | scale |", "| --- | --- | --- | --- |"]
     for name, rng in r["ranges"].items():
