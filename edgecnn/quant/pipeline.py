@@ -200,8 +200,10 @@ def _latency(paths: dict[str, Path], runs: int, threads: int | None, input_shape
     from edgecnn.runtime.onnxrt import OnnxRuntimeRunner
 
     x = np.random.default_rng(0).standard_normal(input_shape).astype(np.float32)
-    runners = {name: OnnxRuntimeRunner(path, threads=threads) for name, path in paths.items()}
+    runners: dict[str, OnnxRuntimeRunner] = {}
     try:
+        for name, path in paths.items():
+            runners[name] = OnnxRuntimeRunner(path, threads=threads)
         for runner in runners.values():
             for _ in range(5):
                 runner.infer(x)

@@ -151,10 +151,9 @@ def pad_conv_input_channels(qmodel):
     Why: with 3 input channels ONNX Runtime's x86 CPU kernels skip their symmetric INT8 path, and EfficientNet-Lite0's
     stem ran 1.6x slower than in FP32 (769 vs 485 us, AMD EPYC with AVX-512 VNNI, 1 thread); padded it takes that path
     and the whole model went from 2.05x to 2.18x FP32 at batch 1, 1 thread (2.13x to 2.24x at 2), side by side in
-    benchmarks/quant_benchmark.md. On ARM, ORT takes
-    that path only from 64 input channels, so there the stem does 4/3 of its (small) im2col work. Grayscale stems are
-    left alone: 1 -> 4 channels quadruples their work, and the measured gain was noise (5.8 vs 6.0 ms at 1 thread,
-    4.6 vs 4.1 at 2)."""
+    benchmarks/quant_benchmark.md. On ARM, ORT takes that path only from 64 input channels, so there the stem does
+    4/3 of its (small) im2col work. Grayscale stems are left alone: 1 -> 4 channels quadruples their work, and the
+    measured gain was noise (5.8 vs 6.0 ms at 1 thread, 4.6 vs 4.1 at 2)."""
     from onnx import TensorProto, helper, numpy_helper
 
     from edgecnn.quant.graph import node_attrs
