@@ -327,3 +327,25 @@ def test_a_val_folder_with_one_misnamed_class_is_an_error_not_unlabelled(setup):
     res = invoke("quantize", model, "--calib", calib, "--out", tmp / "q.onnx", "--val", val)
     assert res.exit_code == 2 and "2 class folder(s) name this model's classes, but" in res.output
     assert "birds" in res.output and not (tmp / "q.onnx").exists()
+
+
+def test_the_table_has_a_scale_for_pad_outputs_too(setup):
+    """TensorRT builds from the FP32 ONNX, where a Pad (EfficientNet-Lite0 has 17) feeds a Conv; ranges come from the
+    prepared graph, where ORT fused it away. The Pad's output gets its input's scale (zero padding adds nothing)."""
+    from onnx import helper, numpy_helper
+
+    from edgecnn.quant import trt_cache
+
+    model, calib, tmp = setup
+    padded = onnx.load(str(model))
+    conv1 = next(n for n in padded.graph.node if n.name == "conv1")
+    padded.graph.initializer.append(numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads"))
+    padded.graph.node.insert(0, helper.make_node("Pad", ["input", "pads"], ["input_padded"], name="pad", mode="constant"))
+    conv1.input[0] = "input_padded"
+    del conv1.attribute[:]  # the Pad does the padding now
+    onnx.save(padded, str(tmp / "padded.onnx"))
+    res = invoke("quantize", tmp / "padded.onnx", "--calib", calib, "--out", tmp / "q.onnx", "--cache", tmp / "q.calib",
+                 "--target", "tensorrt")
+    assert res.exit_code == 0, res.output
+    _, _, scales = trt_cache.read_table(tmp / "q.calib")
+    assert scales["input_padded"] == scales["input"]

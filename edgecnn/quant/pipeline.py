@@ -407,6 +407,7 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calib: str | os.P
             # tensors get no scale (TensorRT then runs them in higher precision), as in the measured Q/DQ model
             float_tensors = {t for n in prepared.graph.node if n.name in set(exclude) for t in (*n.input, *n.output)}
             amax = {name: max(abs(lo), abs(hi)) for name, (lo, hi) in ranges.items() if name not in float_tensors}
+            amax = trt_cache.carry_through_pads(fp32_model, amax)
             table = trt_cache.format_table(amax, version)
         report_top = make_dirs(options.report) if options.report is not None else None
         try:

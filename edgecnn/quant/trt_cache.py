@@ -113,3 +113,30 @@ def read_table(path: str | os.PathLike) -> tuple[int, str, dict[str, float]]:
             raise ArtifactError(f"{path}:{number}: expected 'tensor_name: hexscale', got {line[:80]!r}")
         scales[name] = hex_scale(value)
     return int(m.group(1)), m.group(2), scales
+
+
+def carry_through_pads(model, amax: dict[str, float]) -> dict[str, float]:
+    """`amax` plus a value for the output of each Pad in `model` (the FP32 ONNX TensorRT builds from) whose input has
+    one: padding only adds its constant, so the output's amax is the larger of the input's and |constant|.
+
+    Why: ranges are measured on the graph ONNX Runtime prepared for quantization, where Pads are fused into the next
+    Conv, so their outputs (the Conv inputs TensorRT sees: EfficientNet-Lite0's 17 TF-style 'static_padding' Pads)
+    had no scale, and TensorRT's implicit INT8 has no range for them unless it fuses the Pad away. TensorRT's own
+    calibrator writes every tensor. A Pad whose constant cannot be read (computed at run time) is left out."""
+    from onnx import numpy_helper
+
+    constants = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    out = dict(amax)
+    for node in model.graph.node:
+        if node.op_type != "Pad" or not node.input or node.input[0] not in out or node.output[0] in out:
+            continue
+        value = 0.0
+        if len(node.input) > 2 and node.input[2]:
+            if node.input[2] not in constants:
+                continue
+            value = float(abs(constants[node.input[2]]).max())
+        out[node.output[0]] = max(out[node.input[0]], value)
+    return out
