@@ -10,6 +10,7 @@ Also here: atomic writes (temp file in the same folder, then `os.replace`) and s
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import json
@@ -18,7 +19,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from edgecnn.errors import ArtifactError, ExternalDataError, UserInputError
 from edgecnn.preprocess import PreprocessConfig
@@ -252,6 +253,63 @@ def remove_created(top: Path | None, path: str | os.PathLike) -> None:
         if path == top:
             return
         path = path.parent
+
+
+class StagedWriteError(ArtifactError):
+    """Writing or placing a set of staged files failed; the message says which files (if any) were replaced."""
+
+
+@contextlib.contextmanager
+def staged_files() -> Iterator[Callable[..., Path]]:
+    """Several outputs that belong together (a model, its TensorRT table, its report), written as temporary files
+    beside their destinations and moved into place only when the block ends without error, in the order they were
+    staged: stage the most important first. Yields `stage(path, suffix=None) -> temporary path`.
+
+    A failure while writing (a full disk) replaces nothing, removes the temporaries and the folders made for them,
+    and raises StagedWriteError saying so. Several files cannot be replaced atomically together: if a rename fails
+    part way (a busy or read-only destination), the error names what was already replaced."""
+    staged: list[tuple[Path, Path]] = []
+    created: list[tuple[Path | None, Path]] = []
+
+    def stage(path: str | os.PathLike, suffix: str | None = None) -> Path:
+        path = Path(path)
+        if path.is_dir():
+            raise UserInputError(f"{path} is a folder, expected a file path")
+        created.append((make_dirs(path.parent), path.parent))
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
+        os.close(fd)
+        staged.append((Path(tmp), path))
+        return Path(tmp)
+
+    def discard() -> None:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        for top, folder in reversed(created):
+            remove_created(top, folder)
+
+    try:
+        yield stage
+    except OSError as exc:
+        discard()
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        raise StagedWriteError(f"Cannot write {', '.join(str(p) for _, p in staged) or 'the outputs'} "
+                               f"({exc.strerror or exc}{'; is the disk full?' if full else ''}): nothing was "
+                               "replaced") from exc
+    except BaseException:
+        discard()
+        raise
+    replaced: list[Path] = []
+    try:
+        for tmp, path in staged:
+            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; artifacts get the usual umask-based mode
+            os.replace(tmp, path)
+            replaced.append(path)
+    except OSError as exc:
+        done = f"{', '.join(map(str, replaced))} already replaced" if replaced else "nothing was replaced"
+        raise StagedWriteError(f"Cannot put {path} in place ({exc.strerror or exc}): {done}") from exc
+    finally:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

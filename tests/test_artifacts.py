@@ -81,3 +81,31 @@ def test_sha256_and_imagenet_labels(tmp_path):
     names, wnids = imagenet_labels()
     assert len(names) == len(wnids) == 1000
     assert names[0] == "tench" and wnids[0] == "n01440764"
+
+
+def test_staged_files_are_put_in_place_in_order_or_not_at_all(tmp_path):
+    from edgecnn.artifacts import StagedWriteError, staged_files
+
+    a, b = tmp_path / "new" / "a.onnx", tmp_path / "b.calib"
+    b.write_text("old table")
+    with staged_files() as stage:
+        stage(a).write_text("model")
+        stage(b).write_text("table")
+        assert not a.exists() and b.read_text() == "old table"  # nothing in place before the block ends
+    assert a.read_text() == "model" and b.read_text() == "table"
+    # a failure while writing: nothing replaced, the folder made for it taken back, no temporary left
+    with pytest.raises(StagedWriteError, match="nothing was replaced"):
+        with staged_files() as stage:
+            stage(tmp_path / "other" / "c.onnx").write_text("x")
+            raise OSError(28, "No space left on device")
+    assert not (tmp_path / "other").exists()
+    # a destination that cannot be replaced part way (a folder that appeared there): the error says what was
+    with pytest.raises(StagedWriteError, match=r"a\.onnx already replaced"):
+        with staged_files() as stage:
+            stage(a).write_text("model 2")
+            stage(b).write_text("table 2")
+            b.unlink()
+            b.mkdir()
+            (b / "x").write_text("in the way")
+    assert a.read_text() == "model 2" and b.is_dir()
+    assert [p.name for p in tmp_path.rglob(".*")] == []  # no temporary file anywhere

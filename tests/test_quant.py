@@ -496,10 +496,27 @@ def test_video_source_every_kth_frame(tmp_path):
     cs = load_calibration(path, contract.preprocess, every=5)
     assert cs.kind == "video" and len(cs) == 6 and cs.names[1] == "frame 5"
     cs = load_calibration(path, contract.preprocess, num_images=10)
-    assert len(cs) == 10 and cs.names[1] == "frame 3"
+    assert len(cs) == 10 and cs.names[1] == "frame 2" and cs.names[-1] == "frame 26"
     cs = load_calibration(path, contract.preprocess, num_images=20)  # spread over all 30 frames, not the first 20
     assert len(cs) == 20 and cs.names[:3] == ["frame 0", "frame 1", "frame 3"] and cs.names[-1] == "frame 28"
     assert len(load_calibration(path, contract.preprocess, num_images=50)) == 30  # fewer frames than asked: all
+
+
+def test_video_frames_are_spread_over_the_frames_it_really_has(tmp_path):
+    """A header that claims 10x the frames (a cut or re-muxed file) must not leave 4 of 40 frames: the spread counts
+    the frames it reads."""
+    path = write_video(tmp_path / "clip.avi", frames=100, fps=25, fourcc="MJPG")
+    data = bytearray(path.read_bytes())
+    for at in (data.index(b"avih") + 8 + 16, data.index(b"strh") + 8 + 32):  # dwTotalFrames, the stream's dwLength
+        assert int.from_bytes(data[at:at + 4], "little") == 100
+        data[at:at + 4] = (1000).to_bytes(4, "little")
+    claimed = tmp_path / "claims1000.avi"
+    claimed.write_bytes(bytes(data))
+    assert cv2.VideoCapture(str(claimed)).get(cv2.CAP_PROP_FRAME_COUNT) == 1000  # OpenCV believes the header
+    contract = read_onnx_contract(build_tiny_onnx(tmp_path / "m.onnx"))
+    cs = load_calibration(claimed, contract.preprocess, num_images=40)
+    indices = [int(n.split()[1]) for n in cs.names]
+    assert len(cs) == 40 and indices[0] == 0 and indices[-1] >= 90 and cs.available == 100
 
 
 def test_empty_and_unreadable_sources_are_clear_errors(tmp_path):

@@ -305,7 +305,8 @@ def test_a_full_disk_while_writing_the_outputs_writes_none_of_them(setup, small_
     res = invoke("quantize", model, "--calib", calib, "--out", out, "--cache", cache,
                  "--report", small_disk / "report", "--json")
     assert res.exit_code == 4, res.output
-    assert "Cannot write the outputs" in res.output and "internal error" not in res.output and res.stdout == ""
+    assert "nothing was replaced" in res.output and "is the disk full?" in res.output and res.stdout == ""
+    assert "internal error" not in res.output
     assert out.read_bytes() == b"earlier model" and cache.read_text() == "earlier table"
     assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]
     assert sorted(p.name for p in tmp.iterdir() if p.name.startswith(".q.")) == []  # no temporary file left
@@ -325,8 +326,13 @@ def test_a_val_folder_with_one_misnamed_class_is_an_error_not_unlabelled(setup):
     model, calib, tmp = setup
     val = make_image_folder(tmp / "val", classes=("cat", "dog", "birds"), per_class=3, seed=5)  # "bird" misspelled
     res = invoke("quantize", model, "--calib", calib, "--out", tmp / "q.onnx", "--val", val)
-    assert res.exit_code == 2 and "2 class folder(s) name this model's classes, but" in res.output
+    assert res.exit_code == 2 and "2 of its 3 class folders name this model's classes, but" in res.output
     assert "birds" in res.output and not (tmp / "q.onnx").exists()
+    # one folder of four matching by chance (a scenes folder with a subject that is a class) is still unlabelled
+    scenes = make_image_folder(tmp / "scenes", classes=("street", "park", "cat", "beach"), per_class=2, seed=6)
+    res = invoke("quantize", model, "--calib", calib, "--out", tmp / "q2.onnx", "--val", scenes, "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["accuracy"]["kind"] == "unlabelled"
 
 
 def test_the_table_has_a_scale_for_pad_outputs_too(setup):

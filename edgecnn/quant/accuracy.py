@@ -46,10 +46,12 @@ def _is_labelled(runner, folder: Path) -> tuple[bool, str]:
                 matched.append(name)
             except UserInputError as one:
                 problems.append(str(one))
-        if matched and problems:  # a labelled folder with a typo: not silently "unlabelled"
+        # most folders name the model's classes: a labelled folder with a typo, not silently "unlabelled"; a few
+        # (a scenes folder with a 'church' among its subjects, an ImageNet class) is a coincidence: agreement only
+        if matched and len(matched) >= len(problems):
             raise UserInputError(
-                f"--val {folder}: {len(matched)} class folder(s) name this model's classes, but {problems[0]}"
-                f"{f' (and {len(problems) - 1} more)' if len(problems) > 1 else ''}"
+                f"--val {folder}: {len(matched)} of its {len(scanned.classes)} class folders name this model's "
+                f"classes, but {problems[0]}{f' (and {len(problems) - 1} more)' if len(problems) > 1 else ''}"
             ) from None
         return False, str(exc)
     return True, ""

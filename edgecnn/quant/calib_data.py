@@ -152,30 +152,44 @@ def _video_frame_count(path: Path) -> int:
 
 def _load_video(path: Path, cfg: PreprocessConfig, num_images: int | None, every: int | None,
                 progress: Progress | None) -> CalibrationSet:
-    total = _video_frame_count(path)
+    total = _video_frame_count(path)  # the header's count: a hint for the progress bar, often wrong or missing
     if every is not None and every < 1:
         raise UserInputError(f"--every must be at least 1, got {every}")
-    wanted = None  # frame indices to keep: None = every `every`-th
-    if every is None:
-        every = 1
-        if num_images and total > num_images:  # spread over the whole video: frame i * total / n, not the first n
-            wanted = {i * total // num_images for i in range(num_images)}
-    expected = (len(wanted) if wanted is not None
-                else min(num_images or total or 0, -(-total // every) if total else num_images or 0) or None)
-    frames, names = [], []
-    for index, frame in iter_video_frames(path, every=every, max_frames=None if wanted is not None else num_images):
-        if wanted is not None:
-            if index not in wanted:
-                continue
-            wanted.discard(index)
-        frames.append(geometric(frame, cfg))
-        names.append(f"frame {index}")
-        if progress:
-            progress(len(frames), expected or len(frames))
-        if wanted is not None and not wanted:
-            break
+    if every is None and num_images:
+        picked, total = _spread_frames(iter_video_frames(path), num_images, cfg, progress)
+    else:
+        picked = []
+        expected = min(num_images or total or 0, -(-total // (every or 1)) if total else num_images or 0) or None
+        for index, frame in iter_video_frames(path, every=every or 1, max_frames=num_images):
+            picked.append((index, geometric(frame, cfg)))
+            if progress:
+                progress(len(picked), expected or len(picked))
+    frames = [image for _, image in picked]
+    names = [f"frame {index}" for index, _ in picked]
     if not frames:
         raise UserInputError(f"No frames could be read from video {path}")
     return CalibrationSet(
         images=np.stack(frames), cfg=cfg, source=str(path), kind="video", names=names, available=total or len(frames),
     )
+
+
+def _spread_frames(frames, n: int, cfg: PreprocessConfig,
+                   progress: Progress | None) -> tuple[list[tuple[int, np.ndarray]], int]:
+    """`n` of the video's frames, evenly spread over all of it, without trusting the header's frame count (a cut or
+    re-muxed file may claim 1,000 frames and hold 100, or claim none): frames are kept at a stride that doubles
+    whenever 2n are held (every other one is dropped then), so at most 2n are held; n are picked evenly at the end.
+    Returns (the picked (index, image) pairs, how many frames the video really had)."""
+    kept: list[tuple[int, np.ndarray]] = []
+    stride, seen = 1, 0
+    for index, frame in frames:
+        seen = index + 1
+        if index % stride:
+            continue
+        kept.append((index, geometric(frame, cfg)))
+        if len(kept) >= 2 * n:
+            kept, stride = kept[::2], stride * 2
+        if progress:
+            progress(min(len(kept), n), n)
+    if len(kept) > n:
+        kept = [kept[i * len(kept) // n] for i in range(n)]
+    return kept, seen

@@ -8,7 +8,6 @@ bound, then write the outputs atomically (never over the input). Progress goes t
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import platform
@@ -22,15 +21,13 @@ import numpy as np
 
 from edgecnn.artifacts import (
     ModelContract,
-    atomic_path,
     check_output_file,
     ensure_distinct,
-    make_dirs,
     model_bytes,
     onnx_external_data,
     onnx_sha256,
-    remove_created,
     save_onnx,
+    staged_files,
     write_onnx_contract,
 )
 from edgecnn.errors import AccuracyGateError, ArtifactError, UserInputError
@@ -398,8 +395,7 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calib: str | os.P
                        "batch": shape[0], "runs": lf["runs"], "interleaved_rounds": 5, "threads": options.threads,
                        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"}
 
-        # ---- outputs: the model, its table and the report staged side by side, then renamed one right after the
-        # other, so a failure leaves none of them (never a new model beside a stale table).
+        # ---- outputs: the model, its table and the report staged side by side and put in place together
         table = None
         if options.cache is not None:
             version = options.trt_version or trt_cache.installed_version() or trt_cache.DEFAULT_VERSION
@@ -409,45 +405,36 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calib: str | os.P
             amax = {name: max(abs(lo), abs(hi)) for name, (lo, hi) in ranges.items() if name not in float_tensors}
             amax = trt_cache.carry_through_pads(fp32_model, amax)
             table = trt_cache.format_table(amax, version)
-        report_top = make_dirs(options.report) if options.report is not None else None
-        try:
-            with contextlib.ExitStack() as staged:
-                model_tmp = staged.enter_context(atomic_path(out, suffix=".onnx"))
-                save_onnx(qmodel, model_tmp)
-                if table is not None:
-                    table_tmp = staged.enter_context(atomic_path(options.cache))
-                    table_tmp.write_text(table, encoding="utf-8")
-                result = {
-                    "model": str(src), "output": str(out), "target": options.target, "method": options.method,
-                    "percentile": options.percentile, "calibration": summary, "excluded": exclude,
-                    "ranges": _range_table(ranges, spec.activation_signed),
-                    "qdq": qdq.qdq_summary(qmodel), "accuracy": measured, "max_drop": options.max_drop,
-                    "fallback": fallback,
-                    "sizes": {"fp32_bytes": model_bytes(src), "int8_bytes": model_tmp.stat().st_size},
-                    "rounding": {"method": options.rounding, "layers": len(rounded),
-                                 "seconds": round(rounding_seconds, 3)},
-                    "weights": {"qmax": options.weight_qmax, "reduce_range": options.reduce_range,
-                                "text": weights_text, "note": _weights_note(options)},
-                    "timings": {"calibration_s": round(calib_seconds, 3),
-                                "images_per_s": len(calib_set) / calib_seconds if calib_seconds > 0 else 0.0},
-                    "latency": latency, "cache": None, "report": None,
-                    "finetune": finetune_log[-1] if finetune_log else None,
-                }
-                if table is not None:
-                    result["cache"] = {"path": str(options.cache), "tensors": len(amax),
-                                       "left_out_for_float_layers": sorted(set(ranges) & float_tensors),
-                                       "header": f"TRT-{trt_cache.version_number(version)}-{trt_cache.DEFAULT_ALGORITHM}"}
-                if options.report is not None:  # staged with the model: all of them are written, or none
-                    from edgecnn.quant.report import stage_report
+        # the model first: it is put in place first, so a failure part way never leaves a new table or report
+        # beside an old model (artifacts.staged_files)
+        with staged_files() as stage:
+            model_tmp = stage(out, suffix=".onnx")
+            save_onnx(qmodel, model_tmp)
+            if table is not None:
+                stage(options.cache).write_text(table, encoding="utf-8")
+            result = {
+                "model": str(src), "output": str(out), "target": options.target, "method": options.method,
+                "percentile": options.percentile, "calibration": summary, "excluded": exclude,
+                "ranges": _range_table(ranges, spec.activation_signed),
+                "qdq": qdq.qdq_summary(qmodel), "accuracy": measured, "max_drop": options.max_drop,
+                "fallback": fallback,
+                "sizes": {"fp32_bytes": model_bytes(src), "int8_bytes": model_tmp.stat().st_size},
+                "rounding": {"method": options.rounding, "layers": len(rounded), "seconds": round(rounding_seconds, 3)},
+                "weights": {"qmax": options.weight_qmax, "reduce_range": options.reduce_range,
+                            "text": weights_text, "note": _weights_note(options)},
+                "timings": {"calibration_s": round(calib_seconds, 3),
+                            "images_per_s": len(calib_set) / calib_seconds if calib_seconds > 0 else 0.0},
+                "latency": latency, "cache": None, "report": None,
+                "finetune": finetune_log[-1] if finetune_log else None,
+            }
+            if table is not None:
+                result["cache"] = {"path": str(options.cache), "tensors": len(amax),
+                                   "left_out_for_float_layers": sorted(set(ranges) & float_tensors),
+                                   "header": f"TRT-{trt_cache.version_number(version)}-{trt_cache.DEFAULT_ALGORITHM}"}
+            if options.report is not None:
+                from edgecnn.quant.report import stage_report
 
-                    stage_report(staged, options.report, result)
-        except OSError as exc:
-            remove_created(report_top, options.report)
-            raise ArtifactError(f"Cannot write the outputs ({exc.strerror or exc}; is the disk full?): nothing was "
-                                f"written, and {out} is as it was") from exc
-        except BaseException:
-            remove_created(report_top, options.report)
-            raise
+                stage_report(stage, options.report, result)
     return result
 
 

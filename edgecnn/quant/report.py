@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from edgecnn.artifacts import atomic_path
 
 
 def _pct(v) -> str:
@@ -101,16 +100,14 @@ def to_markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def stage_report(stack, folder: str | os.PathLike, result: dict) -> dict[str, str]:
-    """Write the report (JSON + Markdown) as temporary files that `stack` (a contextlib.ExitStack of atomic_path
-    stagings) moves into `folder` when it closes, together with the model: a failure (a full disk) leaves neither.
-    Sets and returns result["report"] (the paths)."""
+def stage_report(stage, folder: str | os.PathLike, result: dict) -> dict[str, str]:
+    """Write the report (JSON + Markdown) to files staged with artifacts.staged_files (`stage`), so they are put in
+    place together with the model, or not at all. Sets and returns result["report"] (the paths)."""
     import json
 
     folder = Path(folder)
     result["report"] = {"json": str(folder / "quantization.json"), "markdown": str(folder / "quantization.md")}
-    js = stack.enter_context(atomic_path(folder / "quantization.json"))
-    js.write_text(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
-    md = stack.enter_context(atomic_path(folder / "quantization.md"))
-    md.write_text(to_markdown(result), encoding="utf-8")
+    stage(folder / "quantization.json").write_text(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n",
+                                                  encoding="utf-8")
+    stage(folder / "quantization.md").write_text(to_markdown(result), encoding="utf-8")
     return result["report"]
