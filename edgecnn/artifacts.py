@@ -125,6 +125,19 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def temp_beside(path: Path, suffix: str | None = None) -> Path:
+    """A new empty temporary file in `path`'s folder (same file system, so it can replace `path` atomically)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def put_in_place(tmp: Path, path: Path) -> None:
+    """Give `tmp` the usual umask-based mode (mkstemp makes 0600 files) and rename it over `path`."""
+    os.chmod(tmp, 0o666 & ~_UMASK)
+    os.replace(tmp, path)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path in the destination folder; on success it replaces `path`, on error it is removed.
@@ -135,14 +148,10 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     if path.exists() and path.is_dir():
         raise UserInputError(f"{path} is a folder, expected a file path")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = temp_beside(path, suffix)
     try:
         yield tmp_path
-        if tmp_path.exists():  # mkstemp makes 0600 files; artifacts get the usual umask-based mode
-            os.chmod(tmp_path, 0o666 & ~_UMASK)
-        os.replace(tmp_path, path)
+        put_in_place(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -276,10 +285,8 @@ def staged_files() -> Iterator[Callable[..., Path]]:
         if path.is_dir():
             raise UserInputError(f"{path} is a folder, expected a file path")
         created.append((make_dirs(path.parent), path.parent))
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
-        os.close(fd)
-        staged.append((Path(tmp), path))
-        return Path(tmp)
+        staged.append((temp_beside(path, suffix), path))
+        return staged[-1][0]
 
     def discard() -> None:
         for tmp, _ in staged:
@@ -301,8 +308,7 @@ def staged_files() -> Iterator[Callable[..., Path]]:
     replaced: list[Path] = []
     try:
         for tmp, path in staged:
-            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; artifacts get the usual umask-based mode
-            os.replace(tmp, path)
+            put_in_place(tmp, path)
             replaced.append(path)
     except OSError as exc:
         done = f"{', '.join(map(str, replaced))} already replaced" if replaced else "nothing was replaced"

@@ -18,7 +18,7 @@ from typing import TextIO
 import cv2
 import numpy as np
 
-from edgecnn.artifacts import check_output_file
+from edgecnn.artifacts import check_output_file, put_in_place, temp_beside
 from edgecnn.camera.sources import MAX_FPS, MIN_FPS, check_fps
 from edgecnn.errors import UserInputError
 
@@ -199,9 +199,7 @@ class VideoRecorder:
 
     def _open(self, image: np.ndarray) -> None:
         h, w = image.shape[:2]
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=self.path.suffix, dir=self.path.parent)
-        os.close(fd)
-        self.tmp = Path(tmp)
+        self.tmp = temp_beside(self.path, self.path.suffix)
         self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*self.fourcc), self.video_fps, (w, h))
         if not self.writer.isOpened():
             self.writer = None
@@ -311,10 +309,7 @@ class VideoRecorder:
         hint = " (is the disk full?)"
         if problem is None:
             try:
-                umask = os.umask(0)
-                os.umask(umask)
-                os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a video is an ordinary user file
-                os.replace(tmp, self.path)
+                put_in_place(tmp, self.path)  # mkstemp makes 0600; a video is an ordinary user file
                 return
             except OSError as exc:
                 problem, hint = f"it could not be moved into place: {exc.strerror or exc}", ""

@@ -152,12 +152,12 @@ def _video_frame_count(path: Path) -> int:
 
 def _load_video(path: Path, cfg: PreprocessConfig, num_images: int | None, every: int | None,
                 progress: Progress | None) -> CalibrationSet:
-    total = _video_frame_count(path)  # the header's count: a hint for the progress bar, often wrong or missing
     if every is not None and every < 1:
         raise UserInputError(f"--every must be at least 1, got {every}")
     if every is None and num_images:
         picked, total = _spread_frames(iter_video_frames(path), num_images, cfg, progress)
     else:
+        total = _video_frame_count(path)  # the header's count: a hint for the progress bar, may be wrong or missing
         picked = []
         expected = min(num_images or total or 0, -(-total // (every or 1)) if total else num_images or 0) or None
         for index, frame in iter_video_frames(path, every=every or 1, max_frames=num_images):

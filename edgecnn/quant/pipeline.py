@@ -191,7 +191,11 @@ def _check_exclude(prepared, exclude, original) -> None:
         )
 
 
-def _latency(paths: dict[str, Path], runs: int, threads: int | None, input_shape: tuple, rounds: int = 5) -> dict:
+LATENCY_ROUNDS = 5  # interleaved rounds of the report's FP32 vs INT8 timing
+
+
+def _latency(paths: dict[str, Path], runs: int, threads: int | None, input_shape: tuple,
+             rounds: int = LATENCY_ROUNDS) -> dict:
     """Median/p90/mean ms per model, the models interleaved: each of `rounds` rounds times every model in turn, so
     load on a shared machine hits them alike (run one after the other, the same FP32 model read 9.7-22.8 ms)."""
     from edgecnn.runtime.onnxrt import OnnxRuntimeRunner
@@ -392,7 +396,7 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calib: str | os.P
             timed = _latency({"fp32": fp32_path, "int8": qpath}, options.latency_runs, options.threads, shape)
             lf, lq = timed["fp32"], timed["int8"]
             latency = {"fp32": lf, "int8": lq, "speedup": lf["median_ms"] / max(lq["median_ms"], 1e-9),
-                       "batch": shape[0], "runs": lf["runs"], "interleaved_rounds": 5, "threads": options.threads,
+                       "batch": shape[0], "runs": lf["runs"], "interleaved_rounds": LATENCY_ROUNDS, "threads": options.threads,
                        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"}
 
         # ---- outputs: the model, its table and the report staged side by side and put in place together
@@ -401,7 +405,8 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calib: str | os.P
             version = options.trt_version or trt_cache.installed_version() or trt_cache.DEFAULT_VERSION
             # the layers kept in float (--exclude, --max-drop) must stay float in TensorRT's implicit INT8 too: their
             # tensors get no scale (TensorRT then runs them in higher precision), as in the measured Q/DQ model
-            float_tensors = {t for n in prepared.graph.node if n.name in set(exclude) for t in (*n.input, *n.output)}
+            excluded = set(exclude)
+            float_tensors = {t for n in prepared.graph.node if n.name in excluded for t in (*n.input, *n.output)}
             amax = {name: max(abs(lo), abs(hi)) for name, (lo, hi) in ranges.items() if name not in float_tensors}
             amax = trt_cache.carry_through_pads(fp32_model, amax)
             table = trt_cache.format_table(amax, version)

@@ -161,6 +161,7 @@ def pad_conv_input_channels(qmodel):
     inits = {i.name: i for i in qmodel.graph.initializer}
     producers = {o: n for n in qmodel.graph.node for o in n.output}
     name_counts = Counter(n.name for n in qmodel.graph.node)
+    graph_outputs = {o.name for o in qmodel.graph.output}
     consumers: dict[str, int] = {}
     for n in qmodel.graph.node:
         for i in n.input:
@@ -197,7 +198,7 @@ def pad_conv_input_channels(qmodel):
         qmodel.graph.node.insert(at, dq)
         qmodel.graph.node.insert(at, pad)
         consumers[node.input[0]] -= 1
-        if consumers[node.input[0]] == 0 and node.input[0] not in {o.name for o in qmodel.graph.output}:
+        if consumers[node.input[0]] == 0 and node.input[0] not in graph_outputs:
             qmodel.graph.node.remove(x_dq)
         node.input[0] = base
     return qmodel

@@ -125,18 +125,19 @@ def carry_through_pads(model, amax: dict[str, float]) -> dict[str, float]:
     calibrator writes every tensor. A Pad whose constant cannot be read (computed at run time) is left out."""
     from onnx import numpy_helper
 
-    constants = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    pads = [n for n in model.graph.node if n.op_type == "Pad"]
+    wanted = {n.input[2] for n in pads if len(n.input) > 2 and n.input[2]}  # only the pad values are read
+    constants = {i.name: i for i in model.graph.initializer if i.name in wanted}
+    constants.update({n.output[0]: n.attribute[0].t for n in model.graph.node if n.op_type == "Constant"
+                      and n.output[0] in wanted and n.attribute and n.attribute[0].name == "value"})
     out = dict(amax)
-    for node in model.graph.node:
-        if node.op_type != "Pad" or not node.input or node.input[0] not in out or node.output[0] in out:
+    for node in pads:
+        if not node.input or node.input[0] not in out or node.output[0] in out:
             continue
         value = 0.0
         if len(node.input) > 2 and node.input[2]:
             if node.input[2] not in constants:
                 continue
-            value = float(abs(constants[node.input[2]]).max())
+            value = float(abs(numpy_helper.to_array(constants[node.input[2]])).max())
         out[node.output[0]] = max(out[node.input[0]], value)
     return out
