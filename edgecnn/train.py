@@ -772,12 +772,26 @@ class _Run:
             raise EdgeCNNError(f"Could not write the checkpoint {target} ({str(exc).splitlines()[0][:160]}): is the "
                                "disk full? The files of the epochs before are kept") from exc
 
+    def _record_out_of_time(self) -> None:
+        """The budget ran out before this epoch's first step, after the last epoch's files said 'not out of time':
+        write them again (same weights, no step was taken) so the checkpoints and metrics say why training stopped."""
+        if self.epoch == self.start_epoch:  # nothing was written yet; run() reports that
+            return
+        if self.dist.main:
+            summary = self.summary()
+            self.save(self.paths["last"], summary)
+            if self.best_epoch == self.epoch:
+                self.save(Path(self.cfg.out), summary)
+            _write_metrics(self.history, self.paths, summary)
+        self.dist.barrier()
+
     def run(self) -> TrainResult:
         cfg, dist = self.cfg, self.dist
         with ThreadPoolExecutor(max_workers=1) as prep_pool:
             for epoch in range(self.start_epoch + 1, cfg.epochs + 1):
                 row = self.train_epoch(epoch, prep_pool)
                 if row is None:  # the time budget ran out exactly at an epoch boundary
+                    self._record_out_of_time()
                     break
                 self._check_finite(row)
                 improved = self.record(row)

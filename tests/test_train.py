@@ -178,6 +178,21 @@ def test_time_budget_stops_on_the_clock_with_an_annealed_schedule(folder, tmp_pa
     assert summary["out_of_time"] and summary["time_budget_min"] == 0.05
 
 
+def test_budget_spent_at_an_epoch_boundary_is_written_to_the_files(folder, tmp_path, monkeypatch):
+    # The clock's verdict is forced (a real clock hits the boundary only by chance, which made the test above flaky):
+    # the budget is spent just before epoch 3's first step, after epoch 2's files were written saying it was not.
+    from edgecnn import train as train_module
+
+    real_lr = train_module._Run._lr
+    monkeypatch.setattr(train_module._Run, "_lr", lambda self, epoch, i, t0: None if epoch == 3 else real_lr(self, epoch, i, t0))
+    result = fit(_cfg(folder, tmp_path / "m.pt", epochs=5, time_budget=10.0, val_split=0.0))
+    assert result.out_of_time and result.epochs_run == 2
+    for path in (result.last_checkpoint, result.checkpoint):
+        training = read_checkpoint(path)["training"]
+        assert training["out_of_time"] and training["epochs_run"] == 2
+    assert json.loads(result.metrics_json.read_text())["summary"]["out_of_time"]
+
+
 def test_no_validation_keeps_the_last_epoch(folder, tmp_path):
     result = fit(_cfg(folder, tmp_path / "m.pt", val_split=0.0, patience=1))
     assert result.num_val == 0 and result.best_val_acc is None and result.best_epoch == 2 and not result.stopped_early
