@@ -38,6 +38,40 @@ def test_python_dash_m_and_version():
     assert out.stdout.startswith("edgecnn ")
 
 
+def test_ctrl_c_while_the_cli_imports_is_one_line_and_exit_130():
+    # Ctrl-C arrives while Typer is being imported (before any command's handler exists).
+    code = (
+        "import builtins\n"
+        "real = builtins.__import__\n"
+        "def interrupted(name, *a, **k):\n"
+        "    if name == 'typer':\n"
+        "        raise KeyboardInterrupt\n"
+        "    return real(name, *a, **k)\n"
+        "builtins.__import__ = interrupted\n"
+        "from edgecnn.__main__ import main\n"
+        "main()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 130 and out.stderr == "error: interrupted\n"
+
+
+def test_a_library_error_raised_by_ctrl_c_is_an_interruption_not_an_internal_error():
+    from edgecnn.cli.common import cli_command
+
+    @cli_command
+    def command():
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as exc:  # what e.g. an interrupted import inside a library can turn it into
+            raise ImportError("partially initialized module") from exc
+
+    import typer
+
+    with pytest.raises(typer.Exit) as exit_info:
+        command()
+    assert exit_info.value.exit_code == 130
+
+
 def test_predict_json(cat_dog_onnx, image_folder):
     result = runner.invoke(app, ["predict", str(cat_dog_onnx), str(image_folder / "cat"), "--top-k", "2", "--json"])
     assert result.exit_code == 0, result.output

@@ -47,10 +47,23 @@ def cli_command(fn: Callable) -> Callable:
         except Exception as exc:  # a bug, not a user error: still no traceback by default
             if STATE["debug"]:
                 raise
+            if _caused_by_ctrl_c(exc):  # a library turned Ctrl-C into its own error (e.g. mid-import)
+                error("interrupted")
+                raise typer.Exit(130)
             error(f"internal error: {exc.__class__.__name__}: {exc} (run with --debug for the traceback)")
             raise typer.Exit(70)
 
     return wrapper
+
+
+def _caused_by_ctrl_c(exc: BaseException) -> bool:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def error(message: str) -> None:
