@@ -88,6 +88,7 @@ class ImageFolder:
     samples: list[tuple[Path, int]]
     ignored: list[Path] = field(default_factory=list)  # files with a non-image suffix
     empty: list[str] = field(default_factory=list)  # class folders without any image file: not classes
+    loose: list[Path] = field(default_factory=list)  # images directly in the root: in no class, so not used
 
     def counts(self) -> dict[str, int]:
         out = {c: 0 for c in self.classes}
@@ -121,15 +122,15 @@ def scan_image_folder(root: str | os.PathLike, min_classes: int = 1) -> ImageFol
         idx = len(classes)
         classes.append(d.name)
         samples += [(p, idx) for p in imgs]
+    loose = sorted(p for p in root.iterdir() if p.is_file() and is_image(p) and not p.name.startswith("."))
     if not samples:
-        loose = [p for p in root.iterdir() if p.is_file() and is_image(p)]
         extra = " (it holds images directly: put them in one sub-folder per class)" if loose else ""
         raise UserInputError(f"No images found in class sub-folders of {root}{extra}")
     if len(classes) < min_classes:
         raise UserInputError(
             f"{root} has {len(classes)} class folder(s) with images ({', '.join(classes)}); need at least {min_classes}"
         )
-    return ImageFolder(root, classes, samples, ignored, empty)
+    return ImageFolder(root, classes, samples, ignored, empty, loose)
 
 
 def find_splits(root: str | os.PathLike) -> tuple[Path, Path | None]:

@@ -118,6 +118,9 @@ def plan_data(cfg: TrainConfig, classes_from_ckpt: list[str] | None, warn: Calla
     if folder.empty:
         warn(f"{len(folder.empty)} class folder(s) in {train_dir} hold no images and are not classes of this model: "
              f"{', '.join(folder.empty)}")
+    if folder.loose:
+        warn(f"{len(folder.loose)} image(s) directly in {train_dir} are in no class folder and are not used "
+             f"(e.g. {folder.loose[0].name})")
     if classes_from_ckpt is not None and classes != classes_from_ckpt:
         raise UserInputError(
             f"--resume checkpoint was trained on classes {classes_from_ckpt}, but {train_dir} has {classes}"

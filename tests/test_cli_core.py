@@ -119,13 +119,16 @@ def test_eval_keeps_classes_that_share_a_name_apart(tmp_path):
     model = build_tiny_onnx(tmp_path / "m.onnx", labels=("crane", "crane", "dog"))
     data = make_image_folder(tmp_path / "d", classes=("0", "1", "dog"), per_class=2)
     (data / "dog" / "notes.txt").write_text("not an image")
+    (data / "loose.png").write_bytes(next((data / "dog").glob("*.png")).read_bytes())
     result = runner.invoke(app, ["eval", str(model), str(data), "--json"])
     assert result.exit_code == 0, result.output
     m = json.loads(result.stdout)
     assert set(m["per_class"]) == {"crane (#0)", "crane (#1)", "dog"} and m["ignored"] == 1
+    assert m["not_in_a_class_folder"] == 1
     assert sum(row["images"] for row in m["per_class"].values()) == m["images"] == 6
     human = runner.invoke(app, ["eval", str(model), str(data)])
     assert "ignored 1 file(s) that are not images" in human.output
+    assert "not scored: 1 image(s) directly in the data folder" in human.output
 
 
 def test_eval_json_on_labelled_folder(cat_dog_onnx, image_folder):

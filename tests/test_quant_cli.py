@@ -4,6 +4,7 @@ bad input (clear error, non-zero exit, nothing overwritten), and one slow run on
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import onnx
@@ -80,10 +81,12 @@ def test_fixed_batch_model_quantizes_and_keeps_its_input_shape(tmp_path):
 def test_labelled_val_reports_top1_top5_and_per_class(setup):
     model, calib, tmp = setup
     val = make_image_folder(tmp / "val", classes=("cat", "dog", "bird"), per_class=4, seed=5)
+    shutil.copy(next((val / "cat").glob("*.png")), val / "loose.png")  # in no class folder: not scored, and said so
     res = invoke("quantize", model, "--calib", calib, "--out", tmp / "q.onnx", "--val", val, "--json")
     assert res.exit_code == 0, res.output
     acc = json.loads(res.stdout)["accuracy"]
     assert acc["kind"] == "labelled" and acc["images"] == 12
+    assert "1 image(s) directly in" in acc["note"] and "not scored" in acc["note"]
     assert set(acc["per_class"]) == {"cat", "dog", "bird"}
     assert 0.0 <= acc["int8"]["top1"] <= 1.0 and acc["fp32"]["top5"] == 1.0  # 3 classes: top-5 is everything
     assert acc["drop"] == pytest.approx(100 * (acc["fp32"]["top1"] - acc["int8"]["top1"]), abs=1e-6)

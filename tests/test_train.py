@@ -126,7 +126,9 @@ def test_corrupt_images_are_counted_not_fatal(folder, tmp_path):
     (folder / "cat" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a JPEG")
     (folder / "dog" / "empty.png").write_bytes(b"")
     (folder / "dog" / "notes.txt").write_text("not an image, ignored")
+    (folder / "stray.png").write_bytes(next((folder / "cat").glob("*.png")).read_bytes())  # in no class: not used
     result = fit(_cfg(folder, tmp_path / "m.pt", epochs=1))
+    assert any("1 image(s) directly in" in w and "stray.png" in w for w in result.warnings), result.warnings
     assert result.corrupt["train"] + result.corrupt["val"] == 2
     assert result.num_train + result.num_val == 16
     assert {Path(p).name for p in result.corrupt_examples} == {"broken.jpg", "empty.png"}

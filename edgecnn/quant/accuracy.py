@@ -78,7 +78,10 @@ def reference(fp32_runner, images: np.ndarray | None = None, val: str | os.PathL
                 raise UserInputError(f"No readable images in --val {val}")
             names = {cls: fp32_runner.labels[cls] for cls in mapping}
             logits = _infer_images(fp32_runner, decoded.images, batch)
-            note = f"{len(decoded.corrupt)} unreadable file(s) skipped" if decoded.corrupt else ""
+            notes = [f"{len(decoded.corrupt)} unreadable file(s) skipped"] if decoded.corrupt else []
+            if folder.loose:
+                notes.append(f"{len(folder.loose)} image(s) directly in {folder.root}, in no class folder, not scored")
+            note = "; ".join(notes)
             return Reference("labelled", str(val), decoded.images, logits, decoded.labels, names, note)
         from edgecnn.data import decode_resized, list_images
 
