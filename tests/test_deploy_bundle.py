@@ -271,6 +271,35 @@ def test_runtime_requirements_have_no_torch_and_respect_jetpack():
     assert sum(r.startswith("numpy") for r in reqs) == 2
 
 
+def test_requirements_pin_cuda_python_to_the_targets_jetpack(tmp_path, tiny_onnx):
+    """The TensorRT runner and build-engine need cuda-python, which JetPack does not ship: every way of installing a
+    bundle (Dockerfile, README steps, --host) installs requirements.txt, so the pin must be in it."""
+    from packaging.requirements import Requirement
+
+    assert not any(r.startswith("cuda-python") for r in runtime_requirements())  # no target: nothing to pin
+    for l4t, base_image, cuda in (("36.4.0", None, "12.6"), ("36.3.0", None, "12.2"), ("36.2.0", None, "12.2"),
+                                  ("36.4.3", "registry.local/jp62:latest", "12.6"),
+                                  ("38.2.0", "registry.local/jp7:latest", "13.0")):
+        out = tmp_path / f"l4t{l4t}.tar.gz"
+        report = create_bundle(tiny_onnx, out, BundleOptions(l4t=l4t, base_image=base_image))
+        reqs = [line for line in read_member(out, "tiny/requirements.txt").splitlines() if not line.startswith("#")]
+        cuda_lines = [r for r in reqs if r.startswith("cuda-python")]
+        assert cuda_lines == [f'cuda-python=={cuda}.*; platform_machine == "aarch64"'], (l4t, reqs)
+        req = Requirement(cuda_lines[0])  # a valid pip requirement, for the Jetson only
+        assert req.marker.evaluate({"platform_machine": "aarch64"}) and not req.marker.evaluate({"platform_machine": "x86_64"})
+        assert not any("cuda-python" in w for w in report.warnings)
+    # every install path installs requirements.txt
+    assert "pip install -r requirements.txt" in read_member(out, "tiny/Dockerfile")
+    assert "pip install -r tiny/requirements.txt" in read_member(out, "tiny/README.md")
+    assert "pip install --quiet -r tiny/requirements.txt" in ssh_commands(out, "orin", "tiny", "ab" * 32)[-1][-1]
+
+    # a release whose CUDA is unknown (only with --base-image): no guess, a clear warning instead
+    out = tmp_path / "unknown.tar.gz"
+    report = create_bundle(tiny_onnx, out, BundleOptions(l4t="36.9.1", base_image="registry.local/jp6x:latest"))
+    assert "cuda-python" not in read_member(out, "tiny/requirements.txt").split("\n", 2)[-1]
+    assert any("no cuda-python" in w and "by hand" in w for w in report.warnings)
+
+
 def test_int8_material_and_contract_checks(tmp_path, tiny_onnx):
     import onnx
 

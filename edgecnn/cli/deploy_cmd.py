@@ -34,7 +34,7 @@ def bundle(
         ["json"], "--sink", help="display, headless, json (JSON lines: the journal under systemd) or record:PATH; repeatable."
     ),
     name: Optional[str] = typer.Option(None, "--name", help="App name (folder, systemd unit, image); default from MODEL."),
-    l4t: str = typer.Option("36.4.0", "--l4t", help="Jetson Linux release of the target: picks the l4t-jetpack base image."),
+    l4t: str = typer.Option("36.4.0", "--l4t", help="Jetson Linux release of the target: picks the l4t-jetpack base image and the cuda-python pin."),
     base_image: Optional[str] = typer.Option(None, "--base-image", help="Override the Dockerfile's base image."),
     user: str = typer.Option("root", "--user", help="User the bundled systemd unit runs as (install sets the real one)."),
     host: Optional[str] = typer.Option(None, "--host", help="user@device: copy the bundle there over ssh and install it."),

@@ -76,7 +76,8 @@ class BundleOptions:
     device:      a `build-engine --device` preset (orin-nano, agx-orin, ...) passed to the on-device build.
     source:      the `edgecnn live` source (overridable on the device with EDGECNN_SOURCE).
     sinks:       where results go, see SINKS (default json: JSON lines on stdout, i.e. the journal under systemd).
-    l4t:         the Jetson Linux release whose JetPack image the Dockerfile uses (see L4T_BASE_IMAGES).
+    l4t:         the Jetson Linux release of the target: the Dockerfile's JetPack image (see L4T_BASE_IMAGES) and the
+                 CUDA that requirements.txt pins cuda-python to.
     service_args: extra `edgecnn live` options the systemd unit passes (e.g. --headless).
     """
 
@@ -184,8 +185,26 @@ def docker_device_flags(source: str) -> list[str]:
     return []
 
 
-def runtime_requirements() -> list[str]:
-    """The pip requirements for the device, from edgecnn's own package metadata minus every extra (no PyTorch).
+def cuda_python_requirement(l4t: str) -> str | None:
+    """cuda-python pinned to the CUDA of the JetPack with Jetson Linux `l4t` (exact release, else its major.minor),
+    for aarch64 only; None when that CUDA is unknown.
+
+    The TensorRT runner and `build-engine` need cuda-python (edgecnn.trt.cudart), which JetPack does not ship: without
+    it the device silently falls back to ONNX Runtime on the CPU. Pinned to the JetPack's CUDA major.minor because that
+    is the runtime the board's driver provides (cudart takes both `cuda.cudart`, <= 12.5, and `cuda.bindings.runtime`,
+    12.6+). Off aarch64 (a desktop test of the bundle) `edgecnn[tensorrt]` is the way to get it.
+    """
+    from edgecnn.trt.devices import jetpack_for_l4t
+
+    release = jetpack_for_l4t(l4t)
+    if release is None:
+        return None
+    return f"cuda-python=={release.cuda}.*; platform_machine == \"aarch64\""
+
+
+def runtime_requirements(l4t: str | None = None) -> list[str]:
+    """The pip requirements for the device, from edgecnn's own package metadata minus every extra (no PyTorch),
+    plus cuda-python for the CUDA of `l4t`'s JetPack when given and known (see cuda_python_requirement).
 
     On Jetson (aarch64) OpenCV stays JetPack's (the metadata already marks opencv-python-headless off there), and
     numpy stays < 2: JetPack's OpenCV and TensorRT Python bindings are built against numpy 1.x.
@@ -211,6 +230,9 @@ def runtime_requirements() -> list[str]:
             continue
         else:
             out.append(f"{spec}; {marker}" if marker else spec)
+    cuda = cuda_python_requirement(l4t) if l4t else None
+    if cuda:
+        out.append(cuda)
     return out
 
 
@@ -417,6 +439,12 @@ def create_bundle(
         )
         model_id = onnx_sha256(payload[plan.build_onnx][0])[:12]  # keys the device's engine: covers external weights
         warnings = list(plan.warnings)
+        if cuda_python_requirement(options.l4t) is None:
+            warnings.append(
+                f"the CUDA of L4T {options.l4t} is unknown, so requirements.txt has no cuda-python: install the "
+                "cuda-python matching the device's CUDA by hand (e.g. pip install 'cuda-python==12.6.*' on JetPack "
+                "6.1/6.2), or the engine build fails and the app runs on ONNX Runtime"
+            )
         source_display = redact_source(options.source)
         if source_display != options.source:
             warnings.append(
@@ -542,8 +570,9 @@ def app_files(
         0o755,
     )
     files["requirements.txt"] = (
-        "# edgecnn run-time requirements: no PyTorch. On Jetson (aarch64) OpenCV and TensorRT come from JetPack.\n"
-        + "".join(f"{r}\n" for r in runtime_requirements()),
+        "# edgecnn run-time requirements: no PyTorch. On Jetson (aarch64) OpenCV and TensorRT come from JetPack;\n"
+        "# cuda-python (for TensorRT) is pinned to the JetPack's CUDA.\n"
+        + "".join(f"{r}\n" for r in runtime_requirements(options.l4t)),
         0o644,
     )
     h, w = contract.preprocess.input_size

@@ -73,6 +73,9 @@ _JP6 = (
     JetPackRelease("6.2", "36.4.3", "10.3.0", "12.6"),
 )
 _JP7 = (JetPackRelease("7.0", "38.2.0", "10.13.3", "13.0"),)
+# The JetPack 6 developer preview: no preset lists it (no production board support), but a Jetson may still run it
+# and `deploy bundle --l4t 36.2.0` targets its l4t-jetpack image, so its versions are known here.
+_JP6_DP = (JetPackRelease("6.0 DP", "36.2.0", "8.6.2", "12.2"),)
 
 DEVICES: dict[str, DevicePreset] = {
     d.name: d
@@ -134,7 +137,7 @@ def preset_for_model_string(model: str) -> str | None:
 
 def jetpack_for_l4t(l4t: str) -> JetPackRelease | None:
     """The JetPack release a Jetson Linux (L4T) version belongs to, e.g. '36.4.3' -> JetPack 6.2."""
-    releases = {r.l4t: r for r in _JP5 + _JP6 + _JP7}
+    releases = {r.l4t: r for r in _JP5 + _JP6_DP + _JP6 + _JP7}
     if l4t in releases:
         return releases[l4t]
     major_minor = ".".join(l4t.split(".")[:2])
