@@ -340,6 +340,12 @@ def test_int8_material_and_contract_checks(tmp_path, tiny_onnx):
     quantize(tiny_onnx, cpu_path, make_image_folder(tmp_path / "calib", per_class=4), QuantOptions(target="cpu"))
     with pytest.raises(UserInputError, match="--target tensorrt"):
         create_bundle(tiny_onnx, tmp_path / "v.tar.gz", BundleOptions(precision="int8", int8_model=cpu_path))
+    with pytest.raises(UserInputError, match=r"--target cpu\).*--target tensorrt"):  # the same model as MODEL itself
+        create_bundle(cpu_path, tmp_path / "v.tar.gz", BundleOptions(precision="int8", device="orin-nano"))
+    tensorrt_path = tmp_path / "tiny.trt.int8.onnx"  # while a real --target tensorrt model is bundled as MODEL
+    quantize(tiny_onnx, tensorrt_path, make_image_folder(tmp_path / "calib2", per_class=4), QuantOptions(target="tensorrt"))
+    report = create_bundle(tensorrt_path, tmp_path / "t.tar.gz", BundleOptions(precision="int8"))
+    assert (report.build_onnx, report.run_onnx) == ("model.int8.onnx", "model.int8.onnx")
     garbage = tmp_path / "garbage.calib"
     garbage.write_text("not a table\n")
     with pytest.raises(UserInputError, match="--calib-cache"):

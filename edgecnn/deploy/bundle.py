@@ -348,7 +348,8 @@ def _external_data(model: Path, found: dict[str, Path]) -> dict[str, Path]:
 
 
 def _check_tensorrt_int8(path: Path, contract: ModelContract) -> None:
-    """--int8-model is what the device builds its INT8 engine from: it must be a Q/DQ model in TensorRT's form."""
+    """An INT8 ONNX the device builds its engine from (--int8-model, or MODEL itself when it is INT8) must be a Q/DQ
+    model in TensorRT's form: a `--target cpu` model would fail, or build a wrong engine, only on the device."""
     if contract.precision != "int8":
         raise UserInputError(f"--int8-model {path.name} is not an INT8 model (precision {contract.precision}): make "
                              "one with `edgecnn quantize MODEL --target tensorrt`")
@@ -403,6 +404,8 @@ def create_bundle(
         payload: dict[str, tuple[bytes | Path, int]] = {}  # bundle path -> (content, mode)
 
         has_fp32 = contract.precision != "int8"
+        if not has_fp32:  # an INT8 MODEL is what the device builds its engine from: the same check as --int8-model
+            _check_tensorrt_int8(onnx_path, contract)
         payload["model.onnx" if has_fp32 else "model.int8.onnx"] = (onnx_path, 0o644)
         data_files = _external_data(onnx_path, {})  # weights stored beside the model travel (and are hashed) with it
         if options.int8_model is not None:
