@@ -346,6 +346,16 @@ def test_int8_material_and_contract_checks(tmp_path, tiny_onnx):
     quantize(tiny_onnx, tensorrt_path, make_image_folder(tmp_path / "calib2", per_class=4), QuantOptions(target="tensorrt"))
     report = create_bundle(tensorrt_path, tmp_path / "t.tar.gz", BundleOptions(precision="int8"))
     assert (report.build_onnx, report.run_onnx) == ("model.int8.onnx", "model.int8.onnx")
+    # a cache written for another TensorRT than the target JetPack's: build-engine's warning, at bundle time
+    stale = create_bundle(tiny_onnx, tmp_path / "s.tar.gz", BundleOptions(precision="int8", calib_cache=calib))
+    assert any("written for TensorRT 8.6 (header TRT-8601)" in w and "JetPack 6.1 (L4T 36.4.0) has 10.3" in w
+               and "--trt-version 10.3.0" in w for w in stale.warnings), stale.warnings
+    current = tmp_path / "current.calib"
+    current.write_bytes(b"TRT-100300-EntropyCalibration2\ninput: 3c010a14\n")
+    fresh = create_bundle(tiny_onnx, tmp_path / "f.tar.gz", BundleOptions(precision="int8", calib_cache=current))
+    assert not any("written for TensorRT" in w for w in fresh.warnings)
+    jp60 = create_bundle(tiny_onnx, tmp_path / "j.tar.gz", BundleOptions(precision="int8", calib_cache=calib, l4t="36.3.0"))
+    assert not any("written for TensorRT" in w for w in jp60.warnings)  # JetPack 6.0 has TensorRT 8.6
     garbage = tmp_path / "garbage.calib"
     garbage.write_text("not a table\n")
     with pytest.raises(UserInputError, match="--calib-cache"):

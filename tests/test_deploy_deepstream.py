@@ -142,6 +142,36 @@ def test_int8(tmp_path):
     assert props(tmp_path / "ds2")["network-mode"] == "1"
 
 
+def test_calib_cache_is_checked_and_never_dropped_silently(tmp_path):
+    """The cache goes through build-engine's check (as in `deploy bundle`), and one that nvinfer would not read
+    because the config is not INT8 is reported, as `deploy bundle` does."""
+    from edgecnn.cli.main import app
+
+    model = build_tiny_onnx(tmp_path / "m.onnx")
+    bad = tmp_path / "bad.calib"
+    bad.write_text("garbage\n")
+    runner = CliRunner()
+    res = runner.invoke(app, ["deploy", "deepstream", str(model), "--out", str(tmp_path / "dsg"), "--approximate-std",
+                              "--precision", "int8", "--calib-cache", str(bad)])
+    assert res.exit_code == 2 and "--calib-cache" in res.output and "not a TensorRT calibration table" in res.output
+    assert not (tmp_path / "dsg").exists()
+    with pytest.raises(UserInputError, match="does not exist"):
+        write_deepstream(model, tmp_path / "dsg", DeepStreamOptions(precision="int8", calib_cache=tmp_path / "no.calib"))
+    with pytest.raises(UserInputError, match="not a file"):
+        write_deepstream(model, tmp_path / "dsg", DeepStreamOptions(precision="int8", calib_cache=tmp_path))
+
+    calib = tmp_path / "model.calib"
+    calib.write_bytes(b"TRT-8601-EntropyCalibration2\ninput: 3c010a14\n")
+    report = write_deepstream(model, tmp_path / "fp16", DeepStreamOptions(calib_cache=calib))
+    assert any("--calib-cache is not used" in w and "fp16" in w for w in report.warnings)
+    assert "calib.cache" not in report.files and "int8-calib-file" not in props(tmp_path / "fp16")
+    res = runner.invoke(app, ["deploy", "deepstream", str(model), "--out", str(tmp_path / "fp32"), "--precision", "fp32",
+                              "--calib-cache", str(calib)])
+    assert res.exit_code == 0 and "--calib-cache is not used" in res.output
+    report = write_deepstream(model, tmp_path / "int8", DeepStreamOptions(precision="int8", calib_cache=calib))
+    assert not any("--calib-cache" in w for w in report.warnings)
+
+
 def test_batch_and_threshold_checks(tmp_path):
     fixed = build_tiny_onnx(tmp_path / "fixed.onnx", batch=1)
     with pytest.raises(UserInputError, match="fixed batch of 1"):

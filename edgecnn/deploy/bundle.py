@@ -358,6 +358,22 @@ def _check_tensorrt_int8(path: Path, contract: ModelContract) -> None:
     check_tensorrt_qdq(path)  # e.g. a --target cpu model (uint8 activations): TensorRT cannot build it as meant
 
 
+def _calib_cache_warnings(plan: _Plan, options: BundleOptions) -> list[str]:
+    """build-engine's warning for a calibration table written for another TensorRT than the target JetPack's (TensorRT
+    may skip it there, and a cache-only build has no images to fall back on), given now rather than on the device."""
+    if "--calib-cache" not in plan.build_args:
+        return []
+    from edgecnn.trt.builder import calib_cache_version_note
+    from edgecnn.trt.devices import jetpack_for_l4t
+
+    release = jetpack_for_l4t(options.l4t)
+    if release is None:
+        return []
+    note = calib_cache_version_note(options.calib_cache, release.tensorrt,
+                                    f"JetPack {release.jetpack} (L4T {options.l4t}) has")
+    return [note] if note else []
+
+
 def _same_contract(a: ModelContract, b: ModelContract, what: str) -> None:
     if a.labels != b.labels or a.preprocess != b.preprocess:
         raise UserInputError(
@@ -422,14 +438,9 @@ def create_bundle(
             data_files = _external_data(int8, data_files)
         if options.calib_cache is not None:
             calib = Path(options.calib_cache)
-            if not calib.is_file() or calib.stat().st_size == 0:
-                raise UserInputError(f"--calib-cache {calib} does not exist or is empty")
-            from edgecnn.quant.trt_cache import read_table
+            from edgecnn.trt.builder import check_calib_cache
 
-            try:
-                read_table(calib)  # garbage would only fail the engine build on the device
-            except ArtifactError as exc:
-                raise UserInputError(f"--calib-cache: {exc}") from None
+            check_calib_cache(calib)  # build-engine's check: garbage would only fail the engine build on the device
             payload["model.calib"] = (calib, 0o644)
             inputs.append(calib)
         inputs += data_files.values()
@@ -441,7 +452,7 @@ def create_bundle(
             options.precision, has_fp32, "model.int8.onnx" in payload, "model.calib" in payload, options.device
         )
         model_id = onnx_sha256(payload[plan.build_onnx][0])[:12]  # keys the device's engine: covers external weights
-        warnings = list(plan.warnings)
+        warnings = list(plan.warnings) + _calib_cache_warnings(plan, options)
         if cuda_python_requirement(options.l4t) is None:
             warnings.append(
                 f"the CUDA of L4T {options.l4t} is unknown, so requirements.txt has no cuda-python: install the "

@@ -311,11 +311,18 @@ def write_deepstream(model: str | Path, out_dir: str | Path, options: DeepStream
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
     calib = Path(options.calib_cache) if options.calib_cache else None
-    if calib is not None and not calib.is_file():
-        raise UserInputError(f"--calib-cache {calib} does not exist")
+    if calib is not None:
+        from edgecnn.trt.builder import check_calib_cache
+
+        check_calib_cache(calib)  # build-engine's and bundle's check: nvinfer would only fail on it at first run
     model_file = "model.engine" if io.kind == "engine" else "model.softmax.onnx"
     # validate everything (and fail) before writing anything
     config = nvinfer_config(io, options, model_file, io.output_name, "calib.cache" if calib else None)
+    notes: list[str] = []
+    if calib is not None and config.network_mode != NETWORK_MODES["int8"]:
+        mode = next(k for k, v in NETWORK_MODES.items() if v == config.network_mode)
+        notes.append(f"--calib-cache is not used: nvinfer reads int8-calib-file only with --precision int8, this "
+                     f"config is {mode}")
     if io.kind == "onnx" and io.contract.precision == "int8":
         from edgecnn.trt.int8 import check_tensorrt_qdq
 
@@ -342,7 +349,6 @@ def write_deepstream(model: str | Path, out_dir: str | Path, options: DeepStream
     except OSError as exc:
         remove_created(created, target.parent)
         raise UserInputError(f"Cannot write to {out_dir}: {exc.strerror or exc}") from exc
-    notes: list[str] = []
     replaced = False
     try:
         os.chmod(staging, 0o777 & ~_umask())

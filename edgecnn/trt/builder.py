@@ -190,14 +190,21 @@ def calib_cache_notes(plan: BuildPlan) -> list[str]:
     an incompatible cache, and a cache-only calibrator has no images to fall back on."""
     if plan.int8_source != "calib_cache" or not plan.calib_cache:
         return []
-    number = check_calib_cache(plan.calib_cache)[0]
+    note = calib_cache_version_note(plan.calib_cache, plan.tensorrt, "this plan is for")
+    return [note] if note else []
+
+
+def calib_cache_version_note(path: str | os.PathLike, tensorrt: str, target: str = "the target has") -> str | None:
+    """The warning when the (checked) calibration table at `path` names another TensorRT major.minor than
+    `tensorrt`, else None. Shared by build-engine and the commands that ship a cache to a device (deploy bundle)."""
+    number = check_calib_cache(path)[0]
     major, minor = (number // 10000, number // 100 % 100) if number >= 100000 else (number // 1000, number // 100 % 10)
-    want = TrtVersion.parse(plan.tensorrt)
+    want = TrtVersion.parse(tensorrt)
     if (major, minor) == (want.major, want.minor):
-        return []
-    return [f"--calib-cache {plan.calib_cache} was written for TensorRT {major}.{minor} (header TRT-{number}), this "
-            f"plan is for {want.major}.{want.minor}: TensorRT may skip it; rewrite it with "
-            f"`edgecnn quantize MODEL.onnx --cache FILE --trt-version {plan.tensorrt}`"]
+        return None
+    return (f"--calib-cache {path} was written for TensorRT {major}.{minor} (header TRT-{number}), {target} "
+            f"{want.major}.{want.minor}: TensorRT may skip it; rewrite it with "
+            f"`edgecnn quantize MODEL.onnx --cache FILE --trt-version {tensorrt}`")
 
 
 def check_inputs(onnx_path: Path, out: Path, options: BuildOptions, require_contract: bool = True):
