@@ -388,6 +388,14 @@ def test_bundle_refuses_bad_input_and_never_overwrites_it(tmp_path, tiny_onnx):
         create_bundle(tiny_onnx, tmp_path / "a.tar.gz", BundleOptions(device="orin-mega"))
     with pytest.raises(UserInputError, match="L4T"):
         create_bundle(tiny_onnx, tmp_path / "a.tar.gz", BundleOptions(l4t="35.4.1"))
+    # JetPack 5 (Python 3.8) is refused even with its own base image, and Xavier boards are told what works instead
+    with pytest.raises(UserInputError, match=r"L4T 35.4.1 is JetPack 5.1.2.*older than the 3.9.*--print-trtexec"):
+        create_bundle(tiny_onnx, tmp_path / "a.tar.gz", BundleOptions(
+            device="xavier-nx", l4t="35.4.1", base_image="nvcr.io/nvidia/l4t-jetpack:r35.4.1"))
+    with pytest.raises(UserInputError, match="L4T 32.7.1 is a JetPack older than 6"):
+        create_bundle(tiny_onnx, tmp_path / "a.tar.gz", BundleOptions(l4t="32.7.1", base_image="l4t-base:r32.7.1"))
+    with pytest.raises(UserInputError, match=r"Xavier NX runs JetPack 5.*too old.*Xavier boards stop at JetPack 5"):
+        create_bundle(tiny_onnx, tmp_path / "a.tar.gz", BundleOptions(device="xavier-nx"))
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"plan")
     with pytest.raises(UserInputError, match="do not travel"):

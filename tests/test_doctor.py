@@ -125,6 +125,26 @@ def test_fake_jetson_release_problems(tmp_path, release, status, text):
     assert checks["power_mode"].status == FAIL and "nvpmodel" in checks["power_mode"].fix
 
 
+R35_4_1 = "# R35 (release), REVISION: 4.1, GCID: 33958178, BOARD: t186ref, EABI: aarch64, DATE: Tue Aug  1 2023"
+
+
+@pytest.mark.parametrize(
+    "model,fix,not_in_fix",
+    [
+        ("NVIDIA Jetson Xavier NX Developer Kit", "stops at JetPack 5.1.x", "Upgrade to JetPack 6"),
+        ("NVIDIA Jetson AGX Xavier Developer Kit", "stops at JetPack 5.1.x", "Upgrade to JetPack 6"),
+        ("NVIDIA Jetson AGX Orin Developer Kit", "Upgrade to JetPack 6", "stops at"),
+    ],
+)
+def test_jetpack5_fix_fits_the_board(tmp_path, model, fix, not_in_fix):
+    """Xavier boards have no JetPack 6: the fix there is what works on JetPack 5, not an impossible upgrade."""
+    checks = {c.name: c for c in run_doctor(fake_jetson(tmp_path, model, R35_4_1), run=lambda argv: None).checks}
+    assert checks["jetpack"].status == FAIL and "Python 3.8" in checks["jetpack"].value
+    assert fix in checks["jetpack"].fix and not_in_fix not in checks["jetpack"].fix
+    if "stops at" in fix:
+        assert "--print-trtexec" in checks["jetpack"].fix and "ONNX Runtime" in checks["jetpack"].fix
+
+
 def test_desktop_gpu_from_nvidia_smi(tmp_path):
     paths = DoctorPaths(device_tree_model=tmp_path / "none", nv_tegra_release=tmp_path / "none2",
                         dev_dir=tmp_path, cuda_root=tmp_path / "cuda", include_dirs=())

@@ -61,6 +61,12 @@ L4T_BASE_IMAGES = {
     "36.4.0": "nvcr.io/nvidia/l4t-jetpack:r36.4.0",
 }
 DEFAULT_L4T = "36.4.0"
+# What a JetPack 5 board (Xavier stops there) can do instead of running a bundle.
+JETPACK5_WAY_OUT = (
+    "Orin boards: upgrade to JetPack 6 and bundle for --l4t 36.x. Xavier boards stop at JetPack 5.1.x: build an engine "
+    "for DeepStream/Triton with JetPack's trtexec (`edgecnn build-engine MODEL.onnx --device xavier-nx "
+    "--print-trtexec` prints the command), or run the ONNX model on ONNX Runtime from a Python >= 3.9"
+)
 JETPACK_FOR_IMAGE = {"36.2.0": "6.0 DP", "36.3.0": "6.0", "36.4.0": "6.1/6.2"}
 
 # Everything the bundled package needs at run time (pure Python + its data files and templates).
@@ -394,6 +400,16 @@ def create_bundle(
         raise UserInputError(f"--out should end in .tar.gz, got {out.name}")
     check_output_file(out, "--out")
     sidecar = out.with_name(out.name + ".sha256")
+    major = options.l4t.split(".")[0]
+    if major.isdigit() and int(major) < 36:  # JetPack 5 and older: even with --base-image, edgecnn cannot run there
+        from edgecnn.trt.devices import jetpack_for_l4t
+
+        release = jetpack_for_l4t(options.l4t)
+        jetpack = f"JetPack {release.jetpack}" if release else "a JetPack older than 6"
+        raise UserInputError(
+            f"--l4t {options.l4t}: L4T {options.l4t} is {jetpack}, whose Python (3.8 on JetPack 5, with TensorRT's "
+            f"bindings built for it) is older than the 3.9 edgecnn needs, so a bundle cannot run there. {JETPACK5_WAY_OUT}"
+        )
     if options.device:
         from edgecnn.trt.devices import get_device
 
@@ -404,8 +420,10 @@ def create_bundle(
         major = options.l4t.split(".")[0]
         if not any(r.l4t.split(".")[0] == major for r in preset.jetpack):
             runs = ", ".join(sorted({f"JetPack {r.jetpack} (L4T {r.l4t})" for r in preset.jetpack}))
+            jetpack5_only = {r.l4t.split(".")[0] for r in preset.jetpack} == {"35"}  # Xavier: no JetPack 6
             raise UserInputError(f"--device {preset.name} does not run L4T {options.l4t}, which this bundle's base "
-                                 f"image needs; the {preset.title} runs {runs}")
+                                 f"image needs; the {preset.title} runs {runs}"
+                                 + (f", too old for edgecnn (Python 3.8). {JETPACK5_WAY_OUT}" if jetpack5_only else ""))
     base_image = options.base_image or L4T_BASE_IMAGES.get(options.l4t)
     if base_image is None:
         raise UserInputError(

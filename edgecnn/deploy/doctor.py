@@ -155,12 +155,28 @@ def _check_l4t(info: dict, paths: DoctorPaths) -> Check:
     rel = jetpack_for_l4t(l4t)
     if rel is None:
         return Check("jetpack", FAIL, f"L4T {l4t}: a JetPack edgecnn does not know",
-                     "edgecnn supports JetPack 5.1.x (L4T 35), 6.x (L4T 36) and 7.x (L4T 38); upgrade with SDK Manager")
+                     "edgecnn runs on JetPack 6.x (L4T 36) and 7.x (L4T 38); upgrade with SDK Manager")
     value = f"L4T {l4t} = JetPack {rel.jetpack} (TensorRT {rel.tensorrt}, CUDA {rel.cuda})"
     if l4t.split(".")[0] == "35":
-        return Check("jetpack", FAIL, value + "; its Python 3.8 is older than edgecnn's 3.9",
-                     "Upgrade to JetPack 6 (L4T 36), or run the ONNX model in a JetPack 6 container")
+        return Check("jetpack", FAIL, value + "; its Python 3.8 is older than edgecnn's 3.9", _jetpack5_fix(info["preset"]))
     return Check("jetpack", OK, value)
+
+
+def _jetpack5_fix(preset_name: str | None) -> str:
+    """The way out of JetPack 5 for this board: Orin boards can move to JetPack 6, Xavier boards cannot (their last
+    JetPack is 5.1.x, so a JetPack 6 upgrade or container is no answer there)."""
+    from edgecnn.trt.devices import get_device
+
+    upgrade = "upgrade to JetPack 6 (L4T 36), or run the ONNX model in a JetPack 6 container"
+    stuck = ("run the ONNX model on ONNX Runtime (CPU) from a Python >= 3.9 (e.g. Miniforge), or build an engine for "
+             "DeepStream/Triton with JetPack's trtexec (`edgecnn build-engine model.onnx --device {device} "
+             "--print-trtexec` prints the command)")
+    if preset_name is None:  # board unknown: both answers
+        return f"Orin boards: {upgrade}. Xavier boards stop at JetPack 5.1.x: " + stuck.format(device="xavier-nx")
+    preset = get_device(preset_name)
+    if any(r.l4t.split(".")[0] != "35" for r in preset.jetpack):
+        return upgrade[0].upper() + upgrade[1:]
+    return f"The {preset.title} stops at JetPack 5.1.x (no JetPack 6 for it): " + stuck.format(device=preset.name)
 
 
 def _check_tensorrt(info: dict) -> Check:
