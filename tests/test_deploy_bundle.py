@@ -369,13 +369,15 @@ def test_bundle_refuses_bad_input_and_never_overwrites_it(tmp_path, tiny_onnx):
         create_bundle(tiny_onnx, tmp_path / "app.zip")
     calib = tmp_path / "calib.tar.gz"  # an input that is also the --out path
     calib.write_bytes(b"TRT-8601-EntropyCalibration2\ninput: 3c010a14\n")
-    with pytest.raises(UserInputError, match="is the input file"):
+    with pytest.raises(UserInputError, match="already exists: pass --force"):
         create_bundle(tiny_onnx, calib, BundleOptions(precision="int8", calib_cache=calib))
+    with pytest.raises(UserInputError, match="is the input file"):  # --force never replaces an input either
+        create_bundle(tiny_onnx, calib, BundleOptions(precision="int8", calib_cache=calib, force=True))
     assert calib.read_bytes() == b"TRT-8601-EntropyCalibration2\ninput: 3c010a14\n"
     table = tmp_path / "b.tar.gz.sha256"  # the sidecar written beside --out b.tar.gz would replace this input
     table.write_bytes(b"TRT-8601-EntropyCalibration2\ninput: 3c010a14\n")
     with pytest.raises(UserInputError, match="is the input file"):
-        create_bundle(tiny_onnx, tmp_path / "b.tar.gz", BundleOptions(precision="int8", calib_cache=table))
+        create_bundle(tiny_onnx, tmp_path / "b.tar.gz", BundleOptions(precision="int8", calib_cache=table, force=True))
     assert table.read_bytes().startswith(b"TRT-8601") and not (tmp_path / "b.tar.gz").exists()
     with pytest.raises(UserInputError, match="is a file, not a folder"):
         create_bundle(tiny_onnx, tiny_onnx / "a.tar.gz")
@@ -402,6 +404,31 @@ def test_bundle_refuses_bad_input_and_never_overwrites_it(tmp_path, tiny_onnx):
         create_bundle(engine, tmp_path / "a.tar.gz")
     assert sha256_file(tiny_onnx) == before
     assert not (tmp_path / "a.tar.gz").exists()
+
+
+def test_existing_out_needs_force_and_a_dry_run_never_touches_it(tmp_path, tiny_onnx):
+    """As deploy triton/deepstream and live --record: an existing output is replaced only with --force."""
+    from edgecnn.cli.main import app
+
+    runner = CliRunner()
+    out = tmp_path / "app.tar.gz"
+    out.write_bytes(b"an earlier bundle")
+    for extra in ([], ["--host", "nvidia@orin", "--dry-run"], ["--host", "nvidia@orin", "--dry-run", "--force"]):
+        res = runner.invoke(app, ["deploy", "bundle", str(tiny_onnx), "--out", str(out), *extra])
+        assert res.exit_code == (0 if "--force" in extra else 2), res.output
+        assert out.read_bytes() == b"an earlier bundle" and not out.with_name("app.tar.gz.sha256").exists()
+    assert "already exists: pass --force" in runner.invoke(
+        app, ["deploy", "bundle", str(tiny_onnx), "--out", str(out)]).output
+    res = runner.invoke(app, ["deploy", "bundle", str(tiny_onnx), "--out", str(out), "--force", "--json"])
+    assert res.exit_code == 0, res.output
+    assert sha256_file(out) == json.loads(res.stdout)["sha256"]
+    assert out.with_name("app.tar.gz.sha256").read_text().startswith(sha256_file(out))
+    # a leftover .sha256 alone is an output too: it is not replaced silently
+    other = tmp_path / "other.tar.gz"
+    other.with_name("other.tar.gz.sha256").write_text("0" * 64 + "  other.tar.gz\n")
+    with pytest.raises(UserInputError, match="other.tar.gz.sha256 already exists"):
+        create_bundle(tiny_onnx, other)
+    assert not other.exists()
 
 
 def test_credentials_in_source_are_redacted_from_manifest_and_readme(tmp_path, tiny_onnx):
@@ -445,9 +472,10 @@ def test_host_commands_are_shell_quoted_and_host_only_flags_need_host(tmp_path, 
     res = runner.invoke(app, ["deploy", "bundle", str(tiny_onnx), "--out", str(out), "--json", "--host",
                               "nvidia@orin.local", "--dry-run", "--service"])
     assert res.exit_code == 0, res.output
-    lines = json.loads(res.stdout)["host_commands"]
-    expected = ssh_commands(out, "nvidia@orin.local", "tiny", sha256_file(out), service=True)
-    assert [shlex.split(line) for line in lines] == expected
+    report = json.loads(res.stdout)
+    expected = ssh_commands(out, "nvidia@orin.local", "tiny", report["sha256"], service=True)
+    assert [shlex.split(line) for line in report["host_commands"]] == expected
+    assert report["written"] is False and not out.exists()  # --dry-run writes nothing
     for flags in (["--service"], ["--dry-run"], ["--prefix", "/opt/x"]):
         res = runner.invoke(app, ["deploy", "bundle", str(tiny_onnx), "--out", str(tmp_path / "b.tar.gz"), *flags])
         assert res.exit_code == 2 and "only apply with --host" in res.output
@@ -493,8 +521,13 @@ def test_cli_bundle_and_install(tmp_path, tiny_onnx):
                               "--host", "nvidia@orin", "--dry-run"])
     assert res.exit_code == 0, res.output
     report = json.loads(res.stdout)
-    assert report["sha256"] == sha256_file(out) and report["name"] == "tiny"
-    assert report["host_commands"][1].startswith("scp ")
+    assert report["name"] == "tiny" and report["host_commands"][1].startswith("scp ")
+    assert not out.exists() and not out.with_name("app.tar.gz.sha256").exists()
+
+    res = runner.invoke(app, ["deploy", "bundle", str(tiny_onnx), "--out", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert report["sha256"] == sha256_file(out) and report["written"] is True
 
     res = runner.invoke(app, ["deploy", "install", str(out), "--prefix", str(tmp_path / "p"), "--no-build",
                               "--sha256", report["sha256"], "--json"])

@@ -40,10 +40,15 @@ def bundle(
     host: Optional[str] = typer.Option(None, "--host", help="user@device: copy the bundle there over ssh and install it."),
     prefix: Optional[str] = typer.Option(None, "--prefix", help="With --host: install folder on the device (default /opt/edgecnn)."),
     service: bool = typer.Option(False, "--service", help="With --host: install and enable the systemd service."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="With --host: print the ssh/scp commands instead of running them."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="With --host: check and show the bundle and the ssh/scp commands; write and run nothing."
+    ),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out (and its .sha256)."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON only."),
 ):
-    """A self-contained, checksummed bundle: ONNX, calibration, contract, start script, systemd unit, Dockerfile."""
+    """A self-contained, checksummed bundle: ONNX, calibration, contract, start script, systemd unit, Dockerfile.
+
+    An existing --out is replaced only with --force; --dry-run never writes or replaces it."""
     import shlex
 
     from edgecnn.deploy.bundle import DEFAULT_PREFIX, BundleOptions, create_bundle, push_bundle, ssh_commands
@@ -56,10 +61,10 @@ def bundle(
                              "is `edgecnn deploy install BUNDLE`)")
     options = BundleOptions(
         precision=precision, device=device, calib_cache=calib_cache, int8_model=int8_model, source=source,
-        sinks=tuple(sink), name=name, l4t=l4t, base_image=base_image, user=user,
+        sinks=tuple(sink), name=name, l4t=l4t, base_image=base_image, user=user, force=force,
     )
     with progress_bar("bundling", disable=json_out) as update:
-        report = create_bundle(model, out, options, progress=update)
+        report = create_bundle(model, out, options, progress=update, dry_run=dry_run)
     result = report.to_dict()
     if host:
         commands = ssh_commands(out, host, report.name, report.sha256, prefix=prefix or DEFAULT_PREFIX, service=service)
@@ -73,9 +78,15 @@ def bundle(
         return
     for w in report.warnings:
         warn(w)
+    size = f"{report.size_bytes / 1e6:.1f} MB, {len(report.files)} files + lib/edgecnn"
+    if report.written:
+        head = (f"wrote {report.out} ({size})\n"
+                f"  sha256 {report.sha256} (also in {report.out}.sha256: copy both, install checks it)")
+    else:
+        head = (f"checked the bundle for {report.out} ({size}); --dry-run: nothing written (the real run's archive "
+                "gets its own sha256)")
     console.print(
-        f"[green]✓[/] wrote {report.out} ({report.size_bytes / 1e6:.1f} MB, {len(report.files)} files + lib/edgecnn)\n"
-        f"  sha256 {report.sha256} (also in {report.out}.sha256: copy both, install checks it)\n"
+        f"[green]✓[/] {head}\n"
         f"  on the device: builds a {report.precision} engine from {report.build_onnx} at first start; "
         f"ONNX Runtime fallback: {report.run_onnx}"
     )

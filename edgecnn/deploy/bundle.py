@@ -98,6 +98,7 @@ class BundleOptions:
     base_image: str | None = None
     service_args: tuple[str, ...] = ()
     user: str = "root"
+    force: bool = False  # replace an existing --out (and its .sha256); without it they are refused, as other writers do
 
 
 @dataclass
@@ -111,6 +112,7 @@ class BundleReport:
     run_onnx: str
     files: list[dict]
     warnings: list[str] = field(default_factory=list)
+    written: bool = True  # False for a dry run: the archive was built and checked in a temporary folder only
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -392,14 +394,24 @@ def create_bundle(
     out: str | Path,
     options: BundleOptions | None = None,
     progress: Callable[..., None] | None = None,
+    dry_run: bool = False,
 ) -> BundleReport:
-    """Write the deployment bundle for `model` to `out` (a .tar.gz), atomically; returns what it holds."""
+    """Write the deployment bundle for `model` to `out` (a .tar.gz), atomically; returns what it holds.
+
+    An existing `out` (or its .sha256) is replaced only with `options.force`. `dry_run` makes and checks the whole
+    archive in a temporary folder and reports it, but writes nothing at `out`: a preview never changes a file (it still
+    fails where the real run would, e.g. on an existing `out` without force). The real run's archive has its own
+    sha256 (it records when it was made)."""
     options = options or BundleOptions()
     out = Path(out)
     if not (out.name.endswith(".tar.gz") or out.name.endswith(".tgz")):
         raise UserInputError(f"--out should end in .tar.gz, got {out.name}")
     check_output_file(out, "--out")
     sidecar = out.with_name(out.name + ".sha256")
+    existing = [p for p in (out, sidecar) if p.exists() or p.is_symlink()]
+    if existing and not options.force:
+        raise UserInputError(f"--out: {existing[0]} already exists: pass --force to replace it, or choose another --out "
+                             "(nothing was written)")
     major = options.l4t.split(".")[0]
     if major.isdigit() and int(major) < 36:  # JetPack 5 and older: even with --base-image, edgecnn cannot run there
         from edgecnn.trt.devices import jetpack_for_l4t
@@ -537,21 +549,24 @@ def create_bundle(
                 progress(i + 1, total)
         payload["SHA256SUMS"] = (sha256sums_text(digests).encode(), 0o644)
 
-        with atomic_path(out, suffix=".tar.gz") as tmp_out:
+        archive = Path(tmp) / "dry-run" / out.name if dry_run else out
+        with atomic_path(archive, suffix=".tar.gz") as tmp_out:
             _write_tar(tmp_out, name, payload)
-    digest = sha256_file(out)
-    # `install` checks the archive against this file when it travels with it (sha256sum -c works too)
-    atomic_write_text(sidecar, f"{digest}  {out.name}\n")
+        digest, size = sha256_file(archive), archive.stat().st_size
+    if not dry_run:
+        # `install` checks the archive against this file when it travels with it (sha256sum -c works too)
+        atomic_write_text(sidecar, f"{digest}  {out.name}\n")
     return BundleReport(
         out=str(out),
         name=name,
         sha256=digest,
-        size_bytes=out.stat().st_size,
+        size_bytes=size,
         precision=options.precision,
         build_onnx=plan.build_onnx,
         run_onnx=plan.run_onnx,
         files=files,
         warnings=warnings,
+        written=not dry_run,
     )
 
 
