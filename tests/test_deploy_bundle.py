@@ -192,6 +192,31 @@ def test_service_plan_without_root_or_systemd(bundle, tmp_path):
     assert svc["installed"] is False and "systemd is not running" in svc["reason"]
 
 
+def test_cli_service_not_installed_is_a_failure(bundle, tmp_path):
+    """`deploy install --service` where the unit cannot be installed: the app is installed and reported, the command
+    exits 3 (what this machine lacks), and --json says so too."""
+    from edgecnn.cli.main import app
+
+    if Path("/run/systemd/system").is_dir() and os.geteuid() == 0:
+        pytest.skip("systemd runs here and we are root: the unit would really be installed")
+    runner = CliRunner()
+    res = runner.invoke(app, ["deploy", "install", str(bundle), "--prefix", str(tmp_path / "p"), "--no-build",
+                              "--service", "--json"])
+    assert res.exit_code == 3, res.output
+    report = json.loads(res.stdout)
+    assert report["service"]["installed"] is False and report["error"].startswith("service not installed")
+    assert (tmp_path / "p" / "tiny" / "start.sh").is_file()  # the rest of the install is done and kept
+    assert "error: service not installed" in res.stderr and str(tmp_path / "p" / "tiny") in res.stderr
+
+    res = runner.invoke(app, ["deploy", "install", str(bundle), "--prefix", str(tmp_path / "q"), "--no-build", "--service"])
+    assert res.exit_code == 3
+    assert "installed tiny in" in res.stderr and "systemctl enable tiny.service" in res.stderr
+    assert res.stderr.rstrip().splitlines()[-1].startswith("error: service not installed")
+
+    res = runner.invoke(app, ["deploy", "install", str(bundle), "--prefix", str(tmp_path / "r"), "--no-build", "--json"])
+    assert res.exit_code == 0 and "error" not in json.loads(res.stdout)  # no --service asked: nothing missing
+
+
 def test_service_install_writes_unit_for_the_real_prefix(bundle, tmp_path):
     """As root with systemd: the unit is rendered for the actual install folder and systemctl is called (here a
     recording script standing in for systemctl, which cannot run in this container)."""

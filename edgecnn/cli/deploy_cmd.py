@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from edgecnn.cli.common import cli_command, console, print_json, progress_bar, warn
+from edgecnn.cli.common import cli_command, console, error, print_json, progress_bar, warn
 
 deploy_app = typer.Typer(
     name="deploy",
@@ -113,14 +113,28 @@ def install(
     Over an existing install, any failure (bad bundle, start.sh --prepare, service) leaves it exactly as it was.
     On success it is replaced (built engines carried over, files you added are not) and kept as PREFIX/.NAME.previous.
     One generation is kept; roll back with: mv PREFIX/NAME PREFIX/NAME.bad && mv PREFIX/.NAME.previous PREFIX/NAME
+
+    --service where it cannot be installed (systemd not running, not root) installs and reports the app, says what
+    the service would need, and exits 3: the service that was asked for is not there.
     """
     from edgecnn.deploy.install import install_bundle
+    from edgecnn.errors import MissingDependencyError
 
     with progress_bar("installing", total=3, disable=json_out) as update:
         report = install_bundle(bundle, prefix, expected_sha256=sha256, service=service, build_engine=not no_build, progress=update)
+    svc = report.service
+    # Not an exception from install_bundle: the app itself is installed (and stays), only the service is missing.
+    service_missing = f"service not installed: {svc.get('reason')}" if service and not svc.get("installed") else None
     if json_out:
-        print_json(report.to_dict())
-        return
+        print_json({**report.to_dict(), "error": service_missing} if service_missing else report.to_dict())
+    else:
+        _print_install(report)
+    if service_missing:
+        error(f"{service_missing} (the app is installed in {report.app_dir})")
+        raise typer.Exit(MissingDependencyError.exit_code)
+
+
+def _print_install(report) -> None:
     checked = "archive sha256 checked, " if report.archive_checked else ""
     console.print(
         f"[green]✓[/] installed {report.name} in {report.app_dir} ({checked}{report.files_verified} files verified)\n"
@@ -143,7 +157,9 @@ def install(
         if svc.get("installed"):
             console.print(f"[green]✓[/] {svc['unit']} installed and enabled (runs as {svc['user']})")
         else:
-            warn(f"service not installed: {svc.get('reason')}. It would:")
+            from rich.markup import escape
+
+            console.print(f"[red]✗[/] {escape(svc['unit'])} not installed (reason below); installing it takes:")
             console.print(f"  write {svc['unit']}", markup=False)
             for cmd in svc["commands"]:
                 console.print(f"  {cmd}", markup=False)
