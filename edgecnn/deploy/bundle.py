@@ -78,7 +78,8 @@ class BundleOptions:
     """What goes into a bundle and how the device runs it.
 
     precision:   what the engine is built with on the device. 'int8' needs `int8_model` (a Q/DQ ONNX from
-                 `edgecnn quantize`) or `calib_cache` (from `edgecnn calibrate`); 'best' lets TensorRT pick per layer.
+                 `edgecnn quantize`) or `calib_cache` (a TensorRT calibration table from `edgecnn quantize --cache`;
+                 `edgecnn calibrate` only captures images); 'best' lets TensorRT pick per layer.
     device:      a `build-engine --device` preset (orin-nano, agx-orin, ...) passed to the on-device build.
     source:      the `edgecnn live` source (overridable on the device with EDGECNN_SOURCE).
     sinks:       where results go, see SINKS (default json: JSON lines on stdout, i.e. the journal under systemd).
@@ -292,7 +293,7 @@ def plan_models(precision: str, has_fp32: bool, has_int8: bool, has_calib: bool,
     if precision == "int8" and not (has_int8 or has_calib):
         raise UserInputError(
             "--precision int8 needs INT8 material: --int8-model model.int8.onnx (from `edgecnn quantize`) or "
-            "--calib-cache model.calib (from `edgecnn calibrate`)"
+            "--calib-cache model.calib (from `edgecnn quantize MODEL.onnx --cache model.calib`)"
         )
     if precision == "best" and not (has_int8 or has_calib):
         warnings.append("--precision best without --int8-model/--calib-cache: TensorRT will choose FP16/FP32 only")
@@ -385,7 +386,7 @@ def _calib_cache_warnings(plan: _Plan, options: BundleOptions) -> list[str]:
 def _same_contract(a: ModelContract, b: ModelContract, what: str) -> None:
     if a.labels != b.labels or a.preprocess != b.preprocess:
         raise UserInputError(
-            f"{what} has different labels or preprocessing than MODEL: quantize/calibrate the same model you bundle"
+            f"{what} has different labels or preprocessing than MODEL: quantize the same model you bundle (edgecnn quantize MODEL.onnx)"
         )
 
 
