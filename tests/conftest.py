@@ -219,3 +219,29 @@ def small_disk(tmp_path):
     finally:
         if subprocess.run(["umount", str(folder)], capture_output=True).returncode != 0:
             subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def engine_with_manifest(onnx_path: Path, engine: Path, batch: str = "1:4:8", device: str = "orin-nano",
+                         tensorrt: str = "10.3.0") -> Path:
+    """An engine file + the sidecar manifest as `build-engine ONNX --batch BATCH` writes it: the optimization profile
+    comes from the project's own planner and the file from its manifest writer. The engine bytes are not a real plan
+    (no TensorRT here): the deploy writers read only the manifest and copy the file."""
+    from edgecnn.artifacts import read_onnx_contract
+    from edgecnn.trt.devices import get_device
+    from edgecnn.trt.manifest import file_record, write_manifest
+    from edgecnn.trt.plan import BuildOptions, inspect_onnx, make_plan, parse_batch
+
+    facts = inspect_onnx(onnx_path)
+    plan = make_plan(BuildOptions(precision="fp16", batch=parse_batch(batch)), facts, tensorrt, get_device(device))
+    engine.write_bytes(b"serialized plan bytes")
+    write_manifest(engine, {
+        "engine": file_record(engine),
+        "built_with": {"tensorrt": tensorrt, "gpu": "Orin", "compute_capability": "8.7"},
+        "contract": read_onnx_contract(onnx_path).to_dict(),
+        "io": {
+            "inputs": [{"name": plan.input_name, "shape": [-1, *facts.input_shape[1:]], "dtype": "float32",
+                        "profile": plan.profile}],
+            "outputs": [{"name": facts.output_names[0], "shape": [-1, 3], "dtype": "float32", "profile": None}],
+        },
+    })
+    return engine

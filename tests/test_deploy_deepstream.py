@@ -172,6 +172,21 @@ def test_calib_cache_is_checked_and_never_dropped_silently(tmp_path):
     assert not any("--calib-cache" in w for w in report.warnings)
 
 
+def test_engine_whose_profile_starts_above_batch_1_is_refused(tmp_path):
+    """nvinfer runs partly filled batches at their real size: a `--batch 2:4:8` engine cannot run them."""
+    from conftest import engine_with_manifest
+
+    model = build_tiny_onnx(tmp_path / "m.onnx")
+    engine = engine_with_manifest(model, tmp_path / "b248.engine", batch="2:4:8")
+    for batch_size in (1, 2, 4):
+        with pytest.raises(UserInputError, match=r"profile starts at batch 2.*partly filled.*--batch 1:OPT:8"):
+            write_deepstream(engine, tmp_path / "ds", DeepStreamOptions(batch_size=batch_size, approximate_std=True))
+    assert not (tmp_path / "ds").exists()
+    ok = engine_with_manifest(model, tmp_path / "b148.engine", batch="1:4:8")
+    write_deepstream(ok, tmp_path / "ds", DeepStreamOptions(batch_size=4, approximate_std=True))
+    assert props(tmp_path / "ds")["batch-size"] == "4"
+
+
 def test_batch_and_threshold_checks(tmp_path):
     fixed = build_tiny_onnx(tmp_path / "fixed.onnx", batch=1)
     with pytest.raises(UserInputError, match="fixed batch of 1"):

@@ -112,6 +112,19 @@ def test_engine_repository_uses_tensorrt_plan(tmp_path, dynamic_onnx):
         write_repository(engine, tmp_path / "repo", TritonOptions(name="z"))
 
 
+def test_engine_whose_profile_starts_above_batch_1_is_refused(tmp_path, dynamic_onnx):
+    """`build-engine --batch 2:4:8`: Triton would send batch-1 requests the engine cannot run."""
+    from conftest import engine_with_manifest
+
+    engine = engine_with_manifest(dynamic_onnx, tmp_path / "b248.engine", batch="2:4:8")
+    for options in (TritonOptions(), TritonOptions(max_batch=4, dynamic_batching=True)):
+        with pytest.raises(UserInputError, match=r"profile starts at batch 2.*--batch 1:OPT:8"):
+            write_repository(engine, tmp_path / "repo", options)
+    assert not (tmp_path / "repo").exists()
+    ok = engine_with_manifest(dynamic_onnx, tmp_path / "b148.engine", batch="1:4:8")
+    assert write_repository(ok, tmp_path / "repo", TritonOptions()).max_batch_size == 8
+
+
 def test_existing_model_needs_force(tmp_path, dynamic_onnx):
     write_repository(dynamic_onnx, tmp_path / "repo")
     (tmp_path / "repo" / "classifier" / "config.pbtxt").write_text("edited by hand")

@@ -223,6 +223,14 @@ def nvinfer_config(
             f"{io.path.name} takes a fixed batch of {io.fixed_batch}: use --batch-size {io.fixed_batch} or export "
             "with --dynamic-batch"
         )
+    if io.kind == "engine" and io.fixed_batch is None and io.min_batch > 1:
+        # nvinfer runs partly filled batches (fewer sources than batch-size, the end of a stream) at their real size,
+        # down to 1: an engine whose profile starts above 1 fails on them. Refused, not warned.
+        raise UserInputError(
+            f"{io.path.name}'s optimization profile starts at batch {io.min_batch}, but nvinfer runs partly filled "
+            f"batches down to 1: rebuild the engine with --batch 1:OPT:{io.max_batch}, or pass the ONNX (DeepStream "
+            "builds its own engine)"
+        )
     if io.max_batch is not None and options.batch_size > io.max_batch:
         raise UserInputError(f"--batch-size {options.batch_size} exceeds the model's maximum batch {io.max_batch}")
     if not 0.0 <= options.classifier_threshold <= 1.0:

@@ -20,6 +20,8 @@ ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 class ModelIO:
     """kind: 'onnx' or 'engine'. Shapes include the batch dimension; None marks a dynamic one.
     max_batch: the largest batch the model takes (None: unbounded dynamic ONNX).
+    min_batch: the smallest batch it takes: 1 for a dynamic ONNX, the optimization profile's minimum for an engine
+    (`build-engine --batch 2:4:8` makes an engine that cannot run batch 1), the batch itself when fixed.
     onnx_model: the onnx.ModelProto read for an ONNX file (external data not loaded), kept so that later checks on the
     graph or its weights (Triton's INT8 --cpu note) need not parse the file again; None for an engine.
     data_files: the ONNX model's external data files, relative to its folder (`artifacts.onnx_external_data`, checked
@@ -35,6 +37,7 @@ class ModelIO:
     max_batch: int | None
     onnx_model: Any = field(default=None, repr=False, compare=False)
     data_files: tuple[str, ...] = ()
+    min_batch: int = 1
 
     @property
     def dynamic_batch(self) -> bool:
@@ -81,7 +84,7 @@ def _onnx_io(path: Path) -> ModelIO:
     return ModelIO(
         path, "onnx", inputs[0].name, in_shape, graph.output[0].name, out_shape, contract,
         max_batch=in_shape[0] if in_shape and in_shape[0] else None, onnx_model=model,
-        data_files=tuple(onnx_external_data(path, model)),
+        data_files=tuple(onnx_external_data(path, model)), min_batch=in_shape[0] if in_shape and in_shape[0] else 1,
     )
 
 
@@ -96,7 +99,8 @@ def _engine_io(path: Path) -> ModelIO:
     in_shape = _dims(ins[0]["shape"])
     profile = ins[0].get("profile") or {}
     max_batch = int(profile["max"][0]) if profile.get("max") else in_shape[0]
+    min_batch = int(profile["min"][0]) if profile.get("min") else (in_shape[0] or 1)
     return ModelIO(
         path, "engine", ins[0]["name"], in_shape, outs[0]["name"], _dims(outs[0]["shape"]), contract_of(manifest),
-        max_batch=max_batch,
+        max_batch=max_batch, min_batch=min_batch,
     )

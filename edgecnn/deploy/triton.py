@@ -6,7 +6,8 @@
                                         external data files beside it, at the locations the model names).
 
 The preprocessing contract goes into config `parameters` (edgecnn.preprocess, edgecnn.labels_file) so a client can
-read it from the server's model config instead of guessing. The config is written as protobuf text format and the
+read it from the server's model config instead of guessing. An engine whose optimization profile starts above batch 1
+is refused: Triton has no minimum batch and sends a lone request as batch 1. The config is written as protobuf text format and the
 tests parse it with Triton's own schema (tritonclient's model_config_pb2).
 """
 
@@ -77,6 +78,13 @@ def resolve_batching(io: ModelIO, options: TritonOptions) -> tuple[int, list[str
                 "`edgecnn export --dynamic-batch` (and for an engine `build-engine --batch 1:4:8`) first"
             )
         return 0, notes
+    if io.min_batch > 1:
+        # Triton sends any batch from 1 to max_batch_size (a lone request is batch 1, dynamic batching or not) and has
+        # no minimum: an engine whose profile starts above 1 would fail those requests. Refused, not warned.
+        raise UserInputError(
+            f"{io.path.name}'s optimization profile starts at batch {io.min_batch}, but Triton sends batches from 1 "
+            f"up (a single request is batch 1): rebuild the engine with --batch 1:OPT:{io.max_batch}, or serve the ONNX"
+        )
     limit = io.max_batch
     wanted = DEFAULT_MAX_BATCH if options.max_batch is None else options.max_batch
     if wanted < 1:
