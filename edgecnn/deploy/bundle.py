@@ -386,7 +386,8 @@ def _calib_cache_warnings(plan: _Plan, options: BundleOptions) -> list[str]:
 def _same_contract(a: ModelContract, b: ModelContract, what: str) -> None:
     if a.labels != b.labels or a.preprocess != b.preprocess:
         raise UserInputError(
-            f"{what} has different labels or preprocessing than MODEL: quantize the same model you bundle (edgecnn quantize MODEL.onnx)"
+            f"{what} has different labels or preprocessing than MODEL: quantize the same model you bundle "
+            "(edgecnn quantize MODEL.onnx)"
         )
 
 
