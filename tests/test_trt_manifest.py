@@ -106,6 +106,44 @@ def test_missing_or_broken_manifest(engine, tmp_path):
 
 
 @pytest.mark.parametrize(
+    "edit",
+    [
+        lambda m: m.update(engine="x"),
+        lambda m: m.update(format_version="abc"),
+        lambda m: m["engine"].update(bytes="zz"),
+        lambda m: m["io"]["inputs"][0].update(shape=None),
+        lambda m: m["io"]["inputs"][0].update(profile={"min": [1, 3, 32, 32]}),
+        lambda m: m["io"].update(outputs=[]),
+        lambda m: m.update(contract=["cat", "dog"]),
+        lambda m: m.update(dla_core="0"),
+    ],
+    ids=["engine", "format_version", "bytes", "shape", "profile", "outputs", "contract", "dla_core"],
+)
+def test_a_hand_edited_manifest_is_refused_in_one_line_by_every_command(engine, tmp_path, edit):
+    """Damaged fields used to surface as 'internal error: AttributeError ...' (exit 70) in predict, profile and
+    deploy; they are refused when the manifest is read (exit 4, the artifact error)."""
+    from typer.testing import CliRunner
+
+    from edgecnn.cli.main import app
+
+    m = json.loads(manifest_path(engine).read_text())
+    edit(m)
+    manifest_path(engine).write_text(json.dumps(m))
+    with pytest.raises(ArtifactError, match="tiny.engine.json (is damaged|lacks)"):
+        read_manifest(engine)
+    image = tmp_path / "x.png"
+    import cv2
+    import numpy as np
+
+    cv2.imwrite(str(image), np.zeros((8, 8, 3), np.uint8))
+    for args in (["predict", str(engine), str(image)], ["profile", str(engine)],
+                 ["deploy", "triton", str(engine), "--repo", str(tmp_path / "repo")]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 4, (args, result.output)
+        assert "damaged" in result.output and "internal error" not in result.output, (args, result.output)
+
+
+@pytest.mark.parametrize(
     "compat, built, here, match",
     [
         ({}, {"tensorrt": "10.3.0"}, {"tensorrt": "10.7.0"}, "built with TensorRT 10.3.0, this machine has 10.7.0"),

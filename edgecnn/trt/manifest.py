@@ -57,12 +57,58 @@ def read_manifest(engine: str | os.PathLike) -> dict:
         raise ArtifactError(f"{path} is not valid JSON ({exc.__class__.__name__}): {rebuild_hint(None, engine)}") from exc
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ArtifactError(f"{path} is not an edgecnn engine manifest: {rebuild_hint(None, engine)}")
-    if int(data.get("format_version", 0)) > FORMAT_VERSION:
-        raise ArtifactError(f"{path} was written by a newer edgecnn (manifest format {data['format_version']})")
+    version = data.get("format_version", 0)
+    if not _is_int(version):
+        raise ArtifactError(f"{path} is damaged (format_version {version!r}): {rebuild_hint(None, engine)}")
+    if version > FORMAT_VERSION:
+        raise ArtifactError(f"{path} was written by a newer edgecnn (manifest format {version})")
     for key in ("engine", "built_with", "contract", "io"):
         if key not in data:
             raise ArtifactError(f"{path} lacks {key!r}: {rebuild_hint(data, engine)}")
+    problem = _structure_problem(data)
+    if problem:
+        hint = data.get("rebuild_command") if isinstance(data.get("rebuild_command"), str) else None
+        raise ArtifactError(f"{path} is damaged ({problem}): {rebuild_hint({'rebuild_command': hint}, engine)}")
     return data
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_dims(value) -> bool:
+    return isinstance(value, list) and all(_is_int(d) for d in value)
+
+
+def _structure_problem(data: dict) -> str | None:
+    """What in a manifest has the wrong type, or None. Every reader indexes these fields directly, so a hand-edited
+    or damaged manifest must be refused here with one line, not surface later as an AttributeError."""
+    rec = data["engine"]
+    if not isinstance(rec, dict) or not isinstance(rec.get("sha256"), str) or not _is_int(rec.get("bytes")):
+        return "'engine' must hold the engine file's sha256 and bytes"
+    for key in ("built_with", "contract"):
+        if not isinstance(data[key], dict):
+            return f"{key!r} must be an object"
+    for key in ("compatibility", "calib_cache", "onnx"):
+        if data.get(key) is not None and not isinstance(data[key], dict):
+            return f"{key!r} must be an object"
+    if data.get("dla_core") is not None and not _is_int(data["dla_core"]):
+        return "'dla_core' must be a whole number"
+    io = data["io"]
+    if not isinstance(io, dict):
+        return "'io' must be an object"
+    for side in ("inputs", "outputs"):
+        tensors = io.get(side)
+        if not isinstance(tensors, list) or not tensors:
+            return f"io.{side} must be a non-empty list"
+        for t in tensors:
+            if not isinstance(t, dict) or not isinstance(t.get("name"), str) or not _is_dims(t.get("shape")):
+                return f"each of io.{side} needs a name and a shape (a list of whole numbers)"
+            profile = t.get("profile")
+            if profile is not None and not (isinstance(profile, dict)
+                                            and all(_is_dims(profile.get(k)) for k in ("min", "opt", "max"))):
+                return f"io.{side} {t['name']!r}: the profile needs min, opt and max shapes"
+    return None
 
 
 def contract_of(manifest: dict) -> ModelContract:
