@@ -71,3 +71,15 @@ TORCH_HINT = "Training, export and .pt checkpoints need PyTorch: pip install 'ed
 def require_torch():
     """PyTorch, or a clear error: the inference path never needs it, training and export do."""
     return require("torch", TORCH_HINT)
+
+
+def caused_by_ctrl_c(exc: BaseException) -> bool:
+    """Whether Ctrl-C is behind `exc`: a library (an import interrupted half-way, ...) may turn KeyboardInterrupt into
+    its own error, which is then an interruption (exit 130), not a bug."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False

@@ -55,6 +55,25 @@ def test_ctrl_c_while_the_cli_imports_is_one_line_and_exit_130():
     assert out.returncode == 130 and out.stderr == "error: interrupted\n"
 
 
+@pytest.mark.parametrize("raised", ["KeyboardInterrupt()", "RuntimeError('Error calling __set_name__')"])
+def test_ctrl_c_while_typer_builds_the_command_is_one_line_and_exit_130(raised):
+    # Ctrl-C lands in Typer's get_command (after the imports, before any command runs); an interrupted import inside
+    # it can surface as another error raised from the KeyboardInterrupt.
+    code = (
+        "import typer.main\n"
+        "def interrupted(*a, **k):\n"
+        "    try:\n"
+        "        raise KeyboardInterrupt\n"
+        "    except KeyboardInterrupt:\n"
+        f"        raise {raised}\n"
+        "typer.main.get_command = interrupted\n"
+        "from edgecnn.__main__ import main\n"
+        "main()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, "--version"], capture_output=True, text=True)
+    assert out.returncode == 130 and out.stderr == "error: interrupted\n", out
+
+
 def test_a_library_error_raised_by_ctrl_c_is_an_interruption_not_an_internal_error():
     from edgecnn.cli.common import cli_command
 

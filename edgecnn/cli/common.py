@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from edgecnn.errors import EdgeCNNError
+from edgecnn.errors import EdgeCNNError, caused_by_ctrl_c
 
 console = Console(stderr=True, highlight=False)
 if not console.is_terminal and "COLUMNS" not in os.environ:
@@ -47,23 +47,13 @@ def cli_command(fn: Callable) -> Callable:
         except Exception as exc:  # a bug, not a user error: still no traceback by default
             if STATE["debug"]:
                 raise
-            if _caused_by_ctrl_c(exc):  # a library turned Ctrl-C into its own error (e.g. mid-import)
+            if caused_by_ctrl_c(exc):  # a library turned Ctrl-C into its own error (e.g. mid-import)
                 error("interrupted")
                 raise typer.Exit(130)
             error(f"internal error: {exc.__class__.__name__}: {exc} (run with --debug for the traceback)")
             raise typer.Exit(70)
 
     return wrapper
-
-
-def _caused_by_ctrl_c(exc: BaseException) -> bool:
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, KeyboardInterrupt):
-            return True
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return False
 
 
 def error(message: str) -> None:
