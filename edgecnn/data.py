@@ -26,7 +26,8 @@ IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".dib"
                         ".ppm", ".pbm", ".pnm", ".jp2", ".gif", ".avif"})
 VIDEO_EXTS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"})
 SPLIT_TRAIN = ("train", "training")
-SPLIT_TEST = ("test", "val", "valid", "validation")
+SPLIT_VAL = ("val", "valid", "validation")
+SPLIT_TEST = ("test",)
 
 Progress = Callable[[int, int], None]  # (done, total)
 PROGRESS_INTERVAL_S = 0.1
@@ -133,13 +134,31 @@ def scan_image_folder(root: str | os.PathLike, min_classes: int = 1) -> ImageFol
     return ImageFolder(root, classes, samples, ignored, empty, loose)
 
 
+def _first_folder(root: Path, names: Sequence[str]) -> Path | None:
+    return next((root / n for n in names if (root / n).is_dir()), None)
+
+
 def find_splits(root: str | os.PathLike) -> tuple[Path, Path | None]:
-    """(train, test) when `root` holds a train/ + test/ (or val/) pair, else (root, None)."""
+    """(train, evaluation folder) when `root` holds train/ beside test/ or val/, else (root, None). For scoring a
+    model (eval, quantize --val): test/ is preferred, val/ (valid/, validation/) taken when there is no test/."""
     root = Path(root)
-    train = next((root / n for n in SPLIT_TRAIN if (root / n).is_dir()), None)
-    test = next((root / n for n in SPLIT_TEST if (root / n).is_dir()), None)
-    if train is not None and test is not None:
-        return train, test
+    train = _first_folder(root, SPLIT_TRAIN)
+    held_out = _first_folder(root, SPLIT_TEST) or _first_folder(root, SPLIT_VAL)
+    if train is not None and held_out is not None:
+        return train, held_out
+    return root, None
+
+
+def find_training_splits(root: str | os.PathLike) -> tuple[Path, Path | None]:
+    """(train, validation folder or None) for training. train/ is recognised beside val/ (valid/, validation/) or
+    test/, but only val/ validates: the best epoch and early stopping are choices made on the validation images, so
+    made on test/ they would leak the test set into the model and inflate its test score. Without val/ the caller
+    splits validation images off train/; test/ is never read."""
+    root = Path(root)
+    train = _first_folder(root, SPLIT_TRAIN)
+    val = _first_folder(root, SPLIT_VAL)
+    if train is not None and (val is not None or _first_folder(root, SPLIT_TEST) is not None):
+        return train, val
     return root, None
 
 

@@ -1,7 +1,8 @@
 """Training: `fit(TrainConfig, progress=callback) -> TrainResult`. No printing; the CLI draws the progress bar.
 
 Pipeline, and why:
-- Data is an image folder (one sub-folder per class; a train/ + test/ pair is recognised). Every image is decoded
+- Data is an image folder (one sub-folder per class; train/ beside val/ or test/ is recognised, and only val/
+  validates: test/ is never read, see `data.find_training_splits`). Every image is decoded
   ONCE with OpenCV and brought to the model's input size by `preprocess.geometric()` (`data.decode_resized`), so the
   epochs run from uint8 arrays in memory: no per-epoch JPEG decoding, which would dominate on a small CPU.
 - Per batch: augmentation on uint8 (random crop with padding, horizontal flip; `edgecnn.augment`) and then
@@ -47,14 +48,15 @@ PRETRAINED_LR = {"adamw": 5e-4, "sgd": 0.01}
 class TrainConfig:
     """Everything `fit()` needs. Paths may be str or Path.
 
-    data:          image folder (class sub-folders), or a folder with a train/ + test/ (or val/) pair.
+    data:          image folder (class sub-folders), or a folder with train/ beside val/ (valid/, validation/)
+                   and/or test/. test/ is never read: choosing the best epoch on it would leak it into the model.
     arch:          registry name (`edgecnn models`).
     out:           best checkpoint path (.pt); `<stem>.last.pt`, `.metrics.csv`, `.metrics.json`, `.curves.png` go
                    next to it.
     img_size:      input size (square); replaces only the size of the model's preprocessing (mean/std, resize policy
                    and channel order stay the model's own, which is what a pretrained backbone needs).
-    val / val_split: validation folder, or the fraction of each class held out. Default: the test/ folder of a
-                   train/ + test/ pair, else 10 % of the training folder. `val_split=0` trains without validation
+    val / val_split: validation folder, or the fraction of each class held out. Default: the val/ folder beside
+                   train/, else 10 % of the training folder. `val_split=0` trains without validation
                    (then the last epoch is the checkpoint and early stopping is off).
     batch_size:    per process (as with DistributedSampler).
     patience:      stop after this many epochs without a better validation accuracy (None: never).
@@ -491,7 +493,7 @@ class _Run:
             check_resumable(cfg, ckpt, self.train_seconds, dist.world)
 
         plan = plan_data(cfg, ckpt_classes, self._warn)
-        self.classes, self.split_digest = plan.classes, plan.digest()
+        self.classes, self.split_digest, self.val_root = plan.classes, plan.digest(), plan.val_root
         if ckpt is not None:
             check_same_split(cfg, ckpt, self.split_digest)
         self.arch_kwargs["num_classes"] = len(self.classes)
@@ -748,7 +750,7 @@ class _Run:
             "images_per_s": round(sum(r["images_per_s"] * r["seconds"] for r in h) / secs, 1) if secs else 0.0,
             "world_size": self.dist.world, "device": self.device_type,
             "resumed_from": str(cfg.resume) if cfg.resume else None,
-            "val_folder": str(Path(cfg.val).resolve()) if cfg.val is not None else None,
+            "val_folder": str(Path(self.val_root).resolve()) if self.val_root is not None else None,
             "split_digest": self.split_digest,
             "config": {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in asdict(cfg).items()},
             "optimizer": cfg.optimizer, "lr": self.lr_peak, "batch_size": cfg.batch_size, "schedule": cfg.schedule,

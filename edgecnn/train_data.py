@@ -110,9 +110,9 @@ def plan_data(cfg: TrainConfig, classes_from_ckpt: list[str] | None, warn: Calla
     """Scan and split the folders (cheap: no decoding). Class folders without images are left out with a warning:
     the model would never learn such a class, and a user who forgot to fill a folder wants to know before the
     training time is spent."""
-    from edgecnn.data import find_splits, scan_image_folder
+    from edgecnn.data import find_training_splits, scan_image_folder
 
-    train_dir, test_dir = find_splits(Path(cfg.data))
+    train_dir, val_dir = find_training_splits(Path(cfg.data))
     folder = scan_image_folder(train_dir, min_classes=2)
     classes = folder.classes
     if folder.empty:
@@ -128,7 +128,7 @@ def plan_data(cfg: TrainConfig, classes_from_ckpt: list[str] | None, warn: Calla
     paths = [p for p, _ in folder.samples]
     labels = [c for _, c in folder.samples]
 
-    val_root = Path(cfg.val) if cfg.val is not None else test_dir if cfg.val_split is None else None
+    val_root = Path(cfg.val) if cfg.val is not None else val_dir if cfg.val_split is None else None
     if val_root is not None:
         a, b = val_root.resolve(), train_dir.resolve()
         if a.is_relative_to(b) or b.is_relative_to(a):

@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edgecnn.data import decode_resized, find_splits, iter_video_frames, list_images, map_classes, read_image, scan_image_folder
+from edgecnn.data import decode_resized, find_splits, find_training_splits, iter_video_frames, list_images, map_classes, read_image, scan_image_folder
 from edgecnn.errors import UserInputError
 from edgecnn.preprocess import PreprocessConfig
 
@@ -163,6 +163,15 @@ def test_find_splits(tmp_path):
     assert find_splits(tmp_path) == (tmp_path, None)
     (tmp_path / "val").mkdir()
     assert find_splits(tmp_path) == (tmp_path / "train", tmp_path / "val")
+    assert find_training_splits(tmp_path) == (tmp_path / "train", tmp_path / "val")
+    (tmp_path / "test").mkdir()  # evaluation scores test/; training validates on val/ and never reads test/
+    assert find_splits(tmp_path) == (tmp_path / "train", tmp_path / "test")
+    assert find_training_splits(tmp_path) == (tmp_path / "train", tmp_path / "val")
+    (tmp_path / "val").rmdir()
+    assert find_training_splits(tmp_path) == (tmp_path / "train", None)
+    (tmp_path / "train").rename(tmp_path / "training")
+    (tmp_path / "validation").mkdir()
+    assert find_training_splits(tmp_path) == (tmp_path / "training", tmp_path / "validation")
 
 
 def test_map_classes_by_name_key_and_id():

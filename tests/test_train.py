@@ -206,7 +206,13 @@ def test_train_test_pair_and_val_folder(tmp_path):
     make_image_folder(root / "train", per_class=6, seed=1)
     make_image_folder(root / "test", per_class=3, seed=2)
     result = fit(_cfg(root, tmp_path / "m.pt", epochs=1, val_split=None))
-    assert (result.num_train, result.num_val) == (12, 6)
+    assert (result.num_train, result.num_val) == (10, 2)  # test/ is never read: 10 % of train/ validates
+    assert read_checkpoint(result.checkpoint)["training"]["val_folder"] is None
+
+    make_image_folder(root / "val", per_class=2, seed=3)  # train/ + val/ + test/: val/ validates, test/ stays unseen
+    result = fit(_cfg(root, tmp_path / "m3.pt", epochs=1, val_split=None))
+    assert (result.num_train, result.num_val) == (12, 4)
+    assert read_checkpoint(result.checkpoint)["training"]["val_folder"] == str((root / "val").resolve())
 
     extra = make_image_folder(tmp_path / "other", classes=("cat", "dog", "fox"), per_class=2)
     with pytest.raises(UserInputError, match="fox"):
@@ -356,10 +362,10 @@ def test_cli_missing_data(tmp_path):
 
 def test_cli_train_export_eval_end_to_end(tmp_path):
     """`edgecnn train` -> `edgecnn export` -> `edgecnn eval` on ONNX Runtime: the exported model scores exactly the
-    validation accuracy training measured, because every stage feeds it the same preprocess()."""
+    validation accuracy training measured (on val/), because every stage feeds it the same preprocess()."""
     root = tmp_path / "ds"
     make_image_folder(root / "train", per_class=8, seed=1)
-    make_image_folder(root / "test", per_class=4, seed=2)
+    make_image_folder(root / "val", per_class=4, seed=2)
     ckpt, onnx_path = tmp_path / "m.pt", tmp_path / "m.onnx"
     r = _invoke(["train", str(root), "--arch", "resnet8", "--epochs", "2", "--batch-size", "4", "--out", str(ckpt), "--json"])
     assert r.exit_code == 0, r.output
@@ -367,7 +373,7 @@ def test_cli_train_export_eval_end_to_end(tmp_path):
     assert trained["num_val"] == 8
     r = _invoke(["export", str(ckpt), "--out", str(onnx_path), "--json"])
     assert r.exit_code == 0, r.output
-    r = _invoke(["eval", str(onnx_path), str(root / "test"), "--json"])
+    r = _invoke(["eval", str(onnx_path), str(root), "--json"])  # no test/ beside train/: eval scores val/
     assert r.exit_code == 0, r.output
     metrics = json.loads(r.stdout)
     assert metrics["images"] == 8
