@@ -235,12 +235,17 @@ def loose_name(name: str) -> str:
     return " ".join(name.split())
 
 
+def _is_class_id(name: str) -> bool:
+    return name.isascii() and name.isdigit()
+
+
 def map_classes(folder_names: Sequence[str], labels: Sequence[str], label_keys: Sequence[str] | None = None) -> list[int]:
     """Model class index for each dataset folder, by the first rule that gives an answer:
     1. the exact label (after NFC and stripping): 'Cardigan' is ImageNet's corgi (264), 'cardigan' the sweater (474);
     2. a label key (ImageNet wnid, any case);
     3. the label spelled loosely (`loose_name`: case, '_', '-', spaces);
-    4. a numeric class id (ASCII digits).
+    4. a numeric class id (ASCII digits), unless a label is itself a number: with classes named '1' and '2', a
+       folder '0' is a class nobody trained, not class index 0 (whose label is '1').
     A folder that names several classes (ImageNet has two 'crane's and two 'maillot's) is an error asking for the
     key or id, never a silent pick; an unknown folder is an error naming it."""
     exact: dict[str, list[int]] = {}
@@ -249,6 +254,7 @@ def map_classes(folder_names: Sequence[str], labels: Sequence[str], label_keys: 
         exact.setdefault(unicodedata.normalize("NFC", name).strip(), []).append(i)
         loose.setdefault(loose_name(name), []).append(i)
     by_key = {key.lower(): i for i, key in enumerate(label_keys or [])}
+    ids_allowed = not any(_is_class_id(name.strip()) for name in labels)
     out, unknown, ambiguous = [], [], []
     for folder in folder_names:
         hits = exact.get(unicodedata.normalize("NFC", folder).strip())
@@ -256,7 +262,7 @@ def map_classes(folder_names: Sequence[str], labels: Sequence[str], label_keys: 
             hits = [by_key[folder.strip().lower()]]
         if hits is None:
             hits = loose.get(loose_name(folder))
-        if hits is None and folder.isascii() and folder.isdigit() and int(folder) < len(labels):
+        if hits is None and ids_allowed and _is_class_id(folder) and int(folder) < len(labels):
             hits = [int(folder)]
         if not hits:
             unknown.append(folder)

@@ -174,6 +174,17 @@ def test_find_splits(tmp_path):
     assert find_training_splits(tmp_path) == (tmp_path / "training", tmp_path / "validation")
 
 
+def test_numeric_labels_map_by_name_never_by_index():
+    """A model trained on folders '1', '2': those folders are its classes by name, and a folder '0' is no class of it
+    (the class-id rule would have scored it as index 0, whose label is '1')."""
+    assert map_classes(["1", "2"], ["1", "2"]) == [0, 1]
+    assert map_classes(["2", "1"], ["1", "2"]) == [1, 0]
+    with pytest.raises(UserInputError, match="Folder.s. 0 match no model class"):
+        map_classes(["0", "1", "2"], ["1", "2"])
+    with pytest.raises(UserInputError, match="0 match no model class"):
+        map_classes(["0"], ["cat", "7"])  # one numeric label is enough to switch ids off
+
+
 def test_map_classes_by_name_key_and_id():
     labels, keys = ["tench", "goldfish", "Great White Shark"], ["n01", "n02", "n03"]
     assert map_classes(["goldfish", "n03", "0", "great white shark"], labels, keys) == [1, 2, 0, 2]
