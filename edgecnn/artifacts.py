@@ -264,6 +264,26 @@ def remove_created(top: Path | None, path: str | os.PathLike) -> None:
         path = path.parent
 
 
+def prepare_output_folder(out: str | os.PathLike, flag: str = "--out") -> Path | None:
+    """Create the folder of the output file `out` and write a probe file in it now: a read-only or otherwise
+    unwritable place (/proc, /sys, a read-only mount, no permission) is one clear UserInputError before the work
+    starts, not an internal error after it. Returns the topmost folder created, for `remove_created` when the
+    command fails later (nothing half-made is left behind)."""
+    out = Path(out)
+    try:
+        created = make_dirs(out.parent)
+    except UserInputError as exc:
+        raise UserInputError(f"{flag} {out}: {exc}") from exc.__cause__
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".probe", dir=out.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        remove_created(created, out.parent)
+        raise UserInputError(f"{flag} {out}: cannot write files in {out.parent} ({exc.strerror or exc})") from exc
+    return created
+
+
 class StagedWriteError(ArtifactError):
     """Writing or placing a set of staged files failed; the message says which files (if any) were replaced."""
 

@@ -23,7 +23,8 @@ from typing import Callable
 
 import numpy as np
 
-from edgecnn.artifacts import check_output_file, ensure_distinct, save_onnx, sha256_file, write_onnx_contract
+from edgecnn.artifacts import (check_output_file, ensure_distinct, prepare_output_folder, remove_created, save_onnx,
+                               sha256_file, write_onnx_contract)
 from edgecnn.errors import AccuracyGateError, ArtifactError, EdgeCNNError, UserInputError, require_torch
 
 DEFAULT_CALIBRATION_DIR = Path(__file__).resolve().parents[1] / "calibration"
@@ -195,12 +196,7 @@ def export_onnx(
     progress: Callable[[str], None] | None = None,
 ) -> ExportReport:
     """Export a checkpoint (or registered pretrained name) to ONNX with its contract; check parity; write atomically."""
-    torch = require_torch()
-    import onnx
-
-    from edgecnn.checkpoint import load_checkpoint
-    from edgecnn.preprocess import preprocess
-    from edgecnn.runtime.onnxrt import OnnxRuntimeRunner
+    require_torch()
     from edgecnn.runtime.resolve import resolve_model
 
     options = options or ExportOptions()
@@ -214,6 +210,22 @@ def export_onnx(
     if src.suffix.lower() not in (".pt", ".pth"):
         raise UserInputError(f"export takes a PyTorch checkpoint (.pt) or a pretrained name, got {src.name}")
     ensure_distinct(src, out)
+    created = prepare_output_folder(out, "--out")  # unwritable: one clear line now, not an internal error later
+    try:
+        return _export(src, out, options, say)
+    except BaseException:  # nothing written: take back the folders made for --out too
+        remove_created(created, out.parent)
+        raise
+
+
+def _export(src: Path, out: Path, options: ExportOptions, say: Callable[[str], None]) -> ExportReport:
+    """The export itself, into the probed folder of `out` (see `export_onnx`)."""
+    torch = require_torch()
+    import onnx
+
+    from edgecnn.checkpoint import load_checkpoint
+    from edgecnn.preprocess import preprocess
+    from edgecnn.runtime.onnxrt import OnnxRuntimeRunner
 
     say(f"loading {src}")
     net, contract, ckpt = load_checkpoint(src)
@@ -223,7 +235,6 @@ def export_onnx(
     dynamic_axes = {"input": {0: "N"}, "logits": {0: "N"}} if options.dynamic_batch else None
 
     say(f"exporting to ONNX opset {options.opset}")
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = out.parent
 
     with tempfile.TemporaryDirectory(dir=tmp_dir, prefix=".export-") as tmp:

@@ -844,22 +844,10 @@ def _lost_peer(exc: BaseException) -> bool:
 
 
 def _prepare_output_folder(out: Path) -> Path | None:
-    """Create --out's folder and write a probe file in it now: a read-only or otherwise unwritable place (/proc, a
-    read-only mount, no permission) is one clear error before the data is decoded, not an internal error after the
-    first epoch. Returns the topmost folder created (for `remove_created`)."""
-    import tempfile
+    """--out's folder made and probed before the data is decoded (see `artifacts.prepare_output_folder`)."""
+    from edgecnn.artifacts import prepare_output_folder
 
-    from edgecnn.artifacts import make_dirs, remove_created
-
-    created = make_dirs(out.parent)
-    try:
-        fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".probe", dir=out.parent)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        remove_created(created, out.parent)
-        raise UserInputError(f"--out {out}: cannot write files in {out.parent} ({exc.strerror or exc})") from exc
-    return created
+    return prepare_output_folder(out, "--out")
 
 
 def fit(cfg: TrainConfig, progress: ProgressCallback | None = None) -> TrainResult:

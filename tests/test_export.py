@@ -138,3 +138,27 @@ def test_sigterm_during_export_cleans_up(tmp_path):
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
     assert os.listdir(outdir) == []
+
+
+@pytest.mark.parametrize("out", ["/proc/x.onnx", "/sys/x.onnx", "/proc/edgecnn-missing/x.onnx"])
+def test_an_unwritable_out_is_one_line(ckpt, out):
+    """/proc (FileNotFoundError) and /sys (PermissionError) cannot take files: one line, exit 2, as train says it."""
+    result = runner.invoke(app, ["export", str(ckpt), "--out", out])
+    assert result.exit_code == 2, result.output
+    assert out in result.stderr and "internal" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_failed_export_leaves_no_folders_behind(ckpt, tmp_path):
+    """The folders made for --out are taken back when the export fails: a damaged checkpoint (exit 4) and a parity
+    check that fails (exit 5) leave the disk as it was."""
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    result = _export(bad, tmp_path, out="fresh1/a/b.onnx")
+    assert result.exit_code == 4, result.output
+    assert not (tmp_path / "fresh1").exists()
+    result = _export(ckpt, tmp_path, "--tolerance", "1e-30", out="fresh2/a/b.onnx")
+    assert result.exit_code == 5, result.output
+    assert not (tmp_path / "fresh2").exists()
+    (tmp_path / "kept").mkdir()  # a folder that was there before stays
+    result = _export(bad, tmp_path, out="kept/new/b.onnx")
+    assert result.exit_code == 4 and (tmp_path / "kept").is_dir() and not (tmp_path / "kept" / "new").exists()

@@ -139,3 +139,20 @@ def test_corrupt_onnx_and_checkpoint_are_artifact_errors(tmp_path):
     truncated.write_bytes(_torch_checkpoint(tmp_path).read_bytes()[:500])
     with pytest.raises(ArtifactError):
         load(truncated)
+
+
+@pytest.mark.parametrize("cache", ["/proc/edgecnn", "/sys/edgecnn", "/proc"])
+def test_an_unwritable_model_cache_is_one_line(tmp_path, monkeypatch, cache):
+    """A pretrained name materialises into $EDGECNN_CACHE: where that cannot be written, predict says so (exit 2)
+    and names the variable, instead of an internal error from inside the save."""
+    import cv2
+    from typer.testing import CliRunner
+
+    from edgecnn.cli.main import app
+
+    img = tmp_path / "img.jpg"
+    cv2.imwrite(str(img), np.full((32, 32, 3), 128, np.uint8))
+    monkeypatch.setenv("EDGECNN_CACHE", cache)
+    result = CliRunner().invoke(app, ["predict", "efficientnet-lite0", str(img)])
+    assert result.exit_code == 2, result.output
+    assert "EDGECNN_CACHE" in result.stderr and "internal" not in result.stderr

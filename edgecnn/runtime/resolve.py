@@ -36,10 +36,22 @@ def resolve_model(model: str | os.PathLike, backend: str | None = None) -> Path:
     raise UserInputError(f"Model {name} not found: no such file.{hint}")
 
 
+def _writable_cache(target: Path) -> None:
+    """The cache folder made and probed before a model is materialised into it: an unwritable $EDGECNN_CACHE (/proc,
+    a read-only mount) is one line naming the variable, not an internal error from deep inside torch.save."""
+    from edgecnn.artifacts import prepare_output_folder
+
+    try:
+        prepare_output_folder(target, "model cache file")
+    except UserInputError as exc:
+        raise UserInputError(f"{exc}: set EDGECNN_CACHE to a writable folder (default ~/.cache/edgecnn)") from exc
+
+
 def pretrained_checkpoint(name: str) -> Path:
     """The pretrained model as an edgecnn checkpoint in the cache (made once, needs PyTorch)."""
     target = cache_dir() / f"{name}-{__version__}.pt"
     if not target.exists():
+        _writable_cache(target)
         from edgecnn.checkpoint import save_pretrained_checkpoint
 
         save_pretrained_checkpoint(name, target)
@@ -50,6 +62,7 @@ def pretrained_onnx(name: str) -> Path:
     """The pretrained model as ONNX (dynamic batch) in the cache (made once, needs PyTorch)."""
     target = cache_dir() / f"{name}-{__version__}.onnx"
     if not target.exists():
+        _writable_cache(target)
         from edgecnn.export import ExportOptions, export_onnx
 
         export_onnx(pretrained_checkpoint(name), target, ExportOptions(dynamic_batch=True))
