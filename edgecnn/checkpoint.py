@@ -171,7 +171,45 @@ def load_checkpoint(path: str | os.PathLike):
             f"{contract.num_classes} labels {_short(contract.labels, 80)}: each output needs exactly one label"
         )
     model.eval()
+    _check_finite_weights(path, model)
+    _check_forward(path, model, contract, arch)
     return model, contract, ckpt
+
+
+def _check_finite_weights(path: Path, model) -> None:
+    """NaN/inf weights give NaN scores ('ship nan%') and a meaningless accuracy: refuse them at load, for every
+    command alike (export used to be the only one that noticed)."""
+    torch = require_torch()
+    for name, value in model.state_dict().items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ArtifactError(f"checkpoint {path}: weights {name} are not finite (NaN/inf): the file is damaged or "
+                                "its training diverged; use an earlier checkpoint or retrain")
+
+
+def _check_forward(path: Path, model, contract: ModelContract, arch: str) -> None:
+    """One forward pass at the contract's input size: the output must be (batch, one score per label). The
+    arch_kwargs may lack num_classes (a hand-made file) and the input size may not fit the architecture (lenet5 at
+    64×64): without this, predict, eval and export met such a file on the first batch, as an internal error or (9
+    labels for 10 outputs) an IndexError or a silently wrong accuracy."""
+    torch = require_torch()
+    pre = contract.preprocess
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(pre.input_shape(1), dtype=torch.float32))
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise ArtifactError(
+            f"checkpoint {path}: {arch} cannot take the {pre.height}×{pre.width} input its contract names "
+            f"({str(exc).strip().splitlines()[0][:160] if str(exc).strip() else exc.__class__.__name__}): the "
+            "contract's preprocess input_size does not fit the weights"
+        ) from exc
+    shape = tuple(getattr(out, "shape", ()))
+    if len(shape) != 2:
+        raise ArtifactError(f"checkpoint {path}: {arch} outputs shape {list(shape)}, not (batch, classes)")
+    if shape[1] != contract.num_classes:
+        raise ArtifactError(
+            f"checkpoint {path}: the model has {shape[1]} outputs but the contract has {contract.num_classes} labels "
+            f"{_short(contract.labels, 80)}: each output needs exactly one label"
+        )
 
 
 def pretrained_contract(name: str) -> ModelContract:

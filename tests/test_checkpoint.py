@@ -7,6 +7,8 @@ import json
 import os
 import pickle
 
+import numpy as np
+
 import pytest
 from typer.testing import CliRunner
 
@@ -134,3 +136,43 @@ def test_good_checkpoint_still_loads(good):
     model, contract, ckpt = load_checkpoint(good)
     assert contract.labels == ["cat", "dog"] and not model.training
     assert json.dumps(ckpt["arch_kwargs"]) == '{"num_classes": 2}'
+
+
+def test_contract_and_weights_that_do_not_run_are_refused_at_load(good, tmp_path):
+    """Hand-made or damaged files that load but cannot run right: each an ArtifactError at load (exit 4 from predict,
+    eval and export alike), never an IndexError, an internal RuntimeError or a silent 'nan%'."""
+    import cv2
+
+    ckpt = torch.load(good, weights_only=True)
+    contract = ckpt["contract"]
+    model = create_model("lenet5", num_classes=10).eval()
+    nine = tmp_path / "nine.pt"  # no num_classes in arch_kwargs: the builder's default, 10 outputs, for 9 labels
+    torch.save({**ckpt, "arch_kwargs": {}, "state_dict": model.state_dict(),
+                "contract": {**contract, "labels": [str(i) for i in range(9)], "label_keys": None}}, nine)
+    with pytest.raises(ArtifactError, match="the model has 10 outputs but the contract has 9 labels"):
+        load_checkpoint(nine)
+    big = _variant(good, tmp_path, "big.pt",
+                   contract={**contract, "preprocess": {**contract["preprocess"], "input_size": [64, 64]}})
+    with pytest.raises(ArtifactError, match="lenet5 cannot take the 64×64 input its contract names"):
+        load_checkpoint(big)
+    state = dict(ckpt["state_dict"])
+    first = next(k for k, v in state.items() if v.is_floating_point())
+    state[first] = state[first].clone()
+    state[first].view(-1)[0] = float("nan")
+    nan = _variant(good, tmp_path, "nan.pt", state_dict=state)
+    with pytest.raises(ArtifactError, match=f"weights {first} are not finite"):
+        load_checkpoint(nan)
+
+    img = tmp_path / "img.jpg"
+    cv2.imwrite(str(img), (np.arange(32 * 32 * 3) % 255).astype(np.uint8).reshape(32, 32, 3))
+    data = tmp_path / "data"
+    for name in ("0", "1"):
+        (data / name).mkdir(parents=True)
+        cv2.imwrite(str(data / name / "a.png"), np.full((32, 32, 3), 90, np.uint8))
+    for bad in (nine, big, nan):
+        for args in (["predict", str(bad), str(img), "-k", "10"], ["eval", str(bad), str(data)],
+                     ["export", str(bad), "--out", str(tmp_path / "x.onnx")]):
+            result = runner.invoke(app, args)
+            assert result.exit_code == 4, (args, result.output)
+            assert bad.name in result.stderr and "internal" not in result.stderr
+    assert not (tmp_path / "x.onnx").exists()
