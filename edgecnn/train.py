@@ -513,10 +513,13 @@ class _Run:
         self.bad_epochs = int(extra.get("bad_epochs", 0))
         self.best_source: Path | None = None  # resume: the earlier run's best checkpoint, put at --out with the first save
         if ckpt is not None:
-            if "optimizer" in extra:
+            if "optimizer" not in extra:  # e.g. stripped to make the file smaller: the moments start from zero
+                self._warn(f"--resume {cfg.resume} holds no optimizer state: the {cfg.optimizer} optimizer starts "
+                           "afresh, so this is not an exact continuation of the run")
+            else:
                 try:
                     self.optimizer.load_state_dict(extra["optimizer"])
-                except (ValueError, KeyError) as exc:
+                except (ValueError, KeyError, TypeError) as exc:
                     raise UserInputError(f"--resume {cfg.resume}: its optimizer state does not fit this "
                                          f"{cfg.optimizer} optimizer ({exc!r}); start a new run") from exc
             self._find_earlier_best(ckpt)

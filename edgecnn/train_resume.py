@@ -14,7 +14,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edgecnn.errors import EdgeCNNError, UserInputError
+from edgecnn.errors import ArtifactError, EdgeCNNError, UserInputError
 
 if TYPE_CHECKING:
     from edgecnn.train import TrainConfig
@@ -25,6 +25,58 @@ RESUMED_SETTINGS = ("optimizer", "lr", "weight_decay", "batch_size", "schedule",
 # Which images and when to stop: taken from the checkpoint unless given (the split digest guards the images).
 INHERITED_SETTINGS = ("val", "val_split", "epochs", "patience", "time_budget")
 _FLAGS = {"augment": "--augment/--no-augment", "channels_last": "(channels_last)"}
+
+
+_INT, _NUMBER, _TEXT, _BOOL = "an integer", "a number", "text", "true or false"
+# The type each inherited setting must have in the checkpoint's training record (None allowed where the field has
+# no value by default): a hand-edited or damaged record is refused by name, not met later as a TypeError.
+_SETTING_TYPES = {
+    "optimizer": (_TEXT, False), "lr": (_NUMBER, True), "weight_decay": (_NUMBER, True), "batch_size": (_INT, False),
+    "schedule": (_TEXT, False), "warmup": (_NUMBER, False), "label_smoothing": (_NUMBER, False),
+    "augment": (_BOOL, False), "crop_pad": (_INT, True), "seed": (_INT, False), "channels_last": (_BOOL, False),
+    "val": (_TEXT, True), "val_split": (_NUMBER, True), "epochs": (_INT, False), "patience": (_INT, True),
+    "time_budget": (_NUMBER, True),
+}
+_STATE_TYPES = {"epoch": (_INT, False), "best_epoch": (_INT, False), "bad_epochs": (_INT, False),
+                "best_val_acc": (_NUMBER, True)}
+
+
+def _has_type(value, kind: str) -> bool:
+    if kind == _BOOL:
+        return isinstance(value, bool)
+    if isinstance(value, bool):  # True is an int to Python, not a batch size
+        return False
+    if kind == _INT:
+        return isinstance(value, int)
+    if kind == _NUMBER:
+        return isinstance(value, (int, float))
+    return isinstance(value, str)
+
+
+def check_resume_record(path, ckpt: dict) -> None:
+    """The training record and resumable state of a `--resume` checkpoint have the types a run writes, or an
+    ArtifactError names the file and the field (a batch size of 'abc' was a TypeError, exit 70)."""
+    training, extra = ckpt.get("training"), ckpt.get("extra")
+    for name, value in (("training", training), ("extra", extra)):
+        if value is not None and not isinstance(value, dict):
+            raise ArtifactError(f"--resume {path}: its {name} record is a {type(value).__name__}, expected a dict")
+    training, extra = training or {}, extra or {}
+    config = training.get("config")
+    if config is not None and not isinstance(config, dict):
+        raise ArtifactError(f"--resume {path}: its training config is a {type(config).__name__}, expected a dict")
+    checks = [("training config", config or {}, _SETTING_TYPES), ("training record", training, {"lr": (_NUMBER, True), "world_size": (_INT, True)}),
+              ("resumable state", extra, _STATE_TYPES)]
+    for where, record, types in checks:
+        for key, (kind, optional) in types.items():
+            if key not in record or (optional and record[key] is None) or _has_type(record[key], kind):
+                continue
+            raise ArtifactError(f"--resume {path}: damaged {where}: {key} is {record[key]!r}, expected {kind}; "
+                                "resume from an undamaged checkpoint of the run, or start a new run")
+    history = extra.get("history", [])
+    if not isinstance(history, list) or not all(
+        isinstance(row, dict) and _has_type(row.get("seconds"), _NUMBER) for row in history
+    ):
+        raise ArtifactError(f"--resume {path}: damaged resumable state: history is not a list of epoch records")
 
 
 def _flag(key: str) -> str:
@@ -71,6 +123,7 @@ def resumed_config(cfg: TrainConfig, ckpt: dict) -> TrainConfig:
     """`cfg` with the checkpoint run's settings filled in (see the module docstring)."""
     from edgecnn.artifacts import ModelContract
 
+    check_resume_record(cfg.resume, ckpt)
     training = ckpt.get("training") or {}
     earlier = dict(training.get("config") or {})
     if not earlier:  # a checkpoint without its run's settings (not written by edgecnn train): nothing to take over

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -553,6 +554,31 @@ def test_resume_without_options_continues_the_planned_run(folder, tmp_path):
     assert [r["lr"] for r in resumed.history] == pytest.approx([r["lr"] for r in straight.history], rel=1e-6)
     config = read_checkpoint(resumed.last_checkpoint)["training"]["config"]
     assert (config["epochs"], config["patience"], config["time_budget"]) == (3, 5, None)
+
+
+def test_resume_from_a_damaged_or_stripped_checkpoint(folder, tmp_path):
+    """A training record of the wrong types (batch_size 'abc') is an ArtifactError naming the field (was a TypeError,
+    exit 70); a checkpoint whose optimizer state was removed resumes with a warning that it is not exact."""
+    from edgecnn.errors import ArtifactError
+
+    last = _interrupted(folder, tmp_path / "a" / "m.pt", epochs=2)
+    ckpt = torch.load(last, weights_only=True)
+    for where, key, value in (("config", "batch_size", "abc"), ("config", "augment", 1), ("config", "epochs", 2.5),
+                              ("extra", "epoch", "1"), ("training", "world_size", [1])):
+        bad = {**ckpt, "training": {**ckpt["training"], "config": dict(ckpt["training"]["config"])},
+               "extra": dict(ckpt["extra"])}
+        (bad["training"]["config"] if where == "config" else bad[where])[key] = value
+        path = tmp_path / f"bad-{key}.last.pt"
+        torch.save(bad, path)
+        with pytest.raises(ArtifactError, match=rf"bad-{key}.last.pt: damaged .*{key} is {re.escape(repr(value))}"):
+            fit(TrainConfig(data=folder, arch="", out=tmp_path / "b" / "m.pt", resume=path, given=frozenset()))
+    assert not (tmp_path / "b").exists()
+
+    stripped = tmp_path / "stripped.last.pt"
+    torch.save({**ckpt, "extra": {k: v for k, v in ckpt["extra"].items() if k != "optimizer"}}, stripped)
+    result = fit(TrainConfig(data=folder, arch="", out=tmp_path / "c" / "m.pt", resume=stripped, given=frozenset()))
+    assert result.epochs_run == 2
+    assert any("holds no optimizer state" in w and "not an exact continuation" in w for w in result.warnings)
 
 
 def test_resume_refuses_another_split_and_keeps_its_val_folder(folder, tmp_path):
