@@ -78,6 +78,8 @@ class ModelContract:
             raise ArtifactError(f"Model contract is missing {exc}: not an edgecnn artifact, or a damaged one") from exc
         except (TypeError, AttributeError, ValueError) as exc:
             raise ArtifactError(f"Model contract is damaged: {exc}") from exc
+        except UserInputError as exc:  # e.g. std 0: the file's preprocessing is wrong, not the user's command line
+            raise ArtifactError(str(exc)) from exc
         if not labels:
             raise ArtifactError("Model contract has no labels")
         keys = d.get("label_keys")
@@ -116,7 +118,10 @@ class ModelContract:
                     d[key] = json.loads(raw)
                 except json.JSONDecodeError as exc:
                     raise ArtifactError(f"{source}: metadata {META_PREFIX + key} is not valid JSON") from exc
-        return cls.from_dict(d)
+        try:
+            return cls.from_dict(d)
+        except ArtifactError as exc:  # name the file whose metadata is wrong
+            raise ArtifactError(f"{source}: {exc}") from exc
 
 
 # ---------------------------------------------------------------- atomic writes

@@ -156,3 +156,75 @@ def test_an_unwritable_model_cache_is_one_line(tmp_path, monkeypatch, cache):
     result = CliRunner().invoke(app, ["predict", "efficientnet-lite0", str(img)])
     assert result.exit_code == 2, result.output
     assert "EDGECNN_CACHE" in result.stderr and "internal" not in result.stderr
+
+
+def _edit_contract(src, dst, **changes):
+    """A copy of an ONNX model whose edgecnn metadata has `changes` (JSON values) written over it."""
+    import onnx
+
+    m = onnx.load(str(src))
+    for prop in m.metadata_props:
+        key = prop.key.removeprefix("edgecnn.")
+        if key in changes:
+            prop.value = json.dumps(changes[key])
+    onnx.save(m, str(dst))
+    return dst
+
+
+def _small_graph(path, input_type, head):
+    """A real ONNX classifier-like graph: `input_type` input (N, 3, 32, 32), then `head` ('flat': (N, 3) scores;
+    'map': (N, 3, 1, 1), what a model that was never flattened outputs), with an edgecnn contract for 3 labels."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edgecnn.artifacts import ModelContract, save_onnx, write_onnx_contract
+    from edgecnn.preprocess import PreprocessConfig
+
+    nodes = [helper.make_node("Cast", ["input"], ["x"], to=TensorProto.FLOAT),
+             helper.make_node("GlobalAveragePool", ["x"], ["gap"])]
+    if head == "flat":
+        nodes.append(helper.make_node("Flatten", ["gap"], ["logits"]))
+        out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])
+    else:
+        nodes.append(helper.make_node("Identity", ["gap"], ["logits"]))
+        out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3, 1, 1])
+    graph = helper.make_graph(nodes, "small", [helper.make_tensor_value_info("input", input_type, ["N", 3, 32, 32])],
+                              [out])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    write_onnx_contract(model, ModelContract(labels=LABELS, preprocess=PreprocessConfig(input_size=(32, 32))))
+    return save_onnx(model, path)
+
+
+def test_a_damaged_onnx_contract_is_an_artifact_error_naming_the_file(tmp_path):
+    """Problems inside the model file are exit 4 with the file's name, found at load: never 'Invalid preprocessing'
+    blamed on the user (exit 2), a failure at the first inference, or an internal error."""
+    import cv2
+    from typer.testing import CliRunner
+
+    from conftest import build_tiny_onnx
+    from edgecnn.artifacts import read_onnx_contract
+    from edgecnn.cli.main import app
+    from edgecnn.errors import ArtifactError
+    from edgecnn.runtime.onnxrt import OnnxRuntimeRunner
+
+    good = build_tiny_onnx(tmp_path / "tiny.onnx", labels=LABELS, size=(32, 32))
+    pre = read_onnx_contract(good).preprocess.to_dict()
+    OnnxRuntimeRunner(_small_graph(tmp_path / "float.onnx", 1, "flat")).close()  # the small graph itself is fine
+    cases = [
+        (_edit_contract(good, tmp_path / "std0.onnx", preprocess={**pre, "std": [0, 0, 0]}), r"std0.onnx: .*std"),
+        (_edit_contract(good, tmp_path / "size64.onnx", preprocess={**pre, "input_size": [64, 64]}),
+         r"size64.onnx: its input is \(N, 3, 32, 32\) but its metadata's preprocessing makes \(N, 3, 64, 64\)"),
+        (_small_graph(tmp_path / "uint8.onnx", 2, "flat"), r"uint8.onnx takes uint8 input; edgecnn models take float32"),
+        (_small_graph(tmp_path / "map.onnx", 1, "map"), r"map.onnx: its output 'logits' has shape \(N, 3, 1, 1\), "
+                                                          r"not \(batch, classes\)"),
+    ]
+    img = tmp_path / "img.jpg"
+    cv2.imwrite(str(img), np.full((32, 32, 3), 100, np.uint8))
+    for path, match in cases:
+        with pytest.raises(ArtifactError, match=match):
+            load(path)
+        result = CliRunner().invoke(app, ["predict", str(path), str(img)])
+        assert result.exit_code == 4, result.output
+        assert path.name in result.stderr and "internal" not in result.stderr

@@ -135,10 +135,18 @@ class OnnxRuntimeRunner(Runner):
         if len(inputs) != 1:
             raise ArtifactError(f"{path} has {len(inputs)} inputs; edgecnn runs single-input classifiers")
         inp = inputs[0]
+        if inp.type != "tensor(float)":  # infer() feeds preprocess() output: float32, nothing else
+            raise ArtifactError(f"{path} takes {inp.type.replace('tensor(', '').rstrip(')')} input; edgecnn models "
+                                "take float32 (preprocessed) input: export the model with a float32 input")
         shape = tuple(d if isinstance(d, int) and d > 0 else None for d in inp.shape)
+        _check_input_shape(path, shape, contract)
         fixed = shape[0]
         spec = InputSpec(name=inp.name, shape=shape, min_batch=fixed or 1, max_batch=fixed)
         output = self.session.get_outputs()[0]
+        if output.shape is not None and len(output.shape) not in (0, 2):  # rank 0 here: ORT does not know it
+            out_shape = ", ".join(d if isinstance(d, str) else str(d) for d in output.shape)
+            raise ArtifactError(f"{path}: its output {output.name!r} has shape ({out_shape}), not (batch, classes): "
+                                "edgecnn runs classifiers that output one score per class (flatten the output)")
         classes = output.shape[-1] if output.shape and isinstance(output.shape[-1], int) and output.shape[-1] > 0 else None
         super().__init__(path, contract, spec, classes)
         self.output_name = output.name
@@ -156,6 +164,18 @@ class OnnxRuntimeRunner(Runner):
 
     def close(self) -> None:
         self.session = None
+
+
+def _check_input_shape(path: Path, shape: tuple, contract: ModelContract) -> None:
+    """The graph's input must be the shape the contract's preprocessing produces: a mismatch (metadata for 64×64 on
+    a 32×32 graph) is a damaged artifact, refused at load instead of failing at the first inference as if the user's
+    images were wrong."""
+    want = contract.preprocess.input_shape(None)
+    if len(shape) != len(want) or any(g is not None and w is not None and g != w for g, w in zip(shape, want)):
+        fmt = lambda s: "(" + ", ".join("N" if d is None else str(d) for d in s) + ")"  # noqa: E731
+        raise ArtifactError(f"{path}: its input is {fmt(shape)} but its metadata's preprocessing makes "
+                            f"{fmt(want)} ({contract.preprocess.layout.upper()}, input_size "
+                            f"{list(contract.preprocess.input_size)}): re-export it (`edgecnn export`)")
 
 
 def _open(path: Path, **options) -> Runner:
