@@ -371,6 +371,9 @@ def _validate(cfg: TrainConfig) -> None:
         raise UserInputError(f"optimizer must be one of {OPTIMIZERS}, got {cfg.optimizer!r}")
     if cfg.schedule not in SCHEDULES:
         raise UserInputError(f"schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
+    if "num_classes" in cfg.arch_kwargs:  # it would be replaced silently by the number of class folders
+        raise UserInputError(f"--arch-opt num_classes={cfg.arch_kwargs['num_classes']}: the number of classes comes from "
+                             "the class folders of the data; drop it")
     if not 0.0 <= cfg.label_smoothing < 1.0:
         raise UserInputError(f"label smoothing must be in [0, 1), got {cfg.label_smoothing}")
     _validate_paths(cfg)

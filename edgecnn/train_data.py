@@ -32,7 +32,9 @@ class Split:
 
 
 def _stratified_split(labels: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """(train indices, val indices): `fraction` of every class held out (at least one image when a class has two)."""
+    """(train indices, val indices): `fraction` of every class held out (at least one image when a class has two),
+    and at least one image of every class kept for training: a class with a single image trains on it (a class the
+    model never sees in training cannot be learnt, and moving it to validation only measures that)."""
     rng = np.random.default_rng(seed)
     labels_arr = np.asarray(labels)
     train, val = [], []
@@ -41,7 +43,8 @@ def _stratified_split(labels: list[int], fraction: float, seed: int) -> tuple[li
         rng.shuffle(idx)
         k = int(round(len(idx) * fraction))
         if fraction > 0 and len(idx) >= 2:
-            k = min(max(k, 1), len(idx) - 1)
+            k = max(k, 1)
+        k = min(k, len(idx) - 1)
         val += idx[:k].tolist()
         train += idx[k:].tolist()
     return sorted(train), sorted(val)

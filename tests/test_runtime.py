@@ -98,6 +98,9 @@ def test_load_errors(tmp_path):
         load(tmp_path)
     with pytest.raises(UserInputError, match="Unknown backend"):
         backend_for(tmp_path / "m.onnx", "nope")
+    onnx_model = _onnx_model(tmp_path)  # the torch backend on an ONNX file: the real mistake, not 'a plain pickle'
+    with pytest.raises(UserInputError, match=r"torch backend runs .pt checkpoints, not tiny.onnx: .*--backend onnxrt"):
+        load(onnx_model, backend="torch")
 
 
 def test_labels_must_match_the_models_outputs(tmp_path):

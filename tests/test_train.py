@@ -254,7 +254,25 @@ def test_bad_options_are_user_errors(folder, tmp_path):
         fit(_cfg(folder, tmp_path / "m.pt", pretrained=True))
     with pytest.raises(UserInputError, match="does not take"):
         fit(_cfg(folder, tmp_path / "m.pt", arch_kwargs={"width_mult": 2}))
+    with pytest.raises(UserInputError, match="num_classes=3: the number of classes comes from the class folders"):
+        fit(_cfg(folder, tmp_path / "m.pt", arch_kwargs={"num_classes": 3}))  # was silently replaced by 2
     assert not any(tmp_path.glob("m.*"))
+
+
+def test_val_split_keeps_a_training_image_of_every_class(tmp_path):
+    """A class with a single image trains on it: --val-split moved it to validation, so the model never saw the
+    class (3+ classes: silently; 2 classes: an error blaming unreadable images)."""
+    from edgecnn.train_data import _stratified_split
+
+    labels = [0] * 5 + [1] + [2] * 4
+    train, val = _stratified_split(labels, 0.6, seed=0)
+    assert sorted({labels[i] for i in train}) == [0, 1, 2] and 5 in train and 5 not in val
+    assert sorted({labels[i] for i in val}) == [0, 2]
+    data = make_image_folder(tmp_path / "data", classes=("cat",), per_class=5)
+    make_image_folder(tmp_path / "dog", classes=("dog",), per_class=1, seed=1)
+    (tmp_path / "dog" / "dog").rename(data / "dog")
+    result = fit(_cfg(data, tmp_path / "m.pt", epochs=1, val_split=0.6))
+    assert (result.num_train, result.num_val) == (3, 3)
 
 
 def test_arch_kwargs_travel_into_the_checkpoint(folder, tmp_path):

@@ -66,7 +66,7 @@ def register(app: typer.Typer) -> None:
         label_smoothing: Annotated[float, typer.Option("--label-smoothing")] = 0.1,
         augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Random crop with padding + horizontal flip.")] = True,
         crop_pad: Annotated[Optional[int], typer.Option("--crop-pad", help="Random-crop padding in px (default 1/8 of the side: 4 at 32×32).")] = None,
-        arch_opt: Annotated[Optional[list[str]], typer.Option("--arch-opt", help="Builder option KEY=VALUE, repeatable (e.g. width_mult=0.5).")] = None,
+        arch_opt: Annotated[Optional[list[str]], typer.Option("--arch-opt", help="Builder option KEY=VALUE, repeatable (e.g. width_mult=0.5); not num_classes: the class folders set it.")] = None,
         force: Annotated[bool, typer.Option("--force", help="Replace an earlier run's checkpoint and side files at --out.")] = False,
         json_out: Annotated[bool, typer.Option("--json", help="Print the training summary as JSON on stdout.")] = False,
     ):

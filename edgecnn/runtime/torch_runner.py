@@ -38,6 +38,17 @@ class TorchRunner(Runner):
 
 
 def _open(path: Path, **options) -> Runner:
+    """A file another backend runs (--backend torch on model.onnx) is refused by its suffix: torch.load's own
+    complaint about it ('a plain pickle ...') says nothing about the real mistake."""
+    from edgecnn.errors import UserInputError
+    from edgecnn.runtime.base import backends
+
+    suffix = Path(path).suffix.lower()
+    if suffix not in BACKEND.suffixes:
+        other = next((b.name for b in backends().values() if suffix in b.suffixes), None)
+        if other is not None:
+            raise UserInputError(f"The torch backend runs .pt checkpoints, not {Path(path).name}: leave --backend out "
+                                 f"(or use --backend {other}) for {suffix} files")
     return TorchRunner(path, **options)
 
 
