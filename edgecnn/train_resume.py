@@ -64,7 +64,8 @@ def check_resume_record(path, ckpt: dict) -> None:
     config = training.get("config")
     if config is not None and not isinstance(config, dict):
         raise ArtifactError(f"--resume {path}: its training config is a {type(config).__name__}, expected a dict")
-    checks = [("training config", config or {}, _SETTING_TYPES), ("training record", training, {"lr": (_NUMBER, True), "world_size": (_INT, True)}),
+    checks = [("training config", config or {}, _SETTING_TYPES),
+              ("training record", training, {"lr": (_NUMBER, True), "world_size": (_INT, True)}),
               ("resumable state", extra, _STATE_TYPES)]
     for where, record, types in checks:
         for key, (kind, optional) in types.items():
