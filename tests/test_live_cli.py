@@ -306,3 +306,67 @@ def test_a_truncated_video_warns(tiny_onnx, tmp_path):
     result = CliRunner().invoke(app, ["live", str(tiny_onnx), "--source", str(cut), "--headless", "--no-pace"])
     assert result.exit_code == 0, result.output
     assert "of the 60 frames its header declares" in result.stderr
+
+
+# ---------------------------------------------------------------- Ctrl-C twice, and Ctrl-C after the run
+
+
+def _start_live_recording(tiny_onnx, video, out):
+    """A looping headless live run with --json and --record; returns (process, stdout lines, event set after 5)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgecnn", "live", str(tiny_onnx), "--source", str(video), "--loop", "--headless",
+         "--json", "--record", str(out)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    lines: list[str] = []
+    seen = threading.Event()
+
+    def reader():
+        for line in proc.stdout:
+            lines.append(line)
+            if len(lines) >= 5:
+                seen.set()
+        seen.set()
+
+    threading.Thread(target=reader, daemon=True).start()
+    return proc, lines, seen
+
+
+@pytest.mark.parametrize("gap_s", [0.01, 0.03, 0.05, 0.07])
+def test_a_second_ctrl_c_during_shutdown_never_leaves_a_temporary_recording(tiny_onnx, tmp_path, gap_s):
+    video = write_video(tmp_path / "clip.mp4", frames=30)
+    out = tmp_path / "rec.mp4"
+    proc, lines, seen = _start_live_recording(tiny_onnx, video, out)
+    try:
+        assert seen.wait(60), "no frames from the live loop"
+        proc.send_signal(signal.SIGINT)
+        time.sleep(gap_s)
+        proc.send_signal(signal.SIGINT)  # impatient: lands while the loop stops and the video is finished
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stderr = proc.stderr.read()
+    assert proc.returncode == 0, stderr  # the second Ctrl-C waits for the recording (it says so), then exits 0
+    assert out.exists() and count_frames(out) >= 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "rec.mp4", "tiny.onnx"]  # no hidden .rec.mp4.xxxx.mp4
+
+
+def test_ctrl_c_after_the_run_has_ended_does_not_change_its_exit(tiny_onnx, tmp_path):
+    video = write_video(tmp_path / "clip.mp4", frames=30)
+    out = tmp_path / "rec.avi"
+    proc, lines, seen = _start_live_recording(tiny_onnx, video, out)
+    try:
+        assert seen.wait(60), "no frames from the live loop"
+        proc.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + 60
+        while not any('"summary"' in line for line in lines) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.001)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)  # the summary is out: the run is over
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, proc.stderr.read()  # not -2 (killed by SIGINT), not 130
+    assert out.exists()

@@ -459,3 +459,49 @@ def test_a_truncated_video_is_noticed(tiny_onnx, tmp_path):
     assert not whole.truncated and whole.frames_expected == 60
     assert short.truncated and short.frames_read < 60 == short.frames_expected
     assert short.to_dict()["frames_expected"] == 60
+
+
+# ---------------------------------------------------------------- a second Ctrl-C while the loop shuts down
+
+
+class _InterruptedSink:
+    """A sink whose close() is where a second Ctrl-C lands (its KeyboardInterrupt raised there)."""
+
+    needs_image = False
+
+    def handle(self, result, image=None) -> bool:
+        return True
+
+    def close(self) -> None:
+        raise KeyboardInterrupt
+
+
+def test_ctrl_c_landing_in_a_sink_close_still_finishes_the_recording(tiny_onnx, tmp_path):
+    video = write_video(tmp_path / "clip.mp4", frames=10)
+    out = tmp_path / "rec.avi"
+    with load(tiny_onnx) as runner:
+        recorder = VideoRecorder(out, fps=30)
+        cap = ThreadedCapture(parse_source(str(video)), pace=False).start()
+        with pytest.raises(KeyboardInterrupt):  # the interruption still ends the run (exit 130 in the CLI)
+            run_live(runner, cap, LiveOptions(), [_InterruptedSink(), recorder])
+    assert not cap._thread.is_alive()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "rec.avi", "tiny.onnx"]  # no .rec.avi.xxxx
+    assert len(_decoded(out)[0]) == 10
+
+
+def test_ctrl_c_inside_the_recorder_close_removes_its_temporary_file(tiny_onnx, tmp_path, monkeypatch):
+    import edgecnn.camera.sinks as sinks
+
+    video = write_video(tmp_path / "clip.mp4", frames=5)
+    out = tmp_path / "rec.mp4"
+    recorder = VideoRecorder(out, fps=30)
+
+    def interrupted(*args):  # a Ctrl-C arriving while the finished video is checked, before it is moved into place
+        raise KeyboardInterrupt
+
+    with load(tiny_onnx) as runner:
+        monkeypatch.setattr(sinks, "_recording_problem", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            run(runner, video, sinks=[recorder])
+    assert recorder.tmp is None and recorder.writer is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "tiny.onnx"]  # neither rec.mp4 nor a temp file

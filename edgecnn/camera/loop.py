@@ -276,13 +276,18 @@ def run_live(
                 break
     finally:
         elapsed = clock() - t_begin
-        capture.close()
+        # Close the capture and every sink even if one of them fails, or is interrupted: a second Ctrl-C raising
+        # KeyboardInterrupt inside capture.close() must not leave the recording unfinished (its temporary file
+        # behind). An interruption wins over errors; otherwise the first failure is reported.
         errors = []
-        for sink in sinks:
+        for close in [capture.close, *(sink.close for sink in sinks)]:
             try:
-                sink.close()
-            except Exception as exc:  # close every sink even if one fails; report the first failure
+                close()
+            except BaseException as exc:
                 errors.append(exc)
+        interrupted = next((exc for exc in errors if not isinstance(exc, Exception)), None)
+        if interrupted is not None:
+            raise interrupted
         if errors and sys.exc_info()[1] is None:  # the loop ended normally: the summary travels with the error
             errors[0].summary = _summary(capture, processed, elapsed, end_reason, hist, source_error, span)
         if errors:

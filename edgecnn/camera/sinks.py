@@ -292,6 +292,25 @@ class VideoRecorder:
         return True
 
     def close(self) -> None:
+        """Finish the video and move it into place. Anything that interrupts this (a second Ctrl-C raising
+        KeyboardInterrupt in the middle of it) removes the temporary file before it propagates: no hidden
+        `.name.xxxx.mp4` is ever left behind."""
+        try:
+            self._finish()
+        except BaseException:
+            self._discard()
+            raise
+
+    def _discard(self) -> None:
+        """Release the writer and remove the temporary file (an interrupted or failed close)."""
+        writer, self.writer = self.writer, None
+        tmp, self.tmp = self.tmp, None
+        if writer is not None:
+            writer.release()
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+
+    def _finish(self) -> None:
         if self._pending:  # frames still held back (a run shorter than the measuring window: measure what there is)
             if not self._measured:
                 self._start_clock()
@@ -300,9 +319,10 @@ class VideoRecorder:
             return
         self.writer.release()
         self.writer = None
-        tmp, self.tmp = self.tmp, None
+        tmp = self.tmp  # self.tmp stays set until the file is in place or removed (see close)
         if not self.frames:
             tmp.unlink(missing_ok=True)
+            self.tmp = None
             return
         kept = f"the existing {self.path.name} was left as it was" if os.path.lexists(self.path) else "no video was written"
         problem = _recording_problem(tmp, self.frames)
@@ -310,10 +330,12 @@ class VideoRecorder:
         if problem is None:
             try:
                 put_in_place(tmp, self.path)  # mkstemp makes 0600; a video is an ordinary user file
+                self.tmp = None
                 return
             except OSError as exc:
                 problem, hint = f"it could not be moved into place: {exc.strerror or exc}", ""
         tmp.unlink(missing_ok=True)
+        self.tmp = None
         self.frames = 0
         raise RecordingError(
             f"Recording {self.path} is unusable: {problem}{hint}; the incomplete video was removed and {kept}"

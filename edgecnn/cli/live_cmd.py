@@ -42,7 +42,7 @@ def live(
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="ONNX Runtime CPU threads; cores-1 leaves a core for capture (most efficient pipeline)."),
 ):
     """Run the live loop until the source ends, --max-frames, q/Esc, or Ctrl-C / SIGTERM (which still finalise the
-    recording and print the summary)."""
+    recording and print the summary; with --record a second Ctrl-C waits for the video to be finished)."""
     import json
     import signal
     import sys
@@ -84,11 +84,25 @@ def live(
     runner = load(model, backend=backend, **load_options)
     stop = threading.Event()
     previous = {}
+    deferred = []  # a second Ctrl-C that came while the recording was being finished
+    finished = threading.Event()  # run_live has returned: nothing is left to cut short
 
     def on_signal(signum, _frame):
-        if stop.is_set() and signum == signal.SIGINT:  # second Ctrl-C: stop waiting
-            raise KeyboardInterrupt
-        stop.set()
+        """First Ctrl-C / SIGTERM: stop the loop (it finishes the recording and prints the summary). A second Ctrl-C
+        cuts the shutdown short (a stream slow to close: exit 130), except with --record: cutting it short could
+        land in the middle of finishing the video and lose it, so it is deferred (the shutdown is bounded: the
+        capture thread is given at most 10 s)."""
+        if not stop.is_set():
+            stop.set()
+            return
+        if signum != signal.SIGINT or finished.is_set():
+            return
+        if recorder is not None:
+            if not deferred:
+                deferred.append(signum)
+                _note_on_stderr("finishing the recording, one moment (Ctrl-C is deferred until it is complete)")
+            return
+        raise KeyboardInterrupt
 
     try:
         capture = ThreadedCapture(
@@ -117,8 +131,11 @@ def live(
                 raise
             sink_error = exc
     finally:
+        finished.set()
         for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            # Stopped by a signal: the run is over, and one more Ctrl-C now (while the summary prints) must neither
+            # kill the process by signal nor turn a finished run into exit 130: ignore any further ones until exit.
+            signal.signal(sig, signal.SIG_IGN if stop.is_set() else handler)
         runner.close()
 
     if json_out and json_sink.stop_reason is None:
@@ -144,6 +161,17 @@ def live(
         raise SourceError(f"No frames from {spec.display} ({detail})")
     if unreadable:
         warn(f"{unreadable} in {spec.display}")
+
+
+def _note_on_stderr(text: str) -> None:
+    """One line on stderr from a signal handler: os.write, since the handler may run while the main thread is inside
+    a buffered write to sys.stderr (a reentrant call would fail)."""
+    import os
+
+    try:
+        os.write(2, f"note: {text}\n".encode())
+    except OSError:
+        pass
 
 
 def _discard_stdout() -> None:
