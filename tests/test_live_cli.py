@@ -370,3 +370,17 @@ def test_ctrl_c_after_the_run_has_ended_does_not_change_its_exit(tiny_onnx, tmp_
             proc.kill()
     assert proc.returncode == 0, proc.stderr.read()  # not -2 (killed by SIGINT), not 130
     assert out.exists()
+
+
+def test_json_of_a_model_that_outputs_nan_is_strict_json(tmp_path):
+    from test_live_loop import build_broken_onnx, strict_loads
+
+    model = build_broken_onnx(tmp_path / "broken.onnx", float("nan"))
+    video = write_video(tmp_path / "clip.mp4", frames=3)
+    result = CliRunner().invoke(
+        app, ["live", str(model), "--source", str(video), "--headless", "--json", "--no-pace", "--threshold", "0.5"]
+    )
+    assert result.exit_code == 0, result.output
+    records = [strict_loads(line) for line in result.stdout.splitlines()]  # no NaN anywhere, summary included
+    assert [d["type"] for d in records] == ["frame"] * 3 + ["summary"]
+    assert all(d["label"] == "unknown" and d["score"] is None for d in records[:3])

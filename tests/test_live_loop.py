@@ -505,3 +505,57 @@ def test_ctrl_c_inside_the_recorder_close_removes_its_temporary_file(tiny_onnx, 
             run(runner, video, sinks=[recorder])
     assert recorder.tmp is None and recorder.writer is None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "tiny.onnx"]  # neither rec.mp4 nor a temp file
+
+
+# ---------------------------------------------------------------- a model that outputs NaN or inf
+
+
+def build_broken_onnx(path, bias: float):
+    """The tiny classifier with `bias` (nan or inf) in its last layer: every logit row is non-finite."""
+    import onnx
+    from onnx import numpy_helper
+
+    from conftest import build_tiny_onnx
+    from edgecnn.artifacts import save_onnx
+
+    model = onnx.load(str(build_tiny_onnx(path)))
+    for i, init in enumerate(model.graph.initializer):
+        if init.name == "fc.b":
+            values = numpy_helper.to_array(init).copy()
+            values[0] = bias
+            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(values, "fc.b"))
+    return save_onnx(model, path)
+
+
+def strict_loads(line: str):
+    """json.loads that refuses NaN / Infinity, as jq and JavaScript do."""
+    def refuse(name):
+        raise ValueError(f"not JSON: {name}")
+
+    return json.loads(line, parse_constant=refuse)
+
+
+def test_non_finite_probabilities_are_unknown_and_do_not_poison_the_ema():
+    post = Postprocessor(["a", "b"], LiveOptions(top_k=2, smoothing=0.5))
+    top, label, score = post(np.array([np.nan, 1.0], np.float32))
+    assert label == "unknown" and not np.isfinite(score)  # threshold 0: NaN still is no prediction
+    top, label, score = post(np.array([5.0, 0.0], np.float32))
+    assert label == "a" and np.isfinite(score)  # the NaN frame was kept out of the average
+    _, label, _ = Postprocessor(["a", "b"], LiveOptions(threshold=0.5))(np.array([np.inf, 1.0], np.float32))
+    assert label == "unknown"
+
+
+@pytest.mark.parametrize("bias", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_json_lines_of_a_nan_model_are_strict_json_with_unknown_labels(tmp_path, bias):
+    from edgecnn.camera.overlay import annotate
+
+    model = build_broken_onnx(tmp_path / "broken.onnx", bias)
+    video = write_video(tmp_path / "clip.mp4", frames=4)
+    buf = io.StringIO()
+    with load(model) as runner:
+        results, _ = run(runner, video, LiveOptions(threshold=0.5), sinks=[JsonLinesSink(buf)])
+        annotate(np.zeros((48, 64, 3), np.uint8), results[0])  # the overlay draws it (an empty bar), no crash
+    lines = [strict_loads(line) for line in buf.getvalue().splitlines()]
+    assert len(lines) == 4
+    assert all(d["label"] == "unknown" and d["score"] is None for d in lines)
+    assert all(t["score"] is None for d in lines for t in d["top"])

@@ -161,19 +161,24 @@ class Postprocessor:
         self.state: np.ndarray | None = None
 
     def __call__(self, logits: np.ndarray) -> tuple[list[tuple[str, float]], str, float]:
+        """A model that outputs NaN or inf (a broken export, an overflowing INT8 build) gives NaN probabilities: the
+        frame is reported as the unknown label whatever the threshold (NaN compares false with everything, so it
+        would otherwise pass any --threshold), and it is kept out of the EMA, which it would poison for good."""
         row = np.asarray(logits, dtype=np.float32).reshape(-1)
         if row.min() >= 0.0 and row.max() <= 1.0 and abs(float(row.sum()) - 1.0) < 1e-3:
             probs = row
         else:
-            probs = softmax(row)
+            with np.errstate(invalid="ignore"):  # inf logits: inf - inf; the NaN is handled below, no warning per run
+                probs = softmax(row)
+        finite = bool(np.isfinite(probs).all())
         a = self.options.smoothing
-        if a > 0.0:
+        if a > 0.0 and finite:
             self.state = probs if self.state is None else a * self.state + (1.0 - a) * probs
             probs = self.state
         idx = top_indices(probs, self.k)
         top = [(self.labels[i], float(probs[i])) for i in idx]
         label, score = top[0]
-        if score < self.options.threshold:
+        if not finite or not score >= self.options.threshold:
             label = self.options.unknown_label
         return top, label, score
 

@@ -26,7 +26,7 @@ def annotate(image: np.ndarray, result) -> np.ndarray:
         shown = result.label if i == 0 else name
         colour = (80, 230, 80) if i == 0 and shown == name else (0, 200, 255) if i == 0 else (230, 230, 230)
         x0 = pad
-        cv2.rectangle(image, (x0, y - int(14 * scale)), (x0 + int(bar_w * score), y), colour, -1)
+        cv2.rectangle(image, (x0, y - int(14 * scale)), (x0 + int(bar_w * _bar(score)), y), colour, -1)
         cv2.rectangle(image, (x0, y - int(14 * scale)), (x0 + bar_w, y), (160, 160, 160), 1)
         text = f"{shown[:28]} {score * 100:5.1f}%"
         cv2.putText(image, text, (x0 + bar_w + pad, y), FONT, 0.55 * scale, colour, thick, cv2.LINE_AA)
@@ -38,3 +38,8 @@ def annotate(image: np.ndarray, result) -> np.ndarray:
     )
     cv2.putText(image, status, (pad, y), FONT, 0.5 * scale, (255, 255, 255), thick, cv2.LINE_AA)
     return image
+
+
+def _bar(score: float) -> float:
+    """A score as a bar length in [0, 1]: a NaN-producing model draws an empty bar (int(nan) would raise)."""
+    return min(1.0, max(0.0, score)) if np.isfinite(score) else 0.0

@@ -342,8 +342,22 @@ class VideoRecorder:
         )
 
 
+def strict_json(obj):
+    """`obj` with NaN and infinities as None (null): they are not JSON, and strict parsers (jq, JavaScript) reject the
+    whole line. The same rule as `predict --json` (cli.common._strict), kept here so the library does not import
+    the CLI."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
+
+
 class JsonLinesSink:
-    """One JSON object per line for every `every`-th processed frame, flushed at once (pipes see it live)."""
+    """One JSON object per line for every `every`-th processed frame, flushed at once (pipes see it live); strict
+    JSON (a NaN score is null)."""
 
     needs_image = False
 
@@ -359,7 +373,7 @@ class JsonLinesSink:
         if self.stop_reason is not None:
             return False
         if (result.processed - 1) % self.every == 0:
-            line = json.dumps(result.to_dict(self.source)) + "\n"
+            line = json.dumps(strict_json(result.to_dict(self.source)), allow_nan=False) + "\n"
             try:
                 self.stream.write(line)
                 self.stream.flush()

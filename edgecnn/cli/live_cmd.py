@@ -52,7 +52,7 @@ def live(
 
     from edgecnn.camera.capture import ReconnectPolicy, ThreadedCapture
     from edgecnn.camera.loop import LiveOptions, run_live
-    from edgecnn.camera.sinks import CallbackSink, JsonLinesSink, VideoRecorder, WindowSink
+    from edgecnn.camera.sinks import CallbackSink, JsonLinesSink, VideoRecorder, WindowSink, strict_json
     from edgecnn.camera.sources import parse_source
     from edgecnn.errors import EdgeCNNError, SourceError
     from edgecnn.runtime.base import load
@@ -143,7 +143,7 @@ def live(
             out = summary.to_dict()
             if recorder is not None and recorder.frames:
                 out["recording"] = _recording_dict(record, recorder)
-            sys.stdout.write(json.dumps(out) + "\n")
+            sys.stdout.write(json.dumps(strict_json(out), allow_nan=False) + "\n")
             sys.stdout.flush()
         except BrokenPipeError:
             json_sink.stop_reason = "output_closed"
