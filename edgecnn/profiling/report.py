@@ -118,7 +118,9 @@ def markdown(result) -> str:
             ],
         )
     )
-    parts += ["", f"Process peak RSS: {_fmt(result.peak_rss_mb, 1)} MB", "", "## Latency", ""]
+    parts += ["", "`load s` and `RSS delta MB` are per model, measured after each backend's one-time setup (done first, "
+              "untimed), so they do not depend on the order; memory deltas of a few MB are allocator noise.",
+              "", f"Process peak RSS: {_fmt(result.peak_rss_mb, 1)} MB", "", "## Latency", ""]
     parts.append(_md_table(HEADERS, measurement_rows(result)))
     staged = [m for m in result.measurements if m.stages]
     if staged:

@@ -149,6 +149,9 @@ class Backend:
     open: Callable[..., Runner]
     description: str = ""
     available: Callable[[], bool] = field(default=lambda: True)
+    # Optional: do the backend's one-time setup (import, runtime environment) without a model file, taking the same
+    # options as `open`; `profile` calls it before timing loads so the first model is not charged for it.
+    prime: Callable[..., None] | None = None
 
 
 _REGISTRY: dict[str, Backend] = {}

@@ -182,6 +182,25 @@ def _open(path: Path, **options) -> Runner:
     return OnnxRuntimeRunner(path, **options)
 
 
+def _prime(threads: int | None = None, providers=None, **_ignored) -> None:
+    """ONNX Runtime's one-time setup (import, its environment, the execution providers): one run of a one-node
+    Identity model built in memory, with the same session options and providers a runner would use."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], "prime",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    session = ort.InferenceSession(
+        model.SerializeToString(), sess_options=session_options(threads), providers=resolve_providers(providers)
+    )
+    session.run(None, {"x": np.zeros(1, np.float32)})
+
+
 BACKEND = Backend(
-    name="onnxrt", suffixes=(".onnx",), open=_open, description="ONNX Runtime (CPU default; CUDA/TensorRT EPs if installed)"
+    name="onnxrt", suffixes=(".onnx",), open=_open, description="ONNX Runtime (CPU default; CUDA/TensorRT EPs if installed)",
+    prime=_prime,
 )
