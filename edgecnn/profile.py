@@ -172,6 +172,7 @@ class ProfileResult:
     measurements: list[Measurement]
     peak_rss_mb: float | None = None
     notes: list[str] = field(default_factory=list)
+    timing: str | None = None  # how the models were interleaved, as it happened (see _interleaving)
 
     def to_dict(self, samples: bool = True) -> dict:
         opts = asdict(self.options)
@@ -183,6 +184,7 @@ class ProfileResult:
             "measurements": [m.to_dict(samples) for m in self.measurements],
             "peak_rss_mb": self.peak_rss_mb,
             "notes": self.notes,
+            "timing": self.timing,
         }
 
     def get(self, label: str, batch: int, mode: str = "model") -> Measurement | None:
@@ -213,7 +215,7 @@ def profile_models(
             runner, info = _load_and_warm(spec, label, options, batches, frame, progress)
             runners.append(runner)
             infos.append(info)
-        measurements = _measure_interleaved(runners, labels, options, batches, frame, progress)
+        measurements, timing = _measure_interleaved(runners, labels, options, batches, frame, progress)
         if options.per_layer:
             for runner, info in zip(runners, infos):
                 info.layers, info.layers_note = _layers(runner, options, batches[0], frame)
@@ -227,6 +229,7 @@ def profile_models(
         models=infos,
         measurements=measurements,
         peak_rss_mb=_peak_rss_mb(),
+        timing=timing,
     )
 
 
@@ -367,10 +370,12 @@ def _workload(runner, mode: str, batch: int, frame: np.ndarray) -> Callable[[], 
 # ---------------------------------------------------------------- timing
 
 
-def _measure_interleaved(runners, labels, options: ProfileOptions, batches, frame, progress) -> list[Measurement]:
+def _measure_interleaved(runners, labels, options: ProfileOptions, batches, frame, progress) -> tuple[list[Measurement], str]:
+    """(the measurements, one sentence saying how the models were actually interleaved; see `_interleaving`)."""
     groups = [(b, mode) for b in batches for mode in options.modes]
     n = len(runners)
     out: list[Measurement] = []
+    rounds_done = []
     timer = time.perf_counter
     for gi, (batch, mode) in enumerate(groups):
         fns = [_workload(r, mode, batch, frame) for r in runners]
@@ -389,10 +394,17 @@ def _measure_interleaved(runners, labels, options: ProfileOptions, batches, fram
             size = options.block if budget is not None else min(options.block, rounds - done)
             for k in range(n):
                 i = (r + k) % n  # rotate who goes first
+                if budget is not None and r > 0 and timer() - start >= budget:
+                    break
                 if n > 1 and options.settle_s:
                     time.sleep(options.settle_s)  # let the previous runtime's worker threads park
                 fn, into, split_into = fns[i], samples[i], stages[i]
-                for _ in range(size):
+                for j in range(size):
+                    # --duration is checked before every call, not once per block (a block of 10 batch-16 calls ran
+                    # 3.75 s for --duration 0.5): it is overrun by at most the call in progress. Every model still
+                    # gets one timed call in the first round.
+                    if budget is not None and (r > 0 or j > 0) and timer() - start >= budget:
+                        break
                     t0 = timer()
                     fn()
                     into.append((timer() - t0) * 1000.0)
@@ -404,6 +416,7 @@ def _measure_interleaved(runners, labels, options: ProfileOptions, batches, fram
             done += size
             if progress:
                 _report(progress, gi, len(groups), done, rounds, budget, timer() - start, batch, mode)
+        rounds_done.append(r)
         for i, label in enumerate(labels):
             out.append(
                 Measurement(
@@ -415,7 +428,20 @@ def _measure_interleaved(runners, labels, options: ProfileOptions, batches, fram
                     stages=stage_means(stages[i]) or None,
                 )
             )
-    return out
+    return out, _interleaving(n, options.block, rounds_done)
+
+
+def _interleaving(models: int, block: int, rounds: list[int]) -> str:
+    """What the timing loop did, for the report: with --iterations <= the block size there is a single round, and
+    the models simply ran one after the other; saying 'interleaved in blocks' then would be untrue."""
+    if models == 1:
+        return f"one model, timed in blocks of up to {block} calls"
+    least, most = min(rounds), max(rounds)
+    if most <= 1:
+        return (f"not interleaved: each model ran all its calls in one block, one model after the other (the calls per "
+                f"model fit in one block of {block}; more iterations interleave them)")
+    span = f"{least}" if least == most else f"{least}-{most}"
+    return f"interleaved in blocks of up to {block} calls over {span} rounds (round-robin, rotating first model)"
 
 
 def _report(progress, gi, n_groups, r, rounds, budget, elapsed, batch, mode):

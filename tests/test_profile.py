@@ -346,3 +346,24 @@ def test_backend_setup_is_not_charged_to_the_first_model(tmp_path):
     assert proc.returncode == 0, proc.stderr
     first, second = json.loads(proc.stdout)["models"]
     assert abs(first["rss_delta_mb"] - second["rss_delta_mb"]) < 8, (first, second)
+
+
+# ---------------------------------------------------------------- --duration and what the report says about blocks
+
+
+def test_duration_is_checked_before_every_call_not_once_per_block(tiny_onnx):
+    result = profile_models([str(tiny_onnx)], ProfileOptions(warmup=1, iterations=None, duration=0.002, batches=(16,)))
+    samples = result.measurements[0].samples_ms
+    # every call but the last started before the 2 ms were spent: the budget is overrun by one call at most
+    # (a whole block of 10 calls ran before: 3.75 s of timing for --duration 0.5 --batch 16)
+    assert sum(samples[:-1]) < 2.0, samples
+
+
+def test_report_says_whether_the_models_were_really_interleaved(two_models):
+    a, b = two_models
+    few = profile_models([str(a), str(b)], ProfileOptions(warmup=1, iterations=5, settle_s=0.0))
+    assert few.timing.startswith("not interleaved") and "one model after the other" in markdown(few)
+    assert "interleaved in blocks" not in markdown(few)
+    many = profile_models([str(a), str(b)], ProfileOptions(warmup=1, iterations=15, settle_s=0.0))
+    assert many.timing.startswith("interleaved in blocks of up to 10 calls over 2 rounds")
+    assert many.timing in markdown(many) and many.to_dict()["timing"] == many.timing

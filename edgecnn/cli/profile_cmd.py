@@ -31,7 +31,7 @@ def profile_command(
     warmup: int = typer.Option(10, "--warmup", min=0, help="Warm-up runs per model and batch (not timed)."),
     iterations: int = typer.Option(100, "--iterations", "-n", min=1, help="Timed runs per model and batch."),
     duration: Optional[float] = typer.Option(
-        None, "--duration", help="Seconds of timed runs per model and batch (replaces --iterations)."
+        None, "--duration", help="Seconds of timed runs per model and batch (replaces --iterations); overrun by at most one call."
     ),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads per model (default: the backend's)."),
     per_layer: bool = typer.Option(False, "--per-layer", help="Also time each layer/node and list the slowest."),
@@ -116,6 +116,8 @@ def _print_tables(result) -> None:
             console.print(f"[yellow]{info.label}: {info.layers_note}[/]")
     if result.peak_rss_mb is not None:
         console.print(f"process peak RSS {result.peak_rss_mb:.1f} MB")
+    if result.timing and len(result.models) > 1:
+        console.print(f"timing: {result.timing}", markup=False)
 
 
 def register(app: typer.Typer) -> None:

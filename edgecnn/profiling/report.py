@@ -91,9 +91,9 @@ def markdown(result) -> str:
     parts = [
         "# edgecnn profile",
         "",
-        f"Timing: {how}, {o.warmup} warm-up runs, interleaved in blocks of {o.block} calls (round-robin, rotating first "
-        "model); "
-        "`p50 / first` is the median latency relative to the first model (< 1 = faster).",
+        f"Timing: {how}, {o.warmup} warm-up runs, "
+        + (result.timing or f"interleaved in blocks of {o.block} calls (round-robin, rotating first model)")
+        + "; `p50 / first` is the median latency relative to the first model (< 1 = faster).",
         "",
         "## Environment",
         "",
