@@ -304,3 +304,31 @@ def test_csi_fps_parameter_is_checked_too(tmp_path):
     result = CliRunner().invoke(app, ["calibrate", "capture", "--source", "csi://0?fps=inf", "--out", str(tmp_path / "c")])
     assert result.exit_code == 2 and "csi:// fps must be a frame rate" in result.output
     assert "internal error" not in result.output and not (tmp_path / "c").exists()
+
+
+def test_a_stream_lost_for_good_keeps_its_frames_and_exits_6(tmp_path):
+    """The camera goes away mid-capture and does not come back: the frames stay, but the exit is 6 (a source
+    error, as `live` exits for the same loss), so `capture && quantize` does not go on with a part of the set."""
+    out = tmp_path / "calx" / "sub"
+    server = MjpegServer(fps=100).start()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgecnn", "calibrate", "capture", "--source", server.url(), "--out", str(out),
+         "--count", "100000", "--every-ms", "10", "--reconnect-attempts", "1", "--json"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        _wait_for(lambda: len(list(out.glob("*.jpg"))) >= 5)
+        server.stop()
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        server.stop()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 6, stderr
+    summary = json.loads(stdout)
+    files = sorted(out.glob("*.jpg"))
+    assert summary["end_reason"].startswith("source lost") and summary["saved"] == len(files) >= 5
+    assert all(cv2.imread(str(p)) is not None for p in files)
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: Lost http://127.0.0.1"), stderr
+    assert errors[0].endswith(f"kept the {len(files)} of 100000 frame(s) saved so far in {out}")

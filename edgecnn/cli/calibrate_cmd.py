@@ -32,15 +32,17 @@ def capture(
     fps: Optional[float] = typer.Option(None, "--fps", help="Capture rate (cameras)."),
     force: bool = typer.Option(False, "--force", help="Add frames to a folder that already holds files (nothing is overwritten)."),
     quality: int = typer.Option(95, "--quality", min=50, max=100, help="JPEG quality."),
+    reconnect_attempts: int = typer.Option(5, "--reconnect-attempts", min=0, help="Reopen a lost camera/stream this many times (then exit 6, keeping the frames saved)."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ):
     """Save --count frames, --every-ms apart, as calibration/NAME/frame_NNNNN.jpg (each file written atomically).
     A video file is read frame by frame on its own timeline (fast); a camera or stream in real time. Ctrl-C (or
-    SIGTERM) keeps the frames saved so far and exits 130."""
+    SIGTERM) keeps the frames saved so far and exits 130; a camera or stream lost for good (after
+    --reconnect-attempts) keeps them too and exits 6."""
     import signal
     import threading
 
-    from edgecnn.camera.capture import ThreadedCapture
+    from edgecnn.camera.capture import ReconnectPolicy, ThreadedCapture
     from edgecnn.camera.record import capture_frames, output_folder
     from edgecnn.camera.sources import parse_source
     from edgecnn.errors import SourceError, UserInputError
@@ -65,7 +67,8 @@ def capture(
 
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
-            cap = ThreadedCapture(spec, pace=False, on_event=on_event).start()
+            cap = ThreadedCapture(spec, pace=False, reconnect=ReconnectPolicy(attempts=reconnect_attempts),
+                                  on_event=on_event).start()
             if spec.kind == "folder" and not cap.fps and every_ms:
                 # a folder has no timeline (read at full speed, 500 ms apart kept 1 image of 20): take every image
                 console.print("an image folder has no frame rate: every image is taken (--every-ms applies with "
@@ -95,6 +98,11 @@ def capture(
             # Raised inside output_folder, so a folder this run created and left empty is removed.
             error(_interrupted_message(received[0], len(report.saved), out))
             raise typer.Exit(130)
+        if report.end_reason.startswith(LOST) and report.saved:
+            # Lost for good before --count: like an interruption, the frames stay but the exit is not 0 (6, as
+            # `live` exits for the same loss), so `capture && quantize` does not go on with a part of the set.
+            raise SourceError(f"{report.end_reason[len(LOST):].strip()}; kept the {len(report.saved)} of {count} "
+                              f"frame(s) saved so far in {out}")
         skipped = report.skipped_unreadable
         unreadable = f"{skipped} unreadable image file(s) skipped" if skipped else ""
         if not report.saved:
@@ -106,6 +114,9 @@ def capture(
         warn(f"only {len(report.saved)} of {count} frames ({report.end_reason})")
     if len(report.saved) < 100:
         warn("fewer than 100 calibration images: INT8 ranges may be unreliable (aim for 200-500 varied frames)")
+
+
+LOST = "source lost:"  # capture_frames' end_reason for a live source lost for good
 
 
 def _interrupted_message(signal_name: str, saved: int, out: Path) -> str:
