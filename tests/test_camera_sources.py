@@ -194,3 +194,33 @@ def test_cli_bad_frame_rate_or_source_is_one_line_exit_2(tiny_onnx, tmp_path, ar
     assert len(errors) == 1 and fragment in errors[0] and "internal error" not in result.output
     assert result.stdout == ""  # refused before anything ran
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "tiny.onnx"]  # no recording, no temporary file
+
+
+@pytest.fixture
+def dev_shm_folder():
+    """A fresh folder on /dev/shm (the RAM disk Jetson users record to), removed afterwards."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    try:
+        folder = Path(tempfile.mkdtemp(prefix="edgecnn-test-", dir="/dev/shm"))
+    except OSError as exc:
+        pytest.skip(f"/dev/shm is not writable here ({exc.strerror or exc})")
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_files_and_folders_under_dev_are_not_cameras(dev_shm_folder):
+    video = write_video(dev_shm_folder / "v10.avi", frames=10, fourcc="MJPG")
+    spec = parse_source(str(video))
+    assert spec.kind == "file" and not spec.live
+    reader = open_reader(spec)
+    try:
+        assert reader.read() is not None  # really read as the video it is
+    finally:
+        reader.release()
+    assert parse_source(str(dev_shm_folder)).kind == "folder"
+    assert parse_source("/dev/video7").kind == "camera"  # a device path (existing or not) is still a camera

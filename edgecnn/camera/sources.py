@@ -178,7 +178,10 @@ def parse_source(
 
     if _DIGITS.fullmatch(text):  # ASCII only: str.isdigit() accepts "²", which int() refuses
         return SourceSpec("camera", int(text), f"camera {text}", live=True, **common)
-    if text.startswith("/dev/video") or (sys.platform.startswith("linux") and text.startswith("/dev/")):
+    # A regular file or folder under /dev is not a camera (/dev/shm is a common RAM disk on Jetsons); a device node
+    # (/dev/video0, a /dev/v4l/by-id/... link to one) is neither, so it is still taken as one.
+    on_disk = Path(text).is_file() or Path(text).is_dir()
+    if not on_disk and (text.startswith("/dev/video") or (sys.platform.startswith("linux") and text.startswith("/dev/"))):
         return SourceSpec("camera", text, text, live=True, **common)
     if text.lower().startswith("gst:"):
         pipeline = text[4:].strip()
