@@ -332,3 +332,16 @@ def test_a_stream_lost_for_good_keeps_its_frames_and_exits_6(tmp_path):
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith("error: Lost http://127.0.0.1"), stderr
     assert errors[0].endswith(f"kept the {len(files)} of 100000 frame(s) saved so far in {out}")
+
+
+def test_fps_does_not_change_a_video_files_timeline(tmp_path):
+    """--every-ms 500 on a 3 s, 30 fps video is 6 frames; --fps 10 (for cameras) made it 18 by slowing the clock."""
+    video = write_video(tmp_path / "clip.mp4", frames=90, fps=30)
+    out = tmp_path / "cal"
+    result = CliRunner().invoke(
+        app, ["calibrate", "capture", "--source", str(video), "--out", str(out), "--count", "100", "--every-ms", "500",
+              "--fps", "10", "--json"],
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["saved"] == 6 == len(list(out.glob("*.jpg")))
+    assert "--fps 10 is ignored for a video file" in " ".join(result.stderr.split())

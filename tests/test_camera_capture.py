@@ -186,3 +186,11 @@ def test_looping_folder_counts_each_unreadable_file_once(tmp_path):
         frames = drain(cap, limit=7)
     assert len(frames) == 7 and cap.loops >= 3
     assert cap.skipped == 1
+
+
+def test_a_requested_rate_does_not_pace_a_video_file(tmp_path):
+    video = write_video(tmp_path / "clip.mp4", frames=5, fps=30)
+    with ThreadedCapture(parse_source(str(video), fps=60)) as cap:
+        assert cap.fps == pytest.approx(30) and cap.pace
+        frames = drain(cap)
+    assert frames and all(f.t_source == pytest.approx(f.index / 30) for f in frames)  # the video's own clock

@@ -384,3 +384,20 @@ def test_json_of_a_model_that_outputs_nan_is_strict_json(tmp_path):
     records = [strict_loads(line) for line in result.stdout.splitlines()]  # no NaN anywhere, summary included
     assert [d["type"] for d in records] == ["frame"] * 3 + ["summary"]
     assert all(d["label"] == "unknown" and d["score"] is None for d in records[:3])
+
+
+def test_fps_does_not_speed_up_a_video_file_or_its_recording(tiny_onnx, tmp_path):
+    """A 30 fps video with --fps 60 plays at 30 fps: the recording has its rate and every frame (it had 60 fps and
+    half the length)."""
+    from conftest import write_video as write
+
+    video = write(tmp_path / "clip.avi", frames=30, fps=30, fourcc="MJPG")
+    out = tmp_path / "rec.avi"
+    result = CliRunner().invoke(
+        app, ["live", str(tiny_onnx), "--source", str(video), "--headless", "--fps", "60", "--record", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "--fps 60 is ignored for a video file" in " ".join(result.stderr.split())
+    cap = cv2.VideoCapture(str(out))
+    assert cap.get(cv2.CAP_PROP_FPS) == pytest.approx(30)
+    assert cap.get(cv2.CAP_PROP_FRAME_COUNT) == 30  # its own places on the source's timeline: as long as the source

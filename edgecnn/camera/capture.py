@@ -2,7 +2,8 @@
 
 A camera keeps producing whether or not we keep up, so the capture thread holds a queue of one: a new frame replaces
 an unconsumed one (counted in `dropped`), and latency never grows with buffering. A video file is paced at its own
-frame rate by default so it behaves like a camera; with `pace=False` (or an image folder without --fps) the queue
+frame rate by default so it behaves like a camera (a requested rate, `spec.fps`, paces an image folder, never a video:
+a video keeps its own timeline); with `pace=False` (or an image folder without --fps) the queue
 becomes a hand-off that drops nothing, so every frame is processed as fast as the consumer goes.
 
 Live sources that fail (camera unplugged, stream dropped) are reopened with exponential backoff, a bounded number of
@@ -109,7 +110,13 @@ class ThreadedCapture:
             self.fps = own_fps or self.spec.fps
             self.pace = False  # a camera paces itself; an MJPEG stream's nominal rate (FFmpeg says 25) is no clock
             self.lossless = False
-        else:  # file/folder: pace at its own rate (or --fps); a folder has none, so it runs unpaced without --fps
+        elif self.spec.kind == "file":
+            # A video keeps its own timeline: --fps (for cameras) would change its speed, the times --every-ms
+            # spaces calibration frames by and the length of a recording. It only stands in for a missing rate.
+            self.fps = own_fps or self.spec.fps
+            self.pace = self.pace and bool(self.fps)
+            self.lossless = not self.pace
+        else:  # a folder has no rate of its own: paced at --fps, unpaced without it
             self.fps = self.spec.fps or own_fps
             self.pace = self.pace and bool(self.fps)
             self.lossless = not self.pace

@@ -29,7 +29,7 @@ def capture(
     every_ms: float = typer.Option(500.0, "--every-ms", min=0.0, help="At least this many ms between saved frames (source time)."),
     width: Optional[int] = typer.Option(None, "--width", help="Capture width (cameras)."),
     height: Optional[int] = typer.Option(None, "--height", help="Capture height (cameras)."),
-    fps: Optional[float] = typer.Option(None, "--fps", help="Capture rate (cameras)."),
+    fps: Optional[float] = typer.Option(None, "--fps", help="Capture rate (cameras); for an image folder, its rate for --every-ms. A video file keeps its own (--fps is ignored, with a warning)."),
     force: bool = typer.Option(False, "--force", help="Add frames to a folder that already holds files (nothing is overwritten)."),
     quality: int = typer.Option(95, "--quality", min=50, max=100, help="JPEG quality."),
     reconnect_attempts: int = typer.Option(5, "--reconnect-attempts", min=0, help="Reopen a lost camera/stream this many times (then exit 6, keeping the frames saved)."),
@@ -48,6 +48,9 @@ def capture(
     from edgecnn.errors import SourceError, UserInputError
 
     spec = parse_source(source, width=width, height=height, fps=fps)
+    if spec.kind == "file" and fps is not None:  # --every-ms is measured on the video's own timeline
+        warn(f"--fps {fps:g} is ignored for a video file: --every-ms is measured on its own timeline (--fps is for "
+             "cameras and image folders)")
     if spec.kind in ("file", "folder") and (Path(spec.target).resolve() == out.resolve()
                                              or out.resolve().is_relative_to(Path(spec.target).resolve())):
         raise UserInputError("--out must not be --source or a folder inside it: frames are never written into the "

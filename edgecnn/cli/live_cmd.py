@@ -25,7 +25,7 @@ def live(
     source: str = typer.Option("0", "--source", "-s", help=SOURCE_HELP),
     width: Optional[int] = typer.Option(None, "--width", help="Capture width (cameras; output width for csi://)."),
     height: Optional[int] = typer.Option(None, "--height", help="Capture height (cameras; output height for csi://)."),
-    fps: Optional[float] = typer.Option(None, "--fps", help="Capture rate (0.01-1000); for an image folder, the pace."),
+    fps: Optional[float] = typer.Option(None, "--fps", help="Capture rate of a camera (0.01-1000); for an image folder, the pace. A video file keeps its own rate (--fps is ignored, with a warning)."),
     headless: bool = typer.Option(False, "--headless", help="No window (servers, SSH, services)."),
     json_out: bool = typer.Option(False, "--json", help="One JSON line per frame on stdout, then a summary line."),
     every: int = typer.Option(1, "--every", min=1, help="With --json, write every N-th frame only."),
@@ -58,6 +58,7 @@ def live(
     from edgecnn.runtime.base import load
 
     spec = parse_source(source, width=width, height=height, fps=fps)
+    _warn_fps_ignored(spec, fps)
     options = LiveOptions(top_k=top_k, threshold=threshold, smoothing=smoothing, max_frames=max_frames)
     sinks = []
     if not headless:
@@ -109,7 +110,7 @@ def live(
             spec, pace=not no_pace, loop=loop, reconnect=ReconnectPolicy(attempts=reconnect_attempts), on_event=on_event
         ).start()
         if recorder is not None:
-            recorder.fps = fps or capture.fps or 30.0
+            recorder.fps = (None if spec.kind == "file" else fps) or capture.fps or 30.0  # a video: its own rate
             # frames may be dropped (live source, paced file): place them on the source's own clock, so the video
             # plays at the right speed however many the loop drops (FFmpeg's 25 for any MJPEG stream is no clock)
             recorder.timeline = "frames" if capture.lossless else "clock" if spec.live else "source"
@@ -161,6 +162,13 @@ def live(
         raise SourceError(f"No frames from {spec.display} ({detail})")
     if unreadable:
         warn(f"{unreadable} in {spec.display}")
+
+
+def _warn_fps_ignored(spec, fps) -> None:
+    """--fps on a video file: said once, then ignored (the video plays, and is recorded, at its own rate)."""
+    if spec.kind == "file" and fps is not None:
+        warn(f"--fps {fps:g} is ignored for a video file: it keeps its own frame rate (--fps is for cameras and "
+             "image folders)")
 
 
 def _note_on_stderr(text: str) -> None:
