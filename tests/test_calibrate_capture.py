@@ -345,3 +345,26 @@ def test_fps_does_not_change_a_video_files_timeline(tmp_path):
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["saved"] == 6 == len(list(out.glob("*.jpg")))
     assert "--fps 10 is ignored for a video file" in " ".join(result.stderr.split())
+
+
+def test_ctrl_c_while_a_stream_never_answers_exits_130_not_6(tmp_path):
+    """The camera accepts the connection and never answers: Ctrl-C during the open (OpenCV blocks in C for its 5 s
+    open timeout) was lost, and the run ended in 'Cannot open stream', exit 6."""
+    out = tmp_path / "calibration" / "mute"
+    answer = threading.Event()  # set only once the process has ended
+    with MjpegServer(fps=100, hold=answer) as server:
+        proc = _start_capture(server.url(), out)
+        try:
+            _wait_for(lambda: server.connections >= 1)
+            proc.send_signal(signal.SIGINT)
+            stdout, stderr = proc.communicate(timeout=30)
+            answered_before_exit = answer.is_set()
+        finally:
+            answer.set()
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 130, stderr
+    assert not answered_before_exit
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: interrupted (Ctrl-C) before any frame was saved: nothing was written to {out}"], stderr
+    assert not (tmp_path / "calibration").exists()

@@ -194,3 +194,55 @@ def test_a_requested_rate_does_not_pace_a_video_file(tmp_path):
         assert cap.fps == pytest.approx(30) and cap.pace
         frames = drain(cap)
     assert frames and all(f.t_source == pytest.approx(f.index / 30) for f in frames)  # the video's own clock
+
+
+# ---------------------------------------------------------------- Ctrl-C while a stream is still opening
+
+
+class _Interrupted(Exception):
+    """What this test's SIGINT handler raises (a stand-in for KeyboardInterrupt that cannot abort pytest itself)."""
+
+
+def test_a_signal_while_a_stream_opens_interrupts_start_at_once():
+    import os
+    import signal
+    import threading
+
+    answer = threading.Event()
+    with MjpegServer(hold=answer) as server:  # accepts the connection, never answers: OpenCV blocks for 5 s
+
+        def interrupt(*_):
+            raise _Interrupted
+
+        previous = signal.signal(signal.SIGINT, interrupt)
+        try:
+            def ctrl_c_once_connected():
+                while server.connections < 1:
+                    time.sleep(0.01)
+                os.kill(os.getpid(), signal.SIGINT)
+
+            threading.Thread(target=ctrl_c_once_connected, daemon=True).start()
+            cap = ThreadedCapture(parse_source(server.url()))
+            t0 = time.perf_counter()
+            with pytest.raises(_Interrupted):
+                cap.start()
+                time.sleep(30)  # only reached when start() returned without seeing the signal
+            assert time.perf_counter() - t0 < 4  # well before OpenCV's 5 s open timeout
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            answer.set()
+    assert cap._thread is None  # never started reading
+
+
+def test_cancel_while_a_stream_opens_ends_the_capture_with_no_frames():
+    import threading
+
+    answer, cancel = threading.Event(), threading.Event()
+    with MjpegServer(hold=answer) as server:
+        threading.Thread(target=lambda: (time.sleep(0.2), cancel.set()), daemon=True).start()
+        try:
+            cap = ThreadedCapture(parse_source(server.url())).start(cancel=cancel)
+            assert not answer.is_set() and cap.ended and cap.get(timeout=0.1) is None
+            cap.close()
+        finally:
+            answer.set()

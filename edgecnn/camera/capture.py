@@ -101,9 +101,18 @@ class ThreadedCapture:
 
     # -------------------------------------------------------------- lifecycle
 
-    def start(self) -> "ThreadedCapture":
-        """Open the source now (so a bad source fails here, in the caller's thread) and start reading."""
-        self.reader = self._opener(self.spec)
+    def start(self, cancel: threading.Event | None = None) -> "ThreadedCapture":
+        """Open the source now (so a bad source fails here, in the caller's thread) and start reading.
+
+        Opening a stream can block inside OpenCV for the whole open timeout (5 s), and Python runs no signal handler
+        until that C call returns: Ctrl-C waited (live) or was lost (calibrate capture ended in 'Cannot open stream').
+        So the open runs in a helper thread while this thread waits in short slices: an exception a signal handler
+        raises (KeyboardInterrupt) comes out of start() at once, and `cancel` set meanwhile ends start() early with
+        the capture already ended (no frames, `ended` true). A reader the helper opens after that is released."""
+        self.reader = self._open_interruptibly(cancel)
+        if self.reader is None:  # cancelled while opening
+            self._finish()
+            return self
         own_fps = self.reader.fps
         self.frame_count = getattr(self.reader, "frame_count", None) if self.spec.kind == "file" else None
         if self.spec.live:
@@ -123,6 +132,42 @@ class ThreadedCapture:
         self._thread = threading.Thread(target=self._run, name=f"capture[{self.spec.display}]", daemon=True)
         self._thread.start()
         return self
+
+    def _open_interruptibly(self, cancel: threading.Event | None) -> Reader | None:
+        """The opener's reader, or None if `cancel` was set first (see start)."""
+        lock = threading.Lock()
+        outcome: dict = {}  # "reader" or "error", set by the helper; "abandoned", set by the caller
+
+        def open_source():
+            try:
+                reader = self._opener(self.spec)
+            except BaseException as exc:  # handed to the caller, raised there
+                with lock:
+                    outcome["error"] = exc
+                return
+            with lock:
+                if not outcome.get("abandoned"):
+                    outcome["reader"] = reader
+                    return
+            reader.release()  # the caller gave up waiting: nobody will use it
+
+        helper = threading.Thread(target=open_source, name=f"open[{self.spec.display}]", daemon=True)
+        helper.start()
+        finished = False
+        try:
+            while helper.is_alive() and not (cancel is not None and cancel.is_set()):
+                helper.join(0.05)
+            finished = not helper.is_alive()
+        finally:
+            with lock:
+                if not finished:
+                    outcome["abandoned"] = True
+                reader = outcome.pop("reader", None) if not finished else None
+            if reader is not None:
+                reader.release()
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome.get("reader")
 
     def close(self) -> None:
         """Stop the thread and release the device. Safe to call twice."""

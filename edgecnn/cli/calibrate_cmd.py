@@ -71,7 +71,7 @@ def capture(
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             cap = ThreadedCapture(spec, pace=False, reconnect=ReconnectPolicy(attempts=reconnect_attempts),
-                                  on_event=on_event).start()
+                                  on_event=on_event).start(cancel=stop)  # Ctrl-C while a stream opens: 130
             if spec.kind == "folder" and not cap.fps and every_ms:
                 # a folder has no timeline (read at full speed, 500 ms apart kept 1 image of 20): take every image
                 console.print("an image folder has no frame rate: every image is taken (--every-ms applies with "
