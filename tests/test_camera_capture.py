@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import cv2
@@ -11,7 +12,7 @@ import pytest
 from edgecnn.camera.capture import ReconnectPolicy, ThreadedCapture
 from edgecnn.camera.sources import parse_source
 from edgecnn.errors import SourceError
-from test_camera_server import MjpegServer, OneFrameServer
+from test_camera_server import MjpegServer, OneFrameServer, numbered_frame
 from test_camera_sources import write_video
 
 
@@ -246,3 +247,65 @@ def test_cancel_while_a_stream_opens_ends_the_capture_with_no_frames():
             cap.close()
         finally:
             answer.set()
+
+
+# ---------------------------------------------------------------- a stream that goes silent
+
+
+class SilentServer:
+    """An MJPEG camera that sends `first` frames on each connection, then keeps the connection open and sends nothing
+    more: a frozen encoder, not a dropped connection."""
+
+    def __init__(self, first: int = 3):
+        self.first, self.connections, self.httpd = first, 0, None
+        self.quit = threading.Event()
+
+    def start(self) -> "SilentServer":
+        import http.server
+
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                server.connections += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=edgecnnframe")
+                self.end_headers()
+                for i in range(server.first):
+                    data = cv2.imencode(".jpg", numbered_frame(i))[1].tobytes()
+                    self.wfile.write(b"--edgecnnframe\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n"
+                                     % len(data) + data + b"\r\n")
+                    self.wfile.flush()
+                server.quit.wait(60)  # silent, connection open
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        return self
+
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/stream.mjpg"
+
+    def stop(self) -> None:
+        self.quit.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_a_stream_that_goes_silent_is_said_to_have_gone_silent():
+    server = SilentServer().start()
+    events = []
+    try:
+        cap = ThreadedCapture(parse_source(server.url()), reconnect=ReconnectPolicy(attempts=1, initial=0.1),
+                              on_event=lambda kind, message: events.append((kind, message))).start()
+        with pytest.raises(SourceError) as err:
+            drain(cap)
+        cap.close()
+    finally:
+        server.stop()
+    assert cap.frames_read >= 1 and cap.reconnects == 1
+    assert "it went silent: no frame for" in str(err.value) and "dropping the connection" not in str(err.value)
+    assert any(kind == "lost" and "silent" in message for kind, message in events)

@@ -401,3 +401,34 @@ def test_fps_does_not_speed_up_a_video_file_or_its_recording(tiny_onnx, tmp_path
     cap = cv2.VideoCapture(str(out))
     assert cap.get(cv2.CAP_PROP_FPS) == pytest.approx(30)
     assert cap.get(cv2.CAP_PROP_FRAME_COUNT) == 30  # its own places on the source's timeline: as long as the source
+
+
+def test_a_truncated_video_warns_with_loop_too(tiny_onnx, tmp_path):
+    """Looped, a cut video never reaches an end: each pass is short, and that is what the warning is about."""
+    from conftest import write_video
+
+    video = write_video(tmp_path / "clip.avi", frames=60, size=(160, 120), fourcc="MJPG")
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(video.read_bytes()[: video.stat().st_size // 2])
+    result = CliRunner().invoke(
+        app, ["live", str(tiny_onnx), "--source", str(cut), "--headless", "--no-pace", "--loop", "--max-frames", "80"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "of the 60 frames its header declares" in " ".join(result.stderr.split())
+
+
+def test_every_without_json_is_said_to_be_ignored(tiny_onnx, tmp_path):
+    video = write_video(tmp_path / "clip.mp4", frames=3)
+    result = CliRunner().invoke(app, ["live", str(tiny_onnx), "--source", str(video), "--headless", "--no-pace",
+                                      "--every", "5"])
+    assert result.exit_code == 0, result.output
+    assert "--every 5 only thins the --json lines" in " ".join(result.stderr.split())
+
+
+def test_torch_backend_on_an_onnx_file_names_the_right_backend(tiny_onnx, tmp_path):
+    video = write_video(tmp_path / "clip.mp4", frames=3)
+    result = CliRunner().invoke(app, ["live", str(tiny_onnx), "--source", str(video), "--headless",
+                                      "--backend", "torch"])
+    assert result.exit_code == 2, result.output
+    assert "tiny.onnx is not a PyTorch checkpoint" in result.stderr and "onnxrt" in result.stderr
+    assert "torch.save" not in result.stderr and "save_checkpoint" not in result.stderr

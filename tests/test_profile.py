@@ -367,3 +367,19 @@ def test_report_says_whether_the_models_were_really_interleaved(two_models):
     many = profile_models([str(a), str(b)], ProfileOptions(warmup=1, iterations=15, settle_s=0.0))
     assert many.timing.startswith("interleaved in blocks of up to 10 calls over 2 rounds")
     assert many.timing in markdown(many) and many.to_dict()["timing"] == many.timing
+
+
+def test_torch_backend_on_an_onnx_file_is_a_clear_error(tiny_onnx):
+    res = cli("profile", f"{tiny_onnx}@torch", "-n", "2")
+    assert res.exit_code == 2
+    assert "is not a PyTorch checkpoint" in res.output and "re-save" not in res.output
+
+
+def test_small_ratios_keep_their_significant_digits(tiny_onnx):
+    from edgecnn.profiling.report import measurement_rows
+
+    result = profile_models([str(tiny_onnx)], ProfileOptions(**FAST))
+    result.measurements[0].latency_ratio = 0.0014  # e.g. a GPU engine against a CPU baseline
+    assert measurement_rows(result)[0][-1] == "0.0014"
+    result.measurements[0].latency_ratio = 1.0
+    assert measurement_rows(result)[0][-1] == "1.00"

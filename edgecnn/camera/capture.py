@@ -24,6 +24,8 @@ import numpy as np
 from edgecnn.camera.sources import Reader, SourceSpec, open_reader
 from edgecnn.errors import EdgeCNNError, SourceError
 
+SILENT_S = 2.0  # a live source lost after this long without a frame went silent (a dropped connection ends at once)
+
 EventCallback = Callable[[str, str], None]  # (kind, message): kind in lost | reconnected | looped | gave_up
 
 
@@ -89,12 +91,15 @@ class ThreadedCapture:
         self.lossless = False
         self.frames_read = 0
         self.frame_count: int | None = None  # frames a video file's header declares (None: unknown / not a file)
+        self.pass_frames: int | None = None  # frames a whole pass through a file gave (None until one ended)
         self.dropped = 0
         self.reconnects = 0
         self.loops = 0
         self._skipped_before = 0  # unreadable files skipped by readers already released (see `skipped`)
         self._attempts_used = 0  # reconnect attempts spent since the source was last healthy (see ReconnectPolicy)
         self._reconnected_at: float | None = None  # perf_counter() of the last successful reconnect, until healthy
+        self._last_frame_at: float | None = None  # perf_counter() of the last frame read, or of the last (re)open
+        self._silent_s: float | None = None  # how long the last lost live source had sent nothing (see _reconnect)
         # Optional per-frame work done in the capture thread, beside inference: the live loop sets the model's
         # preprocessing here so a frame arrives as a ready tensor (read each frame, so it may be set after start()).
         self.transform: Callable[[np.ndarray], np.ndarray] | None = None
@@ -262,6 +267,7 @@ class ThreadedCapture:
         index = 0  # position in the source (restarts with --loop)
         position = 0  # frames read so far, across loops: the clock a paced source (and its recording) runs on
         t_start = time.perf_counter()
+        self._last_frame_at = t_start
         pace_start, pace_first = t_start, 0
         interval = 1.0 / self.fps if self.fps else 0.0
         while not self._stop.is_set():
@@ -271,6 +277,8 @@ class ThreadedCapture:
                     if not self._reconnect():
                         return
                     continue
+                if self.pass_frames is None:  # the first whole pass: a truncated video shows here, looped or not
+                    self.pass_frames = index
                 if self.loop and index > 0:
                     self._release_reader()
                     self.reader = self._opener(self.spec)
@@ -280,6 +288,7 @@ class ThreadedCapture:
                     continue
                 return
             self.frames_read += 1
+            self._last_frame_at = time.perf_counter()
             if self._reconnected_at is not None and time.perf_counter() - self._reconnected_at >= self.reconnect.healthy_s:
                 self._attempts_used, self._reconnected_at = 0, None  # up and delivering for a while: budget restored
             if self.pace and interval:
@@ -310,7 +319,12 @@ class ThreadedCapture:
         self._release_reader()
         policy = self.reconnect
         left = policy.attempts - self._attempts_used
-        self.on_event("lost", f"lost {self.spec.display}; " + (
+        # A read that gave up after waiting seconds for a frame (FFmpeg's read timeout) means the source went silent,
+        # connected but sending nothing; a dropped connection ends the read at once.
+        quiet = time.perf_counter() - (self._last_frame_at or time.perf_counter())
+        self._silent_s = quiet if quiet >= SILENT_S else None
+        silent = f" (silent: no frame for {quiet:.0f} s)" if self._silent_s else ""
+        self.on_event("lost", f"lost {self.spec.display}{silent}; " + (
             f"reconnecting (up to {left} more attempt{'s' if left != 1 else ''})" if left > 0 else "no reconnect attempts left"
         ))
         last = ""
@@ -326,12 +340,15 @@ class ThreadedCapture:
                 self.on_event("retry", f"reconnect attempt {attempt}/{policy.attempts} failed: {last}")
                 continue
             self.reconnects += 1
-            self._reconnected_at = time.perf_counter()
+            self._reconnected_at = self._last_frame_at = time.perf_counter()
             self.on_event("reconnected", f"reconnected to {self.spec.display} (attempt {attempt}/{policy.attempts})")
             return True
         self.on_event("gave_up", f"gave up on {self.spec.display} after {policy.attempts} reconnect attempt{'s' if policy.attempts != 1 else ''}")
         if last:
             detail = last
+        elif self._silent_s is not None:  # it accepted the connection but then sent nothing: not a dropped connection
+            detail = (f"it went silent: no frame for {self._silent_s:.0f} s"
+                      + (" after reconnecting" if policy.attempts else "; reconnecting is off: --reconnect-attempts 0"))
         elif policy.attempts:
             detail = f"it kept dropping the connection within {policy.healthy_s:g} s of reconnecting"
         else:

@@ -125,12 +125,14 @@ class LiveSummary:
     error: str | None = None  # why a live source ended for good (end_reason 'source_lost')
     skipped_unreadable: int = 0  # image-folder source: files that could not be decoded and were passed over
     frames_expected: int | None = None  # video file: the frames its header declares (a shorter read: truncated?)
+    frames_per_pass: int | None = None  # video file: the frames a whole pass gave (None if no pass ended)
 
     @property
     def truncated(self) -> bool:
-        """The video ended before the frames its header declares (cut short or damaged), as far as it can tell."""
-        return (self.end_reason == "end_of_source" and self.frames_expected is not None and self.loops == 0
-                and self.frames_read < self.frames_expected)
+        """The video ended before the frames its header declares (cut short or damaged), as far as it can tell; with
+        --loop too (each pass ends early there, and the run only ends by a stop)."""
+        return (self.frames_expected is not None and self.frames_per_pass is not None
+                and self.frames_per_pass < self.frames_expected)
 
     def to_dict(self) -> dict:
         return {
@@ -148,6 +150,7 @@ class LiveSummary:
             "error": self.error,
             "skipped_unreadable": self.skipped_unreadable,
             "frames_expected": self.frames_expected,
+            "frames_per_pass": self.frames_per_pass,
         }
 
 
@@ -317,6 +320,7 @@ def _summary(capture, processed, elapsed, end_reason, hist, source_error, span) 
         elapsed_s=elapsed,
         fps=fps,
         frames_expected=capture.frame_count,
+        frames_per_pass=capture.pass_frames,
         reconnects=capture.reconnects,
         loops=capture.loops,
         end_reason=end_reason,

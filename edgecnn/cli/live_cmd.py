@@ -28,7 +28,7 @@ def live(
     fps: Optional[float] = typer.Option(None, "--fps", help="Capture rate of a camera (0.01-1000); for an image folder, the pace. A video file keeps its own rate (--fps is ignored, with a warning)."),
     headless: bool = typer.Option(False, "--headless", help="No window (servers, SSH, services)."),
     json_out: bool = typer.Option(False, "--json", help="One JSON line per frame on stdout, then a summary line."),
-    every: int = typer.Option(1, "--every", min=1, help="With --json, write every N-th frame only."),
+    every: int = typer.Option(1, "--every", min=1, help="With --json, write every N-th frame only (ignored, with a warning, without --json)."),
     record: Optional[Path] = typer.Option(None, "--record", help="Write the annotated video here (.mp4/.avi/.mkv); an existing file needs --force."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --record file (only once the new recording is complete)."),
     top_k: int = typer.Option(3, "--top-k", min=1, help="Classes shown per frame."),
@@ -59,6 +59,8 @@ def live(
 
     spec = parse_source(source, width=width, height=height, fps=fps)
     _warn_fps_ignored(spec, fps)
+    if every != 1 and not json_out:
+        warn(f"--every {every} only thins the --json lines: without --json it is ignored")
     options = LiveOptions(top_k=top_k, threshold=threshold, smoothing=smoothing, max_frames=max_frames)
     sinks = []
     if not headless:
@@ -239,7 +241,7 @@ def _print_summary(summary, recorded: dict | None) -> None:
     if table.row_count:  # no frame processed: no empty table
         console.print(table)
     if summary.truncated:
-        warn(f"the video ended after {summary.frames_read} of the {summary.frames_expected} frames its header "
+        warn(f"the video ended after {summary.frames_per_pass} of the {summary.frames_expected} frames its header "
              "declares: the file may be cut short or damaged")
     if recorded is not None:
         notes = [f"{recorded['frames']} frames at {recorded['fps']:g} fps"]

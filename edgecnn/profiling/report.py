@@ -49,6 +49,13 @@ def _ms(v: float) -> str:
     return f"{v:.0f}" if v >= 100 else f"{v:.1f}" if v >= 10 else f"{v:.2f}" if v >= 1 else f"{v:.3f}"
 
 
+def _ratio(v: float | None) -> str:
+    """A latency ratio: two decimals from 0.1 up, two significant digits below (0.0014, not 0.00)."""
+    if v is None:
+        return "-"
+    return f"{v:.2f}" if v >= 0.1 else f"{v:.2g}"
+
+
 def measurement_rows(result) -> list[list[str]]:
     """One row per (model, batch, mode): the table shown in the terminal and in the Markdown."""
     rows = []
@@ -67,7 +74,7 @@ def measurement_rows(result) -> list[list[str]]:
                 _ms(s.p99_ms),
                 _ms(s.max_ms),
                 f"{s.throughput:.1f}",
-                _fmt(m.latency_ratio, 2),
+                _ratio(m.latency_ratio),
             ]
         )
     return rows
