@@ -131,6 +131,32 @@ def test_eval_with_no_readable_image_fails_in_both_modes(cat_dog_onnx, tmp_path)
         assert result.stdout == ""
 
 
+def test_result_tables_go_to_stdout_and_brackets_are_text_not_markup(tmp_path):
+    """`edgecnn models | grep`, `eval ... > table.txt`: the result is on stdout (messages stay on stderr). Labels and
+    paths with '[' are printed as they are: rich read 'cat [house]' as a markup tag and '[/' crashed (exit 70)."""
+    from conftest import build_tiny_onnx, make_image_folder
+
+    models = runner.invoke(app, ["models"])
+    assert models.exit_code == 0 and "cifar-cnn" in models.stdout
+
+    model = build_tiny_onnx(tmp_path / "m.onnx", labels=("cat [house]", "[bold]bird"))
+    data = make_image_folder(tmp_path / "d [/]", classes=("cat [house]", "[bold]bird"), per_class=2)
+    result = runner.invoke(app, ["eval", str(model), str(data)])
+    assert result.exit_code == 0, result.output
+    assert "cat [house]" in result.stdout and "[bold]bird" in result.stdout and "top-1" in result.stdout
+
+    broken = tmp_path / "shots [" / "] broken.jpg"  # the path reads '.../shots [/] broken.jpg'
+    broken.parent.mkdir()
+    broken.write_bytes(b"not an image")
+    predicted = runner.invoke(app, ["predict", str(model), str(broken)])
+    assert predicted.exit_code == 2 and "shots [/] broken.jpg" in predicted.stderr
+    assert "internal error" not in predicted.output
+
+    compared = runner.invoke(app, ["compare", str(model), str(model), "--data", str(data / "[bold]bird")])
+    assert compared.exit_code == 0, compared.output
+    assert "top-1 agreement" in compared.stdout and "d [/]" in compared.stdout
+
+
 def test_eval_keeps_classes_that_share_a_name_apart(tmp_path):
     """Two model classes named alike (ImageNet's two 'crane's) get one row each, and the rows add up."""
     from conftest import build_tiny_onnx, make_image_folder

@@ -16,13 +16,18 @@ from typing import Callable, Iterator
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from edgecnn.errors import EdgeCNNError, caused_by_ctrl_c
 
 console = Console(stderr=True, highlight=False)
-if not console.is_terminal and "COLUMNS" not in os.environ:
-    console.width = 120  # logs and CI: rich's 80-column default folds every table
+# A command's result in human form (the tables of models, eval, compare): stdout, so `edgecnn models | grep` works;
+# --json replaces it there. Progress, messages and warnings stay on stderr.
+results = Console(highlight=False)
+for _c in (console, results):
+    if not _c.is_terminal and "COLUMNS" not in os.environ:
+        _c.width = 120  # logs and CI: rich's 80-column default folds every table
 STATE = {"debug": False}
 
 
@@ -63,7 +68,7 @@ def error(message: str) -> None:
 
 
 def warn(message: str) -> None:
-    console.print(f"[yellow]warning:[/] {message}")
+    console.print(f"[yellow]warning:[/] {escape(str(message))}")  # paths and labels may hold '[': not markup
 
 
 def _strict(obj):

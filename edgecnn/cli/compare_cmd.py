@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from edgecnn.cli.common import cli_command, console, print_json, progress_bar
+from edgecnn.cli.common import cli_command, console, print_json, progress_bar, results
 
 
 def compare_command(
@@ -44,9 +44,10 @@ def compare_command(
 
 
 def _print(r: dict, name_a: str, name_b: str, show: int) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=f"{name_a} vs {name_b} on {r['images']} images from {r['data']}")
+    table = Table(title=escape(f"{name_a} vs {name_b} on {r['images']} images from {r['data']}"))
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_row("top-1 agreement", f"{r['top1_agreement']:.2%}")
@@ -55,17 +56,17 @@ def _print(r: dict, name_a: str, name_b: str, show: int) -> None:
     table.add_row("mean abs diff (logits)", f"{r['mean_abs_diff']:.4g}")
     table.add_row("max abs diff (probabilities)", f"{r['max_prob_diff']:.4g}")
     table.add_row("cosine similarity (min / mean)", f"{r['cosine_min']:.6f} / {r['cosine_mean']:.6f}")
-    console.print(table)
+    results.print(table)
     dis = r["disagreements"]
     if dis and show:
         dt = Table(title=f"{len(dis)} image(s) where top-1 differs" + (f" (first {show})" if len(dis) > show else ""))
         for h in ("image", "A", "B"):
             dt.add_column(h)
         for d in dis[:show]:
-            dt.add_row(d["image"], f"{d['a']} ({d['a_prob']:.2f})", f"{d['b']} ({d['b_prob']:.2f})")
-        console.print(dt)
+            dt.add_row(escape(d["image"]), escape(f"{d['a']} ({d['a_prob']:.2f})"), escape(f"{d['b']} ({d['b_prob']:.2f})"))
+        results.print(dt)
     for note in r["notes"]:
-        console.print(f"[yellow]note:[/] {note}")
+        console.print(f"[yellow]note:[/] {escape(note)}")
     if r["unreadable"]:
         console.print(f"[yellow]skipped {len(r['unreadable'])} unreadable file(s)[/]")
     typer.echo(f"top-1 agreement {r['top1_agreement']:.2%}, max abs diff {r['max_abs_diff']:.4g}, {len(dis)} disagreement(s)")

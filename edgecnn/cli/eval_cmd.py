@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from edgecnn.cli.common import cli_command, console, print_json, progress_bar
+from edgecnn.cli.common import cli_command, console, print_json, progress_bar, results
 
 
 def eval_command(
@@ -27,15 +27,16 @@ def eval_command(
     if json_out:
         print_json(metrics)
         return
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=f"{Path(str(model)).name} on {data_dir} ({metrics['images']} images)")
+    table = Table(title=escape(f"{Path(str(model)).name} on {data_dir} ({metrics['images']} images)"))
     table.add_column("class")
     table.add_column("images", justify="right")
     table.add_column("top-1", justify="right")
     for name, row in metrics["per_class"].items():
-        table.add_row(name, str(row["images"]), f"{row['top1']:.1%}")
-    console.print(table)
+        table.add_row(escape(name), str(row["images"]), f"{row['top1']:.1%}")
+    results.print(table)
     if metrics["corrupt"]:
         console.print(f"[yellow]skipped {metrics['corrupt']} unreadable file(s)[/]")
     if metrics["not_in_a_class_folder"]:

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from edgecnn.cli.common import cli_command, console, print_json
+from edgecnn.cli.common import cli_command, print_json, results
 
 
 def zoo_rows() -> list[dict]:
@@ -54,4 +54,4 @@ def register(app: typer.Typer) -> None:
         for r in rows:
             table.add_row(r["name"], f"{r['parameters']:,}", str(r["num_classes"]),
                           "×".join(map(str, r["input_size"])), "yes" if r["pretrained"] else "", r["description"])
-        console.print(table)
+        results.print(table)

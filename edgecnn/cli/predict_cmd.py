@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import List, Optional
 
 import typer
+from rich.markup import escape
 
 from edgecnn.cli.common import cli_command, console, print_json
 
@@ -23,12 +24,13 @@ def predict(
     with load(model, backend=backend) as runner:
         results = predict_files(runner, images, top_k=top_k)
     failed = [r for r in results if "error" in r]
+
     if json_out:
         print_json({"model": str(model), "results": results})
     else:
         for r in results:
             if "error" in r:
-                console.print(f"[red]✗[/] {r['path']}: {r['error']}")
+                console.print(f"[red]✗[/] {escape(str(r['path']))}: {escape(str(r['error']))}")
                 continue
             best = ", ".join(f"{t['label']} {t['score']:.1%}" for t in r["top_k"])
             typer.echo(f"{r['path']}: {best}")

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.markup import escape
 
 from edgecnn.cli.common import cli_command, console, print_json, progress_bar, warn
 
@@ -130,7 +131,7 @@ def _print_summary(r: dict) -> None:
     line += f", mean |logit diff| {ag['mean_abs_diff']:.4f}"
     console.print(line)
     if acc.get("note"):
-        console.print(f"  ({acc['note']})")
+        console.print(f"  ({acc['note']})", markup=False)
     if ag.get("by_fp32_confidence"):
         from edgecnn.quant.report import confidence_summary
 
@@ -143,7 +144,7 @@ def _print_summary(r: dict) -> None:
 
         console.print(f"fine-tuned: {finetune_summary(r['finetune'])}")
     if r["excluded"]:
-        console.print(f"kept in float: {', '.join(r['excluded'])}")
+        console.print(f"kept in float: {', '.join(r['excluded'])}", markup=False)
     console.print(
         f"[green]✓[/] wrote {r['output']} ({r['sizes']['int8_bytes'] / 1e6:.2f} MB, was {r['sizes']['fp32_bytes'] / 1e6:.2f} MB; "
         f"target {r['target']}, method {r['method']}, {r['rounding']['method']} rounding, "
@@ -152,13 +153,13 @@ def _print_summary(r: dict) -> None:
     if r["weights"].get("note"):
         warn(r["weights"]["note"])
     if r.get("cache"):
-        console.print(f"[green]✓[/] wrote {r['cache']['path']} ({r['cache']['header']}, {r['cache']['tensors']} tensors)")
+        console.print(f"[green]✓[/] wrote {escape(str(r['cache']['path']))} ({r['cache']['header']}, {r['cache']['tensors']} tensors)")
     if r.get("latency"):
         lat = r["latency"]
         console.print(f"latency (batch {lat['batch']}, this machine): FP32 {lat['fp32']['median_ms']:.2f} ms, INT8 "
                       f"{lat['int8']['median_ms']:.2f} ms ({lat['speedup']:.2f}x)")
     if r.get("report"):
-        console.print(f"[green]✓[/] report: {r['report']['markdown']}")
+        console.print(f"[green]✓[/] report: {escape(str(r['report']['markdown']))}")
 
 
 def register(app: typer.Typer) -> None:

@@ -132,5 +132,5 @@ def register(app: typer.Typer) -> None:
         stop = " (early stop)" if result.stopped_early else " (time budget spent)" if result.out_of_time else ""
         console.print(f"[bold]{result.arch}[/] on {result.num_train} images, {len(result.classes)} classes: best {best}, "
                       f"{result.epochs_run} epochs{stop} in {result.train_seconds:.0f} s, {result.images_per_s:,.0f} img/s")
-        console.print(f"checkpoint {result.checkpoint}  (last: {result.last_checkpoint})")
-        console.print(f"metrics {result.metrics_csv}, {result.metrics_json}; curves {result.plot}")
+        console.print(f"checkpoint {result.checkpoint}  (last: {result.last_checkpoint})", markup=False)
+        console.print(f"metrics {result.metrics_csv}, {result.metrics_json}; curves {result.plot}", markup=False)
