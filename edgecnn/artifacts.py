@@ -176,7 +176,9 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    from edgecnn.jsonout import strict_json
+
+    return atomic_write_text(path, json.dumps(strict_json(obj), indent=2, sort_keys=True, default=str) + "\n")
 
 
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:

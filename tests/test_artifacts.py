@@ -109,3 +109,17 @@ def test_staged_files_are_put_in_place_in_order_or_not_at_all(tmp_path):
             (b / "x").write_text("in the way")
     assert a.read_text() == "model 2" and b.is_dir()
     assert [p.name for p in tmp_path.rglob(".*")] == []  # no temporary file anywhere
+
+
+def test_json_files_are_strict_json(tmp_path):
+    """NaN and infinities are not JSON (jq and JavaScript reject the file): every JSON edgecnn writes has null there."""
+    import json
+    import math
+
+    from edgecnn.artifacts import atomic_write_json
+
+    path = atomic_write_json(tmp_path / "m.json", {"loss": math.nan, "rows": [1.5, math.inf, (-math.inf,)], "n": 3})
+    text = path.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"loss": None, "rows": [1.5, None, [None]], "n": 3}
+

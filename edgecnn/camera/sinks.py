@@ -21,6 +21,7 @@ import numpy as np
 from edgecnn.artifacts import check_output_file, put_in_place, temp_beside
 from edgecnn.camera.sources import MAX_FPS, MIN_FPS, check_fps
 from edgecnn.errors import UserInputError
+from edgecnn.jsonout import strict_json
 
 FOURCC_BY_SUFFIX = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
 
@@ -340,19 +341,6 @@ class VideoRecorder:
         raise RecordingError(
             f"Recording {self.path} is unusable: {problem}{hint}; the incomplete video was removed and {kept}"
         )
-
-
-def strict_json(obj):
-    """`obj` with NaN and infinities as None (null): they are not JSON, and strict parsers (jq, JavaScript) reject the
-    whole line. The same rule as `predict --json` (cli.common._strict), kept here so the library does not import
-    the CLI."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: strict_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [strict_json(v) for v in obj]
-    return obj
 
 
 class JsonLinesSink:

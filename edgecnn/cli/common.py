@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import math
 import os
 import sys
 from typing import Callable, Iterator
@@ -20,6 +19,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from edgecnn.errors import EdgeCNNError, caused_by_ctrl_c
+from edgecnn.jsonout import strict_json
 
 console = Console(stderr=True, highlight=False)
 # A command's result in human form (the tables of models, eval, compare): stdout, so `edgecnn models | grep` works;
@@ -71,19 +71,8 @@ def warn(message: str) -> None:
     console.print(f"[yellow]warning:[/] {escape(str(message))}")  # paths and labels may hold '[': not markup
 
 
-def _strict(obj):
-    """NaN and infinities as null: they are not JSON, and strict parsers (JavaScript, jq) reject the document."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _strict(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_strict(v) for v in obj]
-    return obj
-
-
 def print_json(obj) -> None:
-    text = json.dumps(_strict(obj), indent=2, sort_keys=True, default=str, allow_nan=False)
+    text = json.dumps(strict_json(obj), indent=2, sort_keys=True, default=str, allow_nan=False)
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
 

@@ -52,9 +52,10 @@ def live(
 
     from edgecnn.camera.capture import ReconnectPolicy, ThreadedCapture
     from edgecnn.camera.loop import LiveOptions, run_live
-    from edgecnn.camera.sinks import CallbackSink, JsonLinesSink, VideoRecorder, WindowSink, strict_json
+    from edgecnn.camera.sinks import CallbackSink, JsonLinesSink, VideoRecorder, WindowSink
     from edgecnn.camera.sources import parse_source
     from edgecnn.errors import EdgeCNNError, SourceError
+    from edgecnn.jsonout import strict_json
     from edgecnn.runtime.base import load
 
     spec = parse_source(source, width=width, height=height, fps=fps)

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from edgecnn.artifacts import atomic_path, atomic_write_text, check_output_folder
+from edgecnn.jsonout import strict_json
 
 
 def check_report_dir(folder: str | Path) -> Path:
@@ -23,7 +24,7 @@ def write_report(result, folder: str | Path) -> dict[str, Path]:
     folder = check_report_dir(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = {
-        "json": atomic_write_text(folder / "profile.json", json.dumps(result.to_dict(), indent=2, default=str) + "\n"),
+        "json": atomic_write_text(folder / "profile.json", json.dumps(strict_json(result.to_dict()), indent=2, default=str) + "\n"),
         "markdown": atomic_write_text(folder / "profile.md", markdown(result)),
         "latency_plot": _save(_latency_figure(result), folder / "latency.png"),
         "throughput_plot": _save(_throughput_figure(result), folder / "throughput.png"),

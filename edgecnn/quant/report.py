@@ -105,9 +105,11 @@ def stage_report(stage, folder: str | os.PathLike, result: dict) -> dict[str, st
     place together with the model, or not at all. Sets and returns result["report"] (the paths)."""
     import json
 
+    from edgecnn.jsonout import strict_json
+
     folder = Path(folder)
     result["report"] = {"json": str(folder / "quantization.json"), "markdown": str(folder / "quantization.md")}
-    stage(folder / "quantization.json").write_text(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n",
-                                                  encoding="utf-8")
+    text = json.dumps(strict_json(result), indent=2, sort_keys=True, default=str) + "\n"
+    stage(folder / "quantization.json").write_text(text, encoding="utf-8")
     stage(folder / "quantization.md").write_text(to_markdown(result), encoding="utf-8")
     return result["report"]
