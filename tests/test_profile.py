@@ -289,7 +289,7 @@ def test_cli_json_is_json_only(two_models):
 def test_cli_table_and_report(tmp_path, tiny_onnx):
     res = cli("profile", str(tiny_onnx), "-n", "3", "--warmup", "1", "--end-to-end", "--per-layer", "--report", str(tmp_path / "r"))
     assert res.exit_code == 0, res.output
-    assert "x 1st" in res.output and "end-to-end" in res.output and "slowest layers" in res.output
+    assert "x 1st" in res.stdout and "end-to-end" in res.stdout and "slowest layers" in res.stdout  # the result
     assert (tmp_path / "r" / "profile.md").is_file() and (tmp_path / "r" / "layers.png").is_file()
 
 

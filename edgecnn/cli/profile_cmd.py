@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from edgecnn.cli.common import cli_command, console, print_json, progress_bar
+from edgecnn.cli.common import cli_command, console, print_json, progress_bar, results
 
 
 def _batches(text: str) -> tuple[int, ...]:
@@ -70,10 +70,13 @@ def profile_command(
         return
     _print_tables(result)
     for kind, path in written.items():
-        console.print(f"{kind}: {path}")
+        console.print(f"{kind}: {path}", markup=False)
 
 
 def _print_tables(result) -> None:
+    """The result on stdout (`results`), like eval's and compare's tables; model labels, layer names and notes are
+    text, never rich markup."""
+    from rich.markup import escape
     from rich.table import Table
 
     from edgecnn.profiling.report import SHORT_HEADERS, measurement_rows
@@ -81,43 +84,44 @@ def _print_tables(result) -> None:
     env = result.environment
     cpu = env.get("cpu", {})
     gpus = ", ".join(g["name"] for g in env.get("gpus") or []) or "none"
-    console.print(
-        f"[bold]{cpu.get('model')}[/] ({cpu.get('usable_cores')} cores usable), threads: {env.get('threads')}, GPU: {gpus}"
+    results.print(
+        f"[bold]{escape(str(cpu.get('model')))}[/] ({cpu.get('usable_cores')} cores usable), threads: "
+        f"{env.get('threads')}, GPU: {escape(gpus)}"
     )
     models = Table(title="models")
     for h in ("model", "backend", "precision", "input", "file MB", "RSS delta MB"):
         models.add_column(h, justify="left" if h in ("model", "backend", "precision", "input") else "right")
     for m in result.models:
         models.add_row(
-            m.label, m.backend, m.precision, "x".join(map(str, m.input_shape)), f"{m.file_size_mb:.2f}",
+            escape(m.label), m.backend, m.precision, "x".join(map(str, m.input_shape)), f"{m.file_size_mb:.2f}",
             "-" if m.rss_delta_mb is None else f"{m.rss_delta_mb:.1f}",
         )
-    console.print(models)
+    results.print(models)
     table = Table(title="latency in ms; 'x 1st' = p50 / the first model's p50 (< 1 is faster)")
     for h in SHORT_HEADERS:
         table.add_column(h, justify="left" if h in ("model", "mode") else "right", overflow="fold")
     for row in measurement_rows(result):
-        table.add_row(*row)
-    console.print(table)
+        table.add_row(*(escape(str(cell)) for cell in row))
+    results.print(table)
     for m in result.measurements:
         if m.stages:
             split = ", ".join(f"{k} {v['mean_ms']:.3f}" for k, v in m.stages.items())
-            console.print(f"{m.label} batch {m.batch} {m.mode} stages (mean ms): {split}")
+            results.print(f"{m.label} batch {m.batch} {m.mode} stages (mean ms): {split}", markup=False)
     for info in result.models:
         if info.layers:
-            lt = Table(title=f"slowest layers: {info.label} ({info.layers_note})")
+            lt = Table(title=escape(f"slowest layers: {info.label} ({info.layers_note})"))
             for h in ("layer", "op", "mean ms", "share"):
                 lt.add_column(h, justify="right" if h in ("mean ms", "share") else "left")
             for r in info.layers:
                 share = f"{100 * r['share']:.1f}%" if "share" in r else "-"
-                lt.add_row(r["name"], str(r.get("op", "?")), f"{r['mean_ms']:.4f}", share)
-            console.print(lt)
+                lt.add_row(escape(str(r["name"])), escape(str(r.get("op", "?"))), f"{r['mean_ms']:.4f}", share)
+            results.print(lt)
         elif info.layers_note and result.options.per_layer:
-            console.print(f"[yellow]{info.label}: {info.layers_note}[/]")
+            console.print(f"[yellow]{escape(f'{info.label}: {info.layers_note}')}[/]")
     if result.peak_rss_mb is not None:
-        console.print(f"process peak RSS {result.peak_rss_mb:.1f} MB")
+        results.print(f"process peak RSS {result.peak_rss_mb:.1f} MB")
     if result.timing and len(result.models) > 1:
-        console.print(f"timing: {result.timing}", markup=False)
+        results.print(f"timing: {result.timing}", markup=False)
 
 
 def register(app: typer.Typer) -> None:
