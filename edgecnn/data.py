@@ -150,15 +150,16 @@ def find_splits(root: str | os.PathLike) -> tuple[Path, Path | None]:
 
 
 def find_training_splits(root: str | os.PathLike) -> tuple[Path, Path | None]:
-    """(train, validation folder or None) for training. train/ is recognised beside val/ (valid/, validation/) or
-    test/, but only val/ validates: the best epoch and early stopping are choices made on the validation images, so
-    made on test/ they would leak the test set into the model and inflate its test score. Without val/ the caller
-    splits validation images off train/; test/ is never read."""
+    """(train, validation folder) for training when `root` holds train/ beside val/ (valid/, validation/) or test/,
+    else (root, None). val/ validates when it is there, and test/ then stays unseen; a plain train/ + test/ pair
+    (CIFAR-10's layout) validates on test/, the usual convention, which the caller says out loud: the best epoch and
+    early stopping are then chosen on test/, so its score is no longer an unseen-data score (--val-split keeps it
+    unseen)."""
     root = Path(root)
     train = _first_folder(root, SPLIT_TRAIN)
-    val = _first_folder(root, SPLIT_VAL)
-    if train is not None and (val is not None or _first_folder(root, SPLIT_TEST) is not None):
-        return train, val
+    held_out = _first_folder(root, SPLIT_VAL) or _first_folder(root, SPLIT_TEST)
+    if train is not None and held_out is not None:
+        return train, held_out
     return root, None
 
 

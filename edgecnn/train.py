@@ -1,8 +1,8 @@
 """Training: `fit(TrainConfig, progress=callback) -> TrainResult`. No printing; the CLI draws the progress bar.
 
 Pipeline, and why:
-- Data is an image folder (one sub-folder per class; train/ beside val/ or test/ is recognised, and only val/
-  validates: test/ is never read, see `data.find_training_splits`). Every image is decoded
+- Data is an image folder (one sub-folder per class; train/ beside val/ or test/ is recognised: val/ validates
+  when present, else test/, with a warning; see `data.find_training_splits`). Every image is decoded
   ONCE with OpenCV and brought to the model's input size by `preprocess.geometric()` (`data.decode_resized`), so the
   epochs run from uint8 arrays in memory: no per-epoch JPEG decoding, which would dominate on a small CPU.
 - Per batch: augmentation on uint8 (random crop with padding, horizontal flip; `edgecnn.augment`) and then
@@ -49,14 +49,15 @@ class TrainConfig:
     """Everything `fit()` needs. Paths may be str or Path.
 
     data:          image folder (class sub-folders), or a folder with train/ beside val/ (valid/, validation/)
-                   and/or test/. test/ is never read: choosing the best epoch on it would leak it into the model.
+                   and/or test/. val/ validates; without it test/ does (with a warning: the best epoch is then
+                   chosen on it).
     arch:          registry name (`edgecnn models`).
     out:           best checkpoint path (.pt); `<stem>.last.pt`, `.metrics.csv`, `.metrics.json`, `.curves.png` go
                    next to it.
     img_size:      input size (square); replaces only the size of the model's preprocessing (mean/std, resize policy
                    and channel order stay the model's own, which is what a pretrained backbone needs).
-    val / val_split: validation folder, or the fraction of each class held out. Default: the val/ folder beside
-                   train/, else 10 % of the training folder. `val_split=0` trains without validation
+    val / val_split: validation folder, or the fraction of each class held out. Default: the val/ (else test/)
+                   folder beside train/, else 10 % of the training folder. `val_split=0` trains without validation
                    (then the last epoch is the checkpoint and early stopping is off).
     batch_size:    per process (as with DistributedSampler).
     patience:      stop after this many epochs without a better validation accuracy (None: never).

@@ -113,7 +113,7 @@ def plan_data(cfg: TrainConfig, classes_from_ckpt: list[str] | None, warn: Calla
     """Scan and split the folders (cheap: no decoding). Class folders without images are left out with a warning:
     the model would never learn such a class, and a user who forgot to fill a folder wants to know before the
     training time is spent."""
-    from edgecnn.data import find_training_splits, scan_image_folder
+    from edgecnn.data import SPLIT_TEST, find_training_splits, scan_image_folder
 
     train_dir, val_dir = find_training_splits(Path(cfg.data))
     folder = scan_image_folder(train_dir, min_classes=2)
@@ -132,6 +132,10 @@ def plan_data(cfg: TrainConfig, classes_from_ckpt: list[str] | None, warn: Calla
     labels = [c for _, c in folder.samples]
 
     val_root = Path(cfg.val) if cfg.val is not None else val_dir if cfg.val_split is None else None
+    if val_root is not None and cfg.val is None and val_dir.name in SPLIT_TEST:
+        warn(f"validating on {val_dir} (there is no val/ beside {train_dir.name}/): the best epoch and early stopping "
+             f"are chosen on it, so its accuracy is not an unseen-data score; add a val/ folder or pass --val-split "
+             f"0.1 to keep {val_dir.name}/ unseen")
     if val_root is not None:
         a, b = val_root.resolve(), train_dir.resolve()
         if a.is_relative_to(b) or b.is_relative_to(a):

@@ -164,11 +164,11 @@ def test_find_splits(tmp_path):
     (tmp_path / "val").mkdir()
     assert find_splits(tmp_path) == (tmp_path / "train", tmp_path / "val")
     assert find_training_splits(tmp_path) == (tmp_path / "train", tmp_path / "val")
-    (tmp_path / "test").mkdir()  # evaluation scores test/; training validates on val/ and never reads test/
+    (tmp_path / "test").mkdir()  # evaluation scores test/; training validates on val/ and leaves test/ unseen
     assert find_splits(tmp_path) == (tmp_path / "train", tmp_path / "test")
     assert find_training_splits(tmp_path) == (tmp_path / "train", tmp_path / "val")
-    (tmp_path / "val").rmdir()
-    assert find_training_splits(tmp_path) == (tmp_path / "train", None)
+    (tmp_path / "val").rmdir()  # a plain train/ + test/ pair (CIFAR-10's layout) validates on test/
+    assert find_training_splits(tmp_path) == (tmp_path / "train", tmp_path / "test")
     (tmp_path / "train").rename(tmp_path / "training")
     (tmp_path / "validation").mkdir()
     assert find_training_splits(tmp_path) == (tmp_path / "training", tmp_path / "validation")

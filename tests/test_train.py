@@ -207,8 +207,9 @@ def test_train_test_pair_and_val_folder(tmp_path):
     make_image_folder(root / "train", per_class=6, seed=1)
     make_image_folder(root / "test", per_class=3, seed=2)
     result = fit(_cfg(root, tmp_path / "m.pt", epochs=1, val_split=None))
-    assert (result.num_train, result.num_val) == (10, 2)  # test/ is never read: 10 % of train/ validates
-    assert read_checkpoint(result.checkpoint)["training"]["val_folder"] is None
+    assert (result.num_train, result.num_val) == (12, 6)  # train/ + test/: test/ validates, and the run says so
+    assert read_checkpoint(result.checkpoint)["training"]["val_folder"] == str((root / "test").resolve())
+    assert any("validating on" in w and "--val-split" in w for w in result.warnings), result.warnings
 
     make_image_folder(root / "val", per_class=2, seed=3)  # train/ + val/ + test/: val/ validates, test/ stays unseen
     result = fit(_cfg(root, tmp_path / "m3.pt", epochs=1, val_split=None))

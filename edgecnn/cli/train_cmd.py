@@ -45,7 +45,7 @@ def register(app: typer.Typer) -> None:
     @cli_command
     def train(
         ctx: typer.Context,
-        data: Annotated[Path, typer.Argument(help="Image folder: one sub-folder per class, or train/ beside val/ (validates) and test/ (never read).")],
+        data: Annotated[Path, typer.Argument(help="Image folder: one sub-folder per class, or train/ beside val/ and/or test/ (val/ validates, else test/).")],
         out: Annotated[Path, typer.Option("--out", "-o", help="Best checkpoint (.pt); metrics CSV/JSON and curves PNG go next to it.")],
         arch: Annotated[Optional[str], typer.Option("--arch", "-a", help="Architecture from `edgecnn models` (default cifar-cnn; taken from the checkpoint with --resume).")] = None,
         epochs: Annotated[int, typer.Option("--epochs", "-e", help="Epochs in total (with --resume: including those done; default there: the run's own).")] = 10,
