@@ -430,5 +430,5 @@ def test_torch_backend_on_an_onnx_file_names_the_right_backend(tiny_onnx, tmp_pa
     result = CliRunner().invoke(app, ["live", str(tiny_onnx), "--source", str(video), "--headless",
                                       "--backend", "torch"])
     assert result.exit_code == 2, result.output
-    assert "tiny.onnx is not a PyTorch checkpoint" in result.stderr and "onnxrt" in result.stderr
+    assert "torch backend runs .pt checkpoints, not tiny.onnx" in result.stderr and "onnxrt" in result.stderr
     assert "torch.save" not in result.stderr and "save_checkpoint" not in result.stderr

@@ -372,7 +372,7 @@ def test_report_says_whether_the_models_were_really_interleaved(two_models):
 def test_torch_backend_on_an_onnx_file_is_a_clear_error(tiny_onnx):
     res = cli("profile", f"{tiny_onnx}@torch", "-n", "2")
     assert res.exit_code == 2
-    assert "is not a PyTorch checkpoint" in res.output and "re-save" not in res.output
+    assert "torch backend runs .pt checkpoints, not" in res.output and "re-save" not in res.output
 
 
 def test_small_ratios_keep_their_significant_digits(tiny_onnx):

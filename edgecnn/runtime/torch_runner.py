@@ -12,7 +12,6 @@ import numpy as np
 from edgecnn.runtime.base import Backend, InputSpec, Runner
 
 
-OTHER_BACKENDS = {".onnx": "onnxrt", ".engine": "tensorrt", ".plan": "tensorrt", ".xml": "openvino"}  # not checkpoints
 
 
 class TorchRunner(Runner):
@@ -20,14 +19,7 @@ class TorchRunner(Runner):
 
     def __init__(self, path: Path, threads: int | None = None, device: str = "cpu"):
         from edgecnn.checkpoint import load_checkpoint
-        from edgecnn.errors import UserInputError, require_torch
-
-        own = OTHER_BACKENDS.get(Path(path).suffix.lower())
-        if own is not None:  # not "not a torch.save checkpoint ... re-save it": it is a fine model for another backend
-            raise UserInputError(
-                f"{Path(path).name} is not a PyTorch checkpoint: the torch backend runs the .pt checkpoints `edgecnn "
-                f"train` writes. Run it on {own} (its default: drop @torch / --backend torch), or give its .pt checkpoint"
-            )
+        from edgecnn.errors import require_torch
 
         torch = require_torch()
         if threads:
