@@ -141,12 +141,7 @@ def _first_folder(root: Path, names: Sequence[str]) -> Path | None:
 def find_splits(root: str | os.PathLike) -> tuple[Path, Path | None]:
     """(train, evaluation folder) when `root` holds train/ beside test/ or val/, else (root, None). For scoring a
     model (eval, quantize --val): test/ is preferred, val/ (valid/, validation/) taken when there is no test/."""
-    root = Path(root)
-    train = _first_folder(root, SPLIT_TRAIN)
-    held_out = _first_folder(root, SPLIT_TEST) or _first_folder(root, SPLIT_VAL)
-    if train is not None and held_out is not None:
-        return train, held_out
-    return root, None
+    return _train_beside(root, SPLIT_TEST, SPLIT_VAL)
 
 
 def find_training_splits(root: str | os.PathLike) -> tuple[Path, Path | None]:
@@ -155,9 +150,13 @@ def find_training_splits(root: str | os.PathLike) -> tuple[Path, Path | None]:
     (CIFAR-10's layout) validates on test/, the usual convention, which the caller says out loud: the best epoch and
     early stopping are then chosen on test/, so its score is no longer an unseen-data score (--val-split keeps it
     unseen)."""
+    return _train_beside(root, SPLIT_VAL, SPLIT_TEST)
+
+
+def _train_beside(root: str | os.PathLike, preferred: Sequence[str], fallback: Sequence[str]) -> tuple[Path, Path | None]:
     root = Path(root)
     train = _first_folder(root, SPLIT_TRAIN)
-    held_out = _first_folder(root, SPLIT_VAL) or _first_folder(root, SPLIT_TEST)
+    held_out = _first_folder(root, preferred) or _first_folder(root, fallback)
     if train is not None and held_out is not None:
         return train, held_out
     return root, None

@@ -68,23 +68,7 @@ def test_threshold_shows_unknown(tiny_onnx, tmp_path):
 def test_signal_finalises_recording_and_prints_summary(tiny_onnx, tmp_path, sig):
     video = write_video(tmp_path / "clip.mp4", frames=30)
     out = tmp_path / "annotated.avi"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "edgecnn", "live", str(tiny_onnx), "--source", str(video), "--loop", "--headless",
-         "--json", "--record", str(out)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    lines: list[str] = []
-    seen = threading.Event()
-
-    def reader():
-        for line in proc.stdout:
-            lines.append(line)
-            if len(lines) >= 8:
-                seen.set()
-        seen.set()
-
-    t = threading.Thread(target=reader, daemon=True)
-    t.start()
+    proc, lines, seen, t = _start_live_recording(tiny_onnx, video, out, lines_before=8)
     try:
         assert seen.wait(60), "no frames from the live loop"
         proc.send_signal(sig)
@@ -311,8 +295,9 @@ def test_a_truncated_video_warns(tiny_onnx, tmp_path):
 # ---------------------------------------------------------------- Ctrl-C twice, and Ctrl-C after the run
 
 
-def _start_live_recording(tiny_onnx, video, out):
-    """A looping headless live run with --json and --record; returns (process, stdout lines, event set after 5)."""
+def _start_live_recording(tiny_onnx, video, out, lines_before=5):
+    """A looping headless live run with --json and --record; returns (process, its stdout lines so far, an event set
+    once `lines_before` lines are out, the reader thread)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "edgecnn", "live", str(tiny_onnx), "--source", str(video), "--loop", "--headless",
          "--json", "--record", str(out)],
@@ -324,19 +309,20 @@ def _start_live_recording(tiny_onnx, video, out):
     def reader():
         for line in proc.stdout:
             lines.append(line)
-            if len(lines) >= 5:
+            if len(lines) >= lines_before:
                 seen.set()
         seen.set()
 
-    threading.Thread(target=reader, daemon=True).start()
-    return proc, lines, seen
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    return proc, lines, seen, thread
 
 
 @pytest.mark.parametrize("gap_s", [0.01, 0.03, 0.05, 0.07])
 def test_a_second_ctrl_c_during_shutdown_never_leaves_a_temporary_recording(tiny_onnx, tmp_path, gap_s):
     video = write_video(tmp_path / "clip.mp4", frames=30)
     out = tmp_path / "rec.mp4"
-    proc, lines, seen = _start_live_recording(tiny_onnx, video, out)
+    proc, lines, seen, _ = _start_live_recording(tiny_onnx, video, out)
     try:
         assert seen.wait(60), "no frames from the live loop"
         proc.send_signal(signal.SIGINT)
@@ -355,7 +341,7 @@ def test_a_second_ctrl_c_during_shutdown_never_leaves_a_temporary_recording(tiny
 def test_ctrl_c_after_the_run_has_ended_does_not_change_its_exit(tiny_onnx, tmp_path):
     video = write_video(tmp_path / "clip.mp4", frames=30)
     out = tmp_path / "rec.avi"
-    proc, lines, seen = _start_live_recording(tiny_onnx, video, out)
+    proc, lines, seen, _ = _start_live_recording(tiny_onnx, video, out)
     try:
         assert seen.wait(60), "no frames from the live loop"
         proc.send_signal(signal.SIGINT)
