@@ -381,7 +381,8 @@ def _measure_interleaved(runners, labels, options: ProfileOptions, batches, fram
         fns = [_workload(r, mode, batch, frame) for r in runners]
         samples = [[] for _ in runners]
         stages = [dict() for _ in runners]
-        budget = options.duration * n if options.duration else None
+        budget = options.duration or None  # seconds of timed calls per model (its own calls only)
+        spent = [0.0] * n
         rounds = options.iterations or 0
         start = timer()
         r = 0  # rounds done: every model has run r blocks
@@ -389,25 +390,28 @@ def _measure_interleaved(runners, labels, options: ProfileOptions, batches, fram
         while True:
             if budget is None and done >= rounds:
                 break
-            if budget is not None and r > 0 and timer() - start >= budget:
+            if budget is not None and r > 0 and all(t >= budget for t in spent):
                 break
             size = options.block if budget is not None else min(options.block, rounds - done)
             for k in range(n):
                 i = (r + k) % n  # rotate who goes first
-                if budget is not None and r > 0 and timer() - start >= budget:
-                    break
+                if budget is not None and r > 0 and spent[i] >= budget:
+                    continue
                 if n > 1 and options.settle_s:
                     time.sleep(options.settle_s)  # let the previous runtime's worker threads park
                 fn, into, split_into = fns[i], samples[i], stages[i]
                 for j in range(size):
-                    # --duration is checked before every call, not once per block (a block of 10 batch-16 calls ran
-                    # 3.75 s for --duration 0.5): it is overrun by at most the call in progress. Every model still
-                    # gets one timed call in the first round.
-                    if budget is not None and (r > 0 or j > 0) and timer() - start >= budget:
+                    # --duration is each model's own: checked before every call, not once per block (a block of 10
+                    # batch-16 calls ran 3.75 s for --duration 0.5), and against that model's time only (a shared
+                    # budget let the first model spend it all and left the next one a single sample). Every model
+                    # gets at least one timed call.
+                    if budget is not None and (r > 0 or j > 0) and spent[i] >= budget:
                         break
                     t0 = timer()
                     fn()
-                    into.append((timer() - t0) * 1000.0)
+                    took = timer() - t0
+                    spent[i] += took
+                    into.append(took * 1000.0)
                     split = getattr(runners[i], "last_timings", None)
                     if isinstance(split, dict):
                         for stage, ms in split.items():
@@ -415,7 +419,7 @@ def _measure_interleaved(runners, labels, options: ProfileOptions, batches, fram
             r += 1
             done += size
             if progress:
-                _report(progress, gi, len(groups), done, rounds, budget, timer() - start, batch, mode)
+                _report(progress, gi, len(groups), done, rounds, budget, min(spent), batch, mode)
         rounds_done.append(r)
         for i, label in enumerate(labels):
             out.append(
@@ -439,7 +443,7 @@ def _interleaving(models: int, block: int, rounds: list[int]) -> str:
     least, most = min(rounds), max(rounds)
     if most <= 1:
         return (f"not interleaved: each model ran all its calls in one block, one model after the other (the calls per "
-                f"model fit in one block of {block}; more iterations interleave them)")
+                f"model fit in one block of {block}; more iterations or a longer --duration interleave them)")
     span = f"{least}" if least == most else f"{least}-{most}"
     return f"interleaved in blocks of up to {block} calls over {span} rounds (round-robin, rotating first model)"
 

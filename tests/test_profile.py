@@ -359,6 +359,17 @@ def test_duration_is_checked_before_every_call_not_once_per_block(tiny_onnx):
     assert sum(samples[:-1]) < 2.0, samples
 
 
+def test_duration_is_each_models_own(two_models):
+    """A shared budget let the first model spend it all: 6 timed calls for one model, 1 for the next. Each model
+    gets its own --duration of timed calls, so two alike models get alike sample counts."""
+    a, b = two_models
+    result = profile_models([str(a), str(b)], ProfileOptions(warmup=1, iterations=None, duration=0.02, settle_s=0.0))
+    counts = [len(m.samples_ms) for m in result.measurements]
+    assert min(counts) >= 5, counts  # a call of the tiny model takes well under a millisecond
+    for m in result.measurements:
+        assert sum(m.samples_ms[:-1]) < 20.0  # each model stopped once its own 20 ms were spent
+
+
 def test_report_says_whether_the_models_were_really_interleaved(two_models):
     a, b = two_models
     few = profile_models([str(a), str(b)], ProfileOptions(warmup=1, iterations=5, settle_s=0.0))
