@@ -9,6 +9,8 @@ import typer
 
 from edgecnn.cli.common import cli_command, console, error, print_json, progress_bar, warn
 
+DRY_RUN_SHA256 = "SHA256-OF-THE-BUNDLE"  # in --dry-run host commands: the real run's archive sha256 goes there
+
 deploy_app = typer.Typer(
     name="deploy",
     help="Bundle a model for Jetson devices, install bundles, write Triton and DeepStream configs.",
@@ -67,7 +69,9 @@ def bundle(
         report = create_bundle(model, out, options, progress=update, dry_run=dry_run)
     result = report.to_dict()
     if host:
-        commands = ssh_commands(out, host, report.name, report.sha256, prefix=prefix or DEFAULT_PREFIX, service=service)
+        # a dry run shows where the real run's sha256 goes: its own archive is new, so no hash known now would match
+        sha256 = report.sha256 or DRY_RUN_SHA256
+        commands = ssh_commands(out, host, report.name, sha256, prefix=prefix or DEFAULT_PREFIX, service=service)
         result["host_commands"] = [shlex.join(c) for c in commands]  # quoted: pasting a line runs it as shown
         if not dry_run:
             if not json_out:
@@ -84,7 +88,7 @@ def bundle(
                 f"  sha256 {report.sha256} (also in {report.out}.sha256: copy both, install checks it)")
     else:
         head = (f"checked the bundle for {report.out} ({size}); --dry-run: nothing written (the real run's archive "
-                "gets its own sha256)")
+                f"gets its own sha256: {DRY_RUN_SHA256} stands for it below)")
     console.print(
         f"[green]✓[/] {head}\n"
         f"  on the device: builds a {report.precision} engine from {report.build_onnx} at first start; "

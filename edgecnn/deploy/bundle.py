@@ -106,7 +106,7 @@ class BundleOptions:
 class BundleReport:
     out: str
     name: str
-    sha256: str
+    sha256: str | None  # None for a dry run: nothing was written, and the real run's archive has its own
     size_bytes: int
     precision: str
     build_onnx: str
@@ -561,7 +561,7 @@ def create_bundle(
     return BundleReport(
         out=str(out),
         name=name,
-        sha256=digest,
+        sha256=None if dry_run else digest,  # a dry run's archive is thrown away; the real one records its own time
         size_bytes=size,
         precision=options.precision,
         build_onnx=plan.build_onnx,
