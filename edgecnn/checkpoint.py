@@ -171,17 +171,18 @@ def load_checkpoint(path: str | os.PathLike):
             f"{contract.num_classes} labels {_short(contract.labels, 80)}: each output needs exactly one label"
         )
     model.eval()
-    _check_finite_weights(path, model)
+    check_finite_weights(path, model.state_dict())
     _check_forward(path, model, contract, arch)
     return model, contract, ckpt
 
 
-def _check_finite_weights(path: Path, model) -> None:
+def check_finite_weights(path: str | os.PathLike, state_dict: dict) -> None:
     """NaN/inf weights give NaN scores ('ship nan%') and a meaningless accuracy: refuse them at load, for every
-    command alike (export used to be the only one that noticed)."""
+    command alike (export used to be the only one that noticed), and before a --resume spends time decoding data only
+    to report 'training diverged'."""
     torch = require_torch()
-    for name, value in model.state_dict().items():
-        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+    for name, value in state_dict.items():
+        if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
             raise ArtifactError(f"checkpoint {path}: weights {name} are not finite (NaN/inf): the file is damaged or "
                                 "its training diverged; use an earlier checkpoint or retrain")
 

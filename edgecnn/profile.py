@@ -384,7 +384,6 @@ def _measure_interleaved(runners, labels, options: ProfileOptions, batches, fram
         budget = options.duration or None  # seconds of timed calls per model (its own calls only)
         spent = [0.0] * n
         rounds = options.iterations or 0
-        start = timer()
         r = 0  # rounds done: every model has run r blocks
         done = 0  # timed runs per model so far
         while True:

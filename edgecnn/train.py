@@ -860,13 +860,13 @@ def _prepare_output_folder(out: Path) -> Path | None:
 def fit(cfg: TrainConfig, progress: ProgressCallback | None = None) -> TrainResult:
     """Train `cfg.arch` on `cfg.data` and write the best checkpoint to `cfg.out`. See the module docstring."""
     torch = require_torch()
-    from edgecnn.checkpoint import read_checkpoint
-
     from edgecnn.artifacts import remove_created
+    from edgecnn.checkpoint import check_finite_weights, read_checkpoint
 
     _validate(cfg)
     ckpt = read_checkpoint(cfg.resume) if cfg.resume is not None else None
     if ckpt is not None:
+        check_finite_weights(cfg.resume, ckpt["state_dict"])
         cfg = resumed_config(cfg, ckpt)
         _validate(cfg)  # the settings taken from the checkpoint (e.g. its --val folder) are checked the same way
     created = _prepare_output_folder(Path(cfg.out))

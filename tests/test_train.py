@@ -167,6 +167,21 @@ def test_resume_continues_exactly(folder, tmp_path):
         fit(_cfg(folder, tmp_path / "e" / "m.pt", arch="lenet5", resume=first.last_checkpoint))
 
 
+def test_resume_from_nan_weights_is_a_damaged_checkpoint_not_a_divergence(folder, tmp_path):
+    from edgecnn.errors import ArtifactError
+
+    first = fit(_cfg(folder, tmp_path / "a" / "m.pt", epochs=1))
+    ckpt = torch.load(first.last_checkpoint, weights_only=True)
+    name = next(k for k, v in ckpt["state_dict"].items() if v.is_floating_point())
+    weights = ckpt["state_dict"][name]
+    weights[(0,) * weights.dim()] = float("nan")
+    damaged = tmp_path / "nan.last.pt"
+    torch.save(ckpt, damaged)
+    with pytest.raises(ArtifactError, match=f"weights {name} are not finite"):
+        fit(_cfg(folder, tmp_path / "b" / "m.pt", epochs=2, resume=damaged))
+    assert not (tmp_path / "b").exists()  # refused before anything was made
+
+
 def test_early_stopping(folder, tmp_path):
     result = fit(_cfg(folder, tmp_path / "m.pt", epochs=6, lr=1e-9, patience=2))  # nothing improves after epoch 1
     assert result.stopped_early and result.epochs_run == 3 and result.best_epoch == 1
