@@ -42,7 +42,7 @@ def live(
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="ONNX Runtime CPU threads; cores-1 leaves a core for capture (most efficient pipeline)."),
 ):
     """Run the live loop until the source ends, --max-frames, q/Esc, or Ctrl-C / SIGTERM (which still finalise the
-    recording and print the summary; with --record a second Ctrl-C waits for the video to be finished)."""
+    recording and print the summary; with --record a second Ctrl-C is ignored until the video is finished)."""
     import json
     import signal
     import sys
@@ -88,23 +88,23 @@ def live(
     runner = load(model, backend=backend, **load_options)
     stop = threading.Event()
     previous = {}
-    deferred = []  # a second Ctrl-C that came while the recording was being finished
+    said_so = []  # a second Ctrl-C came while the recording was being finished, and the note was printed
     finished = threading.Event()  # run_live has returned: nothing is left to cut short
 
     def on_signal(signum, _frame):
         """First Ctrl-C / SIGTERM: stop the loop (it finishes the recording and prints the summary). A second Ctrl-C
         cuts the shutdown short (a stream slow to close: exit 130), except with --record: cutting it short could
-        land in the middle of finishing the video and lose it, so it is deferred (the shutdown is bounded: the
-        capture thread is given at most 10 s)."""
+        land in the middle of finishing the video and lose it, so it is ignored, and said so (the shutdown is
+        bounded: the capture thread is given at most 10 s)."""
         if not stop.is_set():
             stop.set()
             return
         if signum != signal.SIGINT or finished.is_set():
             return
         if recorder is not None:
-            if not deferred:
-                deferred.append(signum)
-                _note_on_stderr("finishing the recording, one moment (Ctrl-C is deferred until it is complete)")
+            if not said_so:
+                said_so.append(signum)
+                _note_on_stderr("finishing the recording, one moment (Ctrl-C is ignored until it is complete)")
             return
         raise KeyboardInterrupt
 
@@ -138,7 +138,8 @@ def live(
         finished.set()
         for sig, handler in previous.items():
             # Stopped by a signal: the run is over, and one more Ctrl-C now (while the summary prints) must neither
-            # kill the process by signal nor turn a finished run into exit 130: ignore any further ones until exit.
+            # kill the process by signal nor turn a finished run into exit 130: ignore any further ones until exit
+            # (the command's process ends right after; in-process callers use camera.loop.run_live, not this).
             signal.signal(sig, signal.SIG_IGN if stop.is_set() else handler)
         runner.close()
 
