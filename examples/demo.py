@@ -99,8 +99,9 @@ def main() -> None:
     if not fp32.exists():
         edgecnn("export", "efficientnet-lite0", "--out", fp32, "--dynamic-batch", "--data", held_out)
     if not int8.exists():
+        # the table's header names the TensorRT that will read it: the Orin Nano's JetPack 6.1/6.2 has 10.3
         edgecnn("quantize", fp32, "--calib", calib, "--out", int8, "--target", "cpu",
-                "--cache", OUT / "lite0.calib", "--report", OUT / "quant-report")
+                "--cache", OUT / "lite0.calib", "--trt-version", "10.3.0", "--report", OUT / "quant-report")
     edgecnn("predict", int8, *[all_photos[i] for i in order[400:403]], "--top-k", "3")
     edgecnn("compare", fp32, int8, "--data", held_out)
     edgecnn("profile", fp32, int8, "--end-to-end", "--iterations", "100", "--report", OUT / "profile-report")

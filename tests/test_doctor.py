@@ -22,7 +22,7 @@ from edgecnn.deploy.doctor import (
 
 EXPECTED = {
     "platform", "jetpack", "gpu", "cuda", "cudnn", "tensorrt", "onnxruntime", "opencv", "opencv.gstreamer",
-    "opencv.v4l2", "opencv.ffmpeg", "cameras", "power_mode", "python",
+    "opencv.v4l2", "opencv.ffmpeg", "opencv.window", "cameras", "power_mode", "python",
 }
 
 
@@ -44,6 +44,11 @@ def test_doctor_on_this_machine_json():
     assert report["summary"][FAIL] == len(failures)
     if not report["platform"]["jetson"]:
         assert checks["jetpack"]["status"] == SKIP and checks["power_mode"]["status"] == SKIP
+    from edgecnn.camera.sinks import display_available
+
+    window = checks["opencv.window"]  # what `edgecnn live` without --headless will meet, with how to get one
+    assert (window["status"] == OK) == display_available()[0]
+    assert window["status"] == OK or ("--headless" in window["fix"] and display_available()[1] in window["fix"])
 
 
 def test_doctor_human_output_marks_and_fixes():

@@ -34,7 +34,8 @@ def display_available() -> tuple[bool, str]:
             gui = line.split(":", 1)[1].strip()
             break
     if gui.upper() in ("NONE", "NO"):
-        return False, "this OpenCV has no GUI support (opencv-python-headless)"
+        return False, ("this OpenCV has no GUI support (opencv-python-headless, what edgecnn installs off Jetson; for a "
+                       "window: pip uninstall opencv-python-headless && pip install opencv-python)")
     if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         return False, "no display (DISPLAY/WAYLAND_DISPLAY unset: SSH session or service)"
     return True, ""

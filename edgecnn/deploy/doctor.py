@@ -302,6 +302,11 @@ def _check_opencv(info: dict) -> list[Check]:
     checks.append(Check("opencv.ffmpeg", OK if io["ffmpeg"] else FAIL, "yes" if io["ffmpeg"] else "no",
                         None if io["ffmpeg"] else "Video files and RTSP need FFmpeg in OpenCV: pip install "
                                                   "opencv-python-headless (has FFmpeg) or apt install python3-opencv"))
+    from edgecnn.camera.sinks import display_available
+
+    window, why = display_available()  # `edgecnn live` without --headless: its answer is the live command's own
+    checks.append(Check("opencv.window", OK if window else SKIP, "yes" if window else "no",
+                        None if window else f"{why}; or run live with --headless (--json, --record)"))
     return checks
 
 
