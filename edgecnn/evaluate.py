@@ -29,6 +29,7 @@ class LabelledLogits:
     folder_to_class: list[int]
     ignored: int = 0  # files in the class folders that are not images (by suffix)
     loose: int = 0  # images directly in the folder, in no class folder: not scored
+    folder: str = ""  # the folder scored: test/ (else val/) of a train/ pair, else the folder given
 
 
 def run_labelled(runner, data_dir: str | os.PathLike, batch: int = 32, progress: Progress | None = None,
@@ -64,7 +65,7 @@ def run_labelled(runner, data_dir: str | os.PathLike, batch: int = 32, progress:
         labels=np.concatenate(labels) if labels else np.zeros(0, np.int64),
         paths=paths, corrupt=corrupt,
         class_names=[runner.labels[i] for i in mapping], folder_to_class=mapping, ignored=len(folder.ignored),
-        loose=len(folder.loose),
+        loose=len(folder.loose), folder=str(folder.root),
     )
 
 
@@ -102,7 +103,8 @@ def evaluate(runner, data_dir: str | os.PathLike, batch: int = 32, progress: Pro
     out = accuracy(res.logits, res.labels, names)
     out.update({"corrupt": len(res.corrupt), "corrupt_files": [str(p) for p in res.corrupt[:20]], "ignored": res.ignored,
                 "not_in_a_class_folder": res.loose,
-                "model": str(runner.path), "backend": runner.backend, "data": str(data_dir)})
+                "model": str(runner.path), "backend": runner.backend, "data": str(data_dir),
+                "scored": res.folder})
     return out
 
 

@@ -169,7 +169,7 @@ def test_eval_keeps_classes_that_share_a_name_apart(tmp_path):
     assert result.exit_code == 0, result.output
     m = json.loads(result.stdout)
     assert set(m["per_class"]) == {"crane (#0)", "crane (#1)", "dog"} and m["ignored"] == 1
-    assert m["not_in_a_class_folder"] == 1
+    assert m["not_in_a_class_folder"] == 1 and m["scored"] == str(data)
     assert sum(row["images"] for row in m["per_class"].values()) == m["images"] == 6
     human = runner.invoke(app, ["eval", str(model), str(data)])
     assert "ignored 1 file(s) that are not images" in human.output

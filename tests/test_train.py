@@ -411,7 +411,7 @@ def test_cli_train_export_eval_end_to_end(tmp_path):
     r = _invoke(["eval", str(onnx_path), str(root), "--json"])  # no test/ beside train/: eval scores val/
     assert r.exit_code == 0, r.output
     metrics = json.loads(r.stdout)
-    assert metrics["images"] == 8
+    assert metrics["images"] == 8 and metrics["scored"] == str(root / "val")  # and it says which folder it scored
     assert metrics["top1"] == pytest.approx(trained["best_val_acc"])
 
 

@@ -30,7 +30,7 @@ def eval_command(
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=escape(f"{Path(str(model)).name} on {data_dir} ({metrics['images']} images)"))
+    table = Table(title=escape(f"{Path(str(model)).name} on {metrics['scored']} ({metrics['images']} images)"))
     table.add_column("class")
     table.add_column("images", justify="right")
     table.add_column("top-1", justify="right")

@@ -158,6 +158,9 @@ def _print_summary(r: dict) -> None:
         lat = r["latency"]
         console.print(f"latency (batch {lat['batch']}, this machine): FP32 {lat['fp32']['median_ms']:.2f} ms, INT8 "
                       f"{lat['int8']['median_ms']:.2f} ms ({lat['speedup']:.2f}x)")
+    if r["target"] == "tensorrt":  # the default: a first-time user on a laptop sees it run slower than FP32 here
+        console.print("  (--target tensorrt is for TensorRT engines, where it is fast; ONNX Runtime on a CPU runs it "
+                      "slower than FP32: --target cpu makes the model for CPUs)", markup=False)
     if r.get("report"):
         console.print(f"[green]✓[/] report: {escape(str(r['report']['markdown']))}")
 
