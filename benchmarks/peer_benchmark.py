@@ -64,7 +64,7 @@ def make_int8(fp32: Path, out: Path, calib_images: list[Path]) -> tuple[Path, st
         for p in calib_images:
             shutil.copy(p, Path(tmp) / f"{p.parent.name}_{p.name}")
         cmd = [sys.executable, "-m", "edgecnn", "quantize", str(fp32), "--calib", tmp, "--target", "cpu",
-               "--num-images", str(len(calib_images)), "--out", str(out)]
+               "--num-images", str(len(calib_images)), "--out", str(out), "--force"]  # its own scratch file
         subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     shown = f"edgecnn quantize {fp32.name} --calib <{len(calib_images)} scenes photos> --target cpu --out {out.name}"
     return out, shown

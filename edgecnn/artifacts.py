@@ -229,6 +229,15 @@ def check_output_file(path: str | os.PathLike, flag: str) -> Path:
     return path
 
 
+def refuse_existing(path: str | os.PathLike, flag: str, force: bool) -> None:
+    """An existing output file is replaced only when asked (--force), as train, live --record, calibrate capture and
+    the deploy commands do: re-running a command with another option must not silently replace the earlier result
+    (e.g. a model whose calibration table beside it then no longer matches)."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise UserInputError(f"{flag} {path} already exists: pass --force to replace it, or choose another {flag}")
+
+
 def check_output_folder(path: str | os.PathLike, flag: str) -> Path:
     """Refuse, before any work starts, an output folder path that cannot be one: a file, or a path under a file."""
     path = Path(path)

@@ -23,8 +23,8 @@ from typing import Callable
 
 import numpy as np
 
-from edgecnn.artifacts import (check_output_file, ensure_distinct, prepare_output_folder, remove_created, save_onnx,
-                               sha256_file, write_onnx_contract)
+from edgecnn.artifacts import (check_output_file, ensure_distinct, prepare_output_folder, refuse_existing, remove_created,
+                               save_onnx, sha256_file, write_onnx_contract)
 from edgecnn.errors import AccuracyGateError, ArtifactError, EdgeCNNError, UserInputError, require_torch
 
 DEFAULT_CALIBRATION_DIR = Path(__file__).resolve().parents[1] / "calibration"
@@ -38,6 +38,7 @@ class ExportOptions:
     tolerance: float = 1e-3  # max abs logit difference allowed between PyTorch and ONNX Runtime
     data: Path | None = None  # images for the parity check
     parity_images: int = 8
+    force: bool = False  # replace an existing `out` (without it, an existing file is refused)
 
 
 @dataclass
@@ -205,6 +206,7 @@ def export_onnx(
     if out.suffix.lower() != ".onnx":
         raise UserInputError(f"--out should end in .onnx, got {out.name}")
     check_output_file(out, "--out")
+    refuse_existing(out, "--out", options.force)
     check_options(options)
     src = resolve_model(model, backend="torch")
     if src.suffix.lower() not in (".pt", ".pth"):

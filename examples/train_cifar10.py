@@ -36,7 +36,7 @@ def main() -> None:
     print(f"best validation accuracy {result.best_val_acc} at epoch {result.best_epoch}; curves: {result.plot}")
 
     onnx_path = args.out / "model.onnx"
-    report = export_onnx(result.checkpoint, onnx_path, ExportOptions(dynamic_batch=True))
+    report = export_onnx(result.checkpoint, onnx_path, ExportOptions(dynamic_batch=True, force=args.force))
     print(f"exported {onnx_path} (max abs diff vs PyTorch {report.max_abs_diff:.1e})")
 
     test_dir = args.data / "test" if (args.data / "test").is_dir() else args.data

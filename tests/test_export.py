@@ -107,6 +107,18 @@ def test_out_is_checked_before_any_work(ckpt, tmp_path):
     assert afile.read_text() == "x" and _no_staging_left(tmp_path)
 
 
+def test_an_existing_out_is_replaced_only_with_force(ckpt, tmp_path):
+    (tmp_path / "m.onnx").write_bytes(b"an earlier export")
+    refused = _export(ckpt, tmp_path, out="m.onnx")
+    assert refused.exit_code == 2 and "already exists: pass --force" in refused.stderr
+    assert (tmp_path / "m.onnx").read_bytes() == b"an earlier export"
+    replaced = _export(ckpt, tmp_path, "--force", out="m.onnx")
+    assert replaced.exit_code == 0, replaced.output
+    from edgecnn.artifacts import read_onnx_contract
+
+    assert read_onnx_contract(tmp_path / "m.onnx").labels
+
+
 def test_batch_with_dynamic_batch_is_refused(ckpt, tmp_path):
     result = _export(ckpt, tmp_path, "--batch", "4", "--dynamic-batch")
     assert result.exit_code == 2 and "exclude each other" in result.stderr

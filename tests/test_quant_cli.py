@@ -153,11 +153,13 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(setup):
     out.write_bytes(b"keep me")
 
     def fails(*args, match, code=2):
-        res = invoke("quantize", *args)
+        res = invoke("quantize", *args, "--force")  # --force: each error below is found before replacing `out`
         assert res.exit_code == code, res.output
         assert match in res.output and "Traceback" not in res.output
         assert out.read_bytes() == b"keep me"
 
+    res = invoke("quantize", model, "--calib", calib, "--out", out)  # an earlier result is replaced only with --force
+    assert res.exit_code == 2 and "already exists: pass --force" in res.output and out.read_bytes() == b"keep me"
     (tmp / "empty").mkdir()
     fails(model, "--calib", tmp / "empty", "--out", out, match="No images")
     fails(model, "--calib", tmp / "nowhere", "--out", out, match="does not exist")
@@ -306,7 +308,7 @@ def test_a_full_disk_while_writing_the_outputs_writes_none_of_them(setup, small_
     cache.write_text("earlier table")
     (small_disk / "filler").write_bytes(b"\0" * (300 * 1024 - 4096))  # leaves one page at most
     res = invoke("quantize", model, "--calib", calib, "--out", out, "--cache", cache,
-                 "--report", small_disk / "report", "--json")
+                 "--report", small_disk / "report", "--json", "--force")
     assert res.exit_code == 4, res.output
     assert "nothing was replaced" in res.output and "is the disk full?" in res.output and res.stdout == ""
     assert "internal error" not in res.output

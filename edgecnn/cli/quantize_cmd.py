@@ -69,6 +69,7 @@ def quantize(
     interpolation: Optional[str] = typer.Option(None, "--interpolation", help="ONLY without metadata: linear (default), "
                                                 "cubic, area or nearest (as the model was trained)."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="ONLY without metadata: class names file, one per line."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out (and --cache) file."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON only (stdout)."),
 ):
     """Quantize to INT8 with calibration images: Q/DQ ONNX for TensorRT or CPU, accuracy measured on this machine."""
@@ -93,6 +94,7 @@ def quantize(
         exclude=tuple(exclude or ()), cache=cache, trt_version=trt_version, val=val, max_drop=max_drop,
         max_steps=max_steps, report=report, threads=threads, bias_correction=not no_bias_correction, rounding=rounding,
         reduce_range=reduce_range, finetune=finetune, finetune_lr=finetune_lr, preprocess=pre, labels=read_labels_file(labels) if labels else None,
+        force=force,
     )
     with progress_bar("quantizing", disable=json_out) as update:
         def progress(stage: str, done: int, total: int) -> None:

@@ -335,7 +335,7 @@ def _onnx_model(model: str | Path, workdir: Path) -> Path:
         from edgecnn.export import ExportOptions, export_onnx
 
         out = workdir / f"{path.stem}.onnx"
-        export_onnx(path, out, ExportOptions())
+        export_onnx(path, out, ExportOptions(force=True))  # our own work folder
         return out
     raise UserInputError(f"Cannot bundle {path.name}: expected an .onnx model, a .pt checkpoint or a pretrained name")
 

@@ -26,6 +26,7 @@ from edgecnn.artifacts import (
     model_bytes,
     onnx_external_data,
     onnx_sha256,
+    refuse_existing,
     save_onnx,
     staged_files,
     write_onnx_contract,
@@ -68,6 +69,7 @@ class QuantOptions:
     finetune: int = 0  # epochs of quantization-aware fine-tuning on the calibration images (0: pure PTQ)
     finetune_lr: float = 1e-5
     threads: int | None = None
+    force: bool = False  # replace an existing --out / --cache (without it, an existing file is refused)
     # Only for a model WITHOUT edgecnn metadata (foreign ONNX): how its inputs are made, and its class names.
     preprocess: PreprocessConfig | None = None
     labels: list[str] | None = field(default=None)
@@ -159,8 +161,10 @@ def _check_outputs(src: Path, out: Path, calib, options: QuantOptions) -> None:
     inputs = [src, *data, calib] + ([options.val] if options.val is not None else [])
     check_output_file(out, "--out")
     ensure_distinct(inputs, out, "--out")
+    refuse_existing(out, "--out", options.force)
     if options.cache is not None:
         check_output_file(options.cache, "--cache")
+        refuse_existing(options.cache, "--cache", options.force)
         ensure_distinct(inputs, options.cache, "--cache")
         if Path(options.cache).resolve() == out.resolve():
             raise UserInputError(f"--cache and --out both name {out}: give the calibration table its own file")
