@@ -159,6 +159,9 @@ def plan_data(cfg: TrainConfig, classes_from_ckpt: list[str] | None, warn: Calla
         fraction = 0.1 if cfg.val_split is None else float(cfg.val_split)
         if fraction > 0:
             train_idx, val_idx = _stratified_split(labels, fraction, cfg.seed)
+            if not val_idx:  # every class has a single image: each trains on it, and nothing is left to validate
+                warn(f"no validation images: every class in {train_dir} has one image, which it trains on; the last "
+                     "epoch is kept and early stopping is off (add images, or give --val DIR)")
             val_paths = [paths[i] for i in val_idx]
             val_labels = [labels[i] for i in val_idx]
             paths = [paths[i] for i in train_idx]

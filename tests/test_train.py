@@ -211,6 +211,13 @@ def test_budget_spent_at_an_epoch_boundary_is_written_to_the_files(folder, tmp_p
     assert json.loads(result.metrics_json.read_text())["summary"]["out_of_time"]
 
 
+def test_a_split_that_leaves_nothing_to_validate_says_so(tmp_path):
+    data = make_image_folder(tmp_path / "one_each", per_class=1)  # one image per class: each stays in training
+    result = fit(_cfg(data, tmp_path / "m.pt", epochs=1, val_split=0.5))
+    assert result.num_val == 0 and result.num_train == 2
+    assert any("no validation images" in w for w in result.warnings), result.warnings
+
+
 def test_no_validation_keeps_the_last_epoch(folder, tmp_path):
     result = fit(_cfg(folder, tmp_path / "m.pt", val_split=0.0, patience=1))
     assert result.num_val == 0 and result.best_val_acc is None and result.best_epoch == 2 and not result.stopped_early
