@@ -119,6 +119,12 @@ def test_nan_outputs_fail_the_gate_and_json_stays_strict(tmp_path, tiny_onnx, im
 
     data = json.loads(res.stdout, parse_constant=strict)
     assert data["max_abs_diff"] is None and data["images"] == 12
+    # the verdict is in the JSON too, not only in the exit code
+    assert data["gate"]["passed"] is False and data["gate"]["max_abs_diff"] == 0.001
+    assert "non-finite outputs" in data["gate"]["failures"][0]
+    same = json.loads(cli("compare", str(tiny_onnx), str(tiny_onnx), "--data", str(image_folder), "--max-diff", "0",
+                          "--json").stdout)
+    assert same["gate"] == {"min_agreement": None, "max_abs_diff": 0.0, "passed": True, "failures": []}
 
 
 def test_top1_in_top5_is_the_tested_models_top1_inside_the_references_top5():

@@ -27,7 +27,7 @@ def compare_command(
 ):
     """Max/mean abs difference, cosine similarity, top-1 agreement, and the images where A and B disagree."""
     from edgecnn.profile import ModelSpec
-    from edgecnn.profiling.compare import check_gate, compare_runners, resolve_data
+    from edgecnn.profiling.compare import check_gate, compare_runners, gate_failures, resolve_data
     from edgecnn.runtime import load
 
     root, images = resolve_data(data)
@@ -36,6 +36,10 @@ def compare_command(
         with progress_bar("comparing", total=len(images[:limit] if limit else images), disable=json_out) as update:
             result = compare_runners(ra, rb, images, batch=batch, limit=limit, progress=update, root=root)
     result["data"] = str(root)
+    if min_agreement is not None or max_diff is not None:  # scripts read the verdict, not only the exit code (5)
+        failures = gate_failures(result, min_agreement, max_diff)
+        result["gate"] = {"min_agreement": min_agreement, "max_abs_diff": max_diff, "passed": not failures,
+                          "failures": failures}
     if json_out:
         print_json(result)
     else:

@@ -120,6 +120,13 @@ def compare_runners(runner_a, runner_b, images: list[Path], batch: int = 32, lim
 
 def check_gate(result: dict, min_agreement: float | None = None, max_abs_diff: float | None = None) -> None:
     """Raise AccuracyGateError (exit 5) when the comparison misses a bound: for CI around quantization/builds."""
+    failures = gate_failures(result, min_agreement, max_abs_diff)
+    if failures:
+        raise AccuracyGateError("Parity check failed: " + "; ".join(failures))
+
+
+def gate_failures(result: dict, min_agreement: float | None = None, max_abs_diff: float | None = None) -> list[str]:
+    """The bounds the comparison misses, each in words (empty: it passes, or no bound was given)."""
     import math
 
     failures = []
@@ -129,5 +136,4 @@ def check_gate(result: dict, min_agreement: float | None = None, max_abs_diff: f
         failures.append(f"top-1 agreement {result['top1_agreement']:.2%} < {min_agreement:.2%}")
     if max_abs_diff is not None and result["max_abs_diff"] > max_abs_diff:
         failures.append(f"max abs diff {result['max_abs_diff']:.4g} > {max_abs_diff:.4g}")
-    if failures:
-        raise AccuracyGateError("Parity check failed: " + "; ".join(failures))
+    return failures
