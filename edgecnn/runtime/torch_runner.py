@@ -12,8 +12,6 @@ import numpy as np
 from edgecnn.runtime.base import Backend, InputSpec, Runner
 
 
-
-
 class TorchRunner(Runner):
     backend = "torch"
 
