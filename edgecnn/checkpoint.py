@@ -164,6 +164,12 @@ def load_checkpoint(path: str | os.PathLike):
             f"checkpoint {path}: weights do not fit architecture {arch} with arch_kwargs {_short(kwargs)}: "
             f"{_state_dict_problems(exc)}"
         ) from exc
+    classes = kwargs.get("num_classes")
+    if isinstance(classes, int) and classes != contract.num_classes:
+        raise ArtifactError(
+            f"checkpoint {path}: the model has {classes} outputs (arch_kwargs num_classes) but the contract has "
+            f"{contract.num_classes} labels {_short(contract.labels, 80)}: each output needs exactly one label"
+        )
     model.eval()
     check_finite_weights(path, model.state_dict())
     _check_forward(path, model, contract, arch)
