@@ -261,8 +261,8 @@ def render(record: dict, result, options) -> str:
         "ratio is ~1 by construction and its second digit is run-to-run noise on this shared 2-core machine (a run at "
         "load average ~3.8 moved it by ~0.15 either way). edgecnn's runner avoids the input copy (`share_inputs`) and "
         "keeps FP32 layers in f32 instead of OpenVINO's default bf16 on AMX CPUs, so its outputs match ONNX Runtime's.",
-        "- ONNX Runtime (edgecnn's default backend) is slower than OpenVINO on the same INT8 model on this AMX-capable "
-        "Xeon; with `openvino` installed, `--backend openvino` (or `MODEL@openvino` in `edgecnn profile`) is edgecnn's "
+        "- ONNX Runtime (edgecnn's default backend) is slower than OpenVINO on the same INT8 model on this CPU (by "
+        "little on the AMD EPYC, more on the AMX-capable Xeon of earlier runs); with `openvino` installed, `--backend openvino` (or `MODEL@openvino` in `edgecnn profile`) is edgecnn's "
         "fastest CPU path. ONNX Runtime stays the default (no extra dependency, ARM/Jetson).",
         "- The agreement column is top-1 agreement with PyTorch FP32, not accuracy: these outdoor photos are not ImageNet "
         "classes, so many predictions are low-confidence and flip easily under INT8.",
