@@ -84,7 +84,6 @@ def loop_run(runner, video: Path, pace: bool, max_frames: int | None = None):
     return run_live(runner, cap, LiveOptions(top_k=5, max_frames=max_frames))
 
 
-
 def measure(runner, video: Path, n_frames: int, first: np.ndarray, rounds: int, label: str) -> dict:
     """Alternate standalone and loop --no-pace runs; keep every round, report the median ratio."""
     loop_run(runner, video, pace=False, max_frames=30)  # warm-up: ORT arenas, page cache
@@ -92,15 +91,28 @@ def measure(runner, video: Path, n_frames: int, first: np.ndarray, rounds: int, 
     for r in range(rounds):
         fps_alone = standalone(runner, first, n_frames)
         s = loop_run(runner, video, pace=False)
-        out.append({"standalone_fps": round(fps_alone, 2), "loop_fps": round(s.fps, 2), "loop_frames": s.frames,
-                    "dropped": s.dropped, "stages_ms": s.stages})
-        print(f"[{label}] round {r + 1}: standalone {fps_alone:.1f} FPS, loop --no-pace {s.fps:.1f} FPS "
-              f"({s.fps / fps_alone:.1%}), preprocess p50 {s.stages['preprocess']['p50']:.3f} ms", file=sys.stderr)
+        out.append(
+            {
+                "standalone_fps": round(fps_alone, 2),
+                "loop_fps": round(s.fps, 2),
+                "loop_frames": s.frames,
+                "dropped": s.dropped,
+                "stages_ms": s.stages,
+            }
+        )
+        print(
+            f"[{label}] round {r + 1}: standalone {fps_alone:.1f} FPS, loop --no-pace {s.fps:.1f} FPS "
+            f"({s.fps / fps_alone:.1%}), preprocess p50 {s.stages['preprocess']['p50']:.3f} ms",
+            file=sys.stderr,
+        )
     ratios = [r["loop_fps"] / r["standalone_fps"] for r in out]
     med = sorted(range(rounds), key=lambda i: ratios[i])[rounds // 2]
     paced = loop_run(runner, video, pace=True)
-    print(f"[{label}] paced: {paced.frames} frames, {paced.dropped} dropped, frame age p99 "
-          f"{paced.stages['frame_age']['p99']:.1f} ms", file=sys.stderr)
+    print(
+        f"[{label}] paced: {paced.frames} frames, {paced.dropped} dropped, frame age p99 "
+        f"{paced.stages['frame_age']['p99']:.1f} ms",
+        file=sys.stderr,
+    )
     interval_ms = 1000.0 / 30
     mid = out[med]["stages_ms"]
     return {
@@ -110,9 +122,15 @@ def measure(runner, video: Path, n_frames: int, first: np.ndarray, rounds: int, 
         "throughput_ratio": round(ratios[med], 4),
         "throughput_ratios": [round(x, 4) for x in ratios],
         "preprocess_p50_ms": mid["preprocess"]["p50"],
-        "paced": {"frames": paced.frames, "dropped": paced.dropped, "fps": round(paced.fps, 2),
-                  "frame_age_ms": paced.stages["frame_age"], "inference_ms": paced.stages["inference"],
-                  "preprocess_ms": paced.stages["preprocess"], "two_intervals_ms": round(2 * interval_ms, 2)},
+        "paced": {
+            "frames": paced.frames,
+            "dropped": paced.dropped,
+            "fps": round(paced.fps, 2),
+            "frame_age_ms": paced.stages["frame_age"],
+            "inference_ms": paced.stages["inference"],
+            "preprocess_ms": paced.stages["preprocess"],
+            "two_intervals_ms": round(2 * interval_ms, 2),
+        },
         "targets": {
             "loop >= 90% of standalone": ratios[med] >= 0.90,
             "preprocess p50 <= 1 ms": mid["preprocess"]["p50"] <= 1.0,
@@ -126,8 +144,11 @@ def main() -> None:
     ap.add_argument("--model", default="efficientnet-lite0", help="model file or pretrained name")
     ap.add_argument("--rounds", type=int, default=3, help="alternating standalone/loop rounds (median reported)")
     ap.add_argument("--seconds", type=float, default=10.0, help="video length (30 fps)")
-    ap.add_argument("--threads", default="1,all",
-                    help="ONNX Runtime intra-op thread settings to compare, comma-separated ('all' = ORT's default)")
+    ap.add_argument(
+        "--threads",
+        default="1,all",
+        help="ONNX Runtime intra-op thread settings to compare, comma-separated ('all' = ORT's default)",
+    )
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "live_benchmark"), help="output path without suffix")
     ap.add_argument("--render", metavar="JSON", help="only re-render the Markdown of a recorded JSON result")
     args = ap.parse_args()
@@ -149,22 +170,40 @@ def main() -> None:
             label = "threads=" + setting.strip()
             with load(args.model, **opts) as runner:
                 q = runner.contract.provenance.get("quantization") or {}
-                model = {"name": args.model, "path": runner.path.name, "precision": runner.contract.precision,
-                         "backend": runner.backend, "input": list(runner.input_spec.shape),
-                         "quantization": {k: q.get(k) for k in ("tool", "target", "method", "activation", "weights")
-                                          if q.get(k)} or None,
-                         "calibration_images": (q.get("calibration") or {}).get("images")}
+                model = {
+                    "name": args.model,
+                    "path": runner.path.name,
+                    "precision": runner.contract.precision,
+                    "backend": runner.backend,
+                    "input": list(runner.input_spec.shape),
+                    "quantization": {
+                        k: q.get(k) for k in ("tool", "target", "method", "activation", "weights") if q.get(k)
+                    }
+                    or None,
+                    "calibration_images": (q.get("calibration") or {}).get("images"),
+                }
                 configs.append(measure(runner, video, n_frames, first, args.rounds, label))
 
     result = {
         "command": "flock /tmp/edgecnn-bench.lock python benchmarks/live_benchmark.py " + " ".join(sys.argv[1:]),
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpus": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
-                    "opencv": cv2.__version__, "onnxruntime": onnxruntime.__version__,
-                    "loadavg_1m_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)]},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "opencv": cv2.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "loadavg_1m_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
+        },
         "model": model,
-        "video": {"size": [640, 480], "fps": 30, "frames": n_frames, "codec": "mp4v",
-                  "content": "scenes photos (../shared/data), upscaled 1.5x, panned 1 s per photo"},
+        "video": {
+            "size": [640, 480],
+            "fps": 30,
+            "frames": n_frames,
+            "codec": "mp4v",
+            "content": "scenes photos (../shared/data), upscaled 1.5x, panned 1 s per photo",
+        },
         "configs": configs,
     }
     out = Path(args.out)
@@ -187,15 +226,22 @@ def render_md(r: dict) -> str:
         f"Machine: {m['platform']}, {m['cpus']} CPUs ({m['processor']}); Python {m['python']}, numpy {m['numpy']}, "
         f"OpenCV {m['opencv']}, ONNX Runtime {m['onnxruntime']}. The CPUs are shared with other work: standalone "
         "and loop runs alternate so noise hits both alike, and the median round is reported"
-        + (f" (1-minute load average before/after: {m['loadavg_1m_before_after'][0]}/{m['loadavg_1m_before_after'][1]})"
-           if m.get("loadavg_1m_before_after") else "") + ".",
+        + (
+            f" (1-minute load average before/after: {m['loadavg_1m_before_after'][0]}/{m['loadavg_1m_before_after'][1]})"
+            if m.get("loadavg_1m_before_after")
+            else ""
+        )
+        + ".",
         "",
         f"Model: {r['model']['name']} ({r['model']['path']}, {r['model']['precision']}, {r['model']['backend']}), "
         f"input {r['model']['input']}"
-        + (f"; made by `edgecnn quantize --target {r['model']['quantization'].get('target')} --method "
-           f"{r['model']['quantization'].get('method')}` ({r['model']['quantization'].get('activation')} activations, "
-           f"{r['model']['quantization'].get('weights')} weights) on {r['model']['calibration_images']} scenes photos"
-           if r["model"].get("quantization") else "")
+        + (
+            f"; made by `edgecnn quantize --target {r['model']['quantization'].get('target')} --method "
+            f"{r['model']['quantization'].get('method')}` ({r['model']['quantization'].get('activation')} activations, "
+            f"{r['model']['quantization'].get('weights')} weights) on {r['model']['calibration_images']} scenes photos"
+            if r["model"].get("quantization")
+            else ""
+        )
         + f". Video: 640×480, 30 fps, {r['video']['frames']} frames, {r['video']['content']}.",
         "Standalone = `runner.infer()` on one preprocessed frame, back to back. Loop = `run_live` over the video with "
         "`--no-pace` (every frame decoded in the capture thread, preprocessed there while the previous frame is "
@@ -228,18 +274,34 @@ def render_md(r: dict) -> str:
             "cores are free for capture.",
         ]
     for c in r["configs"]:
-        lines += ["", f"## {c['label']}", "", "| round | standalone FPS | loop FPS | ratio |", "| --- | --- | --- | --- |"]
+        lines += [
+            "",
+            f"## {c['label']}",
+            "",
+            "| round | standalone FPS | loop FPS | ratio |",
+            "| --- | --- | --- | --- |",
+        ]
         for i, rd in enumerate(c["rounds"]):
-            lines.append(f"| {i + 1} | {rd['standalone_fps']:.1f} | {rd['loop_fps']:.1f} | "
-                         f"{rd['loop_fps'] / rd['standalone_fps']:.1%} |")
-        lines += ["", "Per-stage latency, median `--no-pace` round (ms):", "", "| stage | p50 | p99 | mean |",
-                  "| --- | --- | --- | --- |"]
+            lines.append(
+                f"| {i + 1} | {rd['standalone_fps']:.1f} | {rd['loop_fps']:.1f} | "
+                f"{rd['loop_fps'] / rd['standalone_fps']:.1%} |"
+            )
+        lines += [
+            "",
+            "Per-stage latency, median `--no-pace` round (ms):",
+            "",
+            "| stage | p50 | p99 | mean |",
+            "| --- | --- | --- | --- |",
+        ]
         for name, s in c["rounds"][c["median_round"]]["stages_ms"].items():
             lines.append(f"| {name} | {s['p50']:.3f} | {s['p99']:.3f} | {s['mean']:.3f} |")
         p = c["paced"]
-        lines += ["", f"Paced at 30 fps: {p['frames']} frames processed, {p['dropped']} dropped, {p['fps']} FPS; "
-                  f"inference p50 {p['inference_ms']['p50']:.1f} ms; frame age p50 {p['frame_age_ms']['p50']:.1f} ms, "
-                  f"p99 {p['frame_age_ms']['p99']:.1f} ms."]
+        lines += [
+            "",
+            f"Paced at 30 fps: {p['frames']} frames processed, {p['dropped']} dropped, {p['fps']} FPS; "
+            f"inference p50 {p['inference_ms']['p50']:.1f} ms; frame age p50 {p['frame_age_ms']['p50']:.1f} ms, "
+            f"p99 {p['frame_age_ms']['p99']:.1f} ms.",
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -63,8 +63,22 @@ def make_int8(fp32: Path, out: Path, calib_images: list[Path]) -> tuple[Path, st
     with tempfile.TemporaryDirectory(prefix="peer-calib-") as tmp:
         for p in calib_images:
             shutil.copy(p, Path(tmp) / f"{p.parent.name}_{p.name}")
-        cmd = [sys.executable, "-m", "edgecnn", "quantize", str(fp32), "--calib", tmp, "--target", "cpu",
-               "--num-images", str(len(calib_images)), "--out", str(out), "--force"]  # its own scratch file
+        cmd = [
+            sys.executable,
+            "-m",
+            "edgecnn",
+            "quantize",
+            str(fp32),
+            "--calib",
+            tmp,
+            "--target",
+            "cpu",
+            "--num-images",
+            str(len(calib_images)),
+            "--out",
+            str(out),
+            "--force",
+        ]  # its own scratch file
         subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     shown = f"edgecnn quantize {fp32.name} --calib <{len(calib_images)} scenes photos> --target cpu --out {out.name}"
     return out, shown
@@ -111,13 +125,19 @@ def agreement_with(reference, others: dict, images: list[Path]) -> dict:
         for label, (model, backend) in others.items():
             with load(model, backend=backend) as r:
                 res = compare_runners(ref, r, images, batch=16)
-            out[label] = {"top1_agreement": res["top1_agreement"], "max_abs_diff": res["max_abs_diff"], "images": res["images"]}
+            out[label] = {
+                "top1_agreement": res["top1_agreement"],
+                "max_abs_diff": res["max_abs_diff"],
+                "images": res["images"],
+            }
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--int8", type=Path, help="INT8 Q/DQ ONNX from `edgecnn quantize --target cpu` (default: build one)")
+    ap.add_argument(
+        "--int8", type=Path, help="INT8 Q/DQ ONNX from `edgecnn quantize --target cpu` (default: build one)"
+    )
     ap.add_argument("--iterations", type=int, default=200)
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
@@ -153,8 +173,9 @@ def main() -> None:
     if have_ov:
         specs.append(ModelSpec(str(int8), "openvino", EDGE_OV))
         specs.append(ModelSpec(str(int8), register_plain_openvino(args.threads), PLAIN_OV))
-    options = ProfileOptions(batches=(1,), warmup=args.warmup, iterations=args.iterations, threads=args.threads,
-                             end_to_end=True)
+    options = ProfileOptions(
+        batches=(1,), warmup=args.warmup, iterations=args.iterations, threads=args.threads, end_to_end=True
+    )
     t0 = time.perf_counter()
     result = profile_models(specs, options)
     wall = time.perf_counter() - t0
@@ -166,15 +187,23 @@ def main() -> None:
     rows = []
     for label in labels:
         mo, e2e = result.get(label, 1, "model"), result.get(label, 1, "end-to-end")
-        rows.append({
-            "path": label,
-            "model_min_ms": mo.stats.min_ms, "e2e_min_ms": e2e.stats.min_ms,
-            "model_p50_ms": mo.stats.p50_ms, "model_mean_ms": mo.stats.mean_ms, "model_p99_ms": mo.stats.p99_ms,
-            "e2e_p50_ms": e2e.stats.p50_ms, "e2e_mean_ms": e2e.stats.mean_ms, "e2e_p99_ms": e2e.stats.p99_ms,
-            "e2e_fps": 1000.0 / e2e.stats.mean_ms,
-            "speedup_vs_torch_model": mo.speedup, "speedup_vs_torch_e2e": e2e.speedup,
-            "top1_agreement_vs_torch": parity.get(label, {}).get("top1_agreement", 1.0),
-        })
+        rows.append(
+            {
+                "path": label,
+                "model_min_ms": mo.stats.min_ms,
+                "e2e_min_ms": e2e.stats.min_ms,
+                "model_p50_ms": mo.stats.p50_ms,
+                "model_mean_ms": mo.stats.mean_ms,
+                "model_p99_ms": mo.stats.p99_ms,
+                "e2e_p50_ms": e2e.stats.p50_ms,
+                "e2e_mean_ms": e2e.stats.mean_ms,
+                "e2e_p99_ms": e2e.stats.p99_ms,
+                "e2e_fps": 1000.0 / e2e.stats.mean_ms,
+                "speedup_vs_torch_model": mo.speedup,
+                "speedup_vs_torch_e2e": e2e.speedup,
+                "top1_agreement_vs_torch": parity.get(label, {}).get("top1_agreement", 1.0),
+            }
+        )
     by = {r["path"]: r for r in rows}
     edge_paths = [p for p in (EDGE_ORT, EDGE_OV) if p in by]
     fastest = min(edge_paths, key=lambda p: by[p]["e2e_p50_ms"])
@@ -195,8 +224,13 @@ def main() -> None:
         shlex.quote(a) for a in sys.argv[1:]
     )
     record = {
-        "command": command.strip(), "int8_model": int8_note, "wall_s": round(wall, 1), "rows": rows,
-        "verdict": verdict, "parity_images": len(parity_images), "profile": result.to_dict(samples=False),
+        "command": command.strip(),
+        "int8_model": int8_note,
+        "wall_s": round(wall, 1),
+        "rows": rows,
+        "verdict": verdict,
+        "parity_images": len(parity_images),
+        "profile": result.to_dict(samples=False),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out.with_suffix(".json"), json.dumps(record, indent=2, default=str) + "\n")
@@ -212,7 +246,9 @@ def render(record: dict, result, options) -> str:
         "",
         f"Machine: {cpu['model']}, {cpu['usable_cores']} usable cores, {options.threads} threads per model; "
         f"{env['platform']}, Python {env['python']}.",
-        "Versions: " + ", ".join(f"{k} {pk[k]}" for k in ("edgecnn", "torch", "onnxruntime", "openvino", "numpy", "cv2") if k in pk) + ".",
+        "Versions: "
+        + ", ".join(f"{k} {pk[k]}" for k in ("edgecnn", "torch", "onnxruntime", "openvino", "numpy", "cv2") if k in pk)
+        + ".",
         f"Command: `{record['command']}`",
         f"INT8 model: {record['int8_model']}.",
         f"Method: {options.warmup} warm-up + {options.iterations} timed runs per path and mode, all paths interleaved "

@@ -72,8 +72,9 @@ def photo_split(photos: Path, work: Path, n_cal: int, n_held: int, seed: int) ->
 
     count = len(list_images(photos))
     if count < n_cal + 50:
-        raise SystemExit(f"--photos {photos}: {count} images; need at least {n_cal + 50} "
-                         f"({n_cal} for calibration + 50 held out)")
+        raise SystemExit(
+            f"--photos {photos}: {count} images; need at least {n_cal + 50} ({n_cal} for calibration + 50 held out)"
+        )
     n_held = min(n_held, count - n_cal)
     cal, held = split(photos, work, n_cal, n_held, seed)
     return cal, held, n_held
@@ -94,19 +95,29 @@ def int8_dot() -> str:
     from edgecnn.runtime.onnxrt import x86_without_vnni
 
     if x86_without_vnni():
-        return "no VNNI: 8-bit weights need ORT's exact u8u8 kernels (session.x64quantprecision), 7-bit weights run fast"
+        return (
+            "no VNNI: 8-bit weights need ORT's exact u8u8 kernels (session.x64quantprecision), 7-bit weights run fast"
+        )
     return "VNNI or not x86: 8-bit and 7-bit weights run the same fast kernels"
 
 
 def agreement_row(r: dict, seconds: float) -> dict:
     """One agreement-table row from a quantize() result measured on the held-out photos (its --val)."""
     a = r["accuracy"]["agreement"]
-    row = {"top1_agreement": a["top1_agreement"], "top1_in_top5": a["top1_in_top5"],
-           "mean_abs_logit_diff": a["mean_abs_diff"], "cosine_mean": a["cosine_mean"],
-           "images": a["images"], "calibration_s": r["timings"]["calibration_s"],
-           "quantize_total_s": seconds, "rounding": r["rounding"], "int8_bytes": r["sizes"]["int8_bytes"],
-           "fp32_bytes": r["sizes"]["fp32_bytes"], "int8_nodes": r["qdq"]["int8_nodes"],
-           "by_fp32_confidence": a["by_fp32_confidence"]}
+    row = {
+        "top1_agreement": a["top1_agreement"],
+        "top1_in_top5": a["top1_in_top5"],
+        "mean_abs_logit_diff": a["mean_abs_diff"],
+        "cosine_mean": a["cosine_mean"],
+        "images": a["images"],
+        "calibration_s": r["timings"]["calibration_s"],
+        "quantize_total_s": seconds,
+        "rounding": r["rounding"],
+        "int8_bytes": r["sizes"]["int8_bytes"],
+        "fp32_bytes": r["sizes"]["fp32_bytes"],
+        "int8_nodes": r["qdq"]["int8_nodes"],
+        "by_fp32_confidence": a["by_fp32_confidence"],
+    }
     if r.get("finetune"):
         row["finetune"] = r["finetune"]
     return row
@@ -134,8 +145,13 @@ def error_budget(model_path: Path, cal_dir: Path, held_dir: Path, threads: int, 
     prepared = graph.prepare(model_path)
     mean_inputs = set(weights.correctable_inputs(prepared).values())
     cs = load_calibration(cal_dir, cfg)
-    stats = calibrators.collect_stats(cs.batches(16), graph.tensor_runner(prepared, graph.activation_tensors(prepared), threads),
-                                      histogram=method != "minmax", total=len(cs), channel_means=mean_inputs)
+    stats = calibrators.collect_stats(
+        cs.batches(16),
+        graph.tensor_runner(prepared, graph.activation_tensors(prepared), threads),
+        histogram=method != "minmax",
+        total=len(cs),
+        channel_means=mean_inputs,
+    )
     ranges = calibrators.compute_ranges(stats, method)
     means = {n: s.channel_mean for n, s in stats.items() if s.channel_mean is not None}
     nearest = weights.bias_correct(prepared, means)[0]
@@ -147,25 +163,35 @@ def error_budget(model_path: Path, cal_dir: Path, held_dir: Path, threads: int, 
     relu_outputs = {n.output[0] for n in prepared.graph.node if n.op_type in ("Clip", "Relu")}
     held = torch.from_numpy(normalize(decode_resized(list_images(held_dir), cfg).images, cfg))
 
-    def run(act_names, quantize_weights: bool, fp16_weights: bool = False, rounded_model=None,
-            qmax: int = weights.WEIGHT_QMAX) -> np.ndarray:
-        net = _GraphExecutor(prepared, {k: v for k, v in acts.items() if k in act_names}, axes if quantize_weights else {},
-                             qmax)
+    def run(
+        act_names,
+        quantize_weights: bool,
+        fp16_weights: bool = False,
+        rounded_model=None,
+        qmax: int = weights.WEIGHT_QMAX,
+    ) -> np.ndarray:
+        net = _GraphExecutor(
+            prepared, {k: v for k, v in acts.items() if k in act_names}, axes if quantize_weights else {}, qmax
+        )
         start = (rounded_model or corrected) if quantize_weights else prepared
         for init in start.graph.initializer:
             if init.name in net.params:
                 w = numpy_helper.to_array(init).astype(np.float32)
-                net.params[init.name].data.copy_(torch.from_numpy(w.astype(np.float16).astype(np.float32) if fp16_weights else w))
+                net.params[init.name].data.copy_(
+                    torch.from_numpy(w.astype(np.float16).astype(np.float32) if fp16_weights else w)
+                )
         with torch.no_grad():
-            return torch.cat([net(held[i:i + 50]) for i in range(0, len(held), 50)]).numpy()
+            return torch.cat([net(held[i : i + 50]) for i in range(0, len(held), 50)]).numpy()
 
     fp32 = run(set(), False)
     rows = {
-        "everything, 7-bit weights (the default --target cpu model)": run(set(acts), True, rounded_model=corrected7,
-                                                                         qmax=qmax7),
+        "everything, 7-bit weights (the default --target cpu model)": run(
+            set(acts), True, rounded_model=corrected7, qmax=qmax7
+        ),
         "everything, 8-bit weights (--full-range)": run(set(acts), True),
-        "weights only (per-channel 7-bit [-64, 64], GPTQ rounding, bias-corrected)": run(set(), True, rounded_model=corrected7,
-                                                                                        qmax=qmax7),
+        "weights only (per-channel 7-bit [-64, 64], GPTQ rounding, bias-corrected)": run(
+            set(), True, rounded_model=corrected7, qmax=qmax7
+        ),
         "weights only (per-channel INT8, GPTQ rounding, bias-corrected)": run(set(), True),
         "weights only (per-channel INT8, round-to-nearest, bias-corrected)": run(set(), True, rounded_model=nearest),
         "activations only": run(set(acts), False),
@@ -173,11 +199,18 @@ def error_budget(model_path: Path, cal_dir: Path, held_dir: Path, threads: int, 
         "activations except ReLU6/ReLU outputs": run(set(acts) - relu_outputs, False),
         "weights rounded to FP16 only (no INT8)": run(set(), False, fp16_weights=True),
     }
-    out = {"method": method, "images": len(held), "activation_tensors": len(acts),
-           "relu_outputs_quantized": len(set(acts) & relu_outputs), "rows": {}}
+    out = {
+        "method": method,
+        "images": len(held),
+        "activation_tensors": len(acts),
+        "relu_outputs_quantized": len(set(acts) & relu_outputs),
+        "rows": {},
+    }
     for name, logits in rows.items():
-        out["rows"][name] = {"top1_agreement": float((logits.argmax(1) == fp32.argmax(1)).mean()),
-                             "mean_abs_logit_diff": float(np.abs(logits - fp32).mean())}
+        out["rows"][name] = {
+            "top1_agreement": float((logits.argmax(1) == fp32.argmax(1)).mean()),
+            "mean_abs_logit_diff": float(np.abs(logits - fp32).mean()),
+        }
     return out
 
 
@@ -215,23 +248,27 @@ def time_calibration(model_path: Path, cal_dir: Path, threads: int, rounds: int 
     def ort_entropy(tmp: Path) -> int:
         p = tmp / "prepared.onnx"
         onnx.save(prepared, str(p))
-        cal = create_calibrator(p, [], augmented_model_path=str(tmp / "aug.onnx"),
-                                calibrate_method=CalibrationMethod.Entropy)
+        cal = create_calibrator(
+            p, [], augmented_model_path=str(tmp / "aug.onnx"), calibrate_method=CalibrationMethod.Entropy
+        )
         if threads:
             cal.execution_providers = ["CPUExecutionProvider"]
             so = ort.SessionOptions()
             so.intra_op_num_threads = threads
-            cal.infer_session = ort.InferenceSession(cal.augmented_model_path, sess_options=so,
-                                                     providers=["CPUExecutionProvider"])
+            cal.infer_session = ort.InferenceSession(
+                cal.augmented_model_path, sess_options=so, providers=["CPUExecutionProvider"]
+            )
         for start in range(0, len(batches), 2):  # ORT keeps every output of a call in memory: 40 images per call
             cal.collect_data(Reader(batches[start : start + 2]))
         return len(cal.compute_data().data)
 
     res = {"images": sum(len(b) for b in batches), "batch": 20, "threads": threads, "rounds": rounds}
     with tempfile.TemporaryDirectory() as tmp:
-        runs = {"edgecnn_entropy_needed": lambda: edgecnn_entropy(needed),
-                "edgecnn_entropy_all": lambda: edgecnn_entropy(everything),
-                "ort_entropy": lambda: ort_entropy(Path(tmp))}
+        runs = {
+            "edgecnn_entropy_needed": lambda: edgecnn_entropy(needed),
+            "edgecnn_entropy_all": lambda: edgecnn_entropy(everything),
+            "ort_entropy": lambda: ort_entropy(Path(tmp)),
+        }
         times: dict[str, list[float]] = {label: [] for label in runs}
         for _ in range(rounds):
             for label, run in runs.items():
@@ -262,8 +299,12 @@ def latency(paths: dict[str, Path], threads_list=(1, 2), rounds: int = 5, runs: 
     out = {}
     if "int8_cpu_3ch_stem" in paths:
         xs = np.random.default_rng(1).standard_normal((8, 3, 224, 224)).astype(np.float32)
-        a, b = (ort.InferenceSession(str(paths[k]), session_options(1), providers=["CPUExecutionProvider"])
-                .run(None, {"input": xs})[0] for k in ("int8_cpu", "int8_cpu_3ch_stem"))
+        a, b = (
+            ort.InferenceSession(str(paths[k]), session_options(1), providers=["CPUExecutionProvider"]).run(
+                None, {"input": xs}
+            )[0]
+            for k in ("int8_cpu", "int8_cpu_3ch_stem")
+        )
         out["stem_padding_max_abs_logit_diff"] = float(np.abs(a - b).max())
     for threads in threads_list:
         sessions = {}
@@ -299,15 +340,22 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--methods", default="percentile,minmax,entropy")
     ap.add_argument("--finetune", type=int, default=3, help="epochs for the extra --finetune rows (0: none)")
-    ap.add_argument("--photos", type=Path, help="folder of real photos (recursive) to use instead of the scenes set "
-                    "in ../shared/data: the check on held-out data (results: benchmarks/results/quant_benchmark-NAME)")
+    ap.add_argument(
+        "--photos",
+        type=Path,
+        help="folder of real photos (recursive) to use instead of the scenes set "
+        "in ../shared/data: the check on held-out data (results: benchmarks/results/quant_benchmark-NAME)",
+    )
     ap.add_argument("--out", type=Path, help="output path without suffix (default: benchmarks/quant_benchmark)")
     args = ap.parse_args()
     if args.photos is not None and not args.photos.is_dir():
         raise SystemExit(f"--photos {args.photos}: not a folder")
     if args.out is None:
-        args.out = (ROOT / "benchmarks" / "quant_benchmark" if args.photos is None
-                    else ROOT / "benchmarks" / "results" / f"quant_benchmark-{args.photos.resolve().name}")
+        args.out = (
+            ROOT / "benchmarks" / "quant_benchmark"
+            if args.photos is None
+            else ROOT / "benchmarks" / "results" / f"quant_benchmark-{args.photos.resolve().name}"
+        )
 
     import onnx
     import onnxruntime as ort
@@ -319,21 +367,31 @@ def main() -> None:
     model = pretrained_onnx("efficientnet-lite0")
     result = {
         "command": "flock /tmp/edgecnn-bench.lock python benchmarks/quant_benchmark.py " + " ".join(sys.argv[1:]),
-        "machine": {"cpu": cpu_name(), "cpus": os.cpu_count(), "int8_dot_product": int8_dot(),
-                    "python": platform.python_version(), "onnxruntime": ort.__version__, "onnx": onnx.__version__,
-                    "numpy": np.__version__, "platform": platform.platform()},
+        "machine": {
+            "cpu": cpu_name(),
+            "cpus": os.cpu_count(),
+            "int8_dot_product": int8_dot(),
+            "python": platform.python_version(),
+            "onnxruntime": ort.__version__,
+            "onnx": onnx.__version__,
+            "numpy": np.__version__,
+            "platform": platform.platform(),
+        },
         "model": "efficientnet-lite0 (ImageNet-1k pretrained, FP32 ONNX opset 17, dynamic batch)",
     }
     with tempfile.TemporaryDirectory(prefix="quant-bench-") as tmp:
         tmp = Path(tmp)
         if args.photos is None:
-            cal_dir, held_dir = split(scenes(ROOT / ".cache" / "test-data"), tmp, args.calibration, args.held_out, args.seed)
+            cal_dir, held_dir = split(
+                scenes(ROOT / ".cache" / "test-data"), tmp, args.calibration, args.held_out, args.seed
+            )
             source = "scenes (../shared/data/scenes-jpg.tar.gz, 150x150 photos)"
         else:
             cal_dir, held_dir, args.held_out = photo_split(args.photos, tmp, args.calibration, args.held_out, args.seed)
             source = f"photos from {args.photos.resolve().name}/ (--photos)"
-        result["data"] = (f"{source}, seed {args.seed}: {args.calibration} calibration + {args.held_out} "
-                          "disjoint held-out photos")
+        result["data"] = (
+            f"{source}, seed {args.seed}: {args.calibration} calibration + {args.held_out} disjoint held-out photos"
+        )
         print("calibration timing ...", flush=True)
         result["calibration_time"] = time_calibration(model, cal_dir, args.threads)
         print(json.dumps(result["calibration_time"], indent=1), flush=True)
@@ -344,8 +402,12 @@ def main() -> None:
             """Quantize with this row's options, measure agreement on the held-out photos, record the row."""
             out = tmp / filename
             t0 = time.perf_counter()
-            r = quantize(model, out, cal_dir, QuantOptions(val=held_dir, num_images=args.calibration,
-                                                           threads=args.threads, **options))
+            r = quantize(
+                model,
+                out,
+                cal_dir,
+                QuantOptions(val=held_dir, num_images=args.calibration, threads=args.threads, **options),
+            )
             result["agreement"][label] = row = agreement_row(r, time.perf_counter() - t0)
             print(label, json.dumps(row), flush=True)
             return out
@@ -360,13 +422,28 @@ def main() -> None:
                     if target == "cpu":
                         paths["int8_cpu_3ch_stem"] = without_stem_padding(out, tmp / "cpu.3ch-stem.int8.onnx")
             if target == "cpu":  # the default is 7-bit weights; the 8-bit model for comparison
-                paths["int8_cpu_full"] = measure(f"cpu/{first}, full-range (8-bit) weights", f"cpu.{first}.full.int8.onnx",
-                                                 target=target, method=first, reduce_range=False)
-            measure(f"{target}/{first}, round-to-nearest weights", f"{target}.{first}.nearest.int8.onnx",
-                    target=target, method=first, rounding="nearest")
+                paths["int8_cpu_full"] = measure(
+                    f"cpu/{first}, full-range (8-bit) weights",
+                    f"cpu.{first}.full.int8.onnx",
+                    target=target,
+                    method=first,
+                    reduce_range=False,
+                )
+            measure(
+                f"{target}/{first}, round-to-nearest weights",
+                f"{target}.{first}.nearest.int8.onnx",
+                target=target,
+                method=first,
+                rounding="nearest",
+            )
             if args.finetune:
-                measure(f"{target}/{first} + finetune {args.finetune}", f"{target}.{first}.finetune.int8.onnx",
-                        target=target, method=first, finetune=args.finetune)
+                measure(
+                    f"{target}/{first} + finetune {args.finetune}",
+                    f"{target}.{first}.finetune.int8.onnx",
+                    target=target,
+                    method=first,
+                    finetune=args.finetune,
+                )
         print("error budget ...", flush=True)
         result["error_budget"] = error_budget(model, cal_dir, held_dir, args.threads, first)
         print(json.dumps(result["error_budget"], indent=1), flush=True)
@@ -416,51 +493,96 @@ def markdown(r: dict, args) -> str:
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for key, a in r["agreement"].items():
-        lines.append(f"| {key} | {100 * a['top1_agreement']:.2f}% | {100 * a['top1_in_top5']:.2f}% | "
-                     f"{a['mean_abs_logit_diff']:.4f} | {a['cosine_mean']:.5f} | {a['int8_nodes']} | "
-                     f"{a['int8_bytes'] / 1e6:.2f} (FP32 {a['fp32_bytes'] / 1e6:.2f}) | {a['quantize_total_s']:.0f} |")
-    lines += ["", "Top-1 agreement by FP32 confidence (FP32 top-1 probability; images in each bin):", "",
-              "| target / method | " + " | ".join(
-                  f"p {b['fp32_top1_prob']} ({b['images']})" for b in next(iter(r["agreement"].values()))["by_fp32_confidence"]) + " |",
-              "| --- |" + " --- |" * len(next(iter(r["agreement"].values()))["by_fp32_confidence"])]
+        lines.append(
+            f"| {key} | {100 * a['top1_agreement']:.2f}% | {100 * a['top1_in_top5']:.2f}% | "
+            f"{a['mean_abs_logit_diff']:.4f} | {a['cosine_mean']:.5f} | {a['int8_nodes']} | "
+            f"{a['int8_bytes'] / 1e6:.2f} (FP32 {a['fp32_bytes'] / 1e6:.2f}) | {a['quantize_total_s']:.0f} |"
+        )
+    lines += [
+        "",
+        "Top-1 agreement by FP32 confidence (FP32 top-1 probability; images in each bin):",
+        "",
+        "| target / method | "
+        + " | ".join(
+            f"p {b['fp32_top1_prob']} ({b['images']})"
+            for b in next(iter(r["agreement"].values()))["by_fp32_confidence"]
+        )
+        + " |",
+        "| --- |" + " --- |" * len(next(iter(r["agreement"].values()))["by_fp32_confidence"]),
+    ]
     for key, a in r["agreement"].items():
-        lines.append(f"| {key} | " + " | ".join(
-            "-" if b["agreement"] is None else f"{100 * b['agreement']:.2f}%" for b in a["by_fp32_confidence"]) + " |")
+        lines.append(
+            f"| {key} | "
+            + " | ".join(
+                "-" if b["agreement"] is None else f"{100 * b['agreement']:.2f}%" for b in a["by_fp32_confidence"]
+            )
+            + " |"
+        )
     tuned = [(k, a["finetune"]) for k, a in r["agreement"].items() if a.get("finetune")]
     if tuned:
-        lines += ["", "Fine-tuned rows: `--finetune` on the same 200 calibration images (FP32 model as teacher), "
-                  "measured on the same held-out photos:", ""]
+        lines += [
+            "",
+            "Fine-tuned rows: `--finetune` on the same 200 calibration images (FP32 model as teacher), "
+            "measured on the same held-out photos:",
+            "",
+        ]
         for k, ft in tuned:
-            lines.append(f"- {k}: {ft['steps']} steps in {ft['seconds']:.0f} s, distillation loss "
-                         f"{ft['loss_first_epoch']:.4g} -> {ft['loss_last_epoch']:.4g}")
-    lines += ["", "## Batch-1 latency, ONNX Runtime CPU (median of interleaved rounds)", "",
-              "Sessions with edgecnn's options: `session.x64quantprecision` (exact INT8 kernels) wherever the CPU is "
-              "not known to have VNNI; off where it has VNNI, whose fast kernels are exact already.", "",
-              "The default cpu model's RGB stem is padded to 4 input channels (a zero channel: "
-              "`qdq.pad_conv_input_channels`), which lets ONNX Runtime's x86 symmetric INT8 kernel take it; the "
-              "`3-channel stem` column is the same model with the padding undone"
-              + (f" (max abs logit difference between the two: {r['latency_batch1']['stem_padding_max_abs_logit_diff']:.3g})"
-                 if "stem_padding_max_abs_logit_diff" in r["latency_batch1"] else "") + ".", "",
-              "| threads | FP32 ms | INT8 cpu ms (7-bit weights, default) | speed-up | INT8 cpu, 3-channel stem ms | "
-              "INT8 cpu, 8-bit weights ms | INT8 tensorrt-form Q/DQ on CPU ms |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
+            lines.append(
+                f"- {k}: {ft['steps']} steps in {ft['seconds']:.0f} s, distillation loss "
+                f"{ft['loss_first_epoch']:.4g} -> {ft['loss_last_epoch']:.4g}"
+            )
+    lines += [
+        "",
+        "## Batch-1 latency, ONNX Runtime CPU (median of interleaved rounds)",
+        "",
+        "Sessions with edgecnn's options: `session.x64quantprecision` (exact INT8 kernels) wherever the CPU is "
+        "not known to have VNNI; off where it has VNNI, whose fast kernels are exact already.",
+        "",
+        "The default cpu model's RGB stem is padded to 4 input channels (a zero channel: "
+        "`qdq.pad_conv_input_channels`), which lets ONNX Runtime's x86 symmetric INT8 kernel take it; the "
+        "`3-channel stem` column is the same model with the padding undone"
+        + (
+            f" (max abs logit difference between the two: {r['latency_batch1']['stem_padding_max_abs_logit_diff']:.3g})"
+            if "stem_padding_max_abs_logit_diff" in r["latency_batch1"]
+            else ""
+        )
+        + ".",
+        "",
+        "| threads | FP32 ms | INT8 cpu ms (7-bit weights, default) | speed-up | INT8 cpu, 3-channel stem ms | "
+        "INT8 cpu, 8-bit weights ms | INT8 tensorrt-form Q/DQ on CPU ms |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for key, lat in r["latency_batch1"].items():
         if not key.startswith("threads_"):
             continue
         m = lat["median_ms"]
-        full = (f"{m['int8_cpu_full']:.2f} ({lat['speedup_cpu_int8_full_range']:.2f}x)" if "int8_cpu_full" in m
-                else "not measured")
-        stem3 = (f"{m['int8_cpu_3ch_stem']:.2f} ({lat['speedup_cpu_int8_3ch_stem']:.2f}x)" if "int8_cpu_3ch_stem" in m
-                 else "not measured")
-        lines.append(f"| {key.split('_')[1]} | {m['fp32']:.2f} | {m['int8_cpu']:.2f} | {lat['speedup_cpu_int8']:.2f}x | "
-                     f"{stem3} | {full} | {m['int8_tensorrt']:.2f} ({lat['speedup_tensorrt_qdq_on_cpu']:.2f}x) |")
+        full = (
+            f"{m['int8_cpu_full']:.2f} ({lat['speedup_cpu_int8_full_range']:.2f}x)"
+            if "int8_cpu_full" in m
+            else "not measured"
+        )
+        stem3 = (
+            f"{m['int8_cpu_3ch_stem']:.2f} ({lat['speedup_cpu_int8_3ch_stem']:.2f}x)"
+            if "int8_cpu_3ch_stem" in m
+            else "not measured"
+        )
+        lines.append(
+            f"| {key.split('_')[1]} | {m['fp32']:.2f} | {m['int8_cpu']:.2f} | {lat['speedup_cpu_int8']:.2f}x | "
+            f"{stem3} | {full} | {m['int8_tensorrt']:.2f} ({lat['speedup_tensorrt_qdq_on_cpu']:.2f}x) |"
+        )
     b = r.get("error_budget")
     if b:
-        lines += ["", f"## Where the error comes from (cpu target, {b['method']}; {b['images']} held-out photos)", "",
-                  "Held-out agreement with FP32 when only some of the INT8 model's quantization points are simulated "
-                  f"(PyTorch fake quantization at exactly its points and grids: {b['activation_tensors']} activation "
-                  f"tensors, {b['relu_outputs_quantized']} of them ReLU6/ReLU outputs):", "",
-                  "| quantized | top-1 agreement | mean abs logit diff |", "| --- | --- | --- |"]
+        lines += [
+            "",
+            f"## Where the error comes from (cpu target, {b['method']}; {b['images']} held-out photos)",
+            "",
+            "Held-out agreement with FP32 when only some of the INT8 model's quantization points are simulated "
+            f"(PyTorch fake quantization at exactly its points and grids: {b['activation_tensors']} activation "
+            f"tensors, {b['relu_outputs_quantized']} of them ReLU6/ReLU outputs):",
+            "",
+            "| quantized | top-1 agreement | mean abs logit diff |",
+            "| --- | --- | --- |",
+        ]
         for name, row in b["rows"].items():
             lines.append(f"| {name} | {100 * row['top1_agreement']:.2f}% | {row['mean_abs_logit_diff']:.4f} |")
     lines += ["", status(r)]
@@ -471,25 +593,35 @@ def markdown(r: dict, args) -> str:
 
 def status(r: dict) -> str:
     """The issue's three measured targets, read off this run's numbers."""
+
     def verdict(ok: bool) -> str:
         return "met" if ok else "**not met**"
 
     c = r["calibration_time"]
     seconds = c["edgecnn_entropy_needed"]["seconds"]
-    lines = ["## Targets (issue 3), read off this run", "",
-             f"- entropy calibration of 200 images within 10 s: {seconds:.1f} s for {c['images']} images "
-             f"({c['speedup_vs_ort']:.1f}x faster than ONNX Runtime's): "
-             + (verdict(seconds <= 10) if c["images"] >= 200 else "not judged (fewer than 200 images)")]
+    lines = [
+        "## Targets (issue 3), read off this run",
+        "",
+        f"- entropy calibration of 200 images within 10 s: {seconds:.1f} s for {c['images']} images "
+        f"({c['speedup_vs_ort']:.1f}x faster than ONNX Runtime's): "
+        + (verdict(seconds <= 10) if c["images"] >= 200 else "not judged (fewer than 200 images)"),
+    ]
     for target in ("tensorrt", "cpu"):
-        best_key, best = max(((k, a) for k, a in r["agreement"].items() if k.startswith(target + "/")),
-                             key=lambda ka: ka[1]["top1_agreement"])
-        lines.append(f"- top-1 agreement >= 98.5 % ({target}): best {100 * best['top1_agreement']:.2f}% ({best_key}): "
-                     f"{verdict(best['top1_agreement'] >= 0.985)}")
+        best_key, best = max(
+            ((k, a) for k, a in r["agreement"].items() if k.startswith(target + "/")),
+            key=lambda ka: ka[1]["top1_agreement"],
+        )
+        lines.append(
+            f"- top-1 agreement >= 98.5 % ({target}): best {100 * best['top1_agreement']:.2f}% ({best_key}): "
+            f"{verdict(best['top1_agreement'] >= 0.985)}"
+        )
     for key, lat in r["latency_batch1"].items():
         if not key.startswith("threads_"):
             continue
-        lines.append(f"- --target cpu >= 2x faster than FP32 at batch 1, {key.split('_')[1]} thread(s): "
-                     f"{lat['speedup_cpu_int8']:.2f}x: {verdict(lat['speedup_cpu_int8'] >= 2.0)}")
+        lines.append(
+            f"- --target cpu >= 2x faster than FP32 at batch 1, {key.split('_')[1]} thread(s): "
+            f"{lat['speedup_cpu_int8']:.2f}x: {verdict(lat['speedup_cpu_int8'] >= 2.0)}"
+        )
     return "\n".join(lines)
 
 

@@ -83,9 +83,20 @@ def main() -> None:
     name = f"{args.arch}-{args.epochs}ep{('-' + args.tag) if args.tag else ''}"
     out_dir = ROOT / ".cache" / "bench" / "runs"
     cfg = TrainConfig(
-        data=data, arch=args.arch, out=out_dir / f"{name}.pt", epochs=args.epochs, batch_size=args.batch_size,
-        lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
-        augment=not args.no_augment, crop_pad=args.crop_pad, time_budget=args.time_budget, channels_last=not args.no_channels_last, arch_kwargs=arch_kwargs,
+        data=data,
+        arch=args.arch,
+        out=out_dir / f"{name}.pt",
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        weight_decay=args.weight_decay,
+        label_smoothing=args.label_smoothing,
+        augment=not args.no_augment,
+        crop_pad=args.crop_pad,
+        time_budget=args.time_budget,
+        channels_last=not args.no_channels_last,
+        arch_kwargs=arch_kwargs,
         force=True,  # a benchmark re-run replaces its own scratch checkpoint under .cache/bench
     )
     load_before = os.getloadavg()
@@ -99,9 +110,12 @@ def main() -> None:
         if ev.phase == "epoch":
             m = ev.metrics
             load_per_epoch.append(round(os.getloadavg()[0], 2))
-            print(f"epoch {ev.epoch:2d}/{ev.epochs}  loss {m['train_loss']:.3f}  train {m['train_acc']:.3f}  "
-                  f"test {m['val_acc']:.4f}  {m['images_per_s']:.0f} img/s  {m['seconds']:.1f} s  "
-                  f"load {os.getloadavg()[0]:.2f}", flush=True)
+            print(
+                f"epoch {ev.epoch:2d}/{ev.epochs}  loss {m['train_loss']:.3f}  train {m['train_acc']:.3f}  "
+                f"test {m['val_acc']:.4f}  {m['images_per_s']:.0f} img/s  {m['seconds']:.1f} s  "
+                f"load {os.getloadavg()[0]:.2f}",
+                flush=True,
+            )
 
     result = fit(cfg, progress=progress)
     wall = time.perf_counter() - t0
@@ -134,19 +148,38 @@ def main() -> None:
             "loadavg_after": os.getloadavg(),
             "loadavg_per_epoch": load_per_epoch,
         },
-        "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-                     "opencv": cv2.__version__},
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "opencv": cv2.__version__,
+        },
     }
     try:
-        model_name = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        model_name = next(
+            line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")
+        )
         record["machine"]["cpu"] = model_name
     except (OSError, StopIteration):
         pass
     results = ROOT / "benchmarks" / "results"
     results.mkdir(parents=True, exist_ok=True)
     (results / f"train_cifar-{name}.json").write_text(json.dumps(record, indent=2) + "\n")
-    print(json.dumps({k: record[k] for k in ("arch", "final_test_acc", "train_seconds", "wall_seconds",
-                                              "train_images_per_s", "decode_seconds")}))
+    print(
+        json.dumps(
+            {
+                k: record[k]
+                for k in (
+                    "arch",
+                    "final_test_acc",
+                    "train_seconds",
+                    "wall_seconds",
+                    "train_images_per_s",
+                    "decode_seconds",
+                )
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

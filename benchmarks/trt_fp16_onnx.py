@@ -68,8 +68,10 @@ def main() -> None:
                     logits[key].append(runner.infer(x))
                     times[key].append((time.perf_counter() - t) * 1000 / len(x))
     a, b = np.concatenate(logits["fp32"]), np.concatenate(logits["fp16"])
-    pa = np.exp(a - a.max(1, keepdims=True)); pa /= pa.sum(1, keepdims=True)
-    pb = np.exp(b - b.max(1, keepdims=True)); pb /= pb.sum(1, keepdims=True)
+    pa = np.exp(a - a.max(1, keepdims=True))
+    pa /= pa.sum(1, keepdims=True)
+    pb = np.exp(b - b.max(1, keepdims=True))
+    pb /= pb.sum(1, keepdims=True)
     top5 = np.mean([len(set(np.argsort(-x)[:5]) & set(np.argsort(-y)[:5])) / 5 for x, y in zip(a, b)])
     result = {
         "model": "efficientnet-lite0 (pretrained, ImageNet-1k)",
@@ -84,9 +86,15 @@ def main() -> None:
         **{k: round(v, 2) for k, v in sizes.items()},
         "cpu_ms_per_image_median": {k: round(float(np.median(v)), 2) for k, v in times.items()},
         "cpu_fp16_over_fp32_latency": round(float(np.median(times["fp16"]) / np.median(times["fp32"])), 2),
-        "machine": {"cpu": _cpu(), "cores": 2, "python": platform.python_version(), "onnx": onnx.__version__,
-                    "onnxruntime": ort.__version__, "onnxconverter_common": _version("onnxconverter-common"),
-                    "numpy": np.__version__},
+        "machine": {
+            "cpu": _cpu(),
+            "cores": 2,
+            "python": platform.python_version(),
+            "onnx": onnx.__version__,
+            "onnxruntime": ort.__version__,
+            "onnxconverter_common": _version("onnxconverter-common"),
+            "numpy": np.__version__,
+        },
         "command": "flock /tmp/edgecnn-bench.lock python benchmarks/trt_fp16_onnx.py " + " ".join(sys.argv[1:]),
     }
     out = ROOT / "benchmarks" / "results"
@@ -116,26 +124,26 @@ def _markdown(r: dict) -> str:
     m = r["machine"]
     return f"""# FP16 ONNX for TensorRT 11: agreement with FP32 (ONNX Runtime CPU)
 
-`edgecnn.trt.fp16.convert_fp16` (onnxconverter-common, inputs/outputs kept FP32) on {r['model']},
-{r['images']} real scenes photos (150x150 JPEG, resized by the model's own preprocessing).
+`edgecnn.trt.fp16.convert_fp16` (onnxconverter-common, inputs/outputs kept FP32) on {r["model"]},
+{r["images"]} real scenes photos (150x150 JPEG, resized by the model's own preprocessing).
 
 | metric | value |
 |---|---|
-| top-1 agreement FP16 vs FP32 | {r['top1_agreement']:.2%} |
-| top-5 overlap | {r['top5_overlap']:.2%} |
-| max / mean abs logit difference | {r['max_abs_logit_diff']:.4f} / {r['mean_abs_logit_diff']:.5f} (logits up to {r['logit_scale_max_abs']:.1f}) |
-| max abs probability difference | {r['max_abs_prob_diff']:.4f} |
-| file size FP32 -> FP16 | {r['fp32_mb']:.1f} MB -> {r['fp16_mb']:.1f} MB |
-| conversion time | {r['convert_seconds']} s |
-| CPU latency per image (median, batch 16, 2 threads) FP32 / FP16 | {r['cpu_ms_per_image_median']['fp32']} ms / {r['cpu_ms_per_image_median']['fp16']} ms (ratio {r['cpu_fp16_over_fp32_latency']}) |
+| top-1 agreement FP16 vs FP32 | {r["top1_agreement"]:.2%} |
+| top-5 overlap | {r["top5_overlap"]:.2%} |
+| max / mean abs logit difference | {r["max_abs_logit_diff"]:.4f} / {r["mean_abs_logit_diff"]:.5f} (logits up to {r["logit_scale_max_abs"]:.1f}) |
+| max abs probability difference | {r["max_abs_prob_diff"]:.4f} |
+| file size FP32 -> FP16 | {r["fp32_mb"]:.1f} MB -> {r["fp16_mb"]:.1f} MB |
+| conversion time | {r["convert_seconds"]} s |
+| CPU latency per image (median, batch 16, 2 threads) FP32 / FP16 | {r["cpu_ms_per_image_median"]["fp32"]} ms / {r["cpu_ms_per_image_median"]["fp16"]} ms (ratio {r["cpu_fp16_over_fp32_latency"]}) |
 
 The FP16 ONNX exists for TensorRT 11 (strongly typed: no FP16 builder flag). The CPU latency row is only a record: on
 x86 CPUs ONNX Runtime has few FP16 kernels, so the FP16 model is not a CPU optimisation.
 
-Machine: {m['cpu']}, {m['cores']} shared cores; Python {m['python']}, onnx {m['onnx']}, onnxruntime {m['onnxruntime']},
-onnxconverter-common {m['onnxconverter_common']}, numpy {m['numpy']}.
+Machine: {m["cpu"]}, {m["cores"]} shared cores; Python {m["python"]}, onnx {m["onnx"]}, onnxruntime {m["onnxruntime"]},
+onnxconverter-common {m["onnxconverter_common"]}, numpy {m["numpy"]}.
 
-Command: `{r['command']}`
+Command: `{r["command"]}`
 """
 
 

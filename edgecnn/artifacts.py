@@ -70,7 +70,9 @@ class ModelContract:
     @classmethod
     def from_dict(cls, d: dict) -> "ModelContract":
         if "labels" in d and not isinstance(d["labels"], list):
-            raise ArtifactError(f"Model contract: labels must be a list of class names, got {type(d['labels']).__name__}")
+            raise ArtifactError(
+                f"Model contract: labels must be a list of class names, got {type(d['labels']).__name__}"
+            )
         try:
             labels = [str(v) for v in d["labels"]]
             pre = PreprocessConfig.from_dict(d["preprocess"])
@@ -192,8 +194,9 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
         return False
 
 
-def ensure_distinct(inputs: list[str | os.PathLike] | str | os.PathLike, output: str | os.PathLike,
-                    flag: str = "--out") -> None:
+def ensure_distinct(
+    inputs: list[str | os.PathLike] | str | os.PathLike, output: str | os.PathLike, flag: str = "--out"
+) -> None:
     """Refuse to write `output` over any of `inputs` (no command overwrites its own input). An input may be a folder
     (calibration or validation images): an existing file inside it is an input too."""
     if isinstance(inputs, (str, os.PathLike)):
@@ -202,9 +205,13 @@ def ensure_distinct(inputs: list[str | os.PathLike] | str | os.PathLike, output:
     for inp in inputs:
         inp = Path(inp)
         if same_file(inp, out):
-            raise UserInputError(f"Output {out} is the input file: choose another {flag} (inputs are never overwritten)")
+            raise UserInputError(
+                f"Output {out} is the input file: choose another {flag} (inputs are never overwritten)"
+            )
         if inp.is_dir() and out.is_file() and out.resolve().is_relative_to(inp.resolve()):
-            raise UserInputError(f"{flag} {out} would overwrite a file inside the input folder {inp}: choose another {flag}")
+            raise UserInputError(
+                f"{flag} {out} would overwrite a file inside the input folder {inp}: choose another {flag}"
+            )
 
 
 def _first_existing(path: Path) -> Path:
@@ -335,9 +342,11 @@ def staged_files() -> Iterator[Callable[..., Path]]:
     except OSError as exc:
         discard()
         full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
-        raise StagedWriteError(f"Cannot write {', '.join(str(p) for _, p in staged) or 'the outputs'} "
-                               f"({exc.strerror or exc}{'; is the disk full?' if full else ''}): nothing was "
-                               "replaced") from exc
+        raise StagedWriteError(
+            f"Cannot write {', '.join(str(p) for _, p in staged) or 'the outputs'} "
+            f"({exc.strerror or exc}{'; is the disk full?' if full else ''}): nothing was "
+            "replaced"
+        ) from exc
     except BaseException:
         discard()
         raise

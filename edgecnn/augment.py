@@ -14,7 +14,9 @@ def default_pad(height: int, width: int) -> int:
     return max(1, round(min(height, width) / 8))
 
 
-def random_crop_flip(batch: np.ndarray, rng: np.random.Generator, pad: int | None = None, flip: bool = True) -> np.ndarray:
+def random_crop_flip(
+    batch: np.ndarray, rng: np.random.Generator, pad: int | None = None, flip: bool = True
+) -> np.ndarray:
     """uint8 N×H×W×3 -> a new N×H×W×3: each image shifted by up to `pad` px (reflect-padded) and flipped with p=0.5."""
     if batch.ndim != 4:
         raise ValueError(f"expected N×H×W×C, got {batch.shape}")

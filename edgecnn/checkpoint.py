@@ -72,8 +72,10 @@ def _load_error(path: Path, exc: Exception) -> ArtifactError:
         return ArtifactError(f"{path} is empty or truncated: not a loadable edgecnn checkpoint")
     if "zip archive" in text or "central directory" in text:
         return ArtifactError(f"{path} is truncated or corrupt (its zip archive cannot be read): re-copy or re-save it")
-    return ArtifactError(f"{path} is not a readable PyTorch checkpoint ({exc.__class__.__name__}): "
-                         "expected a file written by `edgecnn train` or torch.save")
+    return ArtifactError(
+        f"{path} is not a readable PyTorch checkpoint ({exc.__class__.__name__}): "
+        "expected a file written by `edgecnn train` or torch.save"
+    )
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
@@ -97,14 +99,20 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         raise ArtifactError(f"checkpoint {path}: 'arch' is {ckpt['arch']!r}, expected a registered architecture name")
     kwargs = ckpt["arch_kwargs"]
     if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
-        raise ArtifactError(f"checkpoint {path}: arch_kwargs {_short(kwargs)} do not fit arch {ckpt['arch']}: "
-                            "expected a dict of keyword arguments")
+        raise ArtifactError(
+            f"checkpoint {path}: arch_kwargs {_short(kwargs)} do not fit arch {ckpt['arch']}: "
+            "expected a dict of keyword arguments"
+        )
     if not isinstance(ckpt["state_dict"], dict):
-        raise ArtifactError(f"checkpoint {path}: 'state_dict' is a {type(ckpt['state_dict']).__name__}, expected a "
-                            "dict of tensors (model.state_dict())")
+        raise ArtifactError(
+            f"checkpoint {path}: 'state_dict' is a {type(ckpt['state_dict']).__name__}, expected a "
+            "dict of tensors (model.state_dict())"
+        )
     if not isinstance(ckpt["contract"], dict):
-        raise ArtifactError(f"checkpoint {path}: 'contract' is a {type(ckpt['contract']).__name__}, expected a dict "
-                            "(ModelContract.to_dict(): labels, preprocess, ...)")
+        raise ArtifactError(
+            f"checkpoint {path}: 'contract' is a {type(ckpt['contract']).__name__}, expected a dict "
+            "(ModelContract.to_dict(): labels, preprocess, ...)"
+        )
     return ckpt
 
 
@@ -118,11 +126,14 @@ def read_contract(path: str | os.PathLike, ckpt: dict) -> ModelContract:
     d = ckpt["contract"]
     labels, pre = d.get("labels"), d.get("preprocess")
     if labels is not None and not isinstance(labels, (list, tuple)):
-        raise ArtifactError(f"checkpoint {path}: contract labels is a {type(labels).__name__}, expected a list of "
-                            "class names")
+        raise ArtifactError(
+            f"checkpoint {path}: contract labels is a {type(labels).__name__}, expected a list of class names"
+        )
     if pre is not None and not isinstance(pre, dict):
-        raise ArtifactError(f"checkpoint {path}: contract preprocess is a {type(pre).__name__}, expected a dict "
-                            "(PreprocessConfig.to_dict())")
+        raise ArtifactError(
+            f"checkpoint {path}: contract preprocess is a {type(pre).__name__}, expected a dict "
+            "(PreprocessConfig.to_dict())"
+        )
     try:
         return ModelContract.from_dict(d)
     except (ArtifactError, UserInputError) as exc:  # from the file, not the command line: an artifact problem
@@ -183,8 +194,10 @@ def check_finite_weights(path: str | os.PathLike, state_dict: dict) -> None:
     torch = require_torch()
     for name, value in state_dict.items():
         if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            raise ArtifactError(f"checkpoint {path}: weights {name} are not finite (NaN/inf): the file is damaged or "
-                                "its training diverged; use an earlier checkpoint or retrain")
+            raise ArtifactError(
+                f"checkpoint {path}: weights {name} are not finite (NaN/inf): the file is damaged or "
+                "its training diverged; use an earlier checkpoint or retrain"
+            )
 
 
 def _check_forward(path: Path, model, contract: ModelContract, arch: str) -> None:
@@ -220,8 +233,13 @@ def pretrained_contract(name: str) -> ModelContract:
 
     entry = get_entry(name)
     names, wnids = imagenet_labels()
-    return ModelContract(labels=names, label_keys=wnids, preprocess=entry.preprocess, arch=name,
-                         provenance={"source": f"pretrained:{name}"})
+    return ModelContract(
+        labels=names,
+        label_keys=wnids,
+        preprocess=entry.preprocess,
+        arch=name,
+        provenance={"source": f"pretrained:{name}"},
+    )
 
 
 def save_pretrained_checkpoint(name: str, target: str | os.PathLike) -> Path:
@@ -229,5 +247,6 @@ def save_pretrained_checkpoint(name: str, target: str | os.PathLike) -> Path:
     from edgecnn.models.registry import create_model
 
     model = create_model(name, pretrained=True)
-    return save_checkpoint(target, model, name, {"num_classes": 1000}, pretrained_contract(name),
-                           training={"pretrained": True})
+    return save_checkpoint(
+        target, model, name, {"num_classes": 1000}, pretrained_contract(name), training={"pretrained": True}
+    )

@@ -22,8 +22,27 @@ from edgecnn.errors import UserInputError
 from edgecnn.preprocess import PreprocessConfig, as_bgr, geometric
 
 # .gif (first frame) and .avif decode with OpenCV >= 4.11; with an older OpenCV they count as unreadable files.
-IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".dib", ".tif", ".tiff", ".webp", ".pgm",
-                        ".ppm", ".pbm", ".pnm", ".jp2", ".gif", ".avif"})
+IMAGE_EXTS = frozenset(
+    {
+        ".jpg",
+        ".jpeg",
+        ".jpe",
+        ".jfif",
+        ".png",
+        ".bmp",
+        ".dib",
+        ".tif",
+        ".tiff",
+        ".webp",
+        ".pgm",
+        ".ppm",
+        ".pbm",
+        ".pnm",
+        ".jp2",
+        ".gif",
+        ".avif",
+    }
+)
 VIDEO_EXTS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"})
 SPLIT_TRAIN = ("train", "training")
 SPLIT_VAL = ("val", "valid", "validation")
@@ -153,7 +172,9 @@ def find_training_splits(root: str | os.PathLike) -> tuple[Path, Path | None]:
     return _train_beside(root, SPLIT_VAL, SPLIT_TEST)
 
 
-def _train_beside(root: str | os.PathLike, preferred: Sequence[str], fallback: Sequence[str]) -> tuple[Path, Path | None]:
+def _train_beside(
+    root: str | os.PathLike, preferred: Sequence[str], fallback: Sequence[str]
+) -> tuple[Path, Path | None]:
     root = Path(root)
     train = _first_folder(root, SPLIT_TRAIN)
     held_out = _first_folder(root, preferred) or _first_folder(root, fallback)
@@ -207,7 +228,9 @@ def decode_resized(
     )
 
 
-def iter_video_frames(path: str | os.PathLike, every: int = 1, max_frames: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+def iter_video_frames(
+    path: str | os.PathLike, every: int = 1, max_frames: int | None = None
+) -> Iterator[tuple[int, np.ndarray]]:
     """(frame index, BGR frame) for every `every`-th frame of a video file."""
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
@@ -239,7 +262,9 @@ def _is_class_id(name: str) -> bool:
     return name.isascii() and name.isdigit()
 
 
-def map_classes(folder_names: Sequence[str], labels: Sequence[str], label_keys: Sequence[str] | None = None) -> list[int]:
+def map_classes(
+    folder_names: Sequence[str], labels: Sequence[str], label_keys: Sequence[str] | None = None
+) -> list[int]:
     """Model class index for each dataset folder, by the first rule that gives an answer:
     1. the exact label (after NFC and stripping): 'Cardigan' is ImageNet's corgi (264), 'cardigan' the sweater (474);
     2. a label key (ImageNet wnid, any case);

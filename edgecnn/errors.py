@@ -62,10 +62,14 @@ def require(module: str, install_hint: str):
     try:
         return importlib.import_module(module)
     except ImportError as exc:  # includes ModuleNotFoundError and broken installs
-        raise MissingDependencyError(f"{module} is not available ({exc.__class__.__name__}: {exc}). {install_hint}") from exc
+        raise MissingDependencyError(
+            f"{module} is not available ({exc.__class__.__name__}: {exc}). {install_hint}"
+        ) from exc
 
 
-TORCH_HINT = "Training, export and .pt checkpoints need PyTorch: pip install 'edgecnn[train]' (CPU: pip install torch==2.13.0)."
+TORCH_HINT = (
+    "Training, export and .pt checkpoints need PyTorch: pip install 'edgecnn[train]' (CPU: pip install torch==2.13.0)."
+)
 
 
 def require_torch():

@@ -32,8 +32,9 @@ class LabelledLogits:
     folder: str = ""  # the folder scored: test/ (else val/) of a train/ pair, else the folder given
 
 
-def run_labelled(runner, data_dir: str | os.PathLike, batch: int = 32, progress: Progress | None = None,
-                 limit: int | None = None) -> LabelledLogits:
+def run_labelled(
+    runner, data_dir: str | os.PathLike, batch: int = 32, progress: Progress | None = None, limit: int | None = None
+) -> LabelledLogits:
     """Decode a labelled folder in chunks (memory stays bounded) and run the model on it."""
     from edgecnn.errors import UserInputError
 
@@ -63,9 +64,13 @@ def run_labelled(runner, data_dir: str | os.PathLike, batch: int = 32, progress:
     return LabelledLogits(
         logits=np.concatenate(logits) if logits else np.zeros((0, num_classes), np.float32),
         labels=np.concatenate(labels) if labels else np.zeros(0, np.int64),
-        paths=paths, corrupt=corrupt,
-        class_names=[runner.labels[i] for i in mapping], folder_to_class=mapping, ignored=len(folder.ignored),
-        loose=len(folder.loose), folder=str(folder.root),
+        paths=paths,
+        corrupt=corrupt,
+        class_names=[runner.labels[i] for i in mapping],
+        folder_to_class=mapping,
+        ignored=len(folder.ignored),
+        loose=len(folder.loose),
+        folder=str(folder.root),
     )
 
 
@@ -94,17 +99,26 @@ def class_display_name(runner, cls: int, counts: Counter) -> str:
     return f"{label} ({keys[cls]})" if keys else f"{label} (#{cls})"
 
 
-def evaluate(runner, data_dir: str | os.PathLike, batch: int = 32, progress: Progress | None = None,
-             limit: int | None = None) -> dict:
+def evaluate(
+    runner, data_dir: str | os.PathLike, batch: int = 32, progress: Progress | None = None, limit: int | None = None
+) -> dict:
     """Accuracy of `runner` on a labelled folder (folders map to classes by name, id or wnid)."""
     res = run_labelled(runner, data_dir, batch=batch, progress=progress, limit=limit)
     counts = Counter(runner.labels)
     names = {cls: class_display_name(runner, cls, counts) for cls in res.folder_to_class}
     out = accuracy(res.logits, res.labels, names)
-    out.update({"corrupt": len(res.corrupt), "corrupt_files": [str(p) for p in res.corrupt[:20]], "ignored": res.ignored,
-                "not_in_a_class_folder": res.loose,
-                "model": str(runner.path), "backend": runner.backend, "data": str(data_dir),
-                "scored": res.folder})
+    out.update(
+        {
+            "corrupt": len(res.corrupt),
+            "corrupt_files": [str(p) for p in res.corrupt[:20]],
+            "ignored": res.ignored,
+            "not_in_a_class_folder": res.loose,
+            "model": str(runner.path),
+            "backend": runner.backend,
+            "data": str(data_dir),
+            "scored": res.folder,
+        }
+    )
     return out
 
 

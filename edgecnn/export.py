@@ -23,8 +23,16 @@ from typing import Callable
 
 import numpy as np
 
-from edgecnn.artifacts import (check_output_file, ensure_distinct, prepare_output_folder, refuse_existing, remove_created,
-                               save_onnx, sha256_file, write_onnx_contract)
+from edgecnn.artifacts import (
+    check_output_file,
+    ensure_distinct,
+    prepare_output_folder,
+    refuse_existing,
+    remove_created,
+    save_onnx,
+    sha256_file,
+    write_onnx_contract,
+)
 from edgecnn.errors import AccuracyGateError, ArtifactError, EdgeCNNError, UserInputError, require_torch
 
 DEFAULT_CALIBRATION_DIR = Path(__file__).resolve().parents[1] / "calibration"
@@ -246,20 +254,32 @@ def _export(src: Path, out: Path, options: ExportOptions, say: Callable[[str], N
             try:
                 with _exporter_output_silenced():
                     torch.onnx.export(
-                        net, (example,), str(raw), dynamo=False, input_names=["input"], output_names=["logits"],
-                        dynamic_axes=dynamic_axes, opset_version=options.opset, do_constant_folding=True,
+                        net,
+                        (example,),
+                        str(raw),
+                        dynamo=False,
+                        input_names=["input"],
+                        output_names=["logits"],
+                        dynamic_axes=dynamic_axes,
+                        opset_version=options.opset,
+                        do_constant_folding=True,
                     )
             except Exception as exc:
                 reason = " ".join(str(exc).replace(str(raw), out.name).split())[:300] or exc.__class__.__name__
-                raise ArtifactError(f"ONNX export of {contract.arch} failed at opset {options.opset}: {reason}") from exc
+                raise ArtifactError(
+                    f"ONNX export of {contract.arch} failed at opset {options.opset}: {reason}"
+                ) from exc
         proto = onnx.load(str(raw))
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as exc:
         raise ArtifactError(f"onnx.checker rejected the export: {exc}") from exc
     contract = contract.with_provenance(
-        source_checkpoint=str(src), source_sha256=sha256_file(src), exporter=f"torch {torch.__version__}",
-        opset=options.opset, training=ckpt.get("training") or {},
+        source_checkpoint=str(src),
+        source_sha256=sha256_file(src),
+        exporter=f"torch {torch.__version__}",
+        opset=options.opset,
+        training=ckpt.get("training") or {},
     )
     write_onnx_contract(proto, contract)
 
@@ -279,7 +299,8 @@ def _export(src: Path, out: Path, options: ExportOptions, say: Callable[[str], N
         except (EdgeCNNError, RuntimeError, ValueError) as exc:  # name the output, not the staging folder
             raise ArtifactError(
                 f"ONNX Runtime cannot run the opset {options.opset} export of {contract.arch}: "
-                + str(exc).replace(str(candidate), out.name).strip().splitlines()[0][:300] + "; nothing written"
+                + str(exc).replace(str(candidate), out.name).strip().splitlines()[0][:300]
+                + "; nothing written"
             ) from exc
         with torch.no_grad():
             torch_logits = net(torch.from_numpy(x)).numpy()
@@ -297,8 +318,15 @@ def _export(src: Path, out: Path, options: ExportOptions, say: Callable[[str], N
             )
         os.replace(candidate, out)  # same folder: an atomic rename
     return ExportReport(
-        out=str(out), arch=contract.arch, opset=options.opset,
+        out=str(out),
+        arch=contract.arch,
+        opset=options.opset,
         input_shape=["N" if options.dynamic_batch else batch, *cfg.input_shape(1)[1:]],
-        classes=contract.num_classes, max_abs_diff=diff, parity_inputs=parity_inputs, tolerance=options.tolerance,
-        sha256=sha256_file(out), size_bytes=out.stat().st_size, top1_agreement=agree,
+        classes=contract.num_classes,
+        max_abs_diff=diff,
+        parity_inputs=parity_inputs,
+        tolerance=options.tolerance,
+        sha256=sha256_file(out),
+        size_bytes=out.stat().st_size,
+        top1_agreement=agree,
     )

@@ -49,7 +49,9 @@ def predict_files(runner, images: list[str | os.PathLike], top_k: int = 5, batch
         for (i, _), row_i, row_p in zip(pending, idx, probs):
             results[i] = {
                 "path": str(paths[i]),
-                "top_k": [{"index": int(c), "label": runner.labels[c], "score": float(s)} for c, s in zip(row_i, row_p)],
+                "top_k": [
+                    {"index": int(c), "label": runner.labels[c], "score": float(s)} for c, s in zip(row_i, row_p)
+                ],
             }
         pending.clear()
 

@@ -355,7 +355,9 @@ def synthetic_frame(size=FRAME_SIZE, seed: int = 0) -> np.ndarray:
 def top5(logits: np.ndarray, labels: Sequence[str]) -> list[list[tuple[str, float]]]:
     """Softmax top-5 (label, probability) per row."""
     idx, probs = topk(logits, 5)
-    return [[(labels[i] if i < len(labels) else str(i), float(p)) for i, p in zip(ids, ps)] for ids, ps in zip(idx, probs)]
+    return [
+        [(labels[i] if i < len(labels) else str(i), float(p)) for i, p in zip(ids, ps)] for ids, ps in zip(idx, probs)
+    ]
 
 
 def _workload(runner, mode: str, batch: int, frame: np.ndarray) -> Callable[[], object]:
@@ -371,7 +373,9 @@ def _workload(runner, mode: str, batch: int, frame: np.ndarray) -> Callable[[], 
 # ---------------------------------------------------------------- timing
 
 
-def _measure_interleaved(runners, labels, options: ProfileOptions, batches, frame, progress) -> tuple[list[Measurement], str]:
+def _measure_interleaved(
+    runners, labels, options: ProfileOptions, batches, frame, progress
+) -> tuple[list[Measurement], str]:
     """(the measurements, one sentence saying how the models were actually interleaved; see `_interleaving`)."""
     groups = [(b, mode) for b in batches for mode in options.modes]
     n = len(runners)
@@ -442,8 +446,10 @@ def _interleaving(models: int, block: int, rounds: list[int]) -> str:
         return f"one model, timed in blocks of up to {block} calls"
     least, most = min(rounds), max(rounds)
     if most <= 1:
-        return (f"not interleaved: each model ran all its calls in one block, one model after the other (the calls per "
-                f"model fit in one block of {block}; more iterations or a longer --duration interleave them)")
+        return (
+            f"not interleaved: each model ran all its calls in one block, one model after the other (the calls per "
+            f"model fit in one block of {block}; more iterations or a longer --duration interleave them)"
+        )
     span = f"{least}" if least == most else f"{least}-{most}"
     return f"interleaved in blocks of up to {block} calls over {span} rounds (round-robin, rotating first model)"
 

@@ -194,8 +194,13 @@ def eval_inputs(images: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     return normalize(images, cfg)
 
 
-def train_inputs(images: np.ndarray, cfg: PreprocessConfig, rng: np.random.Generator, augment: bool = True,
-                 crop_pad: int | None = None) -> np.ndarray:
+def train_inputs(
+    images: np.ndarray,
+    cfg: PreprocessConfig,
+    rng: np.random.Generator,
+    augment: bool = True,
+    crop_pad: int | None = None,
+) -> np.ndarray:
     """What a training step feeds the model: augmentation on uint8, then the same `normalize()`."""
     return normalize(random_crop_flip(images, rng, pad=crop_pad) if augment else images, cfg)
 
@@ -373,8 +378,10 @@ def _validate(cfg: TrainConfig) -> None:
     if cfg.schedule not in SCHEDULES:
         raise UserInputError(f"schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
     if "num_classes" in cfg.arch_kwargs:  # it would be replaced silently by the number of class folders
-        raise UserInputError(f"--arch-opt num_classes={cfg.arch_kwargs['num_classes']}: the number of classes comes from "
-                             "the class folders of the data; drop it")
+        raise UserInputError(
+            f"--arch-opt num_classes={cfg.arch_kwargs['num_classes']}: the number of classes comes from "
+            "the class folders of the data; drop it"
+        )
     if not 0.0 <= cfg.label_smoothing < 1.0:
         raise UserInputError(f"label smoothing must be in [0, 1), got {cfg.label_smoothing}")
     _validate_paths(cfg)
@@ -400,7 +407,9 @@ def _validate_paths(cfg: TrainConfig) -> None:
     outputs = [out, *side_paths(out).values()]
     for path in outputs[1:]:
         if path.is_dir():
-            raise UserInputError(f"{path} (written next to --out {out.name}) is a folder: move it, or choose another --out")
+            raise UserInputError(
+                f"{path} (written next to --out {out.name}) is a folder: move it, or choose another --out"
+            )
     in_place = continues_in_place(cfg)
     if cfg.resume is not None:
         if Path(cfg.resume).is_dir():
@@ -445,7 +454,9 @@ def _param_groups(model, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _resolve_model_spec(cfg: TrainConfig, ckpt: dict | None) -> tuple[str, dict, PreprocessConfig, list[str] | None, str | None]:
+def _resolve_model_spec(
+    cfg: TrainConfig, ckpt: dict | None
+) -> tuple[str, dict, PreprocessConfig, list[str] | None, str | None]:
     """(arch, arch_kwargs, preprocessing, classes or None, pretrained source): from the checkpoint when resuming,
     else from the registry entry, with --img-size replacing only the input size."""
     from edgecnn.artifacts import ModelContract
@@ -458,12 +469,22 @@ def _resolve_model_spec(cfg: TrainConfig, ckpt: dict | None) -> tuple[str, dict,
         if cfg.arch and cfg.arch != arch:
             raise UserInputError(f"--resume checkpoint is a {arch}, not {cfg.arch}: drop --arch or match it")
         if cfg.img_size and (cfg.img_size, cfg.img_size) != pre.input_size:
-            raise UserInputError(f"--resume checkpoint takes {pre.height}×{pre.width} inputs, not --img-size {cfg.img_size}")
+            raise UserInputError(
+                f"--resume checkpoint takes {pre.height}×{pre.width} inputs, not --img-size {cfg.img_size}"
+            )
         built_with = {k: v for k, v in ckpt["arch_kwargs"].items() if k != "num_classes"}
         if cfg.arch_kwargs and cfg.arch_kwargs != built_with:
-            raise UserInputError(f"--resume checkpoint's {arch} was built with {built_with or 'no options'}, not "
-                                 f"--arch-opt {cfg.arch_kwargs}: drop --arch-opt to continue it")
-        return arch, dict(ckpt["arch_kwargs"]), pre, contract.labels, (ckpt.get("training") or {}).get("pretrained_from")
+            raise UserInputError(
+                f"--resume checkpoint's {arch} was built with {built_with or 'no options'}, not "
+                f"--arch-opt {cfg.arch_kwargs}: drop --arch-opt to continue it"
+            )
+        return (
+            arch,
+            dict(ckpt["arch_kwargs"]),
+            pre,
+            contract.labels,
+            (ckpt.get("training") or {}).get("pretrained_from"),
+        )
     entry = get_entry(cfg.arch)
     if cfg.pretrained and not entry.pretrained:
         raise UserInputError(f"{cfg.arch} has no pretrained weights (pretrained: {', '.join(pretrained_models())})")
@@ -487,8 +508,10 @@ class _Run:
         self.device = torch.device(self.device_type + cuda_index)
         self.arch, self.arch_kwargs, self.pre, ckpt_classes, self.pretrained_from = _resolve_model_spec(cfg, ckpt)
         if cfg.crop_pad is not None and cfg.crop_pad >= min(self.pre.height, self.pre.width):
-            raise UserInputError(f"--crop-pad {cfg.crop_pad} must be smaller than the {self.pre.height}×{self.pre.width} "
-                                 "input (random crops shift an image by at most that many pixels)")
+            raise UserInputError(
+                f"--crop-pad {cfg.crop_pad} must be smaller than the {self.pre.height}×{self.pre.width} "
+                "input (random crops shift an image by at most that many pixels)"
+            )
         extra = (ckpt or {}).get("extra") or {}
         self.history: list[dict] = list(extra.get("history", []))
         self.train_seconds = sum(r["seconds"] for r in self.history)
@@ -515,24 +538,32 @@ class _Run:
         self.best_acc = extra.get("best_val_acc")
         self.best_epoch = int(extra.get("best_epoch", 0))
         self.bad_epochs = int(extra.get("bad_epochs", 0))
-        self.best_source: Path | None = None  # resume: the earlier run's best checkpoint, put at --out with the first save
+        self.best_source: Path | None = (
+            None  # resume: the earlier run's best checkpoint, put at --out with the first save
+        )
         if ckpt is not None:
             if "optimizer" not in extra:  # e.g. stripped to make the file smaller: the moments start from zero
-                self._warn(f"--resume {cfg.resume} holds no optimizer state: the {cfg.optimizer} optimizer starts "
-                           "afresh, so this is not an exact continuation of the run")
+                self._warn(
+                    f"--resume {cfg.resume} holds no optimizer state: the {cfg.optimizer} optimizer starts "
+                    "afresh, so this is not an exact continuation of the run"
+                )
             else:
                 try:
                     self.optimizer.load_state_dict(extra["optimizer"])
                 except (ValueError, KeyError, TypeError) as exc:
-                    raise UserInputError(f"--resume {cfg.resume}: its optimizer state does not fit this "
-                                         f"{cfg.optimizer} optimizer ({exc!r}); start a new run") from exc
+                    raise UserInputError(
+                        f"--resume {cfg.resume}: its optimizer state does not fit this "
+                        f"{cfg.optimizer} optimizer ({exc!r}); start a new run"
+                    ) from exc
             self._find_earlier_best(ckpt)
 
         self.net = self.model
         if dist.active:
             from torch.nn.parallel import DistributedDataParallel
 
-            self.net = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            self.net = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         self.criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.steps_per_epoch = math.ceil(len(_shard(len(self.train.labels), 0, cfg.seed, self.dist)) / cfg.batch_size)
         self.stopped = self.out_of_time = False
@@ -574,8 +605,10 @@ class _Run:
         in_place = continues_in_place(self.cfg)
         out_is_best = in_place and out.exists() and is_best_of(out, extra)  # read once, used twice
         if in_place and out.exists() and not out_is_best and not self.cfg.force:
-            raise UserInputError(f"--out {out} is not the best checkpoint of the run in {resume} (another "
-                                 "run's, or replaced since): pass --force to replace it, or choose another --out")
+            raise UserInputError(
+                f"--out {out} is not the best checkpoint of the run in {resume} (another "
+                "run's, or replaced since): pass --force to replace it, or choose another --out"
+            )
         if self.best_acc is None:  # no validation: the checkpoint is simply the last epoch
             return
         if out_is_best:
@@ -593,13 +626,18 @@ class _Run:
                 return
         candidates = ([out] if in_place else []) + candidates
         last_acc = self.history[-1]["val_acc"] if self.history else None
-        self._warn(f"the best checkpoint of the resumed run (epoch {self.best_epoch}, val acc {self.best_acc:.2%}) "
-                   f"is missing or is not that run's ({', '.join(str(c) for c in candidates) or 'no NAME.pt beside it'}): "
-                   f"the best is counted again from epoch {self.start_epoch}")
+        self._warn(
+            f"the best checkpoint of the resumed run (epoch {self.best_epoch}, val acc {self.best_acc:.2%}) "
+            f"is missing or is not that run's ({', '.join(str(c) for c in candidates) or 'no NAME.pt beside it'}): "
+            f"the best is counted again from epoch {self.start_epoch}"
+        )
         self.best_acc, self.best_epoch, self.bad_epochs = last_acc, self.start_epoch, 0
         best = {"best_val_acc": last_acc, "best_epoch": self.start_epoch}
-        self.restarted_best = {**ckpt, "extra": {**extra, **best, "bad_epochs": 0},
-                               "training": {**(ckpt.get("training") or {}), **best}}
+        self.restarted_best = {
+            **ckpt,
+            "extra": {**extra, **best, "bad_epochs": 0},
+            "training": {**(ckpt.get("training") or {}), **best},
+        }
         self.best_source = _RESTARTED
 
     def _place_earlier_best(self) -> None:
@@ -624,8 +662,9 @@ class _Run:
         torch, epoch = self.torch, row["epoch"]
         kept = f"; the best checkpoint so far (epoch {self.best_epoch}) is kept" if self.best_epoch else ""
         if row["val_loss"] is not None and not math.isfinite(row["val_loss"]):
-            raise EdgeCNNError(f"Training diverged: validation loss {row['val_loss']} after epoch {epoch}{kept}. "
-                               "Lower --lr")
+            raise EdgeCNNError(
+                f"Training diverged: validation loss {row['val_loss']} after epoch {epoch}{kept}. Lower --lr"
+            )
         for name, value in self.model.state_dict().items():
             if value.is_floating_point() and not bool(torch.isfinite(value).all()):
                 raise EdgeCNNError(f"Training diverged: {name} is not finite after epoch {epoch}{kept}. Lower --lr")
@@ -660,7 +699,9 @@ class _Run:
 
         def prepare(sel):  # runs in the prefetch thread: batch k+1 is augmented while batch k trains
             sel = np.sort(sel)
-            return train_inputs(self.train.images[sel], self.pre, rng, cfg.augment, cfg.crop_pad), self.train.labels[sel]
+            return train_inputs(self.train.images[sel], self.pre, rng, cfg.augment, cfg.crop_pad), self.train.labels[
+                sel
+            ]
 
         t0 = time.perf_counter()
         loss_sum = correct = seen = 0.0
@@ -686,8 +727,9 @@ class _Run:
             except RuntimeError as exc:  # torch refuses an update beyond float range ("... without overflow")
                 if "overflow" not in str(exc):
                     raise
-                raise EdgeCNNError(f"Training diverged (the update at epoch {epoch}, step {i + 1} overflows): "
-                                   "lower --lr") from exc
+                raise EdgeCNNError(
+                    f"Training diverged (the update at epoch {epoch}, step {i + 1} overflows): lower --lr"
+                ) from exc
             batch_loss = loss.item()
             if not math.isfinite(batch_loss):
                 raise EdgeCNNError(f"Training diverged (loss {batch_loss} at epoch {epoch}, step {i + 1}): lower --lr")
@@ -696,7 +738,11 @@ class _Run:
             seen += len(y_np)
             if self.report:
                 rate = seen * dist.world / max(time.perf_counter() - t0, 1e-9)
-                self.report(TrainProgress("train", epoch, cfg.epochs, i + 1, len(batches), loss_sum / seen, correct / seen, rate))
+                self.report(
+                    TrainProgress(
+                        "train", epoch, cfg.epochs, i + 1, len(batches), loss_sum / seen, correct / seen, rate
+                    )
+                )
         loss_sum, correct, seen = dist.all_sum(torch, [loss_sum, correct, seen])
         dist.sync_buffers(self.model)
         if seen == 0:
@@ -706,9 +752,16 @@ class _Run:
         if cfg.time_budget and not self.out_of_time:  # spent during this epoch's last step: stop now, not next epoch
             self.out_of_time = dist.all_sum(torch, [self.train_seconds])[0] / dist.world >= self.budget_s
         val_loss, val_acc = self.evaluate() if self.val is not None else (None, None)
-        return {"epoch": epoch, "lr": lr if lr is not None else self.optimizer.param_groups[0]["lr"],
-                "train_loss": loss_sum / seen, "train_acc": correct / seen, "val_loss": val_loss, "val_acc": val_acc,
-                "images_per_s": seen / seconds, "seconds": seconds}
+        return {
+            "epoch": epoch,
+            "lr": lr if lr is not None else self.optimizer.param_groups[0]["lr"],
+            "train_loss": loss_sum / seen,
+            "train_acc": correct / seen,
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "images_per_s": seen / seconds,
+            "seconds": seconds,
+        }
 
     def evaluate(self) -> tuple[float, float]:
         """(mean loss, accuracy) on the validation set: each rank takes its share, the sums are all-reduced.
@@ -745,41 +798,77 @@ class _Run:
         load accepts it)."""
         cfg, h = self.cfg, self.history
         secs = sum(r["seconds"] for r in h)
-        return json.loads(json.dumps({
-            "arch": self.arch, "arch_kwargs": self.arch_kwargs, "parameters": self.parameters,
-            "pretrained_from": self.pretrained_from, "data": str(cfg.data), "classes": self.classes,
-            "num_train": len(self.train.labels), "num_val": 0 if self.val is None else len(self.val.labels),
-            "corrupt": self.corrupt, "corrupt_examples": self.corrupt_examples,
-            "epochs_run": self.epoch, "epochs_planned": cfg.epochs, "best_epoch": self.best_epoch,
-            "best_val_acc": self.best_acc, "final_val_acc": h[-1]["val_acc"] if h else None,
-            "stopped_early": self.stopped, "out_of_time": self.out_of_time, "time_budget_min": cfg.time_budget,
-            "train_seconds": round(self.train_seconds, 2),
-            "images_per_s": round(sum(r["images_per_s"] * r["seconds"] for r in h) / secs, 1) if secs else 0.0,
-            "world_size": self.dist.world, "device": self.device_type,
-            "resumed_from": str(cfg.resume) if cfg.resume else None,
-            "val_folder": str(Path(self.val_root).resolve()) if self.val_root is not None else None,
-            "split_digest": self.split_digest,
-            "config": {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in asdict(cfg).items()},
-            "optimizer": cfg.optimizer, "lr": self.lr_peak, "batch_size": cfg.batch_size, "schedule": cfg.schedule,
-            "torch": str(self.torch.__version__), "cpu_threads": self.torch.get_num_threads(),
-        }, default=str))
+        return json.loads(
+            json.dumps(
+                {
+                    "arch": self.arch,
+                    "arch_kwargs": self.arch_kwargs,
+                    "parameters": self.parameters,
+                    "pretrained_from": self.pretrained_from,
+                    "data": str(cfg.data),
+                    "classes": self.classes,
+                    "num_train": len(self.train.labels),
+                    "num_val": 0 if self.val is None else len(self.val.labels),
+                    "corrupt": self.corrupt,
+                    "corrupt_examples": self.corrupt_examples,
+                    "epochs_run": self.epoch,
+                    "epochs_planned": cfg.epochs,
+                    "best_epoch": self.best_epoch,
+                    "best_val_acc": self.best_acc,
+                    "final_val_acc": h[-1]["val_acc"] if h else None,
+                    "stopped_early": self.stopped,
+                    "out_of_time": self.out_of_time,
+                    "time_budget_min": cfg.time_budget,
+                    "train_seconds": round(self.train_seconds, 2),
+                    "images_per_s": round(sum(r["images_per_s"] * r["seconds"] for r in h) / secs, 1) if secs else 0.0,
+                    "world_size": self.dist.world,
+                    "device": self.device_type,
+                    "resumed_from": str(cfg.resume) if cfg.resume else None,
+                    "val_folder": str(Path(self.val_root).resolve()) if self.val_root is not None else None,
+                    "split_digest": self.split_digest,
+                    "config": {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in asdict(cfg).items()},
+                    "optimizer": cfg.optimizer,
+                    "lr": self.lr_peak,
+                    "batch_size": cfg.batch_size,
+                    "schedule": cfg.schedule,
+                    "torch": str(self.torch.__version__),
+                    "cpu_threads": self.torch.get_num_threads(),
+                },
+                default=str,
+            )
+        )
 
     def save(self, target: Path, summary: dict) -> None:
         from edgecnn.artifacts import ModelContract
         from edgecnn.checkpoint import save_checkpoint
 
         contract = ModelContract(
-            labels=list(self.classes), preprocess=self.pre, arch=self.arch,
-            provenance={"source": "edgecnn train", "data": str(self.cfg.data), "epochs": self.epoch,
-                        "best_val_acc": self.best_acc, "pretrained_from": self.pretrained_from},
+            labels=list(self.classes),
+            preprocess=self.pre,
+            arch=self.arch,
+            provenance={
+                "source": "edgecnn train",
+                "data": str(self.cfg.data),
+                "epochs": self.epoch,
+                "best_val_acc": self.best_acc,
+                "pretrained_from": self.pretrained_from,
+            },
         )
-        state = {"optimizer": self.optimizer.state_dict(), "epoch": self.epoch, "history": self.history,
-                 "best_val_acc": self.best_acc, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch,
+            "history": self.history,
+            "best_val_acc": self.best_acc,
+            "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs,
+        }
         try:
             save_checkpoint(target, self.model, self.arch, self.arch_kwargs, contract, training=summary, extra=state)
         except (OSError, RuntimeError) as exc:  # torch reports a full disk as RuntimeError("... unexpected pos ...")
-            raise EdgeCNNError(f"Could not write the checkpoint {target} ({str(exc).splitlines()[0][:160]}): is the "
-                               "disk full? The files of the epochs before are kept") from exc
+            raise EdgeCNNError(
+                f"Could not write the checkpoint {target} ({str(exc).splitlines()[0][:160]}): is the "
+                "disk full? The files of the epochs before are kept"
+            ) from exc
 
     def _record_out_of_time(self) -> None:
         """The budget ran out before this epoch's first step, after the last epoch's files said 'not out of time':
@@ -819,22 +908,44 @@ class _Run:
                     _write_metrics(self.history, self.paths, summary)
                 dist.barrier()
                 if self.report:
-                    self.report(TrainProgress("epoch", epoch, cfg.epochs,
-                                              metrics=dict(row, best_val_acc=self.best_acc, improved=improved)))
+                    self.report(
+                        TrainProgress(
+                            "epoch", epoch, cfg.epochs, metrics=dict(row, best_val_acc=self.best_acc, improved=improved)
+                        )
+                    )
                 if self.stopped or self.out_of_time:
                     break
         if self.epoch == self.start_epoch:  # not one step fitted in the budget: say so, never name unwritten files
-            raise EdgeCNNError(f"The time budget ({cfg.time_budget:g} min) was spent before the first training step "
-                               "finished; nothing was written. Pass a larger --time-budget")
+            raise EdgeCNNError(
+                f"The time budget ({cfg.time_budget:g} min) was spent before the first training step "
+                "finished; nothing was written. Pass a larger --time-budget"
+            )
         s = self.summary()
         return TrainResult(
-            checkpoint=Path(cfg.out), last_checkpoint=self.paths["last"], metrics_csv=self.paths["csv"],
-            metrics_json=self.paths["json"], plot=self.paths["plot"], arch=self.arch, classes=list(self.classes),
-            preprocess=self.pre, num_train=s["num_train"], num_val=s["num_val"], corrupt=self.corrupt,
-            corrupt_examples=self.corrupt_examples, epochs_run=self.epoch, best_epoch=self.best_epoch,
-            best_val_acc=self.best_acc, final_val_acc=s["final_val_acc"], stopped_early=self.stopped,
-            out_of_time=self.out_of_time, train_seconds=s["train_seconds"], images_per_s=s["images_per_s"],
-            world_size=dist.world, history=self.history, warnings=list(self.warnings), model=self.model,
+            checkpoint=Path(cfg.out),
+            last_checkpoint=self.paths["last"],
+            metrics_csv=self.paths["csv"],
+            metrics_json=self.paths["json"],
+            plot=self.paths["plot"],
+            arch=self.arch,
+            classes=list(self.classes),
+            preprocess=self.pre,
+            num_train=s["num_train"],
+            num_val=s["num_val"],
+            corrupt=self.corrupt,
+            corrupt_examples=self.corrupt_examples,
+            epochs_run=self.epoch,
+            best_epoch=self.best_epoch,
+            best_val_acc=self.best_acc,
+            final_val_acc=s["final_val_acc"],
+            stopped_early=self.stopped,
+            out_of_time=self.out_of_time,
+            train_seconds=s["train_seconds"],
+            images_per_s=s["images_per_s"],
+            world_size=dist.world,
+            history=self.history,
+            warnings=list(self.warnings),
+            model=self.model,
         )
 
 
@@ -883,8 +994,10 @@ def fit(cfg: TrainConfig, progress: ProgressCallback | None = None) -> TrainResu
     except RuntimeError as exc:
         remove_created(created, Path(cfg.out).parent)
         if dist.active and _lost_peer(exc):  # another rank stopped first: its own message says why
-            raise EdgeCNNError(f"Another process of this torchrun job stopped (rank {dist.rank} lost it: "
-                               f"{str(exc).splitlines()[0][:120]}); its error above says why") from exc
+            raise EdgeCNNError(
+                f"Another process of this torchrun job stopped (rank {dist.rank} lost it: "
+                f"{str(exc).splitlines()[0][:120]}); its error above says why"
+            ) from exc
         raise
     except BaseException:
         remove_created(created, Path(cfg.out).parent)  # only folders this run made and left empty

@@ -84,8 +84,10 @@ class DataPlan:
         import hashlib
 
         h = hashlib.sha256()
-        for name, root, paths, labels in (("train", self.train_dir, self.train_paths, self.train_labels),
-                                          ("val", self.val_root or self.train_dir, self.val_paths, self.val_labels)):
+        for name, root, paths, labels in (
+            ("train", self.train_dir, self.train_paths, self.train_labels),
+            ("val", self.val_root or self.train_dir, self.val_paths, self.val_labels),
+        ):
             h.update(f"{name}\n".encode())
             for path, label in zip(paths, labels):
                 try:
@@ -119,11 +121,15 @@ def plan_data(cfg: TrainConfig, classes_from_ckpt: list[str] | None, warn: Calla
     folder = scan_image_folder(train_dir, min_classes=2)
     classes = folder.classes
     if folder.empty:
-        warn(f"{len(folder.empty)} class folder(s) in {train_dir} hold no images and are not classes of this model: "
-             f"{', '.join(folder.empty)}")
+        warn(
+            f"{len(folder.empty)} class folder(s) in {train_dir} hold no images and are not classes of this model: "
+            f"{', '.join(folder.empty)}"
+        )
     if folder.loose:
-        warn(f"{len(folder.loose)} image(s) directly in {train_dir} are in no class folder and are not used "
-             f"(e.g. {folder.loose[0].name})")
+        warn(
+            f"{len(folder.loose)} image(s) directly in {train_dir} are in no class folder and are not used "
+            f"(e.g. {folder.loose[0].name})"
+        )
     if classes_from_ckpt is not None and classes != classes_from_ckpt:
         raise UserInputError(
             f"--resume checkpoint was trained on classes {classes_from_ckpt}, but {train_dir} has {classes}"
@@ -133,14 +139,18 @@ def plan_data(cfg: TrainConfig, classes_from_ckpt: list[str] | None, warn: Calla
 
     val_root = Path(cfg.val) if cfg.val is not None else val_dir if cfg.val_split is None else None
     if val_root is not None and cfg.val is None and val_dir.name in SPLIT_TEST:
-        warn(f"validating on {val_dir} (there is no val/ beside {train_dir.name}/): the best epoch and early stopping "
-             f"are chosen on it, so its accuracy is not an unseen-data score; add a val/ folder or pass --val-split "
-             f"0.1 to keep {val_dir.name}/ unseen")
+        warn(
+            f"validating on {val_dir} (there is no val/ beside {train_dir.name}/): the best epoch and early stopping "
+            f"are chosen on it, so its accuracy is not an unseen-data score; add a val/ folder or pass --val-split "
+            f"0.1 to keep {val_dir.name}/ unseen"
+        )
     if val_root is not None:
         a, b = val_root.resolve(), train_dir.resolve()
         if a.is_relative_to(b) or b.is_relative_to(a):
-            raise UserInputError(f"--val {val_root} overlaps the training images in {train_dir}: validating on "
-                                 "images the model trains on measures nothing; give a separate folder or --val-split")
+            raise UserInputError(
+                f"--val {val_root} overlaps the training images in {train_dir}: validating on "
+                "images the model trains on measures nothing; give a separate folder or --val-split"
+            )
         val_folder = scan_image_folder(val_root)
         unknown = [c for c in val_folder.classes if c not in classes]
         if unknown:
@@ -152,16 +162,20 @@ def plan_data(cfg: TrainConfig, classes_from_ckpt: list[str] | None, warn: Calla
         val_labels = [classes.index(val_folder.classes[c]) for _, c in val_folder.samples]
         shared = _real_paths(val_paths) & _real_paths(paths)
         if shared:  # linked folders or files: the roots differ, the images do not
-            raise UserInputError(f"{len(shared)} validation image(s) in {val_root} are training images too (e.g. "
-                                 f"{sorted(shared)[0]}, by a link): validating on them measures nothing")
+            raise UserInputError(
+                f"{len(shared)} validation image(s) in {val_root} are training images too (e.g. "
+                f"{sorted(shared)[0]}, by a link): validating on them measures nothing"
+            )
     else:
         val_paths, val_labels = [], []
         fraction = 0.1 if cfg.val_split is None else float(cfg.val_split)
         if fraction > 0:
             train_idx, val_idx = _stratified_split(labels, fraction, cfg.seed)
             if not val_idx:  # every class has a single image: each trains on it, and nothing is left to validate
-                warn(f"no validation images: every class in {train_dir} has one image, which it trains on; the last "
-                     "epoch is kept and early stopping is off (add images, or give --val DIR)")
+                warn(
+                    f"no validation images: every class in {train_dir} has one image, which it trains on; the last "
+                    "epoch is kept and early stopping is off (add images, or give --val DIR)"
+                )
             val_paths = [paths[i] for i in val_idx]
             val_labels = [labels[i] for i in val_idx]
             paths = [paths[i] for i in train_idx]
@@ -181,12 +195,18 @@ def decode_data(plan: DataPlan, cfg: TrainConfig, pre: PreprocessConfig, report)
     workers = cfg.workers or os.cpu_count() or 1
 
     def decode(split: str, p: list[Path], lab: list[int]):
-        cb = (lambda done, total: report(TrainProgress("decode", step=done, steps=total, split=split))) if report else None
+        cb = (
+            (lambda done, total: report(TrainProgress("decode", step=done, steps=total, split=split)))
+            if report
+            else None
+        )
         return decode_resized(p, pre, lab, progress=cb, workers=workers)
 
     train_set = decode("train", plan.train_paths, plan.train_labels)
     if len(train_set.labels) == 0:
-        raise UserInputError(f"None of the {len(plan.train_paths)} training images in {plan.train_dir} could be decoded")
+        raise UserInputError(
+            f"None of the {len(plan.train_paths)} training images in {plan.train_dir} could be decoded"
+        )
     present = np.unique(train_set.labels)
     if len(present) < 2:
         raise UserInputError(
@@ -195,8 +215,10 @@ def decode_data(plan: DataPlan, cfg: TrainConfig, pre: PreprocessConfig, report)
         )
     val_set = decode("val", plan.val_paths, plan.val_labels) if plan.val_paths else None
     if val_set is not None and len(val_set.labels) == 0:
-        raise UserInputError(f"None of the {len(plan.val_paths)} validation images "
-                             f"({plan.val_root or 'split off ' + str(plan.train_dir)}) could be decoded")
+        raise UserInputError(
+            f"None of the {len(plan.val_paths)} validation images "
+            f"({plan.val_root or 'split off ' + str(plan.train_dir)}) could be decoded"
+        )
     corrupt = {"train": len(train_set.corrupt), "val": len(val_set.corrupt) if val_set else 0}
     examples = [str(p) for p in (train_set.corrupt + (val_set.corrupt if val_set else []))[:5]]
     val = Split(val_set.images, val_set.labels) if val_set is not None else None

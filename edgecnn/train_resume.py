@@ -20,8 +20,19 @@ if TYPE_CHECKING:
     from edgecnn.train import TrainConfig
 
 # How the run trains: taken from the checkpoint; an explicit other value is an error.
-RESUMED_SETTINGS = ("optimizer", "lr", "weight_decay", "batch_size", "schedule", "warmup", "label_smoothing",
-                    "augment", "crop_pad", "seed", "channels_last")
+RESUMED_SETTINGS = (
+    "optimizer",
+    "lr",
+    "weight_decay",
+    "batch_size",
+    "schedule",
+    "warmup",
+    "label_smoothing",
+    "augment",
+    "crop_pad",
+    "seed",
+    "channels_last",
+)
 # Which images and when to stop: taken from the checkpoint unless given (the split digest guards the images).
 INHERITED_SETTINGS = ("val", "val_split", "epochs", "patience", "time_budget")
 _FLAGS = {"augment": "--augment/--no-augment", "channels_last": "(channels_last)"}
@@ -31,14 +42,29 @@ _INT, _NUMBER, _TEXT, _BOOL = "an integer", "a number", "text", "true or false"
 # The type each inherited setting must have in the checkpoint's training record (None allowed where the field has
 # no value by default): a hand-edited or damaged record is refused by name, not met later as a TypeError.
 _SETTING_TYPES = {
-    "optimizer": (_TEXT, False), "lr": (_NUMBER, True), "weight_decay": (_NUMBER, True), "batch_size": (_INT, False),
-    "schedule": (_TEXT, False), "warmup": (_NUMBER, False), "label_smoothing": (_NUMBER, False),
-    "augment": (_BOOL, False), "crop_pad": (_INT, True), "seed": (_INT, False), "channels_last": (_BOOL, False),
-    "val": (_TEXT, True), "val_split": (_NUMBER, True), "epochs": (_INT, False), "patience": (_INT, True),
+    "optimizer": (_TEXT, False),
+    "lr": (_NUMBER, True),
+    "weight_decay": (_NUMBER, True),
+    "batch_size": (_INT, False),
+    "schedule": (_TEXT, False),
+    "warmup": (_NUMBER, False),
+    "label_smoothing": (_NUMBER, False),
+    "augment": (_BOOL, False),
+    "crop_pad": (_INT, True),
+    "seed": (_INT, False),
+    "channels_last": (_BOOL, False),
+    "val": (_TEXT, True),
+    "val_split": (_NUMBER, True),
+    "epochs": (_INT, False),
+    "patience": (_INT, True),
     "time_budget": (_NUMBER, True),
 }
-_STATE_TYPES = {"epoch": (_INT, False), "best_epoch": (_INT, False), "bad_epochs": (_INT, False),
-                "best_val_acc": (_NUMBER, True)}
+_STATE_TYPES = {
+    "epoch": (_INT, False),
+    "best_epoch": (_INT, False),
+    "bad_epochs": (_INT, False),
+    "best_val_acc": (_NUMBER, True),
+}
 
 
 def _has_type(value, kind: str) -> bool:
@@ -64,15 +90,19 @@ def check_resume_record(path, ckpt: dict) -> None:
     config = training.get("config")
     if config is not None and not isinstance(config, dict):
         raise ArtifactError(f"--resume {path}: its training config is a {type(config).__name__}, expected a dict")
-    checks = [("training config", config or {}, _SETTING_TYPES),
-              ("training record", training, {"lr": (_NUMBER, True), "world_size": (_INT, True)}),
-              ("resumable state", extra, _STATE_TYPES)]
+    checks = [
+        ("training config", config or {}, _SETTING_TYPES),
+        ("training record", training, {"lr": (_NUMBER, True), "world_size": (_INT, True)}),
+        ("resumable state", extra, _STATE_TYPES),
+    ]
     for where, record, types in checks:
         for key, (kind, optional) in types.items():
             if key not in record or (optional and record[key] is None) or _has_type(record[key], kind):
                 continue
-            raise ArtifactError(f"--resume {path}: damaged {where}: {key} is {record[key]!r}, expected {kind}; "
-                                "resume from an undamaged checkpoint of the run, or start a new run")
+            raise ArtifactError(
+                f"--resume {path}: damaged {where}: {key} is {record[key]!r}, expected {kind}; "
+                "resume from an undamaged checkpoint of the run, or start a new run"
+            )
     history = extra.get("history", [])
     if not isinstance(history, list) or not all(
         isinstance(row, dict) and _has_type(row.get("seconds"), _NUMBER) for row in history
@@ -156,8 +186,10 @@ def resumed_config(cfg: TrainConfig, ckpt: dict) -> TrainConfig:
     if "val" in updates and "val_split" in given:  # --val-split replaces the run's --val folder (the digest decides)
         updates["val"] = None
     if updates.get("val") is not None and not Path(updates["val"]).is_dir():
-        raise UserInputError(f"--resume: the run validated on {updates['val']}, which is no longer a folder: pass "
-                             "--val with where it is now")
+        raise UserInputError(
+            f"--resume: the run validated on {updates['val']}, which is no longer a folder: pass "
+            "--val with where it is now"
+        )
     if "val_split" in updates and "val" in given:
         updates["val_split"] = None
     return replace(cfg, **updates)
@@ -174,8 +206,10 @@ def check_resumable(cfg: TrainConfig, ckpt: dict, trained_seconds: float, world:
         raise UserInputError(f"--resume checkpoint already has {done} epochs: pass --epochs above {done}")
     bad = int(extra.get("bad_epochs") or 0)
     if cfg.patience is not None and bad >= cfg.patience:
-        raise UserInputError(f"--resume: the run stopped early ({bad} epoch(s) without a better validation accuracy, "
-                             f"--patience {cfg.patience}): pass a larger --patience to go on")
+        raise UserInputError(
+            f"--resume: the run stopped early ({bad} epoch(s) without a better validation accuracy, "
+            f"--patience {cfg.patience}): pass a larger --patience to go on"
+        )
     earlier_world = int(training.get("world_size") or 1)
     if earlier_world != world:
         how = f"torchrun --nproc_per_node {earlier_world} -m edgecnn train" if earlier_world > 1 else "edgecnn train"
@@ -216,4 +250,3 @@ def is_best_of(path: Path, extra: dict) -> bool:
         return False
     epoch = theirs.get("epoch")
     return epoch == extra.get("best_epoch") and theirs.get("history") == list(extra.get("history", []))[:epoch]
-

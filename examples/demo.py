@@ -100,18 +100,63 @@ def main() -> None:
         edgecnn("export", "efficientnet-lite0", "--out", fp32, "--dynamic-batch", "--data", held_out)
     if not int8.exists():
         # the table's header names the TensorRT that will read it: the Orin Nano's JetPack 6.1/6.2 has 10.3
-        edgecnn("quantize", fp32, "--calib", calib, "--out", int8, "--target", "cpu",
-                "--cache", OUT / "lite0.calib", "--trt-version", "10.3.0", "--report", OUT / "quant-report")
+        edgecnn(
+            "quantize",
+            fp32,
+            "--calib",
+            calib,
+            "--out",
+            int8,
+            "--target",
+            "cpu",
+            "--cache",
+            OUT / "lite0.calib",
+            "--trt-version",
+            "10.3.0",
+            "--report",
+            OUT / "quant-report",
+        )
     edgecnn("predict", int8, *[all_photos[i] for i in order[400:403]], "--top-k", "3")
     edgecnn("compare", fp32, int8, "--data", held_out)
     edgecnn("profile", fp32, int8, "--end-to-end", "--iterations", "100", "--report", OUT / "profile-report")
-    edgecnn("live", int8, "--source", video, "--headless", "--max-frames", "90", "--record", OUT / "annotated.mp4", "--force")
+    edgecnn(
+        "live",
+        int8,
+        "--source",
+        video,
+        "--headless",
+        "--max-frames",
+        "90",
+        "--record",
+        OUT / "annotated.mp4",
+        "--force",
+    )
     # The INT8 model above is --target cpu (uint8 activations), which TensorRT cannot build: the Jetson gets the FP32
     # ONNX (FP16 engine here) and the TensorRT calibration table for implicit INT8.
-    edgecnn("build-engine", fp32, "--out", OUT / "lite0.engine", "--device", "orin-nano", "--precision", "fp16",
-            "--print-trtexec")
-    edgecnn("deploy", "bundle", fp32, "--calib-cache", OUT / "lite0.calib",
-            "--device", "orin-nano", "--precision", "int8", "--out", OUT / "lite0-orin-nano.tar.gz")
+    edgecnn(
+        "build-engine",
+        fp32,
+        "--out",
+        OUT / "lite0.engine",
+        "--device",
+        "orin-nano",
+        "--precision",
+        "fp16",
+        "--print-trtexec",
+    )
+    edgecnn(
+        "deploy",
+        "bundle",
+        fp32,
+        "--calib-cache",
+        OUT / "lite0.calib",
+        "--device",
+        "orin-nano",
+        "--precision",
+        "int8",
+        "--out",
+        OUT / "lite0-orin-nano.tar.gz",
+    )
     edgecnn("doctor")
     print(f"\ndemo: done. Everything is in {OUT.relative_to(ROOT)}/ (reports: quant-report/, profile-report/).")
 

@@ -16,7 +16,9 @@ import argparse
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model", help=".onnx, .engine, .pt or a pretrained name")
-    ap.add_argument("--source", default="0", help="0, /dev/video0, csi://0, rtsp://..., a video file or an image folder")
+    ap.add_argument(
+        "--source", default="0", help="0, /dev/video0, csi://0, rtsp://..., a video file or an image folder"
+    )
     ap.add_argument("--max-frames", type=int, default=None)
     ap.add_argument("--threshold", type=float, default=0.0, help="below this top-1 probability: 'unknown'")
     args = ap.parse_args()
@@ -34,11 +36,16 @@ def main() -> None:
     with load(args.model) as runner:
         capture = ThreadedCapture(parse_source(args.source), pace=False).start()
         summary = run_live(
-            runner, capture, LiveOptions(max_frames=args.max_frames, threshold=args.threshold), [CallbackSink(on_result)]
+            runner,
+            capture,
+            LiveOptions(max_frames=args.max_frames, threshold=args.threshold),
+            [CallbackSink(on_result)],
         )
     inference = summary.stages.get("inference", {})
-    print(f"{summary.frames} frames at {summary.fps:.1f} FPS, inference p50 {inference.get('p50', float('nan')):.2f} ms "
-          f"({summary.end_reason})")
+    print(
+        f"{summary.frames} frames at {summary.fps:.1f} FPS, inference p50 {inference.get('p50', float('nan')):.2f} ms "
+        f"({summary.end_reason})"
+    )
 
 
 if __name__ == "__main__":

@@ -30,7 +30,9 @@ def main() -> None:
     stem = Path(args.model).name.split(".")[0]
     int8, cache = args.out / f"{stem}.int8.onnx", args.out / f"{stem}.calib"
     result = quantize(
-        args.model, int8, args.calib,
+        args.model,
+        int8,
+        args.calib,
         QuantOptions(target="tensorrt", method="entropy", num_images=args.images, cache=cache),
         progress=lambda stage, done, total: print(f"\r{stage} {done}/{total or '?'}", end="", flush=True),
     )
@@ -40,8 +42,10 @@ def main() -> None:
     frames = [read_image(p) for p in list_images(args.check or args.calib)[:64]]
     with load(args.model) as fp32, load(int8) as q:
         agree = agreement(fp32.infer_frames(frames), q.infer_frames(frames))
-    print(f"FP32 vs INT8 on {len(frames)} photos: top-1 agreement {agree['top1_agreement']:.1%}, "
-          f"cosine {agree['cosine_mean']:.4f}, max |Δlogit| {agree['max_abs_diff']:.3f}")
+    print(
+        f"FP32 vs INT8 on {len(frames)} photos: top-1 agreement {agree['top1_agreement']:.1%}, "
+        f"cosine {agree['cosine_mean']:.4f}, max |Δlogit| {agree['max_abs_diff']:.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -28,11 +28,15 @@ def main() -> None:
 
     def progress(p):  # fit() never prints: it reports through this callback
         if p.phase == "epoch" and p.metrics:
-            print(f"epoch {p.epoch}/{p.epochs}: " + ", ".join(f"{k} {v:.4g}" for k, v in p.metrics.items()
-                                                            if isinstance(v, float)))
+            print(
+                f"epoch {p.epoch}/{p.epochs}: "
+                + ", ".join(f"{k} {v:.4g}" for k, v in p.metrics.items() if isinstance(v, float))
+            )
 
-    result = fit(TrainConfig(data=args.data, arch=args.arch, out=args.out / "model.pt", epochs=args.epochs,
-                             force=args.force), progress)
+    result = fit(
+        TrainConfig(data=args.data, arch=args.arch, out=args.out / "model.pt", epochs=args.epochs, force=args.force),
+        progress,
+    )
     print(f"best validation accuracy {result.best_val_acc} at epoch {result.best_epoch}; curves: {result.plot}")
 
     onnx_path = args.out / "model.onnx"

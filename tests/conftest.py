@@ -171,28 +171,43 @@ def build_int8_qdq_onnx(path: Path, weight: int = 127, activations=np.uint8) -> 
         helper.make_node("GlobalAveragePool", ["yf"], ["gap"]),
         helper.make_node("Flatten", ["gap"], ["logits"]),
     ]
-    graph = helper.make_graph(nodes, "saturating", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 8, 8])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", cout])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "saturating",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", cout])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
-    contract = ModelContract(labels=["a", "b"], arch="saturation-test", precision="int8",
-                             preprocess=PreprocessConfig(input_size=(8, 8), resize="resize", mean=(0, 0, 0),
-                                                         std=(255, 255, 255)))
+    contract = ModelContract(
+        labels=["a", "b"],
+        arch="saturation-test",
+        precision="int8",
+        preprocess=PreprocessConfig(input_size=(8, 8), resize="resize", mean=(0, 0, 0), std=(255, 255, 255)),
+    )
     write_onnx_contract(model, contract)
     return save_onnx(model, path)
 
 
-def save_with_external_data(src: Path, folder: Path, location: str = "model.onnx.data", name: str = "model.onnx",
-                            size_threshold: int = 1024) -> Path:
+def save_with_external_data(
+    src: Path, folder: Path, location: str = "model.onnx.data", name: str = "model.onnx", size_threshold: int = 1024
+) -> Path:
     """`src` re-saved into its own `folder` with its weights as EXTERNAL DATA (`location`, relative to the model), the
     form torch.onnx.export and models over 2 GB use. The default threshold keeps small tensors (the Reshape's shape)
     inline, as torch does: ONNX Runtime cannot infer shapes through an external shape tensor."""
     import onnx
 
     (folder / location).parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(onnx.load(str(src)), str(folder / name), save_as_external_data=True, all_tensors_to_one_file=True,
-              location=location, size_threshold=size_threshold)
+    onnx.save(
+        onnx.load(str(src)),
+        str(folder / name),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=location,
+        size_threshold=size_threshold,
+    )
     return folder / name
 
 
@@ -211,7 +226,9 @@ def small_disk(tmp_path):
     folder.mkdir()
     if mount is None:
         pytest.skip("no mount command: cannot make a small file system to fill")
-    proc = subprocess.run([mount, "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(folder)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [mount, "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(folder)], capture_output=True, text=True
+    )
     if proc.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here (needs root): {proc.stderr.strip()}")
     try:
@@ -221,8 +238,9 @@ def small_disk(tmp_path):
             subprocess.run(["umount", "-l", str(folder)], capture_output=True)
 
 
-def engine_with_manifest(onnx_path: Path, engine: Path, batch: str = "1:4:8", device: str = "orin-nano",
-                         tensorrt: str = "10.3.0") -> Path:
+def engine_with_manifest(
+    onnx_path: Path, engine: Path, batch: str = "1:4:8", device: str = "orin-nano", tensorrt: str = "10.3.0"
+) -> Path:
     """An engine file + the sidecar manifest as `build-engine ONNX --batch BATCH` writes it: the optimization profile
     comes from the project's own planner and the file from its manifest writer. The engine bytes are not a real plan
     (no TensorRT here): the deploy writers read only the manifest and copy the file."""
@@ -234,14 +252,23 @@ def engine_with_manifest(onnx_path: Path, engine: Path, batch: str = "1:4:8", de
     facts = inspect_onnx(onnx_path)
     plan = make_plan(BuildOptions(precision="fp16", batch=parse_batch(batch)), facts, tensorrt, get_device(device))
     engine.write_bytes(b"serialized plan bytes")
-    write_manifest(engine, {
-        "engine": file_record(engine),
-        "built_with": {"tensorrt": tensorrt, "gpu": "Orin", "compute_capability": "8.7"},
-        "contract": read_onnx_contract(onnx_path).to_dict(),
-        "io": {
-            "inputs": [{"name": plan.input_name, "shape": [-1, *facts.input_shape[1:]], "dtype": "float32",
-                        "profile": plan.profile}],
-            "outputs": [{"name": facts.output_names[0], "shape": [-1, 3], "dtype": "float32", "profile": None}],
+    write_manifest(
+        engine,
+        {
+            "engine": file_record(engine),
+            "built_with": {"tensorrt": tensorrt, "gpu": "Orin", "compute_capability": "8.7"},
+            "contract": read_onnx_contract(onnx_path).to_dict(),
+            "io": {
+                "inputs": [
+                    {
+                        "name": plan.input_name,
+                        "shape": [-1, *facts.input_shape[1:]],
+                        "dtype": "float32",
+                        "profile": plan.profile,
+                    }
+                ],
+                "outputs": [{"name": facts.output_names[0], "shape": [-1, 3], "dtype": "float32", "profile": None}],
+            },
         },
-    })
+    )
     return engine

@@ -6,16 +6,27 @@ import onnx
 import pytest
 
 from edgecnn.artifacts import (
-    ModelContract, atomic_path, atomic_write_json, ensure_distinct, imagenet_labels, read_onnx_contract,
-    sha256_file, write_onnx_contract,
+    ModelContract,
+    atomic_path,
+    atomic_write_json,
+    ensure_distinct,
+    imagenet_labels,
+    read_onnx_contract,
+    sha256_file,
+    write_onnx_contract,
 )
 from edgecnn.errors import ArtifactError, UserInputError
 from edgecnn.preprocess import PreprocessConfig
 
 
 def make_contract():
-    return ModelContract(labels=["a", "b"], label_keys=["n1", "n2"], preprocess=PreprocessConfig(input_size=(32, 32)),
-                         arch="cifar-cnn", provenance={"epochs": 3})
+    return ModelContract(
+        labels=["a", "b"],
+        label_keys=["n1", "n2"],
+        preprocess=PreprocessConfig(input_size=(32, 32)),
+        arch="cifar-cnn",
+        provenance={"epochs": 3},
+    )
 
 
 def test_contract_dict_and_onnx_props_roundtrip():
@@ -122,4 +133,3 @@ def test_json_files_are_strict_json(tmp_path):
     text = path.read_text()
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text) == {"loss": None, "rows": [1.5, None, [None]], "n": 3}
-

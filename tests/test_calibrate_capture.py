@@ -12,6 +12,8 @@ from pathlib import Path
 
 import cv2
 import pytest
+from test_camera_server import MjpegServer
+from test_camera_sources import write_video
 from typer.testing import CliRunner
 
 from edgecnn.camera.capture import ThreadedCapture
@@ -20,8 +22,6 @@ from edgecnn.camera.sources import parse_source
 from edgecnn.cli.main import app
 from edgecnn.data import iter_video_frames
 from edgecnn.errors import UserInputError
-from test_camera_server import MjpegServer
-from test_camera_sources import write_video
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,7 +83,9 @@ def test_bad_out_and_bad_source(tmp_path):
     folder.mkdir()
     cv2.imwrite(str(folder / "a.png"), cv2.UMat(8, 8, cv2.CV_8UC3).get())
     for out in (folder, folder / "new"):  # the folder itself, or one inside it (it would look like a class)
-        result = CliRunner().invoke(app, ["calibrate", "capture", "--source", str(folder), "--out", str(out), "--force"])
+        result = CliRunner().invoke(
+            app, ["calibrate", "capture", "--source", str(folder), "--out", str(out), "--force"]
+        )
         assert result.exit_code == 2 and "must not be --source or a folder inside it" in result.output
     assert sorted(p.name for p in folder.iterdir()) == ["a.png"]
 
@@ -92,8 +94,20 @@ def test_from_an_http_mjpeg_camera(tmp_path):
     out = tmp_path / "cam"
     with MjpegServer(fps=100) as server:
         result = CliRunner().invoke(
-            app, ["calibrate", "capture", "--source", server.url("u:secret"), "--out", str(out), "--count", "5",
-                  "--every-ms", "30", "--json"],
+            app,
+            [
+                "calibrate",
+                "capture",
+                "--source",
+                server.url("u:secret"),
+                "--out",
+                str(out),
+                "--count",
+                "5",
+                "--every-ms",
+                "30",
+                "--json",
+            ],
         )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
@@ -106,9 +120,26 @@ def test_from_an_http_mjpeg_camera(tmp_path):
 def _start_capture(source: str, out: Path) -> subprocess.Popen:
     """`edgecnn calibrate capture` as a real process (signals reach it as they would from a terminal)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "edgecnn", "calibrate", "capture", "--source", source, "--out", str(out),
-         "--count", "100000", "--every-ms", "20", "--json"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "edgecnn",
+            "calibrate",
+            "capture",
+            "--source",
+            source,
+            "--out",
+            str(out),
+            "--count",
+            "100000",
+            "--every-ms",
+            "20",
+            "--json",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -240,13 +271,15 @@ def test_failed_capture_keeps_a_folder_that_existed(tmp_path):
 
     video = write_video(tmp_path / "clip.mp4", frames=10)
     out = tmp_path / "cal"
-    ok = runner.invoke(app, ["calibrate", "capture", "--source", str(video), "--out", str(out), "--count", "3",
-                             "--every-ms", "0"])
+    ok = runner.invoke(
+        app, ["calibrate", "capture", "--source", str(video), "--out", str(out), "--count", "3", "--every-ms", "0"]
+    )
     assert ok.exit_code == 0, ok.output
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     for source in ("bad", "corrupt.mp4", "empty"):
-        failed = runner.invoke(app, ["calibrate", "capture", "--source", str(tmp_path / source), "--out", str(out),
-                                     "--force"])
+        failed = runner.invoke(
+            app, ["calibrate", "capture", "--source", str(tmp_path / source), "--out", str(out), "--force"]
+        )
         assert failed.exit_code == 6, failed.output
         assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # saved frames untouched
 
@@ -269,8 +302,22 @@ def test_mixed_folder_counts_unreadable_files(tmp_path):
     assert "2 unreadable image file(s) skipped" in result.output
     assert len(list(out.glob("*.jpg"))) == 3
 
-    clean = CliRunner().invoke(app, ["calibrate", "capture", "--source", str(write_video(tmp_path / "v.mp4", frames=4)),
-                                     "--out", str(tmp_path / "cal2"), "--count", "2", "--every-ms", "0", "--json"])
+    clean = CliRunner().invoke(
+        app,
+        [
+            "calibrate",
+            "capture",
+            "--source",
+            str(write_video(tmp_path / "v.mp4", frames=4)),
+            "--out",
+            str(tmp_path / "cal2"),
+            "--count",
+            "2",
+            "--every-ms",
+            "0",
+            "--json",
+        ],
+    )
     assert clean.exit_code == 0 and json.loads(clean.stdout)["skipped_unreadable"] == 0
     assert "unreadable image" not in clean.output  # no warning line
 
@@ -283,8 +330,9 @@ def test_a_folder_gives_every_image_not_one_per_500_ms(tmp_path):
     src.mkdir()
     for i in range(20):
         cv2.imwrite(str(src / f"{i:02d}.png"), np.full((12, 16, 3), 10 * i, np.uint8))
-    result = CliRunner().invoke(app, ["calibrate", "capture", "--source", str(src), "--out", str(tmp_path / "cal"),
-                                      "--count", "20", "--json"])
+    result = CliRunner().invoke(
+        app, ["calibrate", "capture", "--source", str(src), "--out", str(tmp_path / "cal"), "--count", "20", "--json"]
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["saved"] == 20 and "every image is taken" in result.output
 
@@ -301,7 +349,9 @@ def test_fps_must_be_a_sane_finite_rate(tmp_path, fps):
 
 
 def test_csi_fps_parameter_is_checked_too(tmp_path):
-    result = CliRunner().invoke(app, ["calibrate", "capture", "--source", "csi://0?fps=inf", "--out", str(tmp_path / "c")])
+    result = CliRunner().invoke(
+        app, ["calibrate", "capture", "--source", "csi://0?fps=inf", "--out", str(tmp_path / "c")]
+    )
     assert result.exit_code == 2 and "csi:// fps must be a frame rate" in result.output
     assert "internal error" not in result.output and not (tmp_path / "c").exists()
 
@@ -312,9 +362,28 @@ def test_a_stream_lost_for_good_keeps_its_frames_and_exits_6(tmp_path):
     out = tmp_path / "calx" / "sub"
     server = MjpegServer(fps=100).start()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edgecnn", "calibrate", "capture", "--source", server.url(), "--out", str(out),
-         "--count", "100000", "--every-ms", "10", "--reconnect-attempts", "1", "--json"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "edgecnn",
+            "calibrate",
+            "capture",
+            "--source",
+            server.url(),
+            "--out",
+            str(out),
+            "--count",
+            "100000",
+            "--every-ms",
+            "10",
+            "--reconnect-attempts",
+            "1",
+            "--json",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         _wait_for(lambda: len(list(out.glob("*.jpg"))) >= 5)
@@ -339,8 +408,22 @@ def test_fps_does_not_change_a_video_files_timeline(tmp_path):
     video = write_video(tmp_path / "clip.mp4", frames=90, fps=30)
     out = tmp_path / "cal"
     result = CliRunner().invoke(
-        app, ["calibrate", "capture", "--source", str(video), "--out", str(out), "--count", "100", "--every-ms", "500",
-              "--fps", "10", "--json"],
+        app,
+        [
+            "calibrate",
+            "capture",
+            "--source",
+            str(video),
+            "--out",
+            str(out),
+            "--count",
+            "100",
+            "--every-ms",
+            "500",
+            "--fps",
+            "10",
+            "--json",
+        ],
     )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["saved"] == 6 == len(list(out.glob("*.jpg")))

@@ -8,12 +8,12 @@ import time
 import cv2
 import numpy as np
 import pytest
+from test_camera_server import MjpegServer, OneFrameServer, numbered_frame
+from test_camera_sources import write_video
 
 from edgecnn.camera.capture import ReconnectPolicy, ThreadedCapture
 from edgecnn.camera.sources import parse_source
 from edgecnn.errors import SourceError
-from test_camera_server import MjpegServer, OneFrameServer, numbered_frame
-from test_camera_sources import write_video
 
 
 def drain(cap: ThreadedCapture, delay: float = 0.0, limit: int = 10_000):
@@ -65,7 +65,9 @@ def test_slow_consumer_gets_the_newest_frame_and_drops_are_counted(tmp_path):
 def test_loop_restarts_a_file(tmp_path):
     video = write_video(tmp_path / "clip.mp4", frames=5)
     events = []
-    with ThreadedCapture(parse_source(str(video)), pace=False, loop=True, on_event=lambda k, m: events.append(k)) as cap:
+    with ThreadedCapture(
+        parse_source(str(video)), pace=False, loop=True, on_event=lambda k, m: events.append(k)
+    ) as cap:
         frames = drain(cap, limit=12)
     assert [f.index for f in frames] == [0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 0, 1]
     assert cap.loops >= 2 and events.count("looped") == cap.loops
@@ -86,7 +88,8 @@ def test_stream_reconnects_after_the_camera_comes_back():
     events = []
     with MjpegServer(fps=100) as server:
         cap = ThreadedCapture(
-            parse_source(server.url()), reconnect=ReconnectPolicy(attempts=20, initial=0.1, max_delay=0.2),
+            parse_source(server.url()),
+            reconnect=ReconnectPolicy(attempts=20, initial=0.1, max_delay=0.2),
             on_event=lambda kind, msg: events.append(kind),
         ).start()
         try:
@@ -107,7 +110,8 @@ def test_lost_stream_gives_up_after_bounded_attempts():
     events = []
     server = MjpegServer(fps=100).start()
     cap = ThreadedCapture(
-        parse_source(server.url()), reconnect=ReconnectPolicy(attempts=3, initial=0.05, max_delay=0.1),
+        parse_source(server.url()),
+        reconnect=ReconnectPolicy(attempts=3, initial=0.05, max_delay=0.1),
         on_event=lambda kind, msg: events.append((kind, msg)),
     ).start()
     try:
@@ -139,7 +143,8 @@ def test_a_source_that_connects_then_dies_at_once_uses_up_the_attempts(attempts)
     events = []
     with OneFrameServer() as server:
         cap = ThreadedCapture(
-            parse_source(server.url()), reconnect=ReconnectPolicy(attempts=attempts, initial=0.05, max_delay=0.1),
+            parse_source(server.url()),
+            reconnect=ReconnectPolicy(attempts=attempts, initial=0.05, max_delay=0.1),
             on_event=lambda kind, msg: events.append((kind, msg)),
         ).start()
         t0 = time.perf_counter()
@@ -162,7 +167,8 @@ def test_a_stream_healthy_again_wins_its_attempts_back():
     events = []
     with MjpegServer(fps=100) as server:
         cap = ThreadedCapture(
-            parse_source(server.url()), reconnect=ReconnectPolicy(attempts=1, initial=0.3, max_delay=0.3, healthy_s=0.3),
+            parse_source(server.url()),
+            reconnect=ReconnectPolicy(attempts=1, initial=0.3, max_delay=0.3, healthy_s=0.3),
             on_event=lambda kind, msg: events.append(kind),
         ).start()
         try:
@@ -217,6 +223,7 @@ def test_a_signal_while_a_stream_opens_interrupts_start_at_once():
 
         previous = signal.signal(signal.SIGINT, interrupt)
         try:
+
             def ctrl_c_once_connected():
                 while server.connections < 1:
                     time.sleep(0.01)
@@ -273,8 +280,11 @@ class SilentServer:
                 self.end_headers()
                 for i in range(server.first):
                     data = cv2.imencode(".jpg", numbered_frame(i))[1].tobytes()
-                    self.wfile.write(b"--edgecnnframe\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n"
-                                     % len(data) + data + b"\r\n")
+                    self.wfile.write(
+                        b"--edgecnnframe\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(data)
+                        + data
+                        + b"\r\n"
+                    )
                     self.wfile.flush()
                 server.quit.wait(60)  # silent, connection open
 
@@ -299,8 +309,11 @@ def test_a_stream_that_goes_silent_is_said_to_have_gone_silent():
     server = SilentServer().start()
     events = []
     try:
-        cap = ThreadedCapture(parse_source(server.url()), reconnect=ReconnectPolicy(attempts=1, initial=0.1),
-                              on_event=lambda kind, message: events.append((kind, message))).start()
+        cap = ThreadedCapture(
+            parse_source(server.url()),
+            reconnect=ReconnectPolicy(attempts=1, initial=0.1),
+            on_event=lambda kind, message: events.append((kind, message)),
+        ).start()
         with pytest.raises(SourceError) as err:
             drain(cap)
         cap.close()

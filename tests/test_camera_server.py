@@ -53,7 +53,8 @@ class MjpegServer:
                         data = buf.tobytes()
                         self.wfile.write(
                             b"--edgecnnframe\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(data)
-                            + data + b"\r\n"
+                            + data
+                            + b"\r\n"
                         )
                         self.wfile.flush()
                         server.sent += 1

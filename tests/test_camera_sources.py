@@ -5,6 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+from conftest import write_video  # noqa: F401  (re-exported: the other camera tests import it from here)
 from typer.testing import CliRunner
 
 from edgecnn.camera.sources import (
@@ -14,11 +15,8 @@ from edgecnn.camera.sources import (
     parse_source,
     redact,
 )
-from conftest import write_video  # noqa: F401  (re-exported: the other camera tests import it from here)
 from edgecnn.cli.main import app
 from edgecnn.errors import MissingDependencyError, SourceError, UserInputError
-
-
 
 
 def test_camera_index_and_device_path():
@@ -89,7 +87,9 @@ def test_credentials_are_redacted_everywhere():
     assert spec.display == "rtsp://***@10.0.0.5:554/stream1?token=***&channel=1"
     assert "hunter2" not in repr(spec) and "hunter2" not in str(spec) and "abc123" not in repr(spec)
     assert redact("https://user@cam/x.mjpg?password=p&x=1") == "https://***@cam/x.mjpg?password=***&x=1"
-    gst = parse_source("gst:rtspsrc location=rtsp://u:p@cam/s user-id=bob user-pw=s3cret ! decodebin ! videoconvert ! appsink")
+    gst = parse_source(
+        "gst:rtspsrc location=rtsp://u:p@cam/s user-id=bob user-pw=s3cret ! decodebin ! videoconvert ! appsink"
+    )
     assert "s3cret" not in gst.display and "u:p@" not in gst.display and "bob" not in gst.display
     assert redact("plain text, no secrets") == "plain text, no secrets"
 
@@ -163,8 +163,10 @@ def test_valid_frame_rates_are_kept():
     assert "framerate=(fraction)29970/1000" in parse_source("csi://0?fps=29.97").target
 
 
-@pytest.mark.parametrize("text, fragment", [("²", "not found"), ("٣", "not found"), ("csi://²", "csi://<sensor-id>"),
-                                            ("csi://0?capture=١٢x٣٤", "1920x1080")])
+@pytest.mark.parametrize(
+    "text, fragment",
+    [("²", "not found"), ("٣", "not found"), ("csi://²", "csi://<sensor-id>"), ("csi://0?capture=١٢x٣٤", "1920x1080")],
+)
 def test_unicode_digits_are_not_camera_numbers(text, fragment):
     # str.isdigit() is true for "²" and "٣"; only ASCII 0-9 make a camera index or CSI sensor id
     with pytest.raises(UserInputError) as err:

@@ -8,7 +8,6 @@ import os
 import pickle
 
 import numpy as np
-
 import pytest
 from typer.testing import CliRunner
 
@@ -38,10 +37,13 @@ def _variant(good, tmp_path, name, **changes):
     return path
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"bogus": 1}, r"arch_kwargs \{'bogus': 1\} do not fit arch lenet5: .*unexpected keyword argument 'bogus'"),
-    ([1, 2], r"arch_kwargs \[1, 2\] do not fit arch lenet5: expected a dict of keyword arguments"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"bogus": 1}, r"arch_kwargs \{'bogus': 1\} do not fit arch lenet5: .*unexpected keyword argument 'bogus'"),
+        ([1, 2], r"arch_kwargs \[1, 2\] do not fit arch lenet5: expected a dict of keyword arguments"),
+    ],
+)
 def test_bad_arch_kwargs_are_artifact_errors(good, tmp_path, kwargs, match):
     bad = _variant(good, tmp_path, "bad.pt", arch_kwargs=kwargs)
     with pytest.raises(ArtifactError, match=match):
@@ -111,7 +113,9 @@ def test_damaged_contract_and_weights_say_what_is_wrong(good, tmp_path):
     with pytest.raises(ArtifactError, match="contract labels is a int"):
         load_checkpoint(_variant(good, tmp_path, "c2.pt", contract={**contract, "labels": 5}))
     with pytest.raises(ArtifactError, match=r"c3.pt: Model contract is missing 'labels'"):
-        load_checkpoint(_variant(good, tmp_path, "c3.pt", contract={k: v for k, v in contract.items() if k != "labels"}))
+        load_checkpoint(
+            _variant(good, tmp_path, "c3.pt", contract={k: v for k, v in contract.items() if k != "labels"})
+        )
     bad_pre = {**contract["preprocess"], "std": [0.0, 0.0, 0.0]}
     with pytest.raises(ArtifactError, match=r"c4.pt: Invalid preprocessing"):
         load_checkpoint(_variant(good, tmp_path, "c4.pt", contract={**contract, "preprocess": bad_pre}))
@@ -147,12 +151,23 @@ def test_contract_and_weights_that_do_not_run_are_refused_at_load(good, tmp_path
     contract = ckpt["contract"]
     model = create_model("lenet5", num_classes=10).eval()
     nine = tmp_path / "nine.pt"  # no num_classes in arch_kwargs: the builder's default, 10 outputs, for 9 labels
-    torch.save({**ckpt, "arch_kwargs": {}, "state_dict": model.state_dict(),
-                "contract": {**contract, "labels": [str(i) for i in range(9)], "label_keys": None}}, nine)
+    torch.save(
+        {
+            **ckpt,
+            "arch_kwargs": {},
+            "state_dict": model.state_dict(),
+            "contract": {**contract, "labels": [str(i) for i in range(9)], "label_keys": None},
+        },
+        nine,
+    )
     with pytest.raises(ArtifactError, match="the model has 10 outputs but the contract has 9 labels"):
         load_checkpoint(nine)
-    big = _variant(good, tmp_path, "big.pt",
-                   contract={**contract, "preprocess": {**contract["preprocess"], "input_size": [64, 64]}})
+    big = _variant(
+        good,
+        tmp_path,
+        "big.pt",
+        contract={**contract, "preprocess": {**contract["preprocess"], "input_size": [64, 64]}},
+    )
     with pytest.raises(ArtifactError, match="lenet5 cannot take the 64×64 input its contract names"):
         load_checkpoint(big)
     state = dict(ckpt["state_dict"])
@@ -170,8 +185,11 @@ def test_contract_and_weights_that_do_not_run_are_refused_at_load(good, tmp_path
         (data / name).mkdir(parents=True)
         cv2.imwrite(str(data / name / "a.png"), np.full((32, 32, 3), 90, np.uint8))
     for bad in (nine, big, nan):
-        for args in (["predict", str(bad), str(img), "-k", "10"], ["eval", str(bad), str(data)],
-                     ["export", str(bad), "--out", str(tmp_path / "x.onnx")]):
+        for args in (
+            ["predict", str(bad), str(img), "-k", "10"],
+            ["eval", str(bad), str(data)],
+            ["export", str(bad), "--out", str(tmp_path / "x.onnx")],
+        ):
             result = runner.invoke(app, args)
             assert result.exit_code == 4, (args, result.output)
             assert bad.name in result.stderr and "internal" not in result.stderr

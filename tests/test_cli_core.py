@@ -28,8 +28,21 @@ def test_every_command_module_is_present_and_registered():
         importlib.import_module(f"edgecnn.cli.{name}")
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for cmd in ("train", "export", "predict", "eval", "quantize", "build-engine", "live", "profile", "compare",
-                "deploy", "doctor", "models", "calibrate"):
+    for cmd in (
+        "train",
+        "export",
+        "predict",
+        "eval",
+        "quantize",
+        "build-engine",
+        "live",
+        "profile",
+        "compare",
+        "deploy",
+        "doctor",
+        "models",
+        "calibrate",
+    ):
         assert cmd in result.output, cmd
 
 
@@ -113,8 +126,9 @@ def test_predict_reports_bad_files_and_exits_2(cat_dog_onnx, image_folder, tmp_p
 def test_predict_classifies_the_rest_when_an_input_is_missing(cat_dog_onnx, image_folder, tmp_path):
     (tmp_path / "empty").mkdir()
     good = sorted((image_folder / "dog").iterdir())[0]
-    result = runner.invoke(app, ["predict", str(cat_dog_onnx), str(tmp_path / "missing.jpg"), str(good),
-                                 str(tmp_path / "empty"), "--json"])
+    result = runner.invoke(
+        app, ["predict", str(cat_dog_onnx), str(tmp_path / "missing.jpg"), str(good), str(tmp_path / "empty"), "--json"]
+    )
     assert result.exit_code == 2
     missing, ok, empty = json.loads(result.stdout)["results"]
     assert missing["error"] == "does not exist" and empty["error"] == "folder without images"

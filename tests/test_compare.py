@@ -6,9 +6,9 @@ import json
 
 import numpy as np
 import pytest
+from conftest import build_tiny_onnx
 from typer.testing import CliRunner
 
-from conftest import build_tiny_onnx
 from edgecnn.data import read_image
 from edgecnn.errors import AccuracyGateError, UserInputError
 from edgecnn.profiling.compare import check_gate, compare_runners, resolve_data
@@ -122,8 +122,9 @@ def test_nan_outputs_fail_the_gate_and_json_stays_strict(tmp_path, tiny_onnx, im
     # the verdict is in the JSON too, not only in the exit code
     assert data["gate"]["passed"] is False and data["gate"]["max_abs_diff"] == 0.001
     assert "non-finite outputs" in data["gate"]["failures"][0]
-    same = json.loads(cli("compare", str(tiny_onnx), str(tiny_onnx), "--data", str(image_folder), "--max-diff", "0",
-                          "--json").stdout)
+    same = json.loads(
+        cli("compare", str(tiny_onnx), str(tiny_onnx), "--data", str(image_folder), "--max-diff", "0", "--json").stdout
+    )
     assert same["gate"] == {"min_agreement": None, "max_abs_diff": 0.0, "passed": True, "failures": []}
 
 

@@ -4,7 +4,16 @@ import cv2
 import numpy as np
 import pytest
 
-from edgecnn.data import decode_resized, find_splits, find_training_splits, iter_video_frames, list_images, map_classes, read_image, scan_image_folder
+from edgecnn.data import (
+    decode_resized,
+    find_splits,
+    find_training_splits,
+    iter_video_frames,
+    list_images,
+    map_classes,
+    read_image,
+    scan_image_folder,
+)
 from edgecnn.errors import UserInputError
 from edgecnn.preprocess import PreprocessConfig
 
@@ -121,8 +130,12 @@ def test_decompression_bomb_is_an_unreadable_file_not_a_crash(tmp_path):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     bomb = tmp_path / "bomb.png"
-    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 40000, 40000, 8, 0, 0, 0, 0))
-                     + chunk(b"IDAT", zlib.compress(b"\x00" * 100)) + chunk(b"IEND", b""))
+    bomb.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 40000, 40000, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 100))
+        + chunk(b"IEND", b"")
+    )
     assert read_image(bomb) is None
 
 
@@ -199,7 +212,13 @@ def test_map_classes_on_imagenet_exact_case_first_and_never_a_silent_pick():
     from edgecnn.artifacts import imagenet_labels
 
     names, wnids = imagenet_labels()
-    assert map_classes(["Cardigan", "cardigan", "n02012849", "n03126707", "134"], names, wnids) == [264, 474, 134, 517, 134]
+    assert map_classes(["Cardigan", "cardigan", "n02012849", "n03126707", "134"], names, wnids) == [
+        264,
+        474,
+        134,
+        517,
+        134,
+    ]
     for folder in ("crane", "maillot", "CARDIGAN"):
         with pytest.raises(UserInputError, match="name more than one model class: rename each to its key"):
             map_classes([folder], names, wnids)

@@ -23,8 +23,10 @@ from conftest import make_image_folder  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-                       reason="this PyTorch build has no gloo backend"),
+    pytest.mark.skipif(
+        not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+        reason="this PyTorch build has no gloo backend",
+    ),
 ]
 
 WORKER = textwrap.dedent('''
@@ -76,7 +78,10 @@ def test_ddp_two_gloo_processes_agree_and_rank0_writes(tmp_path):
     assert r0["num_train"] == r1["num_train"] == 12
     assert r0["saves"].count("m.last.pt") == 2 and 1 <= r0["saves"].count("m.pt") <= 2 and len(r0["saves"]) <= 4
     assert r1["saves"] == [] and r1["events"] == 0 and r0["events"] > 0  # only rank 0 writes and reports
-    untimed = [[{k: v for k, v in row.items() if k not in ("seconds", "images_per_s")} for row in r["history"]] for r in (r0, r1)]
+    untimed = [
+        [{k: v for k, v in row.items() if k not in ("seconds", "images_per_s")} for row in r["history"]]
+        for r in (r0, r1)
+    ]
     assert untimed[0] == untimed[1]  # losses and accuracies are all-reduced: both ranks saw the same numbers
 
     s0, s1 = (torch.load(report / f"rank{r}.pt", weights_only=True) for r in (0, 1))
@@ -89,14 +94,38 @@ def test_ddp_two_gloo_processes_agree_and_rank0_writes(tmp_path):
     for k in s0:
         assert torch.equal(ckpt["state_dict"][k], s0[k]), k
     assert ckpt["training"]["world_size"] == 2
-    assert sorted(p.name for p in out.parent.iterdir()) == ["m.curves.png", "m.last.pt", "m.metrics.csv", "m.metrics.json", "m.pt"]
+    assert sorted(p.name for p in out.parent.iterdir()) == [
+        "m.curves.png",
+        "m.last.pt",
+        "m.metrics.csv",
+        "m.metrics.json",
+        "m.pt",
+    ]
 
 
 def test_edgecnn_train_cli_under_torchrun(tmp_path):
     data = make_image_folder(tmp_path / "data", per_class=8)
     out = tmp_path / "run" / "m.pt"
-    proc = _torchrun(["-m", "edgecnn", "train", str(data), "--arch", "cifar-cnn", "--epochs", "2", "--batch-size", "4",
-                      "--val-split", "0.25", "--out", str(out), "--json"], cwd=tmp_path)
+    proc = _torchrun(
+        [
+            "-m",
+            "edgecnn",
+            "train",
+            str(data),
+            "--arch",
+            "cifar-cnn",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "4",
+            "--val-split",
+            "0.25",
+            "--out",
+            str(out),
+            "--json",
+        ],
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout)  # rank 0 alone prints: exactly one JSON document on stdout
     assert summary["world_size"] == 2 and summary["epochs_run"] == 2 and summary["num_train"] == 12
@@ -110,8 +139,18 @@ def test_edgecnn_train_cli_under_torchrun(tmp_path):
 
 def _torchrun_cli(args: list[str], cwd: Path, nproc: int = 2) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-           "-m", "edgecnn", "train", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(nproc),
+        "-m",
+        "edgecnn",
+        "train",
+        *args,
+    ]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=180)
 
 
@@ -128,12 +167,31 @@ def test_resume_under_another_number_of_processes_is_refused(tmp_path):
     """--batch-size is per process: a run resumed under another torchrun size would change its global batch."""
     data = make_image_folder(tmp_path / "data", per_class=8)
     out = tmp_path / "m.pt"
-    first = subprocess.run([sys.executable, "-m", "edgecnn", "train", str(data), "--arch", "lenet5", "--epochs", "1",
-                            "--batch-size", "4", "--out", str(out)], capture_output=True, text=True, timeout=180,
-                           env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    first = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgecnn",
+            "train",
+            str(data),
+            "--arch",
+            "lenet5",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
     assert first.returncode == 0, first.stderr[-2000:]
-    proc = _torchrun_cli([str(data), "--epochs", "2", "--resume", str(tmp_path / "m.last.pt"), "--out", str(out)],
-                         cwd=tmp_path)
+    proc = _torchrun_cli(
+        [str(data), "--epochs", "2", "--resume", str(tmp_path / "m.last.pt"), "--out", str(out)], cwd=tmp_path
+    )
     assert proc.returncode != 0
     assert proc.stderr.count("trained in 1 process(es), this is 2") == 1, proc.stderr[-2000:]
     assert "global batch would change from 4 to 8" in proc.stderr

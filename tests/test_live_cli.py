@@ -13,13 +13,13 @@ from pathlib import Path
 
 import cv2
 import pytest
+from test_camera_server import MjpegServer, OneFrameServer
+from test_camera_sources import write_video
+from test_live_loop import write_noise_video
 from typer.testing import CliRunner
 
 from edgecnn.camera.sinks import display_available
 from edgecnn.cli.main import app
-from test_camera_server import MjpegServer, OneFrameServer
-from test_camera_sources import write_video
-from test_live_loop import write_noise_video
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,7 +36,20 @@ def count_frames(path: Path) -> int:
 def test_headless_json_lines_then_summary(tiny_onnx, tmp_path):
     video = write_video(tmp_path / "clip.mp4", frames=9)
     result = CliRunner().invoke(
-        app, ["live", str(tiny_onnx), "--source", str(video), "--headless", "--json", "--no-pace", "--every", "4", "--top-k", "2"]
+        app,
+        [
+            "live",
+            str(tiny_onnx),
+            "--source",
+            str(video),
+            "--headless",
+            "--json",
+            "--no-pace",
+            "--every",
+            "4",
+            "--top-k",
+            "2",
+        ],
     )
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in result.stdout.splitlines()]  # stdout is JSON only
@@ -57,7 +70,8 @@ def test_no_display_says_use_headless(tiny_onnx, tmp_path):
 def test_threshold_shows_unknown(tiny_onnx, tmp_path):
     video = write_video(tmp_path / "clip.mp4", frames=3)
     result = CliRunner().invoke(
-        app, ["live", str(tiny_onnx), "--source", str(video), "--headless", "--json", "--no-pace", "--threshold", "0.999"]
+        app,
+        ["live", str(tiny_onnx), "--source", str(video), "--headless", "--json", "--no-pace", "--threshold", "0.999"],
     )
     assert result.exit_code == 0, result.output
     frames = [json.loads(line) for line in result.stdout.splitlines()][:-1]
@@ -92,9 +106,23 @@ def test_credentials_never_printed(tiny_onnx):
     with MjpegServer(fps=60) as server:
         url = server.url("admin:hunter2")
         proc = subprocess.run(
-            [sys.executable, "-m", "edgecnn", "live", str(tiny_onnx), "--source", url, "--headless", "--json",
-             "--max-frames", "5"],
-            cwd=ROOT, capture_output=True, text=True, timeout=60,
+            [
+                sys.executable,
+                "-m",
+                "edgecnn",
+                "live",
+                str(tiny_onnx),
+                "--source",
+                url,
+                "--headless",
+                "--json",
+                "--max-frames",
+                "5",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
     assert proc.returncode == 0, proc.stderr
     records = [json.loads(line) for line in proc.stdout.splitlines()]
@@ -107,9 +135,23 @@ def test_credentials_never_printed(tiny_onnx):
 def test_lost_stream_ends_with_summary_and_source_error(tiny_onnx):
     server = MjpegServer(fps=60).start()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edgecnn", "live", str(tiny_onnx), "--source", server.url(), "--headless", "--json",
-         "--reconnect-attempts", "2"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "edgecnn",
+            "live",
+            str(tiny_onnx),
+            "--source",
+            server.url(),
+            "--headless",
+            "--json",
+            "--reconnect-attempts",
+            "2",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         first = proc.stdout.readline()
@@ -134,8 +176,12 @@ def test_bad_record_path_is_refused_before_the_model_loads(tmp_path, where):
     video = write_video(tmp_path / "clip.mp4", frames=3)
     (tmp_path / "afile").write_text("x")
     existing = write_video(tmp_path / "existing.avi", frames=2, fourcc="MJPG")
-    record = {"under-a-file": tmp_path / "afile" / "out.mp4", "proc": "/proc/out.mp4", "sys": "/sys/out.avi",
-              "existing": existing}[where]
+    record = {
+        "under-a-file": tmp_path / "afile" / "out.mp4",
+        "proc": "/proc/out.mp4",
+        "sys": "/sys/out.avi",
+        "existing": existing,
+    }[where]
     before = existing.read_bytes()
     # the model does not exist: a --record error (not a model error) proves the path was checked first
     result = CliRunner().invoke(
@@ -154,7 +200,8 @@ def test_force_replaces_an_existing_recording(tiny_onnx, tmp_path):
     video = write_video(tmp_path / "clip.mp4", frames=6)
     out = write_video(tmp_path / "out.avi", frames=2, fourcc="MJPG")
     result = CliRunner().invoke(
-        app, ["live", str(tiny_onnx), "--source", str(video), "--headless", "--no-pace", "--record", str(out), "--force"]
+        app,
+        ["live", str(tiny_onnx), "--source", str(video), "--headless", "--no-pace", "--record", str(out), "--force"],
     )
     assert result.exit_code == 0, result.output
     assert count_frames(out) == 6
@@ -186,9 +233,24 @@ def test_json_piped_into_head_stops_quietly_and_finalises_the_recording(tiny_onn
     video = write_video(tmp_path / "clip.mp4", frames=30)
     out = tmp_path / "annotated.avi"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edgecnn", "live", str(tiny_onnx), "--source", str(video), "--loop", "--headless",
-         "--json", "--record", str(out)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "edgecnn",
+            "live",
+            str(tiny_onnx),
+            "--source",
+            str(video),
+            "--loop",
+            "--headless",
+            "--json",
+            "--record",
+            str(out),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         first = proc.stdout.readline()  # what `head -1` does: one line, then it exits
@@ -251,9 +313,23 @@ def test_reconnect_attempts_bound_a_source_that_dies_right_after_connecting(tiny
     with OneFrameServer() as server:
         t0 = time.perf_counter()
         proc = subprocess.run(
-            [sys.executable, "-m", "edgecnn", "live", str(tiny_onnx), "--source", server.url(), "--headless", "--json",
-             "--reconnect-attempts", "1"],
-            cwd=ROOT, capture_output=True, text=True, timeout=60,
+            [
+                sys.executable,
+                "-m",
+                "edgecnn",
+                "live",
+                str(tiny_onnx),
+                "--source",
+                server.url(),
+                "--headless",
+                "--json",
+                "--reconnect-attempts",
+                "1",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         elapsed = time.perf_counter() - t0
     assert proc.returncode == 6, proc.stderr
@@ -270,9 +346,24 @@ def test_recording_of_a_10fps_stream_plays_at_10fps(tiny_onnx, tmp_path):
     out = tmp_path / "cam.avi"
     with MjpegServer(fps=10) as server:
         proc = subprocess.run(
-            [sys.executable, "-m", "edgecnn", "live", str(tiny_onnx), "--source", server.url(), "--headless",
-             "--max-frames", "25", "--record", str(out)],
-            cwd=ROOT, capture_output=True, text=True, timeout=60,
+            [
+                sys.executable,
+                "-m",
+                "edgecnn",
+                "live",
+                str(tiny_onnx),
+                "--source",
+                server.url(),
+                "--headless",
+                "--max-frames",
+                "25",
+                "--record",
+                str(out),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
     assert proc.returncode == 0, proc.stderr
     cap = cv2.VideoCapture(str(out))
@@ -299,9 +390,24 @@ def _start_live_recording(tiny_onnx, video, out, lines_before=5):
     """A looping headless live run with --json and --record; returns (process, its stdout lines so far, an event set
     once `lines_before` lines are out, the reader thread)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edgecnn", "live", str(tiny_onnx), "--source", str(video), "--loop", "--headless",
-         "--json", "--record", str(out)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "edgecnn",
+            "live",
+            str(tiny_onnx),
+            "--source",
+            str(video),
+            "--loop",
+            "--headless",
+            "--json",
+            "--record",
+            str(out),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     lines: list[str] = []
     seen = threading.Event()
@@ -335,7 +441,11 @@ def test_a_second_ctrl_c_during_shutdown_never_leaves_a_temporary_recording(tiny
     stderr = proc.stderr.read()
     assert proc.returncode == 0, stderr  # the second Ctrl-C waits for the recording (it says so), then exits 0
     assert out.exists() and count_frames(out) >= 5
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "rec.mp4", "tiny.onnx"]  # no hidden .rec.mp4.xxxx.mp4
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "clip.mp4",
+        "rec.mp4",
+        "tiny.onnx",
+    ]  # no hidden .rec.mp4.xxxx.mp4
 
 
 def test_ctrl_c_after_the_run_has_ended_does_not_change_its_exit(tiny_onnx, tmp_path):
@@ -405,16 +515,18 @@ def test_a_truncated_video_warns_with_loop_too(tiny_onnx, tmp_path):
 
 def test_every_without_json_is_said_to_be_ignored(tiny_onnx, tmp_path):
     video = write_video(tmp_path / "clip.mp4", frames=3)
-    result = CliRunner().invoke(app, ["live", str(tiny_onnx), "--source", str(video), "--headless", "--no-pace",
-                                      "--every", "5"])
+    result = CliRunner().invoke(
+        app, ["live", str(tiny_onnx), "--source", str(video), "--headless", "--no-pace", "--every", "5"]
+    )
     assert result.exit_code == 0, result.output
     assert "--every 5 only thins the --json lines" in " ".join(result.stderr.split())
 
 
 def test_torch_backend_on_an_onnx_file_names_the_right_backend(tiny_onnx, tmp_path):
     video = write_video(tmp_path / "clip.mp4", frames=3)
-    result = CliRunner().invoke(app, ["live", str(tiny_onnx), "--source", str(video), "--headless",
-                                      "--backend", "torch"])
+    result = CliRunner().invoke(
+        app, ["live", str(tiny_onnx), "--source", str(video), "--headless", "--backend", "torch"]
+    )
     assert result.exit_code == 2, result.output
     assert "torch backend runs .pt checkpoints, not tiny.onnx" in result.stderr and "onnxrt" in result.stderr
     assert "torch.save" not in result.stderr and "save_checkpoint" not in result.stderr

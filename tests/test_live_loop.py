@@ -14,17 +14,24 @@ import tracemalloc
 import cv2
 import numpy as np
 import pytest
+from test_camera_server import MjpegServer
+from test_camera_sources import write_video
 
 from edgecnn.camera.capture import ReconnectPolicy, ThreadedCapture
 from edgecnn.camera.loop import STAGES, LiveOptions, Postprocessor, run_live
-from edgecnn.camera.sinks import CallbackSink, JsonLinesSink, RecordingError, VideoRecorder, display_available, WindowSink
+from edgecnn.camera.sinks import (
+    CallbackSink,
+    JsonLinesSink,
+    RecordingError,
+    VideoRecorder,
+    WindowSink,
+    display_available,
+)
 from edgecnn.camera.sources import parse_source
 from edgecnn.camera.stats import LatencyHistogram
 from edgecnn.data import iter_video_frames
 from edgecnn.errors import UserInputError
 from edgecnn.runtime.base import load
-from test_camera_server import MjpegServer
-from test_camera_sources import write_video
 
 
 def softmax(x):
@@ -151,7 +158,8 @@ def test_loop_survives_an_http_camera_that_drops_and_returns(tiny_onnx):
     events = []
     with MjpegServer(fps=100) as server, load(tiny_onnx) as runner:
         cap = ThreadedCapture(
-            parse_source(server.url()), reconnect=ReconnectPolicy(attempts=20, initial=0.1, max_delay=0.2),
+            parse_source(server.url()),
+            reconnect=ReconnectPolicy(attempts=20, initial=0.1, max_delay=0.2),
             on_event=lambda kind, msg: events.append(kind),
         ).start()
         seen = []
@@ -159,6 +167,7 @@ def test_loop_survives_an_http_camera_that_drops_and_returns(tiny_onnx):
         def on_result(r):
             seen.append(r)
             if len(seen) == 10:  # the camera goes away mid-stream, comes back 0.5 s later
+
                 def bounce():
                     server.stop()
                     time.sleep(0.5)
@@ -195,7 +204,12 @@ def test_memory_stays_flat_over_thousands_of_frames(tiny_onnx, tmp_path):
         tracemalloc.start()
         try:
             cap = ThreadedCapture(parse_source(str(video)), pace=False).start()
-            summary = run_live(runner, cap, LiveOptions(smoothing=0.5), [CallbackSink(on_result), JsonLinesSink(io.StringIO(), every=1000)])
+            summary = run_live(
+                runner,
+                cap,
+                LiveOptions(smoothing=0.5),
+                [CallbackSink(on_result), JsonLinesSink(io.StringIO(), every=1000)],
+            )
         finally:
             tracemalloc.stop()
     assert summary.frames == 3000
@@ -209,8 +223,16 @@ def test_overlay_draws_labels_and_status_in_the_corner():
 
     image = np.full((480, 640, 3), 200, np.uint8)
     result = FrameResult(
-        index=0, timestamp=0.0, top=[("forest", 0.9), ("buildings", 0.1)], label="forest", score=0.9,
-        timings={"inference": 0.004}, frame_age=0.012, dropped=2, processed=1, fps=29.5,
+        index=0,
+        timestamp=0.0,
+        top=[("forest", 0.9), ("buildings", 0.1)],
+        label="forest",
+        score=0.9,
+        timings={"inference": 0.004},
+        frame_age=0.012,
+        dropped=2,
+        processed=1,
+        fps=29.5,
     )
     out = annotate(image, result)
     assert out is image and out.shape == (480, 640, 3)
@@ -236,8 +258,12 @@ def write_noise_video(path, frames=30, size=(320, 240), fps=30.0):
 @pytest.mark.parametrize("where", ["under-a-file", "proc", "sys", "folder"])
 def test_recorder_refuses_an_unwritable_path_up_front(tmp_path, where):
     (tmp_path / "afile").write_text("x")
-    path = {"under-a-file": tmp_path / "afile" / "out.mp4", "proc": "/proc/out.mp4", "sys": "/sys/out.avi",
-            "folder": tmp_path / "rec.mp4"}[where]
+    path = {
+        "under-a-file": tmp_path / "afile" / "out.mp4",
+        "proc": "/proc/out.mp4",
+        "sys": "/sys/out.avi",
+        "folder": tmp_path / "rec.mp4",
+    }[where]
     if where == "folder":
         (tmp_path / "rec.mp4").mkdir()
     if where in ("proc", "sys") and not os.path.isdir(str(path).rsplit("/", 1)[0]):
@@ -444,7 +470,9 @@ def test_fps_counts_the_intervals_between_frames(tiny_onnx, tmp_path):
     done = []
     with load(tiny_onnx) as runner:
         cap = ThreadedCapture(parse_source(str(video)), pace=True).start()
-        summary = run_live(runner, cap, LiveOptions(max_frames=5), [CallbackSink(lambda r: done.append(time.perf_counter()))])
+        summary = run_live(
+            runner, cap, LiveOptions(max_frames=5), [CallbackSink(lambda r: done.append(time.perf_counter()))]
+        )
     assert summary.frames == len(done) == 5
     assert summary.fps == pytest.approx(4 / (done[-1] - done[0]), rel=0.03)
 
@@ -513,9 +541,9 @@ def test_ctrl_c_inside_the_recorder_close_removes_its_temporary_file(tiny_onnx, 
 def build_broken_onnx(path, bias: float):
     """The tiny classifier with `bias` (nan or inf) in its last layer: every logit row is non-finite."""
     import onnx
+    from conftest import build_tiny_onnx
     from onnx import numpy_helper
 
-    from conftest import build_tiny_onnx
     from edgecnn.artifacts import save_onnx
 
     model = onnx.load(str(build_tiny_onnx(path)))
@@ -529,6 +557,7 @@ def build_broken_onnx(path, bias: float):
 
 def strict_loads(line: str):
     """json.loads that refuses NaN / Infinity, as jq and JavaScript do."""
+
     def refuse(name):
         raise ValueError(f"not JSON: {name}")
 

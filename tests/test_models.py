@@ -16,7 +16,15 @@ ALL = [e.name for e in list_models()]
 
 
 def test_zoo_has_the_promised_models():
-    assert {"cifar-cnn", "lenet5", "mobilenetv2", "mobilenetv2-cifar", "resnet8", "resnet20", "efficientnet-lite0"} <= set(ALL)
+    assert {
+        "cifar-cnn",
+        "lenet5",
+        "mobilenetv2",
+        "mobilenetv2-cifar",
+        "resnet8",
+        "resnet20",
+        "efficientnet-lite0",
+    } <= set(ALL)
 
 
 @pytest.mark.parametrize(
@@ -38,7 +46,10 @@ def test_cifar_cnn_layers_are_the_tutorial_ones():
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     dense = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     assert [(c.in_channels, c.out_channels, c.kernel_size, c.padding) for c in convs] == [
-        (3, 32, (3, 3), (0, 0)), (32, 64, (3, 3), (0, 0)), (64, 64, (3, 3), (0, 0))]
+        (3, 32, (3, 3), (0, 0)),
+        (32, 64, (3, 3), (0, 0)),
+        (64, 64, (3, 3), (0, 0)),
+    ]
     assert [(d.in_features, d.out_features) for d in dense] == [(1024, 64), (64, 10)]
     assert sum(isinstance(m, torch.nn.ReLU) for m in model.modules()) == 4
     assert sum(isinstance(m, torch.nn.MaxPool2d) for m in model.modules()) == 2

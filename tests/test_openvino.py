@@ -64,7 +64,9 @@ def test_layer_profile_and_profile_hook(tiny_onnx):
         rows = runner.layer_profile(batch=2, iterations=3)
     names = " ".join(r["name"] for r in rows)
     assert "conv1" in names and "conv2" in names and all(r["mean_ms"] >= 0 for r in rows)
-    result = profile_models([str(tiny_onnx), f"{tiny_onnx}@openvino"], ProfileOptions(warmup=1, iterations=3, per_layer=True))
+    result = profile_models(
+        [str(tiny_onnx), f"{tiny_onnx}@openvino"], ProfileOptions(warmup=1, iterations=3, per_layer=True)
+    )
     assert [m.backend for m in result.models] == ["onnxrt", "openvino"]
     assert result.models[1].layers and result.models[1].label == "tiny.onnx@openvino"
 

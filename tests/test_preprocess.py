@@ -24,8 +24,9 @@ def test_golden_values_rgb_nchw():
 
 def test_bgr_nhwc_per_channel_mean_std():
     frame = np.full((4, 4, 3), (10, 20, 30), dtype=np.uint8)
-    cfg = PreprocessConfig(input_size=(4, 4), resize="resize", channel_order="bgr", layout="nhwc",
-                           mean=(10, 10, 10), std=(1, 2, 4))
+    cfg = PreprocessConfig(
+        input_size=(4, 4), resize="resize", channel_order="bgr", layout="nhwc", mean=(10, 10, 10), std=(1, 2, 4)
+    )
     x = preprocess(frame, cfg)
     assert x.shape == (1, 4, 4, 3)
     np.testing.assert_allclose(x[0, 0, 0], [0.0, 5.0, 5.0])
@@ -107,8 +108,14 @@ def test_opencv_normalize_matches_numpy_definition(layout, order):
 
     rng = np.random.default_rng(4)
     batch = rng.integers(0, 256, (3, 20, 24, 3), dtype=np.uint8)
-    cfg = PreprocessConfig(input_size=(20, 24), resize="resize", channel_order=order, layout=layout,
-                           mean=(123.7, 116.3, 103.5), std=(58.4, 57.1, 57.4))
+    cfg = PreprocessConfig(
+        input_size=(20, 24),
+        resize="resize",
+        channel_order=order,
+        layout=layout,
+        mean=(123.7, 116.3, 103.5),
+        std=(58.4, 57.1, 57.4),
+    )
     np.testing.assert_allclose(normalize(batch, cfg), _normalize_numpy(batch, cfg), rtol=1e-6, atol=1e-6)
 
 

@@ -8,9 +8,9 @@ import time
 
 import numpy as np
 import pytest
+from conftest import build_tiny_onnx
 from typer.testing import CliRunner
 
-from conftest import build_tiny_onnx
 from edgecnn.errors import ArtifactError, UserInputError
 from edgecnn.profile import ModelSpec, ProfileOptions, profile_models, synthetic_frame, top5
 from edgecnn.profiling import environment as envmod
@@ -68,7 +68,10 @@ def test_two_models_side_by_side_with_ratios(two_models):
     result = profile_models([str(a), str(b)], ProfileOptions(batches=(1, 2), threads=1, **FAST))
     assert [m.label for m in result.models] == ["a.onnx", "b.onnx"]
     assert [(m.label, m.batch, m.mode) for m in result.measurements] == [
-        ("a.onnx", 1, "model"), ("b.onnx", 1, "model"), ("a.onnx", 2, "model"), ("b.onnx", 2, "model")
+        ("a.onnx", 1, "model"),
+        ("b.onnx", 1, "model"),
+        ("a.onnx", 2, "model"),
+        ("b.onnx", 2, "model"),
     ]
     for m in result.measurements:
         s = m.stats
@@ -123,14 +126,31 @@ def test_parse_ort_trace_skips_warmup_runs():
         return {"cat": "Session", "name": "model_run", "ts": ts, "dur": dur}
 
     def node(name, ts, dur, op="Conv"):
-        return {"cat": "Node", "name": f"{name}_kernel_time", "ts": ts, "dur": dur, "args": {"op_name": op, "provider": "CPU"}}
+        return {
+            "cat": "Node",
+            "name": f"{name}_kernel_time",
+            "ts": ts,
+            "dur": dur,
+            "args": {"op_name": op, "provider": "CPU"},
+        }
 
-    events = [run(0, 100), node("conv", 10, 90), run(200, 100), node("conv", 210, 30), node("fc", 250, 10, "Gemm"),
-              run(400, 100), node("conv", 410, 50), node("fc", 470, 10, "Gemm"), node("conv", 600, 999)]
+    events = [
+        run(0, 100),
+        node("conv", 10, 90),
+        run(200, 100),
+        node("conv", 210, 30),
+        node("fc", 250, 10, "Gemm"),
+        run(400, 100),
+        node("conv", 410, 50),
+        node("fc", 470, 10, "Gemm"),
+        node("conv", 600, 999),
+    ]
     rows, runs = parse_ort_trace(events, skip_runs=1)
     assert runs == 2
     by = {r["name"]: r for r in rows}
-    assert by["conv"]["mean_ms"] == pytest.approx(0.040) and by["conv"]["calls"] == 2  # (30+50)/2 us, outside runs ignored
+    assert (
+        by["conv"]["mean_ms"] == pytest.approx(0.040) and by["conv"]["calls"] == 2
+    )  # (30+50)/2 us, outside runs ignored
     assert by["fc"]["mean_ms"] == pytest.approx(0.010) and by["fc"]["op"] == "Gemm"
     assert by["conv"]["share"] == pytest.approx(80 / 100)
 
@@ -210,8 +230,14 @@ def test_unrunnable_and_unknown_models(tmp_path, tiny_onnx):
         profile_models([str(tmp_path / "missing.onnx")], ProfileOptions(**FAST))
     with pytest.raises(UserInputError, match="not a TensorRT engine"):  # an ONNX given to the engine backend
         profile_models([f"{tiny_onnx}@tensorrt"], ProfileOptions(**FAST))
-    for bad in (dict(batches=(0,)), dict(iterations=0), dict(iterations=None, duration=-1.0), dict(threads=0),
-                dict(iterations=None, duration=float("nan")), dict(iterations=None, duration=float("inf"))):
+    for bad in (
+        dict(batches=(0,)),
+        dict(iterations=0),
+        dict(iterations=None, duration=-1.0),
+        dict(threads=0),
+        dict(iterations=None, duration=float("nan")),
+        dict(iterations=None, duration=float("inf")),
+    ):
         with pytest.raises(UserInputError):
             profile_models([str(tiny_onnx)], ProfileOptions(**{**FAST, **bad}))
 
@@ -228,8 +254,16 @@ def test_environment_is_recorded():
 
 def test_gpu_and_jetson_parsers(tmp_path):
     gpus = envmod.parse_nvidia_smi("NVIDIA H100 80GB HBM3, 550.54.15, 345 MHz, 1980 MHz, 2619 MHz, 700.00 W\n")
-    assert gpus == [{"name": "NVIDIA H100 80GB HBM3", "driver": "550.54.15", "sm_clock": "345 MHz",
-                     "sm_clock_max": "1980 MHz", "mem_clock": "2619 MHz", "power_limit": "700.00 W"}]
+    assert gpus == [
+        {
+            "name": "NVIDIA H100 80GB HBM3",
+            "driver": "550.54.15",
+            "sm_clock": "345 MHz",
+            "sm_clock_max": "1980 MHz",
+            "mem_clock": "2619 MHz",
+            "power_limit": "700.00 W",
+        }
+    ]
     assert envmod.parse_nvpmodel("NV Power Mode: MAXN\n0\n") == "MAXN (id 0)"
     assert envmod.parse_nvpmodel("NVPM WARN: not root") is None
     # a Jetson-like file tree: locked clocks (min == max), then unlocked GPU clocks
@@ -255,8 +289,10 @@ def test_gpu_and_jetson_parsers(tmp_path):
 
 
 def test_report_files(tmp_path, two_models):
-    result = profile_models([str(m) for m in two_models],
-                            ProfileOptions(batches=(1, 2), per_layer=True, end_to_end=True, layer_iterations=3, **FAST))
+    result = profile_models(
+        [str(m) for m in two_models],
+        ProfileOptions(batches=(1, 2), per_layer=True, end_to_end=True, layer_iterations=3, **FAST),
+    )
     paths = write_report(result, tmp_path / "report")
     assert set(paths) == {"json", "markdown", "latency_plot", "throughput_plot", "layers_plot"}
     data = json.loads(paths["json"].read_text())
@@ -287,7 +323,18 @@ def test_cli_json_is_json_only(two_models):
 
 
 def test_cli_table_and_report(tmp_path, tiny_onnx):
-    res = cli("profile", str(tiny_onnx), "-n", "3", "--warmup", "1", "--end-to-end", "--per-layer", "--report", str(tmp_path / "r"))
+    res = cli(
+        "profile",
+        str(tiny_onnx),
+        "-n",
+        "3",
+        "--warmup",
+        "1",
+        "--end-to-end",
+        "--per-layer",
+        "--report",
+        str(tmp_path / "r"),
+    )
     assert res.exit_code == 0, res.output
     assert "x 1st" in res.stdout and "end-to-end" in res.stdout and "slowest layers" in res.stdout  # the result
     assert (tmp_path / "r" / "profile.md").is_file() and (tmp_path / "r" / "layers.png").is_file()
@@ -322,7 +369,9 @@ def test_checkpoint_and_its_onnx_side_by_side(tmp_path):
     pt = save_checkpoint(tmp_path / "lenet.pt", model, "lenet5", {"num_classes": 3}, contract)
     onnx_path = tmp_path / "lenet.onnx"
     export_onnx(pt, onnx_path, ExportOptions(dynamic_batch=True))
-    result = profile_models([str(pt), str(onnx_path)], ProfileOptions(batches=(1, 2), end_to_end=True, threads=1, **FAST))
+    result = profile_models(
+        [str(pt), str(onnx_path)], ProfileOptions(batches=(1, 2), end_to_end=True, threads=1, **FAST)
+    )
     assert [m.backend for m in result.models] == ["torch", "onnxrt"]
     assert len(result.measurements) == 8 and result.get("lenet.onnx", 2, "end-to-end").latency_ratio > 0
 
@@ -341,7 +390,10 @@ def test_backend_setup_is_not_charged_to_the_first_model(tmp_path):
     b = build_tiny_onnx(tmp_path / "tiny_dyn.onnx")
     proc = subprocess.run(
         [sys.executable, "-m", "edgecnn", "profile", str(a), str(b), "-n", "5", "--warmup", "1", "--json"],
-        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120,
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     first, second = json.loads(proc.stdout)["models"]

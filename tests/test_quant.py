@@ -9,14 +9,13 @@ import cv2
 import numpy as np
 import onnx
 import pytest
+from conftest import build_tiny_onnx, make_image_folder, write_video
 from onnx import numpy_helper
 
-from conftest import build_tiny_onnx, make_image_folder, write_video
 from edgecnn.artifacts import read_onnx_contract
 from edgecnn.quant import calibrators, graph, qdq, trt_cache, weights
 from edgecnn.quant.calib_data import load_calibration
 from edgecnn.quant.calibrators import HIST_BINS, TensorStats
-
 
 # ---------------------------------------------------------------- calibrators vs numpy
 
@@ -103,10 +102,13 @@ def calibrate_tiny(tmp_path, per_class: int, batch: int):
     """The tiny model, its prepared graph, a calibration set of `per_class` images per class, and the statistics of
     every activation tensor over it in batches of `batch`."""
     model_path = build_tiny_onnx(tmp_path / "m.onnx")
-    cs = load_calibration(make_image_folder(tmp_path / "imgs", per_class=per_class),
-                          read_onnx_contract(model_path).preprocess)
+    cs = load_calibration(
+        make_image_folder(tmp_path / "imgs", per_class=per_class), read_onnx_contract(model_path).preprocess
+    )
     prepared = graph.prepare(model_path)
-    stats = calibrators.collect_stats(cs.batches(batch), graph.tensor_runner(prepared, graph.activation_tensors(prepared)))
+    stats = calibrators.collect_stats(
+        cs.batches(batch), graph.tensor_runner(prepared, graph.activation_tensors(prepared))
+    )
     return model_path, prepared, cs, stats
 
 
@@ -186,7 +188,9 @@ def test_fixed_batch_model_calibrates_in_real_batches_when_its_graph_allows(tmp_
         np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6, err_msg=name)
     literal = onnx.ModelProto()  # allowzero=1: the 2 in [2, -1] is literal, so the batch cannot be freed
     literal.CopyFrom(baked)
-    next(n for n in literal.graph.node if n.op_type == "Reshape").attribute.append(onnx.helper.make_attribute("allowzero", 1))
+    next(n for n in literal.graph.node if n.op_type == "Reshape").attribute.append(
+        onnx.helper.make_attribute("allowzero", 1)
+    )
     assert graph.batch_agnostic(literal) is None
 
 
@@ -213,7 +217,9 @@ def test_table_is_byte_exact_and_round_trips(tmp_path):
     assert scales["input"] == pytest.approx(1 / 127, rel=1e-7)
     assert scales["/conv1/Conv_output_0"] == pytest.approx(2.54 / 127, rel=1e-6)
     # a table as TensorRT itself writes it (unpadded zero) reads too
-    (tmp_path / "trt.calib").write_text("TRT-100300-EntropyCalibration2\ndata: 3c008912\n(Unnamed Layer* 64) [Shuffle]_output: 0\n")
+    (tmp_path / "trt.calib").write_text(
+        "TRT-100300-EntropyCalibration2\ndata: 3c008912\n(Unnamed Layer* 64) [Shuffle]_output: 0\n"
+    )
     v, _, sc = trt_cache.read_table(tmp_path / "trt.calib")
     assert v == 100300 and sc["(Unnamed Layer* 64) [Shuffle]_output"] == 0.0 and sc["data"] > 0
 
@@ -244,8 +250,9 @@ def _logits(model, x):
 
     from edgecnn.runtime.onnxrt import session_options
 
-    sess = ort.InferenceSession(model.SerializeToString(), session_options(),
-                                providers=["CPUExecutionProvider"])  # exact INT8 on CPUs without VNNI
+    sess = ort.InferenceSession(
+        model.SerializeToString(), session_options(), providers=["CPUExecutionProvider"]
+    )  # exact INT8 on CPUs without VNNI
     return sess.run(None, {"input": x})[0]
 
 
@@ -279,8 +286,9 @@ def test_cpu_target_structure_and_parity(calibrated):
     qm = qdq.write_qdq(prepared, ranges, "cpu")
     inits = _inits(qm)
     producers = {o: n for n in qm.graph.node for o in n.output}
-    act_zp = {str(inits[n.input[2]].dtype) for n in qm.graph.node
-              if n.op_type == "QuantizeLinear" and n.input[0] not in inits}
+    act_zp = {
+        str(inits[n.input[2]].dtype) for n in qm.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits
+    }
     assert act_zp == {"uint8"}
     conv = next(n for n in qm.graph.node if n.op_type == "Conv")
     w_dq = producers[conv.input[1]]
@@ -324,7 +332,10 @@ def test_cpu_target_pads_the_rgb_stem_to_four_channels(calibrated, tmp_path):
     so.optimized_model_filepath = str(tmp_path / "opt.onnx")
     ort.InferenceSession(padded.SerializeToString(), so, providers=["CPUExecutionProvider"])
     assert [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node].count("QLinearConv") == 2  # still INT8
-    for other in (qdq.write_qdq(prepared, ranges, "tensorrt"), qdq.write_qdq(prepared, ranges, "cpu", exclude=["conv1"])):
+    for other in (
+        qdq.write_qdq(prepared, ranges, "tensorrt"),
+        qdq.write_qdq(prepared, ranges, "cpu", exclude=["conv1"]),
+    ):
         assert all(n.op_type != "Pad" for n in other.graph.node)  # TensorRT takes 3 channels; a float stem stays as is
 
 
@@ -350,17 +361,23 @@ def test_unnamed_rgb_convs_get_distinct_padding_names(tmp_path):
 
     rng = np.random.default_rng(0)
     graph_ = helper.make_graph(
-        [helper.make_node("Conv", ["input", "wa", "ba"], ["a"], pads=[1, 1, 1, 1]),
-         helper.make_node("Conv", ["input", "wb", "bb"], ["b"], pads=[1, 1, 1, 1]),
-         helper.make_node("Concat", ["a", "b"], ["ab"], axis=1),
-         helper.make_node("Relu", ["ab"], ["r"]),
-         helper.make_node("GlobalAveragePool", ["r"], ["logits"])],
-        "two_stems", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 3, 16, 16])],
+        [
+            helper.make_node("Conv", ["input", "wa", "ba"], ["a"], pads=[1, 1, 1, 1]),
+            helper.make_node("Conv", ["input", "wb", "bb"], ["b"], pads=[1, 1, 1, 1]),
+            helper.make_node("Concat", ["a", "b"], ["ab"], axis=1),
+            helper.make_node("Relu", ["ab"], ["r"]),
+            helper.make_node("GlobalAveragePool", ["r"], ["logits"]),
+        ],
+        "two_stems",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 3, 16, 16])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 16, 1, 1])],
-        [numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32), "wa"),
-         numpy_helper.from_array(np.zeros(8, np.float32), "ba"),
-         numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32), "wb"),
-         numpy_helper.from_array(np.zeros(8, np.float32), "bb")])
+        [
+            numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32), "wa"),
+            numpy_helper.from_array(np.zeros(8, np.float32), "ba"),
+            numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32), "wb"),
+            numpy_helper.from_array(np.zeros(8, np.float32), "bb"),
+        ],
+    )
     model = helper.make_model(graph_, opset_imports=[helper.make_opsetid("", 17)])
     onnx.save(model, str(tmp_path / "m.onnx"))
     prepared = graph.prepare(tmp_path / "m.onnx")
@@ -449,8 +466,9 @@ def test_fake_quant_per_channel_matches_numpy():
 def test_bias_correction_removes_the_mean_output_shift(calibrated):
     prepared, _, cs = calibrated
     names = list(weights.correctable_inputs(prepared).values())
-    stats = calibrators.collect_stats(cs.batches(4), graph.tensor_runner(prepared, names), histogram=False,
-                                      channel_means=names)
+    stats = calibrators.collect_stats(
+        cs.batches(4), graph.tensor_runner(prepared, names), histogram=False, channel_means=names
+    )
     means = {n: s.channel_mean for n, s in stats.items()}
     corrected, done = weights.bias_correct(prepared, means)
     assert set(done) == {"conv1", "conv2", "fc"}
@@ -461,7 +479,9 @@ def test_bias_correction_removes_the_mean_output_shift(calibrated):
         conv_w = {n.input[1]: (0 if n.op_type == "Conv" else 0) for n in m.graph.node if n.op_type in ("Conv", "Gemm")}
         for init in m.graph.initializer:
             if init.name in conv_w:
-                init.CopyFrom(numpy_helper.from_array(weights.fake_quant_per_channel(numpy_helper.to_array(init), 0), init.name))
+                init.CopyFrom(
+                    numpy_helper.from_array(weights.fake_quant_per_channel(numpy_helper.to_array(init), 0), init.name)
+                )
         return m
 
     x = np.concatenate(list(cs.batches(100)))
@@ -508,8 +528,8 @@ def test_video_frames_are_spread_over_the_frames_it_really_has(tmp_path):
     path = write_video(tmp_path / "clip.avi", frames=100, fps=25, fourcc="MJPG")
     data = bytearray(path.read_bytes())
     for at in (data.index(b"avih") + 8 + 16, data.index(b"strh") + 8 + 32):  # dwTotalFrames, the stream's dwLength
-        assert int.from_bytes(data[at:at + 4], "little") == 100
-        data[at:at + 4] = (1000).to_bytes(4, "little")
+        assert int.from_bytes(data[at : at + 4], "little") == 100
+        data[at : at + 4] = (1000).to_bytes(4, "little")
     claimed = tmp_path / "claims1000.avi"
     claimed.write_bytes(bytes(data))
     assert cv2.VideoCapture(str(claimed)).get(cv2.CAP_PROP_FRAME_COUNT) == 1000  # OpenCV believes the header
@@ -543,7 +563,9 @@ def test_tensorrt_builds_the_qdq_model(calibrated, tmp_path):
     onnx.save(qdq.write_qdq(prepared, ranges, "tensorrt"), str(path))
     logger = trt.Logger(trt.Logger.ERROR)
     builder = trt.Builder(logger)
-    flags = 0 if int(trt.__version__.split(".")[0]) >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    flags = (
+        0 if int(trt.__version__.split(".")[0]) >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    )
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     assert parser.parse(path.read_bytes()), [str(parser.get_error(i)) for i in range(parser.num_errors)]
@@ -558,14 +580,22 @@ def test_tensorrt_builds_the_qdq_model(calibrated, tmp_path):
 def test_agreement_by_confidence_bins_images_by_fp32_certainty():
     from edgecnn.quant.accuracy import agreement_by_confidence
 
-    fp32 = np.array([[0.0, 0.01, 0.0],  # unsure (p ~ 0.34)
-                     [0.0, 0.02, 0.0],  # unsure
-                     [0.0, 9.0, 0.0],   # sure (p ~ 1.0)
-                     [0.0, 0.0, 1.0]])  # in between (p ~ 0.58)
-    int8 = np.array([[0.02, 0.01, 0.0],  # flipped
-                     [0.0, 0.02, 0.0],
-                     [0.0, 9.0, 0.0],
-                     [0.0, 0.0, 1.0]])
+    fp32 = np.array(
+        [
+            [0.0, 0.01, 0.0],  # unsure (p ~ 0.34)
+            [0.0, 0.02, 0.0],  # unsure
+            [0.0, 9.0, 0.0],  # sure (p ~ 1.0)
+            [0.0, 0.0, 1.0],
+        ]
+    )  # in between (p ~ 0.58)
+    int8 = np.array(
+        [
+            [0.02, 0.01, 0.0],  # flipped
+            [0.0, 0.02, 0.0],
+            [0.0, 9.0, 0.0],
+            [0.0, 0.0, 1.0],
+        ]
+    )
     rows = agreement_by_confidence(fp32, int8, bins=((0.0, 0.5), (0.5, 0.9), (0.9, 1.0)))
     assert [r["images"] for r in rows] == [2, 1, 1]
     assert [r["agreement"] for r in rows] == [0.5, 1.0, 1.0]

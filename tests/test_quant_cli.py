@@ -9,9 +9,9 @@ import shutil
 import numpy as np
 import onnx
 import pytest
+from conftest import build_tiny_onnx, make_image_folder
 from typer.testing import CliRunner
 
-from conftest import build_tiny_onnx, make_image_folder
 from edgecnn.artifacts import read_onnx_contract
 from edgecnn.cli.main import app
 
@@ -33,8 +33,23 @@ def setup(tmp_path):
 def test_quantize_json_outputs_and_metadata(setup, target):
     model, calib, tmp = setup
     out, cache, report = tmp / "tiny.int8.onnx", tmp / "tiny.calib", tmp / "report"
-    res = invoke("quantize", model, "--calib", calib, "--out", out, "--target", target, "--method", "entropy",
-                 "--cache", cache, "--report", report, "--json")
+    res = invoke(
+        "quantize",
+        model,
+        "--calib",
+        calib,
+        "--out",
+        out,
+        "--target",
+        target,
+        "--method",
+        "entropy",
+        "--cache",
+        cache,
+        "--report",
+        report,
+        "--json",
+    )
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
     assert data["target"] == target and data["calibration"]["images"] == 16
@@ -65,8 +80,21 @@ def test_fixed_batch_model_quantizes_and_keeps_its_input_shape(tmp_path):
     calib = make_image_folder(tmp_path / "calib", per_class=7, seed=1)  # 14 images: 7 batches of 2
     val = make_image_folder(tmp_path / "val", classes=("cat", "dog", "bird"), per_class=3, seed=5)  # 9: a padded chunk
     out = tmp_path / "fixed.int8.onnx"
-    res = invoke("quantize", model, "--calib", calib, "--out", out, "--target", "cpu", "--val", val,
-                 "--report", tmp_path / "report", "--json")
+    res = invoke(
+        "quantize",
+        model,
+        "--calib",
+        calib,
+        "--out",
+        out,
+        "--target",
+        "cpu",
+        "--val",
+        val,
+        "--report",
+        tmp_path / "report",
+        "--json",
+    )
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
     assert data["calibration"]["images"] == 14 and data["accuracy"]["images"] == 9
@@ -112,18 +140,61 @@ def test_max_drop_fallback_and_failure(setup):
     cv2.imwrite(str(dark / "d.png"), np.full((32, 32, 3), 118, np.uint8))
     val = make_image_folder(tmp / "val", classes=("street", "park"), per_class=10, seed=7)  # not model classes
     out = tmp / "q.onnx"
-    res = invoke("quantize", model, "--calib", dark, "--out", out, "--val", val, "--method", "minmax",
-                 "--max-drop", "0", "--max-steps", "1", "--json")
-    first = json.loads(invoke("quantize", model, "--calib", dark, "--out", tmp / "probe.onnx", "--val", val,
-                              "--method", "minmax", "--json").stdout)["accuracy"]["drop"]
+    res = invoke(
+        "quantize",
+        model,
+        "--calib",
+        dark,
+        "--out",
+        out,
+        "--val",
+        val,
+        "--method",
+        "minmax",
+        "--max-drop",
+        "0",
+        "--max-steps",
+        "1",
+        "--json",
+    )
+    first = json.loads(
+        invoke(
+            "quantize",
+            model,
+            "--calib",
+            dark,
+            "--out",
+            tmp / "probe.onnx",
+            "--val",
+            val,
+            "--method",
+            "minmax",
+            "--json",
+        ).stdout
+    )["accuracy"]["drop"]
     assert first > 0  # the setup really hurts INT8 (drop = share of images whose top-1 changed)
     assert res.exit_code == 5 and "max-drop" in res.output and "Nothing was written" in res.output
     assert not out.exists()
     failed = json.loads(res.stdout)  # --json: the measured steps too, not only the exit code
     assert "Nothing was written" in failed["error"] and failed["max_drop"] == 0
     assert failed["steps"][0]["drop"] == first and len(failed["steps"]) == 2 and failed["sensitivity"]
-    res = invoke("quantize", model, "--calib", dark, "--out", out, "--val", val, "--method", "minmax",
-                 "--max-drop", "0", "--max-steps", "8", "--json")
+    res = invoke(
+        "quantize",
+        model,
+        "--calib",
+        dark,
+        "--out",
+        out,
+        "--val",
+        val,
+        "--method",
+        "minmax",
+        "--max-drop",
+        "0",
+        "--max-steps",
+        "8",
+        "--json",
+    )
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
     assert data["accuracy"]["drop"] <= 0 and data["excluded"] and len(data["fallback"]["steps"]) >= 2
@@ -136,10 +207,38 @@ def test_cache_leaves_out_the_tensors_of_layers_kept_in_float(setup):
     from edgecnn.quant import trt_cache
 
     model, calib, tmp = setup
-    full = json.loads(invoke("quantize", model, "--calib", calib, "--out", tmp / "a.onnx", "--cache", tmp / "a.calib",
-                             "--target", "tensorrt", "--json").stdout)
-    part = json.loads(invoke("quantize", model, "--calib", calib, "--out", tmp / "b.onnx", "--cache", tmp / "b.calib",
-                             "--target", "tensorrt", "--exclude", "conv2", "--json").stdout)
+    full = json.loads(
+        invoke(
+            "quantize",
+            model,
+            "--calib",
+            calib,
+            "--out",
+            tmp / "a.onnx",
+            "--cache",
+            tmp / "a.calib",
+            "--target",
+            "tensorrt",
+            "--json",
+        ).stdout
+    )
+    part = json.loads(
+        invoke(
+            "quantize",
+            model,
+            "--calib",
+            calib,
+            "--out",
+            tmp / "b.onnx",
+            "--cache",
+            tmp / "b.calib",
+            "--target",
+            "tensorrt",
+            "--exclude",
+            "conv2",
+            "--json",
+        ).stdout
+    )
     _, _, all_scales = trt_cache.read_table(tmp / "a.calib")
     _, _, kept = trt_cache.read_table(tmp / "b.calib")
     gone = set(all_scales) - set(kept)
@@ -170,8 +269,20 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(setup):
     fails(model, "--calib", calib, "--out", out, "--target", "gpu", match="--target")
     fails(model, "--calib", calib, "--out", out, "--method", "mse", match="--method")
     fails(model, "--calib", calib, "--out", out, "--reduce-range", match="--reduce-range is for --target cpu")
-    fails(model, "--calib", calib, "--out", out, "--input-size", "32,32", "--mean", "1", "--std", "1",
-          match="carries its own preprocessing")
+    fails(
+        model,
+        "--calib",
+        calib,
+        "--out",
+        out,
+        "--input-size",
+        "32,32",
+        "--mean",
+        "1",
+        "--std",
+        "1",
+        match="carries its own preprocessing",
+    )
     # outputs are checked before any work: never over an input image, a folder, a file's "subfolder" or each other
     image = sorted(p for p in calib.rglob("*") if p.is_file())[0]
     image_bytes = image.read_bytes()
@@ -186,8 +297,18 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(setup):
     for bad in ("nan", "inf", "-1"):
         fails(model, "--calib", calib, "--out", out, "--max-drop", bad, match="--max-drop must be a number >= 0")
     fails(model, "--calib", calib, "--out", out, "--max-drop", "1", "--max-steps", "0", match="--max-steps")
-    fails(model, "--calib", calib, "--out", out, "--cache", tmp / "t.calib", "--trt-version", "banana",
-          match="TensorRT version")
+    fails(
+        model,
+        "--calib",
+        calib,
+        "--out",
+        out,
+        "--cache",
+        tmp / "t.calib",
+        "--trt-version",
+        "banana",
+        match="TensorRT version",
+    )
     fails(model, "--calib", calib, "--out", out, "--trt-version", "10", match="major.minor.patch")
     assert not (tmp / "t.calib").exists() and not (tmp / "new.onnx").exists()
     # an already quantized model
@@ -205,26 +326,95 @@ def test_model_without_metadata_asks_for_preprocessing(setup):
     onnx.save(bare, str(bare_path))
     res = invoke("quantize", bare_path, "--calib", calib, "--out", tmp / "q.onnx")
     assert res.exit_code == 2 and "--input-size" in res.output and "edgecnn export" in res.output
-    res = invoke("quantize", bare_path, "--calib", calib, "--out", tmp / "q.onnx", "--input-size", "32,32",
-                 "--mean", "120", "--std", "60", "--resize", "resize", "--json")
+    res = invoke(
+        "quantize",
+        bare_path,
+        "--calib",
+        calib,
+        "--out",
+        tmp / "q.onnx",
+        "--input-size",
+        "32,32",
+        "--mean",
+        "120",
+        "--std",
+        "60",
+        "--resize",
+        "resize",
+        "--json",
+    )
     assert res.exit_code == 0, res.output
     contract = read_onnx_contract(tmp / "q.onnx")
     assert contract.labels == ["class_0", "class_1", "class_2"] and contract.preprocess.mean == (120.0,) * 3
-    res = invoke("quantize", bare_path, "--calib", calib, "--out", tmp / "q3.onnx", "--input-size", "32,32",
-                 "--mean", "120", "--std", "60", "--interpolation", "cubic")
+    res = invoke(
+        "quantize",
+        bare_path,
+        "--calib",
+        calib,
+        "--out",
+        tmp / "q3.onnx",
+        "--input-size",
+        "32,32",
+        "--mean",
+        "120",
+        "--std",
+        "60",
+        "--interpolation",
+        "cubic",
+    )
     assert res.exit_code == 0, res.output
     assert read_onnx_contract(tmp / "q3.onnx").preprocess.interpolation == "cubic"
-    res = invoke("quantize", bare_path, "--calib", calib, "--out", tmp / "q4.onnx", "--input-size", "32,32",
-                 "--mean", "120", "--std", "60", "--interpolation", "bicubic")
+    res = invoke(
+        "quantize",
+        bare_path,
+        "--calib",
+        calib,
+        "--out",
+        tmp / "q4.onnx",
+        "--input-size",
+        "32,32",
+        "--mean",
+        "120",
+        "--std",
+        "60",
+        "--interpolation",
+        "bicubic",
+    )
     assert res.exit_code == 2 and "interpolation must be one of" in res.output
     res = invoke("quantize", model, "--calib", calib, "--out", tmp / "q4.onnx", "--interpolation", "cubic")
     assert res.exit_code == 2 and "model without edgecnn metadata" in res.output and not (tmp / "q4.onnx").exists()
-    res = invoke("quantize", bare_path, "--calib", calib, "--out", tmp / "q2.onnx", "--input-size", "100,100",
-                 "--mean", "120", "--std", "60")
+    res = invoke(
+        "quantize",
+        bare_path,
+        "--calib",
+        calib,
+        "--out",
+        tmp / "q2.onnx",
+        "--input-size",
+        "100,100",
+        "--mean",
+        "120",
+        "--std",
+        "60",
+    )
     assert res.exit_code == 2 and "takes 32x32 inputs" in res.output and not (tmp / "q2.onnx").exists()
     (tmp / "two.txt").write_text("cat\ndog\n")  # the model outputs 3 classes: said before any calibration
-    res = invoke("quantize", bare_path, "--calib", calib, "--out", tmp / "q5.onnx", "--input-size", "32,32",
-                 "--mean", "120", "--std", "60", "--labels", tmp / "two.txt")
+    res = invoke(
+        "quantize",
+        bare_path,
+        "--calib",
+        calib,
+        "--out",
+        tmp / "q5.onnx",
+        "--input-size",
+        "32,32",
+        "--mean",
+        "120",
+        "--std",
+        "60",
+        "--labels",
+        tmp / "two.txt",
+    )
     assert res.exit_code == 2 and "--labels has 2 names but bare.onnx outputs 3 classes" in res.output
     assert not (tmp / "q5.onnx").exists()
 
@@ -279,8 +469,19 @@ def test_pretrained_efficientnet_lite0_cpu_target(scenes_dir, tmp_path):
     for p in photos:
         (calib / f"{p.parent.name}_{p.name}").write_bytes(p.read_bytes())
     out = tmp_path / "lite0.int8.onnx"
-    res = invoke("quantize", "efficientnet-lite0", "--calib", calib, "--out", out, "--target", "cpu",
-                 "--cache", tmp_path / "lite0.calib", "--json")
+    res = invoke(
+        "quantize",
+        "efficientnet-lite0",
+        "--calib",
+        calib,
+        "--out",
+        out,
+        "--target",
+        "cpu",
+        "--cache",
+        tmp_path / "lite0.calib",
+        "--json",
+    )
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
     assert data["accuracy"]["agreement"]["top1_in_top5"] >= 0.95
@@ -295,7 +496,9 @@ def test_pretrained_efficientnet_lite0_cpu_target(scenes_dir, tmp_path):
 
     x = np.random.default_rng(0).standard_normal((2, 3, 224, 224)).astype(np.float32)
     plain = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
-    exact = ort.InferenceSession(str(out), session_options(), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    exact = ort.InferenceSession(str(out), session_options(), providers=["CPUExecutionProvider"]).run(
+        None, {"input": x}
+    )[0]
     np.testing.assert_allclose(plain, exact, atol=1e-5)
 
 
@@ -307,8 +510,20 @@ def test_a_full_disk_while_writing_the_outputs_writes_none_of_them(setup, small_
     out.write_bytes(b"earlier model")
     cache.write_text("earlier table")
     (small_disk / "filler").write_bytes(b"\0" * (300 * 1024 - 4096))  # leaves one page at most
-    res = invoke("quantize", model, "--calib", calib, "--out", out, "--cache", cache,
-                 "--report", small_disk / "report", "--json", "--force")
+    res = invoke(
+        "quantize",
+        model,
+        "--calib",
+        calib,
+        "--out",
+        out,
+        "--cache",
+        cache,
+        "--report",
+        small_disk / "report",
+        "--json",
+        "--force",
+    )
     assert res.exit_code == 4, res.output
     assert "nothing was replaced" in res.output and "is the disk full?" in res.output and res.stdout == ""
     assert "internal error" not in res.output
@@ -319,11 +534,15 @@ def test_a_full_disk_while_writing_the_outputs_writes_none_of_them(setup, small_
 
 def test_the_report_names_its_own_files(setup):
     model, calib, tmp = setup
-    data = json.loads(invoke("quantize", model, "--calib", calib, "--out", tmp / "q.onnx", "--report", tmp / "r",
-                             "--json").stdout)
+    data = json.loads(
+        invoke("quantize", model, "--calib", calib, "--out", tmp / "q.onnx", "--report", tmp / "r", "--json").stdout
+    )
     written = json.loads((tmp / "r" / "quantization.json").read_text())
-    assert written["report"] == data["report"] == {"json": str(tmp / "r" / "quantization.json"),
-                                                   "markdown": str(tmp / "r" / "quantization.md")}
+    assert (
+        written["report"]
+        == data["report"]
+        == {"json": str(tmp / "r" / "quantization.json"), "markdown": str(tmp / "r" / "quantization.md")}
+    )
     assert written["sizes"]["int8_bytes"] == (tmp / "q.onnx").stat().st_size
 
 
@@ -351,12 +570,24 @@ def test_the_table_has_a_scale_for_pad_outputs_too(setup):
     padded = onnx.load(str(model))
     conv1 = next(n for n in padded.graph.node if n.name == "conv1")
     padded.graph.initializer.append(numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads"))
-    padded.graph.node.insert(0, helper.make_node("Pad", ["input", "pads"], ["input_padded"], name="pad", mode="constant"))
+    padded.graph.node.insert(
+        0, helper.make_node("Pad", ["input", "pads"], ["input_padded"], name="pad", mode="constant")
+    )
     conv1.input[0] = "input_padded"
     del conv1.attribute[:]  # the Pad does the padding now
     onnx.save(padded, str(tmp / "padded.onnx"))
-    res = invoke("quantize", tmp / "padded.onnx", "--calib", calib, "--out", tmp / "q.onnx", "--cache", tmp / "q.calib",
-                 "--target", "tensorrt")
+    res = invoke(
+        "quantize",
+        tmp / "padded.onnx",
+        "--calib",
+        calib,
+        "--out",
+        tmp / "q.onnx",
+        "--cache",
+        tmp / "q.calib",
+        "--target",
+        "tensorrt",
+    )
     assert res.exit_code == 0, res.output
     _, _, scales = trt_cache.read_table(tmp / "q.calib")
     assert scales["input_padded"] == scales["input"]

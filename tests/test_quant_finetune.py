@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-
 from conftest import build_tiny_onnx, make_image_folder
+
 from edgecnn.artifacts import read_onnx_contract
 from edgecnn.errors import UserInputError
 from edgecnn.quant import QuantOptions, calibrators, graph, qdq, quantize
@@ -24,8 +24,9 @@ def _run(model, x):
 
     from edgecnn.runtime.onnxrt import session_options
 
-    sess = ort.InferenceSession(model.SerializeToString(), session_options(),
-                                providers=["CPUExecutionProvider"])  # exact INT8 on CPUs without VNNI
+    sess = ort.InferenceSession(
+        model.SerializeToString(), session_options(), providers=["CPUExecutionProvider"]
+    )  # exact INT8 on CPUs without VNNI
     return sess.run(None, {sess.get_inputs()[0].name: x})[0]
 
 
@@ -87,7 +88,8 @@ def test_fixed_batch_graph_is_trained_at_its_own_batch_size(tmp_path):
     x = np.concatenate(list(cs.batches(4)))
     ranges = calibrators.compute_ranges(
         calibrators.collect_stats(cs.batches(4), graph.tensor_runner(prepared, graph.activation_tensors(prepared))),
-        "minmax")
+        "minmax",
+    )
     tuned, summary = finetune(prepared, qdq.write_qdq(prepared, ranges, "cpu"), x, epochs=2, lr=1e-4, batch=16)
     assert len(x) == 10 and summary["steps"] == 2 * 3  # batches of 4: 4 + 4 + (2 + 2 from the start)
     assert np.isfinite(summary["loss_last_epoch"])
@@ -96,8 +98,12 @@ def test_fixed_batch_graph_is_trained_at_its_own_batch_size(tmp_path):
 def test_quantize_with_finetune_reports_it(setup, tmp_path):
     model_path, folder, *_ = setup
     val = make_image_folder(tmp_path / "val", per_class=6, size=(24, 24), seed=9)
-    r = quantize(model_path, tmp_path / "q.onnx", folder,
-                 QuantOptions(target="cpu", method="minmax", finetune=2, finetune_lr=1e-4, val=val, threads=1))
+    r = quantize(
+        model_path,
+        tmp_path / "q.onnx",
+        folder,
+        QuantOptions(target="cpu", method="minmax", finetune=2, finetune_lr=1e-4, val=val, threads=1),
+    )
     assert r["finetune"]["epochs"] == 2 and r["finetune"]["images"] == 32
     contract = read_onnx_contract(tmp_path / "q.onnx")
     assert contract.provenance["quantization"]["finetune"] == {"epochs": 2, "lr": 1e-4, "images": 32}
@@ -131,8 +137,25 @@ def test_cli_finetune_summary_and_report(setup, tmp_path):
     from edgecnn.cli.main import app
 
     model_path, folder, *_ = setup
-    res = CliRunner().invoke(app, ["quantize", str(model_path), "--calib", str(folder), "--out", str(tmp_path / "q.onnx"),
-                                   "--finetune", "2", "--finetune-lr", "1e-4", "--report", str(tmp_path / "rep")])
+    res = CliRunner().invoke(
+        app,
+        [
+            "quantize",
+            str(model_path),
+            "--calib",
+            str(folder),
+            "--out",
+            str(tmp_path / "q.onnx"),
+            "--finetune",
+            "2",
+            "--finetune-lr",
+            "1e-4",
+            "--report",
+            str(tmp_path / "rep"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "fine-tuned: 2 epoch(s) on 32 images" in res.output and "optimistic" in res.output
-    assert "quantization-aware fine-tuning: 2 epoch(s) on 32 images" in (tmp_path / "rep" / "quantization.md").read_text()
+    assert (
+        "quantization-aware fine-tuning: 2 epoch(s) on 32 images" in (tmp_path / "rep" / "quantization.md").read_text()
+    )

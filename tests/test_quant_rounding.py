@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from conftest import build_tiny_onnx, make_image_folder
 from onnx import numpy_helper
 
-from conftest import build_tiny_onnx, make_image_folder
 from edgecnn.errors import UserInputError
 from edgecnn.quant import QuantOptions, qdq, quantize, rounding
 from edgecnn.quant.weights import fake_quant_per_channel
@@ -24,17 +24,20 @@ def im2col(x, kernel, pads, strides, dilations):
     out = np.empty((n, oh, ow, c, kh, kw), np.float32)
     for i in range(oh):
         for j in range(ow):
-            out[:, i, j] = xp[:, :, i * sy: i * sy + dy * (kh - 1) + 1: dy, j * sx: j * sx + dx * (kw - 1) + 1: dx]
+            out[:, i, j] = xp[:, :, i * sy : i * sy + dy * (kh - 1) + 1 : dy, j * sx : j * sx + dx * (kw - 1) + 1 : dx]
     return out.reshape(-1, c, kh, kw)
 
 
-@pytest.mark.parametrize("group,kernel,pads,strides,dilations", [
-    (1, (3, 3), [1, 1, 1, 1], [1, 1], [1, 1]),
-    (1, (3, 3), [0, 0, 1, 1], [2, 2], [1, 1]),  # TensorFlow-style asymmetric padding, stride 2
-    (6, (5, 5), [2, 2, 2, 2], [1, 1], [1, 1]),  # depthwise 5x5
-    (3, (3, 3), [2, 1, 2, 1], [1, 2], [2, 1]),  # grouped, dilated, mixed strides
-    (1, (1, 1), [0, 0, 0, 0], [1, 1], [1, 1]),  # pointwise
-])
+@pytest.mark.parametrize(
+    "group,kernel,pads,strides,dilations",
+    [
+        (1, (3, 3), [1, 1, 1, 1], [1, 1], [1, 1]),
+        (1, (3, 3), [0, 0, 1, 1], [2, 2], [1, 1]),  # TensorFlow-style asymmetric padding, stride 2
+        (6, (5, 5), [2, 2, 2, 2], [1, 1], [1, 1]),  # depthwise 5x5
+        (3, (3, 3), [2, 1, 2, 1], [1, 2], [2, 1]),  # grouped, dilated, mixed strides
+        (1, (1, 1), [0, 0, 0, 0], [1, 1], [1, 1]),  # pointwise
+    ],
+)
 def test_hessian_of_sampled_patches_matches_plain_im2col(group, kernel, pads, strides, dilations, monkeypatch):
     """With a budget larger than the number of positions every patch is used once: H must equal the im2col sum."""
     monkeypatch.setattr(rounding, "SAMPLES", 10**6)
@@ -89,7 +92,7 @@ def test_per_row_hessians_and_dead_inputs():
     for r in range(4):
         e = (q[r] - w[r]) @ xs[r].T
         e_rtn = (fake_quant_per_channel(w, 0)[r] - w[r]) @ xs[r].T
-        assert np.mean(e ** 2) <= np.mean(e_rtn ** 2) * 1.01
+        assert np.mean(e**2) <= np.mean(e_rtn**2) * 1.01
 
 
 def test_buffered_patches_give_the_same_hessian(tmp_path, monkeypatch):
@@ -122,8 +125,9 @@ def tiny(tmp_path):
 @pytest.mark.parametrize("target,reduce_range,qmax", [("tensorrt", None, 127), ("cpu", None, 64), ("cpu", False, 127)])
 def test_qdq_model_carries_exactly_the_gptq_integers(tiny, target, reduce_range, qmax):
     model, calib, tmp = tiny
-    r = quantize(model, tmp / "q.onnx", calib, QuantOptions(target=target, bias_correction=False,
-                                                            reduce_range=reduce_range))
+    r = quantize(
+        model, tmp / "q.onnx", calib, QuantOptions(target=target, bias_correction=False, reduce_range=reduce_range)
+    )
     assert r["rounding"] == {"method": "gptq", "layers": 3, "seconds": r["rounding"]["seconds"]}
     assert r["weights"]["qmax"] == qmax
     from edgecnn.artifacts import read_onnx_contract
@@ -135,10 +139,15 @@ def test_qdq_model_carries_exactly_the_gptq_integers(tiny, target, reduce_range,
     qm = onnx.load(str(tmp / "q.onnx"))
     inits = {i.name: numpy_helper.to_array(i) for i in qm.graph.initializer}
     for name, wq in expected.items():
-        ints = next(v for k, v in inits.items() if k.startswith(name) and v.dtype == np.int8
-                    and v.shape[0] == wq.shape[0] and v.ndim == wq.ndim)
-        if target == "cpu" and wq.ndim == 4 and wq.shape[1] < 4:  # the stem's zero channels (qdq.pad_conv_input_channels)
-            assert ints.shape[1] == 4 and not ints[:, wq.shape[1]:].any()
+        ints = next(
+            v
+            for k, v in inits.items()
+            if k.startswith(name) and v.dtype == np.int8 and v.shape[0] == wq.shape[0] and v.ndim == wq.ndim
+        )
+        if (
+            target == "cpu" and wq.ndim == 4 and wq.shape[1] < 4
+        ):  # the stem's zero channels (qdq.pad_conv_input_channels)
+            assert ints.shape[1] == 4 and not ints[:, wq.shape[1] :].any()
             ints = ints[:, : wq.shape[1]]
         axis = 0 if wq.ndim == 4 or name == "fc.w" else 1
         scale = np.abs(np.moveaxis(wq, axis, 0)).reshape(wq.shape[axis], -1).max(axis=1) / qmax
@@ -172,8 +181,12 @@ def test_gptq_lowers_int8_error_on_the_real_network(tmp_path, scenes_dir):
             (folders[name] / f"{photos[i].parent.name}_{photos[i].name}").symlink_to(photos[i].resolve())
     diff = {}
     for method in ("nearest", "gptq"):
-        r = quantize("efficientnet-lite0", tmp_path / f"{method}.onnx", folders["cal"],
-                     QuantOptions(target="cpu", rounding=method, val=folders["held"]))
+        r = quantize(
+            "efficientnet-lite0",
+            tmp_path / f"{method}.onnx",
+            folders["cal"],
+            QuantOptions(target="cpu", rounding=method, val=folders["held"]),
+        )
         diff[method] = r["accuracy"]["agreement"]["mean_abs_diff"]
     assert diff["gptq"] < 0.95 * diff["nearest"], diff
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+
 import numpy as np
 import pytest
 
@@ -106,14 +107,16 @@ def test_load_errors(tmp_path):
 def test_labels_must_match_the_models_outputs(tmp_path):
     """More labels than outputs would name classes that do not exist; fewer failed on the first prediction."""
     import onnx
-
     from conftest import build_tiny_onnx
+
     from edgecnn.errors import ArtifactError
 
     model = build_tiny_onnx(tmp_path / "three.onnx")  # 3 outputs
-    for labels, match in ((["a", "b"], "outputs 3 classes but its metadata lists 2 labels"),
-                          (["a", "b", "c", "d"], "lists 4 labels"),
-                          ({"a": 0, "b": 1, "c": 2}, "labels must be a list")):
+    for labels, match in (
+        (["a", "b"], "outputs 3 classes but its metadata lists 2 labels"),
+        (["a", "b", "c", "d"], "lists 4 labels"),
+        ({"a": 0, "b": 1, "c": 2}, "labels must be a list"),
+    ):
         m = onnx.load(str(model))
         for prop in m.metadata_props:
             if prop.key == "edgecnn.labels":
@@ -183,16 +186,19 @@ def _small_graph(path, input_type, head):
     from edgecnn.artifacts import ModelContract, save_onnx, write_onnx_contract
     from edgecnn.preprocess import PreprocessConfig
 
-    nodes = [helper.make_node("Cast", ["input"], ["x"], to=TensorProto.FLOAT),
-             helper.make_node("GlobalAveragePool", ["x"], ["gap"])]
+    nodes = [
+        helper.make_node("Cast", ["input"], ["x"], to=TensorProto.FLOAT),
+        helper.make_node("GlobalAveragePool", ["x"], ["gap"]),
+    ]
     if head == "flat":
         nodes.append(helper.make_node("Flatten", ["gap"], ["logits"]))
         out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])
     else:
         nodes.append(helper.make_node("Identity", ["gap"], ["logits"]))
         out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3, 1, 1])
-    graph = helper.make_graph(nodes, "small", [helper.make_tensor_value_info("input", input_type, ["N", 3, 32, 32])],
-                              [out])
+    graph = helper.make_graph(
+        nodes, "small", [helper.make_tensor_value_info("input", input_type, ["N", 3, 32, 32])], [out]
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
@@ -204,9 +210,9 @@ def test_a_damaged_onnx_contract_is_an_artifact_error_naming_the_file(tmp_path):
     """Problems inside the model file are exit 4 with the file's name, found at load: never 'Invalid preprocessing'
     blamed on the user (exit 2), a failure at the first inference, or an internal error."""
     import cv2
+    from conftest import build_tiny_onnx
     from typer.testing import CliRunner
 
-    from conftest import build_tiny_onnx
     from edgecnn.artifacts import read_onnx_contract
     from edgecnn.cli.main import app
     from edgecnn.errors import ArtifactError
@@ -217,11 +223,19 @@ def test_a_damaged_onnx_contract_is_an_artifact_error_naming_the_file(tmp_path):
     OnnxRuntimeRunner(_small_graph(tmp_path / "float.onnx", 1, "flat")).close()  # the small graph itself is fine
     cases = [
         (_edit_contract(good, tmp_path / "std0.onnx", preprocess={**pre, "std": [0, 0, 0]}), r"std0.onnx: .*std"),
-        (_edit_contract(good, tmp_path / "size64.onnx", preprocess={**pre, "input_size": [64, 64]}),
-         r"size64.onnx: its input is \(N, 3, 32, 32\) but its metadata's preprocessing makes \(N, 3, 64, 64\)"),
-        (_small_graph(tmp_path / "uint8.onnx", 2, "flat"), r"uint8.onnx takes uint8 input; edgecnn models take float32"),
-        (_small_graph(tmp_path / "map.onnx", 1, "map"), r"map.onnx: its output 'logits' has shape \(N, 3, 1, 1\), "
-                                                          r"not \(batch, classes\)"),
+        (
+            _edit_contract(good, tmp_path / "size64.onnx", preprocess={**pre, "input_size": [64, 64]}),
+            r"size64.onnx: its input is \(N, 3, 32, 32\) but its metadata's preprocessing makes \(N, 3, 64, 64\)",
+        ),
+        (
+            _small_graph(tmp_path / "uint8.onnx", 2, "flat"),
+            r"uint8.onnx takes uint8 input; edgecnn models take float32",
+        ),
+        (
+            _small_graph(tmp_path / "map.onnx", 1, "map"),
+            r"map.onnx: its output 'logits' has shape \(N, 3, 1, 1\), "
+            r"not \(batch, classes\)",
+        ),
     ]
     img = tmp_path / "img.jpg"
     cv2.imwrite(str(img), np.full((32, 32, 3), 100, np.uint8))

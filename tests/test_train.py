@@ -67,7 +67,9 @@ def test_fit_writes_checkpoint_metrics_and_plot(folder, tmp_path):
     # The checkpoint carries the contract and the summary, loads weights-only and reproduces the validation accuracy
     # through the public preprocess() on the original files.
     model, contract, ckpt = load_checkpoint(result.checkpoint)
-    assert contract.labels == ["cat", "dog"] and contract.arch == "cifar-cnn" and contract.preprocess == CIFAR_PREPROCESS
+    assert (
+        contract.labels == ["cat", "dog"] and contract.arch == "cifar-cnn" and contract.preprocess == CIFAR_PREPROCESS
+    )
     assert ckpt["training"]["best_epoch"] == result.best_epoch and ckpt["training"]["num_train"] == 12
     assert ckpt["arch_kwargs"] == {"num_classes": 2}
     best = result.history[result.best_epoch - 1]
@@ -202,7 +204,9 @@ def test_budget_spent_at_an_epoch_boundary_is_written_to_the_files(folder, tmp_p
     from edgecnn import train as train_module
 
     real_lr = train_module._Run._lr
-    monkeypatch.setattr(train_module._Run, "_lr", lambda self, epoch, i, t0: None if epoch == 3 else real_lr(self, epoch, i, t0))
+    monkeypatch.setattr(
+        train_module._Run, "_lr", lambda self, epoch, i, t0: None if epoch == 3 else real_lr(self, epoch, i, t0)
+    )
     result = fit(_cfg(folder, tmp_path / "m.pt", epochs=5, time_budget=10.0, val_split=0.0))
     assert result.out_of_time and result.epochs_run == 2
     for path in (result.last_checkpoint, result.checkpoint):
@@ -248,8 +252,14 @@ def test_train_test_pair_and_val_folder(tmp_path):
     [
         (lambda d: d.mkdir(), "No images found"),
         (lambda d: make_image_folder(d, classes=("cat",), per_class=3), "need at least 2"),
-        (lambda d: [make_image_folder(d, classes=("cat",), per_class=3), (d / "dog").mkdir(),
-                    (d / "dog" / "x.jpg").write_bytes(b"garbage")], "Only class 'cat'"),
+        (
+            lambda d: [
+                make_image_folder(d, classes=("cat",), per_class=3),
+                (d / "dog").mkdir(),
+                (d / "dog" / "x.jpg").write_bytes(b"garbage"),
+            ],
+            "Only class 'cat'",
+        ),
         (lambda d: None, "does not exist"),
     ],
     ids=["empty", "single-class", "single-readable-class", "missing"],
@@ -299,7 +309,9 @@ def test_val_split_keeps_a_training_image_of_every_class(tmp_path):
 
 
 def test_arch_kwargs_travel_into_the_checkpoint(folder, tmp_path):
-    result = fit(_cfg(folder, tmp_path / "m.pt", arch="resnet8", epochs=1, arch_kwargs={"width_mult": 0.5}, img_size=24))
+    result = fit(
+        _cfg(folder, tmp_path / "m.pt", arch="resnet8", epochs=1, arch_kwargs={"width_mult": 0.5}, img_size=24)
+    )
     model, contract, ckpt = load_checkpoint(result.checkpoint)
     assert ckpt["arch_kwargs"] == {"width_mult": 0.5, "num_classes": 2}
     assert contract.preprocess.input_size == (24, 24) and contract.preprocess.mean == CIFAR_PREPROCESS.mean
@@ -314,8 +326,18 @@ def test_transfer_learning_keeps_the_pretrained_preprocessing(scenes_dir, tmp_pa
         (data / cls).mkdir(parents=True)
         for src in sorted((scenes_dir / cls).glob("*.jpg"))[:10]:
             os.symlink(src, data / cls / src.name)
-    result = fit(_cfg(data, tmp_path / "m.pt", arch="efficientnet-lite0", pretrained=True, epochs=1, img_size=96,
-                      batch_size=8, val_split=0.2))
+    result = fit(
+        _cfg(
+            data,
+            tmp_path / "m.pt",
+            arch="efficientnet-lite0",
+            pretrained=True,
+            epochs=1,
+            img_size=96,
+            batch_size=8,
+            val_split=0.2,
+        )
+    )
     model, contract, ckpt = load_checkpoint(result.checkpoint)
     pre = contract.preprocess
     assert pre.input_size == (96, 96) and pre.mean == (127.0,) * 3 and pre.std == (128.0,) * 3
@@ -351,8 +373,29 @@ def _invoke(args):
 
 def test_cli_train_json(folder, tmp_path):
     out = tmp_path / "cli" / "m.pt"
-    r = _invoke(["train", str(folder), "--arch", "lenet5", "--epochs", "2", "--batch-size", "4", "--lr", "0.002",
-                 "--val-split", "0.25", "--seed", "3", "--workers", "1", "--out", str(out), "--json"])
+    r = _invoke(
+        [
+            "train",
+            str(folder),
+            "--arch",
+            "lenet5",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "4",
+            "--lr",
+            "0.002",
+            "--val-split",
+            "0.25",
+            "--seed",
+            "3",
+            "--workers",
+            "1",
+            "--out",
+            str(out),
+            "--json",
+        ]
+    )
     assert r.exit_code == 0, r.output
     summary = json.loads(r.stdout)
     assert summary["arch"] == "lenet5" and summary["epochs_run"] == 2 and summary["classes"] == ["cat", "dog"]
@@ -365,8 +408,21 @@ def test_cli_train_human_output_and_resume(folder, tmp_path):
     r = _invoke(["train", str(folder), "--epochs", "1", "--batch-size", "4", "--out", str(out)])
     assert r.exit_code == 0, r.output
     assert "epoch   1/1" in r.output and "checkpoint" in r.output
-    r = _invoke(["train", str(folder), "--epochs", "2", "--batch-size", "4", "--resume", str(out.with_suffix(".last.pt")),
-                 "--out", str(tmp_path / "m2.pt"), "--json"])
+    r = _invoke(
+        [
+            "train",
+            str(folder),
+            "--epochs",
+            "2",
+            "--batch-size",
+            "4",
+            "--resume",
+            str(out.with_suffix(".last.pt")),
+            "--out",
+            str(tmp_path / "m2.pt"),
+            "--json",
+        ]
+    )
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["epochs_run"] == 2
 
@@ -409,7 +465,9 @@ def test_cli_train_export_eval_end_to_end(tmp_path):
     make_image_folder(root / "train", per_class=8, seed=1)
     make_image_folder(root / "val", per_class=4, seed=2)
     ckpt, onnx_path = tmp_path / "m.pt", tmp_path / "m.onnx"
-    r = _invoke(["train", str(root), "--arch", "resnet8", "--epochs", "2", "--batch-size", "4", "--out", str(ckpt), "--json"])
+    r = _invoke(
+        ["train", str(root), "--arch", "resnet8", "--epochs", "2", "--batch-size", "4", "--out", str(ckpt), "--json"]
+    )
     assert r.exit_code == 0, r.output
     trained = json.loads(r.stdout)
     assert trained["num_val"] == 8
@@ -491,8 +549,11 @@ def test_resume_continues_with_the_runs_own_settings(folder, tmp_path):
     """An SGD run with its own batch size, seed and learning rate resumes with them (it failed with a KeyError when
     the default AdamW met SGD's optimizer state); another value given explicitly is refused by name."""
     first = fit(_cfg(folder, tmp_path / "a" / "m.pt", epochs=1, optimizer="sgd", batch_size=3, seed=7, lr=0.01))
-    resumed = fit(TrainConfig(data=folder, arch="", out=tmp_path / "b" / "m.pt", epochs=2, workers=1,
-                              resume=first.last_checkpoint))
+    resumed = fit(
+        TrainConfig(
+            data=folder, arch="", out=tmp_path / "b" / "m.pt", epochs=2, workers=1, resume=first.last_checkpoint
+        )
+    )
     config = read_checkpoint(resumed.checkpoint)["training"]["config"]
     assert (config["optimizer"], config["batch_size"], config["seed"], config["val_split"]) == ("sgd", 3, 7, 0.25)
     assert read_checkpoint(resumed.last_checkpoint)["training"]["lr"] == 0.01
@@ -557,13 +618,26 @@ def test_cli_refuses_an_earlier_run_and_resumes_an_sgd_run(folder, tmp_path):
     assert _invoke([*base, "--force"]).exit_code == 0
 
     # Continue in place without repeating the settings: --optimizer sgd comes from the checkpoint.
-    r = _invoke(["train", str(folder), "--epochs", "2", "--resume", str(side_paths(out)["last"]), "--out", str(out),
-                 "--json"])
+    r = _invoke(
+        ["train", str(folder), "--epochs", "2", "--resume", str(side_paths(out)["last"]), "--out", str(out), "--json"]
+    )
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["epochs_run"] == 2
     # An explicit --optimizer adamw (the default value, typed) is not silently replaced by sgd.
-    r = _invoke(["train", str(folder), "--epochs", "3", "--optimizer", "adamw", "--resume",
-                 str(side_paths(out)["last"]), "--out", str(out)])
+    r = _invoke(
+        [
+            "train",
+            str(folder),
+            "--epochs",
+            "3",
+            "--optimizer",
+            "adamw",
+            "--resume",
+            str(side_paths(out)["last"]),
+            "--out",
+            str(out),
+        ]
+    )
     assert r.exit_code == 2 and "optimizer = 'sgd', not 'adamw'" in r.output
 
 
@@ -576,6 +650,7 @@ def test_cli_prints_the_empty_class_warning(folder, tmp_path):
 
 def _interrupted(folder, out, **kw):
     """A run stopped by Ctrl-C right after its first epoch (the callback raises where the user's key would)."""
+
     def stop(ev):
         if ev.phase == "epoch":
             raise KeyboardInterrupt
@@ -604,10 +679,18 @@ def test_resume_from_a_damaged_or_stripped_checkpoint(folder, tmp_path):
 
     last = _interrupted(folder, tmp_path / "a" / "m.pt", epochs=2)
     ckpt = torch.load(last, weights_only=True)
-    for where, key, value in (("config", "batch_size", "abc"), ("config", "augment", 1), ("config", "epochs", 2.5),
-                              ("extra", "epoch", "1"), ("training", "world_size", [1])):
-        bad = {**ckpt, "training": {**ckpt["training"], "config": dict(ckpt["training"]["config"])},
-               "extra": dict(ckpt["extra"])}
+    for where, key, value in (
+        ("config", "batch_size", "abc"),
+        ("config", "augment", 1),
+        ("config", "epochs", 2.5),
+        ("extra", "epoch", "1"),
+        ("training", "world_size", [1]),
+    ):
+        bad = {
+            **ckpt,
+            "training": {**ckpt["training"], "config": dict(ckpt["training"]["config"])},
+            "extra": dict(ckpt["extra"]),
+        }
         (bad["training"]["config"] if where == "config" else bad[where])[key] = value
         path = tmp_path / f"bad-{key}.last.pt"
         torch.save(bad, path)

@@ -59,8 +59,20 @@ def test_without_tensorrt_on_jetson_points_to_jetpack(tiny_onnx, tmp_path, no_te
 
 
 def test_print_trtexec_works_without_tensorrt(tiny_onnx, tmp_path, no_tensorrt, off_jetson):
-    result = runner.invoke(app, ["build-engine", str(tiny_onnx), "--out", "t.engine", "--print-trtexec",
-                                 "--precision", "fp16", "--batch", "1:4:8"])
+    result = runner.invoke(
+        app,
+        [
+            "build-engine",
+            str(tiny_onnx),
+            "--out",
+            "t.engine",
+            "--print-trtexec",
+            "--precision",
+            "fp16",
+            "--batch",
+            "1:4:8",
+        ],
+    )
     assert result.exit_code == 0, result.stderr
     assert result.stdout.strip() == (
         f"trtexec --onnx={tiny_onnx} --saveEngine=t.engine --minShapes=input:1x3x32x32 --optShapes=input:4x3x32x32 "
@@ -78,8 +90,20 @@ def test_print_trtexec_defaults_to_the_detected_jetson_and_its_jetpack(tiny_onnx
 
 
 def test_print_trtexec_for_tensorrt_11_fp16(tiny_onnx, no_tensorrt, off_jetson):
-    result = runner.invoke(app, ["build-engine", str(tiny_onnx), "--out", "t.engine", "--print-trtexec",
-                                 "--trt-version", "11.4.1", "--precision", "fp16"])
+    result = runner.invoke(
+        app,
+        [
+            "build-engine",
+            str(tiny_onnx),
+            "--out",
+            "t.engine",
+            "--print-trtexec",
+            "--trt-version",
+            "11.4.1",
+            "--precision",
+            "fp16",
+        ],
+    )
     assert result.exit_code == 0
     lines = result.stdout.strip().splitlines()
     assert lines[1].startswith("python3 -c ") and "convert_fp16" in lines[1]
@@ -92,6 +116,7 @@ def files(tmp_path, tiny_onnx):
     """What the command lines below refer to: {model}, {fixed} (batch fixed at 1), {cache} (a valid calibration
     table), {out} (an engine path in an empty folder)."""
     from conftest import build_tiny_onnx
+
     from edgecnn.quant.trt_cache import write_table
 
     return {
@@ -124,16 +149,19 @@ INVALID = [
     (["{model}", "--batch", "4:2:1"], "MIN <= OPT <= MAX"),
     (["{model}", "--workspace", "lots"], "--workspace"),
     (["{model}", "--precision", "int8"], "edgecnn quantize MODEL.onnx --target tensorrt"),
-    (["{model}", "--precision", "int8", "--calib-cache", "{cache}", "--trt-version", "11.4.1"],
-     "removed implicit INT8"),
+    (
+        ["{model}", "--precision", "int8", "--calib-cache", "{cache}", "--trt-version", "11.4.1"],
+        "removed implicit INT8",
+    ),
     (["{model}", "--precision", "fp16", "--calib-cache", "{cache}"], "only applies to --precision int8"),
 ]
 
 
 @pytest.mark.parametrize("print_trtexec", [True, False], ids=["print-trtexec", "build"])
 @pytest.mark.parametrize("argv, fragment", INVALID)
-def test_invalid_options_exit_2_before_tensorrt_is_looked_for(files, no_tensorrt, off_jetson, argv, fragment,
-                                                              print_trtexec):
+def test_invalid_options_exit_2_before_tensorrt_is_looked_for(
+    files, no_tensorrt, off_jetson, argv, fragment, print_trtexec
+):
     """The same checks with and without --print-trtexec: without TensorRT a bad option is still exit 2 naming the
     option, never exit 3 "TensorRT is not installed"."""
     result = _invoke([*argv, "--out", "{out}"], files, print_trtexec)
@@ -144,8 +172,10 @@ def test_invalid_options_exit_2_before_tensorrt_is_looked_for(files, no_tensorrt
 
 
 def test_valid_options_reach_the_tensorrt_check(files, no_tensorrt, off_jetson):
-    for argv in (["{model}", "--precision", "int8", "--calib-cache", "{cache}", "--batch", "1:2:4"],
-                 ["{fixed}", "--batch", "1", "--trt-version", "10.3", "--precision", "fp16"]):
+    for argv in (
+        ["{model}", "--precision", "int8", "--calib-cache", "{cache}", "--batch", "1:2:4"],
+        ["{fixed}", "--batch", "1", "--trt-version", "10.3", "--precision", "fp16"],
+    ):
         result = _invoke([*argv, "--out", "{out}"], files, print_trtexec=False)
         assert result.exit_code == 3 and "TensorRT is not installed" in result.stderr, result.stderr
         assert _invoke([*argv, "--out", "{out}"], files, print_trtexec=True).exit_code == 0
@@ -176,15 +206,17 @@ def test_jetson_preset_off_a_jetson_is_refused_before_tensorrt(files, no_tensorr
     ids=["garbage", "empty", "binary", "header-only", "bad-line", "legacy", "missing", "folder"],
 )
 @pytest.mark.parametrize("print_trtexec", [True, False], ids=["print-trtexec", "build"])
-def test_calibration_cache_is_checked_up_front(files, tmp_path, no_tensorrt, off_jetson, content, fragment,
-                                               print_trtexec):
+def test_calibration_cache_is_checked_up_front(
+    files, tmp_path, no_tensorrt, off_jetson, content, fragment, print_trtexec
+):
     cache = tmp_path / "bad.cache"
     if content == "folder":
         cache.mkdir()
     elif content is not None:
         cache.write_bytes(content)
-    result = _invoke(["{model}", "--precision", "int8", "--calib-cache", str(cache), "--out", "{out}"], files,
-                     print_trtexec)
+    result = _invoke(
+        ["{model}", "--precision", "int8", "--calib-cache", str(cache), "--out", "{out}"], files, print_trtexec
+    )
     assert result.exit_code == 2, result.stderr
     assert result.stderr.startswith(f"error: --calib-cache {cache}") and fragment in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -264,8 +296,10 @@ def test_cpu_target_int8_model_is_refused(tiny_onnx, files, tmp_path, no_tensorr
     cpu = make_target_qdq_onnx(tiny_onnx, tmp_path / "tiny.cpu.int8.onnx", "cpu", provenance_target="cpu")
     result = _invoke([str(cpu), "--precision", "int8", "--out", "{out}"], files, print_trtexec)
     assert result.exit_code == 2
-    assert ("this INT8 model was quantized for ONNX Runtime CPU (--target cpu): for TensorRT quantize with "
-            "--target tensorrt") in result.stderr
+    assert (
+        "this INT8 model was quantized for ONNX Runtime CPU (--target cpu): for TensorRT quantize with "
+        "--target tensorrt"
+    ) in result.stderr
     trt = make_target_qdq_onnx(tiny_onnx, tmp_path / "tiny.trt.int8.onnx", "tensorrt", provenance_target="tensorrt")
     result = _invoke([str(trt), "--precision", "int8", "--out", "{out}"], files, print_trtexec)
     assert result.exit_code == (0 if print_trtexec else 3), result.stderr
@@ -289,9 +323,12 @@ def fake_tensorrt(monkeypatch):
         calls.append(plan)
         if plan.timing_cache:
             atomic_write_bytes(plan.timing_cache, b"timing cache v2")
-        io = {"inputs": [{"name": plan.input_name, "shape": [-1, 3, 32, 32], "dtype": "float32",
-                          "profile": plan.profile}],
-              "outputs": [{"name": "logits", "shape": [-1, 3], "dtype": "float32"}]}
+        io = {
+            "inputs": [
+                {"name": plan.input_name, "shape": [-1, 3, 32, 32], "dtype": "float32", "profile": plan.profile}
+            ],
+            "outputs": [{"name": "logits", "shape": [-1, 3], "dtype": "float32"}],
+        }
         return b"serialized engine", io
 
     monkeypatch.setattr(env, "runtime_facts", lambda device=0: dict(here))
@@ -305,8 +342,20 @@ def test_build_creates_the_engine_folder_and_saves_the_timing_cache(files, tmp_p
 
     out, timing = tmp_path / "new" / "deeper" / "m.engine", tmp_path / "timing.cache"
     timing.write_bytes(b"timing cache v1")
-    result = runner.invoke(app, ["build-engine", files["model"], "--out", str(out), "--timing-cache", str(timing),
-                                 "--precision", "fp16", "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "build-engine",
+            files["model"],
+            "--out",
+            str(out),
+            "--timing-cache",
+            str(timing),
+            "--precision",
+            "fp16",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.stderr
     assert out.read_bytes() == b"serialized engine" and manifest_path(out).is_file()
     assert timing.read_bytes() == b"timing cache v2" and len(fake_tensorrt) == 1
@@ -344,8 +393,19 @@ def test_inputs_are_checked_before_tensorrt_and_never_overwritten(tiny_onnx, tmp
     before = sha256_file(tiny_onnx)
     result = runner.invoke(app, ["build-engine", str(tiny_onnx), "--out", str(tiny_onnx)])
     assert result.exit_code == 2 and "is the input file" in result.stderr
-    result = runner.invoke(app, ["build-engine", str(tiny_onnx), "--out", str(tmp_path / "t.engine"),
-                                 "--precision", "int8", "--calib-cache", str(tmp_path / "missing.cache")])
+    result = runner.invoke(
+        app,
+        [
+            "build-engine",
+            str(tiny_onnx),
+            "--out",
+            str(tmp_path / "t.engine"),
+            "--precision",
+            "int8",
+            "--calib-cache",
+            str(tmp_path / "missing.cache"),
+        ],
+    )
     assert result.exit_code == 2 and "--calib-cache" in result.stderr and "does not exist" in result.stderr
     foreign = tmp_path / "foreign.onnx"
     import onnx

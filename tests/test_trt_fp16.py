@@ -39,9 +39,15 @@ def make_qdq_onnx(src: Path, dst: Path, batches: int = 4) -> Path:
 
     tmp = dst.with_name(dst.stem + ".raw.onnx")
     # the form TensorRT's explicit quantization takes: symmetric INT8 (zero point 0), float bias
-    quantize_static(str(src), str(tmp), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
-                    weight_type=QuantType.QInt8,
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
+    quantize_static(
+        str(src),
+        str(tmp),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
+    )
     model = onnx.load(str(tmp))
     write_onnx_contract(model, replace(contract, precision="int8"))
     tmp.unlink()

@@ -58,8 +58,15 @@ def test_fp32_engine_matches_onnxruntime_with_dynamic_batch(gpu, tiny_onnx, imag
     assert engine.is_file() and cache.is_file() and phases
     m = read_manifest(engine)
     assert m["engine"]["sha256"] == sha256_file(engine) and m["onnx"]["sha256"] == sha256_file(tiny_onnx)
-    assert m["built_with"]["tensorrt"] == gpu["tensorrt"] and m["built_with"]["compute_capability"] == gpu["compute_capability"]
-    assert m["io"]["inputs"][0]["profile"]["max"] == [8, 3, 32, 32] and m["contract"]["labels"] == ["cat", "dog", "bird"]
+    assert (
+        m["built_with"]["tensorrt"] == gpu["tensorrt"]
+        and m["built_with"]["compute_capability"] == gpu["compute_capability"]
+    )
+    assert m["io"]["inputs"][0]["profile"]["max"] == [8, 3, 32, 32] and m["contract"]["labels"] == [
+        "cat",
+        "dog",
+        "bird",
+    ]
 
     a, b, timings = _compare(engine, tiny_onnx, images)  # 12 images > max batch 8: the runner splits them
     assert b.shape == a.shape and (a.argmax(1) == b.argmax(1)).all()

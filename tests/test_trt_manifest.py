@@ -26,22 +26,40 @@ REBUILD = "edgecnn build-engine tiny.onnx --out tiny.engine --precision fp16"
 
 
 def _manifest(engine, onnx=None, **over) -> dict:
-    contract = ModelContract(labels=["cat", "dog"], preprocess=PreprocessConfig(input_size=(32, 32)), arch="tiny-test",
-                             precision="fp16")
+    contract = ModelContract(
+        labels=["cat", "dog"], preprocess=PreprocessConfig(input_size=(32, 32)), arch="tiny-test", precision="fp16"
+    )
     m = {
         "engine": file_record(engine),
         "onnx": file_record(onnx) if onnx else None,
         "calib_cache": None,
-        "built_with": {"tensorrt": "10.3.0", "cuda": "12.6", "gpu": "Orin", "compute_capability": "8.7",
-                       "jetson": {"model": "NVIDIA Jetson AGX Orin Developer Kit", "preset": "agx-orin",
-                                  "l4t": "36.4.3", "jetpack": "6.2"}},
+        "built_with": {
+            "tensorrt": "10.3.0",
+            "cuda": "12.6",
+            "gpu": "Orin",
+            "compute_capability": "8.7",
+            "jetson": {
+                "model": "NVIDIA Jetson AGX Orin Developer Kit",
+                "preset": "agx-orin",
+                "l4t": "36.4.3",
+                "jetpack": "6.2",
+            },
+        },
         "compatibility": {"version_compatible": False, "hardware": "NONE"},
         "precision": "fp16",
         "dla_core": None,
         "gpu_fallback": False,
-        "io": {"inputs": [{"name": "input", "shape": [-1, 3, 32, 32], "dtype": "float32",
-                           "profile": {"min": [1, 3, 32, 32], "opt": [4, 3, 32, 32], "max": [8, 3, 32, 32]}}],
-               "outputs": [{"name": "logits", "shape": [-1, 2], "dtype": "float32"}]},
+        "io": {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": [-1, 3, 32, 32],
+                    "dtype": "float32",
+                    "profile": {"min": [1, 3, 32, 32], "opt": [4, 3, 32, 32], "max": [8, 3, 32, 32]},
+                }
+            ],
+            "outputs": [{"name": "logits", "shape": [-1, 2], "dtype": "float32"}],
+        },
         "contract": contract.to_dict(),
         "options": {"precision": "fp16"},
         "build_seconds": 12.5,
@@ -60,8 +78,13 @@ def engine(tmp_path):
     return path
 
 
-HERE = {"tensorrt": "10.3.0", "cuda": "12.6", "gpu": "Orin", "compute_capability": "8.7",
-        "jetson": {"preset": "agx-orin", "l4t": "36.4.3"}}
+HERE = {
+    "tensorrt": "10.3.0",
+    "cuda": "12.6",
+    "gpu": "Orin",
+    "compute_capability": "8.7",
+    "jetson": {"preset": "agx-orin", "l4t": "36.4.3"},
+}
 
 
 def test_round_trip_and_sidecar_name(engine, tiny_onnx):
@@ -136,8 +159,11 @@ def test_a_hand_edited_manifest_is_refused_in_one_line_by_every_command(engine, 
     import numpy as np
 
     cv2.imwrite(str(image), np.zeros((8, 8, 3), np.uint8))
-    for args in (["predict", str(engine), str(image)], ["profile", str(engine)],
-                 ["deploy", "triton", str(engine), "--repo", str(tmp_path / "repo")]):
+    for args in (
+        ["predict", str(engine), str(image)],
+        ["profile", str(engine)],
+        ["deploy", "triton", str(engine), "--repo", str(tmp_path / "repo")],
+    ):
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 4, (args, result.output)
         assert "damaged" in result.output and "internal error" not in result.output, (args, result.output)
@@ -150,7 +176,12 @@ def test_a_hand_edited_manifest_is_refused_in_one_line_by_every_command(engine, 
         ({}, {"tensorrt": "8.6.2"}, {"tensorrt": "10.3.0"}, "only run on the TensorRT release"),
         ({"version_compatible": True}, {"tensorrt": "10.7.0"}, {"tensorrt": "10.3.0"}, "runs on 10.7.0 or later"),
         ({}, {"compute_capability": "8.7"}, {"compute_capability": "8.6", "gpu": "RTX 3060"}, "do not travel"),
-        ({"hardware": "SAME_COMPUTE_CAPABILITY"}, {"compute_capability": "8.9"}, {"compute_capability": "8.6"}, "do not travel"),
+        (
+            {"hardware": "SAME_COMPUTE_CAPABILITY"},
+            {"compute_capability": "8.9"},
+            {"compute_capability": "8.6"},
+            "do not travel",
+        ),
         ({"hardware": "AMPERE_PLUS"}, {"compute_capability": "8.6"}, {"compute_capability": "7.5"}, "Ampere and newer"),
     ],
 )
@@ -173,7 +204,9 @@ def test_compatible_builds_are_accepted(engine):
     assert check_compatibility(m, {**HERE, "tensorrt": "10.7.0", "gpu": "NVIDIA L4", "compute_capability": "8.9"}) == []
     m["compatibility"]["hardware"] = "NONE"
     m["built_with"].update(gpu="NVIDIA GeForce RTX 3080", compute_capability="8.6")
-    warnings = check_compatibility(m, {**HERE, "tensorrt": "10.7.0", "gpu": "NVIDIA RTX A6000", "compute_capability": "8.6"})
+    warnings = check_compatibility(
+        m, {**HERE, "tensorrt": "10.7.0", "gpu": "NVIDIA RTX A6000", "compute_capability": "8.6"}
+    )
     assert len(warnings) == 1 and "tuned it for the other GPU" in warnings[0]
 
 

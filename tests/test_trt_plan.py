@@ -74,7 +74,9 @@ def test_plan_for_every_supported_version_and_preset(facts, version, device, pre
         assert ("FP16" in plan.builder_flags) is (precision == "fp16")
     assert plan.engine_precision == precision
     shipped = {TrtVersion.parse(r.tensorrt)[:2] for r in preset.jetpack}
-    mismatch = preset.jetson and (v.major, v.minor) not in shipped and not (v.major == 11 and device in ("agx-orin", "thor"))
+    mismatch = (
+        preset.jetson and (v.major, v.minor) not in shipped and not (v.major == 11 and device in ("agx-orin", "thor"))
+    )
     assert any("build on the device" in n for n in plan.notes) is mismatch
     # and the trtexec text follows the same plan
     argv = trtexec_argv(plan, "m.onnx", "m.engine")
@@ -140,7 +142,9 @@ def test_best_uses_what_the_model_allows(facts, qdq_facts):
 
 
 def test_dla_plan_on_a_board_that_has_one(facts):
-    plan = plan_for(facts, "10.3.0", "agx-orin", precision="fp16", dla_core=1, gpu_fallback=True, batch=parse_batch("2"))
+    plan = plan_for(
+        facts, "10.3.0", "agx-orin", precision="fp16", dla_core=1, gpu_fallback=True, batch=parse_batch("2")
+    )
     assert plan.dla_core == 1 and plan.gpu_fallback and plan.builder_flags == ["FP16", "GPU_FALLBACK"]
     argv = trtexec_argv(plan, "m.onnx", "m.engine")
     assert "--useDLACore=1" in argv and "--allowGPUFallback" in argv and "--memPoolSize=workspace:4096" in argv
@@ -181,7 +185,9 @@ def test_compatibility_options(facts):
     assert plan.hardware_compat == "SAME_COMPUTE_CAPABILITY" and "VERSION_COMPATIBLE" in plan.builder_flags
     argv = trtexec_argv(plan, "m.onnx", "m.engine")
     assert "--hardwareCompatibilityLevel=sameComputeCapability" in argv and "--versionCompatible" in argv
-    assert "--hardwareCompatibilityLevel=ampere+" in trtexec_argv(plan_for(facts, "8.6.2", hardware_compat="ampere+"), "m", "e")
+    assert "--hardwareCompatibilityLevel=ampere+" in trtexec_argv(
+        plan_for(facts, "8.6.2", hardware_compat="ampere+"), "m", "e"
+    )
     for kw, version, device, match in [
         ({"hardware_compat": "ampere+"}, "10.3.0", "agx-orin", "not supported on JetPack"),
         ({"hardware_compat": "ampere+"}, "8.5.2", "desktop", "needs TensorRT 8.6"),
@@ -192,7 +198,13 @@ def test_compatibility_options(facts):
         with pytest.raises(UserInputError, match=match):
             plan_for(facts, version, device, **kw)
     with pytest.raises(UserInputError, match="Ampere or newer GPU"):
-        make_plan(BuildOptions(hardware_compat="ampere+"), facts, "10.3.0", get_device("desktop"), gpu_compute_capability="7.5")
+        make_plan(
+            BuildOptions(hardware_compat="ampere+"),
+            facts,
+            "10.3.0",
+            get_device("desktop"),
+            gpu_compute_capability="7.5",
+        )
 
 
 def test_batch_profiles_follow_the_onnx(tmp_path, facts):
@@ -241,13 +253,16 @@ def test_unknown_precision_and_device(facts):
 
 
 def test_trtexec_text_for_tensorrt_11_fp16_converts_first(tiny):
-    plan = make_plan(BuildOptions(precision="fp16", batch=parse_batch("1:2:4")), inspect_onnx(tiny), "11.4.1",
-                     get_device("desktop"))
+    plan = make_plan(
+        BuildOptions(precision="fp16", batch=parse_batch("1:2:4")), inspect_onnx(tiny), "11.4.1", get_device("desktop")
+    )
     script = trtexec_script(plan, "/models/m.onnx", "/models/m.engine")
     lines = script.splitlines()
     assert lines[0].startswith("# TensorRT 11 is strongly typed")
-    assert lines[1] == ("python3 -c 'from edgecnn.trt.fp16 import convert_fp16; "
-                        "convert_fp16(\"/models/m.onnx\", \"/models/m.fp16.onnx\")'")
+    assert lines[1] == (
+        "python3 -c 'from edgecnn.trt.fp16 import convert_fp16; "
+        'convert_fp16("/models/m.onnx", "/models/m.fp16.onnx")\''
+    )
     assert lines[2] == (
         "trtexec --onnx=/models/m.fp16.onnx --saveEngine=/models/m.engine --minShapes=input:1x3x32x32 "
         "--optShapes=input:2x3x32x32 --maxShapes=input:4x3x32x32 --skipInference"
@@ -255,8 +270,17 @@ def test_trtexec_text_for_tensorrt_11_fp16_converts_first(tiny):
 
 
 def test_trtexec_text_for_jetpack_5_int8_with_calibration_cache(facts):
-    plan = plan_for(facts, "8.5.2", "xavier-nx", precision="int8", calib_cache="calib.cache", dla_core=0,
-                    gpu_fallback=True, batch=parse_batch("1"), timing_cache="timing.cache")
+    plan = plan_for(
+        facts,
+        "8.5.2",
+        "xavier-nx",
+        precision="int8",
+        calib_cache="calib.cache",
+        dla_core=0,
+        gpu_fallback=True,
+        batch=parse_batch("1"),
+        timing_cache="timing.cache",
+    )
     assert trtexec_script(plan, "m.onnx", "m.engine") == (
         "trtexec --onnx=m.onnx --saveEngine=m.engine --minShapes=input:1x3x32x32 --optShapes=input:1x3x32x32 "
         "--maxShapes=input:1x3x32x32 --int8 --calib=calib.cache --memPoolSize=workspace:1024 --useDLACore=0 "
@@ -279,7 +303,9 @@ def test_jetson_model_strings_and_l4t(tmp_path):
     assert jetpack_for_l4t("35.4.1").tensorrt == "8.5.2" and jetpack_for_l4t("38.2.0").jetpack == "7.0"
     assert jetpack_for_l4t("36.3.0").tensorrt == "8.6.2"
     release = tmp_path / "nv_tegra_release"
-    release.write_text("# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64, DATE: Wed Jan  8\n")
+    release.write_text(
+        "# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64, DATE: Wed Jan  8\n"
+    )
     assert jetson_release(release) == "36.4.3"
     assert jetson_release(tmp_path / "absent") is None
     assert np.all([DEVICES[n].dla_cores == 0 for n in ("orin-nano", "thor", "desktop", "nano")])
@@ -343,9 +369,9 @@ def test_tensorrt_target_int8_model_is_accepted(trt_int8):
 
 
 def test_int8_problems_found_from_provenance_zero_point_type_and_value(tiny, trt_int8, tmp_path):
+    from conftest import build_int8_qdq_onnx
     from onnx import numpy_helper
 
-    from conftest import build_int8_qdq_onnx
     from edgecnn.trt.int8 import check_tensorrt_qdq, tensorrt_qdq_problem
 
     # the contract says --target cpu although the graph looks symmetric: trust the provenance
@@ -367,8 +393,9 @@ def test_int8_problems_found_from_provenance_zero_point_type_and_value(tiny, trt
     model = onnx.load(str(trt_int8))
     inits = {i.name: i for i in model.graph.initializer}
     q = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits)
-    const = onnx.helper.make_node("Constant", [], ["zp_const"],
-                                  value=numpy_helper.from_array(np.array(128, dtype=np.uint8)))
+    const = onnx.helper.make_node(
+        "Constant", [], ["zp_const"], value=numpy_helper.from_array(np.array(128, dtype=np.uint8))
+    )
     model.graph.node.insert(0, const)
     q.input[2] = "zp_const"
     assert "has a uint8 zero point" in tensorrt_qdq_problem(model)

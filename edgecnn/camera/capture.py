@@ -289,7 +289,10 @@ class ThreadedCapture:
                 return
             self.frames_read += 1
             self._last_frame_at = time.perf_counter()
-            if self._reconnected_at is not None and time.perf_counter() - self._reconnected_at >= self.reconnect.healthy_s:
+            if (
+                self._reconnected_at is not None
+                and time.perf_counter() - self._reconnected_at >= self.reconnect.healthy_s
+            ):
                 self._attempts_used, self._reconnected_at = 0, None  # up and delivering for a while: budget restored
             if self.pace and interval:
                 due = pace_start + (position - pace_first) * interval
@@ -324,9 +327,15 @@ class ThreadedCapture:
         quiet = time.perf_counter() - (self._last_frame_at or time.perf_counter())
         self._silent_s = quiet if quiet >= SILENT_S else None
         silent = f" (silent: no frame for {quiet:.0f} s)" if self._silent_s else ""
-        self.on_event("lost", f"lost {self.spec.display}{silent}; " + (
-            f"reconnecting (up to {left} more attempt{'s' if left != 1 else ''})" if left > 0 else "no reconnect attempts left"
-        ))
+        self.on_event(
+            "lost",
+            f"lost {self.spec.display}{silent}; "
+            + (
+                f"reconnecting (up to {left} more attempt{'s' if left != 1 else ''})"
+                if left > 0
+                else "no reconnect attempts left"
+            ),
+        )
         last = ""
         while self._attempts_used < policy.attempts:
             self._attempts_used += 1
@@ -343,14 +352,20 @@ class ThreadedCapture:
             self._reconnected_at = self._last_frame_at = time.perf_counter()
             self.on_event("reconnected", f"reconnected to {self.spec.display} (attempt {attempt}/{policy.attempts})")
             return True
-        self.on_event("gave_up", f"gave up on {self.spec.display} after {policy.attempts} reconnect attempt{'s' if policy.attempts != 1 else ''}")
+        self.on_event(
+            "gave_up",
+            f"gave up on {self.spec.display} after {policy.attempts} reconnect attempt{'s' if policy.attempts != 1 else ''}",
+        )
         if last:
             detail = last
         elif self._silent_s is not None:  # it accepted the connection but then sent nothing: not a dropped connection
-            detail = (f"it went silent: no frame for {self._silent_s:.0f} s"
-                      + (" after reconnecting" if policy.attempts else "; reconnecting is off: --reconnect-attempts 0"))
+            detail = f"it went silent: no frame for {self._silent_s:.0f} s" + (
+                " after reconnecting" if policy.attempts else "; reconnecting is off: --reconnect-attempts 0"
+            )
         elif policy.attempts:
             detail = f"it kept dropping the connection within {policy.healthy_s:g} s of reconnecting"
         else:
             detail = "reconnecting is off: --reconnect-attempts 0"
-        raise SourceError(f"Lost {self.spec.display} and could not reconnect after {policy.attempts} attempt{'s' if policy.attempts != 1 else ''} ({detail})")
+        raise SourceError(
+            f"Lost {self.spec.display} and could not reconnect after {policy.attempts} attempt{'s' if policy.attempts != 1 else ''} ({detail})"
+        )

@@ -131,8 +131,11 @@ class LiveSummary:
     def truncated(self) -> bool:
         """The video ended before the frames its header declares (cut short or damaged), as far as it can tell; with
         --loop too (each pass ends early there, and the run only ends by a stop)."""
-        return (self.frames_expected is not None and self.frames_per_pass is not None
-                and self.frames_per_pass < self.frames_expected)
+        return (
+            self.frames_expected is not None
+            and self.frames_per_pass is not None
+            and self.frames_per_pass < self.frames_expected
+        )
 
     def to_dict(self) -> dict:
         return {
@@ -263,9 +266,19 @@ def run_live(
             span[1] = t4
             timings = {"capture_wait": t1 - t0, "preprocess": prep, "inference": t3 - t2, "postprocess": t4 - t3}
             result = FrameResult(
-                index=frame.index, timestamp=frame.wall_time, top=top, label=label, score=score, timings=timings,
-                frame_age=t4 - frame.t_capture, dropped=capture.dropped, processed=processed, fps=fps,
-                reconnects=capture.reconnects, position=frame.position, t_capture=frame.t_capture,
+                index=frame.index,
+                timestamp=frame.wall_time,
+                top=top,
+                label=label,
+                score=score,
+                timings=timings,
+                frame_age=t4 - frame.t_capture,
+                dropped=capture.dropped,
+                processed=processed,
+                fps=fps,
+                reconnects=capture.reconnects,
+                position=frame.position,
+                t_capture=frame.t_capture,
             )
             keep_going = True
             if image_sinks:

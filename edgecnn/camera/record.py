@@ -171,5 +171,9 @@ def capture_frames(
     report.ended_early = len(report.saved) < count
     if levels:
         arr = np.asarray(levels)
-        report.brightness = {"min": round(float(arr.min()), 1), "mean": round(float(arr.mean()), 1), "max": round(float(arr.max()), 1)}
+        report.brightness = {
+            "min": round(float(arr.min()), 1),
+            "mean": round(float(arr.mean()), 1),
+            "max": round(float(arr.max()), 1),
+        }
     return report

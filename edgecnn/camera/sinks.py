@@ -34,8 +34,10 @@ def display_available() -> tuple[bool, str]:
             gui = line.split(":", 1)[1].strip()
             break
     if gui.upper() in ("NONE", "NO"):
-        return False, ("this OpenCV has no GUI support (opencv-python-headless, what edgecnn installs off Jetson; for a "
-                       "window: pip uninstall opencv-python-headless && pip install opencv-python)")
+        return False, (
+            "this OpenCV has no GUI support (opencv-python-headless, what edgecnn installs off Jetson; for a "
+            "window: pip uninstall opencv-python-headless && pip install opencv-python)"
+        )
     if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         return False, "no display (DISPLAY/WAYLAND_DISPLAY unset: SSH session or service)"
     return True, ""
@@ -141,8 +143,14 @@ class VideoRecorder:
     MEASURE_MAX_BYTES = 64 * 1024 * 1024  # at most this much image data is held back while measuring
     MAX_FILL_S = 5.0  # the longest gap filled with repeats of the previous frame
 
-    def __init__(self, path: str | os.PathLike, fps: float, inputs: list[str] = (), overwrite: bool = False,
-                 timeline: str = "frames"):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        fps: float,
+        inputs: list[str] = (),
+        overwrite: bool = False,
+        timeline: str = "frames",
+    ):
         self.path = Path(path)
         suffix = self.path.suffix.lower()
         if suffix not in FOURCC_BY_SUFFIX:
@@ -152,7 +160,9 @@ class VideoRecorder:
             if Path(inp).exists() and self.path.exists() and os.path.samefile(inp, self.path):
                 raise UserInputError(f"--record {self.path} is the input video: choose another file")
         if os.path.lexists(self.path) and not overwrite:
-            raise UserInputError(f"--record {self.path} already exists: choose a new file name, or pass --force to replace it")
+            raise UserInputError(
+                f"--record {self.path} already exists: choose a new file name, or pass --force to replace it"
+            )
         if not self.path.parent.exists():
             raise UserInputError(f"--record {self.path}: folder {self.path.parent} does not exist")
         _probe_writable(self.path.parent, "--record", self.path)
@@ -326,7 +336,11 @@ class VideoRecorder:
             tmp.unlink(missing_ok=True)
             self.tmp = None
             return
-        kept = f"the existing {self.path.name} was left as it was" if os.path.lexists(self.path) else "no video was written"
+        kept = (
+            f"the existing {self.path.name} was left as it was"
+            if os.path.lexists(self.path)
+            else "no video was written"
+        )
         problem = _recording_problem(tmp, self.frames)
         hint = " (is the disk full?)"
         if problem is None:

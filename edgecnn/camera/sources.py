@@ -39,8 +39,12 @@ READ_TIMEOUT_MS = 5000
 
 _DIGITS = re.compile(r"[0-9]+")
 _USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s?#]+@")
-_SECRET_QUERY = re.compile(r"(?i)(?P<key>[?&;](?:pass|password|passwd|pwd|token|access_token|key|apikey|api_key|auth|secret|sig|signature)=)[^&#\s]*")
-_SECRET_PROP = re.compile(r"(?i)(?P<key>(?<![?&;\w-])(?:user-pw|user-id|proxy-pw|proxy-id|password)\s*=\s*)(\"[^\"]*\"|'[^']*'|\S+)")
+_SECRET_QUERY = re.compile(
+    r"(?i)(?P<key>[?&;](?:pass|password|passwd|pwd|token|access_token|key|apikey|api_key|auth|secret|sig|signature)=)[^&#\s]*"
+)
+_SECRET_PROP = re.compile(
+    r"(?i)(?P<key>(?<![?&;\w-])(?:user-pw|user-id|proxy-pw|proxy-id|password)\s*=\s*)(\"[^\"]*\"|'[^']*'|\S+)"
+)
 
 
 def redact(text: str) -> str:
@@ -87,7 +91,7 @@ GSTREAMER_HINT = (
     "this OpenCV ({version}) was built without GStreamer, which CSI cameras and gst: pipelines need. "
     "On Jetson use JetPack's OpenCV: `pip uninstall opencv-python opencv-python-headless` so the system "
     "python3-opencv (built with GStreamer) is imported; elsewhere build OpenCV with -D WITH_GSTREAMER=ON. "
-    "Check with: python3 -c \"import cv2; print(cv2.getBuildInformation())\" | grep GStreamer"
+    'Check with: python3 -c "import cv2; print(cv2.getBuildInformation())" | grep GStreamer'
 )
 
 
@@ -173,7 +177,9 @@ def parse_source(
     fps = check_fps("--fps", fps)
     text = str(source).strip()
     if not text:
-        raise UserInputError("--source is empty: give a camera index (0), /dev/videoN, csi://N, a URL, a video or a folder")
+        raise UserInputError(
+            "--source is empty: give a camera index (0), /dev/videoN, csi://N, a URL, a video or a folder"
+        )
     common = dict(width=width, height=height, fps=fps)
 
     if _DIGITS.fullmatch(text):  # ASCII only: str.isdigit() accepts "²", which int() refuses
@@ -181,7 +187,9 @@ def parse_source(
     # A regular file or folder under /dev is not a camera (/dev/shm is a common RAM disk on Jetsons); a device node
     # (/dev/video0, a /dev/v4l/by-id/... link to one) is neither, so it is still taken as one.
     on_disk = Path(text).is_file() or Path(text).is_dir()
-    if not on_disk and (text.startswith("/dev/video") or (sys.platform.startswith("linux") and text.startswith("/dev/"))):
+    if not on_disk and (
+        text.startswith("/dev/video") or (sys.platform.startswith("linux") and text.startswith("/dev/"))
+    ):
         return SourceSpec("camera", text, text, live=True, **common)
     if text.lower().startswith("gst:"):
         pipeline = text[4:].strip()
@@ -217,9 +225,7 @@ def parse_source(
             return SourceSpec("file", str(path), str(path), live=False, **common)
         if suffix in IMAGE_EXTS:
             return SourceSpec("folder", str(path), str(path), live=False, **common)
-        raise UserInputError(
-            f"Unsupported source {path}: not a video ({', '.join(sorted(VIDEO_EXTS))}) or image file"
-        )
+        raise UserInputError(f"Unsupported source {path}: not a video ({', '.join(sorted(VIDEO_EXTS))}) or image file")
     raise UserInputError(
         f"Source {redact(text)} not found: expected a camera index (0), /dev/videoN, csi://N, gst:<pipeline>, "
         "rtsp:// or http(s):// URL, an existing video file or an image folder"
@@ -234,7 +240,9 @@ def _parse_csi(text: str, width, height, fps) -> SourceSpec:
     query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
     unknown = set(query) - {"capture", "fps", "flip"}
     if unknown:
-        raise UserInputError(f"Unknown csi:// option(s) {', '.join(sorted(unknown))}; known: capture=WxH, fps=F, flip=0..7")
+        raise UserInputError(
+            f"Unknown csi:// option(s) {', '.join(sorted(unknown))}; known: capture=WxH, fps=F, flip=0..7"
+        )
     capture = _size(query["capture"], "csi:// capture") if "capture" in query else (1920, 1080)
     rate = fps or check_fps("csi:// fps", query.get("fps")) or 30.0
     try:
@@ -246,7 +254,13 @@ def _parse_csi(text: str, width, height, fps) -> SourceSpec:
     output = (width or capture[0], height or capture[1])
     pipeline = csi_pipeline(int(sensor), capture, rate, flip, output)
     return SourceSpec(
-        "csi", pipeline, f"csi://{sensor}", live=True, width=output[0], height=output[1], fps=rate,
+        "csi",
+        pipeline,
+        f"csi://{sensor}",
+        live=True,
+        width=output[0],
+        height=output[1],
+        fps=rate,
         options={"sensor_id": int(sensor), "capture": capture, "flip": flip},
     )
 
@@ -346,7 +360,11 @@ def _open_capture(spec: SourceSpec) -> cv2.VideoCapture:
         _require_gstreamer(spec.display)
         cap = cv2.VideoCapture(spec.target, cv2.CAP_GSTREAMER)
         if not cap.isOpened():
-            hint = " (is nvargus-daemon running and the sensor connected? try: gst-launch-1.0 nvarguscamerasrc ! fakesink)" if spec.kind == "csi" else ""
+            hint = (
+                " (is nvargus-daemon running and the sensor connected? try: gst-launch-1.0 nvarguscamerasrc ! fakesink)"
+                if spec.kind == "csi"
+                else ""
+            )
             raise SourceError(f"Cannot open {spec.display}: GStreamer could not start the pipeline{hint}")
         return cap
     if spec.kind == "camera":
@@ -358,7 +376,9 @@ def _open_capture(spec: SourceSpec) -> cv2.VideoCapture:
         api = cv2.CAP_V4L2 if sys.platform.startswith("linux") else cv2.CAP_ANY
         cap = cv2.VideoCapture(spec.target, api)
         if not cap.isOpened():
-            raise SourceError(f"Cannot open {spec.display}: busy or not a capture device (check `v4l2-ctl --list-devices`)")
+            raise SourceError(
+                f"Cannot open {spec.display}: busy or not a capture device (check `v4l2-ctl --list-devices`)"
+            )
         cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter_fourcc(*"MJPG"))  # before size: MJPG unlocks high fps at HD
         if spec.width:
             cap.set(cv2.CAP_PROP_FRAME_WIDTH, spec.width)

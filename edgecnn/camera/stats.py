@@ -51,6 +51,7 @@ class LatencyHistogram:
 
     def summary_ms(self) -> dict:
         """{count, mean, p50, p90, p99, max} in milliseconds (None when empty)."""
+
         def ms(v):
             return None if v is None else round(v * 1e3, 3)
 

@@ -11,27 +11,55 @@ from edgecnn.cli.common import cli_command, console, print_json, progress_bar, w
 
 
 def build_engine(
-    model: Path = typer.Argument(..., help="The ONNX model (from `edgecnn export` or `edgecnn quantize --target tensorrt`)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Engine file to write (.engine or .plan); the manifest goes to OUT.json."),
-    precision: str = typer.Option("fp32", "--precision", "-p", help="fp32, fp16, int8 (Q/DQ ONNX or --calib-cache) or best."),
+    model: Path = typer.Argument(
+        ..., help="The ONNX model (from `edgecnn export` or `edgecnn quantize --target tensorrt`)."
+    ),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Engine file to write (.engine or .plan); the manifest goes to OUT.json."
+    ),
+    precision: str = typer.Option(
+        "fp32", "--precision", "-p", help="fp32, fp16, int8 (Q/DQ ONNX or --calib-cache) or best."
+    ),
     device: Optional[str] = typer.Option(
-        None, "--device", help="Target preset: nano, xavier-nx, agx-xavier, orin-nano, orin-nx, agx-orin, thor, desktop "
-        "(default: the Jetson this runs on, else desktop)."
+        None,
+        "--device",
+        help="Target preset: nano, xavier-nx, agx-xavier, orin-nano, orin-nx, agx-orin, thor, desktop "
+        "(default: the Jetson this runs on, else desktop).",
     ),
-    dla: Optional[int] = typer.Option(None, "--dla", help="Run on DLA core N (Xavier / Orin NX / AGX Orin; fp16 or int8)."),
-    gpu_fallback: bool = typer.Option(False, "--gpu-fallback", help="With --dla: let layers the DLA cannot run use the GPU."),
-    workspace: Optional[str] = typer.Option(None, "--workspace", help="Builder workspace limit, e.g. 512M or 2G (default: the preset's)."),
+    dla: Optional[int] = typer.Option(
+        None, "--dla", help="Run on DLA core N (Xavier / Orin NX / AGX Orin; fp16 or int8)."
+    ),
+    gpu_fallback: bool = typer.Option(
+        False, "--gpu-fallback", help="With --dla: let layers the DLA cannot run use the GPU."
+    ),
+    workspace: Optional[str] = typer.Option(
+        None, "--workspace", help="Builder workspace limit, e.g. 512M or 2G (default: the preset's)."
+    ),
     batch: Optional[str] = typer.Option(None, "--batch", help="N (fixed) or MIN:OPT:MAX for a dynamic-batch ONNX."),
-    timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="Timing cache file: read if present, saved back after the build."),
-    calib_cache: Optional[Path] = typer.Option(None, "--calib-cache", help="INT8 calibration cache (implicit INT8; TensorRT <= 10 only)."),
-    version_compatible: bool = typer.Option(False, "--version-compatible", help="Engine that also runs on later TensorRT releases (8.6+)."),
-    hardware_compat: Optional[str] = typer.Option(None, "--hardware-compat", help="ampere+ or same-cc: engine that runs on other GPUs (desktop only)."),
-    print_trtexec: bool = typer.Option(False, "--print-trtexec", help="Print the equivalent trtexec command and exit (no TensorRT needed)."),
-    trt_version: Optional[str] = typer.Option(
-        None, "--trt-version", help="Plan for this TensorRT version (default: installed, else the device's JetPack one); a build refuses a "
-        "version other than the installed one."
+    timing_cache: Optional[Path] = typer.Option(
+        None, "--timing-cache", help="Timing cache file: read if present, saved back after the build."
     ),
-    json_out: bool = typer.Option(False, "--json", help="Print the report (or the plan + trtexec command) as JSON only."),
+    calib_cache: Optional[Path] = typer.Option(
+        None, "--calib-cache", help="INT8 calibration cache (implicit INT8; TensorRT <= 10 only)."
+    ),
+    version_compatible: bool = typer.Option(
+        False, "--version-compatible", help="Engine that also runs on later TensorRT releases (8.6+)."
+    ),
+    hardware_compat: Optional[str] = typer.Option(
+        None, "--hardware-compat", help="ampere+ or same-cc: engine that runs on other GPUs (desktop only)."
+    ),
+    print_trtexec: bool = typer.Option(
+        False, "--print-trtexec", help="Print the equivalent trtexec command and exit (no TensorRT needed)."
+    ),
+    trt_version: Optional[str] = typer.Option(
+        None,
+        "--trt-version",
+        help="Plan for this TensorRT version (default: installed, else the device's JetPack one); a build refuses a "
+        "version other than the installed one.",
+    ),
+    json_out: bool = typer.Option(
+        False, "--json", help="Print the report (or the plan + trtexec command) as JSON only."
+    ),
 ):
     """Build a TensorRT engine on this machine's GPU, with a manifest that lets the runner refuse a mismatched engine."""
     from edgecnn.trt.builder import check_device_is_here, check_inputs, check_trt_version_matches, preview_plan
@@ -92,7 +120,13 @@ def _print_trtexec(plan, model: Path, out: Path, json_out: bool) -> None:
     from edgecnn.trt.trtexec import trtexec_argv, trtexec_script
 
     if json_out:
-        print_json({"plan": plan.to_dict(), "trtexec": trtexec_argv(plan, model, out), "script": trtexec_script(plan, model, out)})
+        print_json(
+            {
+                "plan": plan.to_dict(),
+                "trtexec": trtexec_argv(plan, model, out),
+                "script": trtexec_script(plan, model, out),
+            }
+        )
         return
     for note in plan.notes:
         warn(note)

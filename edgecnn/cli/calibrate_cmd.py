@@ -23,16 +23,34 @@ def register(app: typer.Typer) -> None:
 @calibrate_app.command("capture")
 @cli_command
 def capture(
-    source: str = typer.Option(..., "--source", "-s", help="Same sources as `edgecnn live`: 0, /dev/videoN, csi://N, gst:..., rtsp://, http(s)://, a video or a folder."),
+    source: str = typer.Option(
+        ...,
+        "--source",
+        "-s",
+        help="Same sources as `edgecnn live`: 0, /dev/videoN, csi://N, gst:..., rtsp://, http(s)://, a video or a folder.",
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="New folder for the JPEG frames, e.g. calibration/NAME."),
     count: int = typer.Option(200, "--count", "-n", min=1, help="Frames to save."),
-    every_ms: float = typer.Option(500.0, "--every-ms", min=0.0, help="At least this many ms between saved frames (source time)."),
+    every_ms: float = typer.Option(
+        500.0, "--every-ms", min=0.0, help="At least this many ms between saved frames (source time)."
+    ),
     width: Optional[int] = typer.Option(None, "--width", help="Capture width (cameras)."),
     height: Optional[int] = typer.Option(None, "--height", help="Capture height (cameras)."),
-    fps: Optional[float] = typer.Option(None, "--fps", help="Capture rate (cameras); for an image folder, its rate for --every-ms. A video file keeps its own (--fps is ignored, with a warning)."),
-    force: bool = typer.Option(False, "--force", help="Add frames to a folder that already holds files (nothing is overwritten)."),
+    fps: Optional[float] = typer.Option(
+        None,
+        "--fps",
+        help="Capture rate (cameras); for an image folder, its rate for --every-ms. A video file keeps its own (--fps is ignored, with a warning).",
+    ),
+    force: bool = typer.Option(
+        False, "--force", help="Add frames to a folder that already holds files (nothing is overwritten)."
+    ),
     quality: int = typer.Option(95, "--quality", min=50, max=100, help="JPEG quality."),
-    reconnect_attempts: int = typer.Option(5, "--reconnect-attempts", min=0, help="Reopen a lost camera/stream this many times (then exit 6, keeping the frames saved)."),
+    reconnect_attempts: int = typer.Option(
+        5,
+        "--reconnect-attempts",
+        min=0,
+        help="Reopen a lost camera/stream this many times (then exit 6, keeping the frames saved).",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ):
     """Save --count frames, --every-ms apart, as calibration/NAME/frame_NNNNN.jpg (each file written atomically).
@@ -49,12 +67,17 @@ def capture(
 
     spec = parse_source(source, width=width, height=height, fps=fps)
     if spec.kind == "file" and fps is not None:  # --every-ms is measured on the video's own timeline
-        warn(f"--fps {fps:g} is ignored for a video file: --every-ms is measured on its own timeline (--fps is for "
-             "cameras and image folders)")
-    if spec.kind in ("file", "folder") and (Path(spec.target).resolve() == out.resolve()
-                                             or out.resolve().is_relative_to(Path(spec.target).resolve())):
-        raise UserInputError("--out must not be --source or a folder inside it: frames are never written into the "
-                             "input folder (where they would also look like one more class)")
+        warn(
+            f"--fps {fps:g} is ignored for a video file: --every-ms is measured on its own timeline (--fps is for "
+            "cameras and image folders)"
+        )
+    if spec.kind in ("file", "folder") and (
+        Path(spec.target).resolve() == out.resolve() or out.resolve().is_relative_to(Path(spec.target).resolve())
+    ):
+        raise UserInputError(
+            "--out must not be --source or a folder inside it: frames are never written into the "
+            "input folder (where they would also look like one more class)"
+        )
 
     def on_event(kind: str, message: str) -> None:
         warn(message) if kind in ("lost", "retry", "gave_up") else console.print(message, style="cyan", markup=False)
@@ -70,16 +93,28 @@ def capture(
 
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
-            cap = ThreadedCapture(spec, pace=False, reconnect=ReconnectPolicy(attempts=reconnect_attempts),
-                                  on_event=on_event).start(cancel=stop)  # Ctrl-C while a stream opens: 130
+            cap = ThreadedCapture(
+                spec, pace=False, reconnect=ReconnectPolicy(attempts=reconnect_attempts), on_event=on_event
+            ).start(cancel=stop)  # Ctrl-C while a stream opens: 130
             if spec.kind == "folder" and not cap.fps and every_ms:
                 # a folder has no timeline (read at full speed, 500 ms apart kept 1 image of 20): take every image
-                console.print("an image folder has no frame rate: every image is taken (--every-ms applies with "
-                              "--fps)", style="cyan", markup=False)
+                console.print(
+                    "an image folder has no frame rate: every image is taken (--every-ms applies with --fps)",
+                    style="cyan",
+                    markup=False,
+                )
                 every_ms = 0.0
             with progress_bar(f"capturing {count} frames", total=count, disable=json_out) as update:
-                report = capture_frames(cap, out, count, every_ms=every_ms, start_number=first, jpeg_quality=quality,
-                                        progress=lambda done, total: update(done, total), stop=stop)
+                report = capture_frames(
+                    cap,
+                    out,
+                    count,
+                    every_ms=every_ms,
+                    start_number=first,
+                    jpeg_quality=quality,
+                    progress=lambda done, total: update(done, total),
+                    stop=stop,
+                )
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -104,8 +139,10 @@ def capture(
         if report.end_reason.startswith(LOST) and report.saved:
             # Lost for good before --count: like an interruption, the frames stay but the exit is not 0 (6, as
             # `live` exits for the same loss), so `capture && quantize` does not go on with a part of the set.
-            raise SourceError(f"{report.end_reason[len(LOST):].strip()}; kept the {len(report.saved)} of {count} "
-                              f"frame(s) saved so far in {out}")
+            raise SourceError(
+                f"{report.end_reason[len(LOST) :].strip()}; kept the {len(report.saved)} of {count} "
+                f"frame(s) saved so far in {out}"
+            )
         skipped = report.skipped_unreadable
         unreadable = f"{skipped} unreadable image file(s) skipped" if skipped else ""
         if not report.saved:

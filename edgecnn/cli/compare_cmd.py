@@ -11,8 +11,12 @@ from edgecnn.cli.common import cli_command, console, print_json, progress_bar, r
 
 
 def compare_command(
-    model_a: str = typer.Argument(..., help="Reference model (.pt, .onnx, .engine, .xml or pretrained name); A@BACKEND forces a backend."),
-    model_b: str = typer.Argument(..., help="Model to check against A (e.g. the INT8 build); B@BACKEND forces a backend."),
+    model_a: str = typer.Argument(
+        ..., help="Reference model (.pt, .onnx, .engine, .xml or pretrained name); A@BACKEND forces a backend."
+    ),
+    model_b: str = typer.Argument(
+        ..., help="Model to check against A (e.g. the INT8 build); B@BACKEND forces a backend."
+    ),
     data: Optional[Path] = typer.Option(
         None, "--data", help="Folder of real images (recursive). Default: ./calibration/ when it has images."
     ),
@@ -22,7 +26,9 @@ def compare_command(
     min_agreement: Optional[float] = typer.Option(
         None, "--min-agreement", min=0.0, max=1.0, help="Fail (exit 5) below this top-1 agreement, e.g. 0.99."
     ),
-    max_diff: Optional[float] = typer.Option(None, "--max-diff", min=0.0, help="Fail (exit 5) above this max abs logit diff."),
+    max_diff: Optional[float] = typer.Option(
+        None, "--max-diff", min=0.0, help="Fail (exit 5) above this max abs logit diff."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the comparison as JSON only."),
 ):
     """Max/mean abs difference, cosine similarity, top-1 agreement, and the images where A and B disagree."""
@@ -38,8 +44,12 @@ def compare_command(
     result["data"] = str(root)
     if min_agreement is not None or max_diff is not None:  # scripts read the verdict, not only the exit code (5)
         failures = gate_failures(result, min_agreement, max_diff)
-        result["gate"] = {"min_agreement": min_agreement, "max_abs_diff": max_diff, "passed": not failures,
-                          "failures": failures}
+        result["gate"] = {
+            "min_agreement": min_agreement,
+            "max_abs_diff": max_diff,
+            "passed": not failures,
+            "failures": failures,
+        }
     if json_out:
         print_json(result)
     else:
@@ -67,13 +77,17 @@ def _print(r: dict, name_a: str, name_b: str, show: int) -> None:
         for h in ("image", "A", "B"):
             dt.add_column(h)
         for d in dis[:show]:
-            dt.add_row(escape(d["image"]), escape(f"{d['a']} ({d['a_prob']:.2f})"), escape(f"{d['b']} ({d['b_prob']:.2f})"))
+            dt.add_row(
+                escape(d["image"]), escape(f"{d['a']} ({d['a_prob']:.2f})"), escape(f"{d['b']} ({d['b_prob']:.2f})")
+            )
         results.print(dt)
     for note in r["notes"]:
         console.print(f"[yellow]note:[/] {escape(note)}")
     if r["unreadable"]:
         console.print(f"[yellow]skipped {len(r['unreadable'])} unreadable file(s)[/]")
-    typer.echo(f"top-1 agreement {r['top1_agreement']:.2%}, max abs diff {r['max_abs_diff']:.4g}, {len(dis)} disagreement(s)")
+    typer.echo(
+        f"top-1 agreement {r['top1_agreement']:.2%}, max abs diff {r['max_abs_diff']:.4g}, {len(dis)} disagreement(s)"
+    )
 
 
 def register(app: typer.Typer) -> None:

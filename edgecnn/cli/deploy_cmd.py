@@ -25,25 +25,53 @@ def register(app: typer.Typer) -> None:
 @deploy_app.command("bundle")
 @cli_command
 def bundle(
-    model: str = typer.Argument(..., help="An .onnx model (FP32, or Q/DQ INT8), a .pt checkpoint or a pretrained name."),
-    out: Path = typer.Option(..., "--out", "-o", help="The bundle to write (.tar.gz)."),
-    device: Optional[str] = typer.Option(None, "--device", help="build-engine preset for the target (orin-nano, agx-orin, ...)."),
-    precision: str = typer.Option("fp16", "--precision", help="Engine precision on the device: fp32, fp16, int8 or best."),
-    calib_cache: Optional[Path] = typer.Option(None, "--calib-cache", help="TensorRT calibration cache (edgecnn quantize --cache)."),
-    int8_model: Optional[Path] = typer.Option(None, "--int8-model", help="Q/DQ INT8 ONNX of the same model (edgecnn quantize)."),
-    source: str = typer.Option("0", "--source", "-s", help="`edgecnn live` source on the device (0, /dev/video0, csi://0, rtsp://...)."),
-    sink: List[str] = typer.Option(
-        ["json"], "--sink", help="display, headless, json (JSON lines: the journal under systemd) or record:PATH; repeatable."
+    model: str = typer.Argument(
+        ..., help="An .onnx model (FP32, or Q/DQ INT8), a .pt checkpoint or a pretrained name."
     ),
-    name: Optional[str] = typer.Option(None, "--name", help="App name (folder, systemd unit, image); default from MODEL."),
-    l4t: str = typer.Option("36.4.0", "--l4t", help="Jetson Linux release of the target: picks the l4t-jetpack base image and the cuda-python pin."),
+    out: Path = typer.Option(..., "--out", "-o", help="The bundle to write (.tar.gz)."),
+    device: Optional[str] = typer.Option(
+        None, "--device", help="build-engine preset for the target (orin-nano, agx-orin, ...)."
+    ),
+    precision: str = typer.Option(
+        "fp16", "--precision", help="Engine precision on the device: fp32, fp16, int8 or best."
+    ),
+    calib_cache: Optional[Path] = typer.Option(
+        None, "--calib-cache", help="TensorRT calibration cache (edgecnn quantize --cache)."
+    ),
+    int8_model: Optional[Path] = typer.Option(
+        None, "--int8-model", help="Q/DQ INT8 ONNX of the same model (edgecnn quantize)."
+    ),
+    source: str = typer.Option(
+        "0", "--source", "-s", help="`edgecnn live` source on the device (0, /dev/video0, csi://0, rtsp://...)."
+    ),
+    sink: List[str] = typer.Option(
+        ["json"],
+        "--sink",
+        help="display, headless, json (JSON lines: the journal under systemd) or record:PATH; repeatable.",
+    ),
+    name: Optional[str] = typer.Option(
+        None, "--name", help="App name (folder, systemd unit, image); default from MODEL."
+    ),
+    l4t: str = typer.Option(
+        "36.4.0",
+        "--l4t",
+        help="Jetson Linux release of the target: picks the l4t-jetpack base image and the cuda-python pin.",
+    ),
     base_image: Optional[str] = typer.Option(None, "--base-image", help="Override the Dockerfile's base image."),
-    user: str = typer.Option("root", "--user", help="User the bundled systemd unit runs as (install sets the real one)."),
-    host: Optional[str] = typer.Option(None, "--host", help="user@device: copy the bundle there over ssh and install it."),
-    prefix: Optional[str] = typer.Option(None, "--prefix", help="With --host: install folder on the device (default /opt/edgecnn)."),
+    user: str = typer.Option(
+        "root", "--user", help="User the bundled systemd unit runs as (install sets the real one)."
+    ),
+    host: Optional[str] = typer.Option(
+        None, "--host", help="user@device: copy the bundle there over ssh and install it."
+    ),
+    prefix: Optional[str] = typer.Option(
+        None, "--prefix", help="With --host: install folder on the device (default /opt/edgecnn)."
+    ),
     service: bool = typer.Option(False, "--service", help="With --host: install and enable the systemd service."),
     dry_run: bool = typer.Option(
-        False, "--dry-run", help="With --host: check and show the bundle and the ssh/scp commands; write and run nothing."
+        False,
+        "--dry-run",
+        help="With --host: check and show the bundle and the ssh/scp commands; write and run nothing.",
     ),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out (and its .sha256)."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON only."),
@@ -56,14 +84,28 @@ def bundle(
     from edgecnn.deploy.bundle import DEFAULT_PREFIX, BundleOptions, create_bundle, push_bundle, ssh_commands
     from edgecnn.errors import UserInputError
 
-    host_only = [flag for flag, given in (("--prefix", prefix is not None), ("--service", service),
-                                          ("--dry-run", dry_run)) if given]
+    host_only = [
+        flag
+        for flag, given in (("--prefix", prefix is not None), ("--service", service), ("--dry-run", dry_run))
+        if given
+    ]
     if host_only and not host:
-        raise UserInputError(f"{', '.join(host_only)} only apply with --host user@device (installing on this machine "
-                             "is `edgecnn deploy install BUNDLE`)")
+        raise UserInputError(
+            f"{', '.join(host_only)} only apply with --host user@device (installing on this machine "
+            "is `edgecnn deploy install BUNDLE`)"
+        )
     options = BundleOptions(
-        precision=precision, device=device, calib_cache=calib_cache, int8_model=int8_model, source=source,
-        sinks=tuple(sink), name=name, l4t=l4t, base_image=base_image, user=user, force=force,
+        precision=precision,
+        device=device,
+        calib_cache=calib_cache,
+        int8_model=int8_model,
+        source=source,
+        sinks=tuple(sink),
+        name=name,
+        l4t=l4t,
+        base_image=base_image,
+        user=user,
+        force=force,
     )
     with progress_bar("bundling", disable=json_out) as update:
         report = create_bundle(model, out, options, progress=update, dry_run=dry_run)
@@ -84,11 +126,15 @@ def bundle(
         warn(w)
     size = f"{report.size_bytes / 1e6:.1f} MB, {len(report.files)} files + lib/edgecnn"
     if report.written:
-        head = (f"wrote {report.out} ({size})\n"
-                f"  sha256 {report.sha256} (also in {report.out}.sha256: copy both, install checks it)")
+        head = (
+            f"wrote {report.out} ({size})\n"
+            f"  sha256 {report.sha256} (also in {report.out}.sha256: copy both, install checks it)"
+        )
     else:
-        head = (f"checked the bundle for {report.out} ({size}); --dry-run: nothing written (the real run's archive "
-                f"gets its own sha256: {DRY_RUN_SHA256} stands for it below)")
+        head = (
+            f"checked the bundle for {report.out} ({size}); --dry-run: nothing written (the real run's archive "
+            f"gets its own sha256: {DRY_RUN_SHA256} stands for it below)"
+        )
     console.print(
         f"[green]✓[/] {head}\n"
         f"  on the device: builds a {report.precision} engine from {report.build_onnx} at first start; "
@@ -107,9 +153,13 @@ def bundle(
 def install(
     bundle: Path = typer.Argument(..., help="A bundle from `edgecnn deploy bundle`."),
     prefix: Path = typer.Option(Path("/opt/edgecnn"), "--prefix", help="Install under PREFIX/<name>."),
-    sha256: Optional[str] = typer.Option(None, "--sha256", help="Expected sha256 of the bundle file (default: BUNDLE.sha256 beside it, if any)."),
+    sha256: Optional[str] = typer.Option(
+        None, "--sha256", help="Expected sha256 of the bundle file (default: BUNDLE.sha256 beside it, if any)."
+    ),
     service: bool = typer.Option(False, "--service", help="Install and enable the systemd service."),
-    no_build: bool = typer.Option(False, "--no-build", help="Do not build the TensorRT engine now (start.sh builds it on first start)."),
+    no_build: bool = typer.Option(
+        False, "--no-build", help="Do not build the TensorRT engine now (start.sh builds it on first start)."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON only."),
 ):
     """Verify (SHA256SUMS; a tampered bundle is refused), extract safely, build the engine, optionally the service.
@@ -125,7 +175,9 @@ def install(
     from edgecnn.errors import MissingDependencyError
 
     with progress_bar("installing", total=3, disable=json_out) as update:
-        report = install_bundle(bundle, prefix, expected_sha256=sha256, service=service, build_engine=not no_build, progress=update)
+        report = install_bundle(
+            bundle, prefix, expected_sha256=sha256, service=service, build_engine=not no_build, progress=update
+        )
     svc = report.service
     # Not an exception from install_bundle: the app itself is installed (and stays), only the service is missing.
     service_missing = f"service not installed: {svc.get('reason')}" if service and not svc.get("installed") else None
@@ -148,10 +200,12 @@ def _print_install(report) -> None:
         from rich.markup import escape
 
         kept = f"now at {report.previous_kept}" if report.previous_kept else "it could not be kept"
-        warn(escape(
-            f"replaced the previous install at {report.app_dir} ({kept}): its built engines were carried over, "
-            "user files in it are not kept in the new install"
-        ))
+        warn(
+            escape(
+                f"replaced the previous install at {report.app_dir} ({kept}): its built engines were carried over, "
+                "user files in it are not kept in the new install"
+            )
+        )
         extra = report.previous_extra_files
         if extra:
             more = f" and {len(extra) - 5} more" if len(extra) > 5 else ""
@@ -172,10 +226,14 @@ def _print_install(report) -> None:
 @deploy_app.command("triton")
 @cli_command
 def triton(
-    model: str = typer.Argument(..., help="An edgecnn .onnx or .engine (with its .json manifest), or a pretrained name."),
+    model: str = typer.Argument(
+        ..., help="An edgecnn .onnx or .engine (with its .json manifest), or a pretrained name."
+    ),
     repo: Path = typer.Option(..., "--repo", help="The Triton model repository folder."),
     name: Optional[str] = typer.Option(None, "--name", help="Model name in the repository (default: from MODEL)."),
-    max_batch: Optional[int] = typer.Option(None, "--max-batch", help="max_batch_size (default 8 for a dynamic-batch model; 0 for a fixed batch)."),
+    max_batch: Optional[int] = typer.Option(
+        None, "--max-batch", help="max_batch_size (default 8 for a dynamic-batch model; 0 for a fixed batch)."
+    ),
     instances: int = typer.Option(1, "--instances", help="Model instances (instance_group count)."),
     dynamic_batching: bool = typer.Option(False, "--dynamic-batching", help="Let Triton batch concurrent requests."),
     cpu: bool = typer.Option(False, "--cpu", help="KIND_CPU instances (ONNX only; default KIND_GPU)."),
@@ -186,8 +244,12 @@ def triton(
     from edgecnn.deploy.triton import TritonOptions, write_repository
 
     options = TritonOptions(
-        name=name, max_batch=max_batch, instances=instances, dynamic_batching=dynamic_batching,
-        kind="cpu" if cpu else "gpu", force=force,
+        name=name,
+        max_batch=max_batch,
+        instances=instances,
+        dynamic_batching=dynamic_batching,
+        kind="cpu" if cpu else "gpu",
+        force=force,
     )
     report = write_repository(model, repo, options)
     if json_out:
@@ -206,13 +268,23 @@ def triton(
 def deepstream(
     model: str = typer.Argument(..., help="An edgecnn .onnx (or .engine), or a pretrained name."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for nvinfer_config.txt, labels and the model."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="network-mode: fp32, fp16 or int8 (default fp16; int8 for a Q/DQ model)."),
+    precision: Optional[str] = typer.Option(
+        None, "--precision", help="network-mode: fp32, fp16 or int8 (default fp16; int8 for a Q/DQ model)."
+    ),
     batch_size: int = typer.Option(1, "--batch-size", help="nvinfer batch-size."),
-    calib_cache: Optional[Path] = typer.Option(None, "--calib-cache", help="int8-calib-file (TensorRT calibration cache)."),
-    classifier_threshold: float = typer.Option(0.2, "--classifier-threshold", help="Minimum probability to attach a label."),
-    approximate_std: bool = typer.Option(False, "--approximate-std", help="Accept one scale factor for per-channel std."),
+    calib_cache: Optional[Path] = typer.Option(
+        None, "--calib-cache", help="int8-calib-file (TensorRT calibration cache)."
+    ),
+    classifier_threshold: float = typer.Option(
+        0.2, "--classifier-threshold", help="Minimum probability to attach a label."
+    ),
+    approximate_std: bool = typer.Option(
+        False, "--approximate-std", help="Accept one scale factor for per-channel std."
+    ),
     force: bool = typer.Option(
-        False, "--force", help="Replace an earlier config in --out as a whole (with the engine DeepStream cached for it)."
+        False,
+        "--force",
+        help="Replace an earlier config in --out as a whole (with the engine DeepStream cached for it).",
     ),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON only."),
 ):
@@ -224,8 +296,12 @@ def deepstream(
     from edgecnn.deploy.deepstream import DeepStreamOptions, write_deepstream
 
     options = DeepStreamOptions(
-        precision=precision, batch_size=batch_size, calib_cache=calib_cache,
-        classifier_threshold=classifier_threshold, approximate_std=approximate_std, force=force,
+        precision=precision,
+        batch_size=batch_size,
+        calib_cache=calib_cache,
+        classifier_threshold=classifier_threshold,
+        approximate_std=approximate_std,
+        force=force,
     )
     report = write_deepstream(model, out, options)
     if json_out:
@@ -238,4 +314,6 @@ def deepstream(
         f"offsets {';'.join(f'{o:g}' for o in report.offsets)}, model-color-format {report.model_color_format}"
     )
     if report.replaced:
-        console.print(f"  replaced the earlier config in {report.out} (and any engine DeepStream had cached)", markup=False)
+        console.print(
+            f"  replaced the earlier config in {report.out} (and any engine DeepStream had cached)", markup=False
+        )

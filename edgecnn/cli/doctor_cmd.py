@@ -8,7 +8,9 @@ from edgecnn.cli.common import cli_command, console, print_json
 
 
 def register(app: typer.Typer) -> None:
-    app.command("doctor", help="Check this machine: platform, JetPack, TensorRT, CUDA, GPU, OpenCV, cameras, power mode.")(doctor)
+    app.command(
+        "doctor", help="Check this machine: platform, JetPack, TensorRT, CUDA, GPU, OpenCV, cameras, power mode."
+    )(doctor)
 
 
 @cli_command

@@ -40,8 +40,10 @@ def eval_command(
     if metrics["corrupt"]:
         console.print(f"[yellow]skipped {metrics['corrupt']} unreadable file(s)[/]")
     if metrics["not_in_a_class_folder"]:
-        console.print(f"[yellow]not scored: {metrics['not_in_a_class_folder']} image(s) directly in the data folder, "
-                      "in no class folder[/]")
+        console.print(
+            f"[yellow]not scored: {metrics['not_in_a_class_folder']} image(s) directly in the data folder, "
+            "in no class folder[/]"
+        )
     if metrics["ignored"]:
         console.print(f"[yellow]ignored {metrics['ignored']} file(s) that are not images (by their suffix)[/]")
     typer.echo(f"top-1 {metrics['top1']:.2%}  top-5 {metrics['top5']:.2%}  images {metrics['images']}")

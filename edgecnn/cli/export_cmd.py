@@ -14,22 +14,34 @@ from edgecnn.cli.common import cli_command, console, print_json
 
 
 def export(
-    model: str = typer.Argument(..., help="A .pt checkpoint or a registered pretrained name (e.g. efficientnet-lite0)."),
+    model: str = typer.Argument(
+        ..., help="A .pt checkpoint or a registered pretrained name (e.g. efficientnet-lite0)."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the .onnx file."),
     opset: int = typer.Option(17, "--opset", help="ONNX opset version (the PyTorch exporter writes 7-20)."),
     batch: int = typer.Option(1, "--batch", help="Fixed batch size of the exported model (not with --dynamic-batch)."),
     dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Export with a dynamic batch dimension."),
-    data: Optional[Path] = typer.Option(None, "--data", help="Images for the parity check; when given they must be readable (default: training data or calibration/)."),
-    tolerance: float = typer.Option(1e-3, "--tolerance", help="Max abs logit difference allowed vs PyTorch (a finite number > 0)."),
+    data: Optional[Path] = typer.Option(
+        None,
+        "--data",
+        help="Images for the parity check; when given they must be readable (default: training data or calibration/).",
+    ),
+    tolerance: float = typer.Option(
+        1e-3, "--tolerance", help="Max abs logit difference allowed vs PyTorch (a finite number > 0)."
+    ),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out file."),
     json_out: bool = typer.Option(False, "--json", help="Print the export report as JSON only."),
 ):
     """Export to ONNX: labels and preprocessing go into the model's metadata; parity vs PyTorch is checked."""
     from edgecnn.export import ExportOptions, export_onnx
 
-    options = ExportOptions(opset=opset, batch=batch, dynamic_batch=dynamic_batch, tolerance=tolerance, data=data,
-                            force=force)
-    with _sigterm_interrupts(), console.status("exporting", spinner="dots") if not json_out else _nullcontext() as status:
+    options = ExportOptions(
+        opset=opset, batch=batch, dynamic_batch=dynamic_batch, tolerance=tolerance, data=data, force=force
+    )
+    with (
+        _sigterm_interrupts(),
+        console.status("exporting", spinner="dots") if not json_out else _nullcontext() as status,
+    ):
         report = export_onnx(model, out, options, progress=(lambda m: status.update(m)) if status else None)
     if json_out:
         print_json(report.to_dict())

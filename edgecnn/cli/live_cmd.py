@@ -16,7 +16,9 @@ SOURCE_HELP = (
 
 
 def register(app: typer.Typer) -> None:
-    app.command("live", help="Classify frames from a camera or stream in real time (overlay window, JSON, recording).")(live)
+    app.command("live", help="Classify frames from a camera or stream in real time (overlay window, JSON, recording).")(
+        live
+    )
 
 
 @cli_command
@@ -25,21 +27,44 @@ def live(
     source: str = typer.Option("0", "--source", "-s", help=SOURCE_HELP),
     width: Optional[int] = typer.Option(None, "--width", help="Capture width (cameras; output width for csi://)."),
     height: Optional[int] = typer.Option(None, "--height", help="Capture height (cameras; output height for csi://)."),
-    fps: Optional[float] = typer.Option(None, "--fps", help="Capture rate of a camera (0.01-1000); for an image folder, the pace. A video file keeps its own rate (--fps is ignored, with a warning)."),
+    fps: Optional[float] = typer.Option(
+        None,
+        "--fps",
+        help="Capture rate of a camera (0.01-1000); for an image folder, the pace. A video file keeps its own rate (--fps is ignored, with a warning).",
+    ),
     headless: bool = typer.Option(False, "--headless", help="No window (servers, SSH, services)."),
     json_out: bool = typer.Option(False, "--json", help="One JSON line per frame on stdout, then a summary line."),
-    every: int = typer.Option(1, "--every", min=1, help="With --json, write every N-th frame only (ignored, with a warning, without --json)."),
-    record: Optional[Path] = typer.Option(None, "--record", help="Write the annotated video here (.mp4/.avi/.mkv); an existing file needs --force."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing --record file (only once the new recording is complete)."),
+    every: int = typer.Option(
+        1, "--every", min=1, help="With --json, write every N-th frame only (ignored, with a warning, without --json)."
+    ),
+    record: Optional[Path] = typer.Option(
+        None, "--record", help="Write the annotated video here (.mp4/.avi/.mkv); an existing file needs --force."
+    ),
+    force: bool = typer.Option(
+        False, "--force", help="Replace an existing --record file (only once the new recording is complete)."
+    ),
     top_k: int = typer.Option(3, "--top-k", min=1, help="Classes shown per frame."),
-    threshold: float = typer.Option(0.0, "--threshold", min=0.0, max=1.0, help="Below this top-1 probability show 'unknown'."),
-    smoothing: float = typer.Option(0.0, "--smoothing", min=0.0, max=0.99, help="EMA factor over probabilities (0 = off, 0.8 = steady)."),
+    threshold: float = typer.Option(
+        0.0, "--threshold", min=0.0, max=1.0, help="Below this top-1 probability show 'unknown'."
+    ),
+    smoothing: float = typer.Option(
+        0.0, "--smoothing", min=0.0, max=0.99, help="EMA factor over probabilities (0 = off, 0.8 = steady)."
+    ),
     max_frames: Optional[int] = typer.Option(None, "--max-frames", min=1, help="Stop after N processed frames."),
     loop: bool = typer.Option(False, "--loop", help="Restart a video file or folder at its end."),
-    no_pace: bool = typer.Option(False, "--no-pace", help="Process every frame of a file as fast as possible (no drops)."),
-    reconnect_attempts: int = typer.Option(5, "--reconnect-attempts", min=0, help="Reopen a lost camera/stream this many times."),
+    no_pace: bool = typer.Option(
+        False, "--no-pace", help="Process every frame of a file as fast as possible (no drops)."
+    ),
+    reconnect_attempts: int = typer.Option(
+        5, "--reconnect-attempts", min=0, help="Reopen a lost camera/stream this many times."
+    ),
     backend: Optional[str] = typer.Option(None, "--backend", help="Runner backend (default: from the model file)."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="ONNX Runtime CPU threads; cores-1 leaves a core for capture (most efficient pipeline)."),
+    threads: Optional[int] = typer.Option(
+        None,
+        "--threads",
+        min=1,
+        help="ONNX Runtime CPU threads; cores-1 leaves a core for capture (most efficient pipeline).",
+    ),
 ):
     """Run the live loop until the source ends, --max-frames, q/Esc, or Ctrl-C / SIGTERM (which still finalise the
     recording and print the summary; with --record a second Ctrl-C is ignored until the video is finished)."""
@@ -171,8 +196,10 @@ def live(
 def _warn_fps_ignored(spec, fps) -> None:
     """--fps on a video file: said once, then ignored (the video plays, and is recorded, at its own rate)."""
     if spec.kind == "file" and fps is not None:
-        warn(f"--fps {fps:g} is ignored for a video file: it keeps its own frame rate (--fps is for cameras and "
-             "image folders)")
+        warn(
+            f"--fps {fps:g} is ignored for a video file: it keeps its own frame rate (--fps is for cameras and "
+            "image folders)"
+        )
 
 
 def _note_on_stderr(text: str) -> None:
@@ -223,8 +250,14 @@ def _status_printer(console, period_s: float = 5.0):
 
 def _recording_dict(path: Path, recorder) -> dict:
     """What the recording holds: its frames and rate, and how dropped frames were made up for."""
-    return {"path": str(path), "frames": recorder.frames, "fps": recorder.video_fps, "timeline": recorder.timeline,
-            "repeated": recorder.repeated, "left_out": recorder.left_out}
+    return {
+        "path": str(path),
+        "frames": recorder.frames,
+        "fps": recorder.video_fps,
+        "timeline": recorder.timeline,
+        "repeated": recorder.repeated,
+        "left_out": recorder.left_out,
+    }
 
 
 def _print_summary(summary, recorded: dict | None) -> None:
@@ -243,8 +276,10 @@ def _print_summary(summary, recorded: dict | None) -> None:
     if table.row_count:  # no frame processed: no empty table
         console.print(table)
     if summary.truncated:
-        warn(f"the video ended after {summary.frames_per_pass} of the {summary.frames_expected} frames its header "
-             "declares: the file may be cut short or damaged")
+        warn(
+            f"the video ended after {summary.frames_per_pass} of the {summary.frames_expected} frames its header "
+            "declares: the file may be cut short or damaged"
+        )
     if recorded is not None:
         notes = [f"{recorded['frames']} frames at {recorded['fps']:g} fps"]
         if recorded["repeated"]:
@@ -252,4 +287,3 @@ def _print_summary(summary, recorded: dict | None) -> None:
         if recorded["left_out"]:
             notes.append(f"{recorded['left_out']} processed frames left out: they came faster than the video's rate")
         console.print(f"recording: {recorded['path']} ({'; '.join(notes)})", markup=False)
-

@@ -20,17 +20,19 @@ def zoo_rows() -> list[dict]:
         for entry in list_models():
             model = create_model(entry.name)
             pre = entry.preprocess
-            rows.append({
-                "name": entry.name,
-                "parameters": count_parameters(model),
-                "num_classes": model(torch.empty(1, 3, *pre.input_size)).shape[1],
-                "input_size": list(pre.input_size),
-                "resize": pre.resize,
-                "mean": list(pre.mean),
-                "std": list(pre.std),
-                "pretrained": entry.pretrained,
-                "description": entry.description,
-            })
+            rows.append(
+                {
+                    "name": entry.name,
+                    "parameters": count_parameters(model),
+                    "num_classes": model(torch.empty(1, 3, *pre.input_size)).shape[1],
+                    "input_size": list(pre.input_size),
+                    "resize": pre.resize,
+                    "mean": list(pre.mean),
+                    "std": list(pre.std),
+                    "pretrained": entry.pretrained,
+                    "description": entry.description,
+                }
+            )
     return rows
 
 
@@ -48,10 +50,22 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         table = Table(title="edgecnn model zoo", title_style="bold")
-        for col, kw in (("name", {}), ("params", {"justify": "right"}), ("classes", {"justify": "right"}),
-                        ("input", {}), ("pretrained", {}), ("description", {})):
+        for col, kw in (
+            ("name", {}),
+            ("params", {"justify": "right"}),
+            ("classes", {"justify": "right"}),
+            ("input", {}),
+            ("pretrained", {}),
+            ("description", {}),
+        ):
             table.add_column(col, **kw)
         for r in rows:
-            table.add_row(r["name"], f"{r['parameters']:,}", str(r["num_classes"]),
-                          "×".join(map(str, r["input_size"])), "yes" if r["pretrained"] else "", r["description"])
+            table.add_row(
+                r["name"],
+                f"{r['parameters']:,}",
+                str(r["num_classes"]),
+                "×".join(map(str, r["input_size"])),
+                "yes" if r["pretrained"] else "",
+                r["description"],
+            )
         results.print(table)

@@ -24,16 +24,21 @@ def _batches(text: str) -> tuple[int, ...]:
 
 def profile_command(
     models: List[str] = typer.Argument(
-        ..., help="Model files (.pt, .onnx, .engine, .xml) or pretrained names; MODEL@BACKEND forces a backend "
-        "(e.g. model.onnx@openvino). The first one is the baseline for ratios."
+        ...,
+        help="Model files (.pt, .onnx, .engine, .xml) or pretrained names; MODEL@BACKEND forces a backend "
+        "(e.g. model.onnx@openvino). The first one is the baseline for ratios.",
     ),
     batch: str = typer.Option("1", "--batch", "-b", help="Batch sizes, comma-separated (e.g. 1,4,8)."),
     warmup: int = typer.Option(10, "--warmup", min=0, help="Warm-up runs per model and batch (not timed)."),
     iterations: int = typer.Option(100, "--iterations", "-n", min=1, help="Timed runs per model and batch."),
     duration: Optional[float] = typer.Option(
-        None, "--duration", help="Seconds of timed runs per model and batch (replaces --iterations); overrun by at most one call."
+        None,
+        "--duration",
+        help="Seconds of timed runs per model and batch (replaces --iterations); overrun by at most one call.",
     ),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads per model (default: the backend's)."),
+    threads: Optional[int] = typer.Option(
+        None, "--threads", min=1, help="CPU threads per model (default: the backend's)."
+    ),
     per_layer: bool = typer.Option(False, "--per-layer", help="Also time each layer/node and list the slowest."),
     top: int = typer.Option(10, "--top", min=1, help="How many slowest layers to list with --per-layer."),
     end_to_end: bool = typer.Option(
@@ -93,7 +98,11 @@ def _print_tables(result) -> None:
         models.add_column(h, justify="left" if h in ("model", "backend", "precision", "input") else "right")
     for m in result.models:
         models.add_row(
-            escape(m.label), m.backend, m.precision, "x".join(map(str, m.input_shape)), f"{m.file_size_mb:.2f}",
+            escape(m.label),
+            m.backend,
+            m.precision,
+            "x".join(map(str, m.input_shape)),
+            f"{m.file_size_mb:.2f}",
             "-" if m.rss_delta_mb is None else f"{m.rss_delta_mb:.1f}",
         )
     results.print(models)

@@ -10,9 +10,14 @@ from rich.markup import escape
 
 from edgecnn.cli.common import cli_command, console, print_json, progress_bar, warn
 
-STAGES = {"decode": "decoding calibration images", "calibrate": "calibrating", "round": "rounding weights (GPTQ)",
-          "evaluate": "FP32 reference",
-          "sensitivity": "keeping sensitive layers in float", "finetune": "fine-tuning through INT8 rounding"}
+STAGES = {
+    "decode": "decoding calibration images",
+    "calibrate": "calibrating",
+    "round": "rounding weights (GPTQ)",
+    "evaluate": "FP32 reference",
+    "sensitivity": "keeping sensitive layers in float",
+    "finetune": "fine-tuning through INT8 rounding",
+}
 
 
 def _floats(text: Optional[str], n: int, flag: str) -> Optional[tuple]:
@@ -33,42 +38,92 @@ def _floats(text: Optional[str], n: int, flag: str) -> Optional[tuple]:
 
 def quantize(
     model: str = typer.Argument(..., help="FP32 .onnx model (exported by edgecnn) or a registered pretrained name."),
-    calib: Path = typer.Option(Path("calibration"), "--calib", help="Calibration image folder (recursive) or video file."),
+    calib: Path = typer.Option(
+        Path("calibration"), "--calib", help="Calibration image folder (recursive) or video file."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the INT8 Q/DQ .onnx model."),
-    target: str = typer.Option("tensorrt", "--target", help="tensorrt: INT8 symmetric activations, per-channel weights "
-                               "(TensorRT explicit quantization). cpu: uint8 activations + int8 weights (fast on ORT CPU)."),
-    method: str = typer.Option("percentile", "--method", help="Calibrator: minmax, percentile or entropy (KL, TensorRT-style)."),
+    target: str = typer.Option(
+        "tensorrt",
+        "--target",
+        help="tensorrt: INT8 symmetric activations, per-channel weights "
+        "(TensorRT explicit quantization). cpu: uint8 activations + int8 weights (fast on ORT CPU).",
+    ),
+    method: str = typer.Option(
+        "percentile", "--method", help="Calibrator: minmax, percentile or entropy (KL, TensorRT-style)."
+    ),
     percentile: float = typer.Option(99.99, "--percentile", help="Percentile of |x| kept by --method percentile."),
-    num_images: int = typer.Option(500, "--num-images", help="Use at most this many calibration images (random subset)."),
-    every: Optional[int] = typer.Option(None, "--every", help="Video source: take every k-th frame (default: spread over the video)."),
-    batch: int = typer.Option(16, "--batch", help="Calibration batch size (a model exported with a fixed batch always runs at its own)."),
+    num_images: int = typer.Option(
+        500, "--num-images", help="Use at most this many calibration images (random subset)."
+    ),
+    every: Optional[int] = typer.Option(
+        None, "--every", help="Video source: take every k-th frame (default: spread over the video)."
+    ),
+    batch: int = typer.Option(
+        16, "--batch", help="Calibration batch size (a model exported with a fixed batch always runs at its own)."
+    ),
     exclude: Optional[List[str]] = typer.Option(None, "--exclude", help="Node name to keep in float (repeatable)."),
-    cache: Optional[Path] = typer.Option(None, "--cache", help="Also write the ranges as a TensorRT calibration table."),
-    trt_version: Optional[str] = typer.Option(None, "--trt-version", help="TensorRT version for the table header "
-                                              "(e.g. 8.6.2, 10.3.0; default: installed TensorRT, else 8.6.1)."),
-    val: Optional[Path] = typer.Option(None, "--val", help="Labelled folder for FP32 vs INT8 accuracy (unlabelled: agreement)."),
-    max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Max top-1 drop in points (agreement loss when "
-                                             "unlabelled); keeps sensitive layers in float until met, or fails."),
+    cache: Optional[Path] = typer.Option(
+        None, "--cache", help="Also write the ranges as a TensorRT calibration table."
+    ),
+    trt_version: Optional[str] = typer.Option(
+        None,
+        "--trt-version",
+        help="TensorRT version for the table header (e.g. 8.6.2, 10.3.0; default: installed TensorRT, else 8.6.1).",
+    ),
+    val: Optional[Path] = typer.Option(
+        None, "--val", help="Labelled folder for FP32 vs INT8 accuracy (unlabelled: agreement)."
+    ),
+    max_drop: Optional[float] = typer.Option(
+        None,
+        "--max-drop",
+        help="Max top-1 drop in points (agreement loss when "
+        "unlabelled); keeps sensitive layers in float until met, or fails.",
+    ),
     max_steps: int = typer.Option(8, "--max-steps", help="Most layers --max-drop may move back to float."),
     report: Optional[Path] = typer.Option(None, "--report", help="Folder for quantization.json + quantization.md."),
-    no_bias_correction: bool = typer.Option(False, "--no-bias-correction", help="Skip correcting biases for INT8 weight error."),
-    rounding: str = typer.Option("gptq", "--rounding", help="INT8 weight rounding: gptq (each rounding error "
-                                 "compensated on the calibration images) or nearest."),
+    no_bias_correction: bool = typer.Option(
+        False, "--no-bias-correction", help="Skip correcting biases for INT8 weight error."
+    ),
+    rounding: str = typer.Option(
+        "gptq",
+        "--rounding",
+        help="INT8 weight rounding: gptq (each rounding error compensated on the calibration images) or nearest.",
+    ),
     reduce_range: Optional[bool] = typer.Option(
-        None, "--reduce-range/--full-range", help="INT8 weights on [-64, 64] instead of [-127, 127]. Default: reduced "
+        None,
+        "--reduce-range/--full-range",
+        help="INT8 weights on [-64, 64] instead of [-127, 127]. Default: reduced "
         "for --target cpu (fast and exact on every CPU; full-range weights saturate ONNX Runtime's fast kernels on x86 "
-        "CPUs without VNNI), full for tensorrt."),
-    finetune: int = typer.Option(0, "--finetune", help="Epochs of quantization-aware fine-tuning on the calibration "
-                                 "images, with the FP32 model as teacher (needs PyTorch; 0: plain post-training)."),
+        "CPUs without VNNI), full for tensorrt.",
+    ),
+    finetune: int = typer.Option(
+        0,
+        "--finetune",
+        help="Epochs of quantization-aware fine-tuning on the calibration "
+        "images, with the FP32 model as teacher (needs PyTorch; 0: plain post-training).",
+    ),
     finetune_lr: float = typer.Option(1e-5, "--finetune-lr", help="Adam learning rate for --finetune."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="ONNX Runtime threads (default: all cores)."),
-    input_size: Optional[str] = typer.Option(None, "--input-size", help="ONLY for a model without edgecnn metadata: H,W."),
-    mean: Optional[str] = typer.Option(None, "--mean", help="ONLY without metadata: per-channel mean, 0-255 scale (R,G,B)."),
-    std: Optional[str] = typer.Option(None, "--std", help="ONLY without metadata: per-channel std, 0-255 scale (R,G,B)."),
-    resize: Optional[str] = typer.Option(None, "--resize", help="ONLY without metadata: shorter_crop (default), resize or letterbox."),
-    interpolation: Optional[str] = typer.Option(None, "--interpolation", help="ONLY without metadata: linear (default), "
-                                                "cubic, area or nearest (as the model was trained)."),
-    labels: Optional[Path] = typer.Option(None, "--labels", help="ONLY without metadata: class names file, one per line."),
+    input_size: Optional[str] = typer.Option(
+        None, "--input-size", help="ONLY for a model without edgecnn metadata: H,W."
+    ),
+    mean: Optional[str] = typer.Option(
+        None, "--mean", help="ONLY without metadata: per-channel mean, 0-255 scale (R,G,B)."
+    ),
+    std: Optional[str] = typer.Option(
+        None, "--std", help="ONLY without metadata: per-channel std, 0-255 scale (R,G,B)."
+    ),
+    resize: Optional[str] = typer.Option(
+        None, "--resize", help="ONLY without metadata: shorter_crop (default), resize or letterbox."
+    ),
+    interpolation: Optional[str] = typer.Option(
+        None,
+        "--interpolation",
+        help="ONLY without metadata: linear (default), cubic, area or nearest (as the model was trained).",
+    ),
+    labels: Optional[Path] = typer.Option(
+        None, "--labels", help="ONLY without metadata: class names file, one per line."
+    ),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out (and --cache) file."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON only (stdout)."),
 ):
@@ -83,20 +138,44 @@ def quantize(
     if input_size or mean or std:
         if not (input_size and mean and std):
             raise UserInputError("--input-size, --mean and --std go together (for a model without edgecnn metadata)")
-        pre = PreprocessConfig(input_size=_floats(input_size, 2, "--input-size"), mean=_floats(mean, 3, "--mean"),
-                               std=_floats(std, 3, "--std"), resize=resize or "shorter_crop",
-                               interpolation=interpolation or "linear")
+        pre = PreprocessConfig(
+            input_size=_floats(input_size, 2, "--input-size"),
+            mean=_floats(mean, 3, "--mean"),
+            std=_floats(std, 3, "--std"),
+            resize=resize or "shorter_crop",
+            interpolation=interpolation or "linear",
+        )
     elif resize or interpolation:
-        raise UserInputError("--resize and --interpolation describe a model without edgecnn metadata: give them with "
-                             "--input-size, --mean and --std (a model with metadata brings its own preprocessing)")
+        raise UserInputError(
+            "--resize and --interpolation describe a model without edgecnn metadata: give them with "
+            "--input-size, --mean and --std (a model with metadata brings its own preprocessing)"
+        )
     options = QuantOptions(
-        target=target, method=method, percentile=percentile, num_images=num_images, batch=batch, every=every,
-        exclude=tuple(exclude or ()), cache=cache, trt_version=trt_version, val=val, max_drop=max_drop,
-        max_steps=max_steps, report=report, threads=threads, bias_correction=not no_bias_correction, rounding=rounding,
-        reduce_range=reduce_range, finetune=finetune, finetune_lr=finetune_lr, preprocess=pre, labels=read_labels_file(labels) if labels else None,
+        target=target,
+        method=method,
+        percentile=percentile,
+        num_images=num_images,
+        batch=batch,
+        every=every,
+        exclude=tuple(exclude or ()),
+        cache=cache,
+        trt_version=trt_version,
+        val=val,
+        max_drop=max_drop,
+        max_steps=max_steps,
+        report=report,
+        threads=threads,
+        bias_correction=not no_bias_correction,
+        rounding=rounding,
+        reduce_range=reduce_range,
+        finetune=finetune,
+        finetune_lr=finetune_lr,
+        preprocess=pre,
+        labels=read_labels_file(labels) if labels else None,
         force=force,
     )
     with progress_bar("quantizing", disable=json_out) as update:
+
         def progress(stage: str, done: int, total: int) -> None:
             update(done, total, description=STAGES.get(stage, stage))
 
@@ -128,8 +207,10 @@ def _print_summary(r: dict) -> None:
     ag = acc["agreement"]
     line = f"accuracy on {acc['images']} images ({acc['source']}): top-1 agreement {100 * ag['top1_agreement']:.2f}%"
     if acc["kind"] == "labelled":
-        line += (f", top-1 {100 * acc['fp32']['top1']:.2f}% -> {100 * acc['int8']['top1']:.2f}%, "
-                 f"top-5 {100 * acc['fp32']['top5']:.2f}% -> {100 * acc['int8']['top5']:.2f}%")
+        line += (
+            f", top-1 {100 * acc['fp32']['top1']:.2f}% -> {100 * acc['int8']['top1']:.2f}%, "
+            f"top-5 {100 * acc['fp32']['top5']:.2f}% -> {100 * acc['int8']['top5']:.2f}%"
+        )
     line += f", mean |logit diff| {ag['mean_abs_diff']:.4f}"
     console.print(line)
     if acc.get("note"):
@@ -155,14 +236,21 @@ def _print_summary(r: dict) -> None:
     if r["weights"].get("note"):
         warn(r["weights"]["note"])
     if r.get("cache"):
-        console.print(f"[green]✓[/] wrote {escape(str(r['cache']['path']))} ({r['cache']['header']}, {r['cache']['tensors']} tensors)")
+        console.print(
+            f"[green]✓[/] wrote {escape(str(r['cache']['path']))} ({r['cache']['header']}, {r['cache']['tensors']} tensors)"
+        )
     if r.get("latency"):
         lat = r["latency"]
-        console.print(f"latency (batch {lat['batch']}, this machine): FP32 {lat['fp32']['median_ms']:.2f} ms, INT8 "
-                      f"{lat['int8']['median_ms']:.2f} ms ({lat['speedup']:.2f}x)")
+        console.print(
+            f"latency (batch {lat['batch']}, this machine): FP32 {lat['fp32']['median_ms']:.2f} ms, INT8 "
+            f"{lat['int8']['median_ms']:.2f} ms ({lat['speedup']:.2f}x)"
+        )
     if r["target"] == "tensorrt":  # the default: a first-time user on a laptop sees it run slower than FP32 here
-        console.print("  (--target tensorrt is for TensorRT engines, where it is fast; ONNX Runtime on a CPU runs it "
-                      "slower than FP32: --target cpu makes the model for CPUs)", markup=False)
+        console.print(
+            "  (--target tensorrt is for TensorRT engines, where it is fast; ONNX Runtime on a CPU runs it "
+            "slower than FP32: --target cpu makes the model for CPUs)",
+            markup=False,
+        )
     if r.get("report"):
         console.print(f"[green]✓[/] report: {escape(str(r['report']['markdown']))}")
 

@@ -161,7 +161,12 @@ def sink_args(sinks) -> list[str]:
         elif sink == "json":
             args += ["--headless", "--json"]
         elif sink.startswith("record:") and len(sink) > len("record:"):
-            args += ["--headless", "--record", sink.split(":", 1)[1], "--force"]  # a service restarts: replace its own recording
+            args += [
+                "--headless",
+                "--record",
+                sink.split(":", 1)[1],
+                "--force",
+            ]  # a service restarts: replace its own recording
         else:
             raise UserInputError(f"Unknown --sink {sink!r}: choose from {', '.join(SINKS)}")
     if "display" in sinks and "--headless" in args:
@@ -208,7 +213,7 @@ def cuda_python_requirement(l4t: str) -> str | None:
     release = jetpack_for_l4t(l4t)
     if release is None:
         return None
-    return f"cuda-python=={release.cuda}.*; platform_machine == \"aarch64\""
+    return f'cuda-python=={release.cuda}.*; platform_machine == "aarch64"'
 
 
 def runtime_requirements(l4t: str | None = None) -> list[str]:
@@ -233,8 +238,8 @@ def runtime_requirements(l4t: str | None = None) -> list[str]:
         spec, _, marker = (part.strip() for part in req.partition(";"))
         name = re.match(r"[A-Za-z0-9_.-]+", spec).group(0).lower()
         if name == "numpy" and not marker:
-            out.append(f"{spec},<2; platform_machine == \"aarch64\"")
-            out.append(f"{spec}; platform_machine != \"aarch64\"")
+            out.append(f'{spec},<2; platform_machine == "aarch64"')
+            out.append(f'{spec}; platform_machine != "aarch64"')
         elif name in ("torch", "torchvision"):
             continue
         else:
@@ -308,7 +313,9 @@ def plan_models(precision: str, has_fp32: bool, has_int8: bool, has_calib: bool,
     if has_calib and precision in ("int8", "best") and not use_int8_onnx:
         args += ["--calib-cache", "model.calib"]
     elif has_calib:
-        why = "the Q/DQ INT8 ONNX carries its own scales" if use_int8_onnx else f"--precision {precision} builds no INT8"
+        why = (
+            "the Q/DQ INT8 ONNX carries its own scales" if use_int8_onnx else f"--precision {precision} builds no INT8"
+        )
         warnings.append(f"--calib-cache is bundled but unused: {why}")
     if device:
         args += ["--device", device]
@@ -360,8 +367,10 @@ def _check_tensorrt_int8(path: Path, contract: ModelContract) -> None:
     """An INT8 ONNX the device builds its engine from (--int8-model, or MODEL itself when it is INT8) must be a Q/DQ
     model in TensorRT's form: a `--target cpu` model would fail, or build a wrong engine, only on the device."""
     if contract.precision != "int8":
-        raise UserInputError(f"--int8-model {path.name} is not an INT8 model (precision {contract.precision}): make "
-                             "one with `edgecnn quantize MODEL --target tensorrt`")
+        raise UserInputError(
+            f"--int8-model {path.name} is not an INT8 model (precision {contract.precision}): make "
+            "one with `edgecnn quantize MODEL --target tensorrt`"
+        )
     from edgecnn.trt.int8 import check_tensorrt_qdq
 
     check_tensorrt_qdq(path)  # e.g. a --target cpu model (uint8 activations): TensorRT cannot build it as meant
@@ -378,8 +387,9 @@ def _calib_cache_warnings(plan: _Plan, options: BundleOptions) -> list[str]:
     release = jetpack_for_l4t(options.l4t)
     if release is None:
         return []
-    note = calib_cache_version_note(options.calib_cache, release.tensorrt,
-                                    f"JetPack {release.jetpack} (L4T {options.l4t}) has")
+    note = calib_cache_version_note(
+        options.calib_cache, release.tensorrt, f"JetPack {release.jetpack} (L4T {options.l4t}) has"
+    )
     return [note] if note else []
 
 
@@ -412,8 +422,10 @@ def create_bundle(
     sidecar = out.with_name(out.name + ".sha256")
     existing = [p for p in (out, sidecar) if p.exists() or p.is_symlink()]
     if existing and not options.force:
-        raise UserInputError(f"--out: {existing[0]} already exists: pass --force to replace it, or choose another --out "
-                             "(nothing was written)")
+        raise UserInputError(
+            f"--out: {existing[0]} already exists: pass --force to replace it, or choose another --out "
+            "(nothing was written)"
+        )
     major = options.l4t.split(".")[0]
     if major.isdigit() and int(major) < 36:  # JetPack 5 and older: even with --base-image, edgecnn cannot run there
         from edgecnn.trt.devices import jetpack_for_l4t
@@ -429,15 +441,19 @@ def create_bundle(
 
         preset = get_device(options.device)  # unknown preset: a clear error now, not on the device
         if not preset.jetson:
-            raise UserInputError(f"--device {preset.name}: a bundle is for a Jetson; for a desktop GPU build the engine "
-                                 "with `edgecnn build-engine` or serve with `edgecnn deploy triton`")
+            raise UserInputError(
+                f"--device {preset.name}: a bundle is for a Jetson; for a desktop GPU build the engine "
+                "with `edgecnn build-engine` or serve with `edgecnn deploy triton`"
+            )
         major = options.l4t.split(".")[0]
         if not any(r.l4t.split(".")[0] == major for r in preset.jetpack):
             runs = ", ".join(sorted({f"JetPack {r.jetpack} (L4T {r.l4t})" for r in preset.jetpack}))
             jetpack5_only = {r.l4t.split(".")[0] for r in preset.jetpack} == {"35"}  # Xavier: no JetPack 6
-            raise UserInputError(f"--device {preset.name} does not run L4T {options.l4t}, which this bundle's base "
-                                 f"image needs; the {preset.title} runs {runs}"
-                                 + (f", too old for edgecnn (Python 3.8). {JETPACK5_WAY_OUT}" if jetpack5_only else ""))
+            raise UserInputError(
+                f"--device {preset.name} does not run L4T {options.l4t}, which this bundle's base "
+                f"image needs; the {preset.title} runs {runs}"
+                + (f", too old for edgecnn (Python 3.8). {JETPACK5_WAY_OUT}" if jetpack5_only else "")
+            )
     base_image = options.base_image or L4T_BASE_IMAGES.get(options.l4t)
     if base_image is None:
         raise UserInputError(
@@ -501,8 +517,9 @@ def create_bundle(
         payload["contract.json"] = (json.dumps(contract.to_dict(), indent=2, sort_keys=True).encode() + b"\n", 0o644)
         payload["labels.txt"] = ("".join(f"{label}\n" for label in contract.labels).encode(), 0o644)
         model_files = [p for p in ("model.onnx", "model.int8.onnx", "model.calib") if p in payload] + sorted(data_files)
-        for rel, (text, mode) in app_files(name, contract, options, plan, model_id, base_image, model_files,
-                                             archive=out.name).items():
+        for rel, (text, mode) in app_files(
+            name, contract, options, plan, model_id, base_image, model_files, archive=out.name
+        ).items():
             payload[rel] = (text.encode(), mode)
         for rel, path in _package_files().items():
             payload[rel] = (path, 0o644)
@@ -528,8 +545,11 @@ def create_bundle(
         }
         payload["bundle.json"] = (json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n", 0o644)
         taken = set(payload) | {"SHA256SUMS", "engines"}  # engines/: where the device caches its engine
-        clash = sorted(rel for rel in data_files
-                       if any(rel == t or t.startswith(rel + "/") or rel.startswith(t + "/") for t in taken))
+        clash = sorted(
+            rel
+            for rel in data_files
+            if any(rel == t or t.startswith(rel + "/") or rel.startswith(t + "/") for t in taken)
+        )
         if clash:
             raise UserInputError(
                 f"The model keeps its weights in an external data file named {clash[0]!r}, a path the bundle uses "
@@ -608,8 +628,12 @@ def app_files(
     files[f"{name}.service"] = (systemd_unit(name, app_dir, options.user, options.service_args, description), 0o644)
     files["Dockerfile"] = (
         render(
-            "Dockerfile", name=name, version=__version__, base_image=base_image,
-            jetpack=JETPACK_FOR_IMAGE.get(options.l4t, "6"), l4t=options.l4t,
+            "Dockerfile",
+            name=name,
+            version=__version__,
+            base_image=base_image,
+            jetpack=JETPACK_FOR_IMAGE.get(options.l4t, "6"),
+            l4t=options.l4t,
         ),
         0o644,
     )
@@ -627,12 +651,19 @@ def app_files(
     h, w = contract.preprocess.input_size
     files["README.md"] = (
         render(
-            "bundle-README.md", name=name, version=__version__,
+            "bundle-README.md",
+            name=name,
+            version=__version__,
             created=created or time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            model_files=", ".join(model_files), classes=contract.num_classes, input_size=f"{h}x{w}",
-            precision=options.precision, device_line=f", built for `{options.device}`" if options.device else "",
-            source_display=redact_source(options.source), sink_display=", ".join(options.sinks) or "display",
-            base_image=base_image, archive=archive or f"{name}.tar.gz",
+            model_files=", ".join(model_files),
+            classes=contract.num_classes,
+            input_size=f"{h}x{w}",
+            precision=options.precision,
+            device_line=f", built for `{options.device}`" if options.device else "",
+            source_display=redact_source(options.source),
+            sink_display=", ".join(options.sinks) or "display",
+            base_image=base_image,
+            archive=archive or f"{name}.tar.gz",
         ),
         0o644,
     )
@@ -647,8 +678,14 @@ def systemd_unit(
         raise UserInputError(f"--user {user!r} is not a valid user name")
     args = "".join(" " + shlex.quote(a) for a in service_args)
     return render(
-        "edgecnn-app.service", name=name, version=__version__, description=description, user=user,
-        app_dir=app_dir, service_args=args, python=python,
+        "edgecnn-app.service",
+        name=name,
+        version=__version__,
+        description=description,
+        user=user,
+        app_dir=app_dir,
+        service_args=args,
+        python=python,
     )
 
 
@@ -733,4 +770,6 @@ def push_bundle(commands: list[list[str]], run: Callable | None = None) -> None:
         except FileNotFoundError as exc:
             raise UserInputError(f"{argv[0]} is not installed here: --host needs OpenSSH (ssh, scp)") from exc
         if result.returncode != 0:
-            raise UserInputError(f"`{argv[0]}` step failed with exit code {result.returncode}: {' '.join(argv[:3])} ...")
+            raise UserInputError(
+                f"`{argv[0]}` step failed with exit code {result.returncode}: {' '.join(argv[:3])} ..."
+            )

@@ -26,7 +26,14 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from edgecnn.artifacts import atomic_path, atomic_write_text, ensure_distinct, check_output_folder, make_dirs, remove_created
+from edgecnn.artifacts import (
+    atomic_path,
+    atomic_write_text,
+    check_output_folder,
+    ensure_distinct,
+    make_dirs,
+    remove_created,
+)
 from edgecnn.deploy.model_io import ModelIO, read_model_io
 from edgecnn.errors import ArtifactError, UserInputError
 
@@ -35,7 +42,9 @@ COLOR_FORMATS = {"rgb": 0, "bgr": 1}
 # NvBufSurfTransform_Inter: 0 nearest, 1 bilinear, 2 algo1 (GPU cubic), 3 algo2 (GPU super-sampling ~ area)
 SCALING_FILTERS = {"nearest": 0, "linear": 1, "cubic": 2, "area": 3}
 # What `write_deepstream` writes, and the engine DeepStream caches beside the model (model-engine-file)
-OWN_FILES = frozenset({"model.softmax.onnx", "model.engine", "calib.cache", "labels.txt", "nvinfer_config.txt", "README.md"})
+OWN_FILES = frozenset(
+    {"model.softmax.onnx", "model.engine", "calib.cache", "labels.txt", "nvinfer_config.txt", "README.md"}
+)
 DEEPSTREAM_ENGINE_RE = re.compile(r"model[^/]*_b\d+_gpu\d+_[a-z0-9]+\.engine")
 
 
@@ -301,12 +310,19 @@ def nvinfer_config(
         f"classifier-threshold={options.classifier_threshold:g}",
     ]
     return NvinferConfig(
-        "\n".join(lines) + "\n", scale, offsets, COLOR_FORMATS[cfg.channel_order], NETWORK_MODES[precision],
-        label_text, warnings,
+        "\n".join(lines) + "\n",
+        scale,
+        offsets,
+        COLOR_FORMATS[cfg.channel_order],
+        NETWORK_MODES[precision],
+        label_text,
+        warnings,
     )
 
 
-def write_deepstream(model: str | Path, out_dir: str | Path, options: DeepStreamOptions | None = None) -> DeepStreamReport:
+def write_deepstream(
+    model: str | Path, out_dir: str | Path, options: DeepStreamOptions | None = None
+) -> DeepStreamReport:
     """Write `nvinfer_config.txt`, `labels.txt`, the model (+ calib cache) and a README into `out_dir`.
 
     Everything is written into a staging folder beside `out_dir` first; `out_dir` then gets it at once (see the module
@@ -329,8 +345,10 @@ def write_deepstream(model: str | Path, out_dir: str | Path, options: DeepStream
     notes: list[str] = []
     if calib is not None and config.network_mode != NETWORK_MODES["int8"]:
         mode = next(k for k, v in NETWORK_MODES.items() if v == config.network_mode)
-        notes.append(f"--calib-cache is not used: nvinfer reads int8-calib-file only with --precision int8, this "
-                     f"config is {mode}")
+        notes.append(
+            f"--calib-cache is not used: nvinfer reads int8-calib-file only with --precision int8, this "
+            f"config is {mode}"
+        )
     if io.kind == "onnx" and io.contract.precision == "int8":
         from edgecnn.trt.int8 import check_tensorrt_qdq
 
@@ -380,9 +398,15 @@ def write_deepstream(model: str | Path, out_dir: str | Path, options: DeepStream
         remove_created(created, target.parent)
         raise
     return DeepStreamReport(
-        out=str(out_dir), config=config.text, net_scale_factor=config.net_scale_factor, offsets=config.offsets,
-        model_color_format=config.model_color_format, network_mode=config.network_mode, files=sorted(files),
-        warnings=config.warnings + notes, replaced=replaced,
+        out=str(out_dir),
+        config=config.text,
+        net_scale_factor=config.net_scale_factor,
+        offsets=config.offsets,
+        model_color_format=config.model_color_format,
+        network_mode=config.network_mode,
+        files=sorted(files),
+        warnings=config.warnings + notes,
+        replaced=replaced,
     )
 
 

@@ -144,21 +144,35 @@ def _check_l4t(info: dict, paths: DoctorPaths) -> Check:
         return Check("jetpack", SKIP, "not a Jetson (L4T / JetPack apply to Jetson devices only)")
     text = _read(paths.nv_tegra_release)
     if text is None:
-        return Check("jetpack", FAIL, f"{paths.nv_tegra_release} not found",
-                     "Flash or update the Jetson with JetPack (SDK Manager) so Jetson Linux (L4T) is installed")
+        return Check(
+            "jetpack",
+            FAIL,
+            f"{paths.nv_tegra_release} not found",
+            "Flash or update the Jetson with JetPack (SDK Manager) so Jetson Linux (L4T) is installed",
+        )
     l4t = parse_nv_tegra_release(text)
     if l4t is None:
-        return Check("jetpack", FAIL, f"cannot parse {paths.nv_tegra_release}: {text[:60]!r}",
-                     "Reinstall the nvidia-l4t-core package (sudo apt install --reinstall nvidia-l4t-core)")
+        return Check(
+            "jetpack",
+            FAIL,
+            f"cannot parse {paths.nv_tegra_release}: {text[:60]!r}",
+            "Reinstall the nvidia-l4t-core package (sudo apt install --reinstall nvidia-l4t-core)",
+        )
     from edgecnn.trt.devices import jetpack_for_l4t
 
     rel = jetpack_for_l4t(l4t)
     if rel is None:
-        return Check("jetpack", FAIL, f"L4T {l4t}: a JetPack edgecnn does not know",
-                     "edgecnn runs on JetPack 6.x (L4T 36) and 7.x (L4T 38); upgrade with SDK Manager")
+        return Check(
+            "jetpack",
+            FAIL,
+            f"L4T {l4t}: a JetPack edgecnn does not know",
+            "edgecnn runs on JetPack 6.x (L4T 36) and 7.x (L4T 38); upgrade with SDK Manager",
+        )
     value = f"L4T {l4t} = JetPack {rel.jetpack} (TensorRT {rel.tensorrt}, CUDA {rel.cuda})"
     if l4t.split(".")[0] == "35":
-        return Check("jetpack", FAIL, value + "; its Python 3.8 is older than edgecnn's 3.9", _jetpack5_fix(info["preset"]))
+        return Check(
+            "jetpack", FAIL, value + "; its Python 3.8 is older than edgecnn's 3.9", _jetpack5_fix(info["preset"])
+        )
     return Check("jetpack", OK, value)
 
 
@@ -168,9 +182,11 @@ def _jetpack5_fix(preset_name: str | None) -> str:
     from edgecnn.trt.devices import get_device
 
     upgrade = "upgrade to JetPack 6 (L4T 36), or run the ONNX model in a JetPack 6 container"
-    stuck = ("run the ONNX model on ONNX Runtime (CPU) from a Python >= 3.9 (e.g. Miniforge), or build an engine for "
-             "DeepStream/Triton with JetPack's trtexec (`edgecnn build-engine model.onnx --device {device} "
-             "--print-trtexec` prints the command)")
+    stuck = (
+        "run the ONNX model on ONNX Runtime (CPU) from a Python >= 3.9 (e.g. Miniforge), or build an engine for "
+        "DeepStream/Triton with JetPack's trtexec (`edgecnn build-engine model.onnx --device {device} "
+        "--print-trtexec` prints the command)"
+    )
     if preset_name is None:  # board unknown: both answers
         return f"Orin boards: {upgrade}. Xavier boards stop at JetPack 5.1.x: " + stuck.format(device="xavier-nx")
     preset = get_device(preset_name)
@@ -180,8 +196,11 @@ def _jetpack5_fix(preset_name: str | None) -> str:
 
 
 def _check_tensorrt(info: dict) -> Check:
-    fix = ("TensorRT ships with JetPack: sudo apt install nvidia-tensorrt python3-libnvinfer" if info["jetson"] else
-           "pip install 'edgecnn[tensorrt]' (needs an NVIDIA GPU and driver); without it edgecnn uses ONNX Runtime")
+    fix = (
+        "TensorRT ships with JetPack: sudo apt install nvidia-tensorrt python3-libnvinfer"
+        if info["jetson"]
+        else "pip install 'edgecnn[tensorrt]' (needs an NVIDIA GPU and driver); without it edgecnn uses ONNX Runtime"
+    )
     if importlib.util.find_spec("tensorrt") is None:
         return Check("tensorrt", FAIL, "not installed", fix)
     try:
@@ -209,16 +228,20 @@ def _check_cuda(info: dict, paths: DoctorPaths, run: Runner) -> Check:
         version = m.group(1) if m else None
     if version:
         return Check("cuda", OK, version)
-    fix = ("CUDA ships with JetPack: sudo apt install nvidia-jetpack (or cuda-toolkit-12-6 on JetPack 6)"
-           if info["jetson"] else
-           "Install the NVIDIA driver + CUDA toolkit (or the pip CUDA runtime that comes with `edgecnn[tensorrt]`); "
-           "not needed for ONNX Runtime on CPU")
+    fix = (
+        "CUDA ships with JetPack: sudo apt install nvidia-jetpack (or cuda-toolkit-12-6 on JetPack 6)"
+        if info["jetson"]
+        else "Install the NVIDIA driver + CUDA toolkit (or the pip CUDA runtime that comes with `edgecnn[tensorrt]`); "
+        "not needed for ONNX Runtime on CPU"
+    )
     return Check("cuda", FAIL, f"no CUDA toolkit found (looked in {paths.cuda_root})", fix)
 
 
 def _check_cudnn(info: dict, paths: DoctorPaths) -> Check:
     for inc in paths.include_dirs:
-        candidates = [inc / "cudnn_version.h", *sorted(inc.glob("*-linux-gnu/cudnn_version*.h"))] if inc.is_dir() else []
+        candidates = (
+            [inc / "cudnn_version.h", *sorted(inc.glob("*-linux-gnu/cudnn_version*.h"))] if inc.is_dir() else []
+        )
         for header in candidates:
             version = parse_cudnn_header(_read(header) or "")
             if version:
@@ -230,9 +253,12 @@ def _check_cudnn(info: dict, paths: DoctorPaths) -> Check:
             return Check("cudnn", OK, f"{metadata.version(dist)} ({dist} wheel)")
         except metadata.PackageNotFoundError:
             continue
-    fix = ("cuDNN ships with JetPack: sudo apt install nvidia-cudnn" if info["jetson"] else
-           "Install cuDNN for your CUDA (apt libcudnn9-cuda-12, or pip nvidia-cudnn-cu12); TensorRT 10 needs it only "
-           "for some layers, ONNX Runtime on CPU not at all")
+    fix = (
+        "cuDNN ships with JetPack: sudo apt install nvidia-cudnn"
+        if info["jetson"]
+        else "Install cuDNN for your CUDA (apt libcudnn9-cuda-12, or pip nvidia-cudnn-cu12); TensorRT 10 needs it only "
+        "for some layers, ONNX Runtime on CPU not at all"
+    )
     return Check("cudnn", FAIL, "not found", fix)
 
 
@@ -253,17 +279,25 @@ def _check_gpu(info: dict, run: Runner) -> Check:
                 gpus.append(f"{parts[0]} (compute capability {parts[1]}, driver {parts[2]})")
         if gpus:
             return Check("gpu", OK, "; ".join(gpus))
-    return Check("gpu", FAIL, "no NVIDIA GPU found (nvidia-smi missing or sees none)",
-                 "Install the NVIDIA driver on a machine with an NVIDIA GPU; until then edgecnn runs on the CPU "
-                 "with ONNX Runtime")
+    return Check(
+        "gpu",
+        FAIL,
+        "no NVIDIA GPU found (nvidia-smi missing or sees none)",
+        "Install the NVIDIA driver on a machine with an NVIDIA GPU; until then edgecnn runs on the CPU "
+        "with ONNX Runtime",
+    )
 
 
 def _check_onnxruntime(info: dict, gpu_ok: bool) -> Check:
     try:
         ort = importlib.import_module("onnxruntime")
     except Exception as exc:
-        return Check("onnxruntime", FAIL, f"not importable ({exc.__class__.__name__})",
-                     "pip install onnxruntime (on Jetson, the onnxruntime-gpu wheel from the Jetson AI Lab index)")
+        return Check(
+            "onnxruntime",
+            FAIL,
+            f"not importable ({exc.__class__.__name__})",
+            "pip install onnxruntime (on Jetson, the onnxruntime-gpu wheel from the Jetson AI Lab index)",
+        )
     providers = ort.get_available_providers()
     value = f"{ort.__version__}: {', '.join(p.replace('ExecutionProvider', '') for p in providers)}"
     from edgecnn.runtime.onnxrt import x86_without_vnni
@@ -271,10 +305,13 @@ def _check_onnxruntime(info: dict, gpu_ok: bool) -> Check:
     if x86_without_vnni():  # worth knowing before choosing INT8 weights (see `quantize --reduce-range/--full-range`)
         value += "; CPU without VNNI: full-range INT8 weights run slow here, 7-bit ones (quantize --target cpu) fast"
     if gpu_ok and not any(p in providers for p in ("CUDAExecutionProvider", "TensorrtExecutionProvider")):
-        fix = ("for ONNX on the GPU install the onnxruntime-gpu wheel built for your JetPack (Jetson AI Lab pip "
-               "index) in place of onnxruntime; TensorRT engines do not need it" if info["jetson"] else
-               "pip uninstall onnxruntime && pip install onnxruntime-gpu to run ONNX on the GPU (TensorRT engines "
-               "do not need it)")
+        fix = (
+            "for ONNX on the GPU install the onnxruntime-gpu wheel built for your JetPack (Jetson AI Lab pip "
+            "index) in place of onnxruntime; TensorRT engines do not need it"
+            if info["jetson"]
+            else "pip uninstall onnxruntime && pip install onnxruntime-gpu to run ONNX on the GPU (TensorRT engines "
+            "do not need it)"
+        )
         return Check("onnxruntime", FAIL, value + " (CPU only on a GPU machine)", fix)
     return Check("onnxruntime", OK, value)
 
@@ -283,35 +320,69 @@ def _check_opencv(info: dict) -> list[Check]:
     try:
         cv2 = importlib.import_module("cv2")
     except Exception as exc:
-        fix = ("Use JetPack's OpenCV: sudo apt install python3-opencv (never pip opencv-python on Jetson)"
-               if info["jetson"] else "pip install opencv-python-headless")
+        fix = (
+            "Use JetPack's OpenCV: sudo apt install python3-opencv (never pip opencv-python on Jetson)"
+            if info["jetson"]
+            else "pip install opencv-python-headless"
+        )
         return [Check("opencv", FAIL, f"not importable ({exc.__class__.__name__})", fix)]
     io = opencv_video_io(cv2.getBuildInformation())
     checks = [Check("opencv", OK, f"{cv2.__version__} ({cv2.__file__})")]
     gst_fix = (
         "CSI cameras and gst: pipelines need OpenCV with GStreamer: pip uninstall opencv-python "
-        "opencv-python-headless so JetPack's python3-opencv is used" if info["jetson"] else
-        "Only CSI cameras / gst: pipelines need it: use a distro OpenCV (apt install python3-opencv) or build with "
+        "opencv-python-headless so JetPack's python3-opencv is used"
+        if info["jetson"]
+        else "Only CSI cameras / gst: pipelines need it: use a distro OpenCV (apt install python3-opencv) or build with "
         "-D WITH_GSTREAMER=ON; USB cameras, files and RTSP work without"
     )
-    checks.append(Check("opencv.gstreamer", OK if io["gstreamer"] else FAIL, "yes" if io["gstreamer"] else "no",
-                        None if io["gstreamer"] else gst_fix))
-    checks.append(Check("opencv.v4l2", OK if io["v4l2"] else FAIL, "yes" if io["v4l2"] else "no",
-                        None if io["v4l2"] else "USB cameras need V4L2: install an OpenCV built with V4L "
-                                                "(pip opencv-python-headless or apt python3-opencv)"))
-    checks.append(Check("opencv.ffmpeg", OK if io["ffmpeg"] else FAIL, "yes" if io["ffmpeg"] else "no",
-                        None if io["ffmpeg"] else "Video files and RTSP need FFmpeg in OpenCV: pip install "
-                                                  "opencv-python-headless (has FFmpeg) or apt install python3-opencv"))
+    checks.append(
+        Check(
+            "opencv.gstreamer",
+            OK if io["gstreamer"] else FAIL,
+            "yes" if io["gstreamer"] else "no",
+            None if io["gstreamer"] else gst_fix,
+        )
+    )
+    checks.append(
+        Check(
+            "opencv.v4l2",
+            OK if io["v4l2"] else FAIL,
+            "yes" if io["v4l2"] else "no",
+            None
+            if io["v4l2"]
+            else "USB cameras need V4L2: install an OpenCV built with V4L "
+            "(pip opencv-python-headless or apt python3-opencv)",
+        )
+    )
+    checks.append(
+        Check(
+            "opencv.ffmpeg",
+            OK if io["ffmpeg"] else FAIL,
+            "yes" if io["ffmpeg"] else "no",
+            None
+            if io["ffmpeg"]
+            else "Video files and RTSP need FFmpeg in OpenCV: pip install "
+            "opencv-python-headless (has FFmpeg) or apt install python3-opencv",
+        )
+    )
     from edgecnn.camera.sinks import display_available
 
     window, why = display_available()  # `edgecnn live` without --headless: its answer is the live command's own
-    checks.append(Check("opencv.window", OK if window else SKIP, "yes" if window else "no",
-                        None if window else f"{why}; or run live with --headless (--json, --record)"))
+    checks.append(
+        Check(
+            "opencv.window",
+            OK if window else SKIP,
+            "yes" if window else "no",
+            None if window else f"{why}; or run live with --headless (--json, --record)",
+        )
+    )
     return checks
 
 
 def _check_cameras(paths: DoctorPaths, info: dict) -> Check:
-    devices = sorted(paths.dev_dir.glob("video*"), key=lambda p: (len(p.name), p.name)) if paths.dev_dir.is_dir() else []
+    devices = (
+        sorted(paths.dev_dir.glob("video*"), key=lambda p: (len(p.name), p.name)) if paths.dev_dir.is_dir() else []
+    )
     if not devices:
         fix = "Connect a USB camera (check with `v4l2-ctl --list-devices`)"
         if info["jetson"]:
@@ -323,8 +394,12 @@ def _check_cameras(paths: DoctorPaths, info: dict) -> Check:
     unreadable = [d.name for d in devices if not os.access(d, os.R_OK | os.W_OK)]
     value = ", ".join(str(d) for d in devices)
     if unreadable:
-        return Check("cameras", FAIL, f"{value} (no access to {', '.join(unreadable)})",
-                     "sudo usermod -aG video $USER, then log in again")
+        return Check(
+            "cameras",
+            FAIL,
+            f"{value} (no access to {', '.join(unreadable)})",
+            "sudo usermod -aG video $USER, then log in again",
+        )
     return Check("cameras", OK, value)
 
 
@@ -333,13 +408,25 @@ def _check_power(info: dict, run: Runner) -> Check:
         return Check("power_mode", SKIP, "not a Jetson (nvpmodel applies to Jetson devices only)")
     out = run(["nvpmodel", "-q"])
     if out is None:
-        return Check("power_mode", FAIL, "nvpmodel not found or failed",
-                     "sudo apt install nvidia-l4t-nvpmodel; then `sudo nvpmodel -q`")
+        return Check(
+            "power_mode",
+            FAIL,
+            "nvpmodel not found or failed",
+            "sudo apt install nvidia-l4t-nvpmodel; then `sudo nvpmodel -q`",
+        )
     mode = parse_nvpmodel(out)
     if mode is None:
-        return Check("power_mode", FAIL, f"cannot read `nvpmodel -q` output: {out.strip()[:60]!r}",
-                     "Run `sudo nvpmodel -q` by hand")
-    note = "" if mode.upper().startswith("MAXN") else " (for full speed and stable benchmarks: sudo nvpmodel -m 0 && sudo jetson_clocks)"
+        return Check(
+            "power_mode",
+            FAIL,
+            f"cannot read `nvpmodel -q` output: {out.strip()[:60]!r}",
+            "Run `sudo nvpmodel -q` by hand",
+        )
+    note = (
+        ""
+        if mode.upper().startswith("MAXN")
+        else " (for full speed and stable benchmarks: sudo nvpmodel -m 0 && sudo jetson_clocks)"
+    )
     return Check("power_mode", OK, mode + note)
 
 

@@ -40,8 +40,14 @@ def render_examples() -> dict[str, str]:
     options = BundleOptions(precision="fp16", device="orin-nano", source="csi://0", sinks=("json",))
     plan = plan_models(options.precision, True, False, False, options.device)
     jetson = app_files(
-        NAME, io.contract, options, plan, model_id="<sha256 of the ONNX, 12 hex>",
-        base_image=L4T_BASE_IMAGES[DEFAULT_L4T], model_files=["model.onnx"], created="(bundle time)",
+        NAME,
+        io.contract,
+        options,
+        plan,
+        model_id="<sha256 of the ONNX, 12 hex>",
+        base_image=L4T_BASE_IMAGES[DEFAULT_L4T],
+        model_files=["model.onnx"],
+        created="(bundle time)",
     )
     for rel, (text, _) in jetson.items():
         files[f"jetson/{rel}"] = text

@@ -215,7 +215,9 @@ def install_bundle(
         name = check_members(members)
         app = prefix / name
         if (app.exists() or app.is_symlink()) and not (app / "bundle.json").is_file():
-            raise UserInputError(f"{app} exists and is not an edgecnn app: choose another --prefix (nothing was changed)")
+            raise UserInputError(
+                f"{app} exists and is not an edgecnn app: choose another --prefix (nothing was changed)"
+            )
         created = _make_dirs(prefix)
         staging = None
         try:
@@ -266,9 +268,18 @@ def install_bundle(
     if progress:
         progress(3, 3, description="done")
     return InstallReport(
-        app_dir=str(app), name=name, files_verified=count, bundle_sha256=digest, archive_checked=archive_checked,
-        runtime=runtime, model=model, engine_note=note, service=svc, replaced_previous=aside is not None,
-        previous_kept=kept, previous_extra_files=extra,
+        app_dir=str(app),
+        name=name,
+        files_verified=count,
+        bundle_sha256=digest,
+        archive_checked=archive_checked,
+        runtime=runtime,
+        model=model,
+        engine_note=note,
+        service=svc,
+        replaced_previous=aside is not None,
+        previous_kept=kept,
+        previous_extra_files=extra,
     )
 
 
@@ -422,8 +433,12 @@ def install_service(app: Path, name: str, target: ServiceTarget, python: str = "
     user = target.user or os.environ.get("SUDO_USER") or getpass.getuser()
     manifest = json.loads((app / "bundle.json").read_text(encoding="utf-8"))
     unit_text = systemd_unit(
-        name, str(app), user, tuple(manifest.get("service_args") or ()),
-        unit_description(manifest.get("arch"), manifest.get("classes") or 0), python=python,
+        name,
+        str(app),
+        user,
+        tuple(manifest.get("service_args") or ()),
+        unit_description(manifest.get("arch"), manifest.get("classes") or 0),
+        python=python,
     )
     unit_path = Path(target.unit_dir) / f"{name}.service"
     # restart, not `enable --now`: over an existing install the running service must move to the new version

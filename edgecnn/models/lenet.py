@@ -16,10 +16,16 @@ def lenet5(num_classes: int = 10):
     from torch import nn
 
     return nn.Sequential(
-        nn.Conv2d(3, 6, 5), nn.ReLU(inplace=True), nn.MaxPool2d(2),   # 28×28 -> 14×14
-        nn.Conv2d(6, 16, 5), nn.ReLU(inplace=True), nn.MaxPool2d(2),  # 10×10 -> 5×5
+        nn.Conv2d(3, 6, 5),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),  # 28×28 -> 14×14
+        nn.Conv2d(6, 16, 5),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),  # 10×10 -> 5×5
         nn.Flatten(),
-        nn.Linear(16 * 5 * 5, 120), nn.ReLU(inplace=True),
-        nn.Linear(120, 84), nn.ReLU(inplace=True),
+        nn.Linear(16 * 5 * 5, 120),
+        nn.ReLU(inplace=True),
+        nn.Linear(120, 84),
+        nn.ReLU(inplace=True),
         nn.Linear(84, num_classes),
     )

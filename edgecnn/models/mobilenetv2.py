@@ -14,8 +14,12 @@ from edgecnn.preprocess import PreprocessConfig
 
 # ImageNet mean/std on the 0–255 scale, RGB, "resize 256 crop 224".
 IMAGENET_PREPROCESS = PreprocessConfig(
-    input_size=(224, 224), resize="shorter_crop", crop_ratio=0.875, channel_order="rgb",
-    mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375),
+    input_size=(224, 224),
+    resize="shorter_crop",
+    crop_ratio=0.875,
+    channel_order="rgb",
+    mean=(123.675, 116.28, 103.53),
+    std=(58.395, 57.12, 57.375),
 )
 
 # (expansion t, channels c, repeats n, first stride s) from Table 2 of the paper.
@@ -73,13 +77,19 @@ def _build(num_classes: int, width_mult: float, small_input: bool, dropout: floa
     return model
 
 
-@register_model("mobilenetv2", preprocess=IMAGENET_PREPROCESS,
-                description="MobileNetV2 (width_mult), ImageNet layout, 224 px; trainable from scratch")
+@register_model(
+    "mobilenetv2",
+    preprocess=IMAGENET_PREPROCESS,
+    description="MobileNetV2 (width_mult), ImageNet layout, 224 px; trainable from scratch",
+)
 def mobilenetv2(num_classes: int = 1000, width_mult: float = 1.0, dropout: float = 0.2, small_input: bool = False):
     return _build(num_classes, width_mult, small_input, dropout)
 
 
-@register_model("mobilenetv2-cifar", preprocess=CIFAR_PREPROCESS,
-                description="MobileNetV2 (width_mult) for 32 px inputs (stride-1 stem)")
+@register_model(
+    "mobilenetv2-cifar",
+    preprocess=CIFAR_PREPROCESS,
+    description="MobileNetV2 (width_mult) for 32 px inputs (stride-1 stem)",
+)
 def mobilenetv2_cifar(num_classes: int = 10, width_mult: float = 1.0, dropout: float = 0.2, small_input: bool = True):
     return _build(num_classes, width_mult, small_input, dropout)

@@ -30,13 +30,17 @@ class ModelEntry:
 _MODELS: dict[str, ModelEntry] = {}
 
 
-def register_model(name: str, *, preprocess: PreprocessConfig, description: str = "", pretrained: bool = False, **default_kwargs):
+def register_model(
+    name: str, *, preprocess: PreprocessConfig, description: str = "", pretrained: bool = False, **default_kwargs
+):
     """Decorator registering a builder under `name`."""
 
     def wrap(fn):
         if name in _MODELS and _MODELS[name].builder is not fn:
             raise ValueError(f"model {name!r} registered twice")
-        _MODELS[name] = ModelEntry(name, fn, preprocess, description or (fn.__doc__ or "").strip().split("\n")[0], pretrained, default_kwargs)
+        _MODELS[name] = ModelEntry(
+            name, fn, preprocess, description or (fn.__doc__ or "").strip().split("\n")[0], pretrained, default_kwargs
+        )
         return fn
 
     return wrap
@@ -50,7 +54,9 @@ def _load_families() -> None:
 def get_entry(name: str) -> ModelEntry:
     _load_families()
     if name not in _MODELS:
-        raise UserInputError(f"Unknown architecture {name!r}. Known: {', '.join(sorted(_MODELS))} (see `edgecnn models`)")
+        raise UserInputError(
+            f"Unknown architecture {name!r}. Known: {', '.join(sorted(_MODELS))} (see `edgecnn models`)"
+        )
     return _MODELS[name]
 
 
@@ -72,6 +78,7 @@ def create_model(name: str, num_classes: int | None = None, pretrained: bool = F
 def _check_builder_args(name: str, args: dict) -> None:
     """The shared builder options, checked by value: a zero width or a dropout of 1.5 would otherwise build a broken
     network (or fail deep inside torch) only after the data was decoded."""
+
     def number(key):
         value = args[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):

@@ -37,7 +37,11 @@ def _build(depth: int, num_classes: int, width_mult: float):
             return self.relu(out + self.shortcut(x))
 
     widths = [max(4, int(round(c * width_mult))) for c in (16, 32, 64)]
-    layers: list[nn.Module] = [nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)]
+    layers: list[nn.Module] = [
+        nn.Conv2d(3, widths[0], 3, 1, 1, bias=False),
+        nn.BatchNorm2d(widths[0]),
+        nn.ReLU(inplace=True),
+    ]
     cin = widths[0]
     for stage, cout in enumerate(widths):
         for b in range(blocks):
@@ -58,6 +62,8 @@ def resnet8(num_classes: int = 10, width_mult: float = 1.0):
     return _build(8, num_classes, width_mult)
 
 
-@register_model("resnet20", preprocess=CIFAR_PREPROCESS, description="CIFAR ResNet-20 (width_mult), 0.27 M params at ×1")
+@register_model(
+    "resnet20", preprocess=CIFAR_PREPROCESS, description="CIFAR ResNet-20 (width_mult), 0.27 M params at ×1"
+)
 def resnet20(num_classes: int = 10, width_mult: float = 1.0):
     return _build(20, num_classes, width_mult)

@@ -46,8 +46,15 @@ def resolve_data(data_dir: str | os.PathLike | None) -> tuple[Path, list[Path]]:
     return root, images
 
 
-def compare_runners(runner_a, runner_b, images: list[Path], batch: int = 32, limit: int | None = None,
-                    progress: Progress | None = None, root: Path | None = None) -> dict:
+def compare_runners(
+    runner_a,
+    runner_b,
+    images: list[Path],
+    batch: int = 32,
+    limit: int | None = None,
+    progress: Progress | None = None,
+    root: Path | None = None,
+) -> dict:
     """Run both models on `images` and measure how closely they agree (see the module docstring)."""
     from edgecnn.data import read_image
     from edgecnn.evaluate import agreement
@@ -131,7 +138,9 @@ def gate_failures(result: dict, min_agreement: float | None = None, max_abs_diff
 
     failures = []
     if (min_agreement is not None or max_abs_diff is not None) and not math.isfinite(result["max_abs_diff"]):
-        failures.append(f"non-finite outputs (max abs diff {result['max_abs_diff']})")  # NaN compares False with any bound
+        failures.append(
+            f"non-finite outputs (max abs diff {result['max_abs_diff']})"
+        )  # NaN compares False with any bound
     if min_agreement is not None and result["top1_agreement"] < min_agreement:
         failures.append(f"top-1 agreement {result['top1_agreement']:.2%} < {min_agreement:.2%}")
     if max_abs_diff is not None and result["max_abs_diff"] > max_abs_diff:

@@ -30,7 +30,9 @@ def parse_ort_trace(events: list[dict], skip_runs: int = 0) -> tuple[list[dict],
 
     The first `skip_runs` `model_run` windows (warm-up) are excluded. `share` is the node's fraction of all node time.
     """
-    runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
+    runs = sorted(
+        (e["ts"], e["ts"] + e["dur"]) for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"
+    )
     kept = runs[skip_runs:]
     if not kept:
         return [], 0
@@ -96,5 +98,8 @@ def onnxrt_layer_profile(
 
 
 def _zeros_input(runner, batch: int) -> np.ndarray:
-    shape = [batch] + [d if d is not None else s for d, s in zip(runner.input_spec.shape[1:], runner.preprocess_config.input_shape(batch)[1:])]
+    shape = [batch] + [
+        d if d is not None else s
+        for d, s in zip(runner.input_spec.shape[1:], runner.preprocess_config.input_shape(batch)[1:])
+    ]
     return np.zeros(shape, dtype=np.float32)

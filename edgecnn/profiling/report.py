@@ -24,7 +24,9 @@ def write_report(result, folder: str | Path) -> dict[str, Path]:
     folder = check_report_dir(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = {
-        "json": atomic_write_text(folder / "profile.json", json.dumps(strict_json(result.to_dict()), indent=2, default=str) + "\n"),
+        "json": atomic_write_text(
+            folder / "profile.json", json.dumps(strict_json(result.to_dict()), indent=2, default=str) + "\n"
+        ),
         "markdown": atomic_write_text(folder / "profile.md", markdown(result)),
         "latency_plot": _save(_latency_figure(result), folder / "latency.png"),
         "throughput_plot": _save(_throughput_figure(result), folder / "throughput.png"),
@@ -81,7 +83,20 @@ def measurement_rows(result) -> list[list[str]]:
     return rows
 
 
-HEADERS = ["model", "batch", "mode", "min ms", "mean ms", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "max ms", "img/s", "p50 / first"]
+HEADERS = [
+    "model",
+    "batch",
+    "mode",
+    "min ms",
+    "mean ms",
+    "p50 ms",
+    "p90 ms",
+    "p95 ms",
+    "p99 ms",
+    "max ms",
+    "img/s",
+    "p50 / first",
+]
 SHORT_HEADERS = ["model", "b", "mode", "min", "mean", "p50", "p90", "p95", "p99", "max", "img/s", "x 1st"]
 
 
@@ -112,36 +127,71 @@ def markdown(result) -> str:
         "- Packages: " + ", ".join(f"{k} {v}" for k, v in sorted(env.get("packages", {}).items())),
     ]
     for g in env.get("gpus") or []:
-        parts.append(f"- GPU: {g['name']} (driver {g['driver']}, SM clock {g['sm_clock']} of {g['sm_clock_max']}, memory clock {g['mem_clock']})")
+        parts.append(
+            f"- GPU: {g['name']} (driver {g['driver']}, SM clock {g['sm_clock']} of {g['sm_clock_max']}, memory clock {g['mem_clock']})"
+        )
     if env.get("jetson"):
         j = env["jetson"]
-        parts.append(f"- Jetson: {j.get('model')}, {j.get('l4t')}, power mode {j.get('power_mode')}, clocks locked: {j.get('clocks_locked')}")
+        parts.append(
+            f"- Jetson: {j.get('model')}, {j.get('l4t')}, power mode {j.get('power_mode')}, clocks locked: {j.get('clocks_locked')}"
+        )
     parts += ["", "## Models", ""]
     parts.append(
         _md_table(
             ["model", "backend", "precision", "input", "file MB", "load s", "RSS delta MB"],
             [
-                [m.label, m.backend, m.precision, "x".join(map(str, m.input_shape)), _fmt(m.file_size_mb, 2), _fmt(m.load_s, 2), _fmt(m.rss_delta_mb, 1)]
+                [
+                    m.label,
+                    m.backend,
+                    m.precision,
+                    "x".join(map(str, m.input_shape)),
+                    _fmt(m.file_size_mb, 2),
+                    _fmt(m.load_s, 2),
+                    _fmt(m.rss_delta_mb, 1),
+                ]
                 for m in result.models
             ],
         )
     )
-    parts += ["", "`load s` and `RSS delta MB` are per model, measured after each backend's one-time setup (done first, "
-              "untimed), so they do not depend on the order; memory deltas of a few MB are allocator noise.",
-              "", f"Process peak RSS: {_fmt(result.peak_rss_mb, 1)} MB", "", "## Latency", ""]
+    parts += [
+        "",
+        "`load s` and `RSS delta MB` are per model, measured after each backend's one-time setup (done first, "
+        "untimed), so they do not depend on the order; memory deltas of a few MB are allocator noise.",
+        "",
+        f"Process peak RSS: {_fmt(result.peak_rss_mb, 1)} MB",
+        "",
+        "## Latency",
+        "",
+    ]
     parts.append(_md_table(HEADERS, measurement_rows(result)))
     staged = [m for m in result.measurements if m.stages]
     if staged:
         parts += ["", "## Stages (mean ms)", ""]
         names = sorted({k for m in staged for k in m.stages})
-        parts.append(_md_table(["model", "batch", "mode"] + names, [[m.label, m.batch, m.mode] + [_fmt(m.stages.get(k, {}).get("mean_ms")) for k in names] for m in staged]))
+        parts.append(
+            _md_table(
+                ["model", "batch", "mode"] + names,
+                [
+                    [m.label, m.batch, m.mode] + [_fmt(m.stages.get(k, {}).get("mean_ms")) for k in names]
+                    for m in staged
+                ],
+            )
+        )
     for info in result.models:
         if info.layers:
             parts += ["", f"## Slowest layers: {info.label} ({info.layers_note})", ""]
             parts.append(
                 _md_table(
                     ["layer", "op", "mean ms", "share"],
-                    [[r["name"], r.get("op", "?"), _fmt(r["mean_ms"], 4), f"{100 * r['share']:.1f}%" if "share" in r else "-"] for r in info.layers],
+                    [
+                        [
+                            r["name"],
+                            r.get("op", "?"),
+                            _fmt(r["mean_ms"], 4),
+                            f"{100 * r['share']:.1f}%" if "share" in r else "-",
+                        ]
+                        for r in info.layers
+                    ],
                 )
             )
         elif info.layers_note and result.options.per_layer:
@@ -187,9 +237,17 @@ def _throughput_figure(result):
     ax = fig.add_subplot(1, 1, 1)
     for mode in dict.fromkeys(m.mode for m in result.measurements):
         for label in dict.fromkeys(m.label for m in result.measurements):
-            pts = sorted((m.batch, m.stats.throughput) for m in result.measurements if m.label == label and m.mode == mode)
+            pts = sorted(
+                (m.batch, m.stats.throughput) for m in result.measurements if m.label == label and m.mode == mode
+            )
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", linestyle="-" if mode == "model" else "--", label=f"{label} ({mode})")
+                ax.plot(
+                    [p[0] for p in pts],
+                    [p[1] for p in pts],
+                    marker="o",
+                    linestyle="-" if mode == "model" else "--",
+                    label=f"{label} ({mode})",
+                )
     ax.set_xlabel("batch size")
     ax.set_ylabel("throughput (images/s)")
     ax.set_title("Batch size vs throughput")

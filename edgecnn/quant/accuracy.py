@@ -57,8 +57,13 @@ def _is_labelled(runner, folder: Path) -> tuple[bool, str]:
     return True, ""
 
 
-def reference(fp32_runner, images: np.ndarray | None = None, val: str | os.PathLike | None = None,
-              batch: int = 32, progress: Progress | None = None) -> Reference:
+def reference(
+    fp32_runner,
+    images: np.ndarray | None = None,
+    val: str | os.PathLike | None = None,
+    batch: int = 32,
+    progress: Progress | None = None,
+) -> Reference:
     """FP32 logits on `val` (a labelled folder, or any folder of images) or on the given uint8 images."""
     cfg = fp32_runner.preprocess_config
     if val is not None:
@@ -72,8 +77,9 @@ def reference(fp32_runner, images: np.ndarray | None = None, val: str | os.PathL
             root, test = find_splits(val)
             folder = scan_image_folder(test or root)
             mapping = map_classes(folder.classes, fp32_runner.labels, fp32_runner.contract.label_keys)
-            decoded = decode_resized([p for p, _ in folder.samples], cfg, [mapping[i] for _, i in folder.samples],
-                                     progress=progress)
+            decoded = decode_resized(
+                [p for p, _ in folder.samples], cfg, [mapping[i] for _, i in folder.samples], progress=progress
+            )
             if len(decoded.images) == 0:
                 raise UserInputError(f"No readable images in --val {val}")
             names = {cls: fp32_runner.labels[cls] for cls in mapping}
@@ -120,8 +126,13 @@ def agreement_by_confidence(fp32_logits: np.ndarray, int8_logits: np.ndarray, bi
     rows = []
     for i, (lo, hi) in enumerate(bins):
         sel = (conf >= lo) & ((conf <= hi) if i == len(bins) - 1 else (conf < hi))
-        rows.append({"fp32_top1_prob": f"{lo:.1f}-{hi:.1f}", "images": int(sel.sum()),
-                     "agreement": float(same[sel].mean()) if sel.any() else None})
+        rows.append(
+            {
+                "fp32_top1_prob": f"{lo:.1f}-{hi:.1f}",
+                "images": int(sel.sum()),
+                "agreement": float(same[sel].mean()) if sel.any() else None,
+            }
+        )
     return rows
 
 
@@ -141,13 +152,22 @@ def compare(ref: Reference, int8_runner, batch: int = 32) -> dict:
         fp = accuracy(ref.logits, ref.labels, ref.class_names)
         q = accuracy(logits, ref.labels, ref.class_names)
         per_class = {
-            name: {"fp32": fp["per_class"][name]["top1"], "int8": q["per_class"][name]["top1"],
-                   "delta": q["per_class"][name]["top1"] - fp["per_class"][name]["top1"],
-                   "images": fp["per_class"][name]["images"]}
+            name: {
+                "fp32": fp["per_class"][name]["top1"],
+                "int8": q["per_class"][name]["top1"],
+                "delta": q["per_class"][name]["top1"] - fp["per_class"][name]["top1"],
+                "images": fp["per_class"][name]["images"],
+            }
             for name in fp["per_class"]
         }
-        out.update({"fp32": {"top1": fp["top1"], "top5": fp["top5"]}, "int8": {"top1": q["top1"], "top5": q["top5"]},
-                    "per_class": per_class, "drop": round(100.0 * (fp["top1"] - q["top1"]), 4)})
+        out.update(
+            {
+                "fp32": {"top1": fp["top1"], "top5": fp["top5"]},
+                "int8": {"top1": q["top1"], "top5": q["top5"]},
+                "per_class": per_class,
+                "drop": round(100.0 * (fp["top1"] - q["top1"]), 4),
+            }
+        )
     else:
         out["drop"] = round(100.0 * (1.0 - agree["top1_agreement"]), 4)
     return out
@@ -186,13 +206,20 @@ def layer_sensitivity(prepared, qmodel, batches: list[np.ndarray], threads: int 
     for node in qmodel.graph.node:
         if node.name not in wanted_nodes:
             continue
-        ins = [dq_to_src[i] for i in node.input if i in dq_to_src and dq_to_src[i] not in inits and dq_to_src[i] in fp_names]
+        ins = [
+            dq_to_src[i]
+            for i in node.input
+            if i in dq_to_src and dq_to_src[i] not in inits and dq_to_src[i] in fp_names
+        ]
         out = node.output[0]
         if out not in fp_names:
             continue
         rows.append((node, ins, out))
-    q_tensors = sorted({dq[t] for _, ins, _ in rows for t in ins} | {dq[o] for _, _, o in rows if o in dq}
-                       | {o for _, _, o in rows if o not in dq})
+    q_tensors = sorted(
+        {dq[t] for _, ins, _ in rows for t in ins}
+        | {dq[o] for _, _, o in rows if o in dq}
+        | {o for _, _, o in rows if o not in dq}
+    )
     fp_tensors = sorted({t for _, ins, _ in rows for t in ins} | {o for _, _, o in rows})
     run_q = tensor_runner(qmodel, q_tensors, threads)
     run_f = tensor_runner(prepared, fp_tensors, threads)
@@ -209,6 +236,8 @@ def layer_sensitivity(prepared, qmodel, batches: list[np.ndarray], threads: int 
     for node, ins, out in rows:
         before = max((err.get(t, 0.0) for t in ins), default=0.0)
         after = err.get(out, 0.0)
-        ranked.append({"node": node.name, "op": node.op_type, "added_error": max(0.0, after - before), "output_error": after})
+        ranked.append(
+            {"node": node.name, "op": node.op_type, "added_error": max(0.0, after - before), "output_error": after}
+        )
     ranked.sort(key=lambda r: -r["added_error"])
     return ranked

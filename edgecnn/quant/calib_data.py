@@ -135,8 +135,14 @@ def load_calibration(
         if all(len(parts) >= 2 for parts in rel):
             classes = [parts[0] for parts in rel]
     return CalibrationSet(
-        images=decoded.images, cfg=cfg, source=str(src), kind="folder", names=[str(p) for p in decoded.paths],
-        classes=classes, corrupt=corrupt, available=available,
+        images=decoded.images,
+        cfg=cfg,
+        source=str(src),
+        kind="folder",
+        names=[str(p) for p in decoded.paths],
+        classes=classes,
+        corrupt=corrupt,
+        available=available,
     )
 
 
@@ -150,8 +156,9 @@ def _video_frame_count(path: Path) -> int:
         cap.release()
 
 
-def _load_video(path: Path, cfg: PreprocessConfig, num_images: int | None, every: int | None,
-                progress: Progress | None) -> CalibrationSet:
+def _load_video(
+    path: Path, cfg: PreprocessConfig, num_images: int | None, every: int | None, progress: Progress | None
+) -> CalibrationSet:
     if every is not None and every < 1:
         raise UserInputError(f"--every must be at least 1, got {every}")
     if every is None and num_images:
@@ -169,12 +176,18 @@ def _load_video(path: Path, cfg: PreprocessConfig, num_images: int | None, every
     if not frames:
         raise UserInputError(f"No frames could be read from video {path}")
     return CalibrationSet(
-        images=np.stack(frames), cfg=cfg, source=str(path), kind="video", names=names, available=total or len(frames),
+        images=np.stack(frames),
+        cfg=cfg,
+        source=str(path),
+        kind="video",
+        names=names,
+        available=total or len(frames),
     )
 
 
-def _spread_frames(frames, n: int, cfg: PreprocessConfig,
-                   progress: Progress | None) -> tuple[list[tuple[int, np.ndarray]], int]:
+def _spread_frames(
+    frames, n: int, cfg: PreprocessConfig, progress: Progress | None
+) -> tuple[list[tuple[int, np.ndarray]], int]:
     """`n` of the video's frames, evenly spread over all of it, without trusting the header's frame count (a cut or
     re-muxed file may claim 1,000 frames and hold 100, or claim none): frames are kept at a stride that doubles
     whenever 2n are held (every other one is dropped then), so at most 2n are held; n are picked evenly at the end.

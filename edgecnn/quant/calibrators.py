@@ -52,8 +52,9 @@ class TensorStats:
     def amax(self) -> float:
         return max(abs(self.low), abs(self.high))
 
-    def update(self, x: np.ndarray, histogram: bool = True, max_samples: int | None = HIST_SAMPLES,
-               channel_mean: bool = False) -> None:
+    def update(
+        self, x: np.ndarray, histogram: bool = True, max_samples: int | None = HIST_SAMPLES, channel_mean: bool = False
+    ) -> None:
         """Add one batch. min/max see every value; the histogram sees at most `max_samples` values, taken with a
         prime stride (no aliasing with channel or row sizes), which keeps 200 images of a real network within
         seconds while every tensor still gets millions of histogram samples."""
@@ -106,9 +107,14 @@ def sample_stride(size: int, max_samples: int) -> int:
     return n
 
 
-def collect_stats(batches: Iterable[np.ndarray], run: Callable[[np.ndarray], dict[str, np.ndarray]],
-                  histogram: bool = True, total: int | None = None, progress: Progress | None = None,
-                  channel_means: Iterable[str] = ()) -> dict[str, TensorStats]:
+def collect_stats(
+    batches: Iterable[np.ndarray],
+    run: Callable[[np.ndarray], dict[str, np.ndarray]],
+    histogram: bool = True,
+    total: int | None = None,
+    progress: Progress | None = None,
+    channel_means: Iterable[str] = (),
+) -> dict[str, TensorStats]:
     """Feed every batch through `run` (returns {tensor: array}) and accumulate per-tensor statistics; per-channel
     means too for the tensors in `channel_means` (inputs of layers to bias-correct)."""
     channel_means = set(channel_means)
@@ -117,8 +123,9 @@ def collect_stats(batches: Iterable[np.ndarray], run: Callable[[np.ndarray], dic
     for batch in batches:
         outputs = run(batch)
         for name, value in outputs.items():
-            stats.setdefault(name, TensorStats()).update(np.asarray(value, dtype=np.float32), histogram,
-                                                         channel_mean=name in channel_means)
+            stats.setdefault(name, TensorStats()).update(
+                np.asarray(value, dtype=np.float32), histogram, channel_mean=name in channel_means
+            )
         done += len(batch)
         if progress:
             progress(done, total or done)
@@ -156,7 +163,9 @@ def entropy_amax(s: TensorStats, start_bin: int = ENTROPY_START_BIN, levels: int
     return min(s.amax, i_best * s.width)
 
 
-def kl_divergences(hist: np.ndarray, start_bin: int = ENTROPY_START_BIN, levels: int = QUANT_LEVELS) -> tuple[np.ndarray, np.ndarray]:
+def kl_divergences(
+    hist: np.ndarray, start_bin: int = ENTROPY_START_BIN, levels: int = QUANT_LEVELS
+) -> tuple[np.ndarray, np.ndarray]:
     """KL(P_i || Q_i) for every candidate i in [start_bin, len(hist)], all candidates at once.
 
     For candidate i, bin k < i belongs to level j = floor(k * levels / i); level j covers bins [b_j, b_{j+1}) with
@@ -201,7 +210,9 @@ def kl_argmin(hist: np.ndarray, start_bin: int = ENTROPY_START_BIN, levels: int 
     return int(cand[best[-1]])
 
 
-def compute_ranges(stats: dict[str, TensorStats], method: str, percentile: float = 99.99) -> dict[str, tuple[float, float]]:
+def compute_ranges(
+    stats: dict[str, TensorStats], method: str, percentile: float = 99.99
+) -> dict[str, tuple[float, float]]:
     """Per-tensor (low, high) ranges by `method`; percentile and entropy clip at +-threshold inside the real range."""
     if method not in METHODS:
         from edgecnn.errors import UserInputError

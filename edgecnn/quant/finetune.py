@@ -26,10 +26,28 @@ import numpy as np
 from edgecnn.errors import UserInputError
 from edgecnn.quant.graph import fixed_batch, node_attrs
 
-SUPPORTED_OPS = frozenset({
-    "Conv", "Gemm", "MatMul", "Add", "Sub", "Mul", "Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish",
-    "GlobalAveragePool", "MaxPool", "AveragePool", "Flatten", "Reshape", "Concat", "Identity",
-})
+SUPPORTED_OPS = frozenset(
+    {
+        "Conv",
+        "Gemm",
+        "MatMul",
+        "Add",
+        "Sub",
+        "Mul",
+        "Relu",
+        "Clip",
+        "Sigmoid",
+        "HardSigmoid",
+        "HardSwish",
+        "GlobalAveragePool",
+        "MaxPool",
+        "AveragePool",
+        "Flatten",
+        "Reshape",
+        "Concat",
+        "Identity",
+    }
+)
 WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
 
 
@@ -128,9 +146,15 @@ class _GraphExecutor:
             if pads[0] != pads[2] or pads[1] != pads[3]:
                 x = F.pad(x, (pads[1], pads[3], pads[0], pads[2]))
                 pads = [0, 0, 0, 0]
-            return F.conv2d(x, w, ins[2] if len(ins) > 2 else None, stride=tuple(a.get("strides", [1, 1])),
-                            padding=(pads[0], pads[1]), dilation=tuple(a.get("dilations", [1, 1])),
-                            groups=int(a.get("group", 1)))
+            return F.conv2d(
+                x,
+                w,
+                ins[2] if len(ins) > 2 else None,
+                stride=tuple(a.get("strides", [1, 1])),
+                padding=(pads[0], pads[1]),
+                dilation=tuple(a.get("dilations", [1, 1])),
+                groups=int(a.get("group", 1)),
+            )
         if op == "Gemm":
             x, w = ins[0], ins[1]
             x = x.t() if a.get("transA", 0) else x
@@ -168,8 +192,9 @@ class _GraphExecutor:
             kernel, strides = tuple(a["kernel_shape"]), tuple(a.get("strides", [1, 1]))
             if op == "MaxPool":
                 return F.max_pool2d(ins[0], kernel, strides, (pads[0], pads[1]))
-            return F.avg_pool2d(ins[0], kernel, strides, (pads[0], pads[1]),
-                                count_include_pad=bool(a.get("count_include_pad", 0)))
+            return F.avg_pool2d(
+                ins[0], kernel, strides, (pads[0], pads[1]), count_include_pad=bool(a.get("count_include_pad", 0))
+            )
         if op == "Flatten":
             axis = int(a.get("axis", 1))
             return ins[0].reshape(int(np.prod(ins[0].shape[:axis])), -1)
@@ -223,14 +248,24 @@ def _augment(torch, x, rng: np.random.Generator):
     dy, dx = (int(v) for v in rng.integers(-(h // 16), h // 16 + 1, size=2))
     if dy or dx:
         pad = (max(dx, 0), max(-dx, 0), max(dy, 0), max(-dy, 0))
-        x = torch.nn.functional.pad(x, pad, mode="replicate")[:, :, max(-dy, 0):max(-dy, 0) + h,
-                                                                max(-dx, 0):max(-dx, 0) + w]
+        x = torch.nn.functional.pad(x, pad, mode="replicate")[
+            :, :, max(-dy, 0) : max(-dy, 0) + h, max(-dx, 0) : max(-dx, 0) + w
+        ]
     return x
 
 
-def finetune(model, qmodel, inputs: np.ndarray, epochs: int, lr: float = 1e-5, batch: int = 16,
-             threads: int | None = None, seed: int = 0, start=None,
-             progress: Callable[[int, int], None] | None = None) -> tuple[object, dict]:
+def finetune(
+    model,
+    qmodel,
+    inputs: np.ndarray,
+    epochs: int,
+    lr: float = 1e-5,
+    batch: int = 16,
+    threads: int | None = None,
+    seed: int = 0,
+    start=None,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[object, dict]:
     """Fine-tune the float weights so the fake-quantized network, quantized as in `qmodel`, matches `model` (the
     prepared FP32 ONNX: the teacher) on `inputs` (N,C,H,W preprocessed). Training starts from the weights of `start`
     (the same graph with, say, bias-corrected biases; default `model`). Returns (new model, summary)."""
@@ -264,7 +299,7 @@ def finetune(model, qmodel, inputs: np.ndarray, epochs: int, lr: float = 1e-5, b
     for _ in range(epochs):
         order = torch.from_numpy(rng.permutation(len(data)))
         for i in range(0, len(data), batch):
-            idx = order[i:i + batch]
+            idx = order[i : i + batch]
             if fixed and len(idx) < batch:  # fill the last batch from the start of this epoch's order
                 idx = torch.cat([idx, order[: batch - len(idx)]])
             x = _augment(torch, data[idx], rng)
@@ -287,8 +322,15 @@ def finetune(model, qmodel, inputs: np.ndarray, epochs: int, lr: float = 1e-5, b
         if init.name in net.params:
             init.CopyFrom(numpy_helper.from_array(net.params[init.name].detach().numpy().astype(np.float32), init.name))
     k = max(1, steps_per_epoch)
-    summary = {"epochs": epochs, "steps": len(losses), "lr": lr, "images": int(len(data)),
-               "loss_first_epoch": float(np.mean(losses[:k])), "loss_last_epoch": float(np.mean(losses[-k:])),
-               "seconds": round(time.perf_counter() - t0, 2), "quantized_tensors": len(acts),
-               "quantized_weights": len(axes)}
+    summary = {
+        "epochs": epochs,
+        "steps": len(losses),
+        "lr": lr,
+        "images": int(len(data)),
+        "loss_first_epoch": float(np.mean(losses[:k])),
+        "loss_last_epoch": float(np.mean(losses[-k:])),
+        "seconds": round(time.perf_counter() - t0, 2),
+        "quantized_tensors": len(acts),
+        "quantized_weights": len(axes),
+    }
     return m, summary

@@ -13,8 +13,19 @@ import numpy as np
 from edgecnn.errors import ArtifactError, UserInputError
 
 QUANTIZED_OPS = frozenset(
-    {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
-     "QLinearAdd", "QLinearMul", "QGemm", "DynamicQuantizeLinear", "QLinearGlobalAveragePool"}
+    {
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "QLinearConv",
+        "QLinearMatMul",
+        "ConvInteger",
+        "MatMulInteger",
+        "QLinearAdd",
+        "QLinearMul",
+        "QGemm",
+        "DynamicQuantizeLinear",
+        "QLinearGlobalAveragePool",
+    }
 )
 # Ops whose float inputs/outputs get ranges (what ORT's QDQ quantizer may ask for).
 NO_RANGE_OPS = frozenset({"Shape", "Constant", "ConstantOfShape", "Cast", "Size"})
@@ -44,8 +55,11 @@ def check_not_quantized(model, source: str) -> None:
         )
     from onnx import TensorProto
 
-    low = [i.name for i in model.graph.initializer
-           if i.data_type in (TensorProto.FLOAT16, TensorProto.BFLOAT16) and len(i.dims) > 1]
+    low = [
+        i.name
+        for i in model.graph.initializer
+        if i.data_type in (TensorProto.FLOAT16, TensorProto.BFLOAT16) and len(i.dims) > 1
+    ]
     if low:  # its Q/DQ would sit on Casts of FP16 weights: no per-channel INT8 weights, a bigger file than the input
         raise UserInputError(
             f"{source} keeps its weights in 16-bit floats ({low[0]}{' and others' if len(low) > 1 else ''}): quantize "
@@ -56,9 +70,8 @@ def check_not_quantized(model, source: str) -> None:
 def prepare(model_path: str | os.PathLike):
     """Shape inference + ORT's basic graph optimisation (constant folding, Pad/BatchNorm fusion into Conv), the
     clean-up ORT recommends before quantization. Returns the onnx.ModelProto (metadata_props kept)."""
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     import onnx
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from edgecnn.artifacts import onnx_external_data
 
@@ -73,7 +86,9 @@ def prepare(model_path: str | os.PathLike):
         try:
             quant_pre_process(str(source), str(out), skip_symbolic_shape=True)
         except Exception as exc:  # shape inference or ORT optimiser failure on an odd model
-            raise ArtifactError(f"Cannot prepare {model_path} for quantization: {str(exc).splitlines()[0][:300]}") from exc
+            raise ArtifactError(
+                f"Cannot prepare {model_path} for quantization: {str(exc).splitlines()[0][:300]}"
+            ) from exc
         return _at_least_opset(onnx.load(str(out)), QDQ_MIN_OPSET, model_path)
 
 
@@ -104,7 +119,10 @@ def activation_tensors(model) -> list[str]:
     from onnx import TensorProto
 
     inits = {i.name for i in model.graph.initializer}
-    types = {v.name: v.type.tensor_type.elem_type for v in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)}
+    types = {
+        v.name: v.type.tensor_type.elem_type
+        for v in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)
+    }
     names: list[str] = []
     seen = set()
 
@@ -163,8 +181,9 @@ def batch_agnostic(model):
             continue
         target = numpy_helper.to_array(shape_init)
         if target.ndim == 1 and len(target) > 0 and target[0] == fixed:
-            free_shape = numpy_helper.from_array(np.concatenate([[0], target[1:]]).astype(target.dtype),
-                                                 f"{shape_init.name}__free_batch_{node.name}")
+            free_shape = numpy_helper.from_array(
+                np.concatenate([[0], target[1:]]).astype(target.dtype), f"{shape_init.name}__free_batch_{node.name}"
+            )
             m.graph.initializer.append(free_shape)
             node.input[1] = free_shape.name
     so = ort.SessionOptions()
@@ -204,10 +223,14 @@ def augmented_session(model, tensors: list[str], threads: int | None = None):
     try:
         return ort.InferenceSession(m.SerializeToString(), sess_options=so, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise ArtifactError(f"ONNX Runtime cannot run the model for calibration: {str(exc).splitlines()[0][:300]}") from exc
+        raise ArtifactError(
+            f"ONNX Runtime cannot run the model for calibration: {str(exc).splitlines()[0][:300]}"
+        ) from exc
 
 
-def tensor_runner(model, tensors: list[str], threads: int | None = None) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+def tensor_runner(
+    model, tensors: list[str], threads: int | None = None
+) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
     """batch -> {tensor: value} for `tensors` (the graph input is returned as given).
 
     Outputs are written into buffers that are reused from batch to batch (ORT I/O binding): a real network produces
@@ -250,8 +273,10 @@ def tensor_runner(model, tensors: list[str], threads: int | None = None) -> Call
             out = dict(buffers)
         else:  # first batch of this size: its outputs (memory already touched) become the buffers for the next ones
             values = sess.run(wanted, {input_name: batch})
-            buffers = {name: v if v.flags.c_contiguous and v.flags.writeable else np.empty_like(v)
-                       for name, v in zip(wanted, values)}
+            buffers = {
+                name: v if v.flags.c_contiguous and v.flags.writeable else np.empty_like(v)
+                for name, v in zip(wanted, values)
+            }
             bindings[n] = (bind(buffers), buffers)
             out = dict(zip(wanted, values))
         if input_name in tensors:

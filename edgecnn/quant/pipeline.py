@@ -100,8 +100,10 @@ class QuantOptions:
         if self.trt_version is not None:
             trt_cache.version_number(self.trt_version)  # a clear error now, not after calibration
         if self.reduce_range and self.target == "tensorrt":
-            raise UserInputError("--reduce-range is for --target cpu: TensorRT computes INT8 without int16 "
-                                 "saturation, so full-range weights only gain precision there")
+            raise UserInputError(
+                "--reduce-range is for --target cpu: TensorRT computes INT8 without int16 "
+                "saturation, so full-range weights only gain precision there"
+            )
 
     @property
     def weight_qmax(self) -> int:
@@ -117,8 +119,9 @@ def model_contract(model_proto, path: Path, options: QuantOptions) -> ModelContr
         contract = ModelContract.from_onnx_props(props, source=str(path))
     except ArtifactError as exc:
         if all(META_PREFIX + key in props for key in ("labels", "preprocess")):  # there, but unreadable: say so
-            raise UserInputError(f"{path} has edgecnn metadata that cannot be used ({exc}); re-export it with "
-                                 "`edgecnn export`") from None
+            raise UserInputError(
+                f"{path} has edgecnn metadata that cannot be used ({exc}); re-export it with `edgecnn export`"
+            ) from None
         if options.preprocess is None:
             raise UserInputError(
                 f"{path} has no edgecnn metadata, so its preprocessing is unknown: export it with `edgecnn export`, "
@@ -132,8 +135,12 @@ def model_contract(model_proto, path: Path, options: QuantOptions) -> ModelContr
         if n and len(labels) != n:
             raise UserInputError(f"--labels has {len(labels)} names but {path.name} outputs {n} classes") from None
         _check_input_size(model_proto, path, options.preprocess)
-        return ModelContract(labels=list(labels), preprocess=options.preprocess, arch=None,
-                             provenance={"source": "foreign onnx", "preprocess_from": "command line"})
+        return ModelContract(
+            labels=list(labels),
+            preprocess=options.preprocess,
+            arch=None,
+            provenance={"source": "foreign onnx", "preprocess_from": "command line"},
+        )
     if options.preprocess is not None or options.labels is not None:
         raise UserInputError(
             f"{path} carries its own preprocessing and labels (edgecnn metadata); --input-size/--mean/--std/--labels "
@@ -148,10 +155,14 @@ def _check_input_size(model_proto, path: Path, pre: PreprocessConfig) -> None:
     """--input-size must match a model input whose height and width are fixed (NCHW, 1 or 3 channels)."""
     inits = {i.name for i in model_proto.graph.initializer}
     inputs = [i for i in model_proto.graph.input if i.name not in inits]
-    dims = [d.dim_value if d.HasField("dim_value") else 0 for d in inputs[0].type.tensor_type.shape.dim] if inputs else []
+    dims = (
+        [d.dim_value if d.HasField("dim_value") else 0 for d in inputs[0].type.tensor_type.shape.dim] if inputs else []
+    )
     if len(dims) == 4 and dims[1] in (1, 3) and dims[2] > 0 and dims[3] > 0 and tuple(dims[2:]) != pre.input_size:
-        raise UserInputError(f"{path.name} takes {dims[2]}x{dims[3]} inputs: --input-size "
-                             f"{pre.input_size[0]},{pre.input_size[1]} does not match")
+        raise UserInputError(
+            f"{path.name} takes {dims[2]}x{dims[3]} inputs: --input-size "
+            f"{pre.input_size[0]},{pre.input_size[1]} does not match"
+        )
 
 
 def _check_outputs(src: Path, out: Path, calib, options: QuantOptions) -> None:
@@ -191,15 +202,17 @@ def _check_exclude(prepared, exclude, original) -> None:
         extra = f" ({', '.join(gone)} folded away by graph optimisation)" if gone else ""
         sample = ", ".join(sorted(names)[:6])
         raise UserInputError(
-            f"Unknown --exclude node(s): {', '.join(unknown)}{extra}. " + (" ".join(hints) or f"Node names look like: {sample}, ...")
+            f"Unknown --exclude node(s): {', '.join(unknown)}{extra}. "
+            + (" ".join(hints) or f"Node names look like: {sample}, ...")
         )
 
 
 LATENCY_ROUNDS = 5  # interleaved rounds of the report's FP32 vs INT8 timing
 
 
-def _latency(paths: dict[str, Path], runs: int, threads: int | None, input_shape: tuple,
-             rounds: int = LATENCY_ROUNDS) -> dict:
+def _latency(
+    paths: dict[str, Path], runs: int, threads: int | None, input_shape: tuple, rounds: int = LATENCY_ROUNDS
+) -> dict:
     """Median/p90/mean ms per model, the models interleaved: each of `rounds` rounds times every model in turn, so
     load on a shared machine hits them alike (run one after the other, the same FP32 model read 9.7-22.8 ms)."""
     from edgecnn.runtime.onnxrt import OnnxRuntimeRunner
@@ -223,13 +236,23 @@ def _latency(paths: dict[str, Path], runs: int, threads: int | None, input_shape
     finally:
         for runner in runners.values():
             runner.close()
-    return {name: {"median_ms": float(np.median(t)), "p90_ms": float(np.percentile(t, 90)),
-                   "mean_ms": float(np.mean(t)), "runs": len(t)} for name, t in times.items()}
+    return {
+        name: {
+            "median_ms": float(np.median(t)),
+            "p90_ms": float(np.percentile(t, 90)),
+            "mean_ms": float(np.mean(t)),
+            "runs": len(t),
+        }
+        for name, t in times.items()
+    }
 
 
 def _weights_text(reduced: bool) -> str:
-    return ("int8 symmetric per-channel, reduced range [-64, 64] (exact and fast on x86 CPUs without VNNI)" if reduced
-            else "int8 symmetric per-channel, full range [-127, 127]")
+    return (
+        "int8 symmetric per-channel, reduced range [-64, 64] (exact and fast on x86 CPUs without VNNI)"
+        if reduced
+        else "int8 symmetric per-channel, full range [-127, 127]"
+    )
 
 
 def _weights_note(options: QuantOptions) -> str | None:
@@ -238,9 +261,11 @@ def _weights_note(options: QuantOptions) -> str | None:
 
     if options.target != "cpu" or options.reduce_range or not x86_without_vnni():
         return None
-    return ("this x86 CPU has no VNNI: full-range INT8 weights run on ONNX Runtime's exact but slow kernels here (edgecnn "
-            "sets session.x64quantprecision; other ORT apps must too, or they get saturated, wrong results); "
-            "--reduce-range gives a model that is fast and exact on every CPU")
+    return (
+        "this x86 CPU has no VNNI: full-range INT8 weights run on ONNX Runtime's exact but slow kernels here (edgecnn "
+        "sets session.x64quantprecision; other ORT apps must too, or they get saturated, wrong results); "
+        "--reduce-range gives a model that is fast and exact on every CPU"
+    )
 
 
 def _range_table(ranges: dict[str, tuple[float, float]], signed: bool) -> dict:
@@ -252,8 +277,13 @@ def _range_table(ranges: dict[str, tuple[float, float]], signed: bool) -> dict:
     return table
 
 
-def quantize(model: str | os.PathLike, out: str | os.PathLike, calib: str | os.PathLike,
-             options: QuantOptions | None = None, progress: StageProgress | None = None) -> dict:
+def quantize(
+    model: str | os.PathLike,
+    out: str | os.PathLike,
+    calib: str | os.PathLike,
+    options: QuantOptions | None = None,
+    progress: StageProgress | None = None,
+) -> dict:
     """Quantize `model` (a file or registered pretrained name) to INT8 Q/DQ ONNX at `out`; returns a JSON-able result.
 
     Raises UserInputError for bad input (nothing is written), AccuracyGateError when --max-drop cannot be met.
@@ -276,8 +306,9 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calib: str | os.P
 
     runnable = graph.batch_agnostic(prepared)  # None: the batch is baked into the graph, so it runs at its own size
     batch_size = options.batch if runnable is not None else graph.fixed_batch(prepared)
-    calib_set = load_calibration(calib, contract.preprocess, options.num_images, options.every,
-                                 progress=lambda d, t: prog("decode", d, t))
+    calib_set = load_calibration(
+        calib, contract.preprocess, options.num_images, options.every, progress=lambda d, t: prog("decode", d, t)
+    )
     summary = calib_set.summary()
 
     everything = graph.activation_tensors(prepared)
@@ -308,8 +339,12 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calib: str | os.P
 
     t0 = time.perf_counter()
     stats = calibrators.collect_stats(
-        calib_set.batches(batch_size), run, histogram=options.method != "minmax", total=len(calib_set),
-        progress=lambda d, t: prog("calibrate", d, t), channel_means=mean_inputs,
+        calib_set.batches(batch_size),
+        run,
+        histogram=options.method != "minmax",
+        total=len(calib_set),
+        progress=lambda d, t: prog("calibrate", d, t),
+        channel_means=mean_inputs,
     )
     means = {name: s.channel_mean for name, s in stats.items() if s.channel_mean is not None}
     ranges = calibrators.compute_ranges(stats, options.method, options.percentile)
@@ -325,8 +360,12 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calib: str | os.P
 
     spec = qdq.target_spec(options.target)
     int8_contract = ModelContract(
-        labels=contract.labels, preprocess=contract.preprocess, arch=contract.arch, label_keys=contract.label_keys,
-        precision="int8", provenance=dict(contract.provenance),
+        labels=contract.labels,
+        preprocess=contract.preprocess,
+        arch=contract.arch,
+        label_keys=contract.label_keys,
+        precision="int8",
+        provenance=dict(contract.provenance),
     )
 
     with tempfile.TemporaryDirectory(prefix="edgecnn-quant-") as tmp:
@@ -343,14 +382,28 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calib: str | os.P
             finetune_inputs = normalize(calib_set.images, contract.preprocess)
 
         def build(excluded: list[str], name: str) -> tuple[object, Path, dict]:
-            base = weights.bias_correct(prepared, means if options.bias_correction else {}, skip=excluded,
-                                        rounded=rounded, qmax=options.weight_qmax)[0]
+            base = weights.bias_correct(
+                prepared,
+                means if options.bias_correction else {},
+                skip=excluded,
+                rounded=rounded,
+                qmax=options.weight_qmax,
+            )[0]
             qm = qdq.write_qdq(base, ranges, options.target, excluded, reduce_range=options.reduce_range)
             if options.finetune:
                 from edgecnn.quant.finetune import finetune
 
-                base, tuned = finetune(prepared, qm, finetune_inputs, options.finetune, options.finetune_lr, batch_size,
-                                       options.threads, start=base, progress=lambda d, t: prog("finetune", d, t))
+                base, tuned = finetune(
+                    prepared,
+                    qm,
+                    finetune_inputs,
+                    options.finetune,
+                    options.finetune_lr,
+                    batch_size,
+                    options.threads,
+                    start=base,
+                    progress=lambda d, t: prog("finetune", d, t),
+                )
                 finetune_log.append({**tuned, "excluded": list(excluded)})
                 qm = qdq.write_qdq(base, ranges, options.target, excluded, reduce_range=options.reduce_range)
             write_onnx_contract(qm, int8_contract)
@@ -365,11 +418,18 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calib: str | os.P
         from edgecnn.runtime.onnxrt import OnnxRuntimeRunner
 
         with OnnxRuntimeRunner(fp32_path, threads=options.threads) as r32:
-            ref = accuracy.reference(r32, images=calib_set.images, val=options.val, batch=max(options.batch, 16),
-                                     progress=lambda d, t: prog("evaluate", d, t))
+            ref = accuracy.reference(
+                r32,
+                images=calib_set.images,
+                val=options.val,
+                batch=max(options.batch, 16),
+                progress=lambda d, t: prog("evaluate", d, t),
+            )
         if options.finetune and options.val is None:
-            ref.note = ("no --val: agreement measured on the calibration images, which --finetune also trained on "
-                        "(optimistic); give --val held-out images for an unbiased number")
+            ref.note = (
+                "no --val: agreement measured on the calibration images, which --finetune also trained on "
+                "(optimistic); give --val held-out images for an unbiased number"
+            )
         qmodel, qpath, measured = build(exclude, "int8.onnx")
         fallback = None
         if options.max_drop is not None and measured["drop"] > options.max_drop:
@@ -380,13 +440,19 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calib: str | os.P
 
         weights_text = _weights_text(options.reduce_range)
         provenance = {
-            "source": str(src), "source_sha256": onnx_sha256(src), "target": options.target, "method": options.method,
+            "source": str(src),
+            "source_sha256": onnx_sha256(src),
+            "target": options.target,
+            "method": options.method,
             "percentile": options.percentile if options.method == "percentile" else None,
             "calibration": {k: summary[k] for k in ("source", "kind", "images", "corrupt", "per_class", "brightness")},
-            "excluded": exclude, "activation": "int8 symmetric" if spec.activation_signed else "uint8 asymmetric",
-            "weights": weights_text, "rounding": options.rounding,
+            "excluded": exclude,
+            "activation": "int8 symmetric" if spec.activation_signed else "uint8 asymmetric",
+            "weights": weights_text,
+            "rounding": options.rounding,
             "bias_correction": options.bias_correction,
-            "drop": measured["drop"], "tool": "edgecnn quantize",
+            "drop": measured["drop"],
+            "tool": "edgecnn quantize",
             "finetune": {k: finetune_log[-1][k] for k in ("epochs", "lr", "images")} if finetune_log else None,
         }
         final_contract = int8_contract.with_provenance(quantization=provenance)
@@ -395,13 +461,21 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calib: str | os.P
         latency = None
         if options.report is not None and options.latency_runs > 0:
             shape = (graph.fixed_batch(prepared) or 1,) + tuple(
-                d.dim_value for d in prepared.graph.input[0].type.tensor_type.shape.dim[1:])
+                d.dim_value for d in prepared.graph.input[0].type.tensor_type.shape.dim[1:]
+            )
             save_onnx(qmodel, qpath)
             timed = _latency({"fp32": fp32_path, "int8": qpath}, options.latency_runs, options.threads, shape)
             lf, lq = timed["fp32"], timed["int8"]
-            latency = {"fp32": lf, "int8": lq, "speedup": lf["median_ms"] / max(lq["median_ms"], 1e-9),
-                       "batch": shape[0], "runs": lf["runs"], "interleaved_rounds": LATENCY_ROUNDS, "threads": options.threads,
-                       "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"}
+            latency = {
+                "fp32": lf,
+                "int8": lq,
+                "speedup": lf["median_ms"] / max(lq["median_ms"], 1e-9),
+                "batch": shape[0],
+                "runs": lf["runs"],
+                "interleaved_rounds": LATENCY_ROUNDS,
+                "threads": options.threads,
+                "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+            }
 
         # ---- outputs: the model, its table and the report staged side by side and put in place together
         table = None
@@ -422,24 +496,42 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calib: str | os.P
             if table is not None:
                 stage(options.cache).write_text(table, encoding="utf-8")
             result = {
-                "model": str(src), "output": str(out), "target": options.target, "method": options.method,
-                "percentile": options.percentile, "calibration": summary, "excluded": exclude,
+                "model": str(src),
+                "output": str(out),
+                "target": options.target,
+                "method": options.method,
+                "percentile": options.percentile,
+                "calibration": summary,
+                "excluded": exclude,
                 "ranges": _range_table(ranges, spec.activation_signed),
-                "qdq": qdq.qdq_summary(qmodel), "accuracy": measured, "max_drop": options.max_drop,
+                "qdq": qdq.qdq_summary(qmodel),
+                "accuracy": measured,
+                "max_drop": options.max_drop,
                 "fallback": fallback,
                 "sizes": {"fp32_bytes": model_bytes(src), "int8_bytes": model_tmp.stat().st_size},
                 "rounding": {"method": options.rounding, "layers": len(rounded), "seconds": round(rounding_seconds, 3)},
-                "weights": {"qmax": options.weight_qmax, "reduce_range": options.reduce_range,
-                            "text": weights_text, "note": _weights_note(options)},
-                "timings": {"calibration_s": round(calib_seconds, 3),
-                            "images_per_s": len(calib_set) / calib_seconds if calib_seconds > 0 else 0.0},
-                "latency": latency, "cache": None, "report": None,
+                "weights": {
+                    "qmax": options.weight_qmax,
+                    "reduce_range": options.reduce_range,
+                    "text": weights_text,
+                    "note": _weights_note(options),
+                },
+                "timings": {
+                    "calibration_s": round(calib_seconds, 3),
+                    "images_per_s": len(calib_set) / calib_seconds if calib_seconds > 0 else 0.0,
+                },
+                "latency": latency,
+                "cache": None,
+                "report": None,
                 "finetune": finetune_log[-1] if finetune_log else None,
             }
             if table is not None:
-                result["cache"] = {"path": str(options.cache), "tensors": len(amax),
-                                   "left_out_for_float_layers": sorted(set(ranges) & float_tensors),
-                                   "header": f"TRT-{trt_cache.version_number(version)}-{trt_cache.DEFAULT_ALGORITHM}"}
+                result["cache"] = {
+                    "path": str(options.cache),
+                    "tensors": len(amax),
+                    "left_out_for_float_layers": sorted(set(ranges) & float_tensors),
+                    "header": f"TRT-{trt_cache.version_number(version)}-{trt_cache.DEFAULT_ALGORITHM}",
+                }
             if options.report is not None:
                 from edgecnn.quant.report import stage_report
 
@@ -468,7 +560,7 @@ def _fallback(prepared, qmodel, measured, exclude, options, batch_size, build, r
     tried = "; ".join(f"{s['drop']:.2f} pts with {len(s['excluded'])} layer(s) in float" for s in steps)
     raise AccuracyGateError(
         f"INT8 accuracy drop stays above --max-drop {options.max_drop} points after {len(steps) - 1} fallback step(s) "
-        f"({tried}); layers tried in float, most sensitive first: {', '.join(current[len(exclude):])}. "
+        f"({tried}); layers tried in float, most sensitive first: {', '.join(current[len(exclude) :])}. "
         "Try more or more representative calibration images, another --method, or a larger --max-drop. Nothing was written.",
         details={"max_drop": options.max_drop, "steps": steps, "sensitivity": ranked[:20]},
     )

@@ -42,7 +42,9 @@ class TargetSpec:
 def target_spec(target: str) -> TargetSpec:
     if target == "tensorrt":
         return TargetSpec(
-            "tensorrt", activation_signed=True, per_channel=True,
+            "tensorrt",
+            activation_signed=True,
+            per_channel=True,
             extra_options={
                 "ActivationSymmetric": True,
                 "WeightSymmetric": True,
@@ -53,7 +55,9 @@ def target_spec(target: str) -> TargetSpec:
         )
     if target == "cpu":
         return TargetSpec(
-            "cpu", activation_signed=False, per_channel=True,
+            "cpu",
+            activation_signed=False,
+            per_channel=True,
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
         )
     raise UserInputError(f"Unknown target {target!r}; choose one of {', '.join(TARGETS)}")
@@ -69,8 +73,15 @@ def _tensors_data(ranges: dict[str, tuple[float, float]]):
     return TensorsData(CalibrationMethod.MinMax, data)
 
 
-def write_qdq(model, ranges: dict[str, tuple[float, float]], target: str, exclude: list[str] | tuple = (),
-              dry_run: bool = False, reduce_range: bool = False, pad_stem: bool = True):
+def write_qdq(
+    model,
+    ranges: dict[str, tuple[float, float]],
+    target: str,
+    exclude: list[str] | tuple = (),
+    dry_run: bool = False,
+    reduce_range: bool = False,
+    pad_stem: bool = True,
+):
     """A new onnx.ModelProto with Q/DQ nodes for `target`, using `ranges` for activations; nodes in `exclude` stay
     float. `model` must be prepared (see graph.prepare) and is not modified. `dry_run` allows missing ranges (used
     to find out which tensors need one). `reduce_range`: weights on [-64, 64] instead of [-127, 127] (ORT applies
@@ -93,7 +104,15 @@ def write_qdq(model, ranges: dict[str, tuple[float, float]], target: str, exclud
     m.CopyFrom(model)
     op_types = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
     quantizer = QDQQuantizer(
-        m, spec.per_channel, reduce_range, weight_type, act_type, _tensors_data({**placeholder, **ranges}), [], list(exclude), op_types,
+        m,
+        spec.per_channel,
+        reduce_range,
+        weight_type,
+        act_type,
+        _tensors_data({**placeholder, **ranges}),
+        [],
+        list(exclude),
+        op_types,
         dict(spec.extra_options),
     )
     with _quiet_root_logger():  # ORT's quantizer logs advice through the root logger; our caller reports instead
@@ -188,11 +207,13 @@ def pad_conv_input_channels(qmodel):
         base = own + _PADDED_SUFFIX
         pad_value = x_dq.input[2] if len(x_dq.input) > 2 and x_dq.input[2] else None
         qmodel.graph.initializer.append(
-            numpy_helper.from_array(np.array([0] * (rank + 1) + [extra] + [0] * (rank - 2), np.int64), base + "_pads"))
+            numpy_helper.from_array(np.array([0] * (rank + 1) + [extra] + [0] * (rank - 2), np.int64), base + "_pads")
+        )
         pad_inputs = [x_dq.input[0], base + "_pads"] + ([pad_value] if pad_value else [])
         pad = helper.make_node("Pad", pad_inputs, [base + "_quantized"], name=base, mode="constant")
-        dq = helper.make_node("DequantizeLinear", [base + "_quantized", *x_dq.input[1:]], [base],
-                              name=base + "_DequantizeLinear")
+        dq = helper.make_node(
+            "DequantizeLinear", [base + "_quantized", *x_dq.input[1:]], [base], name=base + "_DequantizeLinear"
+        )
         dq.attribute.extend(x_dq.attribute)
         at = list(qmodel.graph.node).index(node)
         qmodel.graph.node.insert(at, dq)
@@ -266,12 +287,15 @@ def _float_inputs_for_excluded(qmodel, exclude: set[str]):
                 info = np.iinfo(zp.dtype)
                 lo, hi = (info.min - int(zp)) * float(scale), (info.max - int(zp)) * float(scale)
                 base = f"{q.input[0]}_float_for_{node.name}"
-                qmodel.graph.initializer.extend([
-                    numpy_helper.from_array(np.array(lo, dtype=np.float32), base + "_min"),
-                    numpy_helper.from_array(np.array(hi, dtype=np.float32), base + "_max"),
-                ])
-                order.append(helper.make_node("Clip", [name, base + "_min", base + "_max"], [base],
-                                              name=base + "_clip"))
+                qmodel.graph.initializer.extend(
+                    [
+                        numpy_helper.from_array(np.array(lo, dtype=np.float32), base + "_min"),
+                        numpy_helper.from_array(np.array(hi, dtype=np.float32), base + "_max"),
+                    ]
+                )
+                order.append(
+                    helper.make_node("Clip", [name, base + "_min", base + "_max"], [base], name=base + "_clip")
+                )
                 node.input[idx] = base
         order.append(node)
     del qmodel.graph.node[:]
@@ -338,9 +362,24 @@ def qdq_summary(qmodel) -> dict:
     inits = {i.name: i for i in qmodel.graph.initializer}
     q = [n for n in qmodel.graph.node if n.op_type == "QuantizeLinear"]
     dq = [n for n in qmodel.graph.node if n.op_type == "DequantizeLinear"]
-    per_channel = sum(1 for n in dq if any(a.name == "axis" for a in n.attribute) and n.input[1] in inits
-                      and numpy_helper.to_array(inits[n.input[1]]).size > 1)
-    zp_types = sorted({str(numpy_helper.to_array(inits[n.input[2]]).dtype) for n in q + dq
-                       if len(n.input) > 2 and n.input[2] in inits})
-    return {"quantize_nodes": len(q), "dequantize_nodes": len(dq), "per_channel_weights": per_channel,
-            "zero_point_types": zp_types, "int8_nodes": len(quantized_nodes(qmodel))}
+    per_channel = sum(
+        1
+        for n in dq
+        if any(a.name == "axis" for a in n.attribute)
+        and n.input[1] in inits
+        and numpy_helper.to_array(inits[n.input[1]]).size > 1
+    )
+    zp_types = sorted(
+        {
+            str(numpy_helper.to_array(inits[n.input[2]]).dtype)
+            for n in q + dq
+            if len(n.input) > 2 and n.input[2] in inits
+        }
+    )
+    return {
+        "quantize_nodes": len(q),
+        "dequantize_nodes": len(dq),
+        "per_channel_weights": per_channel,
+        "zero_point_types": zp_types,
+        "int8_nodes": len(quantized_nodes(qmodel)),
+    }

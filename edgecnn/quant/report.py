@@ -6,21 +6,26 @@ import os
 from pathlib import Path
 
 
-
 def _pct(v) -> str:
     return "n/a" if v is None else f"{100.0 * v:.2f}%"
 
 
 def finetune_summary(ft: dict) -> str:
     """One line on a --finetune run (CLI summary and report)."""
-    return (f"{ft['epochs']} epoch(s) on {ft['images']} images, lr {ft['lr']:g}, {ft['seconds']:.0f} s, "
-            f"distillation loss {ft['loss_first_epoch']:.4g} -> {ft['loss_last_epoch']:.4g}")
+    return (
+        f"{ft['epochs']} epoch(s) on {ft['images']} images, lr {ft['lr']:g}, {ft['seconds']:.0f} s, "
+        f"distillation loss {ft['loss_first_epoch']:.4g} -> {ft['loss_last_epoch']:.4g}"
+    )
 
 
 def confidence_summary(rows: list[dict]) -> str:
     """One line on top-1 agreement split by FP32's confidence (CLI summary and report): where the flips are."""
-    parts = [f"p {row['fp32_top1_prob']}: " + ("-" if row["agreement"] is None else f"{100 * row['agreement']:.1f}%")
-             + f" of {row['images']}" for row in rows]
+    parts = [
+        f"p {row['fp32_top1_prob']}: "
+        + ("-" if row["agreement"] is None else f"{100 * row['agreement']:.1f}%")
+        + f" of {row['images']}"
+        for row in rows
+    ]
     return "agreement by FP32 top-1 probability: " + " · ".join(parts)
 
 
@@ -32,7 +37,8 @@ def to_markdown(result: dict) -> str:
         f"# INT8 quantization report: {Path(r['model']).name}",
         "",
         f"- output: `{r['output']}` (target **{r['target']}**, method **{r['method']}**"
-        + (f", percentile {r['percentile']}" if r["method"] == "percentile" else "") + ")",
+        + (f", percentile {r['percentile']}" if r["method"] == "percentile" else "")
+        + ")",
         f"- calibration: {cal.get('images')} images from `{cal.get('source')}` ({cal.get('kind')}), "
         f"{cal.get('corrupt', 0)} unreadable skipped, brightness mean {cal.get('brightness', {}).get('mean')} "
         f"± {cal.get('brightness', {}).get('std')}",
@@ -45,8 +51,10 @@ def to_markdown(result: dict) -> str:
     ]
     if r.get("rounding"):
         ro = r["rounding"]
-        lines.append(f"- weight rounding: {ro['method']}" + (f" ({ro['layers']} layers, {ro['seconds']:.1f} s)"
-                                                            if ro["method"] == "gptq" else ""))
+        lines.append(
+            f"- weight rounding: {ro['method']}"
+            + (f" ({ro['layers']} layers, {ro['seconds']:.1f} s)" if ro["method"] == "gptq" else "")
+        )
     if r.get("weights"):
         lines.append(f"- weights: {r['weights']['text']}")
         if r["weights"].get("note"):
@@ -54,7 +62,9 @@ def to_markdown(result: dict) -> str:
     if r.get("finetune"):
         lines.append(f"- quantization-aware fine-tuning: {finetune_summary(r['finetune'])}")
     if r.get("cache"):
-        lines.append(f"- TensorRT calibration table: `{r['cache']['path']}` (`{r['cache']['header']}`, {r['cache']['tensors']} tensors)")
+        lines.append(
+            f"- TensorRT calibration table: `{r['cache']['path']}` (`{r['cache']['header']}`, {r['cache']['tensors']} tensors)"
+        )
     for w in cal.get("warnings", []):
         lines.append(f"- warning: {w}")
     lines += ["", "## Accuracy", ""]
@@ -71,15 +81,27 @@ def to_markdown(result: dict) -> str:
         lines.append(f"| max / mean abs logit diff | | {ag['max_abs_diff']:.4f} / {ag['mean_abs_diff']:.4f} |")
         lines.append(f"| cosine (min / mean) | | {ag['cosine_min']:.5f} / {ag['cosine_mean']:.5f} |")
         if ag.get("by_fp32_confidence"):
-            lines.append(f"\n{confidence_summary(ag['by_fp32_confidence'])} images (flips where FP32 itself "
-                         "hesitates are expected; flips where it is sure are damage).")
-        lines.append(f"\ndrop: {acc['drop']:.2f} points" + (f" (bound {r['max_drop']})" if r.get("max_drop") is not None else ""))
+            lines.append(
+                f"\n{confidence_summary(ag['by_fp32_confidence'])} images (flips where FP32 itself "
+                "hesitates are expected; flips where it is sure are damage)."
+            )
+        lines.append(
+            f"\ndrop: {acc['drop']:.2f} points" + (f" (bound {r['max_drop']})" if r.get("max_drop") is not None else "")
+        )
         if acc.get("per_class"):
             lines += ["", "| class | images | FP32 top-1 | INT8 top-1 | delta |", "| --- | --- | --- | --- | --- |"]
             for name, c in sorted(acc["per_class"].items(), key=lambda kv: kv[1]["delta"]):
-                lines.append(f"| {name} | {c['images']} | {_pct(c['fp32'])} | {_pct(c['int8'])} | {100 * c['delta']:+.2f} |")
+                lines.append(
+                    f"| {name} | {c['images']} | {_pct(c['fp32'])} | {_pct(c['int8'])} | {100 * c['delta']:+.2f} |"
+                )
     if r.get("fallback"):
-        lines += ["", "## Sensitivity fallback (--max-drop)", "", "| step | kept in float | drop |", "| --- | --- | --- |"]
+        lines += [
+            "",
+            "## Sensitivity fallback (--max-drop)",
+            "",
+            "| step | kept in float | drop |",
+            "| --- | --- | --- |",
+        ]
         for step in r["fallback"]["steps"]:
             lines.append(f"| {step['step']} | {', '.join(step['excluded']) or '-'} | {step['drop']:.2f} |")
         lines += ["", "Most sensitive layers (error added by quantizing them):", ""]
@@ -87,13 +109,19 @@ def to_markdown(result: dict) -> str:
             lines.append(f"- `{row['node']}` ({row['op']}): {row['added_error']:.3g}")
     if r.get("latency"):
         lat = r["latency"]
-        lines += ["", f"## Latency on this machine (ONNX Runtime CPU, batch {lat['batch']})", "",
-                  "| model | median ms | p90 ms |", "| --- | --- | --- |",
-                  f"| FP32 | {lat['fp32']['median_ms']:.2f} | {lat['fp32']['p90_ms']:.2f} |",
-                  f"| INT8 | {lat['int8']['median_ms']:.2f} | {lat['int8']['p90_ms']:.2f} |",
-                  "", f"speed-up {lat['speedup']:.2f}x ({lat['runs']} runs each, interleaved in "
-                  f"{lat.get('interleaved_rounds', 1)} rounds, {lat['threads'] or 'default'} threads, "
-                  f"{lat['machine']})"]
+        lines += [
+            "",
+            f"## Latency on this machine (ONNX Runtime CPU, batch {lat['batch']})",
+            "",
+            "| model | median ms | p90 ms |",
+            "| --- | --- | --- |",
+            f"| FP32 | {lat['fp32']['median_ms']:.2f} | {lat['fp32']['p90_ms']:.2f} |",
+            f"| INT8 | {lat['int8']['median_ms']:.2f} | {lat['int8']['p90_ms']:.2f} |",
+            "",
+            f"speed-up {lat['speedup']:.2f}x ({lat['runs']} runs each, interleaved in "
+            f"{lat.get('interleaved_rounds', 1)} rounds, {lat['threads'] or 'default'} threads, "
+            f"{lat['machine']})",
+        ]
     lines += ["", "## Per-tensor ranges", "", "| tensor | low | high | scale |", "| --- | --- | --- | --- |"]
     for name, rng in r["ranges"].items():
         lines.append(f"| `{name}` | {rng['low']:.6g} | {rng['high']:.6g} | {rng['scale']:.6g} |")

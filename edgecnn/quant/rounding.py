@@ -39,8 +39,14 @@ def _layer(node, inits: dict) -> dict | None:
         group = int(a.get("group", 1))
         if w.shape[0] % group:
             return None
-        return {"kind": "conv", "group": group, "kernel": w.shape[2:], "pads": list(a.get("pads", [0, 0, 0, 0])),
-                "strides": list(a.get("strides", [1, 1])), "dilations": list(a.get("dilations", [1, 1]))}
+        return {
+            "kind": "conv",
+            "group": group,
+            "kernel": w.shape[2:],
+            "pads": list(a.get("pads", [0, 0, 0, 0])),
+            "strides": list(a.get("strides", [1, 1])),
+            "dilations": list(a.get("dilations", [1, 1])),
+        }
     if node.op_type == "Gemm" and not a.get("transA", 0) and inits[node.input[1]].ndim == 2:
         return {"kind": "gemm", "trans_b": int(a.get("transB", 0))}
     return None
@@ -91,8 +97,9 @@ class HessianAccumulator:
         self.model = model
         self.inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
         self.nodes = {n.name: n for n in model.graph.node}
-        self.layers = {name: lay for name in correctable_inputs(model)
-                       if (lay := _layer(self.nodes[name], self.inits)) is not None}
+        self.layers = {
+            name: lay for name in correctable_inputs(model) if (lay := _layer(self.nodes[name], self.inits)) is not None
+        }
         self.inputs = sorted({self.nodes[name].input[0] for name in self.layers})
         self.total = total
         self.rng = np.random.default_rng(seed)
@@ -123,8 +130,9 @@ class HessianAccumulator:
             h = _gram(patches, group).astype(np.float64)
             self.h[name] = h if name not in self.h else self.h[name] + h
 
-    def round(self, progress: Callable[[int, int], None] | None = None,
-              qmax: int = WEIGHT_QMAX) -> dict[str, np.ndarray]:
+    def round(
+        self, progress: Callable[[int, int], None] | None = None, qmax: int = WEIGHT_QMAX
+    ) -> dict[str, np.ndarray]:
         """weight initializer name -> GPTQ-rounded weights (float32, on the [-qmax, qmax] grid), for every layer seen; layers
         GPTQ does not apply to (3-D convolutions, auto_pad, transposed A, shared weights) keep round-to-nearest.
         progress(layers done, layers): a network with large dense convolutions spends seconds per layer here."""
@@ -153,8 +161,7 @@ class HessianAccumulator:
         return out
 
 
-def gptq_rows(w: np.ndarray, h: np.ndarray, row_group: np.ndarray | None = None,
-              qmax: int = WEIGHT_QMAX) -> np.ndarray:
+def gptq_rows(w: np.ndarray, h: np.ndarray, row_group: np.ndarray | None = None, qmax: int = WEIGHT_QMAX) -> np.ndarray:
     """Round the rows of w (R, d) to the symmetric INT8 grid of each row (scale amax / qmax), GPTQ order: column by
     column, each column's rounding error spread over the later columns through the upper Cholesky factor of H^-1.
     h is (G, d, d); row r uses h[row_group[r]] (G == 1: all rows share one H, and row_group is not needed).
@@ -186,7 +193,9 @@ def gptq_rows(w: np.ndarray, h: np.ndarray, row_group: np.ndarray | None = None,
             err = (work[:, j] - qj) / (u[0, j, j] if shared else u[:, j, j])
             errs[:, j - start] = err
             if j + 1 < stop:
-                work[:, j + 1:stop] -= err[:, None] * (u[0, j, j + 1:stop][None] if shared else u[:, j, j + 1:stop])
+                work[:, j + 1 : stop] -= err[:, None] * (
+                    u[0, j, j + 1 : stop][None] if shared else u[:, j, j + 1 : stop]
+                )
         if stop < d:
             if shared:
                 work[:, stop:] -= errs @ u[0, start:stop, stop:]
@@ -195,8 +204,9 @@ def gptq_rows(w: np.ndarray, h: np.ndarray, row_group: np.ndarray | None = None,
     return q.astype(np.float32)
 
 
-def sampled_hessians(model, batches: Iterable[np.ndarray], threads: int | None = None,
-                     total: int = 0) -> HessianAccumulator:
+def sampled_hessians(
+    model, batches: Iterable[np.ndarray], threads: int | None = None, total: int = 0
+) -> HessianAccumulator:
     """A HessianAccumulator filled by a pass of its own over `batches` (`total` images); round it as often as needed
     (e.g. for 8- and 7-bit weights) without a second pass."""
     from edgecnn.quant import graph
@@ -209,7 +219,8 @@ def sampled_hessians(model, batches: Iterable[np.ndarray], threads: int | None =
     return acc
 
 
-def round_weights(model, batches: Iterable[np.ndarray], threads: int | None = None,
-                  total: int = 0, qmax: int = WEIGHT_QMAX) -> dict[str, np.ndarray]:
+def round_weights(
+    model, batches: Iterable[np.ndarray], threads: int | None = None, total: int = 0, qmax: int = WEIGHT_QMAX
+) -> dict[str, np.ndarray]:
     """GPTQ-rounded weights (HessianAccumulator.round) from a pass of its own over `batches` (`total` images)."""
     return sampled_hessians(model, batches, threads, total).round(qmax=qmax)

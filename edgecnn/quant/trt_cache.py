@@ -36,8 +36,10 @@ def version_number(version: str | int) -> int:
     """'8.6.1' -> 8601, '10.3.0' -> 100300, '8601' or 8601 -> 8601 (TensorRT's NV_TENSORRT_VERSION)."""
     if isinstance(version, int) or str(version).isdigit():
         if int(version) < 1000:  # '10' is not TensorRT 10 (that is 100000): refuse rather than write a wrong header
-            raise UserInputError(f"TensorRT version {version!r}: give major.minor.patch such as 10.3.0, or the "
-                                 "NV_TENSORRT_VERSION number such as 100300")
+            raise UserInputError(
+                f"TensorRT version {version!r}: give major.minor.patch such as 10.3.0, or the "
+                "NV_TENSORRT_VERSION number such as 100300"
+            )
         return int(version)
     parts = str(version).split(".")
     try:
@@ -75,7 +77,9 @@ def amax_to_scale(amax: float) -> float:
     return amax / 127.0 if amax > 0 else 1.0
 
 
-def format_table(amax: dict[str, float], version: str | int = DEFAULT_VERSION, algorithm: str = DEFAULT_ALGORITHM) -> str:
+def format_table(
+    amax: dict[str, float], version: str | int = DEFAULT_VERSION, algorithm: str = DEFAULT_ALGORITHM
+) -> str:
     """The calibration table text for per-tensor amax values (in the given order)."""
     if algorithm not in ALGORITHMS:
         raise UserInputError(f"Unknown TensorRT calibration algorithm {algorithm!r}; one of {', '.join(ALGORITHMS)}")
@@ -87,8 +91,12 @@ def format_table(amax: dict[str, float], version: str | int = DEFAULT_VERSION, a
     return "\n".join(lines) + "\n"
 
 
-def write_table(path: str | os.PathLike, amax: dict[str, float], version: str | int = DEFAULT_VERSION,
-                algorithm: str = DEFAULT_ALGORITHM) -> Path:
+def write_table(
+    path: str | os.PathLike,
+    amax: dict[str, float],
+    version: str | int = DEFAULT_VERSION,
+    algorithm: str = DEFAULT_ALGORITHM,
+) -> Path:
     """Write the table atomically; returns the path."""
     return atomic_write_bytes(path, format_table(amax, version, algorithm).encode("utf-8"))
 
@@ -102,7 +110,9 @@ def read_table(path: str | os.PathLike) -> tuple[int, str, dict[str, float]]:
         raise ArtifactError(f"Cannot read calibration table {path}: {exc}") from exc
     lines = text.splitlines()
     if not lines or not _HEADER.match(lines[0].strip()):
-        raise ArtifactError(f"{path} is not a TensorRT calibration table (first line should be TRT-<version>-<algorithm>)")
+        raise ArtifactError(
+            f"{path} is not a TensorRT calibration table (first line should be TRT-<version>-<algorithm>)"
+        )
     m = _HEADER.match(lines[0].strip())
     scales: dict[str, float] = {}
     for number, line in enumerate(lines[1:], start=2):
@@ -128,8 +138,13 @@ def carry_through_pads(model, amax: dict[str, float]) -> dict[str, float]:
     pads = [n for n in model.graph.node if n.op_type == "Pad"]
     wanted = {n.input[2] for n in pads if len(n.input) > 2 and n.input[2]}  # only the pad values are read
     constants = {i.name: i for i in model.graph.initializer if i.name in wanted}
-    constants.update({n.output[0]: n.attribute[0].t for n in model.graph.node if n.op_type == "Constant"
-                      and n.output[0] in wanted and n.attribute and n.attribute[0].name == "value"})
+    constants.update(
+        {
+            n.output[0]: n.attribute[0].t
+            for n in model.graph.node
+            if n.op_type == "Constant" and n.output[0] in wanted and n.attribute and n.attribute[0].name == "value"
+        }
+    )
     out = dict(amax)
     for node in pads:
         if not node.input or node.input[0] not in out or node.output[0] in out:

@@ -45,8 +45,13 @@ def correctable_inputs(model) -> dict[str, str]:
     return out
 
 
-def bias_correct(model, channel_means: dict[str, np.ndarray], skip=(),
-                 rounded: dict[str, np.ndarray] | None = None, qmax: int = WEIGHT_QMAX) -> tuple[object, list[str]]:
+def bias_correct(
+    model,
+    channel_means: dict[str, np.ndarray],
+    skip=(),
+    rounded: dict[str, np.ndarray] | None = None,
+    qmax: int = WEIGHT_QMAX,
+) -> tuple[object, list[str]]:
     """A copy of `model` whose Conv/Gemm biases absorb the mean INT8 weight error; returns (model, corrected nodes).
     Nodes in `skip` (kept in float) and nodes without a measured input mean are left alone. `rounded` (weight name ->
     weights already on the INT8 grid, from rounding.round_weights) replaces those weights in the copy, and their
@@ -61,7 +66,12 @@ def bias_correct(model, channel_means: dict[str, np.ndarray], skip=(),
     rounded = rounded or {}
     skip = set(skip)
     for node in m.graph.node:
-        if node.name not in skip and node.op_type in ("Conv", "Gemm") and len(node.input) > 1 and node.input[1] in rounded:
+        if (
+            node.name not in skip
+            and node.op_type in ("Conv", "Gemm")
+            and len(node.input) > 1
+            and node.input[1] in rounded
+        ):
             inits[node.input[1]].CopyFrom(numpy_helper.from_array(rounded[node.input[1]], node.input[1]))
     done = []
     seen_bias: set[str] = set()

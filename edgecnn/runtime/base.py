@@ -69,8 +69,10 @@ class Runner(abc.ABC):
         self.contract = contract
         self.input_spec = input_spec
         if classes is not None and classes != len(contract.labels):
-            raise ArtifactError(f"{self.path.name} outputs {classes} classes but its metadata lists "
-                                f"{len(contract.labels)} labels: re-export it (`edgecnn export`)")
+            raise ArtifactError(
+                f"{self.path.name} outputs {classes} classes but its metadata lists "
+                f"{len(contract.labels)} labels: re-export it (`edgecnn export`)"
+            )
 
     @property
     def labels(self) -> list[str]:
@@ -104,7 +106,9 @@ class Runner(abc.ABC):
             chunk = limit
         else:
             chunk = fixed
-        return np.concatenate([self._infer(part)[:real] for part, real in batch_chunks(batch, chunk, fixed is not None)])
+        return np.concatenate(
+            [self._infer(part)[:real] for part, real in batch_chunks(batch, chunk, fixed is not None)]
+        )
 
     def infer_frames(self, frames: Sequence[np.ndarray]) -> np.ndarray:
         """Logits for BGR uint8 frames, through the model's own preprocessing."""
@@ -117,7 +121,11 @@ class Runner(abc.ABC):
         return {
             "backend": self.backend,
             "path": str(self.path),
-            "input": {"name": self.input_spec.name, "shape": list(self.input_spec.shape), "dtype": self.input_spec.dtype},
+            "input": {
+                "name": self.input_spec.name,
+                "shape": list(self.input_spec.shape),
+                "dtype": self.input_spec.dtype,
+            },
             "classes": len(self.labels),
             "precision": self.contract.precision,
         }

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-
 from pathlib import Path
 
 import numpy as np
@@ -136,8 +135,10 @@ class OnnxRuntimeRunner(Runner):
             raise ArtifactError(f"{path} has {len(inputs)} inputs; edgecnn runs single-input classifiers")
         inp = inputs[0]
         if inp.type != "tensor(float)":  # infer() feeds preprocess() output: float32, nothing else
-            raise ArtifactError(f"{path} takes {inp.type.replace('tensor(', '').rstrip(')')} input; edgecnn models "
-                                "take float32 (preprocessed) input: export the model with a float32 input")
+            raise ArtifactError(
+                f"{path} takes {inp.type.replace('tensor(', '').rstrip(')')} input; edgecnn models "
+                "take float32 (preprocessed) input: export the model with a float32 input"
+            )
         shape = tuple(d if isinstance(d, int) and d > 0 else None for d in inp.shape)
         _check_input_shape(path, shape, contract)
         fixed = shape[0]
@@ -145,9 +146,13 @@ class OnnxRuntimeRunner(Runner):
         output = self.session.get_outputs()[0]
         if output.shape is not None and len(output.shape) not in (0, 2):  # rank 0 here: ORT does not know it
             out_shape = ", ".join(d if isinstance(d, str) else str(d) for d in output.shape)
-            raise ArtifactError(f"{path}: its output {output.name!r} has shape ({out_shape}), not (batch, classes): "
-                                "edgecnn runs classifiers that output one score per class (flatten the output)")
-        classes = output.shape[-1] if output.shape and isinstance(output.shape[-1], int) and output.shape[-1] > 0 else None
+            raise ArtifactError(
+                f"{path}: its output {output.name!r} has shape ({out_shape}), not (batch, classes): "
+                "edgecnn runs classifiers that output one score per class (flatten the output)"
+            )
+        classes = (
+            output.shape[-1] if output.shape and isinstance(output.shape[-1], int) and output.shape[-1] > 0 else None
+        )
         super().__init__(path, contract, spec, classes)
         self.output_name = output.name
         self.providers = self.session.get_providers()
@@ -173,9 +178,11 @@ def _check_input_shape(path: Path, shape: tuple, contract: ModelContract) -> Non
     want = contract.preprocess.input_shape(None)
     if len(shape) != len(want) or any(g is not None and w is not None and g != w for g, w in zip(shape, want)):
         fmt = lambda s: "(" + ", ".join("N" if d is None else str(d) for d in s) + ")"  # noqa: E731
-        raise ArtifactError(f"{path}: its input is {fmt(shape)} but its metadata's preprocessing makes "
-                            f"{fmt(want)} ({contract.preprocess.layout.upper()}, input_size "
-                            f"{list(contract.preprocess.input_size)}): re-export it (`edgecnn export`)")
+        raise ArtifactError(
+            f"{path}: its input is {fmt(shape)} but its metadata's preprocessing makes "
+            f"{fmt(want)} ({contract.preprocess.layout.upper()}, input_size "
+            f"{list(contract.preprocess.input_size)}): re-export it (`edgecnn export`)"
+        )
 
 
 def _open(path: Path, **options) -> Runner:
@@ -189,8 +196,10 @@ def _prime(threads: int | None = None, providers=None, **_ignored) -> None:
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])], "prime",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "prime",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -201,6 +210,9 @@ def _prime(threads: int | None = None, providers=None, **_ignored) -> None:
 
 
 BACKEND = Backend(
-    name="onnxrt", suffixes=(".onnx",), open=_open, description="ONNX Runtime (CPU default; CUDA/TensorRT EPs if installed)",
+    name="onnxrt",
+    suffixes=(".onnx",),
+    open=_open,
+    description="ONNX Runtime (CPU default; CUDA/TensorRT EPs if installed)",
     prime=_prime,
 )

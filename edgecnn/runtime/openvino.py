@@ -87,7 +87,9 @@ class OpenVinoRunner(Runner):
         try:
             compiled = self.core.compile_model(model, self.device, config)
         except Exception as exc:
-            raise ArtifactError(f"OpenVINO cannot compile {self.path.name}: {str(exc).strip().splitlines()[0][:300]}") from exc
+            raise ArtifactError(
+                f"OpenVINO cannot compile {self.path.name}: {str(exc).strip().splitlines()[0][:300]}"
+            ) from exc
         request = compiled.create_infer_request()
         if not perf_count:
             self._requests[batch] = request
@@ -101,7 +103,11 @@ class OpenVinoRunner(Runner):
     def layer_profile(self, batch: int, iterations: int = 20, warmup: int = 3) -> list[dict]:
         """Mean time per executed node (ms per run) from OpenVINO's performance counters, slowest first."""
         request = self._request(batch, perf_count=True)
-        x = np.zeros([batch] + [d or s for d, s in zip(self.input_spec.shape[1:], self.preprocess_config.input_shape(batch)[1:])], np.float32)
+        x = np.zeros(
+            [batch]
+            + [d or s for d, s in zip(self.input_spec.shape[1:], self.preprocess_config.input_shape(batch)[1:])],
+            np.float32,
+        )
         total: dict[str, float] = defaultdict(float)
         meta: dict[str, tuple[str, str]] = {}
         for i in range(warmup + iterations):

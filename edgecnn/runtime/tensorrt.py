@@ -27,7 +27,13 @@ class TensorRTRunner(Runner):
     backend = "tensorrt"
 
     def __init__(self, path: Path, device: int = 0):
-        from edgecnn.trt.manifest import check_compatibility, contract_of, read_manifest, rebuild_hint, verify_engine_file
+        from edgecnn.trt.manifest import (
+            check_compatibility,
+            contract_of,
+            read_manifest,
+            rebuild_hint,
+            verify_engine_file,
+        )
 
         self._closed = True
         path = Path(path)
@@ -59,14 +65,18 @@ class TensorRTRunner(Runner):
             self._runtime.DLA_core = int(manifest["dla_core"])
         self.engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
         if self.engine is None:
-            raise ArtifactError(f"TensorRT could not deserialize {path.name} ({self._logger.last()}); {rebuild_hint(manifest, path)}")
+            raise ArtifactError(
+                f"TensorRT could not deserialize {path.name} ({self._logger.last()}); {rebuild_hint(manifest, path)}"
+            )
         self.context = self.engine.create_execution_context()
 
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]  # 8.5+
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self._outputs = [n for n in names if n not in inputs]
         if len(inputs) != 1 or not self._outputs:
-            raise ArtifactError(f"{path.name} has {len(inputs)} inputs / {len(self._outputs)} outputs; edgecnn runs single-input classifiers")
+            raise ArtifactError(
+                f"{path.name} has {len(inputs)} inputs / {len(self._outputs)} outputs; edgecnn runs single-input classifiers"
+            )
         self.input_name = inputs[0]
         shape = tuple(int(d) for d in self.engine.get_tensor_shape(self.input_name))
         self.dynamic = shape[0] < 0
@@ -129,7 +139,10 @@ class TensorRTRunner(Runner):
         out = self._buffers[out_name]
         out_shape = tuple(int(d) for d in context.get_tensor_shape(out_name))
         count = int(np.prod(out_shape))
-        call(rt.cudaMemcpyAsync(out.host.ctypes.data, out.device, count * out.dtype.itemsize, d2h, stream), "cudaMemcpyAsync")
+        call(
+            rt.cudaMemcpyAsync(out.host.ctypes.data, out.device, count * out.dtype.itemsize, d2h, stream),
+            "cudaMemcpyAsync",
+        )
         call(rt.cudaEventRecord(ev[3], stream))
         call(rt.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
         if timed:

@@ -47,8 +47,10 @@ def _open(path: Path, **options) -> Runner:
     if suffix not in BACKEND.suffixes:
         other = next((b.name for b in backends().values() if suffix in b.suffixes), None)
         if other is not None:
-            raise UserInputError(f"The torch backend runs .pt checkpoints, not {Path(path).name}: leave --backend out "
-                                 f"(or use --backend {other}) for {suffix} files")
+            raise UserInputError(
+                f"The torch backend runs .pt checkpoints, not {Path(path).name}: leave --backend out "
+                f"(or use --backend {other}) for {suffix} files"
+            )
     return TorchRunner(path, **options)
 
 

@@ -112,8 +112,9 @@ def planning_version(trt_version: str | None, device: DevicePreset, jetson: dict
     return TrtVersion.parse(version or device.default_tensorrt or DESKTOP_DEFAULT_TRT)  # make_plan checks support
 
 
-def preview_plan(options: BuildOptions, facts, trt_version: str | None = None,
-                 jetson: dict | None = None) -> tuple[DevicePreset, BuildPlan]:
+def preview_plan(
+    options: BuildOptions, facts, trt_version: str | None = None, jetson: dict | None = None
+) -> tuple[DevicePreset, BuildPlan]:
     """(device, plan) decided without TensorRT: every option checked against the version (see `planning_version`)
     and the target preset. `edgecnn build-engine` runs it first, so argument errors (exit 2) come before "TensorRT is
     not installed" (exit 3); `--print-trtexec` prints this plan."""
@@ -202,9 +203,11 @@ def calib_cache_version_note(path: str | os.PathLike, tensorrt: str, target: str
     want = TrtVersion.parse(tensorrt)
     if (major, minor) == (want.major, want.minor):
         return None
-    return (f"--calib-cache {path} was written for TensorRT {major}.{minor} (header TRT-{number}), {target} "
-            f"{want.major}.{want.minor}: TensorRT may skip it; rewrite it with "
-            f"`edgecnn quantize MODEL.onnx --cache FILE --trt-version {tensorrt}`")
+    return (
+        f"--calib-cache {path} was written for TensorRT {major}.{minor} (header TRT-{number}), {target} "
+        f"{want.major}.{want.minor}: TensorRT may skip it; rewrite it with "
+        f"`edgecnn quantize MODEL.onnx --cache FILE --trt-version {tensorrt}`"
+    )
 
 
 def check_inputs(onnx_path: Path, out: Path, options: BuildOptions, require_contract: bool = True):

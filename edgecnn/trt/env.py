@@ -67,7 +67,9 @@ def require_tensorrt():
     try:
         return importlib.import_module("tensorrt")
     except ImportError as exc:
-        raise MissingDependencyError(f"TensorRT is not installed ({exc.__class__.__name__}: {exc}). {tensorrt_hint()}") from exc
+        raise MissingDependencyError(
+            f"TensorRT is not installed ({exc.__class__.__name__}: {exc}). {tensorrt_hint()}"
+        ) from exc
 
 
 def tensorrt_version() -> str | None:

@@ -95,8 +95,10 @@ def tensorrt_qdq_problem(model, source: str = "model") -> str | None:
     if unsigned:
         return f"{source}: {CPU_TARGET_MESSAGE} ({unsigned[0]} has a {unsigned[1]} zero point)"
     if other:
-        return (f"{source}: TensorRT takes only symmetric Q/DQ (zero point 0, INT8/FP8) and {other}: quantize the FP32 "
-                "model with `edgecnn quantize MODEL.onnx --target tensorrt`")
+        return (
+            f"{source}: TensorRT takes only symmetric Q/DQ (zero point 0, INT8/FP8) and {other}: quantize the FP32 "
+            "model with `edgecnn quantize MODEL.onnx --target tensorrt`"
+        )
     return None
 
 

@@ -54,7 +54,9 @@ def read_manifest(engine: str | os.PathLike) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{path} is not valid JSON ({exc.__class__.__name__}): {rebuild_hint(None, engine)}") from exc
+        raise ArtifactError(
+            f"{path} is not valid JSON ({exc.__class__.__name__}): {rebuild_hint(None, engine)}"
+        ) from exc
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ArtifactError(f"{path} is not an edgecnn engine manifest: {rebuild_hint(None, engine)}")
     version = data.get("format_version", 0)
@@ -105,8 +107,9 @@ def _structure_problem(data: dict) -> str | None:
             if not isinstance(t, dict) or not isinstance(t.get("name"), str) or not _is_dims(t.get("shape")):
                 return f"each of io.{side} needs a name and a shape (a list of whole numbers)"
             profile = t.get("profile")
-            if profile is not None and not (isinstance(profile, dict)
-                                            and all(_is_dims(profile.get(k)) for k in ("min", "opt", "max"))):
+            if profile is not None and not (
+                isinstance(profile, dict) and all(_is_dims(profile.get(k)) for k in ("min", "opt", "max"))
+            ):
                 return f"io.{side} {t['name']!r}: the profile needs min, opt and max shapes"
     return None
 

@@ -393,8 +393,11 @@ def _precision_flags(precision, onnx: OnnxFacts, int8_source, caps: Capabilities
         convert = not onnx.fp16
         notes.append(
             "TensorRT 11 has no FP16 builder flag: "
-            + ("the ONNX is converted to FP16 (inputs/outputs stay FP32) before the build" if convert
-               else "the ONNX already computes in FP16")
+            + (
+                "the ONNX is converted to FP16 (inputs/outputs stay FP32) before the build"
+                if convert
+                else "the ONNX already computes in FP16"
+            )
         )
     if precision == "best" and int8_source:
         notes.append("best on TensorRT 11 = the Q/DQ ONNX as typed (strongly typed network)")
@@ -455,10 +458,13 @@ def _hardware_level(options: BuildOptions, version, caps: Capabilities, device: 
     level = HARDWARE_COMPAT[key]
     supported = caps.ampere_plus if level == "AMPERE_PLUS" else caps.same_compute_capability
     if not supported:
-        raise UserInputError(f"--hardware-compat {key} needs TensorRT {'8.6' if level == 'AMPERE_PLUS' else '10.9'}+, "
-                             f"this is {version}")
+        raise UserInputError(
+            f"--hardware-compat {key} needs TensorRT {'8.6' if level == 'AMPERE_PLUS' else '10.9'}+, this is {version}"
+        )
     if level == "AMPERE_PLUS" and gpu_cc and int(str(gpu_cc).split(".")[0]) < 8:
-        raise UserInputError(f"--hardware-compat ampere+ must be built on an Ampere or newer GPU (this one is sm_{gpu_cc})")
+        raise UserInputError(
+            f"--hardware-compat ampere+ must be built on an Ampere or newer GPU (this one is sm_{gpu_cc})"
+        )
     return level
 
 

@@ -32,8 +32,11 @@ def trtexec_argv(plan: BuildPlan, onnx_path: str | Path, engine_path: str | Path
     name = plan.input_name
     shapes = {k: "x".join(str(d) for d in plan.profile[k]) for k in ("min", "opt", "max")}
     if plan.dynamic_batch:  # a static ONNX takes no shapes (trtexec would ignore them with a warning)
-        argv += [f"--minShapes={name}:{shapes['min']}", f"--optShapes={name}:{shapes['opt']}",
-                 f"--maxShapes={name}:{shapes['max']}"]
+        argv += [
+            f"--minShapes={name}:{shapes['min']}",
+            f"--optShapes={name}:{shapes['opt']}",
+            f"--maxShapes={name}:{shapes['max']}",
+        ]
     if "FP16" in plan.builder_flags:
         argv.append("--fp16")
     if "INT8" in plan.builder_flags:
