@@ -20,7 +20,9 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
+# ruff (lint + format check) first: a style slip fails `make test` (and so CI) before the suite runs.
 test: $(STAMP)
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 demo: $(STAMP)

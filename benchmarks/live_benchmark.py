@@ -227,7 +227,8 @@ def render_md(r: dict) -> str:
         f"OpenCV {m['opencv']}, ONNX Runtime {m['onnxruntime']}. The CPUs are shared with other work: standalone "
         "and loop runs alternate so noise hits both alike, and the median round is reported"
         + (
-            f" (1-minute load average before/after: {m['loadavg_1m_before_after'][0]}/{m['loadavg_1m_before_after'][1]})"
+            " (1-minute load average before/after: "
+            f"{m['loadavg_1m_before_after'][0]}/{m['loadavg_1m_before_after'][1]})"
             if m.get("loadavg_1m_before_after")
             else ""
         )
@@ -254,7 +255,8 @@ def render_md(r: dict) -> str:
         t = c["targets"]
         lines.append(
             f"| {c['label']} | {c['throughput_ratio']:.1%} ({', '.join(f'{x:.1%}' for x in c['throughput_ratios'])}) "
-            f"{yes(t['loop >= 90% of standalone'])} | {c['preprocess_p50_ms']:.3f} ms {yes(t['preprocess p50 <= 1 ms'])} | "
+            f"{yes(t['loop >= 90% of standalone'])} | "
+            f"{c['preprocess_p50_ms']:.3f} ms {yes(t['preprocess p50 <= 1 ms'])} | "
             f"{c['paced']['frame_age_ms']['p99']:.1f} ms {yes(t['paced frame age p99 <= 2 frame intervals'])} |"
         )
     by = {c["label"]: c for c in r["configs"]}
@@ -265,7 +267,8 @@ def render_md(r: dict) -> str:
             "",
             "Reading it: the loop's own work per frame (decoding and preprocessing, both in the capture thread) "
             "overlaps inference only when a core is free for it. With `threads=1` ONNX Runtime leaves the second core "
-            f"to capture: the loop keeps {one['throughput_ratio']:.1%} of the runner's throughput. With every core given "
+            f"to capture: the loop keeps {one['throughput_ratio']:.1%} of the runner's throughput. "
+            "With every core given "
             "to inference (`threads=all`, ORT's default) that work must share the cores ORT keeps busy, which no "
             f"pipelining can hide: {every['throughput_ratio']:.1%}, for a loop rate of {fps(every):.0f} vs "
             f"{fps(one):.0f} FPS{' (more cores still win in absolute terms)' if fps(every) > 1.02 * fps(one) else ''}. "

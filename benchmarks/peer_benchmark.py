@@ -87,7 +87,8 @@ def make_int8(fp32: Path, out: Path, calib_images: list[Path]) -> tuple[Path, st
 def register_plain_openvino(threads: int) -> str:
     """The peer as an OpenVINO user runs it: the same Q/DQ file, OpenVINO's own CPU defaults (LATENCY hint, its default
     inference precision), shape fixed to batch 1, the same thread count. Only the contract (labels, preprocessing for
-    the end-to-end row) is read from the file: no edgecnn code in the timed call besides `Runner.infer`'s shape check."""
+    the end-to-end row) is read from the file: no edgecnn code in the timed call besides `Runner.infer`'s shape
+    check."""
     import numpy as np
     import openvino as ov
 
@@ -252,20 +253,23 @@ def render(record: dict, result, options) -> str:
         f"Command: `{record['command']}`",
         f"INT8 model: {record['int8_model']}.",
         f"Method: {options.warmup} warm-up + {options.iterations} timed runs per path and mode, all paths interleaved "
-        f"in one process (blocks of {options.block} calls, round-robin, rotating first), times from `time.perf_counter`. End-to-end = BGR uint8 640x480 "
+        f"in one process (blocks of {options.block} calls, round-robin, rotating first), times from "
+        "`time.perf_counter`. End-to-end = BGR uint8 640x480 "
         "frame -> edgecnn preprocess (OpenCV/numpy, same for every row) -> model -> softmax top-5. "
         f"Agreement = top-1 agreement with PyTorch FP32 on {record['parity_images']} real scenes photos.",
         "",
         f"Machine load average (1/5/15 min) when the timing ended: {env.get('load_average')} on "
         f"{cpu['usable_cores']} cores (other work shares this machine; the min column shows the uncontended floor).",
         "",
-        "| path | model min / p50 / p99 ms | end-to-end min / p50 / p99 ms | end-to-end FPS (mean) | speed-up vs PyTorch, p50 (model / e2e) | top-1 agreement vs PyTorch |",
+        "| path | model min / p50 / p99 ms | end-to-end min / p50 / p99 ms | end-to-end FPS (mean) "
+        "| speed-up vs PyTorch, p50 (model / e2e) | top-1 agreement vs PyTorch |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in record["rows"]:
         lines.append(
             f"| {r['path']} | {r['model_min_ms']:.2f} / {r['model_p50_ms']:.2f} / {r['model_p99_ms']:.2f} | "
-            f"{r['e2e_min_ms']:.2f} / {r['e2e_p50_ms']:.2f} / {r['e2e_p99_ms']:.2f} | {r['e2e_fps']:.0f} | {r['speedup_vs_torch_model']:.2f}x / {r['speedup_vs_torch_e2e']:.2f}x | "
+            f"{r['e2e_min_ms']:.2f} / {r['e2e_p50_ms']:.2f} / {r['e2e_p99_ms']:.2f} | {r['e2e_fps']:.0f} | "
+            f"{r['speedup_vs_torch_model']:.2f}x / {r['speedup_vs_torch_e2e']:.2f}x | "
             f"{r['top1_agreement_vs_torch']:.1%} |"
         )
     v = record["verdict"]
@@ -285,7 +289,8 @@ def render(record: dict, result, options) -> str:
         )
         lines.append(
             f"- edgecnn's default backend (ONNX Runtime) on the same INT8 model / plain OpenVINO: model-only "
-            f"{v['onnxrt_over_openvino_latency_ratio_model']:.2f}, end to end {v['onnxrt_over_openvino_latency_ratio_e2e']:.2f}."
+            f"{v['onnxrt_over_openvino_latency_ratio_model']:.2f}, end to end "
+            f"{v['onnxrt_over_openvino_latency_ratio_e2e']:.2f}."
         )
     else:
         lines.append("- OpenVINO not installed: the OpenVINO rows were skipped (pip install 'edgecnn[openvino]').")
@@ -298,10 +303,11 @@ def render(record: dict, result, options) -> str:
         "load average ~3.8 moved it by ~0.15 either way). edgecnn's runner avoids the input copy (`share_inputs`) and "
         "keeps FP32 layers in f32 instead of OpenVINO's default bf16 on AMX CPUs, so its outputs match ONNX Runtime's.",
         "- ONNX Runtime (edgecnn's default backend) is slower than OpenVINO on the same INT8 model on this CPU (by "
-        "little on the AMD EPYC, more on the AMX-capable Xeon of earlier runs); with `openvino` installed, `--backend openvino` (or `MODEL@openvino` in `edgecnn profile`) is edgecnn's "
+        "little on the AMD EPYC, more on the AMX-capable Xeon of earlier runs); with `openvino` installed, "
+        "`--backend openvino` (or `MODEL@openvino` in `edgecnn profile`) is edgecnn's "
         "fastest CPU path. ONNX Runtime stays the default (no extra dependency, ARM/Jetson).",
-        "- The agreement column is top-1 agreement with PyTorch FP32, not accuracy: these outdoor photos are not ImageNet "
-        "classes, so many predictions are low-confidence and flip easily under INT8.",
+        "- The agreement column is top-1 agreement with PyTorch FP32, not accuracy: these outdoor photos are not "
+        "ImageNet classes, so many predictions are low-confidence and flip easily under INT8.",
     ]
     return "\n".join(lines) + "\n"
 

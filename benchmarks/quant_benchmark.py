@@ -127,8 +127,9 @@ def error_budget(model_path: Path, cal_dir: Path, held_dir: Path, threads: int, 
     """Where the INT8 error comes from (cpu target): held-out top-1 agreement with FP32 when only some of the INT8
     model's quantization points are simulated. It uses the fine-tuning executor (PyTorch fake quantization at exactly
     the Q/DQ model's points and grids; GPTQ-rounded, bias-corrected weights wherever weights are quantized, as
-    `edgecnn quantize` does by default), so each row isolates one source. 'ReLU6/ReLU outputs only' is a ceiling for any 8-bit recipe that keeps those outputs on one per-tensor
-    grid; 'weights rounded to FP16' shows how fragile the photos' top-1 is to a perturbation far smaller than INT8."""
+    `edgecnn quantize` does by default), so each row isolates one source. 'ReLU6/ReLU outputs only' is a ceiling
+    for any 8-bit recipe that keeps those outputs on one per-tensor grid; 'weights rounded to FP16' shows how fragile
+    the photos' top-1 is to a perturbation far smaller than INT8."""
     import torch
     from onnx import numpy_helper
 
@@ -479,7 +480,8 @@ def markdown(r: dict, args) -> str:
         f"{c['edgecnn_entropy_needed']['tensors']} | {c['edgecnn_entropy_needed']['seconds']:.2f} |",
         f"| edgecnn entropy (every activation tensor) | {c['edgecnn_entropy_all']['tensors']} | "
         f"{c['edgecnn_entropy_all']['seconds']:.2f} |",
-        f"| ONNX Runtime CalibrationMethod.Entropy | {c['ort_entropy']['tensors']} | {c['ort_entropy']['seconds']:.2f} |",
+        f"| ONNX Runtime CalibrationMethod.Entropy | {c['ort_entropy']['tensors']} | "
+        f"{c['ort_entropy']['seconds']:.2f} |",
         "",
         f"edgecnn is {c['speedup_vs_ort']:.1f}x faster than ONNX Runtime's entropy calibrator on the same work "
         "(ORT with its defaults: 128-bin histograms; edgecnn searches TensorRT-style 2048-bin histograms). ORT's "
@@ -489,7 +491,8 @@ def markdown(r: dict, args) -> str:
         f"## Agreement with FP32 on {args.held_out} held-out photos (per-channel INT8 weights: 8-bit for tensorrt, "
         "7-bit [-64, 64] for cpu, the defaults; GPTQ-rounded unless the row says otherwise; bias-corrected)",
         "",
-        "| target / method | top-1 agreement | INT8 top-1 in FP32 top-5 | mean abs logit diff | cosine | INT8 nodes | size MB | quantize s |",
+        "| target / method | top-1 agreement | INT8 top-1 in FP32 top-5 | mean abs logit diff | cosine | INT8 nodes "
+        "| size MB | quantize s |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for key, a in r["agreement"].items():
@@ -628,8 +631,9 @@ def status(r: dict) -> str:
 NOTES = """## Reading the numbers (scenes photos)
 
 - **The machine matters for INT8 on x86.** This run's CPU is an AMD EPYC with AVX-512 VNNI, as in the previous
-  recorded run (at 4e639fc); the one before (at 5a1d893) was an AMD EPYC with AVX2 only, the runs before on a Xeon (AVX-512 VNNI, AMX). Without VNNI, ONNX
-  Runtime's fast uint8 x int8 kernels add pairs of products in int16 (VPMADDUBSW) and saturate with full-range INT8
+  recorded run (at 4e639fc); the one before (at 5a1d893) was an AMD EPYC with AVX2 only, the runs before on a Xeon
+  (AVX-512 VNNI, AMX). Without VNNI, ONNX Runtime's fast uint8 x int8 kernels add pairs of products in int16
+  (VPMADDUBSW) and saturate with full-range INT8
   weights: there the same INT8 models agreed with FP32 on 63.00 % (cpu form) and 37.00 % (tensorrt form) of these
   photos instead of 93.25 % and 91.75 % computed exactly, so edgecnn sessions set `session.x64quantprecision`
   there, and full-range models ran on its slow exact kernels (0.97x / 1.16x of FP32 on that CPU; 7-bit 1.40x /
@@ -654,8 +658,9 @@ NOTES = """## Reading the numbers (scenes photos)
   classes: median top-1 probability 0.14, and 29 % of the held-out photos have a top-1/top-2 probability margin under
   0.02), so small perturbations flip top-1: rounding only the weights to FP16 already costs 1.25 points, and putting
   only the 33 ReLU6 outputs on the 8-bit [0, 6] grid (per tensor, as every INT8 recipe for this network must: most
-  channels reach 6) costs 4.25 points on its own (3.75 in the previous run). The INT8 outputs stay close (cosine >= 0.997 with percentile and
-  minmax; the INT8 top-1 is inside the FP32 top-5 for >= 99.75 % of photos), and the split by FP32 confidence shows
+  channels reach 6) costs 4.25 points on its own (3.75 in the previous run). The INT8 outputs stay close (cosine
+  >= 0.997 with percentile and minmax; the INT8 top-1 is inside the FP32 top-5 for >= 99.75 % of photos), and the
+  split by FP32 confidence shows
   where the flips are: 97-100 % agreement where FP32's top-1 probability is at least 0.2 (percentile, minmax), 100 %
   for every recipe where it is at least 0.5; almost all flips are among the 63 % of photos where FP32 gives its top
   class less than 0.2.
@@ -672,7 +677,8 @@ NOTES = """## Reading the numbers (scenes photos)
   model's INT8 time fell from 6.53 to 5.84 ms in that profile. On ARM, ORT takes that path only from 64 input
   channels, so there the padded stem does 4/3 of its im2col work (not measured: no ARM CPU here).
 
-Exploratory measurements (ad-hoc scripts, same photos, on the Xeon unless they say otherwise; not re-run by this script):
+Exploratory measurements (ad-hoc scripts, same photos, on the Xeon unless they say otherwise; not re-run by this
+script):
 - On this AMD EPYC (no VNNI), keeping 8-bit weights in the 16 depthwise layers only (their kernels do not saturate:
   a plain ORT session gives the exact numbers) and 7-bit elsewhere: mean abs logit diff 0.0543 vs 0.0557 for all
   7-bit, so the 7-bit cost sits in the dense 1x1 convolutions; not worth a mixed rule.

@@ -122,6 +122,11 @@ def _version(dist: str) -> str:
 
 def _markdown(r: dict) -> str:
     m = r["machine"]
+    logit_diff = (
+        f"{r['max_abs_logit_diff']:.4f} / {r['mean_abs_logit_diff']:.5f} (logits up to {r['logit_scale_max_abs']:.1f})"
+    )
+    ms = r["cpu_ms_per_image_median"]
+    cpu_latency = f"{ms['fp32']} ms / {ms['fp16']} ms (ratio {r['cpu_fp16_over_fp32_latency']})"
     return f"""# FP16 ONNX for TensorRT 11: agreement with FP32 (ONNX Runtime CPU)
 
 `edgecnn.trt.fp16.convert_fp16` (onnxconverter-common, inputs/outputs kept FP32) on {r["model"]},
@@ -131,11 +136,11 @@ def _markdown(r: dict) -> str:
 |---|---|
 | top-1 agreement FP16 vs FP32 | {r["top1_agreement"]:.2%} |
 | top-5 overlap | {r["top5_overlap"]:.2%} |
-| max / mean abs logit difference | {r["max_abs_logit_diff"]:.4f} / {r["mean_abs_logit_diff"]:.5f} (logits up to {r["logit_scale_max_abs"]:.1f}) |
+| max / mean abs logit difference | {logit_diff} |
 | max abs probability difference | {r["max_abs_prob_diff"]:.4f} |
 | file size FP32 -> FP16 | {r["fp32_mb"]:.1f} MB -> {r["fp16_mb"]:.1f} MB |
 | conversion time | {r["convert_seconds"]} s |
-| CPU latency per image (median, batch 16, 2 threads) FP32 / FP16 | {r["cpu_ms_per_image_median"]["fp32"]} ms / {r["cpu_ms_per_image_median"]["fp16"]} ms (ratio {r["cpu_fp16_over_fp32_latency"]}) |
+| CPU latency per image (median, batch 16, 2 threads) FP32 / FP16 | {cpu_latency} |
 
 The FP16 ONNX exists for TensorRT 11 (strongly typed: no FP16 builder flag). The CPU latency row is only a record: on
 x86 CPUs ONNX Runtime has few FP16 kernels, so the FP16 model is not a CPU optimisation.

@@ -1,4 +1,5 @@
-"""Logits -> probabilities -> top-k: the one implementation evaluation, prediction, profiling and the live loop share."""
+"""Logits -> probabilities -> top-k: the one implementation evaluation, prediction, profiling and the live loop
+share."""
 
 from __future__ import annotations
 

@@ -2,8 +2,8 @@
 
 `profile_models(["a.onnx", "a.int8.onnx", "a.onnx@openvino"], ProfileOptions(batches=(1, 8)))` loads each model through
 `edgecnn.runtime.load` (any backend: ONNX Runtime, PyTorch via the torch runner, TensorRT, OpenVINO), warms it up and
-then times the models *interleaved*: each round runs a block of `block` consecutive calls of every model, starting from a
-rotating model, so drifting clocks, thermal throttling or a noisy neighbour hit all models alike. Blocks (rather than
+then times the models *interleaved*: each round runs a block of `block` consecutive calls of every model, starting from
+a rotating model, so drifting clocks, thermal throttling or a noisy neighbour hit all models alike. Blocks (rather than
 alternating single calls) plus a short pause between models matter on small CPUs: ONNX Runtime, OpenVINO and PyTorch
 keep their worker threads spinning for a while after a call, and with per-call alternation one runtime's spinning
 threads steal the cores of the next (measured here: PyTorch eager 23 ms alone, 50 ms alternating call by call with ONNX

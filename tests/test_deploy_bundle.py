@@ -538,10 +538,7 @@ def test_ssh_commands_are_data():
     assert cmds[1] == ["scp", "/tmp/app.tar.gz", "nvidia@orin.local:/tmp/edgecnn-deploy/tiny.tar.gz"]
     assert cmds[2][:3] == ["ssh", "-t", "nvidia@orin.local"]
     steps = cmds[2][3].split(" && ")
-    assert (
-        steps[1]
-        == "echo 'abababababababababababababababababababababababababababababababab  tiny.tar.gz' | sha256sum --check --quiet -"
-    )
+    assert steps[1] == "echo '" + "ab" * 32 + "  tiny.tar.gz' | sha256sum --check --quiet -"
     assert steps[2] == "tar -xzf tiny.tar.gz tiny/lib tiny/requirements.txt"
     assert steps[3] == "sudo python3 -m venv --system-site-packages /opt/edgecnn/venv"
     assert steps[4] == "sudo /opt/edgecnn/venv/bin/python -m pip install --quiet -r tiny/requirements.txt"

@@ -92,8 +92,10 @@ def fake_jetson(tmp_path: Path, model: str, release: str | None, cameras=("video
 
 
 R36_4_3 = (
-    "# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64, DATE: Wed Jan  8 01:49:37 UTC 2025\n"
-    "# KERNEL_VARIANT: oot\nTARGET_USERSPACE_LIB_DIR=nvidia\nTARGET_USERSPACE_LIB_DIR_PATH=usr/lib/aarch64-linux-gnu/nvidia\n"
+    "# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64, "
+    "DATE: Wed Jan  8 01:49:37 UTC 2025\n"
+    "# KERNEL_VARIANT: oot\nTARGET_USERSPACE_LIB_DIR=nvidia\n"
+    "TARGET_USERSPACE_LIB_DIR_PATH=usr/lib/aarch64-linux-gnu/nvidia\n"
 )
 
 
@@ -205,7 +207,10 @@ def test_parsers():
     assert parse_nv_tegra_release("nothing") is None
     assert parse_nvpmodel("NV Power Mode: MAXN_SUPER\n2\n") == "MAXN_SUPER"
     assert parse_cudnn_header("#define CUDNN_MAJOR 8\n#define CUDNN_MINOR 9\n#define CUDNN_PATCHLEVEL 4\n") == "8.9.4"
-    info = "  Video I/O:\n    DC1394:   NO\n    FFMPEG:   YES\n      avcodec: YES (58.134.100)\n    GStreamer:  YES (1.20.3)\n    v4l/v4l2:   YES (linux/videodev2.h)\n"
+    info = (
+        "  Video I/O:\n    DC1394:   NO\n    FFMPEG:   YES\n      avcodec: YES (58.134.100)\n"
+        "    GStreamer:  YES (1.20.3)\n    v4l/v4l2:   YES (linux/videodev2.h)\n"
+    )
     assert opencv_video_io(info) == {"gstreamer": True, "v4l2": True, "ffmpeg": True}
     assert opencv_video_io("    GStreamer:                   NO\n") == {
         "gstreamer": False,

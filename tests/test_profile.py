@@ -1,4 +1,5 @@
-"""edgecnn profile: statistics, interleaved multi-model timing, per-layer traces, end-to-end path, environment, reports."""
+"""edgecnn profile: statistics, interleaved multi-model timing, per-layer traces, end-to-end path, environment,
+reports."""
 
 from __future__ import annotations
 

@@ -111,7 +111,7 @@ def test_augmentation_crops_and_flips_on_uint8():
     assert out.shape == batch.shape and out.dtype == np.uint8
     padded = np.pad(batch, ((0, 0), (4, 4), (4, 4), (0, 0)), mode="reflect")
     for i in range(len(batch)):  # every output is a 32×32 window of the padded image, possibly mirrored
-        windows = [padded[i, t : t + 32, l : l + 32] for t in range(9) for l in range(9)]
+        windows = [padded[i, t : t + 32, s : s + 32] for t in range(9) for s in range(9)]
         assert any(np.array_equal(out[i], w) or np.array_equal(out[i], w[:, ::-1]) for w in windows)
     assert not np.array_equal(out, batch)
     np.testing.assert_array_equal(random_crop_flip(batch, np.random.default_rng(1), pad=4), out)  # seeded

@@ -354,7 +354,8 @@ class ThreadedCapture:
             return True
         self.on_event(
             "gave_up",
-            f"gave up on {self.spec.display} after {policy.attempts} reconnect attempt{'s' if policy.attempts != 1 else ''}",
+            f"gave up on {self.spec.display} after {policy.attempts} reconnect "
+            f"attempt{'s' if policy.attempts != 1 else ''}",
         )
         if last:
             detail = last
@@ -367,5 +368,6 @@ class ThreadedCapture:
         else:
             detail = "reconnecting is off: --reconnect-attempts 0"
         raise SourceError(
-            f"Lost {self.spec.display} and could not reconnect after {policy.attempts} attempt{'s' if policy.attempts != 1 else ''} ({detail})"
+            f"Lost {self.spec.display} and could not reconnect after {policy.attempts} "
+            f"attempt{'s' if policy.attempts != 1 else ''} ({detail})"
         )

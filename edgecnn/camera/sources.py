@@ -146,7 +146,8 @@ def csi_pipeline(
     num, den = _fraction(fps)
     return (
         f"nvarguscamerasrc sensor-id={int(sensor_id)} ! "
-        f"video/x-raw(memory:NVMM), width=(int){cw}, height=(int){ch}, framerate=(fraction){num}/{den}, format=(string)NV12 ! "
+        f"video/x-raw(memory:NVMM), width=(int){cw}, height=(int){ch}, framerate=(fraction){num}/{den}, "
+        "format=(string)NV12 ! "
         f"nvvidconv flip-method={int(flip)} ! video/x-raw, width=(int){ow}, height=(int){oh}, format=(string)BGRx ! "
         "videoconvert ! video/x-raw, format=(string)BGR ! appsink drop=true max-buffers=1 sync=false"
     )
@@ -213,7 +214,8 @@ def parse_source(
         return SourceSpec("stream", text, redact(text), live=True, **common)
     if scheme:
         raise UserInputError(
-            f"Unsupported source scheme {scheme}:// in {redact(text)}; use rtsp://, http(s)://, csi://N or gst:<pipeline>"
+            f"Unsupported source scheme {scheme}:// in {redact(text)}; "
+            "use rtsp://, http(s)://, csi://N or gst:<pipeline>"
         )
 
     path = Path(text).expanduser()

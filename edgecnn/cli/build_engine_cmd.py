@@ -61,7 +61,8 @@ def build_engine(
         False, "--json", help="Print the report (or the plan + trtexec command) as JSON only."
     ),
 ):
-    """Build a TensorRT engine on this machine's GPU, with a manifest that lets the runner refuse a mismatched engine."""
+    """Build a TensorRT engine on this machine's GPU, with a manifest that lets the runner refuse a mismatched
+    engine."""
     from edgecnn.trt.builder import check_device_is_here, check_inputs, check_trt_version_matches, preview_plan
     from edgecnn.trt.env import jetson_info
     from edgecnn.trt.plan import BuildOptions, parse_batch, parse_size

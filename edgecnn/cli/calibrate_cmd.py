@@ -27,7 +27,8 @@ def capture(
         ...,
         "--source",
         "-s",
-        help="Same sources as `edgecnn live`: 0, /dev/videoN, csi://N, gst:..., rtsp://, http(s)://, a video or a folder.",
+        help="Same sources as `edgecnn live`: 0, /dev/videoN, csi://N, gst:..., rtsp://, http(s)://, "
+        "a video or a folder.",
     ),
     out: Path = typer.Option(..., "--out", "-o", help="New folder for the JPEG frames, e.g. calibration/NAME."),
     count: int = typer.Option(200, "--count", "-n", min=1, help="Frames to save."),
@@ -39,7 +40,8 @@ def capture(
     fps: Optional[float] = typer.Option(
         None,
         "--fps",
-        help="Capture rate (cameras); for an image folder, its rate for --every-ms. A video file keeps its own (--fps is ignored, with a warning).",
+        help="Capture rate (cameras); for an image folder, its rate for --every-ms. "
+        "A video file keeps its own (--fps is ignored, with a warning).",
     ),
     force: bool = typer.Option(
         False, "--force", help="Add frames to a folder that already holds files (nothing is overwritten)."

@@ -45,18 +45,18 @@ def cli_command(fn: Callable) -> Callable:
             if STATE["debug"]:
                 raise
             error(str(exc))
-            raise typer.Exit(exc.exit_code)
+            raise typer.Exit(exc.exit_code) from exc
         except KeyboardInterrupt:
             error("interrupted")
-            raise typer.Exit(130)
+            raise typer.Exit(130) from None
         except Exception as exc:  # a bug, not a user error: still no traceback by default
             if STATE["debug"]:
                 raise
             if caused_by_ctrl_c(exc):  # a library turned Ctrl-C into its own error (e.g. mid-import)
                 error("interrupted")
-                raise typer.Exit(130)
+                raise typer.Exit(130) from exc
             error(f"internal error: {exc.__class__.__name__}: {exc} (run with --debug for the traceback)")
-            raise typer.Exit(70)
+            raise typer.Exit(70) from exc
 
     return wrapper
 

@@ -30,7 +30,8 @@ def live(
     fps: Optional[float] = typer.Option(
         None,
         "--fps",
-        help="Capture rate of a camera (0.01-1000); for an image folder, the pace. A video file keeps its own rate (--fps is ignored, with a warning).",
+        help="Capture rate of a camera (0.01-1000); for an image folder, the pace. "
+        "A video file keeps its own rate (--fps is ignored, with a warning).",
     ),
     headless: bool = typer.Option(False, "--headless", help="No window (servers, SSH, services)."),
     json_out: bool = typer.Option(False, "--json", help="One JSON line per frame on stdout, then a summary line."),

@@ -229,7 +229,8 @@ def _print_summary(r: dict) -> None:
     if r["excluded"]:
         console.print(f"kept in float: {', '.join(r['excluded'])}", markup=False)
     console.print(
-        f"[green]✓[/] wrote {r['output']} ({r['sizes']['int8_bytes'] / 1e6:.2f} MB, was {r['sizes']['fp32_bytes'] / 1e6:.2f} MB; "
+        f"[green]✓[/] wrote {r['output']} ({r['sizes']['int8_bytes'] / 1e6:.2f} MB, "
+        f"was {r['sizes']['fp32_bytes'] / 1e6:.2f} MB; "
         f"target {r['target']}, method {r['method']}, {r['rounding']['method']} rounding, "
         f"{'7-bit' if r['weights']['reduce_range'] else '8-bit'} weights)"
     )
@@ -237,7 +238,8 @@ def _print_summary(r: dict) -> None:
         warn(r["weights"]["note"])
     if r.get("cache"):
         console.print(
-            f"[green]✓[/] wrote {escape(str(r['cache']['path']))} ({r['cache']['header']}, {r['cache']['tensors']} tensors)"
+            f"[green]✓[/] wrote {escape(str(r['cache']['path']))} "
+            f"({r['cache']['header']}, {r['cache']['tensors']} tensors)"
         )
     if r.get("latency"):
         lat = r["latency"]

@@ -48,7 +48,8 @@ def register(app: typer.Typer) -> None:
         data: Annotated[
             Path,
             typer.Argument(
-                help="Image folder: one sub-folder per class, or train/ beside val/ and/or test/ (val/ validates, else test/)."
+                help="Image folder: one sub-folder per class, or train/ beside val/ and/or test/ "
+                "(val/ validates, else test/)."
             ),
         ],
         out: Annotated[
@@ -96,14 +97,16 @@ def register(app: typer.Typer) -> None:
             bool,
             typer.Option(
                 "--pretrained",
-                help="Start from the registered pretrained weights (transfer learning: new classifier for DATA's classes).",
+                help="Start from the registered pretrained weights "
+                "(transfer learning: new classifier for DATA's classes).",
             ),
         ] = False,
         resume: Annotated[
             Optional[Path],
             typer.Option(
                 "--resume",
-                help="Continue a run from its checkpoint (weights, optimizer, epoch, settings): its .last.pt; with the same --out it continues in place.",
+                help="Continue a run from its checkpoint (weights, optimizer, epoch, settings): its .last.pt; "
+                "with the same --out it continues in place.",
             ),
         ] = None,
         patience: Annotated[
@@ -116,7 +119,8 @@ def register(app: typer.Typer) -> None:
             Optional[float],
             typer.Option(
                 "--time-budget",
-                help="Minutes of training: training stops when they are spent, and the LR schedule follows the clock or the epochs, whichever ends first.",
+                help="Minutes of training: training stops when they are spent, and the LR schedule follows the "
+                "clock or the epochs, whichever ends first.",
             ),
         ] = None,
         workers: Annotated[
@@ -142,7 +146,8 @@ def register(app: typer.Typer) -> None:
             Optional[list[str]],
             typer.Option(
                 "--arch-opt",
-                help="Builder option KEY=VALUE, repeatable (e.g. width_mult=0.5); not num_classes: the class folders set it.",
+                help="Builder option KEY=VALUE, repeatable (e.g. width_mult=0.5); "
+                "not num_classes: the class folders set it.",
             ),
         ] = None,
         force: Annotated[

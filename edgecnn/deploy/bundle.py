@@ -172,7 +172,7 @@ def sink_args(sinks) -> list[str]:
     if "display" in sinks and "--headless" in args:
         raise UserInputError("--sink display cannot be combined with headless sinks (json, record:PATH, headless)")
     deduped: list[str] = []
-    for i, a in enumerate(args):
+    for a in args:
         if a == "--headless" and "--headless" in deduped:
             continue
         deduped.append(a)
@@ -434,7 +434,8 @@ def create_bundle(
         jetpack = f"JetPack {release.jetpack}" if release else "a JetPack older than 6"
         raise UserInputError(
             f"--l4t {options.l4t}: L4T {options.l4t} is {jetpack}, whose Python (3.8 on JetPack 5, with TensorRT's "
-            f"bindings built for it) is older than the 3.9 edgecnn needs, so a bundle cannot run there. {JETPACK5_WAY_OUT}"
+            "bindings built for it) is older than the 3.9 edgecnn needs, so a bundle cannot run there. "
+            f"{JETPACK5_WAY_OUT}"
         )
     if options.device:
         from edgecnn.trt.devices import get_device

@@ -1,4 +1,5 @@
-"""`edgecnn doctor`: what this machine has for running models, each item ✓ / ✗ with the fix, or – when it does not apply.
+"""`edgecnn doctor`: what this machine has for running models, each item ✓ / ✗ with the fix, or – when it does not
+apply.
 
 Everything it reads is injectable (`DoctorPaths`, and `run` for commands such as `nvpmodel -q` and `nvidia-smi`), so
 the Jetson paths are tested on any machine with fake /etc/nv_tegra_release and /proc/device-tree/model texts.
@@ -332,8 +333,8 @@ def _check_opencv(info: dict) -> list[Check]:
         "CSI cameras and gst: pipelines need OpenCV with GStreamer: pip uninstall opencv-python "
         "opencv-python-headless so JetPack's python3-opencv is used"
         if info["jetson"]
-        else "Only CSI cameras / gst: pipelines need it: use a distro OpenCV (apt install python3-opencv) or build with "
-        "-D WITH_GSTREAMER=ON; USB cameras, files and RTSP work without"
+        else "Only CSI cameras / gst: pipelines need it: use a distro OpenCV (apt install python3-opencv) or build "
+        "with -D WITH_GSTREAMER=ON; USB cameras, files and RTSP work without"
     )
     checks.append(
         Check(
@@ -386,7 +387,10 @@ def _check_cameras(paths: DoctorPaths, info: dict) -> Check:
     if not devices:
         fix = "Connect a USB camera (check with `v4l2-ctl --list-devices`)"
         if info["jetson"]:
-            fix += "; CSI cameras also appear as /dev/videoN once the sensor driver is loaded (sudo /opt/nvidia/jetson-io/jetson-io.py)"
+            fix += (
+                "; CSI cameras also appear as /dev/videoN once the sensor driver is loaded "
+                "(sudo /opt/nvidia/jetson-io/jetson-io.py)"
+            )
         fix += "; video files, image folders and rtsp:// sources need no camera"
         return Check("cameras", FAIL, f"no {paths.dev_dir}/video* devices", fix)
     import os

@@ -7,8 +7,8 @@
 
 The preprocessing contract goes into config `parameters` (edgecnn.preprocess, edgecnn.labels_file) so a client can
 read it from the server's model config instead of guessing. An engine whose optimization profile starts above batch 1
-is refused: Triton has no minimum batch and sends a lone request as batch 1. The config is written as protobuf text format and the
-tests parse it with Triton's own schema (tritonclient's model_config_pb2).
+is refused: Triton has no minimum batch and sends a lone request as batch 1. The config is written as protobuf text
+format and the tests parse it with Triton's own schema (tritonclient's model_config_pb2).
 """
 
 from __future__ import annotations

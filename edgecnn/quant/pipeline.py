@@ -561,6 +561,7 @@ def _fallback(prepared, qmodel, measured, exclude, options, batch_size, build, r
     raise AccuracyGateError(
         f"INT8 accuracy drop stays above --max-drop {options.max_drop} points after {len(steps) - 1} fallback step(s) "
         f"({tried}); layers tried in float, most sensitive first: {', '.join(current[len(exclude) :])}. "
-        "Try more or more representative calibration images, another --method, or a larger --max-drop. Nothing was written.",
+        "Try more or more representative calibration images, another --method, or a larger --max-drop. "
+        "Nothing was written.",
         details={"max_drop": options.max_drop, "steps": steps, "sensitivity": ranked[:20]},
     )

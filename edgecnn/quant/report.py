@@ -63,7 +63,8 @@ def to_markdown(result: dict) -> str:
         lines.append(f"- quantization-aware fine-tuning: {finetune_summary(r['finetune'])}")
     if r.get("cache"):
         lines.append(
-            f"- TensorRT calibration table: `{r['cache']['path']}` (`{r['cache']['header']}`, {r['cache']['tensors']} tensors)"
+            f"- TensorRT calibration table: `{r['cache']['path']}` "
+            f"(`{r['cache']['header']}`, {r['cache']['tensors']} tensors)"
         )
     for w in cal.get("warnings", []):
         lines.append(f"- warning: {w}")

@@ -8,8 +8,9 @@ the layer's inputs co-vary on the calibration images (H = sum of x x^T over inpu
 cuts the output error of INT8 weights by about 40 %, with numpy only (no PyTorch) and a few seconds of work.
 
 The scale stays what the Q/DQ writer computes (per output channel, symmetric, amax / qmax, qmax 127, or 64 with
---reduce-range): each channel's largest weight is pinned to +-qmax, so the writer, which re-derives the scale from the weights it is given, lands on exactly
-these integers. The result is float weights on the INT8 grid; bias correction and the writer take them from there.
+--reduce-range): each channel's largest weight is pinned to +-qmax, so the writer, which re-derives the scale from
+the weights it is given, lands on exactly these integers. The result is float weights on the INT8 grid; bias
+correction and the writer take them from there.
 """
 
 from __future__ import annotations
@@ -133,8 +134,8 @@ class HessianAccumulator:
     def round(
         self, progress: Callable[[int, int], None] | None = None, qmax: int = WEIGHT_QMAX
     ) -> dict[str, np.ndarray]:
-        """weight initializer name -> GPTQ-rounded weights (float32, on the [-qmax, qmax] grid), for every layer seen; layers
-        GPTQ does not apply to (3-D convolutions, auto_pad, transposed A, shared weights) keep round-to-nearest.
+        """weight initializer name -> GPTQ-rounded weights (float32, on the [-qmax, qmax] grid), for every layer seen;
+        layers GPTQ does not apply to (3-D convolutions, auto_pad, transposed A, shared weights) keep round-to-nearest.
         progress(layers done, layers): a network with large dense convolutions spends seconds per layer here."""
         uses: dict[str, int] = {}
         for n in self.model.graph.node:

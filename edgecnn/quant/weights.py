@@ -55,7 +55,8 @@ def bias_correct(
     """A copy of `model` whose Conv/Gemm biases absorb the mean INT8 weight error; returns (model, corrected nodes).
     Nodes in `skip` (kept in float) and nodes without a measured input mean are left alone. `rounded` (weight name ->
     weights already on the INT8 grid, from rounding.round_weights) replaces those weights in the copy, and their
-    error against the original weights is what the biases absorb; other weights get round-to-nearest on [-qmax, qmax]."""
+    error against the original weights is what the biases absorb; other weights get round-to-nearest on
+    [-qmax, qmax]."""
     import onnx
     from onnx import numpy_helper
 

@@ -114,7 +114,7 @@ class Runner(abc.ABC):
         """Logits for BGR uint8 frames, through the model's own preprocessing."""
         return self.infer(preprocess(frames, self.contract.preprocess))
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (an optional hook: a backend with nothing to release keeps this no-op)
         """Release sessions and device memory. Safe to call twice."""
 
     def describe(self) -> dict:

@@ -75,7 +75,8 @@ class TensorRTRunner(Runner):
         self._outputs = [n for n in names if n not in inputs]
         if len(inputs) != 1 or not self._outputs:
             raise ArtifactError(
-                f"{path.name} has {len(inputs)} inputs / {len(self._outputs)} outputs; edgecnn runs single-input classifiers"
+                f"{path.name} has {len(inputs)} inputs / {len(self._outputs)} outputs; "
+                "edgecnn runs single-input classifiers"
             )
         self.input_name = inputs[0]
         shape = tuple(int(d) for d in self.engine.get_tensor_shape(self.input_name))

@@ -19,7 +19,10 @@ def cuda_hint() -> str:
     from edgecnn.trt.env import jetson_release
 
     if jetson_release():
-        return "install cuda-python matching the JetPack's CUDA (e.g. pip install 'cuda-python==12.6.*' on JetPack 6.1/6.2)"
+        return (
+            "install cuda-python matching the JetPack's CUDA "
+            "(e.g. pip install 'cuda-python==12.6.*' on JetPack 6.1/6.2)"
+        )
     return "pip install 'edgecnn[tensorrt]' (installs cuda-python)"
 
 

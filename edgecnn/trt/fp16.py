@@ -20,7 +20,8 @@ HINT = "FP16 ONNX conversion needs onnxconverter-common: pip install onnxconvert
 
 
 def convert_fp16(src: str | Path, dst: str | Path) -> Path:
-    """Write an FP16 copy of the ONNX model `src` to `dst` (atomically); the edgecnn contract is kept, precision=fp16."""
+    """Write an FP16 copy of the ONNX model `src` to `dst` (atomically); the edgecnn contract is kept,
+    precision=fp16."""
     import onnx
 
     from edgecnn.trt.plan import inspect_onnx

@@ -132,8 +132,8 @@ def verify_engine_file(engine: str | os.PathLike, manifest: dict) -> None:
     size = engine.stat().st_size
     if "bytes" in rec and size != int(rec["bytes"]):
         raise ArtifactError(
-            f"{engine.name} is {size} bytes, its manifest says {rec['bytes']}: the engine is truncated or was replaced; "
-            + rebuild_hint(manifest, engine)
+            f"{engine.name} is {size} bytes, its manifest says {rec['bytes']}: "
+            "the engine is truncated or was replaced; " + rebuild_hint(manifest, engine)
         )
     if sha256_file(engine) != rec.get("sha256"):
         raise ArtifactError(
@@ -173,7 +173,8 @@ def check_compatibility(manifest: dict, here: dict, engine: str | os.PathLike = 
     if level == "AMPERE_PLUS":
         if _cc(here_cc) < (8, 0):
             raise ArtifactError(
-                f"{Path(engine).name} was built for Ampere and newer GPUs; this GPU ({here.get('gpu')}) is sm_{here_cc}; {fix}"
+                f"{Path(engine).name} was built for Ampere and newer GPUs; "
+                f"this GPU ({here.get('gpu')}) is sm_{here_cc}; {fix}"
             )
     elif built_cc != here_cc:
         raise ArtifactError(
