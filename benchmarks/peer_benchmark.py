@@ -92,7 +92,7 @@ def register_plain_openvino(threads: int) -> str:
     import numpy as np
     import openvino as ov
 
-    from edgecnn.artifacts import read_onnx_contract
+    from edgecnn.contract import read_onnx_contract
     from edgecnn.runtime.base import Backend, InputSpec, Runner, backends
 
     class PlainOpenVino(Runner):
@@ -148,8 +148,8 @@ def main() -> None:
 
     from importlib.util import find_spec
 
-    from edgecnn.artifacts import atomic_write_text
     from edgecnn.data import list_images
+    from edgecnn.files import atomic_write_text
     from edgecnn.profile import ModelSpec, ProfileOptions, profile_models
     from edgecnn.runtime.resolve import pretrained_checkpoint, pretrained_onnx
 

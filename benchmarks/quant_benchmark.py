@@ -92,7 +92,7 @@ def cpu_name() -> str:
 
 def int8_dot() -> str:
     """What the CPU offers ORT's uint8 x int8 kernels: VNNI (exact and fast at 8 bits) or not (int16 pair sums)."""
-    from edgecnn.runtime.onnxrt import x86_without_vnni
+    from edgecnn.platform import x86_without_vnni
 
     if x86_without_vnni():
         return (
@@ -133,7 +133,7 @@ def error_budget(model_path: Path, cal_dir: Path, held_dir: Path, threads: int, 
     import torch
     from onnx import numpy_helper
 
-    from edgecnn.artifacts import read_onnx_contract
+    from edgecnn.contract import read_onnx_contract
     from edgecnn.data import decode_resized, list_images
     from edgecnn.preprocess import normalize
     from edgecnn.quant import calibrators, graph, qdq, weights
@@ -222,7 +222,7 @@ def time_calibration(model_path: Path, cal_dir: Path, threads: int, rounds: int 
     import onnxruntime as ort
     from onnxruntime.quantization.calibrate import CalibrationDataReader, CalibrationMethod, create_calibrator
 
-    from edgecnn.artifacts import read_onnx_contract
+    from edgecnn.contract import read_onnx_contract
     from edgecnn.quant import calibrators, graph, qdq
     from edgecnn.quant.calib_data import load_calibration
 

@@ -43,7 +43,7 @@ def main() -> None:
     import onnx
     import onnxruntime as ort
 
-    from edgecnn.artifacts import read_onnx_contract
+    from edgecnn.contract import read_onnx_contract
     from edgecnn.data import list_images, read_image
     from edgecnn.preprocess import preprocess
     from edgecnn.runtime.onnxrt import OnnxRuntimeRunner

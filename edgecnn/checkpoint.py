@@ -11,8 +11,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from edgecnn.artifacts import ModelContract, atomic_path
+from edgecnn.contract import ModelContract, contract_from_checkpoint
 from edgecnn.errors import ArtifactError, UserInputError, require_torch
+from edgecnn.files import atomic_path
 
 FORMAT = "edgecnn.checkpoint"
 VERSION = 1
@@ -121,27 +122,6 @@ def _short(value, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def read_contract(path: str | os.PathLike, ckpt: dict) -> ModelContract:
-    """The ModelContract of a checkpoint read by `read_checkpoint`, with errors that name the file and the field."""
-    d = ckpt["contract"]
-    labels, pre = d.get("labels"), d.get("preprocess")
-    if labels is not None and not isinstance(labels, (list, tuple)):
-        raise ArtifactError(
-            f"checkpoint {path}: contract labels is a {type(labels).__name__}, expected a list of class names"
-        )
-    if pre is not None and not isinstance(pre, dict):
-        raise ArtifactError(
-            f"checkpoint {path}: contract preprocess is a {type(pre).__name__}, expected a dict "
-            "(PreprocessConfig.to_dict())"
-        )
-    try:
-        return ModelContract.from_dict(d)
-    except (ArtifactError, UserInputError) as exc:  # from the file, not the command line: an artifact problem
-        raise ArtifactError(f"checkpoint {path}: {exc}") from exc
-    except (TypeError, ValueError, AttributeError) as exc:
-        raise ArtifactError(f"checkpoint {path}: damaged model contract ({exc.__class__.__name__}: {exc})") from exc
-
-
 def _state_dict_problems(exc: Exception, limit: int = 3) -> str:
     """PyTorch's load_state_dict error is a headline plus one tab-indented line per problem: keep the problems."""
     lines = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
@@ -160,7 +140,7 @@ def load_checkpoint(path: str | os.PathLike):
     from edgecnn.models.registry import create_model
 
     ckpt = read_checkpoint(path)
-    contract = read_contract(path, ckpt)
+    contract = contract_from_checkpoint(path, ckpt)
     arch, kwargs = ckpt["arch"], ckpt["arch_kwargs"]
     try:
         model = create_model(arch, **kwargs)
@@ -228,7 +208,7 @@ def _check_forward(path: Path, model, contract: ModelContract, arch: str) -> Non
 
 def pretrained_contract(name: str) -> ModelContract:
     """Contract of a registered pretrained model (labels and preprocessing of its training)."""
-    from edgecnn.artifacts import imagenet_labels
+    from edgecnn.contract import imagenet_labels
     from edgecnn.models.registry import get_entry
 
     entry = get_entry(name)

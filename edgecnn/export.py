@@ -23,17 +23,17 @@ from typing import Callable
 
 import numpy as np
 
-from edgecnn.artifacts import (
+from edgecnn.contract import write_onnx_contract
+from edgecnn.errors import AccuracyGateError, ArtifactError, EdgeCNNError, UserInputError, require_torch
+from edgecnn.files import (
     check_output_file,
     ensure_distinct,
     prepare_output_folder,
     refuse_existing,
     remove_created,
-    save_onnx,
     sha256_file,
-    write_onnx_contract,
 )
-from edgecnn.errors import AccuracyGateError, ArtifactError, EdgeCNNError, UserInputError, require_torch
+from edgecnn.onnx_io import save_onnx
 
 DEFAULT_CALIBRATION_DIR = Path(__file__).resolve().parents[1] / "calibration"
 

@@ -45,8 +45,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from edgecnn.artifacts import model_bytes
 from edgecnn.errors import ArtifactError, EdgeCNNError, UserInputError
+from edgecnn.onnx_io import model_bytes
 from edgecnn.postprocess import topk
 from edgecnn.preprocess import preprocess
 from edgecnn.profiling.environment import capture_environment

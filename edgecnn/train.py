@@ -309,7 +309,7 @@ METRIC_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc"
 
 
 def _write_metrics(history: list[dict], paths: dict[str, Path], summary: dict) -> None:
-    from edgecnn.artifacts import atomic_write_json, atomic_write_text
+    from edgecnn.files import atomic_write_json, atomic_write_text
 
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, lineterminator="\n")
@@ -326,7 +326,7 @@ def _plot(history: list[dict], path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from edgecnn.artifacts import atomic_path
+    from edgecnn.files import atomic_path
 
     epochs = [r["epoch"] for r in history]
     fig = Figure(figsize=(10, 4), dpi=100)
@@ -389,7 +389,7 @@ def _validate(cfg: TrainConfig) -> None:
 
 def _validate_paths(cfg: TrainConfig) -> None:
     """Inputs exist; outputs can be written, are no input, and replace no earlier run's files without --force."""
-    from edgecnn.artifacts import check_output_file, ensure_distinct
+    from edgecnn.files import check_output_file, ensure_distinct
 
     out = Path(cfg.out)
     if out.is_dir():
@@ -459,7 +459,7 @@ def _resolve_model_spec(
 ) -> tuple[str, dict, PreprocessConfig, list[str] | None, str | None]:
     """(arch, arch_kwargs, preprocessing, classes or None, pretrained source): from the checkpoint when resuming,
     else from the registry entry, with --img-size replacing only the input size."""
-    from edgecnn.artifacts import ModelContract
+    from edgecnn.contract import ModelContract
     from edgecnn.models.registry import get_entry, pretrained_models
 
     if ckpt is not None:
@@ -598,7 +598,7 @@ class _Run:
         continuing in place, else `NAME.pt` beside `NAME.last.pt`. If that file is gone (or is from another run), the
         best restarts from the resumed weights, and the user is told. Either is written to --out only with the first
         epoch's files, so a resume interrupted before that leaves --out as it was."""
-        from edgecnn.artifacts import same_file
+        from edgecnn.files import same_file
 
         extra = ckpt.get("extra") or {}
         out, resume = Path(self.cfg.out), Path(self.cfg.resume)
@@ -644,7 +644,7 @@ class _Run:
         """Put the resumed run's best model at --out (see `_find_earlier_best`)."""
         import shutil
 
-        from edgecnn.artifacts import atomic_path, same_file
+        from edgecnn.files import atomic_path, same_file
 
         out = Path(self.cfg.out)
         if self.best_source is _RESTARTED:  # the resumed weights, marked as the best so far
@@ -839,8 +839,8 @@ class _Run:
         )
 
     def save(self, target: Path, summary: dict) -> None:
-        from edgecnn.artifacts import ModelContract
         from edgecnn.checkpoint import save_checkpoint
+        from edgecnn.contract import ModelContract
 
         contract = ModelContract(
             labels=list(self.classes),
@@ -962,8 +962,8 @@ def _lost_peer(exc: BaseException) -> bool:
 
 
 def _prepare_output_folder(out: Path) -> Path | None:
-    """--out's folder made and probed before the data is decoded (see `artifacts.prepare_output_folder`)."""
-    from edgecnn.artifacts import prepare_output_folder
+    """--out's folder made and probed before the data is decoded (see `files.prepare_output_folder`)."""
+    from edgecnn.files import prepare_output_folder
 
     return prepare_output_folder(out, "--out")
 
@@ -971,8 +971,8 @@ def _prepare_output_folder(out: Path) -> Path | None:
 def fit(cfg: TrainConfig, progress: ProgressCallback | None = None) -> TrainResult:
     """Train `cfg.arch` on `cfg.data` and write the best checkpoint to `cfg.out`. See the module docstring."""
     torch = require_torch()
-    from edgecnn.artifacts import remove_created
     from edgecnn.checkpoint import check_finite_weights, read_checkpoint
+    from edgecnn.files import remove_created
 
     _validate(cfg)
     ckpt = read_checkpoint(cfg.resume) if cfg.resume is not None else None

@@ -120,7 +120,7 @@ def continues_in_place(cfg: TrainConfig) -> bool:
 
     if cfg.resume is None:
         return False
-    from edgecnn.artifacts import same_file
+    from edgecnn.files import same_file
 
     last = side_paths(cfg.out)["last"]
     return last.exists() and same_file(cfg.resume, last)
@@ -152,7 +152,7 @@ def _effective(key: str, value, cfg: TrainConfig, input_size: tuple[int, int] | 
 
 def resumed_config(cfg: TrainConfig, ckpt: dict) -> TrainConfig:
     """`cfg` with the checkpoint run's settings filled in (see the module docstring)."""
-    from edgecnn.artifacts import ModelContract
+    from edgecnn.contract import ModelContract
 
     check_resume_record(cfg.resume, ckpt)
     training = ckpt.get("training") or {}

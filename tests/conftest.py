@@ -78,7 +78,8 @@ def build_tiny_onnx(path: Path, labels=("cat", "dog", "bird"), size=(32, 32), ba
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from edgecnn.artifacts import ModelContract, save_onnx, write_onnx_contract
+    from edgecnn.contract import ModelContract, write_onnx_contract
+    from edgecnn.onnx_io import save_onnx
     from edgecnn.preprocess import PreprocessConfig
 
     rng = np.random.default_rng(seed)
@@ -148,7 +149,8 @@ def build_int8_qdq_onnx(path: Path, weight: int = 127, activations=np.uint8) -> 
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from edgecnn.artifacts import ModelContract, save_onnx, write_onnx_contract
+    from edgecnn.contract import ModelContract, write_onnx_contract
+    from edgecnn.onnx_io import save_onnx
     from edgecnn.preprocess import PreprocessConfig
 
     cout = 2
@@ -244,7 +246,7 @@ def engine_with_manifest(
     """An engine file + the sidecar manifest as `build-engine ONNX --batch BATCH` writes it: the optimization profile
     comes from the project's own planner and the file from its manifest writer. The engine bytes are not a real plan
     (no TensorRT here): the deploy writers read only the manifest and copy the file."""
-    from edgecnn.artifacts import read_onnx_contract
+    from edgecnn.contract import read_onnx_contract
     from edgecnn.trt.devices import get_device
     from edgecnn.trt.manifest import file_record, write_manifest
     from edgecnn.trt.plan import BuildOptions, inspect_onnx, make_plan, parse_batch

@@ -5,17 +5,9 @@ import os
 import onnx
 import pytest
 
-from edgecnn.artifacts import (
-    ModelContract,
-    atomic_path,
-    atomic_write_json,
-    ensure_distinct,
-    imagenet_labels,
-    read_onnx_contract,
-    sha256_file,
-    write_onnx_contract,
-)
+from edgecnn.contract import ModelContract, imagenet_labels, read_onnx_contract, write_onnx_contract
 from edgecnn.errors import ArtifactError, UserInputError
+from edgecnn.files import atomic_path, atomic_write_json, ensure_distinct, sha256_file
 from edgecnn.preprocess import PreprocessConfig
 
 
@@ -95,7 +87,7 @@ def test_sha256_and_imagenet_labels(tmp_path):
 
 
 def test_staged_files_are_put_in_place_in_order_or_not_at_all(tmp_path):
-    from edgecnn.artifacts import StagedWriteError, staged_files
+    from edgecnn.files import StagedWriteError, staged_files
 
     a, b = tmp_path / "new" / "a.onnx", tmp_path / "b.calib"
     b.write_text("old table")
@@ -127,7 +119,7 @@ def test_json_files_are_strict_json(tmp_path):
     import json
     import math
 
-    from edgecnn.artifacts import atomic_write_json
+    from edgecnn.files import atomic_write_json
 
     path = atomic_write_json(tmp_path / "m.json", {"loss": math.nan, "rows": [1.5, math.inf, (-math.inf,)], "n": 3})
     text = path.read_text()

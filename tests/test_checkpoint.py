@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 
 torch = pytest.importorskip("torch")
 
-from edgecnn.artifacts import ModelContract  # noqa: E402
 from edgecnn.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from edgecnn.cli.main import app  # noqa: E402
+from edgecnn.contract import ModelContract  # noqa: E402
 from edgecnn.errors import ArtifactError  # noqa: E402
 from edgecnn.models.registry import create_model, get_entry  # noqa: E402
 

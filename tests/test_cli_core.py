@@ -219,8 +219,8 @@ def test_missing_model_one_line_and_debug_traceback(tmp_path):
 
 def test_export_cli_writes_parity_checked_onnx(tmp_path, image_folder):
     pytest.importorskip("torch")
-    from edgecnn.artifacts import ModelContract, read_onnx_contract
     from edgecnn.checkpoint import save_checkpoint
+    from edgecnn.contract import ModelContract, read_onnx_contract
     from edgecnn.models.registry import create_model, get_entry
 
     model = create_model("lenet5", num_classes=2).eval()

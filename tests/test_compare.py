@@ -20,7 +20,7 @@ def perturbed_copy(src, dst, scale=-1.0):
     import onnx
     from onnx import numpy_helper
 
-    from edgecnn.artifacts import save_onnx
+    from edgecnn.onnx_io import save_onnx
 
     model = onnx.load(str(src))
     for i, init in enumerate(model.graph.initializer):

@@ -209,7 +209,7 @@ def test_map_classes_on_imagenet_exact_case_first_and_never_a_silent_pick():
     """ImageNet repeats names: 'Cardigan' (264, a corgi) vs 'cardigan' (474, a sweater) differ only in case; 'crane'
     (134 bird, 517 machine) and 'maillot' (638, 639) are spelled the same. A folder was scored against the wrong
     class: the case-insensitive lookup let the later index win."""
-    from edgecnn.artifacts import imagenet_labels
+    from edgecnn.contract import imagenet_labels
 
     names, wnids = imagenet_labels()
     assert map_classes(["Cardigan", "cardigan", "n02012849", "n03126707", "134"], names, wnids) == [

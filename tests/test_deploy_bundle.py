@@ -17,7 +17,7 @@ import pytest
 from conftest import build_tiny_onnx, write_video
 from typer.testing import CliRunner
 
-from edgecnn.artifacts import ModelContract, read_onnx_contract, save_onnx, sha256_file, write_onnx_contract
+from edgecnn.contract import ModelContract, read_onnx_contract, write_onnx_contract
 from edgecnn.deploy.bundle import (
     BundleOptions,
     create_bundle,
@@ -30,6 +30,8 @@ from edgecnn.deploy.bundle import (
 )
 from edgecnn.deploy.install import ServiceTarget, install_bundle
 from edgecnn.errors import UserInputError
+from edgecnn.files import sha256_file
+from edgecnn.onnx_io import save_onnx
 
 
 def members(bundle: Path) -> dict[str, tarfile.TarInfo]:

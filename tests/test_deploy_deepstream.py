@@ -12,9 +12,10 @@ import pytest
 from conftest import build_tiny_onnx
 from typer.testing import CliRunner
 
-from edgecnn.artifacts import ModelContract, save_onnx, write_onnx_contract
+from edgecnn.contract import ModelContract, write_onnx_contract
 from edgecnn.deploy.deepstream import DeepStreamOptions, scale_and_offsets, write_deepstream
 from edgecnn.errors import UserInputError
+from edgecnn.onnx_io import save_onnx
 from edgecnn.preprocess import PreprocessConfig, preprocess
 
 

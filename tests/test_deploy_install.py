@@ -124,7 +124,7 @@ def test_archive_sha256_sidecar(bundle, tmp_path):
     side = bundle.with_name(bundle.name + ".sha256")
     side.write_text("0" * 64 + "  app.tar.gz\n")
     assert_refused(bundle, tmp_path / "prefix", "changed or damaged in transit")
-    from edgecnn.artifacts import sha256_file
+    from edgecnn.files import sha256_file
 
     side.write_text(sha256_file(bundle) + "  app.tar.gz\n")
     assert install_bundle(bundle, tmp_path / "prefix", build_engine=False).archive_checked

@@ -9,9 +9,10 @@ import pytest
 from conftest import build_int8_qdq_onnx, build_tiny_onnx
 from typer.testing import CliRunner
 
-from edgecnn.artifacts import read_onnx_contract, sha256_file
+from edgecnn.contract import read_onnx_contract
 from edgecnn.deploy.triton import TritonOptions, write_repository
 from edgecnn.errors import UserInputError
+from edgecnn.files import sha256_file
 
 model_config_pb2 = pytest.importorskip(
     "tritonclient.grpc.model_config_pb2",

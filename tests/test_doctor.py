@@ -15,10 +15,9 @@ from edgecnn.deploy.doctor import (
     DoctorPaths,
     opencv_video_io,
     parse_cudnn_header,
-    parse_nv_tegra_release,
-    parse_nvpmodel,
     run_doctor,
 )
+from edgecnn.platform import parse_nv_tegra_release, parse_nvpmodel
 
 EXPECTED = {
     "platform",
@@ -51,7 +50,7 @@ def test_doctor_on_this_machine_json():
     failures = [c for c in checks.values() if c["status"] == FAIL]
     assert all(c["fix"] for c in failures), f"every ✗ names its fix: {failures}"
     assert checks["onnxruntime"]["status"] == OK and "CPU" in checks["onnxruntime"]["value"]
-    from edgecnn.runtime.onnxrt import x86_without_vnni
+    from edgecnn.platform import x86_without_vnni
 
     assert ("without VNNI" in checks["onnxruntime"]["value"]) == x86_without_vnni()
     assert report["summary"][FAIL] == len(failures)
@@ -75,16 +74,18 @@ def test_doctor_human_output_marks_and_fixes():
 
 
 def fake_jetson(tmp_path: Path, model: str, release: str | None, cameras=("video0",)) -> DoctorPaths:
-    (tmp_path / "model").write_bytes(model.encode() + b"\x00")
+    """A fake machine root (edgecnn.platform reads ROOT/etc/nv_tegra_release and ROOT/proc/device-tree/model)."""
+    (tmp_path / "proc/device-tree").mkdir(parents=True)
+    (tmp_path / "proc/device-tree/model").write_bytes(model.encode() + b"\x00")
+    (tmp_path / "etc").mkdir()
     if release is not None:
-        (tmp_path / "nv_tegra_release").write_text(release)
+        (tmp_path / "etc/nv_tegra_release").write_text(release)
     dev = tmp_path / "dev"
     dev.mkdir()
     for name in cameras:
         (dev / name).write_bytes(b"")
     return DoctorPaths(
-        device_tree_model=tmp_path / "model",
-        nv_tegra_release=tmp_path / "nv_tegra_release",
+        root=tmp_path,
         dev_dir=dev,
         cuda_root=tmp_path / "cuda",
         include_dirs=(tmp_path / "include",),
@@ -176,8 +177,7 @@ def test_jetpack5_fix_fits_the_board(tmp_path, model, fix, not_in_fix):
 
 def test_desktop_gpu_from_nvidia_smi(tmp_path):
     paths = DoctorPaths(
-        device_tree_model=tmp_path / "none",
-        nv_tegra_release=tmp_path / "none2",
+        root=tmp_path / "none",
         dev_dir=tmp_path,
         cuda_root=tmp_path / "cuda",
         include_dirs=(),
@@ -205,7 +205,7 @@ def test_parsers():
     assert parse_nv_tegra_release(R36_4_3) == "36.4.3"
     assert parse_nv_tegra_release("# R32 (release), REVISION: 7.1, GCID: 29818004, BOARD: t210ref") == "32.7.1"
     assert parse_nv_tegra_release("nothing") is None
-    assert parse_nvpmodel("NV Power Mode: MAXN_SUPER\n2\n") == "MAXN_SUPER"
+    assert parse_nvpmodel("NV Power Mode: MAXN_SUPER\n2\n") == "MAXN_SUPER (id 2)"  # the id is what nvpmodel -m takes
     assert parse_cudnn_header("#define CUDNN_MAJOR 8\n#define CUDNN_MINOR 9\n#define CUDNN_PATCHLEVEL 4\n") == "8.9.4"
     info = (
         "  Video I/O:\n    DC1394:   NO\n    FFMPEG:   YES\n      avcodec: YES (58.134.100)\n"

@@ -81,7 +81,7 @@ def test_quantize_example_runs_on_a_small_model(tmp_path, tiny_onnx):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "q" / "tiny.int8.onnx").is_file() and (tmp_path / "q" / "tiny.calib").is_file()
     assert "top-1 agreement" in proc.stdout
-    from edgecnn.artifacts import read_onnx_contract
+    from edgecnn.contract import read_onnx_contract
 
     assert read_onnx_contract(tmp_path / "q" / "tiny.int8.onnx").labels == ["cat", "dog", "bird"]
 

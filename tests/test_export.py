@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 
 torch = pytest.importorskip("torch")
 
-from edgecnn.artifacts import ModelContract  # noqa: E402
 from edgecnn.checkpoint import save_checkpoint  # noqa: E402
 from edgecnn.cli.main import app  # noqa: E402
+from edgecnn.contract import ModelContract  # noqa: E402
 from edgecnn.errors import UserInputError  # noqa: E402
 from edgecnn.export import ExportOptions, export_onnx, opset_range  # noqa: E402
 from edgecnn.models.registry import create_model, get_entry  # noqa: E402
@@ -114,7 +114,7 @@ def test_an_existing_out_is_replaced_only_with_force(ckpt, tmp_path):
     assert (tmp_path / "m.onnx").read_bytes() == b"an earlier export"
     replaced = _export(ckpt, tmp_path, "--force", out="m.onnx")
     assert replaced.exit_code == 0, replaced.output
-    from edgecnn.artifacts import read_onnx_contract
+    from edgecnn.contract import read_onnx_contract
 
     assert read_onnx_contract(tmp_path / "m.onnx").labels
 

@@ -21,9 +21,10 @@ import pytest
 from conftest import build_tiny_onnx, make_image_folder, save_with_external_data, write_video
 from typer.testing import CliRunner
 
-from edgecnn.artifacts import copy_onnx, model_bytes, onnx_external_data, onnx_sha256, sha256_file
 from edgecnn.cli.main import app
 from edgecnn.errors import ExternalDataError, UserInputError
+from edgecnn.files import sha256_file
+from edgecnn.onnx_io import copy_onnx, model_bytes, onnx_external_data, onnx_sha256
 from edgecnn.runtime.onnxrt import OnnxRuntimeRunner
 
 runner = CliRunner()

@@ -67,7 +67,8 @@ def photos(tmp_path, request):
 def setup(request, tmp_path, photos):
     from conftest import build_tiny_onnx
 
-    from edgecnn.artifacts import ModelContract, read_onnx_contract, save_onnx, write_onnx_contract
+    from edgecnn.contract import ModelContract, read_onnx_contract, write_onnx_contract
+    from edgecnn.onnx_io import save_onnx
 
     cfg = CONFIGS[request.param]
     path = build_tiny_onnx(tmp_path / "m.onnx", labels=("cls", "other"))

@@ -544,7 +544,7 @@ def build_broken_onnx(path, bias: float):
     from conftest import build_tiny_onnx
     from onnx import numpy_helper
 
-    from edgecnn.artifacts import save_onnx
+    from edgecnn.onnx_io import save_onnx
 
     model = onnx.load(str(build_tiny_onnx(path)))
     for i, init in enumerate(model.graph.initializer):

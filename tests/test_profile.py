@@ -12,6 +12,7 @@ import pytest
 from conftest import build_tiny_onnx
 from typer.testing import CliRunner
 
+from edgecnn import platform as edge_platform
 from edgecnn.errors import ArtifactError, UserInputError
 from edgecnn.profile import ModelSpec, ProfileOptions, profile_models, synthetic_frame, top5
 from edgecnn.profiling import environment as envmod
@@ -265,8 +266,8 @@ def test_gpu_and_jetson_parsers(tmp_path):
             "power_limit": "700.00 W",
         }
     ]
-    assert envmod.parse_nvpmodel("NV Power Mode: MAXN\n0\n") == "MAXN (id 0)"
-    assert envmod.parse_nvpmodel("NVPM WARN: not root") is None
+    assert edge_platform.parse_nvpmodel("NV Power Mode: MAXN\n0\n") == "MAXN (id 0)"
+    assert edge_platform.parse_nvpmodel("NVPM WARN: not root") is None
     # a Jetson-like file tree: locked clocks (min == max), then unlocked GPU clocks
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc/nv_tegra_release").write_text("# R36 (release), REVISION: 3.0\n")
@@ -281,8 +282,8 @@ def test_gpu_and_jetson_parsers(tmp_path):
     info = envmod.jetson_info(tmp_path)
     assert info["l4t"].startswith("# R36") and info["clocks_locked"] is True
     (gpu / "min_freq").write_text("306000000")
-    assert envmod.clocks_locked(tmp_path) is False
-    assert envmod.clocks_locked(tmp_path / "nothing-here") is None
+    assert edge_platform.clocks_locked(tmp_path) is False
+    assert edge_platform.clocks_locked(tmp_path / "nothing-here") is None
     assert envmod.jetson_info(tmp_path / "nothing-here") is None
 
 
@@ -360,8 +361,8 @@ def test_cli_bad_inputs(tmp_path, tiny_onnx):
 def test_checkpoint_and_its_onnx_side_by_side(tmp_path):
     """The usual comparison: the .pt (PyTorch eager through the torch runner) vs its exported ONNX."""
     pytest.importorskip("torch")
-    from edgecnn.artifacts import ModelContract
     from edgecnn.checkpoint import save_checkpoint
+    from edgecnn.contract import ModelContract
     from edgecnn.export import ExportOptions, export_onnx
     from edgecnn.models.registry import create_model, get_entry
 

@@ -12,7 +12,7 @@ import pytest
 from conftest import build_tiny_onnx, make_image_folder, write_video
 from onnx import numpy_helper
 
-from edgecnn.artifacts import read_onnx_contract
+from edgecnn.contract import read_onnx_contract
 from edgecnn.quant import calibrators, graph, qdq, trt_cache, weights
 from edgecnn.quant.calib_data import load_calibration
 from edgecnn.quant.calibrators import HIST_BINS, TensorStats

@@ -12,8 +12,8 @@ import pytest
 from conftest import build_tiny_onnx, make_image_folder
 from typer.testing import CliRunner
 
-from edgecnn.artifacts import read_onnx_contract
 from edgecnn.cli.main import app
+from edgecnn.contract import read_onnx_contract
 
 runner = CliRunner()
 
@@ -447,7 +447,7 @@ def test_malformed_metadata_is_named_not_taken_for_missing(setup):
 
 
 def test_full_range_cpu_weights_on_request(setup):
-    from edgecnn.runtime.onnxrt import x86_without_vnni
+    from edgecnn.platform import x86_without_vnni
 
     model, calib, tmp = setup
     res = invoke("quantize", model, "--calib", calib, "--out", tmp / "q.onnx", "--target", "cpu", "--full-range")

@@ -9,7 +9,7 @@ import onnx
 import pytest
 from conftest import build_tiny_onnx, make_image_folder
 
-from edgecnn.artifacts import read_onnx_contract
+from edgecnn.contract import read_onnx_contract
 from edgecnn.errors import UserInputError
 from edgecnn.quant import QuantOptions, calibrators, graph, qdq, quantize
 from edgecnn.quant.calib_data import load_calibration

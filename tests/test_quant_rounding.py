@@ -130,7 +130,7 @@ def test_qdq_model_carries_exactly_the_gptq_integers(tiny, target, reduce_range,
     )
     assert r["rounding"] == {"method": "gptq", "layers": 3, "seconds": r["rounding"]["seconds"]}
     assert r["weights"]["qmax"] == qmax
-    from edgecnn.artifacts import read_onnx_contract
+    from edgecnn.contract import read_onnx_contract
     from edgecnn.quant import graph
     from edgecnn.quant.calib_data import load_calibration
 

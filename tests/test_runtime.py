@@ -16,8 +16,8 @@ LABELS = ["cat", "dog", "bird"]
 
 def _torch_checkpoint(tmp_path):
     pytest.importorskip("torch")
-    from edgecnn.artifacts import ModelContract
     from edgecnn.checkpoint import save_checkpoint
+    from edgecnn.contract import ModelContract
     from edgecnn.models.registry import create_model, get_entry
 
     model = create_model("lenet5", num_classes=3).eval()
@@ -183,7 +183,8 @@ def _small_graph(path, input_type, head):
     import onnx
     from onnx import TensorProto, helper
 
-    from edgecnn.artifacts import ModelContract, save_onnx, write_onnx_contract
+    from edgecnn.contract import ModelContract, write_onnx_contract
+    from edgecnn.onnx_io import save_onnx
     from edgecnn.preprocess import PreprocessConfig
 
     nodes = [
@@ -213,8 +214,8 @@ def test_a_damaged_onnx_contract_is_an_artifact_error_naming_the_file(tmp_path):
     from conftest import build_tiny_onnx
     from typer.testing import CliRunner
 
-    from edgecnn.artifacts import read_onnx_contract
     from edgecnn.cli.main import app
+    from edgecnn.contract import read_onnx_contract
     from edgecnn.errors import ArtifactError
     from edgecnn.runtime.onnxrt import OnnxRuntimeRunner
 

@@ -25,7 +25,8 @@ def _exact(x: np.ndarray) -> np.ndarray:
 def test_int8_runner_does_not_saturate_on_any_x86_cpu(tmp_path):
     """Exact on this CPU whichever it is: without VNNI through the exact-kernel option, with VNNI (option off, where
     it only cost time) through VNNI's own int32 sums."""
-    from edgecnn.runtime.onnxrt import EXACT_INT8, OnnxRuntimeRunner, session_options, x86_with_vnni
+    from edgecnn.platform import x86_with_vnni
+    from edgecnn.runtime.onnxrt import EXACT_INT8, OnnxRuntimeRunner, session_options
 
     config = session_options().get_session_config_entry
     if x86_with_vnni():
@@ -42,19 +43,20 @@ def test_int8_runner_does_not_saturate_on_any_x86_cpu(tmp_path):
 
 
 def test_x86_without_vnni_reads_the_cpu_flags(tmp_path):
-    from edgecnn.runtime.onnxrt import x86_with_vnni, x86_without_vnni
+    from edgecnn.platform import x86_with_vnni, x86_without_vnni
 
-    info = tmp_path / "cpuinfo"
+    (tmp_path / "proc").mkdir()
+    info = tmp_path / "proc/cpuinfo"  # a fake machine root: edgecnn.platform reads ROOT/proc/cpuinfo
     info.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse4_1 avx2 fma\n")
-    assert x86_without_vnni(info, "x86_64")
+    assert x86_without_vnni(tmp_path, "x86_64")
     info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_vnni amx_int8\n")
-    assert not x86_without_vnni(info, "x86_64")
+    assert not x86_without_vnni(tmp_path, "x86_64")
     info.write_text("flags\t\t: fpu avx2 avx_vnni\n")
-    assert not x86_without_vnni(info, "x86_64")
-    assert not x86_without_vnni(info, "aarch64")  # ARM: no VPMADDUBSW, nothing to warn about
+    assert not x86_without_vnni(tmp_path, "x86_64")
+    assert not x86_without_vnni(tmp_path, "aarch64")  # ARM: no VPMADDUBSW, nothing to warn about
     assert not x86_without_vnni(tmp_path / "missing", "x86_64")  # cannot tell: no warning
     # the exact-INT8 option is left off only where VNNI is known to be there
-    assert x86_with_vnni(info, "x86_64") and not x86_with_vnni(info, "aarch64")
+    assert x86_with_vnni(tmp_path, "x86_64") and not x86_with_vnni(tmp_path, "aarch64")
     assert not x86_with_vnni(tmp_path / "missing", "x86_64")
     info.write_text("flags\t\t: fpu avx2 fma\n")
-    assert not x86_with_vnni(info, "x86_64")
+    assert not x86_with_vnni(tmp_path, "x86_64")

@@ -23,21 +23,25 @@ def no_tensorrt(monkeypatch):
 
 @pytest.fixture
 def off_jetson(monkeypatch, tmp_path):
-    import edgecnn.trt.env as env
+    import edgecnn.platform
 
-    monkeypatch.setattr(env, "NV_TEGRA_RELEASE", tmp_path / "absent")
+    monkeypatch.setattr(edgecnn.platform, "ROOT", tmp_path / "absent")
 
 
 @pytest.fixture
 def on_jetson(monkeypatch, tmp_path):
-    """A fake JetPack 6.2 Orin Nano: /etc/nv_tegra_release and the device-tree model text."""
-    import edgecnn.trt.env as env
+    """A fake JetPack 6.2 Orin Nano: /etc/nv_tegra_release and the device-tree model text under a fake root."""
+    import edgecnn.platform
 
-    release, model = tmp_path / "nv_tegra_release", tmp_path / "model"
-    release.write_text("# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64\n")
-    model.write_bytes(b"NVIDIA Jetson Orin Nano Engineering Reference Developer Kit Super\x00")
-    monkeypatch.setattr(env, "NV_TEGRA_RELEASE", release)
-    monkeypatch.setattr(env, "DEVICE_TREE_MODEL", model)
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "proc/device-tree").mkdir(parents=True)
+    (tmp_path / "etc/nv_tegra_release").write_text(
+        "# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64\n"
+    )
+    (tmp_path / "proc/device-tree/model").write_bytes(
+        b"NVIDIA Jetson Orin Nano Engineering Reference Developer Kit Super\x00"
+    )
+    monkeypatch.setattr(edgecnn.platform, "ROOT", tmp_path)
 
 
 def test_without_tensorrt_one_line_and_exit_3_on_desktop(tiny_onnx, tmp_path, no_tensorrt, off_jetson):
@@ -266,7 +270,7 @@ def test_engine_in_a_missing_folder_is_accepted(files, tmp_path, no_tensorrt, of
 @pytest.mark.parametrize("print_trtexec", [True, False], ids=["print-trtexec", "build"])
 def test_timing_cache_never_overwrites_an_input(files, tmp_path, no_tensorrt, off_jetson, print_trtexec):
     """The timing cache is saved back after a build: naming the ONNX or the calibration cache would destroy it."""
-    from edgecnn.artifacts import sha256_file
+    from edgecnn.files import sha256_file
 
     before = {p: sha256_file(files[p]) for p in ("model", "cache")}
     int8 = ["--precision", "int8", "--calib-cache", "{cache}"]
@@ -312,9 +316,10 @@ def test_cpu_target_int8_model_is_refused(tiny_onnx, files, tmp_path, no_tensorr
 def fake_tensorrt(monkeypatch):
     """runtime_facts() and the TensorRT layer (_apply_plan) replaced: everything else in the build runs for real.
     The fake saves the timing cache back as the real one does. Returns the list of plans it was called with."""
+    import edgecnn.platform
     import edgecnn.trt.builder as builder
     import edgecnn.trt.env as env
-    from edgecnn.artifacts import atomic_write_bytes
+    from edgecnn.files import atomic_write_bytes
 
     calls = []
     here = {"tensorrt": "10.3.0", "gpu": "Fake GPU", "compute_capability": "8.6", "cuda": "12.6", "jetson": None}
@@ -333,7 +338,7 @@ def fake_tensorrt(monkeypatch):
 
     monkeypatch.setattr(env, "runtime_facts", lambda device=0: dict(here))
     monkeypatch.setattr(builder, "_apply_plan", apply_plan)
-    monkeypatch.setattr(env, "NV_TEGRA_RELEASE", Path("/nonexistent/nv_tegra_release"))
+    monkeypatch.setattr(edgecnn.platform, "ROOT", Path("/nonexistent"))
     return calls
 
 
@@ -363,7 +368,7 @@ def test_build_creates_the_engine_folder_and_saves_the_timing_cache(files, tmp_p
 
 
 def test_build_refuses_a_timing_cache_on_an_input_before_building(files, tmp_path, fake_tensorrt):
-    from edgecnn.artifacts import sha256_file
+    from edgecnn.files import sha256_file
     from edgecnn.trt.builder import build_engine
     from edgecnn.trt.plan import BuildOptions
 
@@ -388,7 +393,7 @@ def test_missing_onnx_is_a_user_error(tmp_path, no_tensorrt):
 
 
 def test_inputs_are_checked_before_tensorrt_and_never_overwritten(tiny_onnx, tmp_path, no_tensorrt):
-    from edgecnn.artifacts import sha256_file
+    from edgecnn.files import sha256_file
 
     before = sha256_file(tiny_onnx)
     result = runner.invoke(app, ["build-engine", str(tiny_onnx), "--out", str(tiny_onnx)])

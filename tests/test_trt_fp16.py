@@ -9,9 +9,11 @@ import numpy as np
 import onnx
 import pytest
 
-from edgecnn.artifacts import read_onnx_contract, save_onnx, sha256_file, write_onnx_contract
+from edgecnn.contract import read_onnx_contract, write_onnx_contract
 from edgecnn.data import list_images, read_image
 from edgecnn.errors import UserInputError
+from edgecnn.files import sha256_file
+from edgecnn.onnx_io import save_onnx
 from edgecnn.preprocess import preprocess
 from edgecnn.runtime.onnxrt import OnnxRuntimeRunner
 from edgecnn.trt.fp16 import convert_fp16

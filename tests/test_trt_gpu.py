@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgecnn.artifacts import sha256_file
 from edgecnn.data import list_images, read_image
 from edgecnn.errors import ArtifactError, MissingDependencyError
+from edgecnn.files import sha256_file
 from edgecnn.preprocess import preprocess
 from edgecnn.runtime import load
 from edgecnn.runtime.onnxrt import OnnxRuntimeRunner
@@ -30,7 +30,7 @@ def gpu():
 
 @pytest.fixture
 def images(image_folder, tiny_onnx):
-    from edgecnn.artifacts import read_onnx_contract
+    from edgecnn.contract import read_onnx_contract
 
     contract = read_onnx_contract(tiny_onnx)
     return preprocess([read_image(p) for p in list_images(image_folder)], contract.preprocess)

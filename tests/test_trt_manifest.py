@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from edgecnn.artifacts import ModelContract
+from edgecnn.contract import ModelContract
 from edgecnn.errors import ArtifactError, MissingDependencyError
 from edgecnn.preprocess import PreprocessConfig
 from edgecnn.trt.manifest import (

@@ -7,8 +7,8 @@ import onnx
 import pytest
 
 from edgecnn.errors import UserInputError
-from edgecnn.trt.devices import DEVICES, get_device, jetpack_for_l4t, preset_for_model_string
-from edgecnn.trt.env import jetson_release
+from edgecnn.platform import jetpack_for_l4t, jetpacks_for_l4t_series, jetson_release
+from edgecnn.trt.devices import DEVICES, get_device, preset_for_model_string
 from edgecnn.trt.plan import (
     BuildOptions,
     TrtVersion,
@@ -302,11 +302,13 @@ def test_jetson_model_strings_and_l4t(tmp_path):
     assert jetpack_for_l4t("36.4.3").jetpack == "6.2" and jetpack_for_l4t("36.4.3").tensorrt == "10.3.0"
     assert jetpack_for_l4t("35.4.1").tensorrt == "8.5.2" and jetpack_for_l4t("38.2.0").jetpack == "7.0"
     assert jetpack_for_l4t("36.3.0").tensorrt == "8.6.2"
-    release = tmp_path / "nv_tegra_release"
-    release.write_text(
+    assert jetpacks_for_l4t_series("36.4.0") == "6.1/6.2" and jetpacks_for_l4t_series("36.2.0") == "6.0 DP"
+    assert jetpacks_for_l4t_series("99.1.0") is None
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/nv_tegra_release").write_text(  # a fake machine root
         "# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64, DATE: Wed Jan  8\n"
     )
-    assert jetson_release(release) == "36.4.3"
+    assert jetson_release(tmp_path) == "36.4.3"
     assert jetson_release(tmp_path / "absent") is None
     assert np.all([DEVICES[n].dla_cores == 0 for n in ("orin-nano", "thor", "desktop", "nano")])
 
@@ -319,7 +321,8 @@ def make_target_qdq_onnx(src, dst, target: str, provenance_target: str | None = 
     asymmetric), with ranges that include negatives so the cpu target gets nonzero zero points."""
     from dataclasses import replace
 
-    from edgecnn.artifacts import read_onnx_contract, save_onnx, write_onnx_contract
+    from edgecnn.contract import read_onnx_contract, write_onnx_contract
+    from edgecnn.onnx_io import save_onnx
     from edgecnn.quant import graph, qdq
 
     prepared = graph.prepare(src)

@@ -18,9 +18,9 @@ from typing import Callable, Iterator
 import cv2
 import numpy as np
 
-from edgecnn.artifacts import atomic_write_bytes, make_dirs, remove_created
 from edgecnn.camera.capture import ThreadedCapture
 from edgecnn.errors import SourceError, UserInputError
+from edgecnn.files import atomic_write_bytes, make_dirs, remove_created
 
 FRAME_NAME = "frame_{:05d}.jpg"
 _FRAME_RE = re.compile(r"^frame_(\d+)\.jpg$")

@@ -18,9 +18,9 @@ from typing import TextIO
 import cv2
 import numpy as np
 
-from edgecnn.artifacts import check_output_file, put_in_place, temp_beside
 from edgecnn.camera.sources import MAX_FPS, MIN_FPS, check_fps
 from edgecnn.errors import UserInputError
+from edgecnn.files import check_output_file, put_in_place, temp_beside
 from edgecnn.jsonout import strict_json
 
 FOURCC_BY_SUFFIX = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}

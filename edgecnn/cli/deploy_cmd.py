@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 
 from edgecnn.cli.common import cli_command, console, error, print_json, progress_bar, warn
+from edgecnn.platform import DEFAULT_L4T
 
 DRY_RUN_SHA256 = "SHA256-OF-THE-BUNDLE"  # in --dry-run host commands: the real run's archive sha256 goes there
 
@@ -53,7 +54,7 @@ def bundle(
         None, "--name", help="App name (folder, systemd unit, image); default from MODEL."
     ),
     l4t: str = typer.Option(
-        "36.4.0",
+        DEFAULT_L4T,
         "--l4t",
         help="Jetson Linux release of the target: picks the l4t-jetpack base image and the cuda-python pin.",
     ),

@@ -128,7 +128,7 @@ def quantize(
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON only (stdout)."),
 ):
     """Quantize to INT8 with calibration images: Q/DQ ONNX for TensorRT or CPU, accuracy measured on this machine."""
-    from edgecnn.artifacts import read_labels_file
+    from edgecnn.contract import read_labels_file
     from edgecnn.errors import AccuracyGateError, UserInputError
     from edgecnn.preprocess import PreprocessConfig
     from edgecnn.quant import QuantOptions

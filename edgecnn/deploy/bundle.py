@@ -34,19 +34,12 @@ from pathlib import Path
 from typing import Callable
 
 from edgecnn import __version__
-from edgecnn.artifacts import (
-    ModelContract,
-    atomic_path,
-    atomic_write_text,
-    check_output_file,
-    ensure_distinct,
-    onnx_external_data,
-    onnx_sha256,
-    read_onnx_contract,
-    sha256_file,
-)
+from edgecnn.contract import ModelContract, read_onnx_contract
 from edgecnn.deploy.templates import render
 from edgecnn.errors import ArtifactError, UserInputError
+from edgecnn.files import atomic_path, atomic_write_text, check_output_file, ensure_distinct, sha256_file
+from edgecnn.onnx_io import onnx_external_data, onnx_sha256
+from edgecnn.platform import DEFAULT_L4T, jetpack_for_l4t, jetpacks_for_l4t_series
 
 BUNDLE_FORMAT = 1
 PRECISIONS = ("fp32", "fp16", "int8", "best")
@@ -60,14 +53,12 @@ L4T_BASE_IMAGES = {
     "36.3.0": "nvcr.io/nvidia/l4t-jetpack:r36.3.0",
     "36.4.0": "nvcr.io/nvidia/l4t-jetpack:r36.4.0",
 }
-DEFAULT_L4T = "36.4.0"
 # What a JetPack 5 board (Xavier stops there) can do instead of running a bundle.
 JETPACK5_WAY_OUT = (
     "Orin boards: upgrade to JetPack 6 and bundle for --l4t 36.x. Xavier boards stop at JetPack 5.1.x: build an engine "
     "for DeepStream/Triton with JetPack's trtexec (`edgecnn build-engine MODEL.onnx --device xavier-nx "
     "--print-trtexec` prints the command), or run the ONNX model on ONNX Runtime from a Python >= 3.9"
 )
-JETPACK_FOR_IMAGE = {"36.2.0": "6.0 DP", "36.3.0": "6.0", "36.4.0": "6.1/6.2"}
 
 # Everything the bundled package needs at run time (pure Python + its data files and templates).
 _PACKAGE_SUFFIXES = (".py", ".tsv", ".in")
@@ -208,7 +199,6 @@ def cuda_python_requirement(l4t: str) -> str | None:
     is the runtime the board's driver provides (cudart takes both `cuda.cudart`, <= 12.5, and `cuda.bindings.runtime`,
     12.6+). Off aarch64 (a desktop test of the bundle) `edgecnn[tensorrt]` is the way to get it.
     """
-    from edgecnn.trt.devices import jetpack_for_l4t
 
     release = jetpack_for_l4t(l4t)
     if release is None:
@@ -382,7 +372,6 @@ def _calib_cache_warnings(plan: _Plan, options: BundleOptions) -> list[str]:
     if "--calib-cache" not in plan.build_args:
         return []
     from edgecnn.trt.builder import calib_cache_version_note
-    from edgecnn.trt.devices import jetpack_for_l4t
 
     release = jetpack_for_l4t(options.l4t)
     if release is None:
@@ -428,8 +417,6 @@ def create_bundle(
         )
     major = options.l4t.split(".")[0]
     if major.isdigit() and int(major) < 36:  # JetPack 5 and older: even with --base-image, edgecnn cannot run there
-        from edgecnn.trt.devices import jetpack_for_l4t
-
         release = jetpack_for_l4t(options.l4t)
         jetpack = f"JetPack {release.jetpack}" if release else "a JetPack older than 6"
         raise UserInputError(
@@ -633,7 +620,7 @@ def app_files(
             name=name,
             version=__version__,
             base_image=base_image,
-            jetpack=JETPACK_FOR_IMAGE.get(options.l4t, "6"),
+            jetpack=jetpacks_for_l4t_series(options.l4t) or "6",
             l4t=options.l4t,
         ),
         0o644,

@@ -26,7 +26,9 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from edgecnn.artifacts import (
+from edgecnn.deploy.model_io import ModelIO, read_model_io
+from edgecnn.errors import ArtifactError, UserInputError
+from edgecnn.files import (
     atomic_path,
     atomic_write_text,
     check_output_folder,
@@ -34,8 +36,6 @@ from edgecnn.artifacts import (
     make_dirs,
     remove_created,
 )
-from edgecnn.deploy.model_io import ModelIO, read_model_io
-from edgecnn.errors import ArtifactError, UserInputError
 
 NETWORK_MODES = {"fp32": 0, "int8": 1, "fp16": 2}
 COLOR_FORMATS = {"rgb": 0, "bgr": 1}
@@ -121,7 +121,7 @@ def add_softmax(src: Path, dst: Path, notes: list[str] | None = None) -> str:
     from onnx import helper
     from onnx.external_data_helper import load_external_data_for_model
 
-    from edgecnn.artifacts import onnx_external_data, save_onnx
+    from edgecnn.onnx_io import onnx_external_data, save_onnx
 
     model = onnx.load(str(src), load_external_data=False)
     # Weights in external data files (checked first: missing, truncated or outside src's folder fails clearly) go

@@ -20,6 +20,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from edgecnn.platform import (
+    is_jetson,
+    jetpack_for_l4t,
+    jetson_model,
+    nv_tegra_release_path,
+    parse_nv_tegra_release,
+    parse_nvpmodel,
+    read_text,
+    x86_without_vnni,
+)
+
 OK, FAIL, SKIP = "ok", "fail", "skip"
 SYMBOLS = {OK: "✓", FAIL: "✗", SKIP: "–"}
 
@@ -34,8 +45,7 @@ class Check:
 
 @dataclass
 class DoctorPaths:
-    device_tree_model: Path = Path("/proc/device-tree/model")
-    nv_tegra_release: Path = Path("/etc/nv_tegra_release")
+    root: Path | None = None  # edgecnn.platform's root (None: the real "/"): etc/nv_tegra_release, proc/device-tree
     dev_dir: Path = Path("/dev")
     cuda_root: Path = Path("/usr/local/cuda")
     include_dirs: tuple[Path, ...] = (Path("/usr/include"), Path("/usr/local/cuda/include"))
@@ -72,20 +82,6 @@ def run_command(argv: list, timeout: float = 10) -> str | None:
 # ---------------------------------------------------------------- parsers (pure)
 
 
-def parse_nv_tegra_release(text: str) -> str | None:
-    """'# R36 (release), REVISION: 4.3, GCID: ...' -> '36.4.3'; None when it is not that format."""
-    m = re.search(r"R(\d+)\s*\(release\),\s*REVISION:\s*(\d+)\.(\d+)", text)
-    if not m:
-        return None
-    return f"{m.group(1)}.{m.group(2)}.{m.group(3)}"
-
-
-def parse_nvpmodel(text: str) -> str | None:
-    """`nvpmodel -q` output -> the mode name ('MAXN', '15W', ...)."""
-    m = re.search(r"NV Power Mode:\s*(\S+)", text)
-    return m.group(1) if m else None
-
-
 def opencv_video_io(build_info: str) -> dict[str, bool]:
     """Which video back ends an OpenCV build has, from cv2.getBuildInformation()."""
     found = {"gstreamer": False, "v4l2": False, "ffmpeg": False}
@@ -108,16 +104,9 @@ def parse_cudnn_header(text: str) -> str | None:
 # ---------------------------------------------------------------- checks
 
 
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_bytes().decode("utf-8", "replace").replace("\x00", "").strip()
-    except OSError:
-        return None
-
-
 def _platform(paths: DoctorPaths) -> dict:
-    model = _read(paths.device_tree_model)
-    jetson = bool(model and "jetson" in model.lower()) or paths.nv_tegra_release.is_file()
+    model = jetson_model(paths.root)
+    jetson = is_jetson(paths.root)
     preset = None
     if jetson and model:
         from edgecnn.trt.devices import preset_for_model_string
@@ -143,12 +132,13 @@ def _check_platform(info: dict) -> Check:
 def _check_l4t(info: dict, paths: DoctorPaths) -> Check:
     if not info["jetson"]:
         return Check("jetpack", SKIP, "not a Jetson (L4T / JetPack apply to Jetson devices only)")
-    text = _read(paths.nv_tegra_release)
+    release_file = nv_tegra_release_path(paths.root)
+    text = read_text(release_file)
     if text is None:
         return Check(
             "jetpack",
             FAIL,
-            f"{paths.nv_tegra_release} not found",
+            f"{release_file} not found",
             "Flash or update the Jetson with JetPack (SDK Manager) so Jetson Linux (L4T) is installed",
         )
     l4t = parse_nv_tegra_release(text)
@@ -156,11 +146,9 @@ def _check_l4t(info: dict, paths: DoctorPaths) -> Check:
         return Check(
             "jetpack",
             FAIL,
-            f"cannot parse {paths.nv_tegra_release}: {text[:60]!r}",
+            f"cannot parse {release_file}: {text[:60]!r}",
             "Reinstall the nvidia-l4t-core package (sudo apt install --reinstall nvidia-l4t-core)",
         )
-    from edgecnn.trt.devices import jetpack_for_l4t
-
     rel = jetpack_for_l4t(l4t)
     if rel is None:
         return Check(
@@ -213,14 +201,14 @@ def _check_tensorrt(info: dict) -> Check:
 
 def _check_cuda(info: dict, paths: DoctorPaths, run: Runner) -> Check:
     version = None
-    vj = _read(paths.cuda_root / "version.json")
+    vj = read_text(paths.cuda_root / "version.json")
     if vj:
         try:
             version = json.loads(vj)["cuda"]["version"]
         except (ValueError, KeyError, TypeError):
             version = None
     if version is None:
-        vt = _read(paths.cuda_root / "version.txt")
+        vt = read_text(paths.cuda_root / "version.txt")
         m = re.search(r"CUDA Version\s+([\d.]+)", vt or "")
         version = m.group(1) if m else None
     if version is None:
@@ -244,7 +232,7 @@ def _check_cudnn(info: dict, paths: DoctorPaths) -> Check:
             [inc / "cudnn_version.h", *sorted(inc.glob("*-linux-gnu/cudnn_version*.h"))] if inc.is_dir() else []
         )
         for header in candidates:
-            version = parse_cudnn_header(_read(header) or "")
+            version = parse_cudnn_header(read_text(header) or "")
             if version:
                 return Check("cudnn", OK, version)
     from importlib import metadata
@@ -301,8 +289,6 @@ def _check_onnxruntime(info: dict, gpu_ok: bool) -> Check:
         )
     providers = ort.get_available_providers()
     value = f"{ort.__version__}: {', '.join(p.replace('ExecutionProvider', '') for p in providers)}"
-    from edgecnn.runtime.onnxrt import x86_without_vnni
-
     if x86_without_vnni():  # worth knowing before choosing INT8 weights (see `quantize --reduce-range/--full-range`)
         value += "; CPU without VNNI: full-range INT8 weights run slow here, 7-bit ones (quantize --target cpu) fast"
     if gpu_ok and not any(p in providers for p in ("CUDAExecutionProvider", "TensorrtExecutionProvider")):

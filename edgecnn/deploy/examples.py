@@ -13,11 +13,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from edgecnn.artifacts import ModelContract, imagenet_labels
-from edgecnn.deploy.bundle import DEFAULT_L4T, L4T_BASE_IMAGES, BundleOptions, app_files, plan_models
+from edgecnn.contract import ModelContract, imagenet_labels
+from edgecnn.deploy.bundle import L4T_BASE_IMAGES, BundleOptions, app_files, plan_models
 from edgecnn.deploy.deepstream import DeepStreamOptions, nvinfer_config, readme
 from edgecnn.deploy.model_io import ModelIO
 from edgecnn.deploy.triton import TritonOptions, config_text
+from edgecnn.platform import DEFAULT_L4T
 
 NAME = "efficientnet-lite0"
 

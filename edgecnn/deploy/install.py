@@ -27,9 +27,9 @@ from pathlib import Path, PurePosixPath
 from typing import Callable
 from zlib import error as zlib_error  # a damaged gzip stream raises this mid-extraction
 
-from edgecnn.artifacts import check_output_folder, make_dirs, remove_created, sha256_file
 from edgecnn.deploy.bundle import BUNDLE_FORMAT, NAME_RE, parse_sha256sums, systemd_unit, unit_description
 from edgecnn.errors import ArtifactError, UserInputError
+from edgecnn.files import check_output_folder, make_dirs, remove_created, sha256_file
 
 MAX_MEMBERS = 10_000
 MAX_TOTAL_BYTES = 8 << 30  # a bundle is a few models, not a disk image
@@ -297,7 +297,7 @@ def _write_error(folder: Path, exc: OSError) -> UserInputError:
 
 
 def _make_dirs(path: Path) -> Path | None:
-    """artifacts.make_dirs, with install's own message when only root may write there."""
+    """files.make_dirs, with install's own message when only root may write there."""
     try:
         return make_dirs(path)
     except UserInputError as exc:
@@ -459,7 +459,7 @@ def install_service(app: Path, name: str, target: ServiceTarget, python: str = "
     if not is_root:
         plan["reason"] = "not root: rerun with sudo to install the unit"
         return plan
-    from edgecnn.artifacts import atomic_write_text
+    from edgecnn.files import atomic_write_text
 
     engines = app / "engines"
     engines.mkdir(exist_ok=True)
@@ -490,7 +490,7 @@ def install_service(app: Path, name: str, target: ServiceTarget, python: str = "
 
 def _restore_unit(unit_path: Path, previous: bytes | None, reload: list[str]) -> None:
     """Best effort after a failed service step: the unit file as it was (or none), and systemd told so."""
-    from edgecnn.artifacts import atomic_write_bytes
+    from edgecnn.files import atomic_write_bytes
 
     try:
         if previous is None:

@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgecnn.artifacts import ModelContract, onnx_external_data, read_onnx_contract
+from edgecnn.contract import ModelContract, read_onnx_contract
 from edgecnn.errors import ArtifactError, UserInputError
+from edgecnn.onnx_io import onnx_external_data
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
@@ -24,7 +25,7 @@ class ModelIO:
     (`build-engine --batch 2:4:8` makes an engine that cannot run batch 1), the batch itself when fixed.
     onnx_model: the onnx.ModelProto read for an ONNX file (external data not loaded), kept so that later checks on the
     graph or its weights (Triton's INT8 --cpu note) need not parse the file again; None for an engine.
-    data_files: the ONNX model's external data files, relative to its folder (`artifacts.onnx_external_data`, checked
+    data_files: the ONNX model's external data files, relative to its folder (`onnx_io.onnx_external_data`, checked
     here: missing, truncated or outside the folder fails before any config is written); they travel with the model."""
 
     path: Path

@@ -21,9 +21,10 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from edgecnn.artifacts import check_output_folder, copy_onnx, make_dirs, remove_created
 from edgecnn.deploy.model_io import ModelIO, read_model_io
 from edgecnn.errors import UserInputError
+from edgecnn.files import check_output_folder, make_dirs, remove_created
+from edgecnn.onnx_io import copy_onnx
 
 DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int8": "TYPE_INT8", "int32": "TYPE_INT32"}
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")

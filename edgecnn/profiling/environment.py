@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 import platform
-import re
 import shutil
 import subprocess
 from importlib import metadata
 from pathlib import Path
+
+from edgecnn import platform as edge_platform
 
 PACKAGES = (
     "edgecnn",
@@ -28,13 +29,6 @@ PACKAGES = (
     "tensorrt",
     "cuda-python",
 )
-
-
-def _read(path: str | Path) -> str | None:
-    try:
-        return Path(path).read_text(errors="replace").strip()
-    except OSError:
-        return None
 
 
 def _run(cmd: list[str], timeout: float = 5.0) -> str | None:
@@ -64,17 +58,9 @@ def package_versions(names=PACKAGES) -> dict[str, str]:
     return versions
 
 
-def cpu_info(cpuinfo_path: str = "/proc/cpuinfo") -> dict:
+def cpu_info(root: str | Path | None = None) -> dict:
     """CPU model, logical cores, cores this process may use, and the frequency governor."""
-    model = None
-    text = _read(cpuinfo_path) or ""
-    for key in ("model name", "Model", "Hardware", "cpu model"):  # x86, Raspberry/ARM, Jetson variants
-        m = re.search(rf"^{key}\s*:\s*(.+)$", text, re.MULTILINE)
-        if m:
-            model = m.group(1).strip()
-            break
-    if not model:
-        model = platform.processor() or platform.machine()
+    model = edge_platform.cpu_model(root) or platform.processor() or platform.machine()
     try:
         usable = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
@@ -84,7 +70,7 @@ def cpu_info(cpuinfo_path: str = "/proc/cpuinfo") -> dict:
         "machine": platform.machine(),
         "logical_cores": os.cpu_count(),
         "usable_cores": usable,
-        "governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
+        "governor": edge_platform.cpu_governor(root),
     }
 
 
@@ -120,51 +106,15 @@ def gpu_info() -> list[dict]:
     return parse_nvidia_smi(out) if out else []
 
 
-def parse_nvpmodel(text: str) -> str | None:
-    """The power mode from `nvpmodel -q` output ('NV Power Mode: MAXN' + mode id line)."""
-    m = re.search(r"NV Power Mode:\s*(\S.*)", text or "")
-    if not m:
-        return None
-    mode = m.group(1).strip()
-    rest = (text or "")[m.end() :].strip().splitlines()
-    if rest and rest[0].strip().isdigit():
-        mode += f" (id {rest[0].strip()})"
-    return mode
-
-
-def clocks_locked(sys_root: str | Path = "/") -> bool | None:
-    """Whether CPU and GPU clocks are pinned (min == max, as `jetson_clocks` leaves them), None if unreadable."""
-    root = Path(sys_root)
-    pairs = []
-    cpu = root / "sys/devices/system/cpu/cpu0/cpufreq"
-    pairs.append((cpu / "scaling_min_freq", cpu / "scaling_max_freq"))
-    for devfreq in sorted((root / "sys/class/devfreq").glob("*")) if (root / "sys/class/devfreq").is_dir() else []:
-        name = devfreq.name.lower()
-        if "gpu" in name or "gv11b" in name or "ga10b" in name or "gp10b" in name or "17000000" in name:
-            pairs.append((devfreq / "min_freq", devfreq / "max_freq"))
-    seen = False
-    for lo, hi in pairs:
-        a, b = _read(lo), _read(hi)
-        if a is None or b is None:
-            continue
-        seen = True
-        if a != b:
-            return False
-    return True if seen else None
-
-
-def jetson_info(sys_root: str | Path = "/") -> dict | None:
-    """L4T release, model, nvpmodel power mode and clock locking on a Jetson; None elsewhere."""
-    root = Path(sys_root)
-    release = _read(root / "etc/nv_tegra_release")
-    model = _read(root / "proc/device-tree/model")
-    if not release and not (model and "jetson" in model.lower()):
+def jetson_info(root: str | Path | None = None) -> dict | None:
+    """L4T release line, model, nvpmodel power mode and clock locking on a Jetson; None elsewhere."""
+    if not edge_platform.is_jetson(root):
         return None
     return {
-        "model": model.rstrip("\x00") if model else None,
-        "l4t": release.splitlines()[0] if release else None,
-        "power_mode": parse_nvpmodel(_run(["nvpmodel", "-q"]) or ""),
-        "clocks_locked": clocks_locked(root),
+        "model": edge_platform.jetson_model(root),
+        "l4t": edge_platform.nv_tegra_release_line(root),
+        "power_mode": edge_platform.parse_nvpmodel(_run(["nvpmodel", "-q"]) or ""),
+        "clocks_locked": edge_platform.clocks_locked(root),
     }
 
 

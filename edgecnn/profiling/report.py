@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edgecnn.artifacts import atomic_path, atomic_write_text, check_output_folder
+from edgecnn.files import atomic_path, atomic_write_text, check_output_folder
 from edgecnn.jsonout import strict_json
 
 

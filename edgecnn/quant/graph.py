@@ -34,15 +34,10 @@ NO_RANGE_OPS = frozenset({"Shape", "Constant", "ConstantOfShape", "Cast", "Size"
 def load_model(path: str | os.PathLike):
     """The model with its weights, external data included (checked first: missing, truncated or outside the model's
     folder is an ExternalDataError that says so)."""
-    import onnx
-
-    from edgecnn.artifacts import onnx_external_data
+    from edgecnn.onnx_io import load_onnx, onnx_external_data
 
     onnx_external_data(path)
-    try:
-        return onnx.load(str(path))
-    except Exception as exc:
-        raise ArtifactError(f"{path} is not a readable ONNX model ({exc.__class__.__name__})") from exc
+    return load_onnx(path)
 
 
 def check_not_quantized(model, source: str) -> None:
@@ -73,7 +68,7 @@ def prepare(model_path: str | os.PathLike):
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from edgecnn.artifacts import onnx_external_data
+    from edgecnn.onnx_io import onnx_external_data
 
     with tempfile.TemporaryDirectory(prefix="edgecnn-quant-") as tmp:
         out = Path(tmp) / "prepared.onnx"

@@ -19,19 +19,10 @@ from typing import Callable
 
 import numpy as np
 
-from edgecnn.artifacts import (
-    ModelContract,
-    check_output_file,
-    ensure_distinct,
-    model_bytes,
-    onnx_external_data,
-    onnx_sha256,
-    refuse_existing,
-    save_onnx,
-    staged_files,
-    write_onnx_contract,
-)
+from edgecnn.contract import ModelContract, write_onnx_contract
 from edgecnn.errors import AccuracyGateError, ArtifactError, UserInputError
+from edgecnn.files import check_output_file, ensure_distinct, refuse_existing, staged_files
+from edgecnn.onnx_io import model_bytes, onnx_external_data, onnx_sha256, save_onnx
 from edgecnn.preprocess import PreprocessConfig
 from edgecnn.quant import accuracy, calibrators, graph, qdq, trt_cache, weights
 from edgecnn.quant.calib_data import load_calibration
@@ -112,7 +103,7 @@ class QuantOptions:
 
 def model_contract(model_proto, path: Path, options: QuantOptions) -> ModelContract:
     """The model's own contract; preprocessing flags are accepted only for a model that has none."""
-    from edgecnn.artifacts import META_PREFIX
+    from edgecnn.contract import META_PREFIX
 
     props = {p.key: p.value for p in model_proto.metadata_props}
     try:
@@ -257,7 +248,7 @@ def _weights_text(reduced: bool) -> str:
 
 def _weights_note(options: QuantOptions) -> str | None:
     """A warning when a full-range --target cpu model is made on a CPU where it cannot run fast."""
-    from edgecnn.runtime.onnxrt import x86_without_vnni
+    from edgecnn.platform import x86_without_vnni
 
     if options.target != "cpu" or options.reduce_range or not x86_without_vnni():
         return None
@@ -489,7 +480,7 @@ def quantize(
             amax = trt_cache.carry_through_pads(fp32_model, amax)
             table = trt_cache.format_table(amax, version)
         # the model first: it is put in place first, so a failure part way never leaves a new table or report
-        # beside an old model (artifacts.staged_files)
+        # beside an old model (files.staged_files)
         with staged_files() as stage:
             model_tmp = stage(out, suffix=".onnx")
             save_onnx(qmodel, model_tmp)

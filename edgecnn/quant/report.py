@@ -130,7 +130,7 @@ def to_markdown(result: dict) -> str:
 
 
 def stage_report(stage, folder: str | os.PathLike, result: dict) -> dict[str, str]:
-    """Write the report (JSON + Markdown) to files staged with artifacts.staged_files (`stage`), so they are put in
+    """Write the report (JSON + Markdown) to files staged with files.staged_files (`stage`), so they are put in
     place together with the model, or not at all. Sets and returns result["report"] (the paths)."""
     import json
 

@@ -23,8 +23,8 @@ import re
 import struct
 from pathlib import Path
 
-from edgecnn.artifacts import atomic_write_bytes
 from edgecnn.errors import ArtifactError, UserInputError
+from edgecnn.files import atomic_write_bytes
 
 ALGORITHMS = ("EntropyCalibration2", "EntropyCalibration", "MinMaxCalibration", "LegacyCalibration")
 DEFAULT_ALGORITHM = "EntropyCalibration2"  # what trtexec --calib and DeepStream's calibrator declare

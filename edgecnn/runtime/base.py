@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from edgecnn.artifacts import ModelContract
+from edgecnn.contract import ModelContract
 from edgecnn.errors import ArtifactError, UserInputError
 from edgecnn.preprocess import preprocess
 

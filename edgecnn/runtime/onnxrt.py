@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecnn.artifacts import ModelContract
+from edgecnn.contract import ModelContract
 from edgecnn.errors import ArtifactError, EdgeCNNError, ExternalDataError, UserInputError
+from edgecnn.platform import x86_with_vnni
 from edgecnn.runtime.base import Backend, InputSpec, Runner
 
 PROVIDER_ALIASES = {
@@ -27,34 +28,6 @@ PROVIDER_ALIASES = {
 # the option only costs time (AMD EPYC with AVX-512 VNNI, EfficientNet-Lite0 full-range INT8, 1 thread: 2.23x FP32
 # without it, 1.06x with it). On ARM it changes nothing.
 EXACT_INT8 = ("session.x64quantprecision", "1")
-_VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni"})
-
-
-def _x86_cpu_flags(cpuinfo: Path, machine: str | None) -> set[str] | None:
-    """The CPU flags of an x86 machine (Linux /proc/cpuinfo); None where they cannot be read (other OS, ARM)."""
-    import platform
-
-    if (machine or platform.machine()).lower() not in ("x86_64", "amd64", "i686", "i386"):
-        return None
-    try:
-        text = Path(cpuinfo).read_text(errors="replace")
-    except OSError:
-        return None
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), None)
-    return set(flags) if flags is not None else None
-
-
-def x86_without_vnni(cpuinfo: Path = Path("/proc/cpuinfo"), machine: str | None = None) -> bool:
-    """True on an x86 CPU whose flags (Linux /proc/cpuinfo) show neither AVX-512 VNNI nor AVX-VNNI: where
-    full-range INT8 weights need ORT's slower exact kernels. False where it cannot tell (other OS, ARM)."""
-    flags = _x86_cpu_flags(cpuinfo, machine)
-    return flags is not None and not _VNNI_FLAGS & flags
-
-
-def x86_with_vnni(cpuinfo: Path = Path("/proc/cpuinfo"), machine: str | None = None) -> bool:
-    """True only where the flags show VNNI: the one place the exact-INT8 option can be left off safely."""
-    flags = _x86_cpu_flags(cpuinfo, machine)
-    return flags is not None and bool(_VNNI_FLAGS & flags)
 
 
 @functools.lru_cache(maxsize=1)
@@ -63,10 +36,10 @@ def _needs_exact_int8() -> bool:
 
 
 def external_data_problem(path: Path) -> None:
-    """Raise the clear ExternalDataError of `artifacts.onnx_external_data` when the model's external data is what
+    """Raise the clear ExternalDataError of `onnx_io.onnx_external_data` when the model's external data is what
     stopped ONNX Runtime or OpenVINO (their own messages name C++ source lines and get cut short). Called only after a
     failed load, so a model that loads pays nothing for it."""
-    from edgecnn.artifacts import onnx_external_data
+    from edgecnn.onnx_io import onnx_external_data
 
     try:
         onnx_external_data(path)

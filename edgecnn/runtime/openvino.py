@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecnn.artifacts import ModelContract, atomic_path, read_onnx_contract
+from edgecnn.contract import ModelContract, read_onnx_contract
 from edgecnn.errors import ArtifactError, UserInputError, require
+from edgecnn.files import atomic_path
 from edgecnn.runtime.base import Backend, InputSpec, Runner
 
 HINT = "The OpenVINO backend needs openvino: pip install 'edgecnn[openvino]' (x86-64 CPUs)."

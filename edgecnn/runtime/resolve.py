@@ -39,7 +39,7 @@ def resolve_model(model: str | os.PathLike, backend: str | None = None) -> Path:
 def _writable_cache(target: Path) -> None:
     """The cache folder made and probed before a model is materialised into it: an unwritable $EDGECNN_CACHE (/proc,
     a read-only mount) is one line naming the variable, not an internal error from deep inside torch.save."""
-    from edgecnn.artifacts import prepare_output_folder
+    from edgecnn.files import prepare_output_folder
 
     try:
         prepare_output_folder(target, "model cache file")

@@ -16,14 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from edgecnn.artifacts import (
-    atomic_write_bytes,
-    check_output_file,
-    ensure_distinct,
-    onnx_external_data,
-    read_onnx_contract,
-)
+from edgecnn.contract import read_onnx_contract
 from edgecnn.errors import ArtifactError, EdgeCNNError, UserInputError
+from edgecnn.files import atomic_write_bytes, check_output_file, ensure_distinct
+from edgecnn.onnx_io import onnx_external_data
+from edgecnn.platform import jetpack_for_l4t
 from edgecnn.trt.devices import DEVICES, DevicePreset, get_device
 from edgecnn.trt.manifest import file_record, manifest_path, write_manifest
 from edgecnn.trt.plan import (
@@ -102,7 +99,6 @@ def planning_version(trt_version: str | None, device: DevicePreset, jetson: dict
     """The TensorRT version a plan is made for before (or without) a build: --trt-version, else the installed one,
     else the one this Jetson's JetPack ships (when planning for this board), else the preset's newest JetPack's,
     else DESKTOP_DEFAULT_TRT. A malformed version is refused here, an unsupported one by make_plan (exit 2)."""
-    from edgecnn.trt.devices import jetpack_for_l4t
     from edgecnn.trt.env import tensorrt_version
 
     version = trt_version or tensorrt_version()

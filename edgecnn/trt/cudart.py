@@ -13,11 +13,10 @@ import ctypes
 import numpy as np
 
 from edgecnn.errors import EdgeCNNError, MissingDependencyError
+from edgecnn.platform import jetson_release
 
 
 def cuda_hint() -> str:
-    from edgecnn.trt.env import jetson_release
-
     if jetson_release():
         return (
             "install cuda-python matching the JetPack's CUDA "

@@ -1,9 +1,8 @@
 """Deployment targets for `build-engine --device`: what the build plan needs to know about each board.
 
 Facts per preset: GPU compute capability, number of DLA cores, a workspace that leaves room for the camera and the
-rest of the application on boards whose CPU and GPU share memory, and which JetPack / Jetson Linux (L4T) releases
-ship which TensorRT. TensorRT on a Jetson is tied to JetPack: it is a system package, so the TensorRT version is
-the JetPack's, not something pip picks.
+rest of the application on boards whose CPU and GPU share memory, and which JetPack releases the board runs (the
+JetPack / L4T / TensorRT table itself is `edgecnn.platform`'s).
 
 Sources (checked Nov 2026): NVIDIA JetPack release pages and the TensorRT support matrix / "Migrating TensorRT from
 10.x to 11.x on Jetson/JetPack" page (TensorRT 11.4.1 supports JetPack 7.2.2+ on AGX Orin and Thor, DLA on AGX Orin
@@ -15,16 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from edgecnn.errors import UserInputError
-
-
-@dataclass(frozen=True)
-class JetPackRelease:
-    """One JetPack release and the versions it ships."""
-
-    jetpack: str
-    l4t: str
-    tensorrt: str
-    cuda: str
+from edgecnn.platform import JETPACK_4_6, JETPACK_5, JETPACK_6, JETPACK_7, JetPackRelease
 
 
 @dataclass(frozen=True)
@@ -60,23 +50,6 @@ class DevicePreset:
         }
 
 
-_JP46 = (JetPackRelease("4.6.x", "32.7.x", "8.2.1", "10.2"),)
-_JP5 = (
-    JetPackRelease("5.1.1", "35.3.1", "8.5.2", "11.4"),
-    JetPackRelease("5.1.2", "35.4.1", "8.5.2", "11.4"),
-    JetPackRelease("5.1.3", "35.5.0", "8.5.2", "11.4"),
-    JetPackRelease("5.1.4", "35.6.0", "8.5.2", "11.4"),
-)
-_JP6 = (
-    JetPackRelease("6.0", "36.3.0", "8.6.2", "12.2"),
-    JetPackRelease("6.1", "36.4.0", "10.3.0", "12.6"),
-    JetPackRelease("6.2", "36.4.3", "10.3.0", "12.6"),
-)
-_JP7 = (JetPackRelease("7.0", "38.2.0", "10.13.3", "13.0"),)
-# The JetPack 6 developer preview: no preset lists it (no production board support), but a Jetson may still run it
-# and `deploy bundle --l4t 36.2.0` targets its l4t-jetpack image, so its versions are known here.
-_JP6_DP = (JetPackRelease("6.0 DP", "36.2.0", "8.6.2", "12.2"),)
-
 DEVICES: dict[str, DevicePreset] = {
     d.name: d
     for d in (
@@ -88,15 +61,15 @@ DEVICES: dict[str, DevicePreset] = {
             0,
             256,
             True,
-            _JP46,
+            JETPACK_4_6,
             notes=(
                 "Its last JetPack (4.6.x) ships TensorRT 8.2, older than the 8.5 edgecnn supports: run the ONNX "
                 "model with ONNX Runtime on the Nano's CPU instead (edgecnn predict model.onnx).",
             ),
         ),
-        DevicePreset("xavier-nx", "Jetson Xavier NX", "volta", "7.2", 2, 1024, True, _JP5),
-        DevicePreset("agx-xavier", "Jetson AGX Xavier", "volta", "7.2", 2, 2048, True, _JP5),
-        DevicePreset("orin-nano", "Jetson Orin Nano", "ampere", "8.7", 0, 1024, True, _JP5 + _JP6),
+        DevicePreset("xavier-nx", "Jetson Xavier NX", "volta", "7.2", 2, 1024, True, JETPACK_5),
+        DevicePreset("agx-xavier", "Jetson AGX Xavier", "volta", "7.2", 2, 2048, True, JETPACK_5),
+        DevicePreset("orin-nano", "Jetson Orin Nano", "ampere", "8.7", 0, 1024, True, JETPACK_5 + JETPACK_6),
         DevicePreset(
             "orin-nx",
             "Jetson Orin NX",
@@ -105,7 +78,7 @@ DEVICES: dict[str, DevicePreset] = {
             2,
             2048,
             True,
-            _JP5 + _JP6,
+            JETPACK_5 + JETPACK_6,
             notes=(
                 "The 8 GB Orin NX module has one DLA core (the 16 GB module two): the build checks the real count.",
             ),
@@ -118,7 +91,7 @@ DEVICES: dict[str, DevicePreset] = {
             2,
             4096,
             True,
-            _JP5 + _JP6,
+            JETPACK_5 + JETPACK_6,
             notes=("TensorRT 11.4.1+ supports AGX Orin on JetPack 7.2.2 or later, DLA included.",),
         ),
         DevicePreset(
@@ -129,7 +102,7 @@ DEVICES: dict[str, DevicePreset] = {
             0,
             8192,
             True,
-            _JP7,
+            JETPACK_7,
             notes=("Thor has no DLA. CUDA 13 numbers its GPU sm_110 (CUDA 12.8/12.9 called it sm_101).",),
         ),
         DevicePreset("desktop", "Desktop / server NVIDIA GPU", "any", None, 0, None, False),
@@ -165,13 +138,3 @@ def preset_for_model_string(model: str) -> str | None:
         if fragment in text:
             return preset
     return None
-
-
-def jetpack_for_l4t(l4t: str) -> JetPackRelease | None:
-    """The JetPack release a Jetson Linux (L4T) version belongs to, e.g. '36.4.3' -> JetPack 6.2."""
-    releases = {r.l4t: r for r in _JP5 + _JP6_DP + _JP6 + _JP7}
-    if l4t in releases:
-        return releases[l4t]
-    major_minor = ".".join(l4t.split(".")[:2])
-    matches = [r for r in releases.values() if r.l4t.startswith(major_minor + ".")]
-    return matches[-1] if matches else None

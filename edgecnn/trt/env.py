@@ -7,41 +7,13 @@ with --system-site-packages. On a desktop it is the `tensorrt` wheel (the 'edgec
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 from edgecnn.errors import MissingDependencyError
-
-NV_TEGRA_RELEASE = Path("/etc/nv_tegra_release")
-DEVICE_TREE_MODEL = Path("/proc/device-tree/model")
-
-
-def jetson_release(path: Path | None = None) -> str | None:
-    """The Jetson Linux (L4T) release, e.g. '36.4.3', from /etc/nv_tegra_release; None off a Jetson.
-
-    The file's first line reads like '# R36 (release), REVISION: 4.3, GCID: ..., BOARD: generic, EABI: aarch64'.
-    """
-    path = path or NV_TEGRA_RELEASE
-    try:
-        first = path.read_text(errors="replace").splitlines()[0]
-    except (OSError, IndexError):
-        return None
-    m = re.search(r"R(\d+)\s*\(release\),\s*REVISION:\s*([\d.]+)", first)
-    return f"{m.group(1)}.{m.group(2)}" if m else None
-
-
-def jetson_model(path: Path | None = None) -> str | None:
-    path = path or DEVICE_TREE_MODEL
-    try:
-        return path.read_bytes().decode(errors="replace").rstrip("\x00").strip() or None
-    except OSError:
-        return None
+from edgecnn.platform import jetpack_for_l4t, jetson_model, jetson_release
+from edgecnn.trt.devices import preset_for_model_string
 
 
 def jetson_info() -> dict | None:
     """{'model', 'preset', 'l4t', 'jetpack'} on a Jetson, else None."""
-    from edgecnn.trt.devices import jetpack_for_l4t, preset_for_model_string
-
     l4t = jetson_release()
     if not l4t:
         return None

@@ -13,8 +13,10 @@ import warnings
 from dataclasses import replace
 from pathlib import Path
 
-from edgecnn.artifacts import ensure_distinct, read_onnx_contract, save_onnx, write_onnx_contract
+from edgecnn.contract import read_onnx_contract, write_onnx_contract
 from edgecnn.errors import UserInputError, require
+from edgecnn.files import ensure_distinct
+from edgecnn.onnx_io import save_onnx
 
 HINT = "FP16 ONNX conversion needs onnxconverter-common: pip install onnxconverter-common (part of 'edgecnn[tensorrt]')"
 

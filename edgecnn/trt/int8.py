@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 
 from edgecnn.errors import UserInputError
+from edgecnn.onnx_io import load_onnx
 
 CPU_TARGET_MESSAGE = (
     "this INT8 model was quantized for ONNX Runtime CPU (--target cpu): for TensorRT quantize with --target tensorrt "
@@ -104,15 +105,9 @@ def tensorrt_qdq_problem(model, source: str = "model") -> str | None:
 
 def check_tensorrt_qdq(path: str | os.PathLike) -> None:
     """Raise UserInputError if the ONNX file at `path` is a Q/DQ model TensorRT cannot build (see the module doc)."""
-    import onnx
-
-    from edgecnn.errors import ArtifactError
 
     path = Path(path)
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:
-        raise ArtifactError(f"{path} is not a readable ONNX model ({exc.__class__.__name__})") from exc
+    model = load_onnx(path, external_data=False)
     problem = tensorrt_qdq_problem(model, str(path))
     if problem:
         raise UserInputError(problem)

@@ -18,8 +18,9 @@ import json
 import os
 from pathlib import Path
 
-from edgecnn.artifacts import ModelContract, atomic_write_json, sha256_file
+from edgecnn.contract import ModelContract
 from edgecnn.errors import ArtifactError
+from edgecnn.files import atomic_write_json, sha256_file
 from edgecnn.trt.plan import TrtVersion
 
 FORMAT = "edgecnn-engine-manifest"

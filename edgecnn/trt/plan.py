@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from edgecnn.errors import UserInputError
+from edgecnn.onnx_io import load_onnx
 from edgecnn.trt.devices import DEVICES, DevicePreset
 
 PRECISIONS = ("fp32", "fp16", "int8", "best")
@@ -197,15 +198,10 @@ class OnnxFacts:
 def inspect_onnx(path: str | Path) -> OnnxFacts:
     import onnx
 
-    from edgecnn.errors import ArtifactError
-
     path = Path(path)
     if not path.is_file():
         raise UserInputError(f"{path} does not exist")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:
-        raise ArtifactError(f"{path} is not a readable ONNX model ({exc.__class__.__name__})") from exc
+    model = load_onnx(path, external_data=False)
     graph = model.graph
     init_names = {i.name for i in graph.initializer}
     inputs = [i for i in graph.input if i.name not in init_names]
