@@ -4,6 +4,7 @@ import os
 
 import onnx
 import pytest
+from asserts import raises
 
 from edgecnn.contract import ModelContract, imagenet_labels, read_onnx_contract, write_onnx_contract
 from edgecnn.errors import ArtifactError, UserInputError
@@ -103,7 +104,7 @@ def test_staged_files_are_put_in_place_in_order_or_not_at_all(tmp_path):
             raise OSError(28, "No space left on device")
     assert not (tmp_path / "other").exists()
     # a destination that cannot be replaced part way (a folder that appeared there): the error says what was
-    with pytest.raises(StagedWriteError, match=r"a\.onnx already replaced"):
+    with raises(StagedWriteError, "a.onnx"):
         with staged_files() as stage:
             stage(a).write_text("model 2")
             stage(b).write_text("table 2")

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from asserts import assert_error
 from typer.testing import CliRunner
 
 from edgecnn.cli.main import COMMAND_MODULES, app
@@ -140,8 +141,7 @@ def test_eval_with_no_readable_image_fails_in_both_modes(cat_dog_onnx, tmp_path)
     (tmp_path / "d" / "cat" / "x.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
     for extra in ([], ["--json"]):
         result = runner.invoke(app, ["eval", str(cat_dog_onnx), str(tmp_path / "d"), *extra])
-        assert result.exit_code == 2, result.output
-        assert "None of the 1 images" in result.stderr and "Traceback" not in result.output
+        assert_error(result, 2, "1", str(tmp_path / "d"))
         assert result.stdout == ""
 
 

