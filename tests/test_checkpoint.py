@@ -9,11 +9,10 @@ import pickle
 
 import numpy as np
 import pytest
+from asserts import raises
 from typer.testing import CliRunner
 
 torch = pytest.importorskip("torch")
-
-from asserts import raises
 
 from edgecnn.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from edgecnn.cli.main import app  # noqa: E402
@@ -40,21 +39,21 @@ def _variant(good, tmp_path, name, **changes):
 
 
 @pytest.mark.parametrize(
-    "kwargs, match",
+    "kwargs, mentions",
     [
-        ({"bogus": 1}, r"arch_kwargs \{'bogus': 1\} do not fit arch lenet5: .*unexpected keyword argument 'bogus'"),
-        ([1, 2], r"arch_kwargs \[1, 2\] do not fit arch lenet5: expected a dict of keyword arguments"),
+        ({"bogus": 1}, ("bad.pt", "bogus", "lenet5")),
+        ([1, 2], ("bad.pt", "[1, 2]", "lenet5")),
     ],
 )
-def test_bad_arch_kwargs_are_artifact_errors(good, tmp_path, kwargs, match):
+def test_bad_arch_kwargs_are_artifact_errors(good, tmp_path, kwargs, mentions):
     bad = _variant(good, tmp_path, "bad.pt", arch_kwargs=kwargs)
-    with pytest.raises(ArtifactError, match=match):
+    with raises(ArtifactError, *mentions):
         load_checkpoint(bad)
     # through the CLI: export and predict (torch backend) say the same, with the artifact exit code
     for args in (["export", str(bad), "--out", str(tmp_path / "x.onnx")], ["predict", str(bad), str(tmp_path)]):
         result = runner.invoke(app, args)
         assert result.exit_code == 4, result.output
-        assert "internal error" not in result.stderr and "do not fit arch lenet5" in result.stderr
+        assert "internal error" not in result.stderr and "lenet5" in result.stderr and "bad.pt" in result.stderr
         assert result.stderr.count("\n") == 1
 
 

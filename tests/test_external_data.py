@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import tarfile
@@ -68,11 +67,11 @@ def broken(external_onnx: Path, kind: str) -> Path:
 
 
 BROKEN = {
-    "missing": "which is missing",
-    "truncated": "is truncated (100 bytes, its tensors need 4608)",
-    "symlink": "is a symbolic link",
-    "outside": "outside the model's folder",
-    "absolute": "outside the model's folder",
+    "missing": "missing",
+    "truncated": "4608",  # the bytes its tensors need
+    "symlink": "symbolic link",
+    "outside": "outside",
+    "absolute": "outside",
 }
 
 
@@ -110,7 +109,7 @@ def test_copy_keeps_nested_locations(tmp_path):
 @pytest.mark.parametrize("kind", sorted(BROKEN))
 def test_broken_external_data_is_refused(external_onnx, kind):
     model = broken(external_onnx, kind)
-    with pytest.raises(ExternalDataError, match=re.escape(BROKEN[kind])):
+    with raises(ExternalDataError, BROKEN[kind]):
         onnx_external_data(model)
 
 
