@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from asserts import raises
 from conftest import build_int8_qdq_onnx, build_tiny_onnx
 from typer.testing import CliRunner
 
@@ -18,7 +19,6 @@ model_config_pb2 = pytest.importorskip(
     "tritonclient.grpc.model_config_pb2",
     reason="pip install 'tritonclient[grpc]' (in edgecnn[dev]) to validate configs",
 )
-from asserts import raises
 from google.protobuf import text_format  # noqa: E402  (protobuf comes with tritonclient)
 
 

@@ -6,10 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from asserts import raises
 
 torch = pytest.importorskip("torch")
-
-from asserts import raises
 
 from edgecnn.errors import UserInputError  # noqa: E402
 from edgecnn.models.registry import count_parameters, create_model, get_entry, list_models, register_model  # noqa: E402
