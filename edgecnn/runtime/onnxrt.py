@@ -20,13 +20,10 @@ PROVIDER_ALIASES = {
 }
 
 
-# On x86 CPUs without VNNI (AVX2/AVX-512 only, e.g. AMD Zen 2/3, Intel before Ice Lake / Cascade Lake) ONNX Runtime's
-# fast uint8 x int8 kernels add pairs of products in int16 (VPMADDUBSW) and SATURATE when INT8 weights use more than 7
-# bits: measured on such a CPU, EfficientNet-Lite0's INT8 model agreed with FP32 on 63 % of photos instead of 93 %
-# (tensorrt form: 37 %). This option makes ORT run such layers with exact uint8 x uint8 kernels (slower). It is set
-# everywhere except where the CPU flags show VNNI: there the fast kernels are exact already (identical outputs) and
-# the option only costs time (AMD EPYC with AVX-512 VNNI, EfficientNet-Lite0 full-range INT8, 1 thread: 2.23x FP32
-# without it, 1.06x with it). On ARM it changes nothing.
+# On x86 CPUs without VNNI, ONNX Runtime's fast uint8 x int8 kernels add pairs of products in int16 and saturate when
+# INT8 weights use more than 7 bits; this option makes ORT use exact (slower) kernels for such layers. It is set
+# everywhere except where the CPU flags show VNNI, where the fast kernels are exact already and the option only costs
+# time; on ARM it changes nothing. Measurements: docs/quantize.md (`--target cpu`) and benchmarks/.
 EXACT_INT8 = ("session.x64quantprecision", "1")
 
 
