@@ -234,7 +234,7 @@ def test_cli_service_not_installed_is_a_failure(bundle, tmp_path):
     report = json.loads(res.stdout)
     assert report["service"]["installed"] is False and report["error"].startswith("service not installed")
     assert (tmp_path / "p" / "tiny" / "start.sh").is_file()  # the rest of the install is done and kept
-    assert "error: service not installed" in res.stderr and str(tmp_path / "p" / "tiny") in res.stderr
+    assert_error(res, 3, str(tmp_path / "p" / "tiny"), "service")
 
     res = runner.invoke(
         app, ["deploy", "install", str(bundle), "--prefix", str(tmp_path / "q"), "--no-build", "--service"]
@@ -677,7 +677,7 @@ def test_cli_bundle_and_install(tmp_path, tiny_onnx):
     assert rep["archive_checked"] is True and rep["files_verified"] > 10
 
     res = runner.invoke(app, ["deploy", "install", str(out), "--prefix", str(tmp_path / "q"), "--sha256", "0" * 64])
-    assert res.exit_code == 4 and "does not match" in res.output
+    assert_error(res, 4, "--sha256", stream="output")
     assert not (tmp_path / "q" / "tiny").exists()
 
 
