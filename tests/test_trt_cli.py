@@ -312,17 +312,15 @@ def test_cpu_target_int8_model_is_refused(tiny_onnx, files, tmp_path, no_tensorr
 # ---------------------------------------------------------------- the build path, TensorRT faked
 
 
-@pytest.fixture
-def fake_tensorrt(monkeypatch):
-    """runtime_facts() and the TensorRT layer (_apply_plan) replaced: everything else in the build runs for real.
-    The fake saves the timing cache back as the real one does. Returns the list of plans it was called with."""
-    import edgecnn.platform
-    import edgecnn.trt.builder as builder
-    import edgecnn.trt.env as env
-    from edgecnn.files import atomic_write_bytes
+# what runtime_facts() reports in these tests; tests/test_trt_conformance.py checks that fake_apply_plan returns what
+# the real `_apply_plan` returns on this release's bindings
+FAKE_HERE = {"tensorrt": "10.3.0", "gpu": "Fake GPU", "compute_capability": "8.6", "cuda": "12.6", "jetson": None}
 
-    calls = []
-    here = {"tensorrt": "10.3.0", "gpu": "Fake GPU", "compute_capability": "8.6", "cuda": "12.6", "jetson": None}
+
+def fake_apply_plan(calls: list):
+    """A stand-in for builder._apply_plan (the thin TensorRT layer): records the plan, saves the timing cache back as
+    the real one does, returns (engine bytes, io) shaped as the real one returns them."""
+    from edgecnn.files import atomic_write_bytes
 
     def apply_plan(plan, onnx_file, progress):
         calls.append(plan)
@@ -336,8 +334,20 @@ def fake_tensorrt(monkeypatch):
         }
         return b"serialized engine", io
 
-    monkeypatch.setattr(env, "runtime_facts", lambda device=0: dict(here))
-    monkeypatch.setattr(builder, "_apply_plan", apply_plan)
+    return apply_plan
+
+
+@pytest.fixture
+def fake_tensorrt(monkeypatch):
+    """runtime_facts() and the TensorRT layer (_apply_plan) replaced: everything else in the build runs for real.
+    Returns the list of plans it was called with."""
+    import edgecnn.platform
+    import edgecnn.trt.builder as builder
+    import edgecnn.trt.env as env
+
+    calls = []
+    monkeypatch.setattr(env, "runtime_facts", lambda device=0: dict(FAKE_HERE))
+    monkeypatch.setattr(builder, "_apply_plan", fake_apply_plan(calls))
     monkeypatch.setattr(edgecnn.platform, "ROOT", Path("/nonexistent"))
     return calls
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import re
 import sys
 import tempfile
 import traceback
@@ -288,7 +289,9 @@ def check_gates(trt, version: str) -> None:
     facts = {
         "precision builder flags FP16/INT8 (weak typing)": ("FP16" in flags and "INT8" in flags, caps.weak_typing),
         "implicit INT8 calibrators + IBuilderConfig.int8_calibrator": (
-            all(hasattr(real, c) for c in ("IInt8EntropyCalibrator2", "IInt8EntropyCalibrator", "IInt8MinMaxCalibrator"))
+            all(
+                hasattr(real, c) for c in ("IInt8EntropyCalibrator2", "IInt8EntropyCalibrator", "IInt8MinMaxCalibrator")
+            )
             and "int8_calibrator" in members
             and "set_calibration_profile" in members,
             caps.implicit_int8,
@@ -307,7 +310,11 @@ def check_gates(trt, version: str) -> None:
             caps.same_compute_capability,
         ),
     }
-    wrong = [f"{what}: bindings {'have' if have else 'lack'} it, plan says {planned}" for what, (have, planned) in facts.items() if have != planned]
+    wrong = [
+        f"{what}: bindings {'have' if have else 'lack'} it, plan says {planned}"
+        for what, (have, planned) in facts.items()
+        if have != planned
+    ]
     # used-only gates: when the plan uses it, it must exist (absence when unused is not required)
     if caps.explicit_batch_flag and "EXPLICIT_BATCH" not in real.NetworkDefinitionCreationFlag.__members__:
         wrong.append("NetworkDefinitionCreationFlag.EXPLICIT_BATCH is used but missing")
@@ -322,7 +329,7 @@ def build_cases() -> list[tuple[str, str, dict, str]]:
     from edgecnn.trt.devices import DEVICES
 
     cases = []
-    for name, device in DEVICES.items():
+    for name in DEVICES:
         if name == "nano":
             continue  # the plan refuses it for every release (no TensorRT 8.5+ on JetPack 4)
         cases.append((f"{name}-fp16", name, {"precision": "fp16"}, "fixed"))
@@ -342,16 +349,25 @@ def build_cases() -> list[tuple[str, str, dict, str]]:
         ("desktop-progress-monitor", "desktop", {"precision": "fp16", "progress": True}, "fixed"),
         ("agx-orin-dla-gpu-fallback", "agx-orin", {"precision": "fp16", "dla_core": 1, "gpu_fallback": True}, "fixed"),
         ("agx-orin-dla-int8-qdq", "agx-orin", {"precision": "int8", "dla_core": 0, "gpu_fallback": True}, "qdq"),
+        # DLA on 11.x needs 11.4.1 (JetPack 7.2.2): planned for 11.4.1, applied to the 11.4.0 bindings (same API)
+        ("agx-orin-dla-trt-11.4.1", "agx-orin", {"precision": "int8", "dla_core": 0, "plan_for": "11.4.1"}, "qdq"),
     ]
     for algorithm in ("EntropyCalibration2", "EntropyCalibration", "MinMaxCalibration"):
         cases.append((f"desktop-int8-cache-{algorithm}", "desktop", {"precision": "int8", "calib": algorithm}, "fixed"))
     cases.append(
-        ("orin-nano-int8-cache-dynamic-batch", "orin-nano", {"precision": "int8", "calib": "EntropyCalibration2", "batch": "1:2:4"}, "dynamic")
+        (
+            "orin-nano-int8-cache-dynamic-batch",
+            "orin-nano",
+            {"precision": "int8", "calib": "EntropyCalibration2", "batch": "1:2:4"},
+            "dynamic",
+        )
     )
     return cases
 
 
-def run_build_case(trt, world: World, version: str, spec: dict, device: str, opts: dict, kind: str, tmp: Path):
+def run_build_case(
+    trt, world: World, version: str, spec: dict, device: str, opts: dict, kind: str, tmp: Path, io_example: dict
+):
     from edgecnn.errors import UserInputError
     from edgecnn.quant.trt_cache import format_table
     from edgecnn.trt import builder
@@ -376,6 +392,11 @@ def run_build_case(trt, world: World, version: str, spec: dict, device: str, opt
         path = tmp / f"{algorithm}.cache"
         path.write_text(format_table({"input": 1.0, "logits": 4.0}, version, algorithm))
         opts["calib_cache"] = str(path)
+    plan_for = opts.pop("plan_for", None)
+    if plan_for:
+        if plan_for.split(".")[:2] != version.split(".")[:2]:
+            raise NotApplicable(f"a plan for TensorRT {plan_for}, checked on the {plan_for[:4]} bindings only")
+        version = plan_for
     shape = (None, 3, 32, 32) if kind == "dynamic" else (1, 3, 32, 32)
     facts = OnnxFacts("input", shape, ("logits",), 6 if kind == "qdq" else 0, False)
     try:
@@ -391,6 +412,8 @@ def run_build_case(trt, world: World, version: str, spec: dict, device: str, opt
     script_builder(world, trt, io, state)
     world.calls.clear()
     serialized, io_out = builder._apply_plan(plan, Path(spec["onnx"]), progress)
+    if kind == "dynamic" and not io_example:
+        io_example.update(io_out)  # what tests/test_trt_cli.py's stand-in for _apply_plan must look like
 
     assert serialized == state["engine_bytes"], serialized
     assert [t["name"] for t in io_out["inputs"]] == ["input"] and io_out["inputs"][0]["dtype"] == "float32", io_out
@@ -404,12 +427,61 @@ def run_build_case(trt, world: World, version: str, spec: dict, device: str, opt
         assert world.count("IBuilderConfig.DLA_core=") == 1 and world.count("IBuilderConfig.default_device_type=") == 1
     if plan.timing_cache:
         saved = Path(plan.timing_cache).read_bytes()
-        assert saved == b"timing cache from " + version.encode(), saved
+        assert saved == b"timing cache from " + trt.__version__.encode(), saved
     if progress is not None and plan.progress_monitor:
         assert ("Tactic search", 3, 3) in progress_events, progress_events
     elif progress is not None:
         assert progress_events and progress_events[0][2] is None, progress_events
     return "; ".join(plan.notes)
+
+
+def check_failures(trt, world: World, version: str, spec: dict) -> str:
+    """What TensorRT reports on failure reaches the user: parser errors, a failed build, a board without that DLA."""
+    from edgecnn.errors import ArtifactError, EdgeCNNError, UserInputError
+    from edgecnn.trt import builder
+    from edgecnn.trt.devices import get_device
+    from edgecnn.trt.plan import BuildOptions, OnnxFacts, make_plan
+
+    real = trt.__real__
+    facts = OnnxFacts("input", (1, 3, 32, 32), ("logits",), 0, False)
+    io = {"inputs": [{"name": "input", "shape": [1, 3, 32, 32]}], "outputs": [{"name": "logits", "shape": [1, 3]}]}
+    plan = make_plan(BuildOptions(), facts, version, get_device("desktop"))
+    onnx = Path(spec["onnx"])
+
+    def parser_error(parser, index):
+        error = Double(real.ParserError, world, trt)
+        error.state["text"] = "Unsupported ONNX opset"
+        return error
+
+    script_builder(world, trt, io, {})
+    world.on("OnnxParser.parse_from_file", False)
+    world.on("OnnxParser.num_errors", 1)
+    world.on("OnnxParser.get_error", parser_error)
+    try:
+        builder._apply_plan(plan, onnx, None)
+        raise AssertionError("a parser failure was not reported")
+    except ArtifactError as exc:
+        assert "cannot parse" in str(exc), exc
+
+    script_builder(world, trt, io, {})
+    world.on("Builder.build_serialized_network", None)
+    try:
+        builder._apply_plan(plan, onnx, None)
+        raise AssertionError("a failed build was not reported")
+    except EdgeCNNError as exc:
+        assert "could not build" in str(exc), exc
+
+    dla_version = "11.4.1" if version.startswith("11.") else version  # DLA on 11.x: 11.4.1+
+    options = BuildOptions(precision="fp16", dla_core=1, gpu_fallback=True)
+    dla_plan = make_plan(options, facts, dla_version, get_device("agx-orin"))
+    script_builder(world, trt, io, {})
+    world.on("Builder.num_DLA_cores", 1)
+    try:
+        builder._apply_plan(dla_plan, onnx, None)
+        raise AssertionError("a missing DLA core was not reported")
+    except UserInputError as exc:
+        assert "--dla 1" in str(exc), exc
+    return ""
 
 
 def end_to_end_build(trt, world: World, version: str, spec: dict, kind: str, precision: str, extra: dict):
@@ -438,9 +510,9 @@ def end_to_end_build(trt, world: World, version: str, spec: dict, kind: str, pre
 
 
 def run_runner(trt, world: World, engine_path: str, kind: str, layers: bool) -> str:
-    from edgecnn.runtime.tensorrt import TensorRTRunner
-
     import numpy as np
+
+    from edgecnn.runtime.tensorrt import TensorRTRunner
 
     dynamic = kind == "dynamic"
     engine = {
@@ -455,7 +527,9 @@ def run_runner(trt, world: World, engine_path: str, kind: str, layers: bool) -> 
     script_runtime(world, trt, engine)
     runner = TensorRTRunner(Path(engine_path))
     try:
-        assert runner.input_spec.min_batch == (1 if dynamic else 1) and runner.input_spec.max_batch == engine["max_batch"]
+        assert (
+            runner.input_spec.min_batch == (1 if dynamic else 1) and runner.input_spec.max_batch == engine["max_batch"]
+        )
         batch = 3 if dynamic else 1
         logits = runner.infer(np.zeros((batch, 3, 32, 32), np.float32))
         assert logits.shape == (batch, 3), logits.shape
@@ -469,6 +543,54 @@ def run_runner(trt, world: World, engine_path: str, kind: str, layers: bool) -> 
     finally:
         runner.close()
     return detail
+
+
+def check_runner_dla_and_bad_engine(trt, world: World, engine_path: str) -> str:
+    """A DLA engine's runtime gets the manifest's DLA core (on a Jetson: its /etc/nv_tegra_release and device-tree
+    model are given as files); an engine TensorRT cannot deserialize is an ArtifactError."""
+    import shutil
+
+    from edgecnn.errors import ArtifactError
+    from edgecnn.runtime.tensorrt import TensorRTRunner
+    from edgecnn.trt import env
+    from edgecnn.trt.manifest import manifest_path
+
+    src = Path(engine_path)
+    dla = src.with_name("dla-" + src.name)
+    shutil.copy(src, dla)
+    manifest = json.loads(manifest_path(src).read_text())
+    manifest["dla_core"] = 1
+    manifest_path(dla).write_text(json.dumps(manifest))
+    engine = {
+        "input": "input",
+        "output": "logits",
+        "shape": [1, 3, 32, 32],
+        "batches": [1, 1, 1],
+        "max_batch": 1,
+        "classes": 3,
+        "layers": [],
+    }
+    release, model = src.with_name("nv_tegra_release"), src.with_name("device-tree-model")
+    release.write_text("# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64\n")
+    model.write_bytes(b"NVIDIA Jetson AGX Orin Developer Kit\x00")
+    saved = env.NV_TEGRA_RELEASE, env.DEVICE_TREE_MODEL
+    env.NV_TEGRA_RELEASE, env.DEVICE_TREE_MODEL = release, model
+    try:
+        script_runtime(world, trt, engine)
+        world.calls.clear()
+        TensorRTRunner(dla).close()
+        assert ("Runtime.DLA_core=", (1,), {}) in world.calls, world.calls
+
+        script_runtime(world, trt, engine)
+        world.on("Runtime.deserialize_cuda_engine", None)
+        try:
+            TensorRTRunner(dla)
+            raise AssertionError("an engine TensorRT refused was opened")
+        except ArtifactError as exc:
+            assert "could not deserialize" in str(exc), exc
+    finally:
+        env.NV_TEGRA_RELEASE, env.DEVICE_TREE_MODEL = saved
+    return ""
 
 
 def check_env(trt, version: str) -> str:
@@ -497,6 +619,20 @@ def check_logger(trt) -> str:
 
 # ---------------------------------------------------------------- main
 
+# build_engine() runs (ONNX kind, precision, extra BuildOptions), each engine then opened by the runner
+END_TO_END = {
+    "dynamic-fp16": ("dynamic", "fp16", {}),
+    "fixed-fp32": ("fixed", "fp32", {}),
+    "fixed-fp16-version-compatible": ("fixed", "fp16", {"version_compatible": True}),
+}
+
+
+def check_names() -> list[str]:
+    """Every check main() records, in order (importable without TensorRT, for the test ids)."""
+    names = ["gates", "env", "logger", "build/failures"] + [f"build/{case[0]}" for case in build_cases()]
+    names += [f"build_engine/{n}" for n in END_TO_END] + [f"runner/{n}" for n in END_TO_END]
+    return names + ["runner/layer-profile", "runner/dla-core-and-bad-engine"]
+
 
 def surface(real) -> dict:
     """Every public class of the release with its members, every enum with its members (for the table)."""
@@ -512,6 +648,44 @@ def surface(real) -> dict:
             out[name] = sorted(members)
         else:
             out[name] = None
+    return out
+
+
+def _deprecation(text: str) -> str | None:
+    """'deprecated in X' when `text` (a docstring paragraph) starts a line with [DEPRECATED], else None (a mention
+    of another, deprecated API inside the text does not count)."""
+    if not re.match(r"\s*(?::class:`[^`]*`\s*)?\[DEPRECATED\]", text) and not re.search(r"\n\s*\[DEPRECATED\]", text):
+        return None
+    m = re.search(r"Deprecated in TensorRT (\d+(?:\.\d+)*)", text)
+    return f"deprecated in {m.group(1)}" if m else "deprecated"
+
+
+def deprecations(real, names: list[str]) -> dict[str, str]:
+    """Which of `names` ('tensorrt.X', 'Class.member') the release's docstrings mark [DEPRECATED]."""
+    out = {}
+    for name in names:
+        owner, _, member = name.partition(".")
+        note = None
+        if owner == "tensorrt":
+            value = getattr(real, member, None)
+            doc = (getattr(value, "__doc__", "") or "") if isinstance(value, type) else ""
+            note = _deprecation("\n".join(doc.strip().splitlines()[:3]))
+        else:
+            cls = getattr(real, owner, None)
+            if cls is None or not hasattr(cls, member):
+                continue
+            if hasattr(cls, "__members__"):  # an enum: the member's paragraph under "Members:"
+                m = re.search(rf"^\s+{re.escape(member)} :(.*?)(?=^\s+\w+ :|\Z)", cls.__doc__ or "", re.M | re.S)
+                note = _deprecation(m.group(1)) if m else None
+            elif isinstance(getattr(cls, member), property):  # described by the class docstring's :ivar
+                owner_cls = next(k for k in cls.__mro__ if member in vars(k))
+                m = re.search(rf":ivar {re.escape(member)}:(.*?)(?=:ivar|\Z)", owner_cls.__doc__ or "", re.S)
+                note = _deprecation(m.group(1)) if m else None
+            else:  # a method: its own docstring, before the argument list
+                text = getattr(getattr(cls, member), "__doc__", "") or ""
+                note = _deprecation(text.split(":arg", 1)[0])
+        if note:
+            out[name] = note
     return out
 
 
@@ -542,23 +716,37 @@ def main(spec_path: str, result_path: str) -> int:
     record("gates", check_gates, trt, version)
     record("env", check_env, trt, version)
     record("logger", check_logger, trt)
+    record("build/failures", check_failures, trt, world, version, spec)
+    io_example = {}
     for case, device, opts, kind in build_cases():
-        record(f"build/{case}", run_build_case, trt, world, version, spec, device, opts, kind, tmp)
+        record(f"build/{case}", run_build_case, trt, world, version, spec, device, opts, kind, tmp, io_example)
     engines = {}
-    for kind, precision, extra in (("dynamic", "fp16", {}), ("fixed", "fp32", {}), ("fixed", "fp16", {"version_compatible": True})):
-        name = f"build_engine/{kind}-{precision}{'-version-compatible' if extra else ''}"
-        record(name, lambda *a: engines.setdefault(name, end_to_end_build(*a)), trt, world, version, spec, kind, precision, extra)
-    for name, path in engines.items():
-        kind = name.split("/")[1].split("-")[0]
-        record(name.replace("build_engine/", "runner/"), run_runner, trt, world, path, kind, False)
-    first = engines.get("build_engine/dynamic-fp16")
-    if first:
-        record("runner/layer-profile", run_runner, trt, world, first, "dynamic", True)
+    for name, (kind, precision, extra) in END_TO_END.items():
+
+        def build(kind=kind, precision=precision, extra=extra, name=name):
+            engines[name] = end_to_end_build(trt, world, version, spec, kind, precision, extra)
+
+        record(f"build_engine/{name}", build)
+    for name, (kind, _, _) in END_TO_END.items():
+        if name in engines:
+            record(f"runner/{name}", run_runner, trt, world, engines[name], kind, False)
+    if "dynamic-fp16" in engines:
+        record("runner/layer-profile", run_runner, trt, world, engines["dynamic-fp16"], "dynamic", True)
+    if "fixed-fp32" in engines:
+        record("runner/dla-core-and-bad-engine", check_runner_dla_and_bad_engine, trt, world, engines["fixed-fp32"])
 
     unused_real = sorted(n for n in REAL_CLASSES if hasattr(real, n))
     Path(result_path).write_text(
         json.dumps(
-            {"version": version, "results": results, "used": sorted(world.used), "surface": surface(real), "real_classes": unused_real},
+            {
+                "version": version,
+                "results": results,
+                "used": sorted(world.used),
+                "surface": surface(real),
+                "real_classes": unused_real,
+                "io_example": io_example,
+                "deprecated": deprecations(real, sorted(world.used)),
+            },
             indent=1,
         )
     )
