@@ -70,7 +70,7 @@ def results_for(version: str, tmp_path_factory) -> dict:
 @pytest.mark.parametrize("version", list(VERSIONS))
 def test_tensorrt_use_conforms(version, check, tmp_path_factory):
     result = results_for(version, tmp_path_factory)["results"]
-    assert check in result, f"check {check} did not run on TensorRT {version}"
+    assert check in result, f"TensorRT {version}: {check} did not run (the build_engine check it needs failed)"
     outcome = result[check]
     if outcome["status"] == "na":
         pytest.skip(f"version gate: {outcome['detail']}")

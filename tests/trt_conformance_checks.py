@@ -545,6 +545,28 @@ def run_runner(trt, world: World, engine_path: str, kind: str, layers: bool) -> 
     return detail
 
 
+def check_profile(trt, world: World, engine_path: str) -> str:
+    """`edgecnn profile ENGINE --per-layer`: latency through the runner, then the per-layer table (IProfiler +
+    engine inspector) through the profile module's hook."""
+    from edgecnn.profile import ProfileOptions, profile_models
+
+    engine = {
+        "input": "input",
+        "output": "logits",
+        "shape": [-1, 3, 32, 32],
+        "batches": [1, 4, 8],
+        "max_batch": 8,
+        "classes": 3,
+        "layers": [("conv1 + relu1", 0.25), ("fc", 0.125)],
+    }
+    script_runtime(world, trt, engine)
+    options = ProfileOptions(batches=(1, 2), warmup=1, iterations=3, per_layer=True, layer_iterations=2)
+    result = profile_models([engine_path], options)
+    text = json.dumps(result.to_dict() if hasattr(result, "to_dict") else str(result))
+    assert "conv1 + relu1" in text and "CaskConvolution" in text, text[:500]
+    return ""
+
+
 def check_runner_dla_and_bad_engine(trt, world: World, engine_path: str) -> str:
     """A DLA engine's runtime gets the manifest's DLA core (on a Jetson: its /etc/nv_tegra_release and device-tree
     model are given as files); an engine TensorRT cannot deserialize is an ArtifactError."""
@@ -631,7 +653,7 @@ def check_names() -> list[str]:
     """Every check main() records, in order (importable without TensorRT, for the test ids)."""
     names = ["gates", "env", "logger", "build/failures"] + [f"build/{case[0]}" for case in build_cases()]
     names += [f"build_engine/{n}" for n in END_TO_END] + [f"runner/{n}" for n in END_TO_END]
-    return names + ["runner/layer-profile", "runner/dla-core-and-bad-engine"]
+    return names + ["runner/layer-profile", "profile/per-layer", "runner/dla-core-and-bad-engine"]
 
 
 def surface(real) -> dict:
@@ -732,6 +754,8 @@ def main(spec_path: str, result_path: str) -> int:
             record(f"runner/{name}", run_runner, trt, world, engines[name], kind, False)
     if "dynamic-fp16" in engines:
         record("runner/layer-profile", run_runner, trt, world, engines["dynamic-fp16"], "dynamic", True)
+    if "dynamic-fp16" in engines:
+        record("profile/per-layer", check_profile, trt, world, engines["dynamic-fp16"])
     if "fixed-fp32" in engines:
         record("runner/dla-core-and-bad-engine", check_runner_dla_and_bad_engine, trt, world, engines["fixed-fp32"])
 
