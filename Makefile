@@ -9,7 +9,7 @@ TORCH_SPEC     ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 PYTEST_ARGS    ?=
 
-.PHONY: install test demo clean bench
+.PHONY: install test demo clean bench trt-conformance
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ install: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# edgecnn's TensorRT calls against the real bindings of each supported release (no GPU; part of `make test`)
+trt-conformance: $(STAMP)
+	$(BIN)/python -m pytest -q tests/test_trt_conformance.py
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py

@@ -233,3 +233,23 @@ def test_trt_cli_stand_in_matches_the_real_layer(tmp_path_factory):
         for fake, real in zip(fake_io[side], real_io[side]):
             assert set(fake) == set(real), (fake, real)
             assert type(fake["shape"]) is type(real["shape"]) and fake["dtype"] == real["dtype"], (fake, real)
+
+
+# ---------------------------------------------------------------- the harness itself
+
+
+def test_missing_tools_become_a_skip_reason():
+    from trt_conformance_bindings import _run
+
+    with pytest.raises(Unavailable, match="no-such-compiler"):
+        _run(["/nonexistent/no-such-compiler", "--version"], "no-such-compiler")
+
+
+def test_stub_symbols_are_the_tensorrt_entry_points(tmp_path_factory):
+    from trt_conformance_bindings import CACHE, needed_symbols, stub_source
+
+    results_for("8.6.1", tmp_path_factory)  # the wheel is fetched (or the test skips with the reason)
+    symbols = needed_symbols(CACHE / "site-8.6.1" / "tensorrt_bindings" / "tensorrt.so")
+    assert {"createInferBuilder_INTERNAL", "createInferRuntime_INTERNAL", "createNvOnnxParser_INTERNAL"} <= set(symbols)
+    assert "_ZN11nvuffparser15createUffParserEv" in symbols  # 8.6 still links the UFF parser
+    assert '__asm__("_ZN11nvuffparser15createUffParserEv")' in stub_source(symbols)
