@@ -180,7 +180,7 @@ def script_builder(world: World, trt, io: dict, state: dict) -> None:
 
     def timing_serialize(cache):
         mem = Double(real.IHostMemory, world, trt)
-        mem.state["bytes"] = b"timing cache from " + trt.__version__.encode()
+        mem.state["bytes"] = b"timing cache from " + trt.__real__.__version__.encode()
         return mem
 
     def new_timing_cache(config, blob):
@@ -427,7 +427,7 @@ def run_build_case(
         assert world.count("IBuilderConfig.DLA_core=") == 1 and world.count("IBuilderConfig.default_device_type=") == 1
     if plan.timing_cache:
         saved = Path(plan.timing_cache).read_bytes()
-        assert saved == b"timing cache from " + trt.__version__.encode(), saved
+        assert saved == b"timing cache from " + trt.__real__.__version__.encode(), saved
     if progress is not None and plan.progress_monitor:
         assert ("Tactic search", 3, 3) in progress_events, progress_events
     elif progress is not None:
@@ -658,7 +658,7 @@ def check_names() -> list[str]:
 
 def surface(real) -> dict:
     """Every public class of the release with its members, every enum with its members (for the table)."""
-    out = {}
+    out = {"__version__": None}
     for name in dir(real):
         if name.startswith("_"):
             continue

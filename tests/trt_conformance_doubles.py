@@ -38,6 +38,11 @@ REAL_CLASSES = {
 }
 
 
+def _release(module) -> str:
+    """The release of the real bindings behind a double module (read without recording it as a use)."""
+    return getattr(module, "__real__", module).__version__
+
+
 class ConformanceError(AssertionError):
     """A use of the TensorRT API that the real bindings of this release would refuse."""
 
@@ -265,7 +270,7 @@ class Double:
         return f"<double of tensorrt.{self._real_name}>"
 
     def _fail(self, text: str):
-        raise AttributeError(f"TensorRT {self._module.__version__}: {self._real_name}.{text}")
+        raise AttributeError(f"TensorRT {_release(self._module)}: {self._real_name}.{text}")
 
     def _check_set(self, name: str, value):
         member = _members(self._real).get(name)
@@ -276,7 +281,7 @@ class Double:
             self._fail(f"{name} is read-only")
         problem = conforms(value, put, self._module)
         if problem:
-            raise TypeError(f"TensorRT {self._module.__version__}: {self._real_name}.{name} = {value!r}: {problem}")
+            raise TypeError(f"TensorRT {_release(self._module)}: {self._real_name}.{name} = {value!r}: {problem}")
 
     def __setattr__(self, name, value):
         self._check_set(name, value)
@@ -311,7 +316,7 @@ class Double:
 
     def __bytes__(self):
         if "buffer protocol" not in (self._real.__doc__ or ""):
-            raise TypeError(f"TensorRT {self._module.__version__}: bytes() of a {self._real_name} (no buffer protocol)")
+            raise TypeError(f"TensorRT {_release(self._module)}: bytes() of a {self._real_name} (no buffer protocol)")
         return bytes(self.state.get("bytes", b""))
 
 
@@ -329,7 +334,7 @@ class _BoundDouble:
             problems.append(f"{sig.text}: {problem}")
         else:
             raise TypeError(
-                f"TensorRT {module.__version__}: {owner._real_name}.{self.name}{_fmt_call(args, kwargs)} matches no "
+                f"TensorRT {_release(module)}: {owner._real_name}.{self.name}{_fmt_call(args, kwargs)} matches no "
                 "signature: " + " | ".join(problems)
             )
         world = owner._world
@@ -398,10 +403,10 @@ class _DoubleClass:
         sigs = signatures(self._real.__init__)
         name = self._real.__name__
         if not sigs:
-            raise TypeError(f"TensorRT {self._module.__version__}: {name} has no Python constructor")
+            raise TypeError(f"TensorRT {_release(self._module)}: {name} has no Python constructor")
         problems = [f"{s.text}: {p}" for s in sigs if (p := s.bind(args, kwargs, self._module))]
         if len(problems) == len(sigs):
-            raise TypeError(f"TensorRT {self._module.__version__}: {name}{_fmt_call(args, kwargs)}: {problems}")
+            raise TypeError(f"TensorRT {_release(self._module)}: {name}{_fmt_call(args, kwargs)}: {problems}")
         self._world.calls.append((f"{name}()", args, kwargs))
         key = f"{name}.__init__"
         made = self._world.script.get(key)
@@ -433,7 +438,6 @@ def make_module(real, world: World) -> types.ModuleType:
 
     module = DoubleModule("tensorrt")
     module.__real__ = real
-    module.__version__ = real.__version__
     return module
 
 
