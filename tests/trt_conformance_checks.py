@@ -711,6 +711,20 @@ def deprecations(real, names: list[str]) -> dict[str, str]:
     return out
 
 
+def deprecation_candidates(real, used: set[str]) -> list[str]:
+    """Every module class, every enum member, and every member of each class edgecnn touched (the table shows
+    deprecations for attributes used on other releases too)."""
+    names = {f"tensorrt.{n}" for n in dir(real) if isinstance(getattr(real, n), type)}
+    owners = {name.partition(".")[0] for name in used} | {name[9:] for name in used if name.startswith("tensorrt.")}
+    owners |= {n for n in dir(real) if hasattr(getattr(real, n), "__members__")}  # every enum (few members each)
+    for owner in owners - {"tensorrt"}:
+        cls = getattr(real, owner, None)
+        if isinstance(cls, type):
+            members = set(getattr(cls, "__members__", {})) | set(dir(cls))
+            names |= {f"{owner}.{m}" for m in members if not m.startswith("_")}
+    return sorted(names | used)
+
+
 def main(spec_path: str, result_path: str) -> int:
     spec = json.loads(Path(spec_path).read_text())
     import tensorrt_bindings as real
@@ -769,7 +783,7 @@ def main(spec_path: str, result_path: str) -> int:
                 "surface": surface(real),
                 "real_classes": unused_real,
                 "io_example": io_example,
-                "deprecated": deprecations(real, sorted(world.used)),
+                "deprecated": deprecations(real, deprecation_candidates(real, world.used)),
             },
             indent=1,
         )
