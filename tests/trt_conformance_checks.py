@@ -17,6 +17,7 @@ import sys
 import tempfile
 import traceback
 import types
+import weakref
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -216,10 +217,28 @@ def script_runtime(world: World, trt, engine: dict) -> None:
         e.state["blob"] = bytes(blob)
         return e
 
+    # Optimization profiles (C++ IExecutionContext::getOptimizationProfile): a new context gets profile 0 implicitly
+    # only if no other live context is set to profile 0, else -1, and enqueueV3 fails until a profile is set; and a
+    # profile is used by one context at a time unless PROFILE_SHARING_0806 (a preview feature, off in 8.6, on and
+    # the only behaviour from 10.0). So on 8.x a second context while the first lives cannot run.
+    sharing = int(real.__version__.split(".")[0]) >= 10
+    live = weakref.WeakSet()
+
+    def profile_taken(by):
+        return any(c is not by and c.state["profile"] == 0 for c in live)
+
     def new_context(eng):
         c = Double(real.IExecutionContext, world, trt)
         c.state["batch"] = engine["max_batch"]
+        c.state["profile"] = 0 if sharing or not profile_taken(c) else -1
+        live.add(c)
         return c
+
+    def set_profile(ctx, index, stream):
+        if index != 0 or (not sharing and profile_taken(ctx)):
+            return False
+        ctx.state["profile"] = index
+        return True
 
     def set_input_shape(ctx, name, shape):
         assert name == engine["input"], name
@@ -232,6 +251,8 @@ def script_runtime(world: World, trt, engine: dict) -> None:
         return real.Dims([ctx.state["batch"], engine["classes"]])
 
     def execute(ctx, stream):
+        if ctx.state["profile"] != 0:
+            return False  # TensorRT: "all calls to enqueueV3() will fail until a valid profile index has been set"
         profiler = ctx._values.get("profiler")
         if profiler is not None:
             problems = check_override(real.IProfiler, type(profiler))
@@ -269,6 +290,8 @@ def script_runtime(world: World, trt, engine: dict) -> None:
     world.on("IExecutionContext.get_tensor_shape", context_shape)
     world.on("IExecutionContext.set_tensor_address", True)
     world.on("IExecutionContext.execute_async_v3", execute)
+    world.on("IExecutionContext.active_optimization_profile", lambda ctx: ctx.state["profile"])
+    world.on("IExecutionContext.set_optimization_profile_async", set_profile)
     world.on("EngineInspector.get_engine_information", info)
 
 
@@ -540,6 +563,7 @@ def run_runner(trt, world: World, engine_path: str, kind: str, layers: bool) -> 
             assert [r["name"] for r in rows] == ["conv2 + relu2", "conv1 + relu1", "fc"], rows
             assert rows[0]["mean_ms"] == 0.5 and rows[0]["op"] == "CaskConvolution", rows[0]
             detail = f"{len(rows)} layers, types from the engine inspector"
+            assert runner.infer(np.zeros((batch, 3, 32, 32), np.float32)).shape == (batch, 3)  # unprofiled again
     finally:
         runner.close()
     return detail
@@ -564,6 +588,31 @@ def check_profile(trt, world: World, engine_path: str) -> str:
     result = profile_models([engine_path], options)
     text = json.dumps(result.to_dict() if hasattr(result, "to_dict") else str(result))
     assert "conv1 + relu1" in text and "CaskConvolution" in text, text[:500]
+    return ""
+
+
+def check_profile_selection(trt, world: World, engine_path: str) -> str:
+    """A context TensorRT hands out without an optimization profile (8.x: -1) gets profile 0 selected."""
+    import numpy as np
+
+    from edgecnn.runtime.tensorrt import TensorRTRunner
+
+    engine = {
+        "input": "input",
+        "output": "logits",
+        "shape": [-1, 3, 32, 32],
+        "batches": [1, 4, 8],
+        "max_batch": 8,
+        "classes": 3,
+        "layers": [("conv1 + relu1", 0.25)],
+    }
+    script_runtime(world, trt, engine)
+    world.on("IExecutionContext.active_optimization_profile", -1)
+    with TensorRTRunner(Path(engine_path)) as runner:
+        world.calls.clear()
+        assert runner.layer_profile(batch=2, iterations=2, warmup=0)[0]["name"] == "conv1 + relu1"
+        assert runner.infer(np.zeros((2, 3, 32, 32), np.float32)).shape == (2, 3)
+    assert world.count("IExecutionContext.set_optimization_profile_async") == 2, world.calls  # profiled + fresh
     return ""
 
 
@@ -653,7 +702,8 @@ def check_names() -> list[str]:
     """Every check main() records, in order (importable without TensorRT, for the test ids)."""
     names = ["gates", "env", "logger", "build/failures"] + [f"build/{case[0]}" for case in build_cases()]
     names += [f"build_engine/{n}" for n in END_TO_END] + [f"runner/{n}" for n in END_TO_END]
-    return names + ["runner/layer-profile", "profile/per-layer", "runner/dla-core-and-bad-engine"]
+    names += ["runner/layer-profile", "profile/per-layer", "runner/profile-selection"]
+    return names + ["runner/dla-core-and-bad-engine"]
 
 
 def surface(real) -> dict:
@@ -770,6 +820,7 @@ def main(spec_path: str, result_path: str) -> int:
         record("runner/layer-profile", run_runner, trt, world, engines["dynamic-fp16"], "dynamic", True)
     if "dynamic-fp16" in engines:
         record("profile/per-layer", check_profile, trt, world, engines["dynamic-fp16"])
+        record("runner/profile-selection", check_profile_selection, trt, world, engines["dynamic-fp16"])
     if "fixed-fp32" in engines:
         record("runner/dla-core-and-bad-engine", check_runner_dla_and_bad_engine, trt, world, engines["fixed-fp32"])
 

@@ -97,8 +97,8 @@ class TensorRTRunner(Runner):
         self.manifest = manifest
         self.last_timings: dict[str, float] = {}
 
-        # Buffers for the largest batch; addresses never change, so they are bound once.
-        max_shape = (max_b,) + shape[1:]
+        # Buffers for the largest batch; addresses never change, so they are bound once per context.
+        max_shape = self._max_shape = (max_b,) + shape[1:]
         if self.dynamic:
             self.context.set_input_shape(self.input_name, max_shape)  # 8.5+
         self._buffers = {}
@@ -118,6 +118,21 @@ class TensorRTRunner(Runner):
     def _bind(self, context) -> None:
         for name, buf in self._buffers.items():
             context.set_tensor_address(name, int(buf.device))  # 8.5+
+
+    def _new_context(self):
+        """A fresh execution context on optimization profile 0, shaped and bound like the runner's own.
+
+        The runner keeps ONE context alive at a time: on TensorRT 8.5/8.6 a context only gets profile 0 while no other
+        context holds it (sharing a profile is the preview feature PROFILE_SHARING_0806 there, off by default; the
+        only behaviour from 10.0), and enqueueV3 fails on a context without a profile."""
+        context = self.engine.create_execution_context()
+        if context.active_optimization_profile != 0:  # 8.x: -1 until set
+            if not context.set_optimization_profile_async(0, self._stream):
+                raise EdgeCNNError(f"TensorRT could not select optimization profile 0: {self._logger.last()}")
+        if self.dynamic:
+            context.set_input_shape(self.input_name, self._max_shape)
+        self._bind(context)
+        return context
 
     def _run(self, context, batch: np.ndarray, timed: bool = True) -> np.ndarray:
         from edgecnn.trt.cudart import call
@@ -161,8 +176,8 @@ class TensorRTRunner(Runner):
     def layer_profile(self, batch: int = 1, iterations: int = 20, warmup: int = 3) -> list[dict]:
         """Mean time per TensorRT layer (ms per run) through trt.IProfiler, slowest first.
 
-        A separate execution context carries the profiler, so the runner's own context stays unprofiled (a profiler
-        synchronises after every layer).
+        The profiler rides on a fresh execution context that is dropped afterwards, so the runner's own context (made
+        anew) stays unprofiled: a profiler synchronises after every layer.
         """
         trt = self._trt
         self.input_spec.check_batch(batch)
@@ -180,16 +195,17 @@ class TensorRTRunner(Runner):
                     self.total[layer_name] += float(ms)
 
         x = np.zeros((batch,) + tuple(self.input_spec.shape[1:]), np.float32)
-        context = self.engine.create_execution_context()
         profiler = _Profiler()
-        context.profiler = profiler
-        self._bind(context)
+        self.context = None  # one context at a time (see _new_context): the profiled one replaces it for the run
         try:
+            context = self._new_context()
+            context.profiler = profiler
             for i in range(warmup + iterations):
                 profiler.active = i >= warmup
                 self._run(context, x, timed=False)
         finally:
-            del context  # the profiling context only; the runner's own context was never touched
+            context = None  # the profiled context goes (a profiler synchronises after every layer) ...
+            self.context = self._new_context()  # ... and the runner gets a fresh, unprofiled one
         grand = sum(profiler.total.values()) or 1.0
         types = self._layer_types()
         rows = [
