@@ -162,6 +162,7 @@ def script_builder(world: World, trt, io: dict, state: dict) -> None:
         return b
 
     def build(builder, network, config):
+        attached_timing_cache(config)
         exercise_logger(trt, builder.state["logger"])
         values = config._values
         if values.get("int8_calibrator") is not None:
@@ -173,11 +174,20 @@ def script_builder(world: World, trt, io: dict, state: dict) -> None:
         mem.state["bytes"] = state.get("engine_bytes", b"conformance engine")
         return mem
 
+    # IBuilderConfig.set_timing_cache: "The cache must not be destroyed until after the engine is built" (the
+    # config does not own it): held here by a weak reference, so a cache only the call held is gone at build time.
     def set_timing_cache(config, cache, ignore_mismatch):
         accepted = cache.state.get("blob") != b"stale"
         if accepted:
-            config.state["timing_cache"] = cache
+            config.state["timing_cache"] = weakref.ref(cache)
         return accepted
+
+    def attached_timing_cache(config):
+        ref = config.state.get("timing_cache")
+        cache = ref() if ref else None
+        if ref and cache is None:
+            raise ConformanceError("the timing cache given to set_timing_cache was destroyed before the build")
+        return cache
 
     def timing_serialize(cache):
         mem = Double(real.IHostMemory, world, trt)
@@ -203,7 +213,7 @@ def script_builder(world: World, trt, io: dict, state: dict) -> None:
     world.on("ITensor.dtype", lambda t: real.DataType.FLOAT)
     world.on("IBuilderConfig.create_timing_cache", new_timing_cache)
     world.on("IBuilderConfig.set_timing_cache", set_timing_cache)
-    world.on("IBuilderConfig.get_timing_cache", lambda config: config.state.get("timing_cache"))
+    world.on("IBuilderConfig.get_timing_cache", attached_timing_cache)
     world.on("ITimingCache.serialize", timing_serialize)
 
 

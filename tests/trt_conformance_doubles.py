@@ -286,7 +286,7 @@ class Double:
     def __setattr__(self, name, value):
         self._check_set(name, value)
         self._world.used.add(f"{self._real_name}.{name}")
-        self._world.calls.append((f"{self._real_name}.{name}=", (value,), {}))
+        self._world.calls.append((f"{self._real_name}.{name}=", _unheld((value,)), {}))
         self._values[name] = value
 
     def __getattr__(self, name):
@@ -338,7 +338,7 @@ class _BoundDouble:
                 "signature: " + " | ".join(problems)
             )
         world = owner._world
-        world.calls.append((f"{owner._real_name}.{self.name}", args, kwargs))
+        world.calls.append((f"{owner._real_name}.{self.name}", _unheld(args), _unheld(kwargs)))
         key = world.lookup(owner._real, self.name)
         if key is None:
             return default_value(sig.ret, world, module)
@@ -346,6 +346,14 @@ class _BoundDouble:
         value = value(owner, *args, **kwargs) if callable(value) else value
         _check_return(value, sig.ret, f"{owner._real_name}.{self.name}", module)
         return value
+
+
+def _unheld(values):
+    """What the call log keeps of the arguments: doubles as their repr, so logging never extends a lifetime (the
+    lifetime rules TensorRT documents, e.g. for set_timing_cache, are part of what is checked)."""
+    if isinstance(values, dict):
+        return {k: repr(v) if isinstance(v, Double) else v for k, v in values.items()}
+    return tuple(repr(v) if isinstance(v, Double) else v for v in values)
 
 
 def _fmt_call(args, kwargs) -> str:
@@ -407,7 +415,7 @@ class _DoubleClass:
         problems = [f"{s.text}: {p}" for s in sigs if (p := s.bind(args, kwargs, self._module))]
         if len(problems) == len(sigs):
             raise TypeError(f"TensorRT {_release(self._module)}: {name}{_fmt_call(args, kwargs)}: {problems}")
-        self._world.calls.append((f"{name}()", args, kwargs))
+        self._world.calls.append((f"{name}()", _unheld(args), _unheld(kwargs)))
         key = f"{name}.__init__"
         made = self._world.script.get(key)
         return made(*args, **kwargs) if made else Double(self._real, self._world, self._module)

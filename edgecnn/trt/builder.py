@@ -460,9 +460,11 @@ def _apply_plan(plan: BuildPlan, onnx_file: Path, progress: ProgressFn | None) -
     cache_path = Path(plan.timing_cache) if plan.timing_cache else None
     if cache_path:
         blob = cache_path.read_bytes() if cache_path.is_file() else b""
+        # TensorRT: "the cache must not be destroyed until after the engine is built", so it stays in a local
         timing_cache = config.create_timing_cache(blob)  # 8.0+
         if not config.set_timing_cache(timing_cache, False):  # rejected: built by another TensorRT/GPU
-            config.set_timing_cache(config.create_timing_cache(b""), False)
+            timing_cache = config.create_timing_cache(b"")
+            config.set_timing_cache(timing_cache, False)
 
     if progress is not None:
         if plan.progress_monitor:
