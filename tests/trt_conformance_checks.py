@@ -10,6 +10,7 @@ traceback's last line / na with the build plan's reason), every TensorRT attribu
 from __future__ import annotations
 
 import ctypes
+import gc
 import json
 import os
 import re
@@ -157,19 +158,17 @@ def script_builder(world: World, trt, io: dict, state: dict) -> None:
 
     def new_builder(logger):
         b = Double(real.Builder, world, trt)
-        b.state["logger"] = logger
-        state["builder"] = b
+        b.state["logger"] = weakref.ref(logger)  # TensorRT does not own it (see trt_conformance_doubles)
         return b
 
     def build(builder, network, config):
         attached_timing_cache(config)
-        exercise_logger(trt, builder.state["logger"])
-        values = config._values
-        if values.get("int8_calibrator") is not None:
-            exercise_calibrator(trt, values["int8_calibrator"], io["inputs"][0]["name"])
+        exercise_logger(trt, builder.state["logger"]())
+        if config.value("int8_calibrator") is not None:
+            exercise_calibrator(trt, config.value("int8_calibrator"), io["inputs"][0]["name"])
             state["calibrated"] = True
-        if values.get("progress_monitor") is not None:
-            exercise_monitor(trt, values["progress_monitor"])
+        if config.value("progress_monitor") is not None:
+            exercise_monitor(trt, config.value("progress_monitor"))
         mem = Double(real.IHostMemory, world, trt)
         mem.state["bytes"] = state.get("engine_bytes", b"conformance engine")
         return mem
@@ -263,7 +262,7 @@ def script_runtime(world: World, trt, engine: dict) -> None:
     def execute(ctx, stream):
         if ctx.state["profile"] != 0:
             return False  # TensorRT: "all calls to enqueueV3() will fail until a valid profile index has been set"
-        profiler = ctx._values.get("profiler")
+        profiler = ctx.value("profiler")
         if profiler is not None:
             problems = check_override(real.IProfiler, type(profiler))
             if problems:
@@ -798,8 +797,12 @@ def main(spec_path: str, result_path: str) -> int:
     results: dict[str, dict] = {}
 
     def record(name, fn, *args):
+        world.violations.clear()
         try:
             detail = fn(*args)
+            gc.collect()  # every double of the check is gone: lifetime rules were checked as they went
+            if world.violations:
+                raise ConformanceError("; ".join(dict.fromkeys(world.violations)))
             results[name] = {"status": "pass", "detail": detail or ""}
         except NotApplicable as exc:
             results[name] = {"status": "na", "detail": str(exc)}

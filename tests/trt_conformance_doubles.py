@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import types
+import weakref
 
 _PREFIX = re.compile(r"\btensorrt(?:_bindings)?\.tensorrt\.|\btensorrt_bindings\.|\btensorrt\.")
 # the classes that stay real: no native factory behind them (enums are detected by `__members__`)
@@ -224,6 +225,7 @@ class World:
         self.script: dict[str, object] = {}
         self.used: set[str] = set()
         self.calls: list[tuple[str, tuple, dict]] = []
+        self.violations: list[str] = []  # lifetime rules broken (found when a double is finalized)
 
     def on(self, key: str, value) -> None:
         cls, _, member = key.partition(".")
@@ -287,7 +289,23 @@ class Double:
         self._check_set(name, value)
         self._world.used.add(f"{self._real_name}.{name}")
         self._world.calls.append((f"{self._real_name}.{name}=", _unheld((value,)), {}))
+        if isinstance(value, _callback_bases(self._module)):
+            # TensorRT does not own Python callbacks ("the lifetime of the IProgressMonitor must exceed the lifetime
+            # of all TensorRT objects that use it"): held weakly, and checked alive when this object goes
+            ref = weakref.ref(value)
+            weakref.finalize(self, _outlived, self._world, ref, f"{self._real_name}.{name}")
+            value = _Weak(ref, f"{self._real_name}.{name}")
         self._values[name] = value
+
+    def _depends_on(self, ref, what: str) -> None:
+        """`ref` (a Python callback) must outlive this object and every object made through it."""
+        self.state.setdefault("_depends", []).append((ref, what))
+        weakref.finalize(self, _outlived, self._world, ref, what)
+
+    def value(self, name: str):
+        """What was set as `name` (None if nothing), for the tests' scripts: a callback that died raises."""
+        value = self._values.get(name)
+        return value.get() if isinstance(value, _Weak) else value
 
     def __getattr__(self, name):
         if name.startswith("__"):
@@ -298,7 +316,7 @@ class Double:
         self._world.used.add(f"{self._real_name}.{name}")
         if isinstance(member, property):
             if name in self._values:
-                return self._values[name]
+                return self.value(name)
             key = self._world.lookup(self._real, name)
             typ = property_types(member)[0]
             if key:
@@ -318,6 +336,28 @@ class Double:
         if "buffer protocol" not in (self._real.__doc__ or ""):
             raise TypeError(f"TensorRT {_release(self._module)}: bytes() of a {self._real_name} (no buffer protocol)")
         return bytes(self.state.get("bytes", b""))
+
+
+def _callback_bases(module) -> tuple:
+    real = getattr(module, "__real__", module)
+    names = ("ILogger", "IProfiler", "IProgressMonitor", "IInt8Calibrator")
+    return tuple(getattr(real, n) for n in names if hasattr(real, n))
+
+
+class _Weak:
+    def __init__(self, ref, what: str):
+        self.ref, self.what = ref, what
+
+    def get(self):
+        value = self.ref()
+        if value is None:
+            raise ConformanceError(f"{self.what} was destroyed while TensorRT still uses it")
+        return value
+
+
+def _outlived(world: "World", ref, what: str) -> None:
+    if ref() is None:
+        world.violations.append(f"{what} was destroyed before a TensorRT object using it")
 
 
 class _BoundDouble:
@@ -345,15 +385,23 @@ class _BoundDouble:
         value = world.script[key]
         value = value(owner, *args, **kwargs) if callable(value) else value
         _check_return(value, sig.ret, f"{owner._real_name}.{self.name}", module)
+        if isinstance(value, Double):  # made through `owner`: the same callbacks must outlive it
+            for ref, what in owner.state.get("_depends", []):
+                value._depends_on(ref, what)
         return value
 
 
 def _unheld(values):
-    """What the call log keeps of the arguments: doubles as their repr, so logging never extends a lifetime (the
-    lifetime rules TensorRT documents, e.g. for set_timing_cache, are part of what is checked)."""
+    """What the call log keeps of the arguments: plain values and enum members as they are, anything else as its
+    repr, so logging never extends a lifetime (TensorRT's documented lifetime rules are part of what is checked)."""
+
+    def keep(v):
+        plain = v is None or isinstance(v, (bool, int, float, str, bytes, tuple))
+        return v if plain or hasattr(type(v), "__members__") else repr(v)
+
     if isinstance(values, dict):
-        return {k: repr(v) if isinstance(v, Double) else v for k, v in values.items()}
-    return tuple(repr(v) if isinstance(v, Double) else v for v in values)
+        return {k: keep(v) for k, v in values.items()}
+    return tuple(keep(v) for v in values)
 
 
 def _fmt_call(args, kwargs) -> str:
@@ -418,7 +466,11 @@ class _DoubleClass:
         self._world.calls.append((f"{name}()", _unheld(args), _unheld(kwargs)))
         key = f"{name}.__init__"
         made = self._world.script.get(key)
-        return made(*args, **kwargs) if made else Double(self._real, self._world, self._module)
+        obj = made(*args, **kwargs) if made else Double(self._real, self._world, self._module)
+        for arg in list(args) + list(kwargs.values()):  # the logger: "valid until all objects created are released"
+            if isinstance(arg, _callback_bases(self._module)):
+                obj._depends_on(weakref.ref(arg), f"the {type(arg).__name__} given to {name}()")
+        return obj
 
     def __getattr__(self, member):
         value = getattr(self._real, member)

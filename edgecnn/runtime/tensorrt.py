@@ -237,19 +237,21 @@ class TensorRTRunner(Runner):
         }
 
     def close(self) -> None:
-        if getattr(self, "_closed", True):
-            return
-        self._closed = True
-        for buf in self._buffers.values():
-            buf.free()
-        self._buffers = {}
-        for ev in getattr(self, "_events", []):
-            self._rt.cudaEventDestroy(ev)
-        if self._stream is not None:
-            self._rt.cudaStreamDestroy(self._stream)
-            self._stream = None
-        self.context = None
-        self.engine = None
+        if not getattr(self, "_closed", True):
+            self._closed = True
+            for buf in self._buffers.values():
+                buf.free()
+            self._buffers = {}
+            for ev in getattr(self, "_events", []):
+                self._rt.cudaEventDestroy(ev)
+            if self._stream is not None:
+                self._rt.cudaStreamDestroy(self._stream)
+                self._stream = None
+        # TensorRT objects newest first, also after a failed __init__ (Runner.__del__ calls this); the logger they use
+        # stays until the runner itself goes: TensorRT does not own it ("valid until all objects created are released")
+        for name in ("context", "engine", "_runtime"):
+            if hasattr(self, name):
+                setattr(self, name, None)
 
 
 def _open(path: Path, **options) -> Runner:

@@ -413,10 +413,21 @@ def _progress_monitor(trt, progress: ProgressFn):
 
 
 def _apply_plan(plan: BuildPlan, onnx_file: Path, progress: ProgressFn | None) -> tuple[bytes, dict]:
+    """Build the plan's engine: (serialized engine, its I/O tensors).
+
+    The Python objects TensorRT calls back (the logger, the calibrator, the progress monitor) live here and every
+    TensorRT object lives in `_build`, so they all go before the callbacks do, whether the build returns or raises:
+    TensorRT does not own its callbacks ("the logger should be valid until all objects created are released"; "the
+    lifetime of the IProgressMonitor must exceed the lifetime of all TensorRT objects that use it")."""
     from edgecnn.trt.env import require_tensorrt
 
     trt = require_tensorrt()
     logger = make_logger(trt)
+    callbacks: list = []
+    return _build(trt, logger, callbacks, plan, onnx_file, progress)
+
+
+def _build(trt, logger, callbacks: list, plan: BuildPlan, onnx_file: Path, progress: ProgressFn | None):
     builder = trt.Builder(logger)
     flags = 0
     for name in plan.network_flags:  # EXPLICIT_BATCH on 8.x only (ignored/deprecated in 10.0)
@@ -440,10 +451,10 @@ def _apply_plan(plan: BuildPlan, onnx_file: Path, progress: ProgressFn | None) -
         profile.set_shape(plan.input_name, *[tuple(plan.profile[k]) for k in ("min", "opt", "max")])
         config.add_optimization_profile(profile)
 
-    # Python callbacks (calibrator, progress monitor) are held in locals so they outlive the build.
-    calibrator = monitor = None
+    # Python callbacks (calibrator, progress monitor) go into the caller's `callbacks`: they outlive the config
     if plan.int8_source == "calib_cache":
         calibrator = _cache_calibrator(trt, Path(plan.calib_cache).read_bytes(), plan.profile["opt"][0])
+        callbacks.append(calibrator)
         config.int8_calibrator = calibrator  # < 11 (deprecated 10.1)
         if profile is not None:
             config.set_calibration_profile(profile)  # < 11
@@ -469,12 +480,12 @@ def _apply_plan(plan: BuildPlan, onnx_file: Path, progress: ProgressFn | None) -
     if progress is not None:
         if plan.progress_monitor:
             monitor = _progress_monitor(trt, progress)
+            callbacks.append(monitor)
             config.progress_monitor = monitor  # IProgressMonitor: 10.0+
         else:
             progress(f"building with TensorRT {plan.tensorrt} (no progress reports before 10.0)", 0, None)
 
     serialized = builder.build_serialized_network(network, config)  # 8.0+; None on failure
-    del calibrator, monitor
     if serialized is None:
         raise EdgeCNNError(f"TensorRT {plan.tensorrt} could not build the engine: {logger.last()}")
 
