@@ -1,6 +1,6 @@
 """Test doubles of a TensorRT module, derived from the REAL bindings of one release (no hand-written API).
 
-`DoubleModule(real_trt, world)` stands in for `import tensorrt`:
+`make_module(real_trt, world)` stands in for `import tensorrt`:
 - enums and flags, `Dims`, `nptype`, `__version__` and the Python-subclassable bases (ILogger, IProfiler,
   IProgressMonitor, the IInt8 calibrators) are the real objects of that release;
 - every other class (Builder, INetworkDefinition, IBuilderConfig, ICudaEngine, ...) is a `Double`: its attributes are
@@ -9,7 +9,9 @@
   signatures in the method's pybind docstring (overloads included): argument count, keyword names, argument types.
   A call returns what the `world` scripts for it (checked against the declared return type) or a default of the
   declared return type (a Double for a TensorRT class).
-- a name the real module lacks raises AttributeError.
+- a name the real module lacks raises AttributeError;
+- lifetimes follow the rules the docstrings state: a Python callback handed to TensorRT (logger, calibrator, progress
+  monitor, profiler) is held weakly and must outlive every double that uses it (`world.violations`).
 Every access is recorded (`world.used`), which is what the attribute table in docs/tensorrt-api.md is made from.
 """
 
