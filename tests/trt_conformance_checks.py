@@ -353,9 +353,9 @@ def check_runner_dla_and_bad_engine(trt, world: World, engine_path: str) -> str:
     model are given as files); an engine TensorRT cannot deserialize is an ArtifactError."""
     import shutil
 
+    from edgecnn import platform
     from edgecnn.errors import ArtifactError
     from edgecnn.runtime.tensorrt import TensorRTRunner
-    from edgecnn.trt import env
     from edgecnn.trt.manifest import manifest_path
 
     src = Path(engine_path)
@@ -373,11 +373,14 @@ def check_runner_dla_and_bad_engine(trt, world: World, engine_path: str) -> str:
         "classes": 3,
         "layers": [],
     }
-    release, model = src.with_name("nv_tegra_release"), src.with_name("device-tree-model")
-    release.write_text("# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64\n")
-    model.write_bytes(b"NVIDIA Jetson AGX Orin Developer Kit\x00")
-    saved = env.NV_TEGRA_RELEASE, env.DEVICE_TREE_MODEL
-    env.NV_TEGRA_RELEASE, env.DEVICE_TREE_MODEL = release, model
+    root = src.parent / "jetson-root"  # an AGX Orin with JetPack 6.1: its /etc and /proc files under a folder
+    (root / "etc").mkdir(parents=True, exist_ok=True)
+    (root / "proc/device-tree").mkdir(parents=True, exist_ok=True)
+    (root / "etc/nv_tegra_release").write_text(
+        "# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64\n"
+    )
+    (root / "proc/device-tree/model").write_bytes(b"NVIDIA Jetson AGX Orin Developer Kit\x00")
+    saved, platform.ROOT = platform.ROOT, root
     try:
         script_runtime(world, trt, engine)
         world.calls.clear()
@@ -392,7 +395,7 @@ def check_runner_dla_and_bad_engine(trt, world: World, engine_path: str) -> str:
         except ArtifactError as exc:
             assert "could not deserialize" in str(exc), exc
     finally:
-        env.NV_TEGRA_RELEASE, env.DEVICE_TREE_MODEL = saved
+        platform.ROOT = saved
     return ""
 
 
