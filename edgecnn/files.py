@@ -1,9 +1,13 @@
 """THE writing helper: atomic and staged writes, output checks, digests.
 
-Every artifact is written to a temporary file in its destination folder and renamed over the destination
-(`os.replace`), so a crash never leaves a half-written file and readers never see one; several files that belong
-together are staged and put in place together (`staged_files`). The output checks refuse, before any work starts, an
-output that cannot be written or would overwrite an input. Floor 0: imports only errors and jsonout.
+Every artifact is written to a temporary file in its destination folder, fsynced, and renamed over the destination
+(`os.replace`), the folder fsynced after, so a crash or power cut never leaves a half-written file and readers never
+see one. Several files that belong together are staged and committed together (`staged_files`): every temporary is
+complete on disk before a commit journal naming the renames is written, so a crash part way through the renames is
+finished by the next run (`recover_folder`): the set is entirely old or entirely new. Temporary names carry the
+writer's PID, so the next run removes the temporaries of dead writers and never touches a live writer's.
+The output checks refuse, before any work starts, an output that cannot be written or would overwrite an input.
+Floor 0: imports only errors and jsonout.
 """
 
 from __future__ import annotations
@@ -13,6 +17,9 @@ import errno
 import hashlib
 import json
 import os
+import re
+import shutil
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -24,17 +31,173 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+# ---------------------------------------------------------------- crash consistency: renames, fsync, recovery
+
+# Tests kill a writer at its N-th rename with this variable (a real SIGKILL of a real process), as
+# `strace -e inject=rename:signal=SIGKILL:when=N` does where strace is present.
+FAULT_ENV = "EDGECNN_KILL_AT_RENAME"
+_renames = 0
+# .NAME.<pid>.<8 random chars><suffix>: files from temp_beside; .NAME.<pid>.<8 chars>.d: folders from temp_folder_beside
+_TEMP_RE = re.compile(r"^\..+\.(\d+)\.[a-z0-9_]{8}(\.[A-Za-z0-9_-]+)*$")
+_JOURNAL_RE = re.compile(r"^\.edgecnn-commit\.(\d+)\.(\d+)\.json$")
+_journals = 0
+
+
+def rename(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """os.replace, counted for the fault hook (FAULT_ENV=N kills this process with SIGKILL at its N-th rename)."""
+    global _renames
+    _renames += 1
+    if os.environ.get(FAULT_ENV, "") == str(_renames):
+        os.kill(os.getpid(), signal.SIGKILL)
+    os.replace(src, dst)
+
+
+def fsync_path(path: str | os.PathLike) -> None:
+    """Flush a file's or a folder's data to disk (best effort where the file system cannot, e.g. some FUSE)."""
+    try:
+        flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if Path(path).is_dir() else 0)
+        fd = os.open(path, flags)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def pid_alive(pid: int) -> bool:
+    """Is a process with this PID running here? (A reused PID counts as alive: its temporaries are then kept.)"""
+    if pid <= 0:
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _journal_pid(path: Path) -> int | None:
+    m = _JOURNAL_RE.match(path.name)
+    return int(m.group(1)) if m else None
+
+
+def recover_folder(folder: str | os.PathLike) -> list[Path]:
+    """Finish the commits that dead writers left part way in `folder` (roll forward: every temporary a journal names
+    was complete and fsynced before the journal was written), then remove dead writers' temporaries.
+
+    Returns the destinations this put in place. Called by every writer before it writes into a folder, and by the
+    readers of file pairs (build-engine, deploy) before they check a pair. Best effort: an unwritable folder is left
+    as it is (the readers then name the interrupted write)."""
+    folder = Path(folder)
+    repaired: list[Path] = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return repaired
+    for name in sorted(names):
+        pid = _journal_pid(Path(name))
+        if pid is None or pid_alive(pid):
+            continue
+        try:
+            repaired += _roll_forward(folder / name)
+        except OSError:
+            continue
+    remove_stale_temps(folder)
+    return repaired
+
+
+def _roll_forward(journal: Path) -> list[Path]:
+    try:
+        entry = json.loads(journal.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        entry = {"renames": [], "journals": [str(journal)]}  # never complete on disk: nothing was renamed after it
+    done = []
+    for tmp, dest in entry.get("renames", []):
+        if os.path.lexists(tmp):
+            os.replace(tmp, dest)
+            fsync_path(Path(dest).parent)
+            done.append(Path(dest))
+    for copy in entry.get("journals", [str(journal)]):
+        Path(copy).unlink(missing_ok=True)
+        fsync_path(Path(copy).parent)
+    return done
+
+
+def pending_commit(path: str | os.PathLike) -> Path | None:
+    """The journal of a dead writer's unfinished commit that includes `path`, if one is left in its folder."""
+    path = Path(path).absolute()
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return None
+    for name in names:
+        pid = _journal_pid(Path(name))
+        if pid is None or pid_alive(pid):
+            continue
+        try:
+            entry = json.loads((path.parent / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if any(Path(dest) == path for _, dest in entry.get("renames", [])):
+            return path.parent / name
+    return None
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files and folders (PID in the name) of writers that are no longer running; a live
+    writer's and anything named otherwise are never touched. Journals are left to recover_folder."""
+    folder = Path(folder)
+    removed: list[Path] = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        m = _TEMP_RE.match(name)
+        if not m or _JOURNAL_RE.match(name) or pid_alive(int(m.group(1))):
+            continue
+        path = folder / name
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except OSError:
+            continue
+        removed.append(path)
+    return removed
+
+
 def temp_beside(path: Path, suffix: str | None = None) -> Path:
-    """A new empty temporary file in `path`'s folder (same file system, so it can replace `path` atomically)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
+    """A new empty temporary file in `path`'s folder (same file system, so it can replace `path` atomically), named
+    `.NAME.<pid>.XXXXXXXX<suffix>`: the next writer in that folder removes it if this process dies first."""
+    recover_folder(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=suffix or ".tmp", dir=path.parent)
     os.close(fd)
     return Path(tmp)
 
 
+def temp_folder_beside(path: str | os.PathLike, tag: str = "tmp") -> Path:
+    """A new empty temporary folder beside `path` (`.NAME.<pid>.XXXXXXXX.TAG`), removed by the next run if this
+    process dies before it is renamed or removed."""
+    path = Path(path)
+    recover_folder(path.parent)
+    return Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=f".{tag}", dir=path.parent))
+
+
 def put_in_place(tmp: Path, path: Path) -> None:
-    """Give `tmp` the usual umask-based mode (mkstemp makes 0600 files) and rename it over `path`."""
+    """Give `tmp` the usual umask-based mode (mkstemp makes 0600 files), flush it to disk, rename it over `path`
+    and flush the folder, so the rename survives a power cut and never exposes an empty file."""
     os.chmod(tmp, 0o666 & ~_UMASK)
-    os.replace(tmp, path)
+    fsync_path(tmp)
+    rename(tmp, path)
+    fsync_path(path.parent)
 
 
 @contextlib.contextmanager
@@ -188,7 +351,7 @@ def prepare_output_folder(out: str | os.PathLike, flag: str = "--out") -> Path |
     except UserInputError as exc:
         raise UserInputError(f"{flag} {out}: {exc}") from exc.__cause__
     try:
-        fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".probe", dir=out.parent)
+        fd, probe = tempfile.mkstemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".probe", dir=out.parent)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
@@ -241,7 +404,9 @@ def staged_files() -> Iterator[Callable[..., Path]]:
         discard()
         raise
     replaced: list[Path] = []
+    journals: list[Path] = []
     try:
+        journals = _write_journals(staged)
         for tmp, path in staged:
             put_in_place(tmp, path)
             replaced.append(path)
@@ -251,6 +416,40 @@ def staged_files() -> Iterator[Callable[..., Path]]:
     finally:
         for tmp, _ in staged:
             tmp.unlink(missing_ok=True)
+        for journal in journals:
+            journal.unlink(missing_ok=True)
+            fsync_path(journal.parent)
+
+
+def _write_journals(staged: list[tuple[Path, Path]]) -> list[Path]:
+    """Flush every staged temporary, then write the commit journal (the renames still to do) into every
+    destination folder: from then on a crash is finished by the next run in any of those folders."""
+    global _journals
+    for tmp, _ in staged:
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        fsync_path(tmp)
+    if len(staged) < 2:
+        return []
+    _journals += 1
+    folders = list(dict.fromkeys(path.parent.absolute() for _, path in staged))
+    paths = [f / f".edgecnn-commit.{os.getpid()}.{_journals}.json" for f in folders]
+    entry = {
+        "pid": os.getpid(),
+        "renames": [[str(tmp.absolute()), str(path.absolute())] for tmp, path in staged],
+        "journals": [str(p) for p in paths],
+    }
+    text = json.dumps(entry, indent=1).encode("utf-8")
+    written = []
+    for journal in paths:
+        fd, tmp = tempfile.mkstemp(prefix=f".edgecnn-commit.json.{os.getpid()}.", suffix=".tmp", dir=journal.parent)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        rename(tmp, journal)
+        fsync_path(journal.parent)
+        written.append(journal)
+    return written
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

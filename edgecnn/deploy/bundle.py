@@ -15,7 +15,8 @@ The bundle is a single folder `<name>/`:
     SHA256SUMS                     `sha256sum -c`-compatible list of every other file.
 
 The archive is written atomically and never over an input; `<out>.sha256` beside it lets `install` (or
-`sha256sum -c`) check the whole archive after the copy. Both are integrity checks, not signatures: whoever can
+`sha256sum -c`) check the whole archive after the copy. The two are committed together (files.staged_files): after a
+crash they are both old, both new, or finished by the next run. Both are integrity checks, not signatures: whoever can
 replace the bundle and its .sha256 can replace both.
 """
 
@@ -37,7 +38,7 @@ from edgecnn import __version__
 from edgecnn.contract import ModelContract, read_onnx_contract
 from edgecnn.deploy.templates import render
 from edgecnn.errors import ArtifactError, UserInputError
-from edgecnn.files import atomic_path, atomic_write_text, check_output_file, ensure_distinct, sha256_file
+from edgecnn.files import check_output_file, ensure_distinct, sha256_file, staged_files
 from edgecnn.onnx_io import onnx_external_data, onnx_sha256
 from edgecnn.platform import DEFAULT_L4T, jetpack_for_l4t, jetpacks_for_l4t_series
 
@@ -397,13 +398,48 @@ def create_bundle(
     progress: Callable[..., None] | None = None,
     dry_run: bool = False,
 ) -> BundleReport:
-    """Write the deployment bundle for `model` to `out` (a .tar.gz), atomically; returns what it holds.
+    """Write the deployment bundle for `model` to `out` (a .tar.gz) and its `<out>.sha256`, as one crash-consistent
+    pair; returns what the bundle holds.
 
     An existing `out` (or its .sha256) is replaced only with `options.force`. `dry_run` makes and checks the whole
     archive in a temporary folder and reports it, but writes nothing at `out`: a preview never changes a file (it still
     fails where the real run would, e.g. on an existing `out` without force). The real run's archive has its own
     sha256 (it records when it was made)."""
     options = options or BundleOptions()
+    out, sidecar, base_image = _check_request(out, options)
+    with tempfile.TemporaryDirectory(prefix="edgecnn-bundle-") as tmp:
+        models = _collect_models(model, options, Path(tmp))
+        ensure_distinct(models.inputs, out)
+        ensure_distinct(models.inputs, sidecar, "--out")  # the .sha256 written beside the bundle must not hit an input
+        name = bundle_name(model, options.name)
+        plan, warnings = _plan_and_warnings(models, options, name)
+        payload = dict(models.payload)
+        payload.update(_app_payload(name, models, options, plan, base_image, out.name))
+        _refuse_data_clash(models.data_files, payload)
+        payload.update({rel: (path, 0o644) for rel, path in models.data_files.items()})
+        files = _add_sha256sums(payload, progress)
+        target = Path(tmp) / "dry-run" / out.name if dry_run else out
+        digest, size = _write_archive_and_checksum(target, name, payload, sidecar=None if dry_run else sidecar)
+    return BundleReport(
+        out=str(out),
+        name=name,
+        sha256=None if dry_run else digest,  # a dry run's archive is thrown away; the real one records its own time
+        size_bytes=size,
+        precision=options.precision,
+        build_onnx=plan.build_onnx,
+        run_onnx=plan.run_onnx,
+        files=files,
+        warnings=warnings,
+        written=not dry_run,
+    )
+
+
+# ---------------------------------------------------------------- the stages of create_bundle
+
+
+def _check_request(out: str | Path, options: BundleOptions) -> tuple[Path, Path, str]:
+    """Everything decidable before reading the model: the output pair, the target L4T / device, the base image.
+    Returns (out, its .sha256, base image)."""
     out = Path(out)
     if not (out.name.endswith(".tar.gz") or out.name.endswith(".tgz")):
         raise UserInputError(f"--out should end in .tar.gz, got {out.name}")
@@ -425,159 +461,193 @@ def create_bundle(
             f"{JETPACK5_WAY_OUT}"
         )
     if options.device:
-        from edgecnn.trt.devices import get_device
-
-        preset = get_device(options.device)  # unknown preset: a clear error now, not on the device
-        if not preset.jetson:
-            raise UserInputError(
-                f"--device {preset.name}: a bundle is for a Jetson; for a desktop GPU build the engine "
-                "with `edgecnn build-engine` or serve with `edgecnn deploy triton`"
-            )
-        major = options.l4t.split(".")[0]
-        if not any(r.l4t.split(".")[0] == major for r in preset.jetpack):
-            runs = ", ".join(sorted({f"JetPack {r.jetpack} (L4T {r.l4t})" for r in preset.jetpack}))
-            jetpack5_only = {r.l4t.split(".")[0] for r in preset.jetpack} == {"35"}  # Xavier: no JetPack 6
-            raise UserInputError(
-                f"--device {preset.name} does not run L4T {options.l4t}, which this bundle's base "
-                f"image needs; the {preset.title} runs {runs}"
-                + (f", too old for edgecnn (Python 3.8). {JETPACK5_WAY_OUT}" if jetpack5_only else "")
-            )
+        _check_device(options)
     base_image = options.base_image or L4T_BASE_IMAGES.get(options.l4t)
     if base_image is None:
         raise UserInputError(
             f"No JetPack base image known for L4T {options.l4t}: use one of {', '.join(L4T_BASE_IMAGES)} "
             "(JetPack 6; JetPack 5's Python 3.8 is too old for edgecnn) or pass --base-image"
         )
+    return out, sidecar, base_image
 
-    with tempfile.TemporaryDirectory(prefix="edgecnn-bundle-") as tmp:
-        onnx_path = _onnx_model(model, Path(tmp))
-        contract = read_onnx_contract(onnx_path)
-        inputs = [onnx_path]
-        payload: dict[str, tuple[bytes | Path, int]] = {}  # bundle path -> (content, mode)
 
-        has_fp32 = contract.precision != "int8"
-        if not has_fp32:  # an INT8 MODEL is what the device builds its engine from: the same check as --int8-model
-            _check_tensorrt_int8(onnx_path, contract)
-        payload["model.onnx" if has_fp32 else "model.int8.onnx"] = (onnx_path, 0o644)
-        data_files = _external_data(onnx_path, {})  # weights stored beside the model travel (and are hashed) with it
-        if options.int8_model is not None:
-            int8 = Path(options.int8_model)
-            if not int8.is_file():
-                raise UserInputError(f"--int8-model {int8} does not exist")
-            int8_contract = read_onnx_contract(int8)
-            _same_contract(contract, int8_contract, f"--int8-model {int8.name}")
-            if not has_fp32:
-                raise UserInputError("MODEL is already an INT8 ONNX: pass the FP32 ONNX as MODEL with --int8-model")
-            _check_tensorrt_int8(int8, int8_contract)
-            payload["model.int8.onnx"] = (int8, 0o644)
-            inputs.append(int8)
-            data_files = _external_data(int8, data_files)
-        if options.calib_cache is not None:
-            calib = Path(options.calib_cache)
-            from edgecnn.trt.builder import check_calib_cache
+def _check_device(options: BundleOptions) -> None:
+    from edgecnn.trt.devices import get_device
 
-            check_calib_cache(calib)  # build-engine's check: garbage would only fail the engine build on the device
-            payload["model.calib"] = (calib, 0o644)
-            inputs.append(calib)
-        inputs += data_files.values()
-        ensure_distinct(inputs, out)
-        ensure_distinct(inputs, sidecar, "--out")  # the .sha256 written beside the bundle must not hit an input either
-
-        name = bundle_name(model, options.name)
-        plan = plan_models(
-            options.precision, has_fp32, "model.int8.onnx" in payload, "model.calib" in payload, options.device
+    preset = get_device(options.device)  # unknown preset: a clear error now, not on the device
+    if not preset.jetson:
+        raise UserInputError(
+            f"--device {preset.name}: a bundle is for a Jetson; for a desktop GPU build the engine "
+            "with `edgecnn build-engine` or serve with `edgecnn deploy triton`"
         )
-        model_id = onnx_sha256(payload[plan.build_onnx][0])[:12]  # keys the device's engine: covers external weights
-        warnings = list(plan.warnings) + _calib_cache_warnings(plan, options)
-        if cuda_python_requirement(options.l4t) is None:
-            warnings.append(
-                f"the CUDA of L4T {options.l4t} is unknown, so requirements.txt has no cuda-python: install the "
-                "cuda-python matching the device's CUDA by hand (e.g. pip install 'cuda-python==12.6.*' on JetPack "
-                "6.1/6.2), or the engine build fails and the app runs on ONNX Runtime"
-            )
-        source_display = redact_source(options.source)
-        if source_display != options.source:
-            warnings.append(
-                "the source holds credentials and is stored in start.sh; prefer EDGECNN_SOURCE in "
-                f"/etc/default/{name} on the device"
-            )
-
-        payload["contract.json"] = (json.dumps(contract.to_dict(), indent=2, sort_keys=True).encode() + b"\n", 0o644)
-        payload["labels.txt"] = ("".join(f"{label}\n" for label in contract.labels).encode(), 0o644)
-        model_files = [p for p in ("model.onnx", "model.int8.onnx", "model.calib") if p in payload] + sorted(data_files)
-        for rel, (text, mode) in app_files(
-            name, contract, options, plan, model_id, base_image, model_files, archive=out.name
-        ).items():
-            payload[rel] = (text.encode(), mode)
-        for rel, path in _package_files().items():
-            payload[rel] = (path, 0o644)
-
-        manifest = {
-            "format": BUNDLE_FORMAT,
-            "name": name,
-            "edgecnn_version": __version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "precision": options.precision,
-            "device": options.device,
-            "source": source_display,
-            "sinks": list(options.sinks),
-            "build_onnx": plan.build_onnx,
-            "run_onnx": plan.run_onnx,
-            "build_args": plan.build_args,
-            "model_id": model_id,
-            "base_image": base_image,
-            "service": f"{name}.service",
-            "service_args": list(options.service_args),
-            "classes": contract.num_classes,
-            "arch": contract.arch,
-        }
-        payload["bundle.json"] = (json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n", 0o644)
-        taken = set(payload) | {"SHA256SUMS", "engines"}  # engines/: where the device caches its engine
-        clash = sorted(
-            rel
-            for rel in data_files
-            if any(rel == t or t.startswith(rel + "/") or rel.startswith(t + "/") for t in taken)
+    major = options.l4t.split(".")[0]
+    if not any(r.l4t.split(".")[0] == major for r in preset.jetpack):
+        runs = ", ".join(sorted({f"JetPack {r.jetpack} (L4T {r.l4t})" for r in preset.jetpack}))
+        jetpack5_only = {r.l4t.split(".")[0] for r in preset.jetpack} == {"35"}  # Xavier: no JetPack 6
+        raise UserInputError(
+            f"--device {preset.name} does not run L4T {options.l4t}, which this bundle's base "
+            f"image needs; the {preset.title} runs {runs}"
+            + (f", too old for edgecnn (Python 3.8). {JETPACK5_WAY_OUT}" if jetpack5_only else "")
         )
-        if clash:
-            raise UserInputError(
-                f"The model keeps its weights in an external data file named {clash[0]!r}, a path the bundle uses "
-                "itself: re-save it with another location, or without external data: onnx.save(onnx.load(SRC), DST)"
-            )
-        payload.update({rel: (path, 0o644) for rel, path in data_files.items()})
 
-        digests: dict[str, str] = {}
-        files = []
-        total = len(payload)
-        for i, (rel, (content, _)) in enumerate(sorted(payload.items())):
-            if isinstance(content, Path):
-                digests[rel], size = sha256_file(content), content.stat().st_size
-            else:
-                digests[rel], size = hashlib.sha256(content).hexdigest(), len(content)
-            if not rel.startswith("lib/"):
-                files.append({"path": rel, "sha256": digests[rel], "bytes": size})
-            if progress:
-                progress(i + 1, total)
-        payload["SHA256SUMS"] = (sha256sums_text(digests).encode(), 0o644)
 
-        archive = Path(tmp) / "dry-run" / out.name if dry_run else out
-        with atomic_path(archive, suffix=".tar.gz") as tmp_out:
-            _write_tar(tmp_out, name, payload)
-        digest, size = sha256_file(archive), archive.stat().st_size
-    if not dry_run:
-        # `install` checks the archive against this file when it travels with it (sha256sum -c works too)
-        atomic_write_text(sidecar, f"{digest}  {out.name}\n")
-    return BundleReport(
-        out=str(out),
-        name=name,
-        sha256=None if dry_run else digest,  # a dry run's archive is thrown away; the real one records its own time
-        size_bytes=size,
-        precision=options.precision,
-        build_onnx=plan.build_onnx,
-        run_onnx=plan.run_onnx,
-        files=files,
-        warnings=warnings,
-        written=not dry_run,
+@dataclass
+class _Models:
+    """The model files a bundle carries: bundle path -> (file, mode), the inputs no output may overwrite, the
+    external data files, and the main model's contract."""
+
+    contract: ModelContract
+    payload: dict[str, tuple[bytes | Path, int]]
+    inputs: list[Path]
+    data_files: dict[str, Path]
+    has_fp32: bool
+
+
+def _collect_models(model: str | Path, options: BundleOptions, workdir: Path) -> _Models:
+    """MODEL (exported when a checkpoint), --int8-model and --calib-cache, each checked as the device will use it."""
+    onnx_path = _onnx_model(model, workdir)
+    contract = read_onnx_contract(onnx_path)
+    inputs = [onnx_path]
+    has_fp32 = contract.precision != "int8"
+    if not has_fp32:  # an INT8 MODEL is what the device builds its engine from: the same check as --int8-model
+        _check_tensorrt_int8(onnx_path, contract)
+    payload: dict[str, tuple[bytes | Path, int]] = {"model.onnx" if has_fp32 else "model.int8.onnx": (onnx_path, 0o644)}
+    data_files = _external_data(onnx_path, {})  # weights stored beside the model travel (and are hashed) with it
+    if options.int8_model is not None:
+        int8 = Path(options.int8_model)
+        if not int8.is_file():
+            raise UserInputError(f"--int8-model {int8} does not exist")
+        int8_contract = read_onnx_contract(int8)
+        _same_contract(contract, int8_contract, f"--int8-model {int8.name}")
+        if not has_fp32:
+            raise UserInputError("MODEL is already an INT8 ONNX: pass the FP32 ONNX as MODEL with --int8-model")
+        _check_tensorrt_int8(int8, int8_contract)
+        payload["model.int8.onnx"] = (int8, 0o644)
+        inputs.append(int8)
+        data_files = _external_data(int8, data_files)
+    if options.calib_cache is not None:
+        calib = Path(options.calib_cache)
+        from edgecnn.calib_pair import check_pair
+        from edgecnn.trt.builder import check_calib_cache
+
+        check_calib_cache(calib)  # build-engine's check: garbage would only fail the engine build on the device
+        int8_path = payload.get("model.int8.onnx", (None,))[0]
+        if isinstance(int8_path, Path):  # the table must be the one that INT8 model was quantized with
+            check_pair(int8_path, calib)
+        payload["model.calib"] = (calib, 0o644)
+        inputs.append(calib)
+    inputs += data_files.values()
+    return _Models(contract, payload, inputs, data_files, has_fp32)
+
+
+def _plan_and_warnings(models: _Models, options: BundleOptions, name: str) -> tuple[_Plan, list[str]]:
+    plan = plan_models(
+        options.precision,
+        models.has_fp32,
+        "model.int8.onnx" in models.payload,
+        "model.calib" in models.payload,
+        options.device,
     )
+    warnings = list(plan.warnings) + _calib_cache_warnings(plan, options)
+    if cuda_python_requirement(options.l4t) is None:
+        warnings.append(
+            f"the CUDA of L4T {options.l4t} is unknown, so requirements.txt has no cuda-python: install the "
+            "cuda-python matching the device's CUDA by hand (e.g. pip install 'cuda-python==12.6.*' on JetPack "
+            "6.1/6.2), or the engine build fails and the app runs on ONNX Runtime"
+        )
+    if redact_source(options.source) != options.source:
+        warnings.append(
+            "the source holds credentials and is stored in start.sh; prefer EDGECNN_SOURCE in "
+            f"/etc/default/{name} on the device"
+        )
+    return plan, warnings
+
+
+def _app_payload(
+    name: str, models: _Models, options: BundleOptions, plan: _Plan, base_image: str, archive: str
+) -> dict[str, tuple[bytes | Path, int]]:
+    """contract.json, labels.txt, the rendered app files, the edgecnn package and bundle.json."""
+    contract = models.contract
+    model_id = onnx_sha256(models.payload[plan.build_onnx][0])[:12]  # keys the device's engine: covers external weights
+    payload: dict[str, tuple[bytes | Path, int]] = {
+        "contract.json": (json.dumps(contract.to_dict(), indent=2, sort_keys=True).encode() + b"\n", 0o644),
+        "labels.txt": ("".join(f"{label}\n" for label in contract.labels).encode(), 0o644),
+    }
+    model_files = [p for p in ("model.onnx", "model.int8.onnx", "model.calib") if p in models.payload]
+    model_files += sorted(models.data_files)
+    for rel, (text, mode) in app_files(
+        name, contract, options, plan, model_id, base_image, model_files, archive=archive
+    ).items():
+        payload[rel] = (text.encode(), mode)
+    for rel, path in _package_files().items():
+        payload[rel] = (path, 0o644)
+    manifest = {
+        "format": BUNDLE_FORMAT,
+        "name": name,
+        "edgecnn_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "precision": options.precision,
+        "device": options.device,
+        "source": redact_source(options.source),
+        "sinks": list(options.sinks),
+        "build_onnx": plan.build_onnx,
+        "run_onnx": plan.run_onnx,
+        "build_args": plan.build_args,
+        "model_id": model_id,
+        "base_image": base_image,
+        "service": f"{name}.service",
+        "service_args": list(options.service_args),
+        "classes": contract.num_classes,
+        "arch": contract.arch,
+    }
+    payload["bundle.json"] = (json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n", 0o644)
+    return payload
+
+
+def _refuse_data_clash(data_files: dict[str, Path], payload: dict) -> None:
+    """An external data file may not sit where the bundle keeps a file of its own."""
+    taken = set(payload) | {"SHA256SUMS", "engines"}  # engines/: where the device caches its engine
+    clash = sorted(
+        rel for rel in data_files if any(rel == t or t.startswith(rel + "/") or rel.startswith(t + "/") for t in taken)
+    )
+    if clash:
+        raise UserInputError(
+            f"The model keeps its weights in an external data file named {clash[0]!r}, a path the bundle uses "
+            "itself: re-save it with another location, or without external data: onnx.save(onnx.load(SRC), DST)"
+        )
+
+
+def _add_sha256sums(payload: dict[str, tuple[bytes | Path, int]], progress: Callable[..., None] | None) -> list[dict]:
+    """Hash every file into SHA256SUMS (added to `payload`); returns the model-side file list for the report."""
+    digests: dict[str, str] = {}
+    files = []
+    total = len(payload)
+    for i, (rel, (content, _)) in enumerate(sorted(payload.items())):
+        if isinstance(content, Path):
+            digests[rel], size = sha256_file(content), content.stat().st_size
+        else:
+            digests[rel], size = hashlib.sha256(content).hexdigest(), len(content)
+        if not rel.startswith("lib/"):
+            files.append({"path": rel, "sha256": digests[rel], "bytes": size})
+        if progress:
+            progress(i + 1, total)
+    payload["SHA256SUMS"] = (sha256sums_text(digests).encode(), 0o644)
+    return files
+
+
+def _write_archive_and_checksum(
+    out: Path, name: str, payload: dict[str, tuple[bytes | Path, int]], sidecar: Path | None
+) -> tuple[str, int]:
+    """The archive and its `.sha256` (which `install` and `sha256sum -c` check), staged and committed together by
+    files.staged_files: a crash at any instant leaves the old pair, the new pair, or a commit journal the next
+    edgecnn run in that folder (or `deploy install` of the bundle) finishes. Returns (sha256, size)."""
+    with staged_files() as stage:
+        tmp_out = stage(out, suffix=".tar.gz")
+        _write_tar(tmp_out, name, payload)
+        digest, size = sha256_file(tmp_out), tmp_out.stat().st_size
+        if sidecar is not None:
+            stage(sidecar).write_text(f"{digest}  {out.name}\n", encoding="utf-8")
+    return digest, size
 
 
 def app_files(

@@ -19,6 +19,7 @@ from typing import Callable
 
 import numpy as np
 
+from edgecnn.calib_pair import bind_table
 from edgecnn.contract import ModelContract, write_onnx_contract
 from edgecnn.errors import AccuracyGateError, ArtifactError, UserInputError
 from edgecnn.files import check_output_file, ensure_distinct, refuse_existing, staged_files
@@ -480,7 +481,9 @@ def quantize(
             amax = trt_cache.carry_through_pads(fp32_model, amax)
             table = trt_cache.format_table(amax, version)
         # the model first: it is put in place first, so a failure part way never leaves a new table or report
-        # beside an old model (files.staged_files)
+        # beside an old model; a crash part way is finished by the next run (files.staged_files journal)
+        if table is not None:  # the model records its table: build-engine / deploy refuse any other (calib_pair)
+            write_onnx_contract(qmodel, bind_table(final_contract, options.cache, table))
         with staged_files() as stage:
             model_tmp = stage(out, suffix=".onnx")
             save_onnx(qmodel, model_tmp)

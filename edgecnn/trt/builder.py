@@ -234,6 +234,9 @@ def check_inputs(onnx_path: Path, out: Path, options: BuildOptions, require_cont
         check_output_file(timing, "--timing-cache")
     if calib:
         check_calib_cache(calib)
+        from edgecnn.calib_pair import check_pair
+
+        check_pair(onnx_path, calib)  # a Q/DQ model from `quantize --cache` refuses a table it was not written with
     # Weights in external data files are checked now (missing, truncated, outside the model's folder), not by
     # TensorRT's parser minutes into a build; it reads them from beside the ONNX, so no output may land on one.
     data = [onnx_path.parent / rel for rel in onnx_external_data(onnx_path)]
