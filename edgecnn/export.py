@@ -32,6 +32,7 @@ from edgecnn.files import (
     refuse_existing,
     remove_created,
     sha256_file,
+    temp_folder,
 )
 from edgecnn.onnx_io import save_onnx
 
@@ -245,9 +246,7 @@ def _export(src: Path, out: Path, options: ExportOptions, say: Callable[[str], N
     dynamic_axes = {"input": {0: "N"}, "logits": {0: "N"}} if options.dynamic_batch else None
 
     say(f"exporting to ONNX opset {options.opset}")
-    tmp_dir = out.parent
-
-    with tempfile.TemporaryDirectory(dir=tmp_dir, prefix=".export-") as tmp:
+    with temp_folder(out, "export") as tmp:
         raw = Path(tmp) / "raw.onnx"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -289,7 +288,7 @@ def _export(src: Path, out: Path, options: ExportOptions, say: Callable[[str], N
         x = preprocess(frames, cfg)
     else:
         x = np.random.default_rng(0).normal(0, 1, size=cfg.input_shape(options.parity_images)).astype(np.float32)
-    with tempfile.TemporaryDirectory(dir=tmp_dir, prefix=".export-") as tmp:
+    with temp_folder(out, "export") as tmp:
         candidate = Path(tmp) / out.name
         save_onnx(proto, candidate)
         say("checking parity with ONNX Runtime")

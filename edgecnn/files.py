@@ -191,6 +191,16 @@ def temp_folder_beside(path: str | os.PathLike, tag: str = "tmp") -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=f".{tag}", dir=path.parent))
 
 
+@contextlib.contextmanager
+def temp_folder(beside: str | os.PathLike, tag: str = "tmp") -> Iterator[Path]:
+    """A work folder beside the output `beside` (temp_folder_beside), removed when the block ends."""
+    folder = temp_folder_beside(beside, tag)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def put_in_place(tmp: Path, path: Path) -> None:
     """Give `tmp` the usual umask-based mode (mkstemp makes 0600 files), flush it to disk, rename it over `path`
     and flush the folder, so the rename survives a power cut and never exposes an empty file."""

@@ -152,8 +152,11 @@ def bundle(
 @deploy_app.command("install")
 @cli_command
 def install(
-    bundle: Path = typer.Argument(..., help="A bundle from `edgecnn deploy bundle`."),
+    bundle: Optional[Path] = typer.Argument(None, help="A bundle from `edgecnn deploy bundle`."),
     prefix: Path = typer.Option(Path("/opt/edgecnn"), "--prefix", help="Install under PREFIX/<name>."),
+    rollback: Optional[str] = typer.Option(
+        None, "--rollback", metavar="NAME", help="Point PREFIX/NAME back at its previous release (no BUNDLE)."
+    ),
     sha256: Optional[str] = typer.Option(
         None, "--sha256", help="Expected sha256 of the bundle file (default: BUNDLE.sha256 beside it, if any)."
     ),
@@ -165,16 +168,22 @@ def install(
 ):
     """Verify (SHA256SUMS; a tampered bundle is refused), extract safely, build the engine, optionally the service.
 
-    Over an existing install, any failure (bad bundle, start.sh --prepare, service) leaves it exactly as it was.
-    On success it is replaced (built engines carried over, files you added are not) and kept as PREFIX/.NAME.previous.
-    One generation is kept; roll back with: mv PREFIX/NAME PREFIX/NAME.bad && mv PREFIX/.NAME.previous PREFIX/NAME
+    Each install is a release folder, PREFIX/.NAME.releases/ID; PREFIX/NAME is a symlink switched to it by one atomic
+    rename, so a crash at any instant leaves the old app or the new one. Over an existing install, any failure (bad
+    bundle, start.sh --prepare, service) leaves it exactly as it was. The previous release is kept (built engines are
+    carried over, files you added stay in it); `--rollback NAME` switches back to it.
 
     --service where it cannot be installed (systemd not running, not root) installs and reports the app, says what
     the service would need, and exits 3: the service that was asked for is not there.
     """
     from edgecnn.deploy.install import install_bundle
-    from edgecnn.errors import MissingDependencyError
+    from edgecnn.errors import MissingDependencyError, UserInputError
 
+    if (bundle is None) == (rollback is None):
+        raise UserInputError("give a BUNDLE to install, or --rollback NAME (not both)")
+    if rollback is not None:
+        _rollback(rollback, prefix, service, json_out)
+        return
     with progress_bar("installing", total=3, disable=json_out) as update:
         report = install_bundle(
             bundle, prefix, expected_sha256=sha256, service=service, build_engine=not no_build, progress=update
@@ -191,6 +200,19 @@ def install(
         raise typer.Exit(MissingDependencyError.exit_code)
 
 
+def _rollback(name: str, prefix: Path, service: bool, json_out: bool) -> None:
+    from edgecnn.deploy.install import rollback
+
+    report = rollback(name, prefix, service=service)
+    if json_out:
+        print_json(report.to_dict())
+    else:
+        console.print(
+            f"[green]✓[/] {report.app_dir} now runs release {Path(report.release).name} "
+            f"(was {Path(report.replaced).name}, kept: roll back again to return to it)",
+        )
+
+
 def _print_install(report) -> None:
     checked = "archive sha256 checked, " if report.archive_checked else ""
     console.print(
@@ -200,11 +222,11 @@ def _print_install(report) -> None:
     if report.replaced_previous:
         from rich.markup import escape
 
-        kept = f"now at {report.previous_kept}" if report.previous_kept else "it could not be kept"
+        kept = f"kept as release {report.previous_kept}" if report.previous_kept else "it could not be kept"
         warn(
             escape(
-                f"replaced the previous install at {report.app_dir} ({kept}): its built engines were carried over, "
-                "user files in it are not kept in the new install"
+                f"replaced the previous install at {report.app_dir} ({kept}; `edgecnn deploy install --rollback "
+                f"{report.name}` switches back): its built engines were carried over, user files in it are not"
             )
         )
         extra = report.previous_extra_files

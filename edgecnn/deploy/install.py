@@ -17,11 +17,12 @@ import gzip
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable
@@ -29,7 +30,18 @@ from zlib import error as zlib_error  # a damaged gzip stream raises this mid-ex
 
 from edgecnn.deploy.bundle import BUNDLE_FORMAT, NAME_RE, parse_sha256sums, systemd_unit, unit_description
 from edgecnn.errors import ArtifactError, UserInputError
-from edgecnn.files import check_output_folder, make_dirs, remove_created, sha256_file
+from edgecnn.files import (
+    check_output_folder,
+    fsync_path,
+    make_dirs,
+    pending_commit,
+    recover_folder,
+    remove_created,
+    remove_stale_temps,
+    rename,
+    sha256_file,
+    temp_folder_beside,
+)
 
 MAX_MEMBERS = 10_000
 MAX_TOTAL_BYTES = 8 << 30  # a bundle is a few models, not a disk image
@@ -58,8 +70,9 @@ class InstallReport:
     engine_note: str
     service: dict = field(default_factory=dict)
     replaced_previous: bool = False
-    previous_kept: str | None = None  # where the replaced install now is (PREFIX/.NAME.previous), if it was kept
+    previous_kept: str | None = None  # the release that was current before (kept for `rollback`)
     previous_extra_files: list[str] = field(default_factory=list)  # files a user added to it (not carried over)
+    release: str | None = None  # the release folder PREFIX/NAME now points at
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -70,6 +83,7 @@ class InstallReport:
 
 def verify_archive_sha256(bundle: Path, expected: str | None) -> tuple[str, bool]:
     """The bundle's sha256, checked against `expected` or a `<bundle>.sha256` file beside it when either exists."""
+    repaired = recover_folder(bundle.parent)  # a `deploy bundle` killed mid-commit: finish its pair first
     actual = sha256_file(bundle)
     source = "--sha256"
     if expected is None:
@@ -82,6 +96,12 @@ def verify_archive_sha256(bundle: Path, expected: str | None) -> tuple[str, bool
     if not re.fullmatch(r"[0-9a-f]{64}", expected):
         raise UserInputError(f"{source}: expected 64 hex digits, got {expected[:70]!r}")
     if actual != expected:
+        journal = pending_commit(bundle)
+        if journal is not None and not repaired:
+            raise ArtifactError(
+                f"{bundle.name} and {source} are from an interrupted `edgecnn deploy bundle` (its commit "
+                f"{journal.name} is unfinished and {bundle.parent} is not writable here): re-run deploy bundle --force"
+            )
         raise ArtifactError(
             f"{bundle.name}: sha256 {actual[:16]}... does not match {source} ({expected[:16]}...): the bundle was "
             "changed or damaged in transit; copy it again"
@@ -193,10 +213,11 @@ def install_bundle(
     service_target: ServiceTarget | None = None,
     progress: Callable[..., None] | None = None,
 ) -> InstallReport:
-    """Verify, extract and prepare `bundle` under `prefix/<name>`; optionally install + enable its service.
+    """Verify, extract and prepare `bundle` as a new release of `prefix/<name>`, switch to it with one symlink
+    rename, optionally install + enable its service.
 
-    Nothing is changed unless everything succeeds: a failure puts the previous install (if any) back exactly and
-    removes what this call created. On success the previous install is kept as `prefix/.<name>.previous`."""
+    Nothing is changed unless everything succeeds: a failure before the switch removes the new release; a failure
+    of the service step switches back. The previous release is kept for `rollback`."""
     bundle = Path(bundle)
     if not bundle.is_file():
         raise UserInputError(f"Bundle {bundle} does not exist")
@@ -219,10 +240,13 @@ def install_bundle(
                 f"{app} exists and is not an edgecnn app: choose another --prefix (nothing was changed)"
             )
         created = _make_dirs(prefix)
+        releases = releases_dir(app)
         staging = None
         try:
             try:
-                staging = Path(tempfile.mkdtemp(prefix=f".{name}.install-", dir=prefix))
+                releases.mkdir(exist_ok=True)
+                repair_app(app)
+                staging = temp_folder_beside(releases / name, "install")
                 os.chmod(staging, 0o755)  # mkdtemp makes it 0700: the service user must be able to read the app
             except OSError as exc:
                 raise _write_error(prefix, exc) from exc
@@ -238,33 +262,42 @@ def install_bundle(
                 progress(1, 3, description="verifying")
             count = verify_tree(staging, written)
             manifest = _manifest(staging)
-            aside = _swap_in(staging, app)
-        except BaseException:
+            current = current_release(app)
+            _carry_engines(current, staging)
+            if progress:
+                progress(2, 3, description="preparing the model")
+            runtime, model, note = ("onnx", str(app / manifest["run_onnx"]), "engine build skipped (--no-build)")
+            if build_engine:  # in the new release, before anything points at it: a failure changes nothing
+                runtime, model, note = prepare(staging, python=python)
+                model = model.replace(str(staging), str(app), 1)
+            release = releases / _release_id(releases, digest)
+            fsync_tree(staging)
+            rename(staging, release)
+            staging = release
+            fsync_path(releases)
+        except BaseException as exc:
             if staging is not None:
                 shutil.rmtree(staging, ignore_errors=True)
+            _remove_if_empty(releases)
             remove_created(created, prefix)
+            if isinstance(exc, (ArtifactError, UserInputError)):
+                kept = (
+                    f"the previous install at {app} is unchanged" if app.exists() else f"nothing installed in {prefix}"
+                )
+                raise exc.__class__(f"{exc}; {kept}") from exc
             raise
+    previous = _switch(app, release)
     try:
-        if progress:
-            progress(2, 3, description="preparing the model")
-        runtime, model, note = ("onnx", str(app / manifest["run_onnx"]), "engine build skipped (--no-build)")
-        if build_engine:
-            runtime, model, note = prepare(app, python=python)
         svc = {}
         if service:
             svc = install_service(app, name, service_target or ServiceTarget(), python=python or sys.executable)
     except BaseException as exc:
-        _roll_back(app, aside)
-        if aside is None:
-            remove_created(created, prefix)
+        _switch_back(app, release, previous)
         if isinstance(exc, (ArtifactError, UserInputError)):
-            kept = f"the previous install at {app} is unchanged" if aside else f"nothing was installed in {prefix}"
+            kept = f"the previous install at {app} is unchanged" if previous else f"nothing was installed in {prefix}"
             raise exc.__class__(f"{exc}; {kept}") from exc
         raise
-    kept, extra = (None, [])
-    if aside is not None:
-        extra = _extra_files(aside)
-        kept = _keep_previous(aside, app)
+    prune_releases(app, keep=(release, previous))
     if progress:
         progress(3, 3, description="done")
     return InstallReport(
@@ -277,10 +310,186 @@ def install_bundle(
         model=model,
         engine_note=note,
         service=svc,
-        replaced_previous=aside is not None,
-        previous_kept=kept,
-        previous_extra_files=extra,
+        replaced_previous=previous is not None,
+        previous_kept=str(previous) if previous else None,
+        previous_extra_files=_extra_files(previous) if previous else [],
+        release=str(release),
     )
+
+
+# ---------------------------------------------------------------- releases: PREFIX/NAME -> .NAME.releases/ID
+
+
+def releases_dir(app: Path) -> Path:
+    """Where the releases of the app at `app` live (hidden: an app name never starts with a dot)."""
+    return app.with_name(f".{app.name}.releases")
+
+
+def current_release(app: Path) -> Path | None:
+    """The release `app` points at (None: no install, or an old-style plain folder)."""
+    if not app.is_symlink():
+        return None
+    target = app.parent / os.readlink(app)
+    return target if target.is_dir() else None
+
+
+def list_releases(app: Path) -> list[Path]:
+    """The complete releases, oldest first (release ids sort by time; staging folders are hidden)."""
+    releases = releases_dir(app)
+    if not releases.is_dir():
+        return []
+    return sorted(p for p in releases.iterdir() if p.is_dir() and not p.name.startswith(".") and not p.is_symlink())
+
+
+def _release_id(releases: Path, digest: str) -> str:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    base = f"{stamp}-{digest[:12]}"
+    rid, n = base, 1
+    while (releases / rid).exists():
+        n += 1
+        rid = f"{base}-{n}"
+    return rid
+
+
+def _switch(app: Path, release: Path) -> Path | None:
+    """Point `app` at `release` with one atomic rename of a new symlink over it; returns the release it pointed at
+    before (an old-style plain folder is first moved into the releases as one, which `repair_app` finishes should a
+    crash fall between the two renames)."""
+    previous = current_release(app)
+    if app.is_dir() and not app.is_symlink():  # an install made before releases: it becomes a release itself
+        previous = releases_dir(app) / _release_id(releases_dir(app), "migrated")
+        rename(app, previous)
+        fsync_path(releases_dir(app))
+    link = app.with_name(f".{app.name}.{os.getpid()}.{secrets.token_hex(4)}.link")
+    os.symlink(os.path.relpath(release, app.parent), link)
+    rename(link, app)
+    fsync_path(app.parent)
+    return previous
+
+
+def _switch_back(app: Path, release: Path, previous: Path | None) -> None:
+    """Undo `_switch` after a failed service step: the previous release (or no app) again, the new one removed."""
+    if previous is not None:
+        _switch(app, previous)
+    else:
+        app.unlink(missing_ok=True)
+    shutil.rmtree(release, ignore_errors=True)
+
+
+def repair_app(app: Path) -> str | None:
+    """What the next install (or rollback) does after a crash: finish what a killed one left half done. Dead
+    installs' staging folders go; an app path missing while releases exist (a kill between the two renames that
+    turn an old-style folder into a release) points at the newest release again; legacy leftovers of earlier
+    edgecnn versions (`.NAME.old-*` holding the only copy after a crash, `.NAME.previous`) become releases and
+    `.NAME.install-*` staging folders go. Returns a note on what was repaired (None: nothing)."""
+    releases = releases_dir(app)
+    notes = []
+    if releases.is_dir():
+        remove_stale_temps(releases)
+    remove_stale_temps(app.parent)
+    for stale in app.parent.glob(f".{app.name}.install-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+        notes.append(f"removed {stale.name}")
+    legacy = sorted(app.parent.glob(f".{app.name}.old-*")) + [app.with_name(f".{app.name}.previous")]
+    for old in legacy:
+        if old.is_dir() and not old.is_symlink() and (old / "bundle.json").is_file():
+            releases.mkdir(exist_ok=True)
+            rename(
+                old,
+                releases / _release_id(releases, "legacy-" + ("prev" if old.name.endswith("previous") else "old")),
+            )
+            notes.append(f"kept {old.name} as a release")
+        elif old.is_dir() and not old.is_symlink() and old.name != f".{app.name}.previous":
+            shutil.rmtree(old, ignore_errors=True)
+    dangling = app.is_symlink() and current_release(app) is None
+    if dangling or not (app.exists() or app.is_symlink()):
+        found = list_releases(app)
+        if found:
+            app.unlink(missing_ok=True)
+            _switch(app, found[-1])
+            notes.append(f"{app} pointed at {found[-1].name} again")
+    return "; ".join(notes) or None
+
+
+def prune_releases(app: Path, keep) -> list[Path]:
+    """Remove releases other than `keep` (the current and the previous one)."""
+    keep = {Path(k).resolve() for k in keep if k is not None}
+    removed = []
+    for release in list_releases(app):
+        if release.resolve() not in keep:
+            shutil.rmtree(release, ignore_errors=True)
+            removed.append(release)
+    return removed
+
+
+def _carry_engines(current: Path | None, staging: Path) -> None:
+    """Built engines are keyed by model hash + TensorRT version + board: safe to carry into the new release."""
+    if current is not None and (current / "engines").is_dir():
+        try:
+            shutil.copytree(current / "engines", staging / "engines", dirs_exist_ok=True)
+        except OSError as exc:
+            raise _write_error(staging.parent, exc) from exc
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
+def fsync_tree(folder: Path) -> None:
+    """Flush every file and folder of a new release before it is renamed into place."""
+    for root, _dirs, files in os.walk(folder):
+        for f in files:
+            fsync_path(Path(root) / f)
+        fsync_path(root)
+
+
+@dataclass
+class RollbackReport:
+    app_dir: str
+    name: str
+    release: str
+    replaced: str | None
+    service: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def rollback(
+    name: str,
+    prefix: str | Path = "/opt/edgecnn",
+    service: bool = False,
+    python: str | None = None,
+    service_target: ServiceTarget | None = None,
+) -> RollbackReport:
+    """Point PREFIX/NAME back at the release before the current one (one symlink rename); the current release
+    stays, so rolling back again returns to it."""
+    if not NAME_RE.match(name):
+        raise UserInputError(f"--rollback {name!r} is not an app name")
+    app = Path(prefix).expanduser().absolute() / name
+    try:
+        repair_app(app)
+    except OSError as exc:
+        raise _write_error(app.parent, exc) from exc
+    current = current_release(app)
+    if current is None:
+        raise UserInputError(f"{app} is not an installed app with releases: nothing to roll back")
+    others = [r for r in list_releases(app) if r.resolve() != current.resolve()]
+    if not others:
+        raise UserInputError(f"{app} has no previous release to roll back to (only {current.name})")
+    older = [r for r in others if r.name < current.name]
+    target = older[-1] if older else others[-1]
+    try:
+        _switch(app, target)
+    except OSError as exc:
+        raise _write_error(app.parent, exc) from exc
+    svc = {}
+    if service:
+        svc = install_service(app, name, service_target or ServiceTarget(), python=python or sys.executable)
+    return RollbackReport(app_dir=str(app), name=name, release=str(target), replaced=str(current), service=svc)
 
 
 def check_prefix(prefix: Path) -> None:
@@ -321,49 +530,6 @@ def _manifest(app: Path) -> dict:
     return manifest
 
 
-def _swap_in(staging: Path, app: Path) -> Path | None:
-    """Put `staging` in place of `app` (renames in one folder); carry over built engines of the previous install.
-
-    Returns where the previous install was renamed to (None: there was none), for `_roll_back` or `_keep_previous`."""
-    if not app.exists() and not app.is_symlink():
-        os.replace(staging, app)
-        return None
-    if not (app / "bundle.json").is_file():
-        raise UserInputError(f"{app} exists and is not an edgecnn app: choose another --prefix (nothing was changed)")
-    old_engines = app / "engines"
-    try:
-        if old_engines.is_dir():  # engine files are keyed by model hash + TensorRT version: safe to carry over
-            shutil.copytree(old_engines, staging / "engines", dirs_exist_ok=True)
-        aside = Path(tempfile.mkdtemp(prefix=f".{app.name}.old-", dir=app.parent))
-        os.replace(app, aside)  # onto the empty folder mkdtemp made: a name nobody else uses
-    except OSError as exc:
-        raise _write_error(app.parent, exc) from exc
-    try:
-        os.replace(staging, app)
-    except BaseException:
-        os.replace(aside, app)
-        raise
-    return aside
-
-
-def _roll_back(app: Path, aside: Path | None) -> None:
-    """Undo `_swap_in`: the new install goes (renamed away first, so a slow or partial delete cannot block the
-    restore), the previous one comes back under its own name."""
-    failed = None
-    try:
-        failed = Path(tempfile.mkdtemp(prefix=f".{app.name}.failed-", dir=app.parent))
-        os.replace(app, failed)
-    except OSError:
-        if failed is not None:
-            shutil.rmtree(failed, ignore_errors=True)
-        failed = None
-        shutil.rmtree(app, ignore_errors=True)
-    if aside is not None:
-        os.replace(aside, app)
-    if failed is not None:
-        shutil.rmtree(failed, ignore_errors=True)
-
-
 def _extra_files(old: Path, limit: int = 20) -> list[str]:
     """Files in a previous install that its bundle did not ship (user additions); engines/ and Python's
     __pycache__ aside."""
@@ -382,23 +548,6 @@ def _extra_files(old: Path, limit: int = 20) -> list[str]:
             if len(extra) >= limit:
                 break
     return extra
-
-
-def _keep_previous(aside: Path, app: Path) -> str | None:
-    """Keep the replaced install as `.NAME.previous` (one generation). Best effort: the new install is in place."""
-    previous = app.with_name(f".{app.name}.previous")
-    try:
-        if previous.is_symlink() or previous.is_file():
-            previous.unlink()
-        elif previous.exists():
-            stale = Path(tempfile.mkdtemp(prefix=f".{app.name}.old-", dir=app.parent))
-            os.replace(previous, stale)
-            shutil.rmtree(stale, ignore_errors=True)
-        os.replace(aside, previous)
-        return str(previous)
-    except OSError:
-        shutil.rmtree(aside, ignore_errors=True)
-        return None
 
 
 def prepare(app: Path, python: str | None = None, timeout: float = 3600) -> tuple[str, str, str]:
