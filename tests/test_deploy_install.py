@@ -10,7 +10,7 @@ import pytest
 from asserts import raises
 
 from edgecnn.deploy.bundle import BundleOptions, create_bundle
-from edgecnn.deploy.install import check_members, install_bundle
+from edgecnn.deploy.install import check_members, install_bundle, list_releases, releases_dir
 from edgecnn.errors import ArtifactError, UserInputError
 
 
@@ -50,7 +50,9 @@ def assert_refused(bundle: Path, prefix: Path, *mentions: str, exc=ArtifactError
     with raises(exc, *mentions):
         install_bundle(bundle, prefix, build_engine=False)
     leftovers = sorted(p.name for p in prefix.iterdir()) if prefix.exists() else []
-    assert leftovers in ([], ["tiny"]), f"staging left behind: {leftovers}"
+    assert leftovers in ([], [".tiny.releases", "tiny"]), f"staging left behind: {leftovers}"
+    if leftovers:
+        assert [p.name for p in (prefix / ".tiny.releases").iterdir() if p.name.startswith(".")] == []
 
 
 def test_tampered_file_is_refused(bundle, tmp_path):
@@ -138,7 +140,7 @@ def test_failed_update_keeps_the_previous_install(bundle, tmp_path):
     bad = repack(bundle, tmp_path / "bad.tar.gz", lambda n, d: d[::-1] if n == "tiny/model.onnx" else d)
     assert_refused(bad, prefix, "model.onnx")
     assert (Path(good.app_dir) / "model.onnx").read_bytes() == before
-    assert sorted(p.name for p in prefix.iterdir()) == ["tiny"]
+    assert sorted(p.name for p in prefix.iterdir()) == [".tiny.releases", "tiny"]
 
 
 def test_modes_are_sanitised(bundle, tmp_path):
@@ -223,7 +225,8 @@ def test_failed_prepare_leaves_the_previous_install_exactly(bundle, tmp_path, in
     with raises(ArtifactError, "--prepare failed", "start.sh"):
         install_bundle(bad, installed.parent)
     assert snapshot(installed) == before
-    assert sorted(p.name for p in installed.parent.iterdir()) == ["tiny"], "no staging, .old or .previous left"
+    assert sorted(p.name for p in installed.parent.iterdir()) == [".tiny.releases", "tiny"], "no staging left"
+    assert len(list(releases_dir(installed).iterdir())) == 1
 
 
 def test_failed_prepare_through_the_cli_is_one_line(bundle, tmp_path, installed):
@@ -273,10 +276,11 @@ def test_failed_service_step_restores_install_and_unit(bundle, tmp_path, install
     assert snapshot(installed) == before
     assert (units / "tiny.service").read_text() == "[Unit]\nDescription=the previous unit\n"
     assert log.read_text().splitlines() == ["daemon-reload", "enable tiny.service", "daemon-reload"]
-    assert sorted(p.name for p in installed.parent.iterdir()) == ["tiny"]
+    assert sorted(p.name for p in installed.parent.iterdir()) == [".tiny.releases", "tiny"]
+    assert len(list(releases_dir(installed).iterdir())) == 1
 
 
-def test_reinstall_says_so_and_keeps_one_previous_generation(bundle, tmp_path, installed):
+def test_reinstall_says_so_and_keeps_the_previous_release(bundle, tmp_path, installed):
     from typer.testing import CliRunner
 
     from edgecnn.cli.main import app as cli
@@ -287,31 +291,39 @@ def test_reinstall_says_so_and_keeps_one_previous_generation(bundle, tmp_path, i
     res = CliRunner().invoke(cli, ["deploy", "install", str(v2), "--prefix", str(prefix), "--no-build"])
     assert res.exit_code == 0, res.output
     text = " ".join(res.output.split())
-    assert f"replaced the previous install at {installed}" in text
-    assert f"now at {prefix / '.tiny.previous'}" in text
-    assert "user files in it are not kept" in text and "not carried over: local.conf" in text
-    previous = prefix / ".tiny.previous"
-    assert (previous / "local.conf").read_text() == "EDGECNN_SOURCE=rtsp://cam\n"
-    assert (previous / "README.md").read_bytes() == old_readme
+    assert f"replaced the previous install at {installed}" in text and "--rollback tiny" in text
+    assert "user files in it are not" in text and "not carried over: local.conf" in text
+    assert installed.is_symlink()
+    previous = [r for r in list_releases(installed) if r.resolve() != installed.resolve()]
+    assert len(previous) == 1 and f"kept as release {previous[0]}" in text
+    assert (previous[0] / "local.conf").read_text() == "EDGECNN_SOURCE=rtsp://cam\n"
+    assert (previous[0] / "README.md").read_bytes() == old_readme
     assert (installed / "README.md").read_bytes().endswith(b"\nv2\n")
     assert (installed / "engines" / "abc-trt10.3.0-fp16.engine").read_bytes() == b"engine bytes"
     assert not (installed / "local.conf").exists()
 
-    third = install_bundle(bundle, prefix, build_engine=False)  # one generation: v2 becomes the previous one
-    assert third.replaced_previous and third.previous_kept == str(previous) and third.previous_extra_files == []
-    assert (previous / "README.md").read_bytes().endswith(b"\nv2\n") and not (previous / "local.conf").exists()
-    assert sorted(p.name for p in prefix.iterdir()) == [".tiny.previous", "tiny"]
+    third = install_bundle(bundle, prefix, build_engine=False)  # current + previous kept: the first one goes
+    assert third.replaced_previous and Path(third.previous_kept).resolve() != previous[0].resolve()
+    assert (Path(third.previous_kept) / "README.md").read_bytes().endswith(b"\nv2\n")
+    assert len(list_releases(installed)) == 2 and not previous[0].exists()
+    assert sorted(p.name for p in prefix.iterdir()) == [".tiny.releases", "tiny"]
 
 
-def test_rollback_to_previous_with_two_renames(bundle, tmp_path, installed):
-    """What the README and the command help tell a user: the kept generation is a complete, working app."""
+def test_rollback_restores_the_previous_install_exactly(bundle, tmp_path, installed):
+    """`deploy install --rollback NAME`: the previous release, complete, by one symlink rename."""
+    from typer.testing import CliRunner
+
+    from edgecnn.cli.main import app as cli
+
     before = snapshot(installed)
     v2 = resigned(bundle, tmp_path / "v2.tar.gz", lambda n, d: d + b"\nv2\n" if n == "tiny/README.md" else d)
-    report = install_bundle(v2, installed.parent, build_engine=False)
-    previous = Path(report.previous_kept)
-    installed.rename(installed.with_name("tiny.bad"))
-    previous.rename(installed)
+    install_bundle(v2, installed.parent, build_engine=False)
+    assert snapshot(installed) != before
+    res = CliRunner().invoke(cli, ["deploy", "install", "--rollback", "tiny", "--prefix", str(installed.parent)])
+    assert res.exit_code == 0, res.output
     assert snapshot(installed) == before
+    res = CliRunner().invoke(cli, ["deploy", "install", str(v2), "--rollback", "tiny"])
+    assert res.exit_code == 2 and "not both" in res.output
 
 
 @pytest.mark.parametrize("kind", ["file", "under-file", "proc"])

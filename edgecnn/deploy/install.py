@@ -268,7 +268,10 @@ def install_bundle(
                 progress(2, 3, description="preparing the model")
             runtime, model, note = ("onnx", str(app / manifest["run_onnx"]), "engine build skipped (--no-build)")
             if build_engine:  # in the new release, before anything points at it: a failure changes nothing
-                runtime, model, note = prepare(staging, python=python)
+                try:
+                    runtime, model, note = prepare(staging, python=python)
+                except ArtifactError as exc:  # name the app, not the staging folder
+                    raise ArtifactError(str(exc).replace(str(staging), str(app))) from exc
                 model = model.replace(str(staging), str(app), 1)
             release = releases / _release_id(releases, digest)
             fsync_tree(staging)
@@ -282,7 +285,9 @@ def install_bundle(
             remove_created(created, prefix)
             if isinstance(exc, (ArtifactError, UserInputError)):
                 kept = (
-                    f"the previous install at {app} is unchanged" if app.exists() else f"nothing installed in {prefix}"
+                    f"the previous install at {app} is unchanged"
+                    if app.exists()
+                    else f"nothing was installed in {prefix}"
                 )
                 raise exc.__class__(f"{exc}; {kept}") from exc
             raise
