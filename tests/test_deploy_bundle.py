@@ -118,7 +118,8 @@ def test_round_trip_runs_on_onnxruntime_without_tensorrt(bundle, tmp_path):
     assert report.files_verified == len(parse_sha256sums((app / "SHA256SUMS").read_text()))
     assert report.runtime == "onnx" and report.model == str(app / "model.onnx")
     assert "TensorRT not found" in report.engine_note
-    assert not list((tmp_path / "prefix").glob(".tiny.*")), "no staging folder left behind"
+    assert sorted(p.name for p in (tmp_path / "prefix").iterdir()) == [".tiny.releases", "tiny"]
+    assert not [p for p in (tmp_path / "prefix" / ".tiny.releases").iterdir() if p.name.startswith(".")], "no staging"
 
     video = write_video(tmp_path / "clip.avi", frames=8, fps=10, fourcc="MJPG")
     env = dict(os.environ, EDGECNN_PYTHON=sys.executable, EDGECNN_SOURCE=str(video))
