@@ -118,6 +118,14 @@ def _roll_forward(journal: Path) -> list[Path]:
     except (OSError, ValueError):
         entry = {"renames": [], "journals": [str(journal)]}  # never complete on disk: nothing was renamed after it
     done = []
+    for staging, target, aside in entry.get("swaps", []):  # replace_folder: old aside, new in, old removed
+        if os.path.lexists(staging):
+            if os.path.lexists(target):
+                os.replace(target, aside)
+            os.replace(staging, target)
+            fsync_path(Path(target).parent)
+            done.append(Path(target))
+        shutil.rmtree(aside, ignore_errors=True)
     for tmp, dest in entry.get("renames", []):
         if os.path.lexists(tmp):
             os.replace(tmp, dest)
@@ -434,21 +442,21 @@ def staged_files() -> Iterator[Callable[..., Path]]:
 def _write_journals(staged: list[tuple[Path, Path]]) -> list[Path]:
     """Flush every staged temporary, then write the commit journal (the renames still to do) into every
     destination folder: from then on a crash is finished by the next run in any of those folders."""
-    global _journals
     for tmp, _ in staged:
         os.chmod(tmp, 0o666 & ~_UMASK)
         fsync_path(tmp)
     if len(staged) < 2:
         return []
-    _journals += 1
     folders = list(dict.fromkeys(path.parent.absolute() for _, path in staged))
+    return _write_journal(folders, {"renames": [[str(t.absolute()), str(p.absolute())] for t, p in staged]})
+
+
+def _write_journal(folders: list[Path], entry: dict) -> list[Path]:
+    """The same commit journal, written (temp + fsync + rename) into each of `folders`."""
+    global _journals
+    _journals += 1
     paths = [f / f".edgecnn-commit.{os.getpid()}.{_journals}.json" for f in folders]
-    entry = {
-        "pid": os.getpid(),
-        "renames": [[str(tmp.absolute()), str(path.absolute())] for tmp, path in staged],
-        "journals": [str(p) for p in paths],
-    }
-    text = json.dumps(entry, indent=1).encode("utf-8")
+    text = json.dumps({"pid": os.getpid(), **entry, "journals": [str(p) for p in paths]}, indent=1).encode("utf-8")
     written = []
     for journal in paths:
         fd, tmp = tempfile.mkstemp(prefix=f".edgecnn-commit.json.{os.getpid()}.", suffix=".tmp", dir=journal.parent)
@@ -460,6 +468,31 @@ def _write_journals(staged: list[tuple[Path, Path]]) -> list[Path]:
         fsync_path(journal.parent)
         written.append(journal)
     return written
+
+
+def replace_folder(staging: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Put the finished folder `staging` (beside `target`, e.g. from temp_folder_beside) in place of the folder
+    `target`, or where there is none. A folder cannot be renamed over a non-empty one, so the old one is renamed aside
+    first: a commit journal written before makes a crash between the two renames one the next run finishes
+    (recover_folder: the new folder in place, the old one removed), never a missing `target`."""
+    staging, target = Path(staging).absolute(), Path(target).absolute()
+    for root, _dirs, files in os.walk(staging):
+        for name in files:
+            fsync_path(Path(root) / name)
+        fsync_path(root)
+    if not (target.exists() or target.is_symlink()):
+        rename(staging, target)
+        fsync_path(target.parent)
+        return
+    aside = temp_folder_beside(target, "old")
+    journals = _write_journal([target.parent], {"swaps": [[str(staging), str(target), str(aside)]]})
+    rename(target, aside)  # onto the empty folder temp_folder_beside made
+    rename(staging, target)
+    fsync_path(target.parent)
+    shutil.rmtree(aside, ignore_errors=True)
+    for journal in journals:
+        journal.unlink(missing_ok=True)
+    fsync_path(target.parent)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -319,3 +319,54 @@ def test_a_legacy_old_folder_left_by_a_crash_becomes_the_app_again(two_bundles, 
     assert "no previous release" in (rollback_target or "")
     assert _app_source(app) == "0"
     assert sorted(p.name for p in prefix.iterdir()) == [".tiny.releases", "tiny"]
+
+
+# ---------------------------------------------------------------- folder writers: deploy triton / deepstream --force
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["deploy", "triton", "{model}", "--repo", "{parent}", "--name", "m", "--force"],
+        ["deploy", "deepstream", "{model}", "--out", "{parent}/m", "--force"],
+    ],
+    ids=["triton", "deepstream"],
+)
+def test_a_replaced_output_folder_is_never_lost(tmp_path, command):
+    """The old folder is renamed aside before the new one moves in: a kill between those renames used to leave no
+    folder at all. Now the next run finishes the swap (files.replace_folder's journal)."""
+    model = build_tiny_onnx(tmp_path / "tiny.onnx")
+    parent = tmp_path / "out"
+    argv = [sys.executable, "-m", "edgecnn"] + [a.format(model=model, parent=parent) for a in command]
+    assert run_killed(argv, None).returncode == 0
+    target = parent / "m"
+    first = sorted(p.relative_to(target).as_posix() for p in target.rglob("*"))
+    (target / "marker-of-the-old-one").write_text("old")  # deploy deepstream keeps only its own files: a label
+    if "deepstream" in command:
+        (target / "marker-of-the-old-one").unlink()
+        (target / "README.md").write_text("old")
+    killed = 0
+    for n, rc in every_kill(argv):
+        killed += rc == -9
+        recover_folder(parent)  # the next run in that folder
+        assert target.is_dir(), f"kill at rename {n}: {target} is gone"
+        now = sorted(p.relative_to(target).as_posix() for p in target.rglob("*"))
+        assert set(first) <= set(now), f"kill at rename {n}: incomplete {now}"
+        assert leftovers(parent) == [], f"kill at rename {n} left {leftovers(parent)}"
+    assert killed >= 2
+
+
+def test_a_killed_recording_is_removed_by_the_next_one(tiny_onnx, tmp_path):
+    from conftest import write_video
+
+    video = write_video(tmp_path / "clip.avi", frames=6, fourcc="MJPG")
+    out = tmp_path / "rec" / "out.avi"
+    out.parent.mkdir()
+    argv = [sys.executable, "-m", "edgecnn", "live", str(tiny_onnx), "--source", str(video), "--headless"]
+    argv += ["--no-pace", "--record", str(out)]
+    proc = run_killed(argv, 1)  # dies as it puts the finished recording in place
+    assert proc.returncode == -9, proc.stderr
+    hidden = leftovers(out.parent)
+    assert len(hidden) == 1 and hidden[0].startswith(".out.avi.") and not out.exists()
+    assert run_killed(argv, None).returncode == 0
+    assert out.is_file() and leftovers(out.parent) == []

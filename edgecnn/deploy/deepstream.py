@@ -35,6 +35,8 @@ from edgecnn.files import (
     ensure_distinct,
     make_dirs,
     remove_created,
+    replace_folder,
+    temp_folder_beside,
 )
 
 NETWORK_MODES = {"fp32": 0, "int8": 1, "fp16": 2}
@@ -367,7 +369,7 @@ def write_deepstream(
     created = make_dirs(target.parent)
     try:
         try:
-            staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.deepstream-", dir=target.parent))
+            staging = temp_folder_beside(target, "deepstream")  # PID-named: a dead run's is removed by the next
         except OSError:
             if not target.is_dir():
                 raise
@@ -468,14 +470,7 @@ def _publish(staging: Path, out_dir: Path, existing: list[str], engine: str | No
         shutil.rmtree(staging, ignore_errors=True)
         return True
     os.chmod(staging, out_dir.stat().st_mode & 0o7777)
-    aside = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-    os.replace(out_dir, aside)
-    try:
-        os.replace(staging, out_dir)
-    except BaseException:
-        os.replace(aside, out_dir)
-        raise
-    shutil.rmtree(aside, ignore_errors=True)
+    replace_folder(staging, out_dir)  # a crash between its renames is finished by the next run, never a lost --out
     return True
 
 

@@ -17,13 +17,12 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from edgecnn.deploy.model_io import ModelIO, read_model_io
 from edgecnn.errors import UserInputError
-from edgecnn.files import check_output_folder, make_dirs, remove_created
+from edgecnn.files import check_output_folder, make_dirs, remove_created, replace_folder, temp_folder_beside
 from edgecnn.onnx_io import copy_onnx
 
 DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int8": "TYPE_INT8", "int32": "TYPE_INT32"}
@@ -229,7 +228,7 @@ def write_repository(model: str | Path, repo: str | Path, options: TritonOptions
     created = make_dirs(repo)  # taken back below if writing fails, as deploy install/deepstream do
     staging = None
     try:
-        staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=repo))
+        staging = temp_folder_beside(target, "staging")  # PID-named: a dead run's is removed by the next
         version_dir = staging / str(options.version)
         version_dir.mkdir()
         model_file = "model.plan" if io.kind == "engine" else "model.onnx"
@@ -245,13 +244,7 @@ def write_repository(model: str | Path, repo: str | Path, options: TritonOptions
             json.dumps(io.contract.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8"
         )
         os.chmod(staging, 0o755)
-        if target.exists():
-            old = target.with_name(f".{name}.old-{os.getpid()}")
-            os.replace(target, old)
-            os.replace(staging, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, target)
+        replace_folder(staging, target)  # a crash between its renames is finished by the next run
     except BaseException as exc:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
