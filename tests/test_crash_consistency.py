@@ -370,3 +370,25 @@ def test_a_killed_recording_is_removed_by_the_next_one(tiny_onnx, tmp_path):
     assert len(hidden) == 1 and hidden[0].startswith(".out.avi.") and not out.exists()
     assert run_killed(argv, None).returncode == 0
     assert out.is_file() and leftovers(out.parent) == []
+
+
+def test_an_unfinishable_bundle_commit_is_named_not_called_damage(tmp_path):
+    """Where the next run cannot finish a killed `deploy bundle` commit (here its temporary cannot be renamed; in life
+    a read-only folder), install names the interrupted write instead of "damaged in transit"."""
+    from edgecnn.deploy.bundle import BundleOptions, create_bundle
+    from edgecnn.deploy.install import verify_archive_sha256
+
+    out = tmp_path / "b" / "tiny.tar.gz"
+    create_bundle(build_tiny_onnx(tmp_path / "tiny.onnx"), out, BundleOptions())
+    sidecar = out.with_name("tiny.tar.gz.sha256")
+    sidecar.write_text("0" * 64 + "  tiny.tar.gz\n")  # the other half of a pair a kill split
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True).stdout)
+    stuck = tmp_path / "b" / "not-renamable"
+    (stuck / "sub").mkdir(parents=True)  # a folder cannot be renamed over the archive
+    journal = tmp_path / "b" / f".edgecnn-commit.{dead}.1.json"
+    journal.write_text(json.dumps({"renames": [[str(stuck), str(sidecar)], [str(stuck), str(out)]]}))
+    with pytest.raises(ArtifactError, match=r"interrupted `edgecnn deploy bundle`.*re-run deploy bundle --force"):
+        verify_archive_sha256(out, None)
+    journal.unlink()
+    with pytest.raises(ArtifactError, match="damaged in transit"):
+        verify_archive_sha256(out, None)
