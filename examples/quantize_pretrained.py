@@ -23,7 +23,7 @@ def main() -> None:
 
     from edgecnn.data import list_images, read_image
     from edgecnn.evaluate import agreement
-    from edgecnn.quant import QuantOptions, quantize
+    from edgecnn.quant import OutputPolicy, QuantOptions, quantize
     from edgecnn.runtime import load
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -33,8 +33,9 @@ def main() -> None:
         args.model,
         int8,
         args.calib,
-        QuantOptions(target="tensorrt", method="entropy", num_images=args.images, cache=cache),
+        QuantOptions(target="tensorrt", method="entropy", num_images=args.images),
         progress=lambda stage, done, total: print(f"\r{stage} {done}/{total or '?'}", end="", flush=True),
+        output=OutputPolicy(cache=cache),
     )
     print(f"\nwrote {int8} and {cache}")
     print({k: v for k, v in result.items() if isinstance(v, (int, float, str))})

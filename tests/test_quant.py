@@ -342,7 +342,7 @@ def test_cpu_target_pads_the_rgb_stem_to_four_channels(calibrated, tmp_path):
 
 
 def test_padding_is_undone_exactly_and_keeps_the_sensitivity_ranking(calibrated):
-    from edgecnn.quant import accuracy
+    from edgecnn.quant import gate
 
     prepared, ranges, cs = calibrated
     padded, plain = qdq.write_qdq(prepared, ranges, "cpu"), qdq.write_qdq(prepared, ranges, "cpu", pad_stem=False)
@@ -352,8 +352,9 @@ def test_padding_is_undone_exactly_and_keeps_the_sensitivity_ranking(calibrated)
     for name, value in _inits(plain).items():
         np.testing.assert_array_equal(_inits(undone)[name], value, err_msg=name)
     batches = list(cs.batches(8))
-    ranked = [(r["node"], r["added_error"]) for r in accuracy.layer_sensitivity(prepared, undone, batches)]
-    assert ranked == [(r["node"], r["added_error"]) for r in accuracy.layer_sensitivity(prepared, plain, batches)]
+    nodes = qdq.quantized_nodes(plain)
+    ranked = [(r["node"], r["kl"]) for r in gate.rank_layers(prepared, undone, nodes, batches)]
+    assert ranked == [(r["node"], r["kl"]) for r in gate.rank_layers(prepared, plain, nodes, batches)]
 
 
 def test_unnamed_rgb_convs_get_distinct_padding_names(tmp_path):

@@ -15,7 +15,8 @@ STAGES = {
     "calibrate": "calibrating",
     "round": "rounding weights (GPTQ)",
     "evaluate": "FP32 reference",
-    "sensitivity": "keeping sensitive layers in float",
+    "sensitivity": "ranking layer sensitivity",
+    "gate": "keeping sensitive layers in float",
     "finetune": "fine-tuning through INT8 rounding",
 }
 
@@ -62,6 +63,12 @@ def quantize(
         16, "--batch", help="Calibration batch size (a model exported with a fixed batch always runs at its own)."
     ),
     exclude: Optional[List[str]] = typer.Option(None, "--exclude", help="Node name to keep in float (repeatable)."),
+    exclude_pattern: Optional[List[str]] = typer.Option(
+        None, "--exclude-pattern", help="Regular expression: nodes whose name it matches stay in float (repeatable)."
+    ),
+    exclude_op_type: Optional[List[str]] = typer.Option(
+        None, "--exclude-op-type", help="ONNX op type whose nodes stay in float, e.g. Softmax (repeatable)."
+    ),
     cache: Optional[Path] = typer.Option(
         None, "--cache", help="Also write the ranges as a TensorRT calibration table."
     ),
@@ -80,6 +87,15 @@ def quantize(
         "unlabelled); keeps sensitive layers in float until met, or fails.",
     ),
     max_steps: int = typer.Option(8, "--max-steps", help="Most layers --max-drop may move back to float."),
+    gate_seconds: float = typer.Option(
+        120.0, "--gate-seconds", help="Time for --max-drop's sensitivity ranking and search; it stops there."
+    ),
+    high_precision: Optional[str] = typer.Option(
+        None,
+        "--high-precision",
+        help="Precision of the layers kept in float: fp16 (default for --target tensorrt: TensorRT builds them "
+        "in FP16, simulated when measuring) or fp32.",
+    ),
     report: Optional[Path] = typer.Option(None, "--report", help="Folder for quantization.json + quantization.md."),
     no_bias_correction: bool = typer.Option(
         False, "--no-bias-correction", help="Skip correcting biases for INT8 weight error."
@@ -131,7 +147,7 @@ def quantize(
     from edgecnn.contract import read_labels_file
     from edgecnn.errors import AccuracyGateError, UserInputError
     from edgecnn.preprocess import PreprocessConfig
-    from edgecnn.quant import QuantOptions
+    from edgecnn.quant import OutputPolicy, QuantOptions
     from edgecnn.quant import quantize as run_quantize
 
     pre = None
@@ -158,12 +174,13 @@ def quantize(
         batch=batch,
         every=every,
         exclude=tuple(exclude or ()),
-        cache=cache,
-        trt_version=trt_version,
+        exclude_patterns=tuple(exclude_pattern or ()),
+        exclude_op_types=tuple(exclude_op_type or ()),
         val=val,
         max_drop=max_drop,
         max_steps=max_steps,
-        report=report,
+        gate_seconds=gate_seconds,
+        high_precision=high_precision,
         threads=threads,
         bias_correction=not no_bias_correction,
         rounding=rounding,
@@ -172,15 +189,15 @@ def quantize(
         finetune_lr=finetune_lr,
         preprocess=pre,
         labels=read_labels_file(labels) if labels else None,
-        force=force,
     )
+    output = OutputPolicy(cache=cache, trt_version=trt_version, report=report, force=force)
     with progress_bar("quantizing", disable=json_out) as update:
 
         def progress(stage: str, done: int, total: int) -> None:
             update(done, total, description=STAGES.get(stage, stage))
 
         try:
-            result = run_quantize(model, out, calib, options, progress=progress)
+            result = run_quantize(model, out, calib, options, progress=progress, output=output)
         except AccuracyGateError as exc:
             if json_out and exc.details:  # scripts get the measured steps too, then the error and exit 5
                 print_json({"error": str(exc), **exc.details})
@@ -211,7 +228,7 @@ def _print_summary(r: dict) -> None:
             f", top-1 {100 * acc['fp32']['top1']:.2f}% -> {100 * acc['int8']['top1']:.2f}%, "
             f"top-5 {100 * acc['fp32']['top5']:.2f}% -> {100 * acc['int8']['top5']:.2f}%"
         )
-    line += f", mean |logit diff| {ag['mean_abs_diff']:.4f}"
+    line += f", mean |logit diff| {ag['mean_abs_diff']:.4f}, KL {acc['kl']:.4g}"
     console.print(line)
     if acc.get("note"):
         console.print(f"  ({acc['note']})", markup=False)
@@ -226,8 +243,17 @@ def _print_summary(r: dict) -> None:
         from edgecnn.quant.report import finetune_summary
 
         console.print(f"fine-tuned: {finetune_summary(r['finetune'])}")
-    if r["excluded"]:
-        console.print(f"kept in float: {', '.join(r['excluded'])}", markup=False)
+    if acc.get("kind") != "labelled" and acc.get("drop_metric"):
+        console.print(f"  drop {acc['drop']:.2f} points = {acc['drop_metric']}", markup=False)
+    if r.get("fallback"):
+        fb = r["fallback"]
+        console.print(
+            f"accuracy gate: drop {fb['steps'][0]['drop']:.2f} -> {acc['drop']:.2f} points (bound {r['max_drop']}) "
+            f"with {len(fb['excluded'])} layer(s) in {r['high_precision']}, {fb['seconds']:.0f} s",
+            markup=False,
+        )
+    for e in r.get("exclusions") or []:
+        console.print(f"kept in float: {e['node']} ({e['op']}; {e['reason']})", markup=False)
     console.print(
         f"[green]✓[/] wrote {r['output']} ({r['sizes']['int8_bytes'] / 1e6:.2f} MB, "
         f"was {r['sizes']['fp32_bytes'] / 1e6:.2f} MB; "
@@ -237,10 +263,8 @@ def _print_summary(r: dict) -> None:
     if r["weights"].get("note"):
         warn(r["weights"]["note"])
     if r.get("cache"):
-        console.print(
-            f"[green]✓[/] wrote {escape(str(r['cache']['path']))} "
-            f"({r['cache']['header']}, {r['cache']['tensors']} tensors)"
-        )
+        c = r["cache"]
+        console.print(f"[green]✓[/] wrote {escape(str(c['path']))} ({c['header']}, {c['tensors']} tensors)")
     if r.get("latency"):
         lat = r["latency"]
         console.print(

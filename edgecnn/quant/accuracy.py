@@ -1,5 +1,5 @@
-"""The accuracy gate: FP32 vs INT8 on a labelled folder (top-1/top-5, agreement, per-class deltas) or, without labels,
-agreement and output error on images; and per-layer sensitivity to decide which layers to keep in float."""
+"""FP32 vs INT8 on the evaluation images: top-1/top-5 and per-class deltas on a labelled folder; without labels,
+agreement where FP32 is confident, KL divergence and output error. `drop` is what the accuracy gate bounds."""
 
 from __future__ import annotations
 
@@ -136,18 +136,46 @@ def agreement_by_confidence(fp32_logits: np.ndarray, int8_logits: np.ndarray, bi
     return rows
 
 
-def compare(ref: Reference, int8_runner, batch: int = 32) -> dict:
-    """INT8 vs FP32 on the reference images: agreement, output error, and accuracy when labelled.
+CONFIDENT = 0.5  # FP32 top-1 probability from which a changed top-1 class is damage rather than a coin flip
 
-    `drop` (percentage points) is what --max-drop bounds: the top-1 accuracy lost when labelled, otherwise the
-    share of images whose top-1 class changed."""
+
+def mean_kl(fp32_logits: np.ndarray, int8_logits: np.ndarray) -> float:
+    """Mean KL(FP32 softmax || INT8 softmax) per image: how far INT8 moves the whole output distribution."""
+
+    def log_softmax(z):
+        z = np.asarray(z, dtype=np.float64)
+        z = z - z.max(axis=1, keepdims=True)
+        return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+    lp, lq = log_softmax(fp32_logits), log_softmax(int8_logits)
+    return float(np.mean(np.sum(np.exp(lp) * (lp - lq), axis=1))) if len(lp) else 0.0
+
+
+def compare(ref: Reference, int8_runner, batch: int = 32) -> dict:
+    """INT8 vs FP32 on the reference images: agreement, KL, output error, and accuracy when labelled.
+
+    `drop` (percentage points) is what --max-drop bounds: the top-1 accuracy lost when labelled; without labels,
+    the share of images whose top-1 class changed among those where FP32's top-1 probability is at least
+    CONFIDENT (all images when there is none); `drop_metric` says which."""
     from edgecnn.evaluate import accuracy, agreement
+    from edgecnn.postprocess import softmax
 
     logits = _infer_images(int8_runner, ref.inputs, batch)
     agree = agreement(ref.logits, logits)
     agree.pop("disagreements", None)
     agree["by_fp32_confidence"] = agreement_by_confidence(ref.logits, logits)
-    out = {"images": int(len(logits)), "source": ref.source, "kind": ref.kind, "agreement": agree, "note": ref.note}
+    confident = softmax(np.asarray(ref.logits)).max(axis=1) >= CONFIDENT
+    same = np.asarray(ref.logits).argmax(axis=1) == logits.argmax(axis=1)
+    agree["confident_images"] = int(confident.sum())
+    agree["confident_agreement"] = float(same[confident].mean()) if confident.any() else None
+    out = {
+        "images": int(len(logits)),
+        "source": ref.source,
+        "kind": ref.kind,
+        "agreement": agree,
+        "kl": mean_kl(ref.logits, logits),
+        "note": ref.note,
+    }
     if ref.kind == "labelled":
         fp = accuracy(ref.logits, ref.labels, ref.class_names)
         q = accuracy(logits, ref.labels, ref.class_names)
@@ -166,78 +194,19 @@ def compare(ref: Reference, int8_runner, batch: int = 32) -> dict:
                 "int8": {"top1": q["top1"], "top5": q["top5"]},
                 "per_class": per_class,
                 "drop": round(100.0 * (fp["top1"] - q["top1"]), 4),
+                "drop_metric": f"top-1 accuracy lost on {len(logits)} labelled images",
             }
+        )
+    elif confident.any():
+        out["drop"] = round(100.0 * (1.0 - agree["confident_agreement"]), 4)
+        out["drop_metric"] = (
+            f"no labels: top-1 changed on the {int(confident.sum())} of {len(logits)} images where FP32's top-1 "
+            f"probability is >= {CONFIDENT} (mean KL over all: {out['kl']:.4g})"
         )
     else:
         out["drop"] = round(100.0 * (1.0 - agree["top1_agreement"]), 4)
-    return out
-
-
-# ---------------------------------------------------------------- sensitivity
-
-
-def _dq_of(qmodel) -> dict[str, str]:
-    """quantized tensor -> the name of (one of) its dequantized copies in a Q/DQ model."""
-    q_out = {n.output[0]: n.input[0] for n in qmodel.graph.node if n.op_type == "QuantizeLinear"}
-    out: dict[str, str] = {}
-    for n in qmodel.graph.node:
-        if n.op_type == "DequantizeLinear" and n.input[0] in q_out:
-            out.setdefault(q_out[n.input[0]], n.output[0])
-    return out
-
-
-def _rel_err(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.sum((a.astype(np.float64) - b) ** 2) / max(np.sum(b.astype(np.float64) ** 2), 1e-30))
-
-
-def layer_sensitivity(prepared, qmodel, batches: list[np.ndarray], threads: int | None = None) -> list[dict]:
-    """Rank INT8 nodes by the error they ADD: relative error of their (dequantized) output against FP32 minus the
-    worst relative error already present on their quantized inputs. One run of each model with the needed tensors
-    as extra outputs; returns [{node, op, added_error, output_error}], most sensitive first."""
-    from edgecnn.quant.graph import tensor_runner
-    from edgecnn.quant.qdq import quantized_nodes
-
-    dq = _dq_of(qmodel)
-    dq_to_src = {v: k for k, v in dq.items()}
-    inits = {i.name for i in qmodel.graph.initializer}
-    fp_names = {o for n in prepared.graph.node for o in n.output} | {i.name for i in prepared.graph.input}
-    wanted_nodes = set(quantized_nodes(qmodel))
-    rows = []
-    for node in qmodel.graph.node:
-        if node.name not in wanted_nodes:
-            continue
-        ins = [
-            dq_to_src[i]
-            for i in node.input
-            if i in dq_to_src and dq_to_src[i] not in inits and dq_to_src[i] in fp_names
-        ]
-        out = node.output[0]
-        if out not in fp_names:
-            continue
-        rows.append((node, ins, out))
-    q_tensors = sorted(
-        {dq[t] for _, ins, _ in rows for t in ins}
-        | {dq[o] for _, _, o in rows if o in dq}
-        | {o for _, _, o in rows if o not in dq}
-    )
-    fp_tensors = sorted({t for _, ins, _ in rows for t in ins} | {o for _, _, o in rows})
-    run_q = tensor_runner(qmodel, q_tensors, threads)
-    run_f = tensor_runner(prepared, fp_tensors, threads)
-    err_sum: dict[str, float] = {}
-    for batch in batches:
-        fq, ff = run_q(batch), run_f(batch)
-        for t in fp_tensors:
-            qname = dq.get(t, t)
-            if qname in fq and t in ff:
-                err_sum[t] = err_sum.get(t, 0.0) + _rel_err(fq[qname], ff[t])
-    n = max(1, len(batches))
-    err = {t: v / n for t, v in err_sum.items()}
-    ranked = []
-    for node, ins, out in rows:
-        before = max((err.get(t, 0.0) for t in ins), default=0.0)
-        after = err.get(out, 0.0)
-        ranked.append(
-            {"node": node.name, "op": node.op_type, "added_error": max(0.0, after - before), "output_error": after}
+        out["drop_metric"] = (
+            f"no labels and FP32 confident (top-1 probability >= {CONFIDENT}) on none of the {len(logits)} images: "
+            "top-1 changed on all of them"
         )
-    ranked.sort(key=lambda r: -r["added_error"])
-    return ranked
+    return out

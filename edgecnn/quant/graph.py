@@ -62,29 +62,28 @@ def check_not_quantized(model, source: str) -> None:
         )
 
 
-def prepare(model_path: str | os.PathLike):
+def prepare(model, source: str | os.PathLike | None = None):
     """Shape inference + ORT's basic graph optimisation (constant folding, Pad/BatchNorm fusion into Conv), the
-    clean-up ORT recommends before quantization. Returns the onnx.ModelProto (metadata_props kept)."""
+    clean-up ORT recommends before quantization. `model`: an onnx.ModelProto already loaded (load_model; its
+    external data inside), or a path; `source` names it in errors. Returns the onnx.ModelProto (metadata_props
+    kept)."""
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from edgecnn.onnx_io import onnx_external_data
-
+    if isinstance(model, (str, os.PathLike)):
+        source = source or model
+        model = load_model(model)
     with tempfile.TemporaryDirectory(prefix="edgecnn-quant-") as tmp:
         out = Path(tmp) / "prepared.onnx"
-        source = Path(model_path)
-        if onnx_external_data(source):
-            # quant_pre_process re-saves the model in a folder of its own, where external data files are not: hand
-            # it one file with the weights inside (the INT8 model edgecnn writes is one file too)
-            source = Path(tmp) / "source.onnx"
-            onnx.save(load_model(model_path), str(source))
+        # quant_pre_process works on files: hand it one file with the weights inside (the INT8 model edgecnn
+        # writes is one file too)
+        path = Path(tmp) / "source.onnx"
+        onnx.save(model, str(path))
         try:
-            quant_pre_process(str(source), str(out), skip_symbolic_shape=True)
+            quant_pre_process(str(path), str(out), skip_symbolic_shape=True)
         except Exception as exc:  # shape inference or ORT optimiser failure on an odd model
-            raise ArtifactError(
-                f"Cannot prepare {model_path} for quantization: {str(exc).splitlines()[0][:300]}"
-            ) from exc
-        return _at_least_opset(onnx.load(str(out)), QDQ_MIN_OPSET, model_path)
+            raise ArtifactError(f"Cannot prepare {source} for quantization: {str(exc).splitlines()[0][:300]}") from exc
+        return _at_least_opset(onnx.load(str(out)), QDQ_MIN_OPSET, source)
 
 
 # Per-channel QuantizeLinear/DequantizeLinear (their `axis`) exist from ONNX opset 13; an older model (opset 10-12,

@@ -10,6 +10,10 @@ def _pct(v) -> str:
     return "n/a" if v is None else f"{100.0 * v:.2f}%"
 
 
+def _num(v) -> str:
+    return "-" if v is None else f"{v:.4g}"
+
+
 def finetune_summary(ft: dict) -> str:
     """One line on a --finetune run (CLI summary and report)."""
     return (
@@ -49,6 +53,10 @@ def to_markdown(result: dict) -> str:
         f"{r['qdq']['int8_nodes']} nodes in INT8, zero points {', '.join(r['qdq']['zero_point_types'])}",
         f"- excluded (kept in float): {', '.join(r['excluded']) or 'none'}",
     ]
+    for e in r.get("exclusions") or []:
+        lines.append(f"  - `{e['node']}` ({e['op']}): {e['reason']}")
+    if r.get("excluded") and r.get("high_precision"):
+        lines.append(f"- layers kept in float run in: {r['high_precision']}")
     if r.get("rounding"):
         ro = r["rounding"]
         lines.append(
@@ -62,10 +70,8 @@ def to_markdown(result: dict) -> str:
     if r.get("finetune"):
         lines.append(f"- quantization-aware fine-tuning: {finetune_summary(r['finetune'])}")
     if r.get("cache"):
-        lines.append(
-            f"- TensorRT calibration table: `{r['cache']['path']}` "
-            f"(`{r['cache']['header']}`, {r['cache']['tensors']} tensors)"
-        )
+        c = r["cache"]
+        lines.append(f"- TensorRT calibration table: `{c['path']}` (`{c['header']}`, {c['tensors']} tensors)")
     for w in cal.get("warnings", []):
         lines.append(f"- warning: {w}")
     lines += ["", "## Accuracy", ""]
@@ -81,13 +87,17 @@ def to_markdown(result: dict) -> str:
         lines.append(f"| top-1 agreement with FP32 | | {_pct(ag['top1_agreement'])} |")
         lines.append(f"| max / mean abs logit diff | | {ag['max_abs_diff']:.4f} / {ag['mean_abs_diff']:.4f} |")
         lines.append(f"| cosine (min / mean) | | {ag['cosine_min']:.5f} / {ag['cosine_mean']:.5f} |")
+        if acc.get("kl") is not None:
+            lines.append(f"| mean KL(FP32 softmax, INT8 softmax) | | {acc['kl']:.4g} |")
         if ag.get("by_fp32_confidence"):
             lines.append(
                 f"\n{confidence_summary(ag['by_fp32_confidence'])} images (flips where FP32 itself "
                 "hesitates are expected; flips where it is sure are damage)."
             )
         lines.append(
-            f"\ndrop: {acc['drop']:.2f} points" + (f" (bound {r['max_drop']})" if r.get("max_drop") is not None else "")
+            f"\ndrop: {acc['drop']:.2f} points"
+            + (f" (bound {r['max_drop']})" if r.get("max_drop") is not None else "")
+            + (f": {acc['drop_metric']}" if acc.get("drop_metric") else "")
         )
         if acc.get("per_class"):
             lines += ["", "| class | images | FP32 top-1 | INT8 top-1 | delta |", "| --- | --- | --- | --- | --- |"]
@@ -96,18 +106,23 @@ def to_markdown(result: dict) -> str:
                     f"| {name} | {c['images']} | {_pct(c['fp32'])} | {_pct(c['int8'])} | {100 * c['delta']:+.2f} |"
                 )
     if r.get("fallback"):
+        fb = r["fallback"]
         lines += [
             "",
-            "## Sensitivity fallback (--max-drop)",
+            "## Accuracy gate (--max-drop)",
             "",
-            "| step | kept in float | drop |",
+            f"Sensitivity: {fb.get('measure', '')}; ranking {fb.get('rank_seconds', 0):.1f} s, gate "
+            f"{fb.get('seconds', 0):.1f} s in all. Measured: {fb.get('metric') or 'top-1'}.",
+            "",
+            "| step | layers in float | drop |",
             "| --- | --- | --- |",
         ]
-        for step in r["fallback"]["steps"]:
-            lines.append(f"| {step['step']} | {', '.join(step['excluded']) or '-'} | {step['drop']:.2f} |")
-        lines += ["", "Most sensitive layers (error added by quantizing them):", ""]
-        for row in r["fallback"]["sensitivity"][:10]:
-            lines.append(f"- `{row['node']}` ({row['op']}): {row['added_error']:.3g}")
+        for step in fb["steps"]:
+            lines.append(f"| {step['layers_in_float']} | {', '.join(step['excluded']) or '-'} | {step['drop']:.2f} |")
+        lines += ["", "Most sensitive layers (KL of the output with only that layer in INT8):", ""]
+        for row in fb["sensitivity"][:10]:
+            kl = "not reached in time" if row["kl"] is None else f"{row['kl']:.3g}"
+            lines.append(f"- `{row['node']}` ({row['op']}): {kl}")
     if r.get("latency"):
         lat = r["latency"]
         lines += [
@@ -123,6 +138,19 @@ def to_markdown(result: dict) -> str:
             f"{lat.get('interleaved_rounds', 1)} rounds, {lat['threads'] or 'default'} threads, "
             f"{lat['machine']})",
         ]
+    if r.get("range_comparison"):
+        lines += [
+            "",
+            f"## Tensors {r['method']} clips hardest (amax each calibrator would choose from the same statistics)",
+            "",
+            "| tensor | max abs | percentile | entropy (KL alone) | chosen | chosen / max |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for row in r["range_comparison"]:
+            lines.append(
+                f"| `{row['tensor']}` | {row['minmax']:.4g} | {_num(row['percentile'])} | {_num(row['entropy'])} "
+                f"({_num(row['kl'])}) | {row['chosen']:.4g} | {row['clip_ratio']:.3f} |"
+            )
     lines += ["", "## Per-tensor ranges", "", "| tensor | low | high | scale |", "| --- | --- | --- | --- |"]
     for name, rng in r["ranges"].items():
         lines.append(f"| `{name}` | {rng['low']:.6g} | {rng['high']:.6g} | {rng['scale']:.6g} |")
