@@ -20,7 +20,8 @@ def simulate(qmodel, nodes: set[str]):
     m = onnx.ModelProto()
     m.CopyFrom(qmodel)
     inits = {i.name: i for i in m.graph.initializer}
-    types = {v.name: v.type.tensor_type.elem_type for v in (*m.graph.value_info, *m.graph.input, *m.graph.output)}
+    typed = onnx.shape_inference.infer_shapes(m).graph
+    types = {v.name: v.type.tensor_type.elem_type for v in (*typed.value_info, *typed.input, *typed.output)}
     rounded: set[str] = set()
     cast: dict[str, str] = {}
     out_nodes = []
