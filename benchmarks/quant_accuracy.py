@@ -110,7 +110,7 @@ def cifar_split(cifar: Path, work: Path, n_calib: int, n_gate: int, seed: int = 
 
 def test_set(cifar: Path, onnx_path: Path, work: Path):
     """The 10,000 test images preprocessed by the model's own contract (cached per contract) and their labels."""
-    from edgecnn.artifacts import read_onnx_contract
+    from edgecnn.contract import read_onnx_contract
     from edgecnn.data import decode_resized, scan_image_folder
     from edgecnn.preprocess import normalize
 
@@ -229,7 +229,7 @@ def run_lite0(args) -> dict:
     if not (work / "calibration").exists():
         split(scenes(ROOT / ".cache" / "test-data"), work, 200, 400, 0)
     cal, held = work / "calibration", work / "held_out"
-    from edgecnn.artifacts import read_onnx_contract
+    from edgecnn.contract import read_onnx_contract
     from edgecnn.data import decode_resized, list_images
     from edgecnn.preprocess import normalize
 
@@ -270,6 +270,100 @@ def run_lite0(args) -> dict:
                 flush=True,
             )
     return out
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.2f} %"
+
+
+def markdown(r: dict) -> str:
+    m = r["machine"]
+    lines = [
+        "# INT8 accuracy: top-1 drop on CIFAR-10, agreement and KL on real photos",
+        "",
+        f"Command: `{r['command']}` (script: `benchmarks/quant_accuracy.py`, which says what it does).",
+        "",
+        f"Machine: {m['cpu']}, {m['cpus']} CPUs shared with other jobs (load average {m['loadavg'][0]:.1f} at the "
+        f"start); Python {m['python']}, onnxruntime {m['onnxruntime']}, onnx {m['onnx']}, numpy {m['numpy']}. "
+        "Both targets run on ONNX Runtime CPU (tensorrt: the Q/DQ model TensorRT would consume).",
+        "",
+        "Drop = FP32 top-1 minus INT8 top-1 in points on the 10,000 test images (one image = 0.01 point), with a 95 % "
+        "paired-bootstrap interval; agreement = same top-1 as FP32; confident = images where FP32's top-1 probability "
+        "is >= 0.5; KL = mean KL(FP32 softmax || INT8 softmax). Calibration: 500 seeded train/ images.",
+    ]
+    for arch, c in r.get("cifar", {}).items():
+        tr = c.get("training") or {}
+        lines += [
+            "",
+            f"## {arch}: FP32 top-1 {_pct(c['fp32_top1'])}",
+            "",
+            f"Checkpoint `{c['checkpoint']}`"
+            + (
+                f", trained {tr.get('epochs')} epoch(s) in {tr.get('train_seconds', 0) / 60:.1f} min on the shared "
+                f"cores (`{tr.get('command')}`)."
+                if tr
+                else "."
+            ),
+            "",
+            "| target / method | INT8 top-1 | drop [95 % interval] | lost / won | agreement | confident agreement "
+            "| KL | calibration s |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for key, row in c["rows"].items():
+            lines.append(
+                f"| {key} | {_pct(row['int8_top1'])} | {row['drop']:+.2f} "
+                f"[{row['drop_lo']:+.2f}, {row['drop_hi']:+.2f}] "
+                f"| {row['lost']} / {row['won']} | {_pct(row['agreement'])} | {_pct(row['confident_agreement'])} "
+                f"({row['confident_images']}) | {row['kl']:.2g} | {row['calibration_s']:.2f} |"
+            )
+        g = c.get("gate")
+        if g:
+            lines.append("")
+            if g["met"]:
+                t = g["test"]
+                steps = (g.get("fallback") or {}).get("steps") or []
+                lines.append(
+                    f"Gate (`--max-drop {g['max_drop']}`, tensorrt, {g['method']}, labelled --val of {g['val_images']} "
+                    f"test images): met in {g['seconds']:.0f} s with {len(g['excluded'])} layer(s) in float "
+                    f"({', '.join(g['excluded']) or 'none needed'}; {len(steps) - 1 if steps else 0} search step(s)), "
+                    f"drop {g['drop_on_val']:+.2f} on the --val images; on all 10,000: drop {t['drop']:+.2f} "
+                    f"[{t['drop_lo']:+.2f}, {t['drop_hi']:+.2f}], agreement {_pct(t['agreement'])}."
+                )
+            else:
+                lines.append(f"Gate (`--max-drop {g['max_drop']}`): not met in {g['seconds']:.0f} s: {g['error']}")
+    lite = r.get("lite0")
+    if lite:
+        lines += [
+            "",
+            f"## {lite['model']} on the scenes photos (no labels)",
+            "",
+            f"{lite['data']}. The photos are not ImageNet classes, so FP32 is unsure on most of them: agreement "
+            "overall counts coin flips; agreement where FP32 is confident and the KL divergence are the measures.",
+            "",
+            "| target / method | agreement | confident agreement (images) | KL | calibration s |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for key, row in lite["rows"].items():
+            lines.append(
+                f"| {key} | {_pct(row['agreement'])} | {_pct(row['confident_agreement'])} "
+                f"({row['confident_images']}) | {row['kl']:.3g} | {row['calibration_s']:.2f} |"
+            )
+        ent = lite["rows"].get("tensorrt/entropy", {}).get("range_comparison")
+        if ent:
+            lines += [
+                "",
+                "Tensors entropy clips hardest (tensorrt, amax from the same statistics; `KL alone` = TensorRT's "
+                "unbounded search, what entropy chose before the bound):",
+                "",
+                "| tensor | max abs | percentile 99.99 | KL alone | entropy |",
+                "| --- | --- | --- | --- | --- |",
+            ]
+            for row in ent:
+                lines.append(
+                    f"| `{row['tensor']}` | {row['minmax']:.3g} | {row['percentile']:.3g} | {row['kl']:.3g} "
+                    f"| {row['entropy']:.3g} |"
+                )
+    return "\n".join(lines) + "\n"
 
 
 def machine() -> dict:
@@ -329,7 +423,8 @@ def main() -> None:
     result["machine"]["loadavg_after"] = os.getloadavg()
     merged = {**prev, **result, "cifar": {**prev.get("cifar", {}), **result["cifar"]}}
     args.out.with_suffix(".json").write_text(json.dumps(merged, indent=2) + "\n")
-    print(f"wrote {args.out.with_suffix('.json')}")
+    args.out.with_suffix(".md").write_text(markdown(merged))
+    print(f"wrote {args.out.with_suffix('.json')} and .md")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import pytest
 from conftest import build_tiny_onnx, make_image_folder
 from test_quant_cli import invoke
 
-from edgecnn.artifacts import read_onnx_contract
+from edgecnn.contract import read_onnx_contract
 from edgecnn.errors import AccuracyGateError, UserInputError
 from edgecnn.quant import calibrators, fp16, gate, graph, qdq, select
 from edgecnn.quant.calib_data import load_calibration

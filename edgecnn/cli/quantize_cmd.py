@@ -87,6 +87,9 @@ def quantize(
         "unlabelled); keeps sensitive layers in float until met, or fails.",
     ),
     max_steps: int = typer.Option(8, "--max-steps", help="Most layers --max-drop may move back to float."),
+    sensitivity_images: int = typer.Option(
+        32, "--sensitivity-images", min=1, help="Evaluation images --max-drop ranks layer sensitivity on."
+    ),
     gate_seconds: float = typer.Option(
         120.0, "--gate-seconds", help="Time for --max-drop's sensitivity ranking and search; it stops there."
     ),
@@ -180,6 +183,7 @@ def quantize(
         max_drop=max_drop,
         max_steps=max_steps,
         gate_seconds=gate_seconds,
+        sensitivity_images=sensitivity_images,
         high_precision=high_precision,
         threads=threads,
         bias_correction=not no_bias_correction,
