@@ -244,7 +244,7 @@ def range_comparison(stats: dict[str, TensorStats], percentile: float = 99.99) -
         out[name] = {
             "minmax": float(s.amax),
             "percentile": float(percentile_amax(s, percentile)) if has_hist else None,
-            "entropy": float(entropy_amax(s)) if has_hist else None,
+            "entropy": float(entropy_amax(s, max_clipped=ENTROPY_MAX_CLIPPED)) if has_hist else None,
             "kl": float(kl_amax(s)) if has_hist else None,
         }
     return out
@@ -265,6 +265,10 @@ def compute_ranges(
         if method == "minmax":
             ranges[name] = minmax_range(s)
             continue
-        t = percentile_amax(s, percentile) if method == "percentile" else entropy_amax(s)
+        t = (
+            percentile_amax(s, percentile)
+            if method == "percentile"
+            else entropy_amax(s, max_clipped=ENTROPY_MAX_CLIPPED)
+        )
         ranges[name] = (max(s.low, -t), min(s.high, t))
     return ranges
