@@ -8,6 +8,7 @@ Images come back upright: the EXIF Orientation tag (phone photos) is applied by 
 from __future__ import annotations
 
 import os
+import stat
 import time
 import unicodedata
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +20,7 @@ import cv2
 import numpy as np
 
 from edgecnn.errors import UserInputError
+from edgecnn.imagesize import MAX_PIXELS_ENV, image_size, max_pixels
 from edgecnn.preprocess import PreprocessConfig, as_bgr, geometric
 
 # .gif (first frame) and .avif decode with OpenCV >= 4.11; with an older OpenCV they count as unreadable files.
@@ -58,12 +60,10 @@ _DECODE_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray | None:
-    """BGR uint8 H×W×3, upright per the EXIF Orientation tag, or None when the file is unreadable or not an image."""
-    try:
-        buf = np.fromfile(str(path), dtype=np.uint8)
-    except OSError:
-        return None
-    if buf.size == 0:
+    """BGR uint8 H×W×3, upright per the EXIF Orientation tag, or None when the file is unreadable, not an image, not a
+    regular file (a FIFO would block), or larger than the pixel limit (`image_problem` says which)."""
+    buf = _read_bytes(path)
+    if buf is None or _too_large(buf) is not None:
         return None
     try:
         img = cv2.imdecode(buf, _DECODE_FLAGS)
@@ -75,6 +75,53 @@ def read_image(path: str | os.PathLike) -> np.ndarray | None:
         return as_bgr(img)
     except UserInputError:
         return None
+
+
+def _read_bytes(path: str | os.PathLike) -> np.ndarray | None:
+    """The file's bytes; None for an empty or unreadable file or anything but a regular file (never opened)."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
+        buf = np.fromfile(str(path), dtype=np.uint8)
+    except OSError:
+        return None
+    return buf if buf.size else None
+
+
+def _too_large(buf: np.ndarray) -> str | None:
+    """Why the encoded image `buf` is refused before decoding (its header declares more pixels than the limit)."""
+    size = image_size(memoryview(buf)[: 1 << 20])
+    limit = max_pixels()
+    if size is None or size[0] * size[1] <= limit:
+        return None
+    w, h = size
+    return (
+        f"{w}x{h} pixels ({w * h / 1e6:.0f} MP), above the limit of {limit / 1e6:g} MP: not decoded "
+        f"(raise it with {MAX_PIXELS_ENV}=N if the image is wanted)"
+    )
+
+
+def image_problem(path: str | os.PathLike) -> str:
+    """Why `read_image(path)` gave None, in words for the user (the file's name is said by the caller)."""
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if stat.S_ISDIR(mode):
+        return "is a folder"
+    if not stat.S_ISREG(mode):
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+        return f"not a regular file ({kind}): not read"
+    buf = _read_bytes(path)
+    if buf is None:
+        return "empty or unreadable file"
+    too_large = _too_large(buf)
+    if too_large:
+        return too_large
+    return "not an image file" if not is_image(path) else "corrupt or unreadable image"
 
 
 def is_image(path: Path) -> bool:

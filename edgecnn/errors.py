@@ -6,6 +6,9 @@ Library code raises these; the CLI turns them into one line on stderr and a non-
 
 from __future__ import annotations
 
+import errno
+import os
+
 
 class EdgeCNNError(Exception):
     """Base class: a problem the user can fix. `exit_code` is what the CLI exits with."""
@@ -50,6 +53,77 @@ class SourceError(EdgeCNNError):
     """A camera, stream or video source cannot be opened or was lost for good."""
 
     exit_code = 6
+
+
+class StorageError(EdgeCNNError):
+    """The environment refused a write: disk full, quota, read-only file system, no permission, an I/O error.
+
+    Not the user's arguments and not a bug: one class, one exit code (74, EX_IOERR), one message shape, "Cannot
+    write WHAT: WHY; KEPT" (what could not be written, the cause in words, and what is still there), whichever
+    command met it. Raised by the writing helpers (edgecnn.files) and, for writes outside them, by the CLI from
+    the OSError (`storage_error`)."""
+
+    exit_code = 74
+
+    def __init__(self, what: str, why: str, kept: str = "nothing was replaced", verb: str = "write"):
+        super().__init__(f"Cannot {verb} {what}: {why}; {kept}")
+        self.what, self.why, self.kept = what, why, kept
+        self.details = {"what": what, "why": why, "kept": kept}
+
+
+# errno -> the cause in words (the fix follows from it); these are the environment's failures, not the input's.
+STORAGE_ERRNOS = {
+    errno.ENOSPC: "no space left on the device (disk full)",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EIO: "input/output error (failing disk or storage)",
+}
+# Text of the same failures where a library turned the OSError into its own error (torch's zip writer says
+# "unexpected pos"/"file write failed" on a full disk; onnx and protobuf say "No space left on device").
+_STORAGE_TEXT = {
+    "no space left on device": errno.ENOSPC,
+    "disk quota exceeded": errno.EDQUOT,
+    "read-only file system": errno.EROFS,
+    "file write failed": errno.ENOSPC,
+    "unexpected pos": errno.ENOSPC,
+}
+
+
+def storage_errno(exc: BaseException | None) -> int | None:
+    """The environment errno behind `exc` (its cause/context chain included), or None: a full disk, a read-only file
+    system, ... met by a library that re-raised it as its own error still counts."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
+            return exc.errno
+        text = str(exc).lower()
+        for needle, code in _STORAGE_TEXT.items():
+            if needle in text:
+                return code
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def storage_error(
+    exc: BaseException,
+    what: str | os.PathLike | None = None,
+    kept: str = "nothing was replaced",
+    verb: str | None = None,
+) -> StorageError | None:
+    """A StorageError for `exc` when an environment failure is behind it (else None): names `what` (default: the
+    file the OSError names), the cause in words, and `kept`. `verb`: 'write' where the caller knows it was a write;
+    by default 'access' for a refusal that may have been a read (permission denied, an I/O error)."""
+    code = storage_errno(exc)
+    if code is None:
+        return None
+    if what is None:
+        what = getattr(exc, "filename", None) or "the output"
+    if verb is None:
+        verb = "write" if code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS) else "access"
+    return StorageError(str(what), STORAGE_ERRNOS[code], kept, verb=verb)
 
 
 def require(module: str, install_hint: str):

@@ -29,6 +29,7 @@ from edgecnn.files import (
     check_output_file,
     ensure_distinct,
     prepare_output_folder,
+    raise_storage_error,
     refuse_existing,
     remove_created,
     sha256_file,
@@ -224,8 +225,11 @@ def export_onnx(
     created = prepare_output_folder(out, "--out")  # unwritable: one clear line now, not an internal error later
     try:
         return _export(src, out, options, say)
-    except BaseException:  # nothing written: take back the folders made for --out too
+    except BaseException as exc:  # nothing written: take back the folders made for --out too
         remove_created(created, out.parent)
+        # a full disk or a read-only folder met anywhere in the export (torch's writer, onnx, the staging folder) is
+        # that, not an export failure "at opset 17"
+        raise_storage_error(exc.__cause__ or exc if isinstance(exc, ArtifactError) else exc, [out])
         raise
 
 

@@ -13,7 +13,6 @@ Floor 0: imports only errors and jsonout.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import os
@@ -24,7 +23,14 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from edgecnn.errors import ArtifactError, UserInputError
+from edgecnn.errors import (
+    STORAGE_ERRNOS,
+    EdgeCNNError,
+    StorageError,
+    UserInputError,
+    storage_errno,
+    storage_error,
+)
 from edgecnn.jsonout import strict_json
 
 _UMASK = os.umask(0)
@@ -218,20 +224,43 @@ def put_in_place(tmp: Path, path: Path) -> None:
     fsync_path(path.parent)
 
 
+def _kept(paths: list[Path]) -> str:
+    """What a failed write leaves: the earlier files, untouched, or nothing."""
+    existing = [str(p) for p in paths if p.exists()]
+    return f"the existing {', '.join(existing)} left as it was" if existing else "nothing was written"
+
+
+def raise_storage_error(exc: BaseException, paths: list[Path], kept: str | None = None) -> None:
+    """Raise the StorageError behind `exc` (a full disk, a read-only folder, ...) naming `paths`; return if none."""
+    if isinstance(exc, EdgeCNNError):
+        return
+    err = storage_error(exc, ", ".join(map(str, paths)), kept or _kept(paths), verb="write")
+    if err is not None:
+        raise err from exc
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path in the destination folder; on success it replaces `path`, on error it is removed.
 
-    A crash never leaves a half-written artifact, and readers never see one.
+    A crash never leaves a half-written artifact, and readers never see one. A full disk, a read-only folder or
+    another refusal of the environment is a StorageError (exit 74) naming `path` and saying the earlier file is kept.
     """
     path = Path(path)
     if path.exists() and path.is_dir():
         raise UserInputError(f"{path} is a folder, expected a file path")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = temp_beside(path, suffix)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp_path = temp_beside(path, suffix)
+    except OSError as exc:
+        raise_storage_error(exc, [path])
+        raise
     try:
         yield tmp_path
         put_in_place(tmp_path, path)
+    except Exception as exc:
+        raise_storage_error(exc, [path])
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -339,6 +368,7 @@ def make_dirs(path: str | os.PathLike) -> Path | None:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         remove_created(top, path)
+        raise_storage_error(exc, [path], "nothing was written")
         raise UserInputError(f"Cannot create the folder {path}: {exc.strerror or exc}") from exc
     return top
 
@@ -366,6 +396,8 @@ def prepare_output_folder(out: str | os.PathLike, flag: str = "--out") -> Path |
     out = Path(out)
     try:
         created = make_dirs(out.parent)
+    except StorageError as exc:
+        raise StorageError(f"{flag} {out}", exc.why, exc.kept) from exc.__cause__
     except UserInputError as exc:
         raise UserInputError(f"{flag} {out}: {exc}") from exc.__cause__
     try:
@@ -374,12 +406,18 @@ def prepare_output_folder(out: str | os.PathLike, flag: str = "--out") -> Path |
         os.unlink(probe)
     except OSError as exc:
         remove_created(created, out.parent)
+        raise_storage_error(exc, [Path(f"{flag} {out}")], "nothing was written")
         raise UserInputError(f"{flag} {out}: cannot write files in {out.parent} ({exc.strerror or exc})") from exc
     return created
 
 
-class StagedWriteError(ArtifactError):
+class StagedWriteError(StorageError):
     """Writing or placing a set of staged files failed; the message says which files (if any) were replaced."""
+
+    def __init__(self, what: str, exc: BaseException, kept: str):
+        code = storage_errno(exc)
+        why = STORAGE_ERRNOS[code] if code is not None else getattr(exc, "strerror", None) or str(exc)
+        super().__init__(what, why, kept)
 
 
 @contextlib.contextmanager
@@ -389,8 +427,9 @@ def staged_files() -> Iterator[Callable[..., Path]]:
     staged: stage the most important first. Yields `stage(path, suffix=None) -> temporary path`.
 
     A failure while writing (a full disk) replaces nothing, removes the temporaries and the folders made for them,
-    and raises StagedWriteError saying so. Several files cannot be replaced atomically together: if a rename fails
-    part way (a busy or read-only destination), the error names what was already replaced."""
+    and raises StagedWriteError (a StorageError, exit 74) saying so. Several files cannot be replaced atomically
+    together: if a rename fails part way (a busy or read-only destination), the error names what was already
+    replaced."""
     staged: list[tuple[Path, Path]] = []
     created: list[tuple[Path | None, Path]] = []
 
@@ -399,7 +438,10 @@ def staged_files() -> Iterator[Callable[..., Path]]:
         if path.is_dir():
             raise UserInputError(f"{path} is a folder, expected a file path")
         created.append((make_dirs(path.parent), path.parent))
-        staged.append((temp_beside(path, suffix), path))
+        try:
+            staged.append((temp_beside(path, suffix), path))
+        except OSError as exc:
+            raise StagedWriteError(str(path), exc, "nothing was replaced") from exc
         return staged[-1][0]
 
     def discard() -> None:
@@ -410,13 +452,12 @@ def staged_files() -> Iterator[Callable[..., Path]]:
 
     try:
         yield stage
-    except OSError as exc:
+    except Exception as exc:
         discard()
-        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        if not isinstance(exc, OSError) and (isinstance(exc, EdgeCNNError) or storage_errno(exc) is None):
+            raise
         raise StagedWriteError(
-            f"Cannot write {', '.join(str(p) for _, p in staged) or 'the outputs'} "
-            f"({exc.strerror or exc}{'; is the disk full?' if full else ''}): nothing was "
-            "replaced"
+            ", ".join(str(p) for _, p in staged) or "the outputs", exc, "nothing was replaced"
         ) from exc
     except BaseException:
         discard()
@@ -430,7 +471,7 @@ def staged_files() -> Iterator[Callable[..., Path]]:
             replaced.append(path)
     except OSError as exc:
         done = f"{', '.join(map(str, replaced))} already replaced" if replaced else "nothing was replaced"
-        raise StagedWriteError(f"Cannot put {path} in place ({exc.strerror or exc}): {done}") from exc
+        raise StagedWriteError(f"{path} (putting it in place)", exc, done) from exc
     finally:
         for tmp, _ in staged:
             tmp.unlink(missing_ok=True)

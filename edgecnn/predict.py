@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecnn.data import is_image, list_images, read_image
+from edgecnn.data import image_problem, list_images, read_image
 from edgecnn.errors import UserInputError
 from edgecnn.postprocess import topk
 from edgecnn.preprocess import preprocess
@@ -28,7 +28,7 @@ def expand_inputs(items: list[str | os.PathLike]) -> tuple[list[Path], dict[Path
             out += found or [p]
         else:
             if not p.is_file():
-                problems[p] = "does not exist"
+                problems[p] = image_problem(p)  # missing, or there but not a regular file (a FIFO, a device)
             out.append(p)
     if not out:
         raise UserInputError("No images given")
@@ -61,8 +61,7 @@ def predict_files(runner, images: list[str | os.PathLike], top_k: int = 5, batch
             continue
         frame = read_image(p)
         if frame is None:
-            kind = "not an image file" if not is_image(p) else "corrupt or unreadable image"
-            results[i] = {"path": str(p), "error": kind}
+            results[i] = {"path": str(p), "error": image_problem(p)}
             continue
         pending.append((i, frame))
         if len(pending) >= batch:

@@ -161,6 +161,8 @@ class TrainResult:
     world_size: int
     history: list[dict]
     warnings: list[str] = field(default_factory=list)
+    epochs_completed: float = 0.0  # epochs_run counts a partial last epoch as one; this counts its share
+    partial_epoch: bool = False  # the time budget ended the last epoch part way
     model: Any = field(default=None, repr=False)  # the trained torch module (best weights not reloaded)
 
     def to_dict(self) -> dict:
@@ -305,7 +307,25 @@ def learning_rate(step: int, total: int, peak: float, schedule: str, warmup: flo
 # ---------------------------------------------------------------- outputs
 
 
-METRIC_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "images_per_s", "seconds")
+def _plain(value):
+    """A config value as plain JSON: paths as text, sets (the options given) as sorted lists, not "frozenset(...)"."""
+    if isinstance(value, os.PathLike):
+        return str(value)
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    return value
+
+
+METRIC_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "images_per_s", "seconds", "partial")
+
+
+def epochs_completed(history: list[dict]) -> float:
+    """Epochs trained, counting an epoch the time budget cut short by the share of its steps that ran (1.4, not 2)."""
+    done = 0.0
+    for row in history:
+        steps, planned = row.get("steps"), row.get("steps_planned")
+        done += steps / planned if row.get("partial") and steps and planned else 1.0
+    return round(done, 2)
 
 
 def _write_metrics(history: list[dict], paths: dict[str, Path], summary: dict) -> None:
@@ -322,11 +342,19 @@ def _write_metrics(history: list[dict], paths: dict[str, Path], summary: dict) -
 
 
 def _plot(history: list[dict], path: Path) -> None:
-    """Loss and accuracy per epoch, train vs validation (matplotlib's object API: no global pyplot state)."""
+    """Loss and accuracy per epoch, train vs validation, as a PNG at `path` (written atomically)."""
+    from edgecnn.files import atomic_path
+
+    fig = _curves_figure(history)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png")
+
+
+def _curves_figure(history: list[dict]):
+    """The curves as a matplotlib Figure (the object API: no global pyplot state); epochs are whole-number ticks."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-
-    from edgecnn.files import atomic_path
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [r["epoch"] for r in history]
     fig = Figure(figsize=(10, 4), dpi=100)
@@ -338,12 +366,12 @@ def _plot(history: list[dict], path: Path) -> None:
         if any(v is not None for v in val):
             ax.plot(epochs, [np.nan if v is None else v for v in val], "o-", label="validation")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no 0.5, 1.5 ticks
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png")
+    return fig
 
 
 # ---------------------------------------------------------------- fit
@@ -705,6 +733,7 @@ class _Run:
 
         t0 = time.perf_counter()
         loss_sum = correct = seen = 0.0
+        steps = 0
         lr = self.optimizer.param_groups[0]["lr"]
         pending = prep_pool.submit(prepare, batches[0])
         for i in range(len(batches)):
@@ -733,6 +762,7 @@ class _Run:
             batch_loss = loss.item()
             if not math.isfinite(batch_loss):
                 raise EdgeCNNError(f"Training diverged (loss {batch_loss} at epoch {epoch}, step {i + 1}): lower --lr")
+            steps += 1
             loss_sum += batch_loss * len(y_np)
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(y_np)
@@ -761,6 +791,10 @@ class _Run:
             "val_acc": val_acc,
             "images_per_s": seen / seconds,
             "seconds": seconds,
+            # the time budget ended this epoch part way: a partial epoch, recorded as such (not as a full one)
+            "partial": steps < len(batches),
+            "steps": steps,
+            "steps_planned": len(batches),
         }
 
     def evaluate(self) -> tuple[float, float]:
@@ -812,6 +846,8 @@ class _Run:
                     "corrupt": self.corrupt,
                     "corrupt_examples": self.corrupt_examples,
                     "epochs_run": self.epoch,
+                    "epochs_completed": epochs_completed(h),
+                    "partial_epoch": bool(h and h[-1].get("partial")),
                     "epochs_planned": cfg.epochs,
                     "best_epoch": self.best_epoch,
                     "best_val_acc": self.best_acc,
@@ -826,7 +862,7 @@ class _Run:
                     "resumed_from": str(cfg.resume) if cfg.resume else None,
                     "val_folder": str(Path(self.val_root).resolve()) if self.val_root is not None else None,
                     "split_digest": self.split_digest,
-                    "config": {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in asdict(cfg).items()},
+                    "config": {k: _plain(v) for k, v in asdict(cfg).items()},
                     "optimizer": cfg.optimizer,
                     "lr": self.lr_peak,
                     "batch_size": cfg.batch_size,
@@ -841,6 +877,7 @@ class _Run:
     def save(self, target: Path, summary: dict) -> None:
         from edgecnn.checkpoint import save_checkpoint
         from edgecnn.contract import ModelContract
+        from edgecnn.files import raise_storage_error
 
         contract = ModelContract(
             labels=list(self.classes),
@@ -865,6 +902,8 @@ class _Run:
         try:
             save_checkpoint(target, self.model, self.arch, self.arch_kwargs, contract, training=summary, extra=state)
         except (OSError, RuntimeError) as exc:  # torch reports a full disk as RuntimeError("... unexpected pos ...")
+            kept = "the files of the epochs before are kept" if self.history[:-1] else "nothing was written"
+            raise_storage_error(exc, [target], kept)  # a full disk, a read-only folder: StorageError (exit 74)
             raise EdgeCNNError(
                 f"Could not write the checkpoint {target} ({str(exc).splitlines()[0][:160]}): is the "
                 "disk full? The files of the epochs before are kept"
@@ -945,6 +984,8 @@ class _Run:
             world_size=dist.world,
             history=self.history,
             warnings=list(self.warnings),
+            epochs_completed=s["epochs_completed"],
+            partial_epoch=s["partial_epoch"],
             model=self.model,
         )
 

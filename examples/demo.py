@@ -118,7 +118,7 @@ def main() -> None:
         )
     edgecnn("predict", int8, *[all_photos[i] for i in order[400:403]], "--top-k", "3")
     edgecnn("compare", fp32, int8, "--data", held_out)
-    edgecnn("profile", fp32, int8, "--end-to-end", "--iterations", "100", "--report", OUT / "profile-report")
+    edgecnn("profile", fp32, int8, "--end-to-end", "--iterations", "100", "--report", OUT / "profile-report", "--force")
     edgecnn(
         "live",
         int8,
@@ -156,6 +156,7 @@ def main() -> None:
         "int8",
         "--out",
         OUT / "lite0-orin-nano.tar.gz",
+        "--force",  # the demo re-runs: its bundle is rebuilt each time
     )
     edgecnn("doctor")
     print(f"\ndemo: done. Everything is in {OUT.relative_to(ROOT)}/ (reports: quant-report/, profile-report/).")

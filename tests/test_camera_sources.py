@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import cv2
 import numpy as np
 import pytest
@@ -194,7 +196,7 @@ def test_cli_bad_frame_rate_or_source_is_one_line_exit_2(tiny_onnx, tmp_path, ar
     assert result.exit_code == 2, result.output
     errors = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and fragment in errors[0] and "internal error" not in result.output
-    assert result.stdout == ""  # refused before anything ran
+    assert json.loads(result.stdout)["error"]["exit_code"] == 2  # refused before anything ran: only the error
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "tiny.onnx"]  # no recording, no temporary file
 
 

@@ -142,7 +142,10 @@ def test_eval_with_no_readable_image_fails_in_both_modes(cat_dog_onnx, tmp_path)
     for extra in ([], ["--json"]):
         result = runner.invoke(app, ["eval", str(cat_dog_onnx), str(tmp_path / "d"), *extra])
         assert_error(result, 2, "1", str(tmp_path / "d"))
-        assert result.stdout == ""
+        if extra:  # --json: the error object on stdout too (scripts read it there)
+            assert json.loads(result.stdout)["error"]["exit_code"] == 2
+        else:
+            assert result.stdout == ""
 
 
 def test_result_tables_go_to_stdout_and_brackets_are_text_not_markup(tmp_path):

@@ -233,7 +233,7 @@ def test_cli_service_not_installed_is_a_failure(bundle, tmp_path):
     )
     assert res.exit_code == 3, res.output
     report = json.loads(res.stdout)
-    assert report["service"]["installed"] is False and report["error"].startswith("service not installed")
+    assert report["service"]["installed"] is False and report["error"]["message"].startswith("service not installed")
     assert (tmp_path / "p" / "tiny" / "start.sh").is_file()  # the rest of the install is done and kept
     assert_error(res, 3, str(tmp_path / "p" / "tiny"), "service")
 

@@ -164,7 +164,8 @@ def test_lost_stream_ends_with_summary_and_source_error(tiny_onnx):
             proc.kill()
     summary = json.loads(out.splitlines()[-1])
     assert proc.returncode == 6
-    assert summary["end_reason"] == "source_lost" and "2 attempts" in summary["error"]
+    assert summary["end_reason"] == "source_lost" and "2 attempts" in summary["error"]["message"]
+    assert summary["error"]["exit_code"] == 6  # --json: the summary line carries the error object
     assert "reconnecting" in err and err.strip().splitlines()[-1].startswith("error: Lost http://127.0.0.1")
 
 
@@ -187,7 +188,7 @@ def test_bad_record_path_is_refused_before_the_model_loads(tmp_path, where):
     result = CliRunner().invoke(
         app, ["live", str(tmp_path / "missing.onnx"), "--source", str(video), "--headless", "--record", str(record)]
     )
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == (74 if where == "sys" else 2), result.output  # /sys: permission denied: StorageError
     errors = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and f"--record {record}" in errors[0] and "internal error" not in result.output
     if where == "existing":
@@ -217,9 +218,10 @@ def test_full_disk_recording_exits_non_zero_with_the_summary(tiny_onnx, tmp_path
     result = CliRunner().invoke(
         app, ["live", str(tiny_onnx), "--source", str(video), "--headless", "--no-pace", "--json", "--record", str(out)]
     )
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == 74, result.output  # the one StorageError exit code
     records = [json.loads(line) for line in result.stdout.splitlines()]
-    assert len(records) == 31 and records[-1]["type"] == "summary" and records[-1]["frames"] == 30
+    assert len(records) == 32 and records[-2]["type"] == "summary" and records[-2]["frames"] == 30
+    assert records[-1]["error"]["exit_code"] == 74  # --json: the error object, one line like the others
     errors = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "is unusable" in errors[0] and "disk full" in errors[0]
     assert "recording:" not in result.stderr
@@ -335,7 +337,7 @@ def test_reconnect_attempts_bound_a_source_that_dies_right_after_connecting(tiny
     assert proc.returncode == 6, proc.stderr
     summary = json.loads(proc.stdout.splitlines()[-1])
     assert summary["end_reason"] == "source_lost" and summary["reconnects"] == 1
-    assert "after 1 attempt " in summary["error"]
+    assert "after 1 attempt " in summary["error"]["message"]
     assert server.connections == 2 and elapsed < 30
 
 

@@ -30,7 +30,7 @@ from edgecnn.camera.sinks import (
 from edgecnn.camera.sources import parse_source
 from edgecnn.camera.stats import LatencyHistogram
 from edgecnn.data import iter_video_frames
-from edgecnn.errors import UserInputError
+from edgecnn.errors import StorageError, UserInputError
 from edgecnn.runtime.base import load
 
 
@@ -268,7 +268,7 @@ def test_recorder_refuses_an_unwritable_path_up_front(tmp_path, where):
         (tmp_path / "rec.mp4").mkdir()
     if where in ("proc", "sys") and not os.path.isdir(str(path).rsplit("/", 1)[0]):
         pytest.skip(f"no {path} parent folder on this system")
-    with pytest.raises(UserInputError) as err:
+    with pytest.raises((UserInputError, StorageError)) as err:  # /sys: permission denied, the environment's refusal
         VideoRecorder(path, fps=30)
     assert "--record" in str(err.value) and "\n" not in str(err.value)
     assert not list(tmp_path.glob(".*"))  # the writability probe left nothing behind
@@ -276,7 +276,7 @@ def test_recorder_refuses_an_unwritable_path_up_front(tmp_path, where):
 
 def test_recorder_refuses_a_read_only_folder(small_disk):
     subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
-    with pytest.raises(UserInputError, match="cannot write to the folder .*Read-only file system"):
+    with pytest.raises(StorageError, match="Cannot write --record .*out.avi: read-only file system"):
         VideoRecorder(small_disk / "out.avi", fps=30)
 
 
@@ -312,7 +312,10 @@ def test_recording_cut_short_by_a_full_disk_is_an_error_and_replaces_nothing(tin
         with pytest.raises(RecordingError) as err:
             run_live(runner, cap, LiveOptions(), [CallbackSink(results.append), recorder])
     msg = str(err.value)
-    assert msg.startswith(f"Recording {out} is unusable") and "disk full" in msg and "left as it was" in msg
+    assert (
+        msg.startswith(f"Cannot write {out}: the video is unusable") and "disk full" in msg and "left as it was" in msg
+    )
+    assert err.value.exit_code == 74  # the one StorageError exit code
     assert err.value.summary.frames == 30 == len(results)  # what was classified is still reported
     assert err.value.summary.end_reason == "end_of_source"
     assert out.read_bytes() == b"previous recording"

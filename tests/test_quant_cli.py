@@ -175,8 +175,8 @@ def test_max_drop_fallback_and_failure(setup):
     assert first > 0  # the setup really hurts INT8 (drop = share of images whose top-1 changed)
     assert res.exit_code == 5 and "max-drop" in res.output and "Nothing was written" in res.output
     assert not out.exists()
-    failed = json.loads(res.stdout)  # --json: the measured steps too, not only the exit code
-    assert "Nothing was written" in failed["error"] and failed["max_drop"] == 0
+    failed = json.loads(res.stdout)["error"]  # --json: the error object holds the measured steps too
+    assert "Nothing was written" in failed["message"] and failed["exit_code"] == 5 and failed["max_drop"] == 0
     assert failed["steps"][0]["drop"] == first and len(failed["steps"]) == 2 and failed["sensitivity"]
     res = invoke(
         "quantize",
@@ -524,8 +524,9 @@ def test_a_full_disk_while_writing_the_outputs_writes_none_of_them(setup, small_
         "--json",
         "--force",
     )
-    assert res.exit_code == 4, res.output
-    assert "nothing was replaced" in res.output and "is the disk full?" in res.output and res.stdout == ""
+    assert res.exit_code == 74, res.output  # the one StorageError exit code
+    assert "nothing was replaced" in res.stderr and "disk full" in res.stderr
+    assert json.loads(res.stdout)["error"]["exit_code"] == 74  # --json: the error object, nothing else
     assert "internal error" not in res.output
     assert out.read_bytes() == b"earlier model" and cache.read_text() == "earlier table"
     assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]

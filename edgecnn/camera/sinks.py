@@ -6,9 +6,11 @@ A sink that stops the loop for a reason of its own sets `stop_reason` (the summa
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 from collections import deque
@@ -19,8 +21,8 @@ import cv2
 import numpy as np
 
 from edgecnn.camera.sources import MAX_FPS, MIN_FPS, check_fps
-from edgecnn.errors import UserInputError
-from edgecnn.files import check_output_file, put_in_place, temp_beside
+from edgecnn.errors import STORAGE_ERRNOS, StorageError, UserInputError
+from edgecnn.files import check_output_file, put_in_place, raise_storage_error, temp_beside
 from edgecnn.jsonout import strict_json
 
 FOURCC_BY_SUFFIX = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
@@ -73,8 +75,16 @@ class WindowSink:
             self.opened = False
 
 
-class RecordingError(UserInputError):
+class RecordingError(StorageError):
     """A recording could not be completed (disk full, write error): the final path was left as it was."""
+
+
+def _disk_full(folder: Path) -> bool:
+    """Whether `folder`'s file system has (about) no room left: OpenCV's writer reports failures without a cause."""
+    try:
+        return shutil.disk_usage(folder).free < (1 << 20)
+    except OSError:
+        return False
 
 
 def _probe_writable(folder: Path, flag: str, path: Path) -> None:
@@ -83,6 +93,7 @@ def _probe_writable(folder: Path, flag: str, path: Path) -> None:
     try:
         fd, probe = tempfile.mkstemp(prefix=".edgecnn-probe-", dir=folder)
     except OSError as exc:
+        raise_storage_error(exc, [Path(f"{flag} {path}")], "nothing was written")
         raise UserInputError(f"{flag} {path}: cannot write to the folder {folder} ({exc.strerror or exc})") from None
     os.close(fd)
     try:
@@ -216,6 +227,8 @@ class VideoRecorder:
         if not self.writer.isOpened():
             self.writer = None
             self.tmp.unlink(missing_ok=True)
+            if _disk_full(self.path.parent):
+                raise StorageError(str(self.path), STORAGE_ERRNOS[errno.ENOSPC], "nothing was written")
             raise UserInputError(f"Cannot write {self.path} with codec {self.fourcc}: try an .avi file")
         self.size = (w, h)
 
@@ -343,6 +356,8 @@ class VideoRecorder:
         )
         problem = _recording_problem(tmp, self.frames)
         hint = " (is the disk full?)"
+        if problem is not None and _disk_full(self.path.parent):
+            problem, hint = STORAGE_ERRNOS[errno.ENOSPC], ""
         if problem is None:
             try:
                 put_in_place(tmp, self.path)  # mkstemp makes 0600; a video is an ordinary user file
@@ -354,7 +369,7 @@ class VideoRecorder:
         self.tmp = None
         self.frames = 0
         raise RecordingError(
-            f"Recording {self.path} is unusable: {problem}{hint}; the incomplete video was removed and {kept}"
+            str(self.path), f"the video is unusable: {problem}{hint}", f"the incomplete video was removed and {kept}"
         )
 
 

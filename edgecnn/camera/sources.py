@@ -31,6 +31,7 @@ import numpy as np
 
 from edgecnn.data import IMAGE_EXTS, VIDEO_EXTS, list_images, read_image
 from edgecnn.errors import MissingDependencyError, SourceError, UserInputError
+from edgecnn.masking import mask_credentials
 
 KINDS = ("camera", "csi", "gst", "stream", "file", "folder")
 STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https")
@@ -38,20 +39,11 @@ OPEN_TIMEOUT_MS = 5000
 READ_TIMEOUT_MS = 5000
 
 _DIGITS = re.compile(r"[0-9]+")
-_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s?#]+@")
-_SECRET_QUERY = re.compile(
-    r"(?i)(?P<key>[?&;](?:pass|password|passwd|pwd|token|access_token|key|apikey|api_key|auth|secret|sig|signature)=)[^&#\s]*"
-)
-_SECRET_PROP = re.compile(
-    r"(?i)(?P<key>(?<![?&;\w-])(?:user-pw|user-id|proxy-pw|proxy-id|password)\s*=\s*)(\"[^\"]*\"|'[^']*'|\S+)"
-)
 
 
 def redact(text: str) -> str:
-    """`text` with credentials replaced by `***`: URL user info, secret query values, GStreamer auth properties."""
-    text = _USERINFO.sub(lambda m: m.group("scheme") + "***@", str(text))
-    text = _SECRET_QUERY.sub(lambda m: m.group("key") + "***", text)
-    return _SECRET_PROP.sub(lambda m: m.group("key") + "***", text)
+    """`text` with credentials replaced by `***` (the one masking function: `edgecnn.masking.mask_credentials`)."""
+    return mask_credentials(text)
 
 
 @dataclass(frozen=True)

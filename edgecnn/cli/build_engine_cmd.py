@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from edgecnn.cli.common import cli_command, console, print_json, progress_bar, warn
+from edgecnn.cli.common import add_command, console, json_option, print_json, progress_bar, warn
 
 
 def build_engine(
@@ -57,9 +57,7 @@ def build_engine(
         help="Plan for this TensorRT version (default: installed, else the device's JetPack one); a build refuses a "
         "version other than the installed one.",
     ),
-    json_out: bool = typer.Option(
-        False, "--json", help="Print the report (or the plan + trtexec command) as JSON only."
-    ),
+    json_out: bool = json_option("Print the report (or the plan + trtexec command) as JSON only, on stdout."),
 ):
     """Build a TensorRT engine on this machine's GPU, with a manifest that lets the runner refuse a mismatched
     engine."""
@@ -137,4 +135,4 @@ def _print_trtexec(plan, model: Path, out: Path, json_out: bool) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("build-engine")(cli_command(build_engine))
+    add_command(app, "build-engine", build_engine)

@@ -7,21 +7,28 @@ from typing import Optional
 
 import typer
 
-from edgecnn.cli.common import cli_command, console, error, print_json, progress_bar, warn
-
-calibrate_app = typer.Typer(
-    name="calibrate",
-    help="Calibration data for INT8 quantization (capture frames from the deployment camera).",
-    no_args_is_help=True,
+from edgecnn.cli.common import (
+    Interrupted,
+    add_command,
+    console,
+    force_option,
+    json_option,
+    print_json,
+    progress_bar,
+    warn,
 )
 
 
 def register(app: typer.Typer) -> None:
-    app.add_typer(calibrate_app, name="calibrate")
+    group = typer.Typer(
+        name="calibrate",
+        help="Calibration data for INT8 quantization (capture frames from the deployment camera).",
+        no_args_is_help=True,
+    )
+    add_command(group, "capture", capture)
+    app.add_typer(group, name="calibrate")
 
 
-@calibrate_app.command("capture")
-@cli_command
 def capture(
     source: str = typer.Option(
         ...,
@@ -43,9 +50,7 @@ def capture(
         help="Capture rate (cameras); for an image folder, its rate for --every-ms. "
         "A video file keeps its own (--fps is ignored, with a warning).",
     ),
-    force: bool = typer.Option(
-        False, "--force", help="Add frames to a folder that already holds files (nothing is overwritten)."
-    ),
+    force: bool = force_option("Add frames to a folder that already holds files (nothing is overwritten)."),
     quality: int = typer.Option(95, "--quality", min=50, max=100, help="JPEG quality."),
     reconnect_attempts: int = typer.Option(
         5,
@@ -53,7 +58,7 @@ def capture(
         min=0,
         help="Reopen a lost camera/stream this many times (then exit 6, keeping the frames saved).",
     ),
-    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+    json_out: bool = json_option("Print the summary as JSON only, on stdout."),
 ):
     """Save --count frames, --every-ms apart, as calibration/NAME/frame_NNNNN.jpg (each file written atomically).
     A video file is read frame by frame on its own timeline (fast); a camera or stream in real time. Ctrl-C (or
@@ -122,8 +127,28 @@ def capture(
                 signal.signal(sig, handler)
 
         d = report.to_dict()
+        skipped = report.skipped_unreadable
+        unreadable = f"{skipped} unreadable image file(s) skipped" if skipped else ""
+        failure = None
+        if report.end_reason == "stopped":
+            # Interrupted before --count: the frames saved so far stay (each file is complete), but the exit is not 0,
+            # like every interrupted command (cli_command's Ctrl-C -> 130), so `capture && quantize` does not go on.
+            failure = Interrupted(_interrupted_message(received[0], len(report.saved), out))
+        elif report.end_reason.startswith(LOST) and report.saved:
+            # Lost for good before --count: like an interruption, the frames stay but the exit is not 0 (6, as
+            # `live` exits for the same loss), so `capture && quantize` does not go on with a part of the set.
+            failure = SourceError(
+                f"{report.end_reason[len(LOST) :].strip()}; kept the {len(report.saved)} of {count} "
+                f"frame(s) saved so far in {out}"
+            )
+        elif not report.saved:
+            detail = f"{report.end_reason}; {unreadable}" if unreadable else report.end_reason
+            failure = SourceError(f"No frames captured from {report.source} ({detail})")
         if json_out:
-            print_json(d)
+            if failure is None:
+                print_json(d)
+            else:  # one JSON document: the summary with the error object in it (cli_command prints it)
+                failure.json_result = d
         elif report.saved:
             size = f"{d['size'][0]}x{d['size'][1]}" if d["size"] else "-"
             console.print(
@@ -132,24 +157,8 @@ def capture(
                 f"{d['brightness'].get('max', '-')}",
                 markup=False,
             )
-        if report.end_reason == "stopped":
-            # Interrupted before --count: the frames saved so far stay (each file is complete), but the exit is not 0,
-            # like every interrupted command (cli_command's Ctrl-C -> 130), so `capture && quantize` does not go on.
-            # Raised inside output_folder, so a folder this run created and left empty is removed.
-            error(_interrupted_message(received[0], len(report.saved), out))
-            raise typer.Exit(130)
-        if report.end_reason.startswith(LOST) and report.saved:
-            # Lost for good before --count: like an interruption, the frames stay but the exit is not 0 (6, as
-            # `live` exits for the same loss), so `capture && quantize` does not go on with a part of the set.
-            raise SourceError(
-                f"{report.end_reason[len(LOST) :].strip()}; kept the {len(report.saved)} of {count} "
-                f"frame(s) saved so far in {out}"
-            )
-        skipped = report.skipped_unreadable
-        unreadable = f"{skipped} unreadable image file(s) skipped" if skipped else ""
-        if not report.saved:
-            detail = f"{report.end_reason}; {unreadable}" if unreadable else report.end_reason
-            raise SourceError(f"No frames captured from {report.source} ({detail})")
+        if failure is not None:
+            raise failure  # inside output_folder: a folder this run created and left empty is removed
     if unreadable:
         warn(f"{unreadable} in {report.source}")
     if report.ended_early:

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from edgecnn.cli.common import cli_command, console, print_json, progress_bar, results
+from edgecnn.cli.common import add_command, console, json_option, print_json, progress_bar, results
 
 
 def compare_command(
@@ -29,9 +29,10 @@ def compare_command(
     max_diff: Optional[float] = typer.Option(
         None, "--max-diff", min=0.0, help="Fail (exit 5) above this max abs logit diff."
     ),
-    json_out: bool = typer.Option(False, "--json", help="Print the comparison as JSON only."),
+    json_out: bool = json_option("Print the comparison as JSON only, on stdout."),
 ):
     """Max/mean abs difference, cosine similarity, top-1 agreement, and the images where A and B disagree."""
+    from edgecnn.errors import EdgeCNNError
     from edgecnn.profile import ModelSpec
     from edgecnn.profiling.compare import check_gate, compare_runners, gate_failures, resolve_data
     from edgecnn.runtime import load
@@ -50,11 +51,16 @@ def compare_command(
             "passed": not failures,
             "failures": failures,
         }
-    if json_out:
-        print_json(result)
-    else:
+    if not json_out:
         _print(result, spec_a.display, spec_b.display, show)
-    check_gate(result, min_agreement, max_diff)
+        check_gate(result, min_agreement, max_diff)
+        return
+    try:
+        check_gate(result, min_agreement, max_diff)
+    except EdgeCNNError as exc:  # one JSON document: the comparison with the error object in it
+        exc.json_result = result
+        raise
+    print_json(result)
 
 
 def _print(r: dict, name_a: str, name_b: str, show: int) -> None:
@@ -91,4 +97,4 @@ def _print(r: dict, name_a: str, name_b: str, show: int) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("compare")(cli_command(compare_command))
+    add_command(app, "compare", compare_command)

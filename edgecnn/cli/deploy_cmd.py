@@ -7,24 +7,34 @@ from typing import List, Optional
 
 import typer
 
-from edgecnn.cli.common import cli_command, console, error, print_json, progress_bar, warn
+from edgecnn.cli.common import (
+    add_command,
+    article,
+    console,
+    error,
+    error_object,
+    force_option,
+    json_option,
+    print_json,
+    progress_bar,
+    warn,
+)
 from edgecnn.platform import DEFAULT_L4T
 
 DRY_RUN_SHA256 = "SHA256-OF-THE-BUNDLE"  # in --dry-run host commands: the real run's archive sha256 goes there
 
-deploy_app = typer.Typer(
-    name="deploy",
-    help="Bundle a model for Jetson devices, install bundles, write Triton and DeepStream configs.",
-    no_args_is_help=True,
-)
-
 
 def register(app: typer.Typer) -> None:
-    app.add_typer(deploy_app, name="deploy")
+    group = typer.Typer(
+        name="deploy",
+        help="Bundle a model for Jetson devices, install bundles, write Triton and DeepStream configs.",
+        no_args_is_help=True,
+    )
+    for name, fn in (("bundle", bundle), ("install", install), ("triton", triton), ("deepstream", deepstream)):
+        add_command(group, name, fn)
+    app.add_typer(group, name="deploy")
 
 
-@deploy_app.command("bundle")
-@cli_command
 def bundle(
     model: str = typer.Argument(
         ..., help="An .onnx model (FP32, or Q/DQ INT8), a .pt checkpoint or a pretrained name."
@@ -74,8 +84,8 @@ def bundle(
         "--dry-run",
         help="With --host: check and show the bundle and the ssh/scp commands; write and run nothing.",
     ),
-    force: bool = typer.Option(False, "--force", help="Replace an existing --out (and its .sha256)."),
-    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON only."),
+    force: bool = force_option("Replace an existing --out (and its .sha256)."),
+    json_out: bool = json_option("Print the report as JSON only, on stdout."),
 ):
     """A self-contained, checksummed bundle: ONNX, calibration, contract, start script, systemd unit, Dockerfile.
 
@@ -83,7 +93,7 @@ def bundle(
     import shlex
 
     from edgecnn.deploy.bundle import DEFAULT_PREFIX, BundleOptions, create_bundle, push_bundle, ssh_commands
-    from edgecnn.errors import UserInputError
+    from edgecnn.errors import EdgeCNNError, UserInputError
 
     host_only = [
         flag
@@ -119,7 +129,14 @@ def bundle(
         if not dry_run:
             if not json_out:
                 console.print(f"copying to {host} and installing ...")
-            push_bundle(commands)
+            try:
+                push_bundle(commands)
+            except EdgeCNNError as exc:  # an unreachable host, a failed install there: the bundle here stays
+                kept = (
+                    f"the bundle is kept: {report.out} (and its .sha256)" if report.written else "nothing was written"
+                )
+                exc.args = (f"{exc}; {kept}; copy and install it by hand, or retry with --host",)
+                raise
     if json_out:
         print_json(result)
         return
@@ -138,7 +155,7 @@ def bundle(
         )
     console.print(
         f"[green]✓[/] {head}\n"
-        f"  on the device: builds a {report.precision} engine from {report.build_onnx} at first start; "
+        f"  on the device: builds {article(report.precision)} engine from {report.build_onnx} at first start; "
         f"ONNX Runtime fallback: {report.run_onnx}"
     )
     if host and dry_run:
@@ -149,8 +166,6 @@ def bundle(
         console.print(f"[green]✓[/] installed on {host}")
 
 
-@deploy_app.command("install")
-@cli_command
 def install(
     bundle: Optional[Path] = typer.Argument(None, help="A bundle from `edgecnn deploy bundle`."),
     prefix: Path = typer.Option(Path("/opt/edgecnn"), "--prefix", help="Install under PREFIX/<name>."),
@@ -164,7 +179,12 @@ def install(
     no_build: bool = typer.Option(
         False, "--no-build", help="Do not build the TensorRT engine now (start.sh builds it on first start)."
     ),
-    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON only."),
+    require_sha256: bool = typer.Option(
+        False,
+        "--require-sha256",
+        help="Refuse a bundle whose archive checksum is unknown (no --sha256 and no BUNDLE.sha256 beside it).",
+    ),
+    json_out: bool = json_option("Print the report as JSON only, on stdout."),
 ):
     """Verify (SHA256SUMS; a tampered bundle is refused), extract safely, build the engine, optionally the service.
 
@@ -177,13 +197,28 @@ def install(
     the service would need, and exits 3: the service that was asked for is not there.
     """
     from edgecnn.deploy.install import install_bundle
-    from edgecnn.errors import MissingDependencyError, UserInputError
+    from edgecnn.errors import ArtifactError, MissingDependencyError, UserInputError
 
     if (bundle is None) == (rollback is None):
         raise UserInputError("give a BUNDLE to install, or --rollback NAME (not both)")
     if rollback is not None:
         _rollback(rollback, prefix, service, json_out)
         return
+
+    side = bundle.with_name(bundle.name + ".sha256")
+    if sha256 is None and bundle.is_file() and not side.is_file():
+        # Without the archive's own checksum only the SHA256SUMS inside it are checked, which a replaced bundle
+        # brings along: accidental damage is caught, substitution is not.
+        if require_sha256:
+            raise ArtifactError(
+                f"{bundle} has no {side.name} beside it and no --sha256 was given: --require-sha256 refuses an archive "
+                f"it cannot check; copy {side.name} from where the bundle was made, or pass --sha256 DIGEST"
+            )
+        warn(
+            f"NO ARCHIVE CHECKSUM: {side.name} is not beside {bundle.name} and no --sha256 was given, so this bundle's "
+            "origin is NOT verified (its inner SHA256SUMS only catch damage, not a replaced bundle); copy the .sha256 "
+            "with it, pass --sha256, or --require-sha256 to refuse such bundles"
+        )
     with progress_bar("installing", total=3, disable=json_out) as update:
         report = install_bundle(
             bundle, prefix, expected_sha256=sha256, service=service, build_engine=not no_build, progress=update
@@ -192,7 +227,9 @@ def install(
     # Not an exception from install_bundle: the app itself is installed (and stays), only the service is missing.
     service_missing = f"service not installed: {svc.get('reason')}" if service and not svc.get("installed") else None
     if json_out:
-        print_json({**report.to_dict(), "error": service_missing} if service_missing else report.to_dict())
+        code = MissingDependencyError.exit_code
+        failure = error_object(service_missing, code, "MissingDependencyError") if service_missing else {}
+        print_json({**report.to_dict(), **failure})
     else:
         _print_install(report)
     if service_missing:
@@ -246,8 +283,6 @@ def _print_install(report) -> None:
                 console.print(f"  {cmd}", markup=False)
 
 
-@deploy_app.command("triton")
-@cli_command
 def triton(
     model: str = typer.Argument(
         ..., help="An edgecnn .onnx or .engine (with its .json manifest), or a pretrained name."
@@ -260,8 +295,8 @@ def triton(
     instances: int = typer.Option(1, "--instances", help="Model instances (instance_group count)."),
     dynamic_batching: bool = typer.Option(False, "--dynamic-batching", help="Let Triton batch concurrent requests."),
     cpu: bool = typer.Option(False, "--cpu", help="KIND_CPU instances (ONNX only; default KIND_GPU)."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing model folder of that name."),
-    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON only."),
+    force: bool = force_option("Replace an existing model folder of that name."),
+    json_out: bool = json_option("Print the report as JSON only, on stdout."),
 ):
     """A Triton model repository entry: config.pbtxt, labels (label_filename) and the model under version 1."""
     from edgecnn.deploy.triton import TritonOptions, write_repository
@@ -286,8 +321,6 @@ def triton(
     )
 
 
-@deploy_app.command("deepstream")
-@cli_command
 def deepstream(
     model: str = typer.Argument(..., help="An edgecnn .onnx (or .engine), or a pretrained name."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for nvinfer_config.txt, labels and the model."),
@@ -304,12 +337,10 @@ def deepstream(
     approximate_std: bool = typer.Option(
         False, "--approximate-std", help="Accept one scale factor for per-channel std."
     ),
-    force: bool = typer.Option(
-        False,
-        "--force",
-        help="Replace an earlier config in --out as a whole (with the engine DeepStream cached for it).",
+    force: bool = force_option(
+        "Replace an earlier config in --out as a whole (with the engine DeepStream cached for it)."
     ),
-    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON only."),
+    json_out: bool = json_option("Print the report as JSON only, on stdout."),
 ):
     """A DeepStream nvinfer classifier config whose scale, offsets and color format come from the model's contract.
 

@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import typer
 
-from edgecnn.cli.common import cli_command, console, print_json
+from edgecnn.cli.common import add_command, console, json_option, print_json
 
 
-def register(app: typer.Typer) -> None:
-    app.command(
-        "doctor", help="Check this machine: platform, JetPack, TensorRT, CUDA, GPU, OpenCV, cameras, power mode."
-    )(doctor)
+def doctor(json_out: bool = json_option("Print the checks as JSON only, on stdout.")):
+    """Check this machine: platform, JetPack, TensorRT, CUDA, GPU, OpenCV, cameras, power mode.
 
-
-@cli_command
-def doctor(json_out: bool = typer.Option(False, "--json", help="Print the checks as JSON only.")):
-    """Each item ✓ / ✗ with the fix, or – when it does not apply here. Exits 0: it reports, it does not judge."""
+    Each item ✓ / ✗ with the fix, or – when it does not apply here. Exits 0: it reports, it does not judge."""
     from rich.markup import escape
 
     from edgecnn.deploy.doctor import SYMBOLS, run_doctor
@@ -33,3 +28,7 @@ def doctor(json_out: bool = typer.Option(False, "--json", help="Print the checks
             console.print(f"  {'':<{width}}  [yellow]fix:[/] {escape(c.fix)}")
     n_fail = len(report.failures)
     console.print(f"{n_fail} item(s) missing" if n_fail else "[green]everything edgecnn can use is here[/]")
+
+
+def register(app: typer.Typer) -> None:
+    add_command(app, "doctor", doctor)

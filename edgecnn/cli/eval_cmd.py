@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from edgecnn.cli.common import cli_command, console, print_json, progress_bar, results
+from edgecnn.cli.common import add_command, backend_option, console, json_option, print_json, progress_bar, results
 
 
 def eval_command(
@@ -15,8 +15,8 @@ def eval_command(
     data_dir: Path = typer.Argument(..., help="Labelled folder: one sub-folder per class (names, ids or wnids)."),
     batch: int = typer.Option(32, "--batch", min=1, help="Batch size."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate a fixed random subset of N images."),
-    backend: Optional[str] = typer.Option(None, "--backend", help="Force a backend (onnxrt, torch, tensorrt, ...)."),
-    json_out: bool = typer.Option(False, "--json", help="Print metrics as JSON only."),
+    backend: Optional[str] = backend_option(),
+    json_out: bool = json_option("Print the metrics as JSON only, on stdout."),
 ):
     """Accuracy on a labelled folder. A train/ + test/ pair evaluates test/."""
     from edgecnn.evaluate import evaluate
@@ -50,4 +50,4 @@ def eval_command(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("eval")(cli_command(eval_command))
+    add_command(app, "eval", eval_command)

@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from edgecnn.cli.common import cli_command, console, print_json
+from edgecnn.cli.common import add_command, console, force_option, json_option, print_json
 
 
 def export(
@@ -29,8 +29,8 @@ def export(
     tolerance: float = typer.Option(
         1e-3, "--tolerance", help="Max abs logit difference allowed vs PyTorch (a finite number > 0)."
     ),
-    force: bool = typer.Option(False, "--force", help="Replace an existing --out file."),
-    json_out: bool = typer.Option(False, "--json", help="Print the export report as JSON only."),
+    force: bool = force_option("Replace an existing --out file."),
+    json_out: bool = json_option("Print the export report as JSON only, on stdout."),
 ):
     """Export to ONNX: labels and preprocessing go into the model's metadata; parity vs PyTorch is checked."""
     from edgecnn.export import ExportOptions, export_onnx
@@ -81,4 +81,4 @@ class _nullcontext:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("export")(cli_command(export))
+    add_command(app, "export", export)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from edgecnn.cli.common import cli_command, console, warn
+from edgecnn.cli.common import add_command, backend_option, console, force_option, json_option, threads_option, warn
 
 SOURCE_HELP = (
     "Camera index (0), /dev/videoN, csi://N[?capture=WxH&flip=M], gst:<pipeline>, rtsp://..., http(s)://... "
@@ -16,15 +16,17 @@ SOURCE_HELP = (
 
 
 def register(app: typer.Typer) -> None:
-    app.command("live", help="Classify frames from a camera or stream in real time (overlay window, JSON, recording).")(
-        live
+    add_command(
+        app,
+        "live",
+        live,
+        help="Classify frames from a camera or stream in real time (overlay window, JSON, recording).",
     )
 
 
-@cli_command
 def live(
     model: str = typer.Argument("efficientnet-lite0", help="Model file (.onnx, .engine, .pt) or pretrained name."),
-    source: str = typer.Option("0", "--source", "-s", help=SOURCE_HELP),
+    source: str = typer.Option("0", "--source", "-s", envvar="EDGECNN_SOURCE", help=SOURCE_HELP),
     width: Optional[int] = typer.Option(None, "--width", help="Capture width (cameras; output width for csi://)."),
     height: Optional[int] = typer.Option(None, "--height", help="Capture height (cameras; output height for csi://)."),
     fps: Optional[float] = typer.Option(
@@ -34,16 +36,14 @@ def live(
         "A video file keeps its own rate (--fps is ignored, with a warning).",
     ),
     headless: bool = typer.Option(False, "--headless", help="No window (servers, SSH, services)."),
-    json_out: bool = typer.Option(False, "--json", help="One JSON line per frame on stdout, then a summary line."),
+    json_out: bool = json_option("One JSON line per frame on stdout, then a summary line."),
     every: int = typer.Option(
         1, "--every", min=1, help="With --json, write every N-th frame only (ignored, with a warning, without --json)."
     ),
     record: Optional[Path] = typer.Option(
         None, "--record", help="Write the annotated video here (.mp4/.avi/.mkv); an existing file needs --force."
     ),
-    force: bool = typer.Option(
-        False, "--force", help="Replace an existing --record file (only once the new recording is complete)."
-    ),
+    force: bool = force_option("Replace an existing --record file (only once the new recording is complete)."),
     top_k: int = typer.Option(3, "--top-k", min=1, help="Classes shown per frame."),
     threshold: float = typer.Option(
         0.0, "--threshold", min=0.0, max=1.0, help="Below this top-1 probability show 'unknown'."
@@ -59,12 +59,9 @@ def live(
     reconnect_attempts: int = typer.Option(
         5, "--reconnect-attempts", min=0, help="Reopen a lost camera/stream this many times."
     ),
-    backend: Optional[str] = typer.Option(None, "--backend", help="Runner backend (default: from the model file)."),
-    threads: Optional[int] = typer.Option(
-        None,
-        "--threads",
-        min=1,
-        help="ONNX Runtime CPU threads; cores-1 leaves a core for capture (most efficient pipeline).",
+    backend: Optional[str] = backend_option(),
+    threads: Optional[int] = threads_option(
+        "ONNX Runtime CPU threads; cores-1 leaves a core for capture (most efficient pipeline)."
     ),
 ):
     """Run the live loop until the source ends, --max-frames, q/Esc, or Ctrl-C / SIGTERM (which still finalise the
@@ -169,27 +166,31 @@ def live(
             signal.signal(sig, signal.SIG_IGN if stop.is_set() else handler)
         runner.close()
 
+    skipped = summary.skipped_unreadable
+    unreadable = f"{skipped} unreadable image file(s) skipped" if skipped else ""
+    failure = sink_error
+    if failure is None and summary.end_reason == "source_lost":
+        failure = SourceError(summary.error or f"Lost {spec.display}")
+    elif failure is None and summary.frames == 0 and summary.end_reason == "end_of_source":
+        detail = "end of source" + (f"; {unreadable}" if unreadable else "")
+        failure = SourceError(f"No frames from {spec.display} ({detail})")
     if json_out and json_sink.stop_reason is None:
-        try:
-            out = summary.to_dict()
-            if recorder is not None and recorder.frames:
-                out["recording"] = _recording_dict(record, recorder)
-            sys.stdout.write(json.dumps(strict_json(out), allow_nan=False) + "\n")
-            sys.stdout.flush()
-        except BrokenPipeError:
-            json_sink.stop_reason = "output_closed"
+        out = summary.to_dict()
+        if recorder is not None and recorder.frames:
+            out["recording"] = _recording_dict(record, recorder)
+        if failure is not None:  # the summary line carries the error object (cli_command writes it, last line)
+            failure.json_result = out
+        else:
+            try:
+                sys.stdout.write(json.dumps(strict_json(out), allow_nan=False) + "\n")
+                sys.stdout.flush()
+            except BrokenPipeError:
+                json_sink.stop_reason = "output_closed"
     if json_sink is not None and json_sink.stop_reason is not None:
         _discard_stdout()  # `| head -1` went away: no "Exception ignored ... BrokenPipeError" when Python exits
     _print_summary(summary, _recording_dict(record, recorder) if recorder is not None and recorder.frames else None)
-    if sink_error is not None:
-        raise sink_error
-    skipped = summary.skipped_unreadable
-    unreadable = f"{skipped} unreadable image file(s) skipped" if skipped else ""
-    if summary.end_reason == "source_lost":
-        raise SourceError(summary.error or f"Lost {spec.display}")
-    if summary.frames == 0 and summary.end_reason == "end_of_source":
-        detail = "end of source" + (f"; {unreadable}" if unreadable else "")
-        raise SourceError(f"No frames from {spec.display} ({detail})")
+    if failure is not None:
+        raise failure
     if unreadable:
         warn(f"{unreadable} in {spec.display}")
 

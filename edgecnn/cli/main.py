@@ -57,17 +57,40 @@ def main(
 
 def _register_all() -> None:
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"edgecnn.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"edgecnn.cli.{name}":  # command not written yet in this checkout
-                continue
-            raise
-        module.register(app)
+        importlib.import_module(f"edgecnn.cli.{name}").register(app)
 
 
 _register_all()
 
 
 def run() -> None:
-    app(prog_name="edgecnn")
+    """Run the CLI. A usage error (a missing or bad option, met by Click before any command runs) is Click's message
+    and exit 2; with --json on the command line the error object goes to stdout too, like every other failure."""
+    import sys
+
+    from edgecnn.cli import stderr_filter
+    from edgecnn.cli.common import error_object, print_json
+
+    stderr_filter.install()  # libjpeg's "Corrupt JPEG data" lines: edgecnn counts damaged images itself
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(prog_name="edgecnn", standalone_mode=False)
+    except typer.TyperException as exc:  # Click's UsageError, BadParameter, ... (Typer vendors Click)
+        _show_usage_error(exc)
+        if "--json" in sys.argv[1:]:
+            print_json(error_object(exc.format_message(), exc.exit_code, "UsageError"))
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.stderr.write("error: aborted\n")
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _show_usage_error(exc) -> None:
+    """Typer's own rendering of a usage error (the boxed message with the usage line)."""
+    try:
+        from typer import rich_utils
+
+        rich_utils.rich_format_error(exc)
+    except (ImportError, AttributeError):
+        exc.show()

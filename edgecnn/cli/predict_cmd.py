@@ -7,15 +7,17 @@ from typing import List, Optional
 import typer
 from rich.markup import escape
 
-from edgecnn.cli.common import cli_command, console, print_json
+from edgecnn.cli.common import add_command, backend_option, console, error_object, json_option, print_json
+
+UNREADABLE_EXIT = 2  # some inputs could not be read (the rest were classified): UserInputError's code
 
 
 def predict(
     model: str = typer.Argument(..., help="Model file (.pt, .onnx, .engine) or a pretrained name."),
     images: List[str] = typer.Argument(..., help="Image files or folders."),
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="How many classes to show per image."),
-    backend: Optional[str] = typer.Option(None, "--backend", help="Force a backend (onnxrt, torch, tensorrt, ...)."),
-    json_out: bool = typer.Option(False, "--json", help="Print results as JSON only."),
+    backend: Optional[str] = backend_option(),
+    json_out: bool = json_option(),
 ):
     """Classify images. Unreadable files are reported and make the exit code 2; the rest are still classified."""
     from edgecnn.predict import predict_files
@@ -26,7 +28,11 @@ def predict(
     failed = [r for r in results if "error" in r]
 
     if json_out:
-        print_json({"model": str(model), "results": results})
+        doc = {"model": str(model), "results": results}
+        if failed:  # a failure, so the error object is there too (the classified images are in `results`)
+            message = f"{len(failed)} of {len(results)} input(s) could not be classified"
+            doc.update(error_object(message, UNREADABLE_EXIT, "UserInputError"))
+        print_json(doc)
     else:
         for r in results:
             if "error" in r:
@@ -35,8 +41,8 @@ def predict(
             best = ", ".join(f"{t['label']} {t['score']:.1%}" for t in r["top_k"])
             typer.echo(f"{r['path']}: {best}")
     if failed:
-        raise typer.Exit(2)
+        raise typer.Exit(UNREADABLE_EXIT)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("predict")(cli_command(predict))
+    add_command(app, "predict", predict)

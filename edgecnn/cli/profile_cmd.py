@@ -7,7 +7,16 @@ from typing import List, Optional
 
 import typer
 
-from edgecnn.cli.common import cli_command, console, print_json, progress_bar, results
+from edgecnn.cli.common import (
+    add_command,
+    console,
+    force_option,
+    json_option,
+    print_json,
+    progress_bar,
+    results,
+    threads_option,
+)
 
 
 def _batches(text: str) -> tuple[int, ...]:
@@ -36,23 +45,22 @@ def profile_command(
         "--duration",
         help="Seconds of timed runs per model and batch (replaces --iterations); overrun by at most one call.",
     ),
-    threads: Optional[int] = typer.Option(
-        None, "--threads", min=1, help="CPU threads per model (default: the backend's)."
-    ),
+    threads: Optional[int] = threads_option("CPU threads per model (default: the backend's)."),
     per_layer: bool = typer.Option(False, "--per-layer", help="Also time each layer/node and list the slowest."),
     top: int = typer.Option(10, "--top", min=1, help="How many slowest layers to list with --per-layer."),
     end_to_end: bool = typer.Option(
         False, "--end-to-end", help="Also time a BGR 640x480 frame -> preprocessing -> model -> top-5."
     ),
     report: Optional[Path] = typer.Option(None, "--report", help="Write profile.json, profile.md and PNG plots here."),
-    json_out: bool = typer.Option(False, "--json", help="Print the results as JSON only (no raw samples)."),
+    force: bool = force_option("Replace an existing --report folder's report."),
+    json_out: bool = json_option("Print the results as JSON only, on stdout (no raw samples)."),
 ):
     """Latency (min/mean/p50/p90/p95/p99/max), throughput, memory and file size of models, timed interleaved."""
     from edgecnn.profile import ProfileOptions, profile_models
     from edgecnn.profiling.report import check_report_dir, write_report
 
     if report is not None:
-        check_report_dir(report)  # fail before minutes of timing, not after
+        check_report_dir(report, force)  # fail before minutes of timing, not after
     options = ProfileOptions(
         batches=_batches(batch),
         warmup=warmup,
@@ -66,7 +74,7 @@ def profile_command(
     options.validate()
     with progress_bar("profiling", disable=json_out) as update:
         result = profile_models(models, options, progress=update)
-    written = write_report(result, report) if report is not None else {}
+    written = write_report(result, report, force) if report is not None else {}
     if json_out:
         out = result.to_dict(samples=False)
         if written:
@@ -134,4 +142,4 @@ def _print_tables(result) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("profile")(cli_command(profile_command))
+    add_command(app, "profile", profile_command)

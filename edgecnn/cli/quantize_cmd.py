@@ -8,7 +8,16 @@ from typing import List, Optional
 import typer
 from rich.markup import escape
 
-from edgecnn.cli.common import cli_command, console, print_json, progress_bar, warn
+from edgecnn.cli.common import (
+    add_command,
+    console,
+    force_option,
+    json_option,
+    print_json,
+    progress_bar,
+    threads_option,
+    warn,
+)
 
 STAGES = {
     "decode": "decoding calibration images",
@@ -122,7 +131,7 @@ def quantize(
         "images, with the FP32 model as teacher (needs PyTorch; 0: plain post-training).",
     ),
     finetune_lr: float = typer.Option(1e-5, "--finetune-lr", help="Adam learning rate for --finetune."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="ONNX Runtime threads (default: all cores)."),
+    threads: Optional[int] = threads_option("ONNX Runtime threads (default: all cores)."),
     input_size: Optional[str] = typer.Option(
         None, "--input-size", help="ONLY for a model without edgecnn metadata: H,W."
     ),
@@ -143,16 +152,24 @@ def quantize(
     labels: Optional[Path] = typer.Option(
         None, "--labels", help="ONLY without metadata: class names file, one per line."
     ),
-    force: bool = typer.Option(False, "--force", help="Replace an existing --out (and --cache) file."),
-    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON only (stdout)."),
+    force: bool = force_option("Replace an existing --out (and --cache) file."),
+    json_out: bool = json_option(),
 ):
     """Quantize to INT8 with calibration images: Q/DQ ONNX for TensorRT or CPU, accuracy measured on this machine."""
     from edgecnn.contract import read_labels_file
-    from edgecnn.errors import AccuracyGateError, UserInputError
+    from edgecnn.errors import UserInputError
     from edgecnn.preprocess import PreprocessConfig
     from edgecnn.quant import OutputPolicy, QuantOptions
     from edgecnn.quant import quantize as run_quantize
 
+    if Path(model).suffix.lower() in (".pt", ".pth"):  # quantization works on the ONNX graph, not on PyTorch
+        import shlex
+
+        onnx_path = shlex.quote(str(Path(model).with_suffix(".onnx")))
+        raise UserInputError(
+            f"quantize takes an ONNX model, and {model} is a PyTorch checkpoint: export it first with "
+            f"`edgecnn export {shlex.quote(str(model))} --out {onnx_path}`, then quantize {onnx_path}"
+        )
     pre = None
     if input_size or mean or std:
         if not (input_size and mean and std):
@@ -200,12 +217,8 @@ def quantize(
         def progress(stage: str, done: int, total: int) -> None:
             update(done, total, description=STAGES.get(stage, stage))
 
-        try:
-            result = run_quantize(model, out, calib, options, progress=progress, output=output)
-        except AccuracyGateError as exc:
-            if json_out and exc.details:  # scripts get the measured steps too, then the error and exit 5
-                print_json({"error": str(exc), **exc.details})
-            raise
+        # an AccuracyGateError carries the measured steps: with --json they are in the error object (cli_command)
+        result = run_quantize(model, out, calib, options, progress=progress, output=output)
     if json_out:
         print_json(result)
         return
@@ -286,4 +299,4 @@ def _print_summary(r: dict) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("quantize")(cli_command(quantize))
+    add_command(app, "quantize", quantize)

@@ -34,6 +34,7 @@ from edgecnn.files import (
     check_output_folder,
     ensure_distinct,
     make_dirs,
+    raise_storage_error,
     remove_created,
     replace_folder,
     temp_folder_beside,
@@ -376,6 +377,7 @@ def write_deepstream(
             staging = Path(tempfile.mkdtemp(prefix=".deepstream-", dir=target))  # a folder whose parent is read-only
     except OSError as exc:
         remove_created(created, target.parent)
+        raise_storage_error(exc, [Path(out_dir)], "nothing was written")
         raise UserInputError(f"Cannot write to {out_dir}: {exc.strerror or exc}") from exc
     replaced = False
     try:

@@ -29,7 +29,7 @@ from typing import Callable
 from zlib import error as zlib_error  # a damaged gzip stream raises this mid-extraction
 
 from edgecnn.deploy.bundle import BUNDLE_FORMAT, NAME_RE, parse_sha256sums, systemd_unit, unit_description
-from edgecnn.errors import ArtifactError, UserInputError
+from edgecnn.errors import ArtifactError, EdgeCNNError, StorageError, UserInputError, storage_error
 from edgecnn.files import (
     check_output_folder,
     fsync_path,
@@ -502,12 +502,16 @@ def check_prefix(prefix: Path) -> None:
     check_output_folder(prefix, "--prefix")
 
 
-def _write_error(folder: Path, exc: OSError) -> UserInputError:
+def _write_error(folder: Path, exc: OSError) -> EdgeCNNError:
+    """The one StorageError (exit 74) for a full disk, a read-only or forbidden --prefix; else a UserInputError."""
+    kept = "nothing was installed (an earlier install is as it was)"
     if isinstance(exc, PermissionError):
-        return UserInputError(
-            f"Cannot write to {folder}: run with sudo, or install elsewhere with --prefix ~/edgecnn-apps"
+        return StorageError(
+            str(folder), "permission denied (run with sudo, or install elsewhere with --prefix ~/edgecnn-apps)", kept
         )
-    return UserInputError(f"Cannot write to {folder}: {exc.strerror or exc}")
+    return storage_error(exc, folder, kept, verb="write") or UserInputError(
+        f"Cannot write to {folder}: {exc.strerror or exc}"
+    )
 
 
 def _make_dirs(path: Path) -> Path | None:

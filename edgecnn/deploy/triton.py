@@ -22,7 +22,14 @@ from pathlib import Path
 
 from edgecnn.deploy.model_io import ModelIO, read_model_io
 from edgecnn.errors import UserInputError
-from edgecnn.files import check_output_folder, make_dirs, remove_created, replace_folder, temp_folder_beside
+from edgecnn.files import (
+    check_output_folder,
+    make_dirs,
+    raise_storage_error,
+    remove_created,
+    replace_folder,
+    temp_folder_beside,
+)
 from edgecnn.onnx_io import copy_onnx
 
 DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int8": "TYPE_INT8", "int32": "TYPE_INT32"}
@@ -250,6 +257,7 @@ def write_repository(model: str | Path, repo: str | Path, options: TritonOptions
             shutil.rmtree(staging, ignore_errors=True)
         remove_created(created, repo)
         if isinstance(exc, OSError):
+            raise_storage_error(exc, [target], "the repository was left as it was")
             raise UserInputError(f"Cannot write the Triton repository in {repo}: {exc.strerror or exc}") from exc
         raise
     files = sorted(p.relative_to(repo).as_posix() for p in target.rglob("*") if p.is_file())

@@ -10,29 +10,48 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edgecnn.files import atomic_path, atomic_write_text, check_output_folder
+from edgecnn.errors import UserInputError
+from edgecnn.files import check_output_folder, staged_files
 from edgecnn.jsonout import strict_json
 
-
-def check_report_dir(folder: str | Path) -> Path:
-    """The report folder, or a clear error when the path is a file (checked before any timing starts)."""
-    return check_output_folder(folder, "--report")
+REPORT_FILES = ("profile.json", "profile.md", "latency.png", "throughput.png", "layers.png")
 
 
-def write_report(result, folder: str | Path) -> dict[str, Path]:
-    """Write JSON, Markdown and PNG plots for a `ProfileResult` into `folder`; returns {kind: path}."""
-    folder = check_report_dir(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "json": atomic_write_text(
-            folder / "profile.json", json.dumps(strict_json(result.to_dict()), indent=2, default=str) + "\n"
-        ),
-        "markdown": atomic_write_text(folder / "profile.md", markdown(result)),
-        "latency_plot": _save(_latency_figure(result), folder / "latency.png"),
-        "throughput_plot": _save(_throughput_figure(result), folder / "throughput.png"),
+def check_report_dir(folder: str | Path, force: bool = False) -> Path:
+    """The report folder, or a clear error when the path is a file, or holds a report already and `force` is not
+    set (checked before any timing starts): like every other output, an earlier report is replaced only when asked."""
+    folder = check_output_folder(folder, "--report")
+    earlier = [name for name in REPORT_FILES if (folder / name).exists()]
+    if earlier and not force:
+        raise UserInputError(
+            f"--report {folder} already holds a report ({', '.join(earlier)}): pass --force to replace it, or "
+            "choose another --report folder"
+        )
+    return folder
+
+
+def write_report(result, folder: str | Path, force: bool = False) -> dict[str, Path]:
+    """Write JSON, Markdown and PNG plots for a `ProfileResult` into `folder`; returns {kind: path}. The files are
+    staged and put in place together: a full disk or a read-only folder leaves no part of a report (and the
+    earlier report, if any, as it was)."""
+    folder = check_report_dir(folder, force)
+    figures = {
+        "latency_plot": ("latency.png", _latency_figure),
+        "throughput_plot": ("throughput.png", _throughput_figure),
     }
     if any(m.layers for m in result.models):
-        paths["layers_plot"] = _save(_layers_figure(result), folder / "layers.png")
+        figures["layers_plot"] = ("layers.png", _layers_figure)
+    paths: dict[str, Path] = {}
+    with staged_files() as stage:
+        for kind, name, text in (
+            ("json", "profile.json", json.dumps(strict_json(result.to_dict()), indent=2, default=str) + "\n"),
+            ("markdown", "profile.md", markdown(result)),
+        ):
+            stage(folder / name).write_text(text, encoding="utf-8")
+            paths[kind] = folder / name
+        for kind, (name, make) in figures.items():
+            make(result).savefig(stage(folder / name, suffix=".png"), format="png", bbox_inches="tight")
+            paths[kind] = folder / name
     return paths
 
 
@@ -211,12 +230,6 @@ def _figure(w=8.0, h=4.5):
     fig = Figure(figsize=(w, h), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
-
-
-def _save(fig, path: Path) -> Path:
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", bbox_inches="tight")
-    return path
 
 
 def _latency_figure(result):

@@ -39,10 +39,14 @@ def resolve_model(model: str | os.PathLike, backend: str | None = None) -> Path:
 def _writable_cache(target: Path) -> None:
     """The cache folder made and probed before a model is materialised into it: an unwritable $EDGECNN_CACHE (/proc,
     a read-only mount) is one line naming the variable, not an internal error from deep inside torch.save."""
+    from edgecnn.errors import StorageError
     from edgecnn.files import prepare_output_folder
 
     try:
         prepare_output_folder(target, "model cache file")
+    except StorageError as exc:  # a read-only or forbidden cache folder, a full disk: exit 74, with the fix
+        fix = "set EDGECNN_CACHE to a writable folder (default ~/.cache/edgecnn)"
+        raise StorageError(exc.what, exc.why, f"{exc.kept}; {fix}") from exc
     except UserInputError as exc:
         raise UserInputError(f"{exc}: set EDGECNN_CACHE to a writable folder (default ~/.cache/edgecnn)") from exc
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 from pathlib import Path
 
 from edgecnn.contract import ModelContract
@@ -70,8 +72,7 @@ def read_manifest(engine: str | os.PathLike) -> dict:
             raise ArtifactError(f"{path} lacks {key!r}: {rebuild_hint(data, engine)}")
     problem = _structure_problem(data)
     if problem:
-        hint = data.get("rebuild_command") if isinstance(data.get("rebuild_command"), str) else None
-        raise ArtifactError(f"{path} is damaged ({problem}): {rebuild_hint({'rebuild_command': hint}, engine)}")
+        raise ArtifactError(f"{path} is damaged ({problem}): {rebuild_hint(None, engine)}")
     return data
 
 
@@ -119,9 +120,33 @@ def contract_of(manifest: dict) -> ModelContract:
     return ModelContract.from_dict(manifest["contract"])
 
 
+_SAFE_NAME = re.compile(r"^[\w.+-]+\.onnx$")
+
+
 def rebuild_hint(manifest: dict | None, engine: str | os.PathLike) -> str:
-    cmd = (manifest or {}).get("rebuild_command") or f"edgecnn build-engine MODEL.onnx --out {engine}"
-    return f"rebuild it on this machine: {cmd}"
+    """The `edgecnn build-engine` line that rebuilds `engine`, made from trusted facts only: the engine's path as
+    given here, and from the manifest only values checked against what they can be (a plain .onnx file name, a known
+    precision, device preset or DLA core). The manifest's stored `rebuild_command` is never shown: a tampered
+    manifest could hold any shell line (`curl ... | sudo sh`), and the hint is printed for a person to run."""
+    from edgecnn.trt.devices import DEVICES
+    from edgecnn.trt.plan import PRECISIONS
+
+    manifest = manifest if isinstance(manifest, dict) else {}
+    options = manifest.get("options") if isinstance(manifest.get("options"), dict) else {}
+    onnx = manifest.get("onnx") if isinstance(manifest.get("onnx"), dict) else {}
+    name = onnx.get("file")
+    argv = ["edgecnn", "build-engine", name if isinstance(name, str) and _SAFE_NAME.match(name) else "MODEL.onnx"]
+    argv += ["--out", str(engine)]
+    precision = options.get("precision", manifest.get("precision"))
+    if precision in PRECISIONS:
+        argv += ["--precision", precision]
+    device = options.get("device")
+    if isinstance(device, str) and device in DEVICES:
+        argv += ["--device", device]
+    dla = manifest.get("dla_core")
+    if _is_int(dla) and 0 <= dla <= 1:
+        argv += ["--dla", str(dla)]
+    return f"rebuild it on this machine: {shlex.join(argv)}"
 
 
 def verify_engine_file(engine: str | os.PathLike, manifest: dict) -> None:
