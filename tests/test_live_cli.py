@@ -220,8 +220,8 @@ def test_full_disk_recording_exits_non_zero_with_the_summary(tiny_onnx, tmp_path
     )
     assert result.exit_code == 74, result.output  # the one StorageError exit code
     records = [json.loads(line) for line in result.stdout.splitlines()]
-    assert len(records) == 32 and records[-2]["type"] == "summary" and records[-2]["frames"] == 30
-    assert records[-1]["error"]["exit_code"] == 74  # --json: the error object, one line like the others
+    assert len(records) == 31 and records[-1]["type"] == "summary" and records[-1]["frames"] == 30
+    assert records[-1]["error"]["exit_code"] == 74  # --json: the summary line carries the error object
     errors = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "is unusable" in errors[0] and "disk full" in errors[0]
     assert "recording:" not in result.stderr

@@ -153,13 +153,17 @@ def fail(exc: EdgeCNNError, as_json: bool = False, kind: str | None = None) -> N
         obj = error_object(message, exc.exit_code, kind or type(exc).__name__, getattr(exc, "details", None))
         # a command that has a partial result (what a capture saved before it was stopped) sends it along: one
         # document, the result with the error object in it
-        obj = {**(getattr(exc, "json_result", None) or {}), **obj}
-        try:  # one line: also a valid last line of a JSON-lines stream (live --json)
-            sys.stdout.write(json.dumps(_masked(strict_json(obj)), sort_keys=True, default=str, allow_nan=False) + "\n")
-            sys.stdout.flush()
-        except BrokenPipeError:
-            _discard_stdout()
+        print_error_json({**(getattr(exc, "json_result", None) or {}), **obj})
     raise typer.Exit(exc.exit_code)
+
+
+def print_error_json(obj: dict) -> None:
+    """A failure's JSON on stdout, one line: also a valid last line of a JSON-lines stream (live --json)."""
+    try:
+        sys.stdout.write(json.dumps(_masked(strict_json(obj)), sort_keys=True, default=str, allow_nan=False) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _discard_stdout()
 
 
 def _discard_stdout() -> None:

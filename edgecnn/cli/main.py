@@ -69,7 +69,7 @@ def run() -> None:
     import sys
 
     from edgecnn.cli import stderr_filter
-    from edgecnn.cli.common import error_object, print_json
+    from edgecnn.cli.common import error_object, print_error_json
 
     stderr_filter.install()  # libjpeg's "Corrupt JPEG data" lines: edgecnn counts damaged images itself
     command = typer.main.get_command(app)
@@ -78,7 +78,7 @@ def run() -> None:
     except typer.TyperException as exc:  # Click's UsageError, BadParameter, ... (Typer vendors Click)
         _show_usage_error(exc)
         if "--json" in sys.argv[1:]:
-            print_json(error_object(exc.format_message(), exc.exit_code, "UsageError"))
+            print_error_json(error_object(exc.format_message(), exc.exit_code, "UsageError"))
         sys.exit(exc.exit_code)
     except typer.Abort:
         sys.stderr.write("error: aborted\n")

@@ -397,9 +397,11 @@ def write_deepstream(
         atomic_write_text(staging / "README.md", readme(path.name, config.warnings))
         files += ["labels.txt", "nvinfer_config.txt", "README.md"]
         replaced = _publish(staging, target, existing, _engine_name(config.text), options.force, out_dir)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
         remove_created(created, target.parent)
+        # a full disk while staging: name --out, not the staging folder (an earlier config there is as it was)
+        raise_storage_error(exc, [Path(out_dir)], "nothing was replaced" if existing else "nothing was written")
         raise
     return DeepStreamReport(
         out=str(out_dir),
