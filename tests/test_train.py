@@ -780,16 +780,16 @@ def test_data_problems_found_before_decoding(folder, tmp_path):
 def test_a_full_or_read_only_disk_is_a_clear_error(folder, small_disk):
     """A real 300 KiB file system: the first checkpoint does not fit (one line, nothing half-written); read-only, the
     run is refused before any decoding."""
-    from edgecnn.errors import EdgeCNNError
+    from edgecnn.errors import StorageError
 
-    with raises(EdgeCNNError, "m.last.pt"):
+    with raises(StorageError, "m.last.pt", "disk full"):
         fit(_cfg(folder, small_disk / "m.pt", epochs=1))
     assert [p.name for p in small_disk.iterdir()] == []  # no temporary file left
     import subprocess
 
     subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
     events = []
-    with raises(UserInputError, "Read-only file system"):
+    with raises(StorageError, "read-only file system", "--out"):  # the environment's refusal: exit 74
         fit(_cfg(folder, small_disk / "m.pt", epochs=1), progress=events.append)
     assert events == []
 
