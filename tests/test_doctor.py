@@ -32,6 +32,7 @@ EXPECTED = {
     "opencv.v4l2",
     "opencv.ffmpeg",
     "opencv.window",
+    "live.outputs",
     "cameras",
     "power_mode",
     "python",

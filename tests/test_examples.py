@@ -97,3 +97,14 @@ def test_train_example_runs_one_epoch(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "run" / "model.pt").is_file() and (tmp_path / "run" / "model.onnx").is_file()
     assert "epoch 1/1" in proc.stdout and "ONNX Runtime: top-1" in proc.stdout
+
+
+def test_live_two_cameras_runs(tmp_path, tiny_onnx):
+    a = write_video(tmp_path / "a.avi", frames=8, fps=30, fourcc="MJPG")
+    b = write_video(tmp_path / "b.avi", frames=8, fps=30, fourcc="MJPG")
+    proc = run("live_two_cameras.py", tiny_onnx, a, b, "--record", tmp_path / "out-{i}.avi", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert {line[:3] for line in lines if "frame" in line and line.startswith("[")} == {"[0]", "[1]"}
+    assert lines[-1].endswith("(end_of_source)")
+    assert (tmp_path / "out-0.avi").is_file() and (tmp_path / "out-1.avi").is_file()

@@ -103,18 +103,34 @@ class ThreadedCapture:
         # Optional per-frame work done in the capture thread, beside inference: the live loop sets the model's
         # preprocessing here so a frame arrives as a ready tensor (read each frame, so it may be set after start()).
         self.transform: Callable[[np.ndarray], np.ndarray] | None = None
+        # Set whenever a frame is published or the source ends: a loop reading several captures waits on one event
+        # shared by all of them instead of polling each in turn.
+        self.ready: threading.Event | None = None
 
     # -------------------------------------------------------------- lifecycle
 
-    def start(self, cancel: threading.Event | None = None) -> "ThreadedCapture":
+    def start(self, cancel: threading.Event | None = None, retry_unreachable: bool = False) -> "ThreadedCapture":
         """Open the source now (so a bad source fails here, in the caller's thread) and start reading.
 
         Opening a stream can block inside OpenCV for the whole open timeout (5 s), and Python runs no signal handler
         until that C call returns: Ctrl-C waited (live) or was lost (calibrate capture ended in 'Cannot open stream').
         So the open runs in a helper thread while this thread waits in short slices: an exception a signal handler
         raises (KeyboardInterrupt) comes out of start() at once, and `cancel` set meanwhile ends start() early with
-        the capture already ended (no frames, `ended` true). A reader the helper opens after that is released."""
-        self.reader = self._open_interruptibly(cancel)
+        the capture already ended (no frames, `ended` true). A reader the helper opens after that is released.
+
+        retry_unreachable: a live source (camera, stream) that cannot be opened now is not an error: the capture thread
+        starts with the reconnect policy's attempts, as if the source had just been lost (one of several cameras
+        being down must not stop the others; it is reported, and ends as 'source_lost' if it never comes)."""
+        try:
+            self.reader = self._open_interruptibly(cancel)
+        except SourceError as exc:
+            if not (retry_unreachable and self.spec.live):
+                raise
+            self.on_event("unreachable", f"cannot open {self.spec.display} yet: {exc}")
+            self.fps, self.pace, self.lossless = self.spec.fps, False, False
+            self._thread = threading.Thread(target=self._run, name=f"capture[{self.spec.display}]", daemon=True)
+            self._thread.start()
+            return self
         if self.reader is None:  # cancelled while opening
             self._finish()
             return self
@@ -243,6 +259,8 @@ class ThreadedCapture:
                 self.dropped += 1
             self._slot = frame
             self._cond.notify_all()
+        if self.ready is not None:
+            self.ready.set()
         return True
 
     def _finish(self, error: EdgeCNNError | None = None) -> None:
@@ -250,6 +268,8 @@ class ThreadedCapture:
             self._error = error
             self._done = True
             self._cond.notify_all()
+        if self.ready is not None:
+            self.ready.set()
 
     def _run(self) -> None:
         try:

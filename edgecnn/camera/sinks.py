@@ -50,7 +50,8 @@ class WindowSink:
 
     needs_image = True
 
-    def __init__(self, title: str = "edgecnn live"):
+    def __init__(self, title: str = "edgecnn live", per_source: bool = False):
+        """per_source: one window per source, titled with its index and name (several --source)."""
         ok, why = display_available()
         if not ok:
             raise UserInputError(
@@ -58,21 +59,29 @@ class WindowSink:
                 "--record out.mp4 for the annotated video)"
             )
         self.title = title
-        self.opened = False
+        self.per_source = per_source
+        self.windows: list[str] = []
+
+    @property
+    def opened(self) -> bool:
+        return bool(self.windows)
 
     def handle(self, result, image) -> bool:
-        cv2.imshow(self.title, image)
-        self.opened = True
+        title = f"{self.title} [{result.source}] {result.source_name}" if self.per_source else self.title
+        cv2.imshow(title, image)
+        if title not in self.windows:
+            self.windows.append(title)
         key = cv2.waitKey(1) & 0xFF
         if key in (ord("q"), ord("Q"), 27):
             return False
-        return cv2.getWindowProperty(self.title, cv2.WND_PROP_VISIBLE) >= 1
+        return cv2.getWindowProperty(title, cv2.WND_PROP_VISIBLE) >= 1
 
     def close(self) -> None:
-        if self.opened:
-            cv2.destroyWindow(self.title)
+        if self.windows:
+            for title in self.windows:
+                cv2.destroyWindow(title)
             cv2.waitKey(1)
-            self.opened = False
+            self.windows = []
 
 
 class RecordingError(StorageError):
@@ -422,3 +431,33 @@ class CallbackSink:
 
     def close(self) -> None:
         pass
+
+
+class PerSourceSink:
+    """Routes each result to the sink of its source (`sinks[result.source]`, None: nothing for that source): one
+    recording per camera. Closes them all, even when one fails (the first failure is raised after)."""
+
+    def __init__(self, sinks):
+        self.sinks = list(sinks)
+        self.needs_image = any(s is not None and s.needs_image for s in self.sinks)
+
+    @property
+    def stop_reason(self) -> str | None:
+        return next((s.stop_reason for s in self.sinks if getattr(s, "stop_reason", None)), None)
+
+    def handle(self, result, image) -> bool:
+        sink = self.sinks[result.source] if result.source < len(self.sinks) else None
+        return True if sink is None else sink.handle(result, image) is not False
+
+    def close(self) -> None:
+        errors = []
+        for sink in self.sinks:
+            if sink is None:
+                continue
+            try:
+                sink.close()
+            except BaseException as exc:
+                errors.append(exc)
+        interrupted = next((exc for exc in errors if not isinstance(exc, Exception)), None)
+        if interrupted is not None or errors:
+            raise interrupted or errors[0]

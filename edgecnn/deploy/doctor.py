@@ -363,7 +363,19 @@ def _check_opencv(info: dict) -> list[Check]:
             None if window else f"{why}; or run live with --headless (--json, --record)",
         )
     )
+    checks.append(_check_outputs())
     return checks
+
+
+def _check_outputs() -> Check:
+    """Which `edgecnn live --output` streams this machine can send (udp:// MPEG-TS, rtp:// H.264, rtsp:// server)."""
+    from edgecnn.camera.netout import INSTALL_HINT, output_support
+
+    support = output_support()
+    value = "; ".join(f"{scheme}://: {backend or 'no'}" for scheme, backend in support.items())
+    missing = [scheme for scheme, backend in support.items() if backend is None]
+    fix = " | ".join(INSTALL_HINT[scheme] for scheme in missing) or None
+    return Check("live.outputs", OK if len(missing) < len(support) else FAIL, value, fix)
 
 
 def _check_cameras(paths: DoctorPaths, info: dict) -> Check:
