@@ -22,7 +22,30 @@ from edgecnn.preprocess import PreprocessConfig
 
 CONTRACT_VERSION = 1
 META_PREFIX = "edgecnn."
-META_KEYS = ("contract_version", "labels", "label_keys", "preprocess", "arch", "precision", "provenance")
+META_KEYS = (
+    "contract_version",
+    "labels",
+    "label_keys",
+    "preprocess",
+    "arch",
+    "precision",
+    "output",
+    "provenance",
+)
+OUTPUT_KINDS = ("logits", "probabilities")
+PRESET_NAMES = ("imagenet", "inception", "tf-lite", "raw-0-1", "ultralytics-cls")  # edgecnn.adopt.PRESETS
+
+
+def adopt_command(path: str | os.PathLike) -> str:
+    """The `edgecnn adopt` line that gives a foreign ONNX its contract (named by every command that refuses one)."""
+    import shlex
+
+    path = Path(path)
+    out = path.with_name(f"{path.stem}.edgecnn.onnx")
+    return (
+        f"edgecnn adopt {shlex.quote(str(path))} --labels LABELS.txt --preset "
+        f"{{{','.join(PRESET_NAMES)}}} --out {shlex.quote(str(out))}"
+    )
 
 
 @dataclass
@@ -34,6 +57,8 @@ class ModelContract:
     preprocess: the transform inputs must go through.
     arch:       registry name of the architecture (None for foreign models).
     precision:  'fp32', 'fp16' or 'int8'.
+    output:     what the model outputs: 'logits', or 'probabilities' (a Softmax at its end; runners turn them into
+                log-probabilities, which are logits for the same probabilities, so softmax is never applied twice).
     provenance: free-form history (source file sha256, training summary, quantization details, ...).
     """
 
@@ -43,6 +68,11 @@ class ModelContract:
     label_keys: list[str] | None = None
     precision: str = "fp32"
     provenance: dict[str, Any] = field(default_factory=dict)
+    output: str = "logits"
+
+    def __post_init__(self):
+        if self.output not in OUTPUT_KINDS:
+            raise ArtifactError(f"Model contract: output must be one of {OUTPUT_KINDS}, got {self.output!r}")
 
     @property
     def num_classes(self) -> int:
@@ -53,7 +83,7 @@ class ModelContract:
         return replace(self, provenance={**self.provenance, **items})
 
     def to_dict(self) -> dict:
-        return {
+        d = {
             "contract_version": CONTRACT_VERSION,
             "labels": list(self.labels),
             "label_keys": list(self.label_keys) if self.label_keys else None,
@@ -62,6 +92,9 @@ class ModelContract:
             "precision": self.precision,
             "provenance": self.provenance,
         }
+        if self.output != "logits":  # written only when used: older readers see the same keys as before
+            d["output"] = self.output
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelContract":
@@ -90,6 +123,7 @@ class ModelContract:
             label_keys=[str(k) for k in keys] if keys else None,
             precision=d.get("precision") or "fp32",
             provenance=dict(d.get("provenance") or {}),
+            output=d.get("output") or "logits",
         )
 
     # ONNX metadata_props: one string per key so other tools (Netron, DeepStream scripts) can read them.
@@ -101,15 +135,16 @@ class ModelContract:
     def from_onnx_props(cls, props: dict[str, str], source: str = "model") -> "ModelContract":
         if META_PREFIX + "labels" not in props or META_PREFIX + "preprocess" not in props:
             raise ArtifactError(
-                f"{source} has no edgecnn metadata (labels, preprocessing). Export it with `edgecnn export`, or "
-                "attach them with `edgecnn.contract.write_onnx_contract()`"
+                f"{source} has no edgecnn metadata (labels, preprocessing): give it them once with "
+                f"`{adopt_command(source)}` (add --data DIR --check-preprocessing to find the preset), or export "
+                "an edgecnn checkpoint with `edgecnn export`"
             )
         d: dict[str, Any] = {}
         for key in META_KEYS:
             raw = props.get(META_PREFIX + key)
             if raw is None:
                 continue
-            if key in ("arch", "precision"):
+            if key in ("arch", "precision", "output"):
                 d[key] = raw
             else:
                 try:

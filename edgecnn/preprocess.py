@@ -30,6 +30,10 @@ INTERPOLATIONS = {
 }
 CHANNEL_ORDERS = ("rgb", "bgr")
 LAYOUTS = ("nchw", "nhwc")
+DTYPES = ("float32", "uint8")
+# Fields added after contract version 1: left out of to_dict() while at their default, so a file that does not use
+# them reads the same in an edgecnn that predates them.
+_NEWER_FIELDS = {"dtype": "float32"}
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,8 @@ class PreprocessConfig:
     channel_order: order the model expects ('rgb' or 'bgr'); frames arrive as BGR.
     mean, std:     per channel, in the model's channel order, on the 0–255 scale: x = (pixel - mean) / std.
     layout:        'nchw' or 'nhwc'.
+    dtype:         'float32' (normalised input), or 'uint8' for models with normalisation built in: the pixels go in
+                   unchanged (channel order and layout still apply), so mean must be 0 and std 1.
     """
 
     input_size: tuple[int, int] = (224, 224)
@@ -56,6 +62,7 @@ class PreprocessConfig:
     std: tuple[float, float, float] = (128.0, 128.0, 128.0)
     layout: str = "nchw"
     pad_value: int = 114
+    dtype: str = "float32"
 
     def __post_init__(self):
         object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
@@ -76,6 +83,13 @@ class PreprocessConfig:
             problems.append(f"mean and std need 3 values each, std > 0 (got mean={self.mean}, std={self.std})")
         if self.layout not in LAYOUTS:
             problems.append(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
+        if self.dtype not in DTYPES:
+            problems.append(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        elif self.dtype == "uint8" and (self.mean != (0.0,) * 3 or self.std != (1.0,) * 3):
+            problems.append(
+                "dtype uint8 feeds the pixels unchanged: mean must be 0 and std 1 "
+                f"(got mean={self.mean}, std={self.std})"
+            )
         if problems:
             raise UserInputError("Invalid preprocessing: " + "; ".join(problems))
 
@@ -97,6 +111,9 @@ class PreprocessConfig:
         d["input_size"] = list(self.input_size)
         d["mean"] = list(self.mean)
         d["std"] = list(self.std)
+        for key, default in _NEWER_FIELDS.items():
+            if d[key] == default:
+                del d[key]
         return d
 
     def to_json(self) -> str:
@@ -179,7 +196,8 @@ def geometric(frame: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
 
 
 def normalize(batch_bgr: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
-    """uint8 N×H×W×3 BGR (already at input size) -> float32 model input in cfg's channel order and layout.
+    """uint8 N×H×W×3 BGR (already at input size) -> model input in cfg's channel order, layout and dtype (float32
+    normalised, or the uint8 pixels themselves for a model that normalises inside).
 
     Done by OpenCV's `blobFromImagesWithParams` (channel swap, per-channel (x - mean) * 1/std and the layout change in
     one C++ pass): about 10× faster than the same numpy expression, which `_normalize_numpy` keeps as the reference.
@@ -191,7 +209,7 @@ def normalize(batch_bgr: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     if batch_bgr.dtype != np.uint8:
         raise UserInputError(f"normalize() expects uint8 pixels, got {batch_bgr.dtype}")
     params = _blob_params(cfg)
-    if params is None:  # OpenCV < 4.8 (older JetPack builds): same result, slower
+    if params is None or cfg.dtype == "uint8":  # OpenCV < 4.8 (older JetPack builds): same result, slower
         return _normalize_numpy(batch_bgr, cfg)
     blob = cv2.dnn.blobFromImagesWithParams(list(batch_bgr), params)
     return np.ascontiguousarray(blob, dtype=np.float32)
@@ -220,6 +238,8 @@ def _blob_params(cfg: PreprocessConfig):
 def _normalize_numpy(batch_bgr: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     """The definition of normalize() in numpy (the tests hold the OpenCV path to it)."""
     x = batch_bgr[..., ::-1] if cfg.channel_order == "rgb" else batch_bgr
+    if cfg.dtype == "uint8":
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2) if cfg.layout == "nchw" else x, dtype=np.uint8)
     mean = np.asarray(cfg.mean, dtype=np.float32)
     inv_std = (1.0 / np.asarray(cfg.std, dtype=np.float32)).astype(np.float32)
     x = (x.astype(np.float32) - mean) * inv_std
@@ -229,7 +249,8 @@ def _normalize_numpy(batch_bgr: np.ndarray, cfg: PreprocessConfig) -> np.ndarray
 
 
 def preprocess(frames: np.ndarray | Sequence[np.ndarray] | Iterable[np.ndarray], cfg: PreprocessConfig) -> np.ndarray:
-    """BGR uint8 frame(s) of any size -> float32 batch (N×3×H×W for 'nchw'). A single H×W×C array is one frame."""
+    """BGR uint8 frame(s) of any size -> model batch (float32 N×3×H×W for 'nchw'; uint8 for a dtype 'uint8' model).
+    A single H×W×C array is one frame."""
     if isinstance(frames, np.ndarray) and frames.ndim in (2, 3):
         frames = [frames]
     resized = [geometric(f, cfg) for f in frames]
@@ -242,6 +263,8 @@ def denormalize(x: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     """Inverse of normalize(): float batch -> uint8 N×H×W×3 BGR (for previews and debugging)."""
     if cfg.layout == "nchw":
         x = x.transpose(0, 2, 3, 1)
+    if cfg.dtype == "uint8":
+        return np.ascontiguousarray(x[..., ::-1] if cfg.channel_order == "rgb" else x, dtype=np.uint8)
     x = x * np.asarray(cfg.std, dtype=np.float32) + np.asarray(cfg.mean, dtype=np.float32)
     x = np.clip(np.rint(x), 0, 255).astype(np.uint8)
     return np.ascontiguousarray(x[..., ::-1] if cfg.channel_order == "rgb" else x)

@@ -273,7 +273,7 @@ def run_live(
         if options.pipelined:
             c.transform = lambda image: preprocess(image, cfg)
     if options.warmup:
-        blank = np.zeros(cfg.input_shape(1), dtype=np.float32)
+        blank = np.zeros(cfg.input_shape(1), dtype=cfg.dtype)
         for _ in range(options.warmup):
             runner.infer(blank)
     processed = 0

@@ -11,8 +11,10 @@ from edgecnn.cli.common import add_command, console, json_option, print_json, pr
 
 
 def build_engine(
-    model: Path = typer.Argument(
-        ..., help="The ONNX model (from `edgecnn export` or `edgecnn quantize --target tensorrt`)."
+    model: str = typer.Argument(
+        ...,
+        help="An ONNX model (from `edgecnn export`, `quantize --target tensorrt` or `adopt`), or a .pt checkpoint or "
+        "registered name: then it is exported (and with --calib quantized) first, in one step.",
     ),
     out: Path = typer.Option(
         ..., "--out", "-o", help="Engine file to write (.engine or .plan); the manifest goes to OUT.json."
@@ -57,10 +59,19 @@ def build_engine(
         help="Plan for this TensorRT version (default: installed, else the device's JetPack one); a build refuses a "
         "version other than the installed one.",
     ),
+    calib: Optional[Path] = typer.Option(
+        None, "--calib", help="One step to INT8: calibration images; the Q/DQ ONNX is made beside --out."
+    ),
+    val: Optional[Path] = typer.Option(None, "--val", help="With --calib: labelled images to measure the INT8 drop."),
+    max_drop: Optional[float] = typer.Option(
+        None, "--max-drop", help="With --val: top-1 points INT8 may lose (layers fall back to float until it holds)."
+    ),
+    num_images: int = typer.Option(500, "--num-images", help="With --calib: calibration images used."),
     json_out: bool = json_option("Print the report (or the plan + trtexec command) as JSON only, on stdout."),
 ):
-    """Build a TensorRT engine on this machine's GPU, with a manifest that lets the runner refuse a mismatched
-    engine."""
+    """Build a TensorRT engine on this machine's GPU, with a manifest that lets the runner refuse a mismatched engine;
+    from a .pt or a name (with --calib: INT8) it exports and quantizes first, in one step."""
+    from edgecnn.errors import UserInputError
     from edgecnn.trt.builder import check_device_is_here, check_inputs, check_trt_version_matches, preview_plan
     from edgecnn.trt.env import jetson_info
     from edgecnn.trt.plan import BuildOptions, parse_batch, parse_size
@@ -79,6 +90,12 @@ def build_engine(
         version_compatible=version_compatible,
         hardware_compat=hardware_compat,
     )
+    if calib is not None or Path(model).suffix.lower() != ".onnx":
+        _one_step(model, out, options, calib, val, max_drop, num_images, print_trtexec, trt_version, json_out)
+        return
+    if val is not None or max_drop is not None:
+        raise UserInputError("--val/--max-drop go with --calib (the one-step INT8 build)")
+    model = Path(model)
     _contract, facts = check_inputs(model, out, options, require_contract=not print_trtexec)
     jetson = jetson_info()
     device_preset, plan = preview_plan(options, facts, trt_version, jetson)
@@ -113,6 +130,84 @@ def build_engine(
         f"{plan.engine_precision}{f', DLA core {plan.dla_core}' if plan.dla_core is not None else ''}, "
         f"batch {lo}..{hi} (opt {opt})"
     )
+
+
+def _one_step(model, out, options, calib, val, max_drop, num_images, print_trtexec, trt_version, json_out) -> None:
+    """export -> quantize -> build (or print the trtexec command), intermediates kept and reused beside --out."""
+    from edgecnn.trt.builder import check_device_is_here, check_inputs, preview_plan
+    from edgecnn.trt.env import jetson_info
+    from edgecnn.trt.onestep import OneStepOptions, build_from_source
+
+    jetson = jetson_info()
+    device = preview_plan(options, _no_facts(options), trt_version, jetson)[0]  # option errors before any work
+    if not print_trtexec:
+        from edgecnn.trt.env import runtime_facts
+
+        check_device_is_here(device, jetson)
+        runtime_facts()  # no TensorRT or GPU: say so now, not after the export and the quantization
+    step_options = OneStepOptions(
+        build=options,
+        calib=calib,
+        val=val,
+        max_drop=max_drop,
+        num_images=num_images,
+        print_trtexec=print_trtexec,
+        trt_version=trt_version,
+    )
+    with console.status("building", spinner="dots") if not json_out else _Null() as status:
+        report = build_from_source(
+            model, out, step_options, progress=(lambda step, msg: status.update(f"{step}: {msg}")) if status else None
+        )
+    if print_trtexec:
+        onnx = Path(report.onnx)
+        _contract, facts = check_inputs(onnx, out, options, require_contract=False)
+        plan = preview_plan(options, facts, trt_version, jetson)[1]
+        if json_out:
+            from edgecnn.trt.trtexec import trtexec_argv, trtexec_script
+
+            print_json(
+                {
+                    **report.to_dict(),
+                    "plan": plan.to_dict(),
+                    "trtexec": trtexec_argv(plan, onnx, out),
+                    "script": trtexec_script(plan, onnx, out),
+                }
+            )
+            return
+        _print_steps(report)
+        _print_trtexec(plan, onnx, out, json_out)
+        return
+    if json_out:
+        print_json(report.to_dict())
+        return
+    _print_steps(report)
+    console.print(f"[green]✓[/] wrote {report.engine} from {report.onnx}")
+
+
+def _no_facts(options):
+    """Placeholder ONNX facts for checking the options before the ONNX exists (a float model, batch from --batch)."""
+    from edgecnn.trt.plan import OnnxFacts
+
+    batch = options.batch
+    return OnnxFacts("input", (None if batch and batch.min != batch.max else 1, 3, 224, 224), ("logits",), 0, False)
+
+
+def _print_steps(report) -> None:
+    for step in report.steps:
+        how = "reused (inputs unchanged)" if step.reused else f"done in {step.seconds:.1f} s"
+        extra = ""
+        acc = step.details.get("accuracy") if step.details else None
+        if isinstance(acc, dict) and acc.get("fp32_top1") is not None:
+            extra = f", top-1 FP32 {acc['fp32_top1']:.1%} INT8 {acc.get('int8_top1', 0):.1%}"
+        console.print(f"  {step.step:<9} {step.output}: {how}{extra}")
+
+
+class _Null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
 
 
 def _print_trtexec(plan, model: Path, out: Path, json_out: bool) -> None:

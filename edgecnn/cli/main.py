@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "models_cmd",
     "train_cmd",
     "export_cmd",
+    "adopt_cmd",
     "predict_cmd",
     "eval_cmd",
     "quantize_cmd",

@@ -248,6 +248,12 @@ def nvinfer_config(
     if not 0.0 <= options.classifier_threshold <= 1.0:
         raise UserInputError("--classifier-threshold is a probability in [0, 1]")
 
+    if cfg.dtype == "uint8":
+        raise UserInputError(
+            f"{io.path.name} takes uint8 pixels (it normalises inside), but nvinfer always feeds a float tensor "
+            "(net-scale-factor, offsets): export the model with a float32 input and its normalisation outside, then "
+            "adopt that with the matching --mean/--std"
+        )
     scale, offsets, w = scale_and_offsets(cfg.mean, cfg.std, options.approximate_std)
     warnings += w
     label_text, w = labels_line(contract.labels)
@@ -285,10 +291,11 @@ def nvinfer_config(
     ]
     if io.kind == "engine":
         lines.append(f"model-engine-file={model_file}")
-        warnings.append(
-            "a prebuilt engine outputs logits (no Softmax): classifier-threshold compares against logits; pass the "
-            "ONNX instead to get probabilities"
-        )
+        if contract.output == "logits":
+            warnings.append(
+                "a prebuilt engine outputs logits (no Softmax): classifier-threshold compares against logits; pass "
+                "the ONNX instead to get probabilities"
+            )
     else:
         lines += [
             f"onnx-file={model_file}",

@@ -133,7 +133,7 @@ def config_text(io: ModelIO, name: str, options: TritonOptions) -> tuple[str, in
         "input [",
         "  {",
         f"    name: {_pb_string(io.input_name)}",
-        "    data_type: TYPE_FP32",
+        f"    data_type: {'TYPE_UINT8' if cfg.dtype == 'uint8' else 'TYPE_FP32'}",
         *fmt,
         f"    dims: {_dims(in_shape)}",
         "  }",
@@ -159,6 +159,7 @@ def config_text(io: ModelIO, name: str, options: TritonOptions) -> tuple[str, in
         "edgecnn.preprocess": cfg.to_json(),
         "edgecnn.precision": io.contract.precision,
         "edgecnn.arch": io.contract.arch or "",
+        "edgecnn.output": io.contract.output,  # logits, or probabilities (a Softmax ends the model)
     }
     for key, value in params.items():
         lines += [

@@ -102,4 +102,4 @@ def _zeros_input(runner, batch: int) -> np.ndarray:
         d if d is not None else s
         for d, s in zip(runner.input_spec.shape[1:], runner.preprocess_config.input_shape(batch)[1:])
     ]
-    return np.zeros(shape, dtype=np.float32)
+    return np.zeros(shape, dtype=runner.preprocess_config.dtype)

@@ -103,6 +103,7 @@ class PreparedModel:
             label_keys=c.label_keys,
             precision="int8",
             provenance={**c.provenance, **provenance},
+            output=c.output,
         )
 
 

@@ -84,11 +84,26 @@ class Runner(abc.ABC):
 
     @abc.abstractmethod
     def _infer(self, batch: np.ndarray) -> np.ndarray:
-        """Run one batch the model accepts as is; return N×C float32 logits."""
+        """Run one batch the model accepts as is; return N×C float32 outputs (logits or probabilities)."""
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        """Logits for a preprocessed float32 batch of any size (split into chunks a fixed-batch model takes)."""
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        """Logits for a preprocessed batch of any size (split into chunks a fixed-batch model takes).
+
+        A model that outputs probabilities (contract output 'probabilities': a Softmax at its end) gives their
+        logarithm: logits of the same probabilities, so every consumer applies softmax once and gets them back."""
+        out = self._infer_any(batch)
+        if self.contract.output == "probabilities":
+            return np.log(np.maximum(out, np.float32(1e-30)), dtype=np.float32)
+        return out
+
+    def _infer_any(self, batch: np.ndarray) -> np.ndarray:
+        dtype = np.uint8 if self.contract.preprocess.dtype == "uint8" else np.float32
+        if dtype is np.uint8 and np.asarray(batch).dtype != np.uint8:
+            raise UserInputError(
+                f"{self.path.name} takes uint8 pixels (its normalisation is inside the model), got "
+                f"{np.asarray(batch).dtype}: feed it what preprocess() makes with the model's own contract"
+            )
+        batch = np.ascontiguousarray(batch, dtype=dtype)
         expected = tuple(self.input_spec.shape[1:])
         if batch.ndim != len(self.input_spec.shape) or any(
             e is not None and e != g for e, g in zip(expected, batch.shape[1:])

@@ -104,10 +104,11 @@ class OnnxRuntimeRunner(Runner):
         if len(inputs) != 1:
             raise ArtifactError(f"{path} has {len(inputs)} inputs; edgecnn runs single-input classifiers")
         inp = inputs[0]
-        if inp.type != "tensor(float)":  # infer() feeds preprocess() output: float32, nothing else
+        want = {"float32": "tensor(float)", "uint8": "tensor(uint8)"}[contract.preprocess.dtype]
+        if inp.type != want:  # infer() feeds preprocess() output: the contract's dtype, nothing else
             raise ArtifactError(
-                f"{path} takes {inp.type.replace('tensor(', '').rstrip(')')} input; edgecnn models "
-                "take float32 (preprocessed) input: export the model with a float32 input"
+                f"{path} takes {inp.type.replace('tensor(', '').rstrip(')')} input but its metadata's preprocessing "
+                f"makes {contract.preprocess.dtype}: adopt it again with `edgecnn adopt` (it reads the input type)"
             )
         shape = tuple(d if isinstance(d, int) and d > 0 else None for d in inp.shape)
         _check_input_shape(path, shape, contract)

@@ -189,6 +189,7 @@ class OnnxFacts:
     qdq_nodes: int  # QuantizeLinear + DequantizeLinear
     fp16: bool  # the graph already computes in FP16 (made by edgecnn.trt.fp16 or similar)
     qdq_problem: str | None = None  # why TensorRT cannot build its Q/DQ nodes (edgecnn.trt.int8), None if it can
+    input_dtype: str = "float32"  # 'uint8' for an adopted model that normalises inside
 
     @property
     def has_qdq(self) -> bool:
@@ -217,7 +218,8 @@ def inspect_onnx(path: str | Path) -> OnnxFacts:
     from edgecnn.trt.int8 import tensorrt_qdq_problem
 
     problem = tensorrt_qdq_problem(model, str(path)) if qdq else None
-    return OnnxFacts(inputs[0].name, shape, tuple(o.name for o in graph.output), qdq, fp16, problem)
+    dtype = "uint8" if inputs[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8 else "float32"
+    return OnnxFacts(inputs[0].name, shape, tuple(o.name for o in graph.output), qdq, fp16, problem, dtype)
 
 
 # ---------------------------------------------------------------- the plan
@@ -286,6 +288,11 @@ def make_plan(
         raise UserInputError(f"--precision {options.precision!r}: choose one of {', '.join(PRECISIONS)}")
     if onnx.qdq_problem:  # e.g. an `edgecnn quantize --target cpu` model: asymmetric UINT8, never right on TensorRT
         raise UserInputError(onnx.qdq_problem)
+    if onnx.input_dtype == "uint8" and (version.major, version.minor) < (8, 6):
+        raise UserInputError(
+            f"The model takes uint8 pixels (it normalises inside); TensorRT {version} has no uint8 network inputs "
+            "(8.6+ has: JetPack 6 on Orin): export it with a float32 input and adopt that with its --mean/--std"
+        )
     notes: list[str] = _jetpack_notes(version, device)
 
     int8_source, calib_cache = _int8_source(precision, onnx, options.calib_cache, version, caps, notes)
