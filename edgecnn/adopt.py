@@ -206,12 +206,7 @@ def detect_layout(dims: list) -> str | None:
     """'nchw' for (N, 3, H, W), 'nhwc' for (N, H, W, 3); None when both or neither fit (e.g. dynamic dims)."""
     if len(dims) != 4:
         return None
-    nchw = dims[1] in (1, 3) and not (isinstance(dims[3], int) and dims[3] in (1, 3) and dims[1] == dims[3])
-    nhwc = dims[3] in (1, 3)
-    if dims[1] == 3 and dims[3] != 3:
-        return "nchw"
-    if dims[3] == 3 and dims[1] != 3:
-        return "nhwc"
+    nchw, nhwc = dims[1] == 3, dims[3] == 3
     return None if nchw == nhwc else ("nchw" if nchw else "nhwc")
 
 
@@ -485,6 +480,12 @@ def adopt(
     else:
         raise UserInputError("Give the class names with --labels FILE (one per line, in output order)")
 
+    out_dims = _dims(proto.graph.output[0])
+    if out_dims and isinstance(out_dims[-1], int) and out_dims[-1] != len(labels):
+        raise UserInputError(
+            f"The labels list {len(labels)} classes but the model outputs {out_dims[-1]} scores per image "
+            f"(output {out_name!r} {out_dims}): give the labels file of this model"
+        )
     kind = options.output_kind or ("probabilities" if ends_in_softmax(proto, out_name) else "logits")
     decided["output"] = "option" if options.output_kind else "graph"
     batch_dim = dims[0]

@@ -26,7 +26,52 @@ CONFIGS = {
     "letterbox-bgr": PreprocessConfig(
         input_size=(32, 32), resize="letterbox", channel_order="bgr", mean=(0, 0, 0), std=(255, 255, 255)
     ),
+    # the options an adopted model can have: NHWC (tf2onnx), uint8 pixels (normalisation inside the model)
+    "nhwc-crop": PreprocessConfig(
+        input_size=(32, 32), resize="shorter_crop", layout="nhwc", mean=(123.7, 116.3, 103.5), std=(58.4, 57.1, 57.4)
+    ),
+    "uint8-nchw-stretch": PreprocessConfig(
+        input_size=(32, 32), resize="resize", dtype="uint8", mean=(0,) * 3, std=(1,) * 3
+    ),
+    "uint8-nhwc-letterbox": PreprocessConfig(
+        input_size=(32, 32),
+        resize="letterbox",
+        layout="nhwc",
+        dtype="uint8",
+        channel_order="bgr",
+        mean=(0,) * 3,
+        std=(1,) * 3,
+    ),
 }
+
+
+def wrap_input(model, layout: str, dtype: str):
+    """The tiny NCHW float model given the input `layout`/`dtype` in front (Cast, Transpose), as tf2onnx and models
+    with their normalisation inside have it."""
+    from onnx import TensorProto, helper
+
+    graph = model.graph
+    old = graph.input[0]
+    dims = [d.dim_param or d.dim_value for d in old.type.tensor_type.shape.dim]
+    for node in graph.node:
+        node.input[:] = ["x_nchw" if name == old.name else name for name in node.input]
+    front, current = [], old.name
+    if dtype == "uint8":
+        front.append(helper.make_node("Cast", [current], ["x_float"], to=TensorProto.FLOAT))
+        current = "x_float"
+    if layout == "nhwc":
+        front.append(helper.make_node("Transpose", [current], ["x_nchw"], perm=[0, 3, 1, 2]))
+        dims = [dims[0], dims[2], dims[3], dims[1]]
+    else:
+        front.append(helper.make_node("Identity", [current], ["x_nchw"]))
+    elem = TensorProto.UINT8 if dtype == "uint8" else TensorProto.FLOAT
+    new_input = helper.make_tensor_value_info(old.name, elem, dims)
+    nodes = front + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.input[:]
+    graph.input.append(new_input)
+    return model
 
 
 class RecordingRunner(OnnxRuntimeRunner):
@@ -74,10 +119,9 @@ def setup(request, tmp_path, photos):
     path = build_tiny_onnx(tmp_path / "m.onnx", labels=("cls", "other"))
     import onnx
 
-    model = onnx.load(str(path))
+    model = wrap_input(onnx.load(str(path)), cfg.layout, cfg.dtype)
+    onnx.checker.check_model(model)
     contract = read_onnx_contract(path)
-    if cfg.layout != "nchw":
-        pytest.skip("tiny model is NCHW")
     write_onnx_contract(model, ModelContract(labels=contract.labels, preprocess=cfg, arch="tiny"))
     save_onnx(model, path)
     paths = list_images(photos)
