@@ -185,11 +185,13 @@ def _one_step(model, out, options, calib, val, max_drop, num_images, print_trtex
 
 
 def _no_facts(options):
-    """Placeholder ONNX facts for checking the options before the ONNX exists (a float model, batch from --batch)."""
+    """Stand-in ONNX facts for checking the options before the ONNX exists: the model the steps will make (Q/DQ for
+    int8), its batch as --batch asks."""
     from edgecnn.trt.plan import OnnxFacts
 
     batch = options.batch
-    return OnnxFacts("input", (None if batch and batch.min != batch.max else 1, 3, 224, 224), ("logits",), 0, False)
+    qdq = 2 if options.precision == "int8" else 0
+    return OnnxFacts("input", (None if batch and batch.min != batch.max else 1, 3, 224, 224), ("logits",), qdq, False)
 
 
 def _print_steps(report) -> None:

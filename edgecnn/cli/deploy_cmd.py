@@ -35,6 +35,23 @@ def register(app: typer.Typer) -> None:
     app.add_typer(group, name="deploy")
 
 
+def _prepared_int8(model, out, calib, val, max_drop, int8_model, calib_cache):
+    """(FP32 ONNX, Q/DQ INT8 ONNX, calibration table) made from MODEL beside --out (edgecnn.trt.onestep)."""
+    from edgecnn.errors import UserInputError
+    from edgecnn.trt.onestep import OneStepOptions, intermediates, prepare_models
+
+    if int8_model is not None or calib_cache is not None:
+        raise UserInputError("--calib makes the INT8 model and its calibration table: drop --int8-model/--calib-cache")
+    with console.status("preparing the models", spinner="dots") as status:
+        _steps, fp32, int8 = prepare_models(
+            model,
+            Path(out),
+            OneStepOptions(calib=calib, val=val, max_drop=max_drop),
+            lambda step, msg: status.update(f"{step}: {msg}"),
+        )
+    return str(fp32), int8, intermediates(Path(out))["calib"]
+
+
 def bundle(
     model: str = typer.Argument(
         ..., help="An .onnx model (FP32, or Q/DQ INT8), a .pt checkpoint or a pretrained name."
@@ -84,6 +101,14 @@ def bundle(
         "--dry-run",
         help="With --host: check and show the bundle and the ssh/scp commands; write and run nothing.",
     ),
+    calib: Optional[Path] = typer.Option(
+        None,
+        "--calib",
+        help="Calibration images: MODEL is exported (a .pt or name) and quantized first, the Q/DQ INT8 ONNX and "
+        "calibration table bundled (intermediates kept beside --out and reused when unchanged).",
+    ),
+    val: Optional[Path] = typer.Option(None, "--val", help="With --calib: labelled images to measure the INT8 drop."),
+    max_drop: Optional[float] = typer.Option(None, "--max-drop", help="With --val: top-1 points INT8 may lose."),
     force: bool = force_option("Replace an existing --out (and its .sha256)."),
     json_out: bool = json_option("Print the report as JSON only, on stdout."),
 ):
@@ -105,6 +130,13 @@ def bundle(
             f"{', '.join(host_only)} only apply with --host user@device (installing on this machine "
             "is `edgecnn deploy install BUNDLE`)"
         )
+    if calib is not None:  # the one-step path of build-engine: export -> quantize, then bundle both models
+        from edgecnn.deploy.bundle import bundle_name
+
+        name = bundle_name(model, name)  # named after MODEL, not after the intermediate
+        model, int8_model, calib_cache = _prepared_int8(model, out, calib, val, max_drop, int8_model, calib_cache)
+    elif val is not None or max_drop is not None:
+        raise UserInputError("--val/--max-drop go with --calib")
     options = BundleOptions(
         precision=precision,
         device=device,

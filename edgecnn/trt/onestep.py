@@ -60,8 +60,13 @@ class OneStepReport:
 
 
 def intermediates(out: Path) -> dict[str, Path]:
-    """Where the steps keep their outputs, beside the engine `out`."""
-    stem = out.with_suffix("")
+    """Where the steps keep their outputs, beside `out` (the engine, or a deploy bundle)."""
+    name = out.name
+    for suffix in (".tar.gz", ".tgz", ".engine", ".plan"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    stem = out.with_name(name)
     return {
         "fp32": Path(f"{stem}.fp32.onnx"),
         "int8": Path(f"{stem}.int8.onnx"),
@@ -122,22 +127,10 @@ def build_from_source(
         raise UserInputError("--precision int8 from a checkpoint or FP32 ONNX needs calibration images: --calib DIR")
     if options.calib is not None and precision != "int8":
         raise UserInputError("--calib is for --precision int8")
-    if options.calib is not None and not Path(options.calib).exists():
-        raise UserInputError(f"--calib {options.calib} does not exist")
-    if options.val is not None and not Path(options.val).exists():
-        raise UserInputError(f"--val {options.val} does not exist")
-    if options.max_drop is not None and options.val is None:
-        raise UserInputError("--max-drop needs --val DIR (labelled images to measure the drop on)")
     if options.build.calib_cache:
         raise UserInputError("--calib-cache and --calib exclude each other: the one-step build writes its own Q/DQ")
-    paths = intermediates(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    record = _read_record(paths["record"])
-    steps: list[StepRecord] = []
-
-    onnx_path = _export_step(model, paths, record, options, steps, say)
-    if precision == "int8":
-        onnx_path = _quantize_step(onnx_path, paths, record, options, steps, say)
+    steps, fp32, int8 = prepare_models(model, out, options, say)
+    onnx_path = int8 or fp32
     report = OneStepReport(engine=str(out), onnx=str(onnx_path), steps=steps)
     if options.print_trtexec:
         return report
@@ -150,6 +143,28 @@ def build_from_source(
     steps.append(StepRecord("build", str(out), False, round(time.perf_counter() - t0, 2)))
     report.build = built.to_dict()
     return report
+
+
+def prepare_models(
+    model: str | os.PathLike, out: Path, options: OneStepOptions, say: StepProgress
+) -> tuple[list[StepRecord], Path, Path | None]:
+    """(steps, FP32 ONNX, Q/DQ INT8 ONNX or None): `model` exported when it is a .pt or a name, quantized when
+    `options.calib` is given; intermediates beside `out`, reused when their inputs are unchanged. Shared by the
+    one-step build-engine and `deploy bundle --calib`."""
+    out = Path(out)
+    if options.calib is not None and not Path(options.calib).exists():
+        raise UserInputError(f"--calib {options.calib} does not exist")
+    if options.val is not None and not Path(options.val).exists():
+        raise UserInputError(f"--val {options.val} does not exist")
+    if options.max_drop is not None and options.val is None:
+        raise UserInputError("--max-drop needs --val DIR (labelled images to measure the drop on)")
+    paths = intermediates(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    record = _read_record(paths["record"])
+    steps: list[StepRecord] = []
+    fp32 = _export_step(model, paths, record, options, steps, say)
+    int8 = _quantize_step(fp32, paths, record, options, steps, say) if options.calib is not None else None
+    return steps, fp32, int8
 
 
 def _export_step(model, paths, record, options: OneStepOptions, steps, say) -> Path:
