@@ -136,8 +136,9 @@ def main() -> int:
         if proc.returncode:
             print(proc.stderr, file=sys.stderr)
             return 1
+        seconds = round(time.perf_counter() - t0, 2)
         row = compare(own, adopted, images)
-        row.update(command="edgecnn " + " ".join(cmd + extra), adopt_seconds=round(time.perf_counter() - t0, 2))
+        row.update(command="edgecnn " + " ".join(cmd + extra), adopt_seconds=seconds)
         results["parity"][name] = row
         print(name, row)
     for name, wrong in (("bgr", ["--channel-order", "bgr"]), ("0-1", ["--preset", "raw-0-1"])):

@@ -322,3 +322,14 @@ def test_check_preprocessing_catches_wrong_preprocessing(lite0, tmp_path, wrong)
     right = adopt(models["plain"], tmp_path / "o.onnx", AdoptOptions(labels=models["labels"], preset="tf-lite",
                                                                      data=data, check_preprocessing=True))  # fmt: skip
     assert right.best in ("tf-lite", "inception", "imagenet")
+
+
+@pytest.mark.parametrize("layout,dtype,softmax", [("nhwc", "uint8", False), ("nhwc", "float32", True)])
+def test_openvino_runs_adopted_layouts_like_onnx_runtime(tmp_path, labels_file, layout, dtype, softmax):
+    pytest.importorskip("openvino")
+    out = tmp_path / "a.onnx"
+    adopt(
+        foreign(tmp_path / "f.onnx", layout, dtype, softmax), out, AdoptOptions(labels=labels_file, preset="imagenet")
+    )
+    with load(out) as ort, load(out, backend="openvino") as ov:
+        np.testing.assert_allclose(ov.infer_frames(frames()), ort.infer_frames(frames()), atol=1e-4)

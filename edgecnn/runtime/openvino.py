@@ -98,7 +98,7 @@ class OpenVinoRunner(Runner):
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         request = self._request(batch.shape[0])
-        request.infer({0: batch}, share_inputs=True)  # infer() already made it contiguous float32: no extra copy
+        request.infer({0: batch}, share_inputs=True)  # infer() already made it contiguous: no extra copy
         return np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
 
     def layer_profile(self, batch: int, iterations: int = 20, warmup: int = 3) -> list[dict]:
@@ -107,7 +107,7 @@ class OpenVinoRunner(Runner):
         x = np.zeros(
             [batch]
             + [d or s for d, s in zip(self.input_spec.shape[1:], self.preprocess_config.input_shape(batch)[1:])],
-            np.float32,
+            self.preprocess_config.dtype,
         )
         total: dict[str, float] = defaultdict(float)
         meta: dict[str, tuple[str, str]] = {}
