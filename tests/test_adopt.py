@@ -333,3 +333,25 @@ def test_openvino_runs_adopted_layouts_like_onnx_runtime(tmp_path, labels_file, 
     )
     with load(out) as ort, load(out, backend="openvino") as ov:
         np.testing.assert_allclose(ov.infer_frames(frames()), ort.infer_frames(frames()), atol=1e-4)
+
+
+FOREIGN_COMMANDS = {
+    "predict": lambda f, d, t: ["predict", f, d],
+    "eval": lambda f, d, t: ["eval", f, d],
+    "live": lambda f, d, t: ["live", f, "--source", d, "--headless", "--max-frames", "1"],
+    "profile": lambda f, d, t: ["profile", f, "--iterations", "1"],
+    "compare": lambda f, d, t: ["compare", f, f, "--data", d],
+    "quantize": lambda f, d, t: ["quantize", f, "--calib", d, "--out", f"{t}/q.onnx"],
+    "build-engine": lambda f, d, t: ["build-engine", f, "--out", f"{t}/f.engine", "--device", "orin-nano"],
+    "deploy bundle": lambda f, d, t: ["deploy", "bundle", f, "--out", f"{t}/b.tar.gz"],
+    "deploy triton": lambda f, d, t: ["deploy", "triton", f, "--repo", f"{t}/repo"],
+    "deploy deepstream": lambda f, d, t: ["deploy", "deepstream", f, "--out", f"{t}/ds"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(FOREIGN_COMMANDS))
+def test_every_command_names_the_adopt_command_for_a_foreign_onnx(tmp_path, image_folder, command):
+    src = foreign(tmp_path / "their model.onnx")
+    res = cli.invoke(app, FOREIGN_COMMANDS[command](str(src), str(image_folder), str(tmp_path)))
+    assert res.exit_code in (2, 4), res.output
+    assert "edgecnn adopt" in res.output and "'" + str(src) + "'" in res.output  # quoted: it is pasted as is

@@ -511,9 +511,12 @@ def model_contract(model_proto, path: Path, options: QuantOptions) -> ModelContr
                 f"{path} has edgecnn metadata that cannot be used ({exc}); re-export it with `edgecnn export`"
             ) from None
         if options.preprocess is None:
+            from edgecnn.artifacts import adopt_command
+
             raise UserInputError(
-                f"{path} has no edgecnn metadata, so its preprocessing is unknown: export it with `edgecnn export`, "
-                "or give --input-size H,W --mean R,G,B --std R,G,B (0-255 scale) [--resize ...] [--labels FILE]"
+                f"{path} has no edgecnn metadata, so its preprocessing is unknown: give it its contract once with "
+                f"`{adopt_command(path)}`, or give --input-size H,W --mean R,G,B --std R,G,B (0-255 scale) "
+                "[--resize ...] [--labels FILE]"
             ) from None
         outputs = model_proto.graph.output[0].type.tensor_type.shape.dim
         n = outputs[-1].dim_value if outputs and outputs[-1].dim_value > 0 else None
@@ -536,6 +539,11 @@ def model_contract(model_proto, path: Path, options: QuantOptions) -> ModelContr
         )
     if contract.precision == "int8":
         raise UserInputError(f"{path} is already an INT8 model: quantize the FP32 model it came from")
+    if contract.preprocess.dtype != "float32":  # calibration feeds float32 activations from the input on
+        raise UserInputError(
+            f"{path} takes {contract.preprocess.dtype} pixels (its normalisation is inside the graph): edgecnn "
+            "quantizes float32-input models; export it with a float32 input and adopt that with its --mean/--std"
+        )
     return contract
 
 
