@@ -111,3 +111,22 @@ def test_built_engine_is_refused_after_tampering(gpu, tiny_onnx, tmp_path):
     engine.write_bytes(bytes(data))
     with pytest.raises(ArtifactError, match="sha256"):
         load(engine)
+
+
+@pytest.mark.parametrize("layout,dtype,softmax", [("nhwc", "float32", False), ("nhwc", "uint8", True)])
+def test_adopted_layouts_build_and_run_like_onnxruntime(gpu, tmp_path, image_folder, layout, dtype, softmax):
+    """An adopted NHWC / uint8 / Softmax-output model: the engine takes what preprocess() makes for its contract."""
+    from test_adopt import foreign
+
+    from edgecnn.adopt import AdoptOptions, adopt
+
+    labels = tmp_path / "labels.txt"
+    labels.write_text("cat\ndog\nbird\n")
+    onnx = tmp_path / "adopted.onnx"
+    adopt(foreign(tmp_path / "f.onnx", layout, dtype, softmax), onnx, AdoptOptions(labels=labels, preset="imagenet"))
+    engine = tmp_path / "adopted.engine"
+    _build(onnx, engine, precision="fp32", batch=parse_batch("1:4:8"))
+    frames = [read_image(p) for p in list_images(image_folder)]
+    with load(engine) as trt_runner, OnnxRuntimeRunner(onnx) as ort_runner:
+        assert trt_runner.input_spec.dtype == dtype
+        np.testing.assert_allclose(trt_runner.infer_frames(frames), ort_runner.infer_frames(frames), atol=1e-3)
