@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -95,22 +96,43 @@ def compare(reference: Path, adopted: Path, images: list[Path]) -> dict:
         la = np.concatenate([a.infer_frames(frames[i : i + 16]) for i in range(0, len(frames), 16)])
         lb = np.concatenate([b.infer_frames(frames[i : i + 16]) for i in range(0, len(frames), 16)])
         kind = b.contract.output
-    if kind == "probabilities":  # compare what the model outputs: probabilities
-        diff = float(np.max(np.abs(softmax(la) - softmax(lb))))
+    row = {"images": len(frames), "top1_agreement": float(np.mean(la.argmax(1) == lb.argmax(1)))}
+    if kind == "probabilities":  # the model outputs probabilities; its runner gives their log (logits up to a constant)
+        row["max_abs_prob_diff"] = float(np.max(np.abs(softmax(la) - softmax(lb))))
+        log_softmax = la - la.max(1, keepdims=True)
+        log_softmax -= np.log(np.exp(log_softmax).sum(1, keepdims=True))
+        row["max_abs_diff"] = float(np.max(np.abs(log_softmax - lb)))
+        row["compared"] = "log-probabilities (logits less their logsumexp)"
     else:
-        diff = float(np.max(np.abs(la - lb)))
-    return {
-        "images": len(frames),
-        "top1_agreement": float(np.mean(la.argmax(1) == lb.argmax(1))),
-        "max_abs_diff": diff,
-        "compared": "probabilities" if kind == "probabilities" else "logits",
-    }
+        row["max_abs_diff"] = float(np.max(np.abs(la - lb)))
+        row["compared"] = "logits"
+    return row
+
+
+def teacher_labelled(reference: Path, photos: list[Path], dest: Path, min_prob: float = 0.5) -> Path:
+    """A labelled ImageNet folder made from `photos`: those edgecnn's own export (preprocessing from the TF
+    reference) classifies with probability >= min_prob, in folders named by that class's wnid. No ImageNet images
+    are at hand here; this is the labelled data `--check-preprocessing` needs, with the known-right model's labels."""
+    from edgecnn.data import read_image
+    from edgecnn.postprocess import softmax
+    from edgecnn.runtime import load
+
+    with load(reference) as ref:
+        keys = ref.contract.label_keys
+        for i in range(0, len(photos), 16):
+            part = photos[i : i + 16]
+            probs = softmax(ref.infer_frames([read_image(p) for p in part]))
+            for p, row in zip(part, probs):
+                if row.max() >= min_prob:
+                    (dest / keys[int(row.argmax())]).mkdir(parents=True, exist_ok=True)
+                    shutil.copy(p, dest / keys[int(row.argmax())] / p.name)
+    return dest
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=0, help="photos used (0: all 1,200)")
-    ap.add_argument("--check-images", type=int, default=100, help="photos --check-preprocessing scores on")
+    ap.add_argument("--check-images", type=int, default=200, help="photos --check-preprocessing scores on")
     ap.add_argument("--work", type=Path, default=ROOT / ".cache" / "adopt-bench")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "adopt_parity.json")
     args = ap.parse_args()
@@ -141,17 +163,33 @@ def main() -> int:
         row.update(command="edgecnn " + " ".join(cmd + extra), adopt_seconds=seconds)
         results["parity"][name] = row
         print(name, row)
-    for name, wrong in (("bgr", ["--channel-order", "bgr"]), ("0-1", ["--preset", "raw-0-1"])):
+    labelled = work / "teacher-labelled"
+    if labelled.exists():
+        shutil.rmtree(labelled)
+    teacher_labelled(own, sorted(scenes.rglob("*.jpg")), labelled)
+    results["teacher_labelled"] = {
+        "photos": sum(1 for _ in labelled.rglob("*.jpg")),
+        "classes": sum(1 for _ in labelled.iterdir()),
+        "rule": "scenes photos edgecnn's own export classifies with p >= 0.5, in folders named by wnid",
+    }
+    wrongs = (
+        ("right", []),
+        ("bgr for rgb", ["--channel-order", "bgr"]),
+        ("0-1 pixels for 0-255 (raw-0-1 preset)", ["--preset", "raw-0-1"]),
+        ("0-1 numbers on the 0-255 scale", ["--mean", "0.5", "--std", "0.5", "--scale", "0-255"]),
+    )
+    for name, wrong in wrongs:
         cmd = ["adopt", str(models["plain"]), "--labels", str(models["labels"]), "--preset", "tf-lite", *wrong]
-        cmd += ["--data", str(scenes), "--check-preprocessing", "--limit", str(args.check_images)]
+        cmd += ["--data", str(labelled), "--check-preprocessing", "--limit", str(args.check_images)]
         proc = edgecnn(*cmd, "--out", str(work / f"wrong-{name}.onnx"), "--force", "--json")
         line = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""
-        results["check_preprocessing"][name] = {
-            "command": "edgecnn " + " ".join(cmd),
-            "exit": proc.returncode,
-            "message": line,
-        }
-        print(name, proc.returncode, line)
+        row = {"command": "edgecnn " + " ".join(cmd), "exit": proc.returncode, "message": line}
+        if proc.returncode == 0:
+            report = json.loads(proc.stdout)
+            row.update(top1=report["top1"], best=report["best"])
+            row["candidates"] = {c["preset"]: c["top1"] for c in report["candidates"]}
+        results["check_preprocessing"][name] = row
+        print(name, proc.returncode, line, row.get("candidates"))
     import onnxruntime
 
     results["machine"] = {
