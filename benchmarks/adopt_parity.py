@@ -31,8 +31,8 @@ def make_foreign_models(folder: Path) -> dict[str, Path]:
     """EfficientNet-Lite0 exported three ways with plain torch.onnx.export (no edgecnn metadata), + a wnids file."""
     import torch
 
-    from edgecnn.artifacts import imagenet_labels
     from edgecnn.checkpoint import load_checkpoint
+    from edgecnn.contract import imagenet_labels
     from edgecnn.runtime.resolve import pretrained_checkpoint
 
     folder.mkdir(parents=True, exist_ok=True)

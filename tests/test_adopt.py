@@ -15,8 +15,8 @@ from test_golden_preprocess import wrap_input
 from typer.testing import CliRunner
 
 from edgecnn.adopt import AdoptOptions, adopt, detect_layout, read_adopt_labels
-from edgecnn.artifacts import ModelContract, imagenet_labels, read_onnx_contract
 from edgecnn.cli.main import app
+from edgecnn.contract import ModelContract, imagenet_labels, read_onnx_contract
 from edgecnn.errors import AccuracyGateError, ArtifactError, UserInputError
 from edgecnn.preprocess import PreprocessConfig, normalize, preprocess
 from edgecnn.runtime import load

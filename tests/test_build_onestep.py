@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 
 torch = pytest.importorskip("torch")
 
-from edgecnn.artifacts import ModelContract, read_onnx_contract  # noqa: E402
 from edgecnn.checkpoint import save_checkpoint  # noqa: E402
 from edgecnn.cli.main import app  # noqa: E402
+from edgecnn.contract import ModelContract, read_onnx_contract  # noqa: E402
 from edgecnn.models.cifar_cnn import CIFAR_PREPROCESS  # noqa: E402
 from edgecnn.models.registry import create_model  # noqa: E402
 

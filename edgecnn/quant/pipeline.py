@@ -511,7 +511,7 @@ def model_contract(model_proto, path: Path, options: QuantOptions) -> ModelContr
                 f"{path} has edgecnn metadata that cannot be used ({exc}); re-export it with `edgecnn export`"
             ) from None
         if options.preprocess is None:
-            from edgecnn.artifacts import adopt_command
+            from edgecnn.contract import adopt_command
 
             raise UserInputError(
                 f"{path} has no edgecnn metadata, so its preprocessing is unknown: give it its contract once with "
