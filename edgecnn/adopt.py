@@ -370,9 +370,9 @@ def decide_preprocess(
             f"How were this model's inputs made? Give --preset ({', '.join(PRESETS)}) or --mean R,G,B --std R,G,B "
             "(add --data DIR --check-preprocessing to find the preset)"
         )
-    base = PRESETS[preset] if preset else PRESETS["raw-0-1"]
     if preset and preset not in PRESETS:
         raise UserInputError(f"--preset {preset!r} is not one of {', '.join(PRESETS)}")
+    base = PRESETS[preset] if preset else PRESETS["raw-0-1"]  # numbers given (or timm's): the rest as x / 255 has it
     values = {}
     for key in ("resize", "crop_ratio", "interpolation", "channel_order", "mean", "std"):
         option = getattr(options, key)

@@ -371,3 +371,21 @@ def test_every_command_names_the_adopt_command_for_a_foreign_onnx(tmp_path, imag
     res = cli.invoke(app, FOREIGN_COMMANDS[command](str(src), str(image_folder), str(tmp_path)))
     assert res.exit_code in (2, 4), res.output
     assert "edgecnn adopt" in res.output and "'" + str(src) + "'" in res.output  # quoted: it is pasted as is
+
+
+def test_cli_option_errors_name_the_option(tmp_path, labels_file):
+    src = foreign(tmp_path / "f.onnx")
+    base = ["adopt", str(src), "--labels", str(labels_file), "--out", str(tmp_path / "o.onnx")]
+    for extra, named in (
+        (["--preset", "keras"], "--preset"),
+        (["--preset", "imagenet", "--resize", "fit"], "--resize"),
+        (["--preset", "imagenet", "--layout", "chw"], "--layout"),
+        (["--preset", "imagenet", "--mean", "1,2"], "--mean"),
+        (["--preset", "imagenet", "--check-preprocessing"], "--data"),
+        (["--preset", "imagenet", "--output-kind", "scores"], "--output-kind"),
+    ):
+        res = cli.invoke(app, base + extra)
+        assert res.exit_code == 2 and named in res.output, (extra, res.output)
+    assert not (tmp_path / "o.onnx").exists()
+    res = cli.invoke(app, base + ["--preset", "imagenet", "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["decided_by"]["channel_order"] == "preset imagenet"

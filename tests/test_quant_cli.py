@@ -325,7 +325,7 @@ def test_model_without_metadata_asks_for_preprocessing(setup):
     bare_path = tmp / "bare.onnx"
     onnx.save(bare, str(bare_path))
     res = invoke("quantize", bare_path, "--calib", calib, "--out", tmp / "q.onnx")
-    assert res.exit_code == 2 and "--input-size" in res.output and "edgecnn export" in res.output
+    assert res.exit_code == 2 and "--input-size" in res.output and "edgecnn adopt" in res.output
     res = invoke(
         "quantize",
         bare_path,
