@@ -145,6 +145,9 @@ def test_every_command_runs_the_adopted_model(tmp_path, labels_file, image_folde
         ["profile", str(out), "--iterations", "2", "--warmup", "1", "--end-to-end"],
         ["eval", str(out), str(image_folder)],
         ["compare", str(out), str(out), "--data", str(image_folder / "cat")],
+        ["live", str(out), "--source", str(image_folder / "cat"), "--headless", "--max-frames", "2"],
+        ["deploy", "triton", str(out), "--repo", str(tmp_path / "repo")],
+        ["deploy", "deepstream", str(out), "--out", str(tmp_path / "ds"), "--approximate-std"],
     ):
         res = cli.invoke(app, argv)
         assert res.exit_code == 0, (argv, res.output)
