@@ -16,12 +16,13 @@ Substitutions made only here, to keep the test short (a page shows the real valu
 - `edgecnn quantize efficientnet-lite0` gets `--rounding nearest` (GPTQ over its 4M weights costs ~15 s of CPU;
   tests/test_quant_rounding.py covers GPTQ, and the small model's quantize lines here use it);
 - a pipe's right-hand side (`| head -1`, `| grep lite`) is dropped; the edgecnn command on its left runs.
-A line that sets an accuracy gate (`--min-agreement`, `--max-diff`, `--max-drop`) may also exit 5: the gate's verdict
-depends on the small model trained here, the command still has to run through.
+A line that sets an accuracy gate (`--min-agreement`, `--max-diff`, `--max-drop`, `adopt --check-preprocessing`) may
+also exit 5: the gate's verdict depends on the small model trained here, the command still has to run through.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import shutil
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
+import onnx
 import pytest
 from typer.testing import CliRunner
 
@@ -37,7 +39,7 @@ from edgecnn.cli.main import app
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-GATES = ("--min-agreement", "--max-diff", "--max-drop")
+GATES = ("--min-agreement", "--max-diff", "--max-drop", "--check-preprocessing")
 FENCE = re.compile(r"^```(\w*)\s*$")
 NOT_RUN = re.compile(r"<!--\s*not-run:\s*(.+?)\s*-->")
 TEST_FILES = re.compile(r"<!--\s*test-files:\s*(.*?)\s*-->")
@@ -175,6 +177,8 @@ FILES = {
     "model.onnx": "model.onnx",
     "runs/cnn.onnx": "model.onnx",
     "model.int8.onnx": "model.int8.onnx",
+    "their-model.onnx": "their-model.onnx",  # model.onnx without edgecnn metadata: a foreign model for `adopt`
+    "labels.txt": "labels.txt",
 }
 
 
@@ -203,6 +207,11 @@ def assets(tmp_path_factory, cifar_dir, scenes_dir) -> Path:
     data = str(root / "data/cifar10")
     _run(["train", data, "--arch", "cifar-cnn", "--epochs", "1", "--out", str(root / "model.pt")])
     _run(["export", str(root / "model.pt"), "--out", str(root / "model.onnx"), "--dynamic-batch"])
+    foreign = onnx.load(str(root / "model.onnx"))
+    labels = json.loads(next(p.value for p in foreign.metadata_props if p.key == "edgecnn.labels"))
+    del foreign.metadata_props[:]
+    onnx.save(foreign, str(root / "their-model.onnx"))
+    (root / "labels.txt").write_text("\n".join(labels) + "\n")
     calib = str(root / "calibration")
     _run(
         [
