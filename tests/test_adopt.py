@@ -178,6 +178,11 @@ def test_quantize_and_deploy_configs_honour_the_adopted_layout(tmp_path, labels_
     with pytest.raises(UserInputError, match="uint8.*nvinfer"):
         nvinfer_config(io, DeepStreamOptions(), "u8.onnx", "logits")
 
+    probs = tmp_path / "probs.onnx"
+    adopt(foreign(tmp_path / "p.onnx", softmax=True), probs, AdoptOptions(labels=labels_file, preset="tf-lite"))
+    text = config_text(read_model_io(probs), "m", TritonOptions())[0]
+    assert 'key: "edgecnn.output"' in text and "probabilities" in text
+
 
 def test_trt_plan_refuses_uint8_input_before_8_6(tmp_path, labels_file):
     from edgecnn.trt.devices import get_device

@@ -159,8 +159,9 @@ def config_text(io: ModelIO, name: str, options: TritonOptions) -> tuple[str, in
         "edgecnn.preprocess": cfg.to_json(),
         "edgecnn.precision": io.contract.precision,
         "edgecnn.arch": io.contract.arch or "",
-        "edgecnn.output": io.contract.output,  # logits, or probabilities (a Softmax ends the model)
     }
+    if io.contract.output != "logits":  # a Softmax ends the model: its output is probabilities already
+        params["edgecnn.output"] = io.contract.output
     for key, value in params.items():
         lines += [
             "parameters {",
