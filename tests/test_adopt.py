@@ -159,11 +159,11 @@ def test_quantize_and_deploy_configs_honour_the_adopted_layout(tmp_path, labels_
     from edgecnn.deploy.deepstream import DeepStreamOptions, nvinfer_config
     from edgecnn.deploy.model_io import read_model_io
     from edgecnn.deploy.triton import TritonOptions, config_text
-    from edgecnn.quant.pipeline import QuantOptions, quantize
+    from edgecnn.quant import QuantOptions, quantize
 
     out = tmp_path / "nhwc.onnx"
     adopt(foreign(tmp_path / "f.onnx", layout="nhwc"), out, AdoptOptions(labels=labels_file, preset="tf-lite"))
-    quantize(out, tmp_path / "q.onnx", image_folder, QuantOptions(num_images=8, batch=4, latency_runs=1))
+    quantize(out, tmp_path / "q.onnx", image_folder, QuantOptions(num_images=8, batch=4))
     with load(tmp_path / "q.onnx") as q:
         assert q.contract.preprocess.layout == "nhwc" and q.infer_frames(frames()).shape == (4, 3)
     io = read_model_io(out)

@@ -215,7 +215,7 @@ def _export_step(model, paths, record, options: OneStepOptions, steps, say) -> P
 
 def _quantize_step(fp32: Path, paths, record, options: OneStepOptions, steps, say) -> Path:
     """The Q/DQ ONNX for TensorRT (and its calibration table), quantized (or reused) into NAME.int8.onnx."""
-    from edgecnn.quant.pipeline import QuantOptions, quantize
+    from edgecnn.quant import OutputPolicy, QuantOptions, quantize
 
     inputs = {
         "onnx_sha256": onnx_sha256(fp32),
@@ -227,7 +227,7 @@ def _quantize_step(fp32: Path, paths, record, options: OneStepOptions, steps, sa
         "edgecnn": __version__,
     }
     target = paths["int8"]
-    if _reusable(record, "quantize", inputs, target, onnx_sha256):
+    if paths["calib"].is_file() and _reusable(record, "quantize", inputs, target, onnx_sha256):
         say("quantize", f"reusing {target.name} (same model, calibration images and options)")
         steps.append(StepRecord("quantize", str(target), True, 0.0, record["quantize"].get("details", {})))
         return target
@@ -237,16 +237,9 @@ def _quantize_step(fp32: Path, paths, record, options: OneStepOptions, steps, sa
         fp32,
         target,
         options.calib,
-        QuantOptions(
-            target="tensorrt",
-            num_images=options.num_images,
-            val=options.val,
-            max_drop=options.max_drop,
-            cache=paths["calib"],
-            trt_version=options.trt_version,
-            force=True,
-        ),
+        QuantOptions(target="tensorrt", num_images=options.num_images, val=options.val, max_drop=options.max_drop),
         progress=lambda stage, done, total: say("quantize", f"{stage} {done}/{total}"),
+        output=OutputPolicy(cache=paths["calib"], trt_version=options.trt_version, force=True),
     )
     details = {k: result[k] for k in ("accuracy", "excluded") if k in result}
     record["quantize"] = {"inputs": inputs, "output_sha256": onnx_sha256(target), "details": details}
