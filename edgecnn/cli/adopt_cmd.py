@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from edgecnn.cli.common import cli_command, console, print_json, warn
+from edgecnn.cli.common import add_command, console, force_option, json_option, print_json, warn
 
 RESIZE_NAMES = {"crop": "shorter_crop", "shorter-crop": "shorter_crop", "stretch": "resize", "letterbox": "letterbox"}
 
@@ -68,8 +68,8 @@ def adopt(
         False, "--check-preprocessing", help="With --data: score every preset, refuse one far behind the best."
     ),
     limit: int = typer.Option(200, "--limit", help="Images of --data used (spread over the folder)."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing --out file."),
-    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON only."),
+    force: bool = force_option("Replace an existing --out file."),
+    json_out: bool = json_option("Print the report as JSON only, on stdout."),
 ):
     """Give a foreign classifier ONNX the edgecnn contract: every command then runs it with the right preprocessing."""
     from edgecnn.adopt import AdoptOptions
@@ -146,4 +146,4 @@ class _Null:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("adopt")(cli_command(adopt))
+    add_command(app, "adopt", adopt)
