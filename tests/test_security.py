@@ -156,14 +156,18 @@ def test_predict_names_the_pixel_limit_and_the_limit_is_configurable(tmp_path):
 
 
 def test_predict_on_the_huge_png_stays_small_in_memory(tmp_path):
-    """The CLI end to end, in its own process: peak RSS far below the 2.7 GB the image would decode to."""
+    """The CLI end to end, in its own process: peak RSS far below the 2.7 GB the image would decode to.
+
+    VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so a child started from a large pytest process
+    would report the parent's size."""
     tiny = build_tiny_onnx(tmp_path / "tiny.onnx")
     png = _huge_png(tmp_path / "bomb.png")
     code = (
-        "import resource, sys\n"
+        "import re, sys\n"
         "from edgecnn.__main__ import main\n"
         "try:\n    main()\nexcept SystemExit as e:\n    code = e.code\n"
-        "print('peak_mb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, file=sys.stderr)\n"
+        "hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)\n"
+        "print('peak_mb', int(hwm) // 1024, file=sys.stderr)\n"
         "sys.exit(code)\n"
     )
     proc = subprocess.run(

@@ -80,4 +80,7 @@ if [ "$PREPARE_ONLY" = 1 ]; then
   echo "$KIND $MODEL"
   exit 0
 fi
-exec "$PY" -m edgecnn live "$MODEL" --source "$SOURCE" "${SINK_ARGS[@]}" "$@"
+# The source goes through the environment, not the command line: `ps` shows every process's arguments to every
+# user, and a camera URL may hold a password (a process's environment is readable by its owner and root only).
+export EDGECNN_SOURCE="$SOURCE"
+exec "$PY" -m edgecnn live "$MODEL" "${SINK_ARGS[@]}" "$@"
