@@ -118,7 +118,7 @@ def register_plain_openvino(threads: int) -> str:
 
 
 def agreement_with(reference, others: dict, images: list[Path]) -> dict:
-    from edgecnn.profiling.compare import compare_runners
+    from edgecnn.profiling.parity import compare_runners
     from edgecnn.runtime import load
 
     out = {}
@@ -150,8 +150,8 @@ def main() -> None:
 
     from edgecnn.data import list_images
     from edgecnn.files import atomic_write_text
-    from edgecnn.profile import ModelSpec, ProfileOptions, profile_models
-    from edgecnn.runtime.resolve import pretrained_checkpoint, pretrained_onnx
+    from edgecnn.profiling.latency import ModelSpec, ProfileOptions, profile_models
+    from edgecnn.zoo import pretrained_checkpoint, pretrained_onnx
 
     name = "efficientnet-lite0"
     pt, fp32 = pretrained_checkpoint(name), pretrained_onnx(name)

@@ -362,7 +362,7 @@ def main() -> None:
     import onnxruntime as ort
 
     from edgecnn.quant import QuantOptions, quantize
-    from edgecnn.runtime.resolve import pretrained_onnx
+    from edgecnn.zoo import pretrained_onnx
 
     os.environ.setdefault("EDGECNN_CACHE", str(ROOT / ".cache" / "models"))
     model = pretrained_onnx("efficientnet-lite0")

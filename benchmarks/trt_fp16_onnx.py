@@ -47,8 +47,8 @@ def main() -> None:
     from edgecnn.data import list_images, read_image
     from edgecnn.preprocess import preprocess
     from edgecnn.runtime.onnxrt import OnnxRuntimeRunner
-    from edgecnn.runtime.resolve import pretrained_onnx
     from edgecnn.trt.fp16 import convert_fp16
+    from edgecnn.zoo import pretrained_onnx
 
     src = pretrained_onnx("efficientnet-lite0")
     contract = read_onnx_contract(src)

@@ -23,7 +23,8 @@ class UserInputError(EdgeCNNError):
 
 
 class MissingDependencyError(EdgeCNNError):
-    """An optional package (torch, tensorrt, cuda-python, openvino, ...) is not installed."""
+    """An optional package (torch, tensorrt, cuda-python, openvino, ...) is not installed: exit code 3 for every one
+    of them, PyTorch included (`require_torch`)."""
 
     exit_code = 3
 
@@ -126,6 +127,11 @@ def storage_error(
     return StorageError(str(what), STORAGE_ERRNOS[code], kept, verb=verb)
 
 
+def format_shape(shape) -> str:
+    """A tensor shape as messages write it: (N, 3, 224, 224), N for a dynamic dimension (None)."""
+    return "(" + ", ".join("N" if d is None else str(d) for d in shape) + ")"
+
+
 def require(module: str, install_hint: str):
     """Import an optional module lazily, or raise MissingDependencyError naming how to get it.
 
@@ -146,9 +152,10 @@ TORCH_HINT = (
 )
 
 
-def require_torch():
-    """PyTorch, or a clear error: the inference path never needs it, training and export do."""
-    return require("torch", TORCH_HINT)
+def require_torch(hint: str = TORCH_HINT):
+    """PyTorch, or MissingDependencyError: the inference path never needs it, training and export do. The one
+    "torch is missing" helper; `hint` says what needs it and how to get it."""
+    return require("torch", hint)
 
 
 def caused_by_ctrl_c(exc: BaseException) -> bool:

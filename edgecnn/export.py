@@ -36,6 +36,7 @@ from edgecnn.files import (
     temp_folder,
 )
 from edgecnn.onnx_io import save_onnx
+from edgecnn.runtime.base import model_file
 
 DEFAULT_CALIBRATION_DIR = Path(__file__).resolve().parents[1] / "calibration"
 
@@ -206,9 +207,9 @@ def export_onnx(
     options: ExportOptions | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> ExportReport:
-    """Export a checkpoint (or registered pretrained name) to ONNX with its contract; check parity; write atomically."""
+    """Export a checkpoint to ONNX with its contract; check parity; write atomically. (A registered pretrained name:
+    `edgecnn.zoo.resolve_model(name, backend="torch")` gives its checkpoint.)"""
     require_torch()
-    from edgecnn.runtime.resolve import resolve_model
 
     options = options or ExportOptions()
     say = progress or (lambda msg: None)
@@ -218,7 +219,7 @@ def export_onnx(
     check_output_file(out, "--out")
     refuse_existing(out, "--out", options.force)
     check_options(options)
-    src = resolve_model(model, backend="torch")
+    src = model_file(model)
     if src.suffix.lower() not in (".pt", ".pth"):
         raise UserInputError(f"export takes a PyTorch checkpoint (.pt) or a pretrained name, got {src.name}")
     ensure_distinct(src, out)

@@ -10,15 +10,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import numpy as np
 
 from edgecnn.errors import UserInputError
 from edgecnn.preprocess import PreprocessConfig
-
-if TYPE_CHECKING:
-    from edgecnn.train import TrainConfig
+from edgecnn.train_types import TrainConfig, TrainProgress
 
 MEMORY_FRACTION = 0.5  # refuse to hold more than this share of physical RAM as decoded images
 
@@ -189,7 +187,6 @@ def decode_data(plan: DataPlan, cfg: TrainConfig, pre: PreprocessConfig, report)
     readable: each a clear error (training on without the validation the user asked for would silently switch
     off early stopping and best-checkpoint selection)."""
     from edgecnn.data import decode_resized
-    from edgecnn.train import TrainProgress
 
     _check_memory(len(plan.train_paths) + len(plan.val_paths), pre)
     workers = cfg.workers or os.cpu_count() or 1

@@ -12,12 +12,9 @@ from __future__ import annotations
 
 from dataclasses import fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from edgecnn.errors import ArtifactError, EdgeCNNError, UserInputError
-
-if TYPE_CHECKING:
-    from edgecnn.train import TrainConfig
+from edgecnn.train_types import TrainConfig, side_paths
 
 # How the run trains: taken from the checkpoint; an explicit other value is an error.
 RESUMED_SETTINGS = (
@@ -116,7 +113,6 @@ def _flag(key: str) -> str:
 
 def continues_in_place(cfg: TrainConfig) -> bool:
     """True when --resume is the `.last.pt` of --out itself: the run goes on writing its own files."""
-    from edgecnn.train import side_paths
 
     if cfg.resume is None:
         return False
@@ -128,7 +124,6 @@ def continues_in_place(cfg: TrainConfig) -> bool:
 
 def given_settings(cfg: TrainConfig) -> frozenset[str]:
     """The fields the caller chose: `cfg.given` (the CLI's typed options), else those that differ from defaults."""
-    from edgecnn.train import TrainConfig
 
     if cfg.given is not None:
         return cfg.given

@@ -27,13 +27,13 @@ def main() -> None:
     from edgecnn.camera.loop import LiveOptions, run_live
     from edgecnn.camera.sinks import CallbackSink
     from edgecnn.camera.sources import parse_source
-    from edgecnn.runtime import load
+    from edgecnn.zoo import open_model
 
     def on_result(result) -> bool:
         print(f"frame {result.index}: {result.label} ({result.score:.0%})", flush=True)
         return True  # return False to stop the loop
 
-    with load(args.model) as runner:
+    with open_model(args.model) as runner:  # a file or a registered pretrained name
         capture = ThreadedCapture(parse_source(args.source), pace=False).start()
         summary = run_live(
             runner,

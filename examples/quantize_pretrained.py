@@ -25,6 +25,7 @@ def main() -> None:
     from edgecnn.evaluate import agreement
     from edgecnn.quant import OutputPolicy, QuantOptions, quantize
     from edgecnn.runtime import load
+    from edgecnn.zoo import open_model
 
     args.out.mkdir(parents=True, exist_ok=True)
     stem = Path(args.model).name.split(".")[0]
@@ -41,7 +42,7 @@ def main() -> None:
     print({k: v for k, v in result.items() if isinstance(v, (int, float, str))})
 
     frames = [read_image(p) for p in list_images(args.check or args.calib)[:64]]
-    with load(args.model) as fp32, load(int8) as q:
+    with open_model(args.model) as fp32, load(int8) as q:
         agree = agreement(fp32.infer_frames(frames), q.infer_frames(frames))
     print(
         f"FP32 vs INT8 on {len(frames)} photos: top-1 agreement {agree['top1_agreement']:.1%}, "

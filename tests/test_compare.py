@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from edgecnn.data import read_image
 from edgecnn.errors import AccuracyGateError, UserInputError
-from edgecnn.profiling.compare import check_gate, compare_runners, resolve_data
+from edgecnn.profiling.parity import check_gate, compare_runners, resolve_data
 from edgecnn.runtime import load
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from edgecnn.deploy.doctor import (
+from edgecnn.doctor import (
     FAIL,
     OK,
     SKIP,

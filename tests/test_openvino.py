@@ -58,7 +58,7 @@ def test_ir_without_contract_is_rejected(tmp_path, tiny_onnx):
 
 @pytestmark_ov
 def test_layer_profile_and_profile_hook(tiny_onnx):
-    from edgecnn.profile import ProfileOptions, profile_models
+    from edgecnn.profiling.latency import ProfileOptions, profile_models
 
     with load(tiny_onnx, backend="openvino") as runner:
         rows = runner.layer_profile(batch=2, iterations=3)

@@ -122,17 +122,18 @@ def test_quantize_finetune_without_torch_is_a_clear_error():
     code = BLOCKER.replace(f"BLOCKED = {BLOCKED!r}", "BLOCKED = ('torch',)") + textwrap.dedent(
         """
         import json
-        from edgecnn.errors import UserInputError
-        from edgecnn.quant.finetune import _require_torch
+        from edgecnn.errors import MissingDependencyError, require_torch
+        from edgecnn.quant.finetune import FINETUNE_TORCH_HINT
 
         try:
-            _require_torch()
+            require_torch(FINETUNE_TORCH_HINT)
             print(json.dumps({"error": None}))
-        except UserInputError as exc:
-            print(json.dumps({"error": str(exc)}))
+        except MissingDependencyError as exc:
+            print(json.dumps({"error": str(exc), "exit_code": exc.exit_code}))
         """
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    error = json.loads(proc.stdout.strip().splitlines()[-1])["error"]
-    assert error and "edgecnn[train]" in error and "--finetune" in error
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["error"] and "edgecnn[train]" in result["error"] and "--finetune" in result["error"]
+    assert result["exit_code"] == 3  # the one exit code of a missing package

@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from edgecnn import platform as edge_platform
 from edgecnn.errors import ArtifactError, UserInputError
-from edgecnn.profile import ModelSpec, ProfileOptions, profile_models, synthetic_frame, top5
 from edgecnn.profiling import environment as envmod
+from edgecnn.profiling.latency import ModelSpec, ProfileOptions, profile_models, synthetic_frame, top5
 from edgecnn.profiling.layers import parse_ort_trace
 from edgecnn.profiling.report import markdown, write_report
 from edgecnn.profiling.stats import latency_stats
@@ -159,7 +159,7 @@ def test_parse_ort_trace_skips_warmup_runs():
 
 
 def test_end_to_end_measures_frame_to_top5(tiny_onnx):
-    from edgecnn.profile import _workload
+    from edgecnn.profiling.latency import _workload
     from edgecnn.runtime import load
 
     result = profile_models([str(tiny_onnx)], ProfileOptions(end_to_end=True, **FAST))

@@ -13,9 +13,10 @@ from conftest import build_tiny_onnx, make_image_folder, write_video
 from onnx import numpy_helper
 
 from edgecnn.contract import read_onnx_contract
-from edgecnn.quant import calibrators, graph, qdq, trt_cache, weights
+from edgecnn.quant import calibrators, graph, qdq, weights
 from edgecnn.quant.calib_data import load_calibration
 from edgecnn.quant.calibrators import HIST_BINS, TensorStats
+from edgecnn.trt import calib_cache
 
 # ---------------------------------------------------------------- calibrators vs numpy
 
@@ -200,21 +201,21 @@ def test_fixed_batch_model_calibrates_in_real_batches_when_its_graph_allows(tmp_
 
 
 def test_scale_hex_known_values():
-    assert trt_cache.scale_hex(1.0 / 127) == "3c010204"
-    assert trt_cache.scale_hex(1.0) == "3f800000"
-    assert trt_cache.hex_scale("3c010204") == pytest.approx(1.0 / 127, rel=1e-7)
-    assert trt_cache.version_number("8.6.1") == 8601
-    assert trt_cache.version_number("10.3.0") == 100300
-    assert trt_cache.version_number("8502") == 8502
+    assert calib_cache.scale_hex(1.0 / 127) == "3c010204"
+    assert calib_cache.scale_hex(1.0) == "3f800000"
+    assert calib_cache.hex_scale("3c010204") == pytest.approx(1.0 / 127, rel=1e-7)
+    assert calib_cache.version_number("8.6.1") == 8601
+    assert calib_cache.version_number("10.3.0") == 100300
+    assert calib_cache.version_number("8502") == 8502
 
 
 def test_table_is_byte_exact_and_round_trips(tmp_path):
     amax = {"input": 1.0, "/conv1/Conv_output_0": 2.54, "zero": 0.0}
-    path = trt_cache.write_table(tmp_path / "m.calib", amax, version="8.6.1")
+    path = calib_cache.write_table(tmp_path / "m.calib", amax, version="8.6.1")
     s = struct.pack(">f", np.float32(2.54) / 127).hex()
     expected = f"TRT-8601-EntropyCalibration2\ninput: 3c010204\n/conv1/Conv_output_0: {s}\nzero: 3f800000\n".encode()
     assert path.read_bytes() == expected
-    version, algo, scales = trt_cache.read_table(path)
+    version, algo, scales = calib_cache.read_table(path)
     assert (version, algo) == (8601, "EntropyCalibration2")
     assert scales["input"] == pytest.approx(1 / 127, rel=1e-7)
     assert scales["/conv1/Conv_output_0"] == pytest.approx(2.54 / 127, rel=1e-6)
@@ -222,7 +223,7 @@ def test_table_is_byte_exact_and_round_trips(tmp_path):
     (tmp_path / "trt.calib").write_text(
         "TRT-100300-EntropyCalibration2\ndata: 3c008912\n(Unnamed Layer* 64) [Shuffle]_output: 0\n"
     )
-    v, _, sc = trt_cache.read_table(tmp_path / "trt.calib")
+    v, _, sc = calib_cache.read_table(tmp_path / "trt.calib")
     assert v == 100300 and sc["(Unnamed Layer* 64) [Shuffle]_output"] == 0.0 and sc["data"] > 0
 
 
@@ -231,7 +232,7 @@ def test_table_reader_rejects_garbage(tmp_path):
 
     (tmp_path / "bad.calib").write_text("hello\n")
     with pytest.raises(ArtifactError):
-        trt_cache.read_table(tmp_path / "bad.calib")
+        calib_cache.read_table(tmp_path / "bad.calib")
 
 
 # ---------------------------------------------------------------- Q/DQ writer

@@ -204,7 +204,7 @@ def test_max_drop_fallback_and_failure(setup):
 def test_cache_leaves_out_the_tensors_of_layers_kept_in_float(setup):
     """TensorRT's implicit INT8 runs every layer whose tensors have a scale in INT8: a layer --exclude keeps in float
     in the Q/DQ model must have none in the table either, or the engine is not the model the gate measured."""
-    from edgecnn.quant import trt_cache
+    from edgecnn.trt import calib_cache
 
     model, calib, tmp = setup
     full = json.loads(
@@ -239,8 +239,8 @@ def test_cache_leaves_out_the_tensors_of_layers_kept_in_float(setup):
             "--json",
         ).stdout
     )
-    _, _, all_scales = trt_cache.read_table(tmp / "a.calib")
-    _, _, kept = trt_cache.read_table(tmp / "b.calib")
+    _, _, all_scales = calib_cache.read_table(tmp / "a.calib")
+    _, _, kept = calib_cache.read_table(tmp / "b.calib")
     gone = set(all_scales) - set(kept)
     assert gone == {"r1", "c2"} == set(part["cache"]["left_out_for_float_layers"])  # conv2's input and output
     assert all(kept[t] == all_scales[t] for t in kept) and full["cache"]["left_out_for_float_layers"] == []
@@ -565,7 +565,7 @@ def test_the_table_has_a_scale_for_pad_outputs_too(setup):
     prepared graph, where ORT fused it away. The Pad's output gets its input's scale (zero padding adds nothing)."""
     from onnx import helper, numpy_helper
 
-    from edgecnn.quant import trt_cache
+    from edgecnn.trt import calib_cache
 
     model, calib, tmp = setup
     padded = onnx.load(str(model))
@@ -590,5 +590,5 @@ def test_the_table_has_a_scale_for_pad_outputs_too(setup):
         "tensorrt",
     )
     assert res.exit_code == 0, res.output
-    _, _, scales = trt_cache.read_table(tmp / "q.calib")
+    _, _, scales = calib_cache.read_table(tmp / "q.calib")
     assert scales["input_padded"] == scales["input"]

@@ -121,7 +121,7 @@ def files(tmp_path, tiny_onnx):
     table), {out} (an engine path in an empty folder)."""
     from conftest import build_tiny_onnx
 
-    from edgecnn.quant.trt_cache import write_table
+    from edgecnn.trt.calib_cache import write_table
 
     return {
         "model": str(tiny_onnx),
@@ -227,7 +227,7 @@ def test_calibration_cache_is_checked_up_front(
 
 
 def test_calibration_cache_of_another_tensorrt_release_is_a_warning(files, tmp_path, no_tensorrt, off_jetson):
-    from edgecnn.quant.trt_cache import write_table
+    from edgecnn.trt.calib_cache import write_table
 
     cache = write_table(tmp_path / "old.cache", {"input": 2.0}, version="8.6.1")
     argv = ["{model}", "--precision", "int8", "--calib-cache", str(cache), "--out", "{out}", "--batch", "1"]

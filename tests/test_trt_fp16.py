@@ -105,7 +105,7 @@ def test_fp16_conversion_refuses_bad_requests(tiny_onnx, tmp_path):
 @pytest.mark.slow
 def test_fp16_efficientnet_lite0_agrees_with_fp32_on_real_photos(scenes_dir, tmp_path):
     pytest.importorskip("torch", reason="materialising the pretrained ONNX needs PyTorch once")
-    from edgecnn.runtime.resolve import pretrained_onnx
+    from edgecnn.zoo import pretrained_onnx
 
     try:
         src = pretrained_onnx("efficientnet-lite0")

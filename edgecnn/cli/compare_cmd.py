@@ -33,13 +33,16 @@ def compare_command(
 ):
     """Max/mean abs difference, cosine similarity, top-1 agreement, and the images where A and B disagree."""
     from edgecnn.errors import EdgeCNNError
-    from edgecnn.profile import ModelSpec
-    from edgecnn.profiling.compare import check_gate, compare_runners, gate_failures, resolve_data
-    from edgecnn.runtime import load
+    from edgecnn.profiling.latency import ModelSpec
+    from edgecnn.profiling.parity import check_gate, compare_runners, gate_failures, resolve_data
+    from edgecnn.zoo import open_model
 
     root, images = resolve_data(data)
     spec_a, spec_b = ModelSpec.parse(model_a), ModelSpec.parse(model_b)
-    with load(spec_a.model, backend=spec_a.backend) as ra, load(spec_b.model, backend=spec_b.backend) as rb:
+    with (
+        open_model(spec_a.model, backend=spec_a.backend) as ra,
+        open_model(spec_b.model, backend=spec_b.backend) as rb,
+    ):
         with progress_bar("comparing", total=len(images[:limit] if limit else images), disable=json_out) as update:
             result = compare_runners(ra, rb, images, batch=batch, limit=limit, progress=update, root=root)
     result["data"] = str(root)

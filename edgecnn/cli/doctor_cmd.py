@@ -13,7 +13,7 @@ def doctor(json_out: bool = json_option("Print the checks as JSON only, on stdou
     Each item ✓ / ✗ with the fix, or – when it does not apply here. Exits 0: it reports, it does not judge."""
     from rich.markup import escape
 
-    from edgecnn.deploy.doctor import SYMBOLS, run_doctor
+    from edgecnn.doctor import SYMBOLS, run_doctor
 
     report = run_doctor()
     if json_out:

@@ -20,9 +20,9 @@ def eval_command(
 ):
     """Accuracy on a labelled folder. A train/ + test/ pair evaluates test/."""
     from edgecnn.evaluate import evaluate
-    from edgecnn.runtime import load
+    from edgecnn.zoo import open_model
 
-    with load(model, backend=backend) as runner, progress_bar("evaluating", disable=json_out) as update:
+    with open_model(model, backend=backend) as runner, progress_bar("evaluating", disable=json_out) as update:
         metrics = evaluate(runner, data_dir, batch=batch, progress=update, limit=limit)
     if json_out:
         print_json(metrics)

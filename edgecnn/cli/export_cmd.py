@@ -34,6 +34,7 @@ def export(
 ):
     """Export to ONNX: labels and preprocessing go into the model's metadata; parity vs PyTorch is checked."""
     from edgecnn.export import ExportOptions, export_onnx
+    from edgecnn.zoo import resolve_model
 
     options = ExportOptions(
         opset=opset, batch=batch, dynamic_batch=dynamic_batch, tolerance=tolerance, data=data, force=force
@@ -42,7 +43,12 @@ def export(
         _sigterm_interrupts(),
         console.status("exporting", spinner="dots") if not json_out else _nullcontext() as status,
     ):
-        report = export_onnx(model, out, options, progress=(lambda m: status.update(m)) if status else None)
+        report = export_onnx(
+            resolve_model(model, backend="torch"),
+            out,
+            options,
+            progress=(lambda m: status.update(m)) if status else None,
+        )
     if json_out:
         print_json(report.to_dict())
         return

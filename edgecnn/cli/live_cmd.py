@@ -112,7 +112,7 @@ def live(
     from edgecnn.camera.sources import parse_source
     from edgecnn.errors import EdgeCNNError, SourceError, UserInputError
     from edgecnn.jsonout import strict_json
-    from edgecnn.runtime.base import load
+    from edgecnn.zoo import open_model as load  # a file or a registered pretrained name
 
     specs = [parse_source(s, width=width, height=height, fps=fps) for s in (source or ["0"])]
     check_distinct(specs)

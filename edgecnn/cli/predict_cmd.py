@@ -21,9 +21,9 @@ def predict(
 ):
     """Classify images. Unreadable files are reported and make the exit code 2; the rest are still classified."""
     from edgecnn.predict import predict_files
-    from edgecnn.runtime import load
+    from edgecnn.zoo import open_model
 
-    with load(model, backend=backend) as runner:
+    with open_model(model, backend=backend) as runner:
         results = predict_files(runner, images, top_k=top_k)
     failed = [r for r in results if "error" in r]
 

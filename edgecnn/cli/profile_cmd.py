@@ -56,7 +56,7 @@ def profile_command(
     json_out: bool = json_option("Print the results as JSON only, on stdout (no raw samples)."),
 ):
     """Latency (min/mean/p50/p90/p95/p99/max), throughput, memory and file size of models, timed interleaved."""
-    from edgecnn.profile import ProfileOptions, profile_models
+    from edgecnn.profiling.latency import ProfileOptions, profile_models
     from edgecnn.profiling.report import check_report_dir, write_report
 
     if report is not None:

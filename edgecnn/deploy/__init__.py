@@ -4,8 +4,7 @@
 - `install`:    verify and safely extract a bundle on the device, build the engine, install the service
 - `triton`:     a Triton Inference Server model repository
 - `deepstream`: a DeepStream nvinfer config derived from the preprocessing contract
-- `doctor`:     what this machine has (Jetson model, JetPack, TensorRT, CUDA, cameras, ...) and how to fix what is
-                missing
 
+(What a machine has, and how to fix what is missing, is `edgecnn.doctor`: not a deploy step.)
 Nothing here imports torch or tensorrt at module level; nothing prints.
 """

@@ -318,7 +318,7 @@ def plan_models(precision: str, has_fp32: bool, has_int8: bool, has_calib: bool,
 
 def _onnx_model(model: str | Path, workdir: Path) -> Path:
     """MODEL as an ONNX file: an .onnx as is, a pretrained name via the cache, a checkpoint exported (needs torch)."""
-    from edgecnn.runtime.resolve import resolve_model
+    from edgecnn.zoo import resolve_model
 
     path = resolve_model(model)
     suffix = path.suffix.lower()

@@ -337,7 +337,7 @@ def write_deepstream(
 
     Everything is written into a staging folder beside `out_dir` first; `out_dir` then gets it at once (see the module
     docstring for when an existing `out_dir` is refused or, with `force`, replaced as a whole)."""
-    from edgecnn.runtime.resolve import resolve_model
+    from edgecnn.zoo import resolve_model
 
     options = options or DeepStreamOptions()
     path = resolve_model(model)

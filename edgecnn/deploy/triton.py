@@ -214,7 +214,7 @@ def model_name(model: str | Path, name: str | None) -> str:
 
 def write_repository(model: str | Path, repo: str | Path, options: TritonOptions | None = None) -> TritonReport:
     """Write (or with force, replace) `<repo>/<name>/` for `model`; everything lands at once via one rename."""
-    from edgecnn.runtime.resolve import resolve_model
+    from edgecnn.zoo import resolve_model
 
     options = options or TritonOptions()
     path = resolve_model(model)

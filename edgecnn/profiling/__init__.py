@@ -1,4 +1,5 @@
-"""Latency profiling pieces: statistics, environment capture, per-layer traces, reports, output parity.
+"""Profiling: latency (several models interleaved), statistics, environment capture, per-layer traces, reports, and
+output parity between models (`parity`, the `edgecnn compare` command).
 
-`edgecnn.profile` is the entry point (`profile_models`); these modules each do one job and import no PyTorch.
+`edgecnn.profiling.latency.profile_models` is the entry point; these modules each do one job and import no PyTorch.
 """

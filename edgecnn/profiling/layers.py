@@ -8,7 +8,7 @@ Node names are those of the graph ONNX Runtime executes after its optimisations:
 after its output (e.g. `r1_nchwc`), which is where the time goes on this machine, so that is what we report.
 
 Other backends provide the same list through the optional runner hook `layer_profile(batch, iterations)` (see
-`edgecnn.profile`): a list of `{"name", "op", "mean_ms"}` dicts.
+`edgecnn.profiling.latency`): a list of `{"name", "op", "mean_ms"}` dicts.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 
-from edgecnn.errors import UserInputError
+from edgecnn.errors import UserInputError, require_torch
 from edgecnn.quant.graph import fixed_batch, node_attrs
 
 SUPPORTED_OPS = frozenset(
@@ -51,21 +51,14 @@ SUPPORTED_OPS = frozenset(
 WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
 
 
-def _require_torch():
-    try:
-        import torch
-    except ImportError:
-        raise UserInputError(
-            "--finetune needs PyTorch: pip install 'edgecnn[train]' (quantizing without --finetune does not)"
-        ) from None
-    return torch
+FINETUNE_TORCH_HINT = "--finetune needs PyTorch: pip install 'edgecnn[train]' (quantizing without --finetune does not)"
 
 
 class _GraphExecutor:
     """Runs an FP32 ONNX graph with PyTorch ops, optionally with fake quantization at the Q/DQ model's points."""
 
     def __init__(self, model, act_quant: dict[str, tuple], weight_axes: dict[str, int], weight_qmax: int = 127):
-        torch = _require_torch()
+        torch = require_torch(FINETUNE_TORCH_HINT)
         from onnx import numpy_helper
 
         unsupported = sorted({n.op_type for n in model.graph.node} - SUPPORTED_OPS)
@@ -269,7 +262,7 @@ def finetune(
     """Fine-tune the float weights so the fake-quantized network, quantized as in `qmodel`, matches `model` (the
     prepared FP32 ONNX: the teacher) on `inputs` (N,C,H,W preprocessed). Training starts from the weights of `start`
     (the same graph with, say, bias-corrected biases; default `model`). Returns (new model, summary)."""
-    torch = _require_torch()
+    torch = require_torch(FINETUNE_TORCH_HINT)
     import onnx
     from onnx import numpy_helper
 

@@ -113,6 +113,6 @@ class OutputPolicy:
 
     def validate(self) -> None:
         if self.trt_version is not None:
-            from edgecnn.quant import trt_cache
+            from edgecnn.trt import calib_cache as trt_cache
 
             trt_cache.version_number(self.trt_version)  # a clear error now, not after calibration

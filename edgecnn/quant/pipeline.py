@@ -32,9 +32,10 @@ from edgecnn.errors import ArtifactError, UserInputError
 from edgecnn.files import check_output_file, ensure_distinct, refuse_existing, staged_files
 from edgecnn.onnx_io import model_bytes, onnx_external_data, onnx_sha256, save_onnx
 from edgecnn.preprocess import PreprocessConfig
-from edgecnn.quant import accuracy, calibrators, graph, qdq, select, trt_cache, weights
+from edgecnn.quant import accuracy, calibrators, graph, qdq, select, weights
 from edgecnn.quant.calib_data import CalibrationSet, load_calibration
 from edgecnn.quant.options import ROUNDINGS, OutputPolicy, QuantOptions
+from edgecnn.trt import calib_cache as trt_cache  # the TensorRT calibration table writer
 
 # progress(stage, done, total): stages 'decode', 'calibrate', 'round', 'finetune', 'evaluate', 'sensitivity', 'gate'
 StageProgress = Callable[[str, int, int], None]
@@ -108,7 +109,7 @@ class PreparedModel:
 
 
 def prepare_model(model, out: Path, calib, options: QuantOptions, output: OutputPolicy) -> PreparedModel:
-    from edgecnn.runtime.resolve import resolve_model
+    from edgecnn.zoo import resolve_model
 
     src = resolve_model(model)
     _check_outputs(src, out, calib, options, output)

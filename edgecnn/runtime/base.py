@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from edgecnn.contract import ModelContract
-from edgecnn.errors import ArtifactError, UserInputError
+from edgecnn.errors import ArtifactError, UserInputError, format_shape
 from edgecnn.preprocess import preprocess
 
 
@@ -109,7 +109,7 @@ class Runner(abc.ABC):
             e is not None and e != g for e, g in zip(expected, batch.shape[1:])
         ):
             raise UserInputError(
-                f"{self.path.name} takes input {_fmt_shape(self.input_spec.shape)}, got {tuple(batch.shape)}"
+                f"{self.path.name} takes input {format_shape(self.input_spec.shape)}, got {tuple(batch.shape)}"
             )
         fixed = self.input_spec.fixed_batch
         n = batch.shape[0]
@@ -159,10 +159,6 @@ class Runner(abc.ABC):
             pass
 
 
-def _fmt_shape(shape) -> str:
-    return "(" + ", ".join("N" if d is None else str(d) for d in shape) + ")"
-
-
 @dataclass(frozen=True)
 class Backend:
     """A backend's registration: its name, the file suffixes it opens, and how to open one."""
@@ -183,10 +179,8 @@ _REGISTRY: dict[str, Backend] = {}
 def backends() -> dict[str, Backend]:
     """All backends, discovered from the modules of this package that define BACKEND."""
     if not _REGISTRY:
-        import edgecnn.runtime as pkg
-
-        for info in pkgutil.iter_modules(pkg.__path__):
-            if info.name in ("base", "resolve"):
+        for info in pkgutil.iter_modules([str(Path(__file__).parent)]):  # this package's modules
+            if info.name == "base":
                 continue
             module = importlib.import_module(f"edgecnn.runtime.{info.name}")
             backend = getattr(module, "BACKEND", None)
@@ -209,12 +203,23 @@ def backend_for(path: Path, backend: str | None = None) -> Backend:
     raise UserInputError(f"Don't know how to run {path.name}: expected one of {', '.join(known)}")
 
 
+def model_file(model: str | Path) -> Path:
+    """`model` as an existing model file, or a UserInputError naming what is wrong with it."""
+    path = Path(model)
+    if path.is_dir():
+        raise UserInputError(f"{path} is a folder; expected a model file (.pt, .onnx, .engine)")
+    if not path.exists():
+        raise UserInputError(
+            f"Model {model} not found: no such file (a registered pretrained name opens with edgecnn.zoo.open_model)"
+        )
+    return path
+
+
 def load(model: str | Path, backend: str | None = None, **options) -> Runner:
-    """Open any supported model file (or a registered pretrained name) as a Runner.
+    """Open any supported model file as a Runner (a registered pretrained name: `edgecnn.zoo.open_model`, which makes
+    it a file first: the torch-free runtime never builds models).
 
     options are backend-specific (e.g. `threads=` for ONNX Runtime, `providers=`).
     """
-    from edgecnn.runtime.resolve import resolve_model
-
-    path = resolve_model(model, backend=backend)
+    path = model_file(model)
     return backend_for(path, backend).open(path, **options)

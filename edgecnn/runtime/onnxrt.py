@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecnn.contract import ModelContract
-from edgecnn.errors import ArtifactError, EdgeCNNError, ExternalDataError, UserInputError
+from edgecnn.errors import ArtifactError, EdgeCNNError, ExternalDataError, UserInputError, format_shape
 from edgecnn.platform import x86_with_vnni
 from edgecnn.runtime.base import Backend, InputSpec, Runner
 
@@ -148,10 +148,9 @@ def _check_input_shape(path: Path, shape: tuple, contract: ModelContract) -> Non
     images were wrong."""
     want = contract.preprocess.input_shape(None)
     if len(shape) != len(want) or any(g is not None and w is not None and g != w for g, w in zip(shape, want)):
-        fmt = lambda s: "(" + ", ".join("N" if d is None else str(d) for d in s) + ")"  # noqa: E731
         raise ArtifactError(
-            f"{path}: its input is {fmt(shape)} but its metadata's preprocessing makes "
-            f"{fmt(want)} ({contract.preprocess.layout.upper()}, input_size "
+            f"{path}: its input is {format_shape(shape)} but its metadata's preprocessing makes "
+            f"{format_shape(want)} ({contract.preprocess.layout.upper()}, input_size "
             f"{list(contract.preprocess.input_size)}): re-export it (`edgecnn export`)"
         )
 

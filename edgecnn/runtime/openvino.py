@@ -10,7 +10,7 @@ Choices:
 - The contract comes from the ONNX metadata, or for an IR from the `edgecnn_contract` rt_info entry that
   `save_ir()` writes.
 - `layer_profile(batch, iterations)` reports OpenVINO's performance counters per executed node (the hook
-  `edgecnn.profile` reads).
+  `edgecnn.profiling.latency` reads).
 """
 
 from __future__ import annotations

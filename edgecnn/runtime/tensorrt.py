@@ -47,8 +47,8 @@ class TensorRTRunner(Runner):
         contract = contract_of(manifest)
 
         from edgecnn.trt import cudart
-        from edgecnn.trt.builder import make_logger
         from edgecnn.trt.env import require_tensorrt, runtime_facts
+        from edgecnn.trt.logger import make_logger
         from edgecnn.trt.plan import TrtVersion, check_supported
 
         here = runtime_facts(device)

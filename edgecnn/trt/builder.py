@@ -22,6 +22,7 @@ from edgecnn.files import atomic_write_bytes, check_output_file, ensure_distinct
 from edgecnn.onnx_io import onnx_external_data
 from edgecnn.platform import jetpack_for_l4t
 from edgecnn.trt.devices import DEVICES, DevicePreset, get_device
+from edgecnn.trt.logger import make_logger
 from edgecnn.trt.manifest import file_record, manifest_path, write_manifest
 from edgecnn.trt.plan import (
     DESKTOP_DEFAULT_TRT,
@@ -159,7 +160,7 @@ def rebuild_command(onnx: Path, out: Path, options: BuildOptions) -> str:
 def check_calib_cache(path: str | os.PathLike) -> tuple[int, str, int]:
     """(header version number, algorithm, number of tensor scales) of a TensorRT calibration table, or a one-line
     UserInputError: a missing, empty, garbage or unusable cache fails here, not deep inside a TensorRT build."""
-    from edgecnn.quant.trt_cache import read_table
+    from edgecnn.trt.calib_cache import read_table
 
     path = Path(path)
     if not path.exists():
@@ -324,24 +325,6 @@ def _engine_contract(contract, precision: str, onnx_path: Path, here: dict):
 
 
 # ---------------------------------------------------------------- the thin TensorRT layer
-
-
-def make_logger(trt):
-    """An ILogger that keeps warnings and errors (for the error message) instead of printing them."""
-
-    class _Logger(trt.ILogger):
-        def __init__(self):
-            trt.ILogger.__init__(self)
-            self.messages: list[str] = []
-
-        def log(self, severity, msg):
-            if int(severity) <= int(trt.ILogger.Severity.WARNING):
-                self.messages.append(str(msg))
-
-        def last(self, n: int = 3) -> str:
-            return " | ".join(m.strip() for m in self.messages[-n:]) or "no message from TensorRT"
-
-    return _Logger()
 
 
 def calibrator_kind(cache: bytes) -> str:

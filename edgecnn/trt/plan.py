@@ -29,7 +29,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from edgecnn.errors import UserInputError
+from edgecnn.errors import UserInputError, format_shape
 from edgecnn.onnx_io import load_onnx
 from edgecnn.trt.devices import DEVICES, DevicePreset
 
@@ -412,7 +412,7 @@ def _batch_profile(onnx: OnnxFacts, batch: BatchRange | None, notes: list[str]):
     shape = onnx.input_shape
     if len(shape) < 2 or any(d is None for d in shape[1:]):
         raise UserInputError(
-            f"Input {onnx.input_name!r} has shape {_fmt(shape)}: only the batch dimension may be dynamic; "
+            f"Input {onnx.input_name!r} has shape {format_shape(shape)}: only the batch dimension may be dynamic; "
             "re-export with a fixed image size"
         )
     if shape[0] is not None:
@@ -469,7 +469,3 @@ def _hardware_level(options: BuildOptions, version, caps: Capabilities, device: 
             f"--hardware-compat ampere+ must be built on an Ampere or newer GPU (this one is sm_{gpu_cc})"
         )
     return level
-
-
-def _fmt(shape) -> str:
-    return "(" + ", ".join("N" if d is None else str(d) for d in shape) + ")"

@@ -1,9 +1,13 @@
-"""Turn what a user typed as MODEL into a file: an existing path, or a registered pretrained name.
+"""The model zoo as files: a registered pretrained name -> a model file, made once into the cache folder.
 
-A pretrained name (e.g. `efficientnet-lite0`) is materialised once into the cache folder
-($EDGECNN_CACHE, default ~/.cache/edgecnn), keyed by the edgecnn version so an upgrade that changes the model's
-contract never reuses a stale file: an ONNX file for the default ONNX Runtime path, a checkpoint for the
-torch backend. Making it needs PyTorch (once); using the cached ONNX afterwards does not.
+What the user typed as MODEL is either an existing path or a pretrained name from the model registry
+(`edgecnn.models.registry`, whose `pretrained` flag is the one list of them). A name is materialised once into the
+cache folder ($EDGECNN_CACHE, default ~/.cache/edgecnn), keyed by the edgecnn version so an upgrade that changes the
+model's contract never reuses a stale file: an ONNX file for the default ONNX Runtime path, a checkpoint for the torch
+backend. Making it needs PyTorch (once); using the cached ONNX afterwards does not.
+
+Entry points (the CLI, `profile_models`, `quantize`, `deploy`) resolve names here first; `runtime.load` and
+`export_onnx` take files. `open_model` is `runtime.load` for a name or a path.
 """
 
 from __future__ import annotations
@@ -12,8 +16,10 @@ import os
 from pathlib import Path
 
 from edgecnn import __version__
-from edgecnn.errors import UserInputError
-from edgecnn.models.catalog import PRETRAINED
+from edgecnn.errors import StorageError, UserInputError
+from edgecnn.files import prepare_output_folder
+from edgecnn.models.registry import pretrained_models
+from edgecnn.runtime.base import Runner, load, model_file
 
 
 def cache_dir() -> Path:
@@ -22,26 +28,26 @@ def cache_dir() -> Path:
 
 def resolve_model(model: str | os.PathLike, backend: str | None = None) -> Path:
     """A path to a model file for `model` (a file path or a registered pretrained name)."""
-    path = Path(model)
-    if path.exists():
-        if path.is_dir():
-            raise UserInputError(f"{path} is a folder; expected a model file (.pt, .onnx, .engine)")
-        return path
+    if Path(model).exists():
+        return model_file(model)
     name = str(model)
-    if name in PRETRAINED:
+    pretrained = pretrained_models()
+    if name in pretrained:
         if backend == "torch":
             return pretrained_checkpoint(name)
         return pretrained_onnx(name)
-    hint = f" Registered pretrained names: {', '.join(sorted(PRETRAINED))}." if PRETRAINED else ""
+    hint = f" Registered pretrained names: {', '.join(sorted(pretrained))}." if pretrained else ""
     raise UserInputError(f"Model {name} not found: no such file.{hint}")
+
+
+def open_model(model: str | os.PathLike, backend: str | None = None, **options) -> Runner:
+    """`runtime.load` for a model file or a registered pretrained name."""
+    return load(resolve_model(model, backend=backend), backend=backend, **options)
 
 
 def _writable_cache(target: Path) -> None:
     """The cache folder made and probed before a model is materialised into it: an unwritable $EDGECNN_CACHE (/proc,
     a read-only mount) is one line naming the variable, not an internal error from deep inside torch.save."""
-    from edgecnn.errors import StorageError
-    from edgecnn.files import prepare_output_folder
-
     try:
         prepare_output_folder(target, "model cache file")
     except StorageError as exc:  # a read-only or forbidden cache folder, a full disk: exit 74, with the fix
@@ -67,7 +73,7 @@ def pretrained_onnx(name: str) -> Path:
     target = cache_dir() / f"{name}-{__version__}.onnx"
     if not target.exists():
         _writable_cache(target)
-        from edgecnn.export import ExportOptions, export_onnx
+        from edgecnn.export import ExportOptions, export_onnx  # PyTorch: only to make the file, once
 
         export_onnx(pretrained_checkpoint(name), target, ExportOptions(dynamic_batch=True))
     return target

@@ -51,6 +51,8 @@ from edgecnn.postprocess import topk
 from edgecnn.preprocess import preprocess
 from edgecnn.profiling.environment import capture_environment
 from edgecnn.profiling.stats import LatencyStats, latency_stats, stage_means
+from edgecnn.runtime.base import backend_for
+from edgecnn.zoo import open_model, resolve_model
 
 MODES = ("model", "end-to-end")
 FRAME_SIZE = (480, 640)  # height, width of the end-to-end camera frame
@@ -247,8 +249,6 @@ def _prime_backends(specs: Sequence[ModelSpec], options: ProfileOptions, progres
     model (memory the allocator keeps from that load may then be reused by the real one).
 
     A model or backend that fails here is left alone: loading it for real, next, reports the error with its label."""
-    from edgecnn.runtime.base import backend_for, load
-    from edgecnn.runtime.resolve import resolve_model
 
     seen = set()
     for spec in specs:
@@ -265,20 +265,18 @@ def _prime_backends(specs: Sequence[ModelSpec], options: ProfileOptions, progres
             if backend.prime is not None:
                 backend.prime(**_load_kwargs(options))
             else:
-                load(spec.model, backend=spec.backend, **_load_kwargs(options)).close()
+                open_model(spec.model, backend=spec.backend, **_load_kwargs(options)).close()
         except Exception:  # noqa: BLE001 - untimed set-up only; the real load below reports any problem
             continue
 
 
 def _load_and_warm(spec: ModelSpec, label: str, options: ProfileOptions, batches, frame, progress):
-    from edgecnn.runtime.base import load
-
     if progress:
         progress(0, None, info=f"loading {label}")
     rss0 = current_rss_mb()
     t0 = time.perf_counter()
     try:
-        runner = load(spec.model, backend=spec.backend, **_load_kwargs(options))
+        runner = open_model(spec.model, backend=spec.backend, **_load_kwargs(options))
     except TypeError as exc:  # a backend that takes no `threads=`
         raise UserInputError(f"{label}: its backend does not accept --threads ({exc})") from exc
     load_s = time.perf_counter() - t0
