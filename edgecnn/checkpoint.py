@@ -11,9 +11,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from edgecnn.contract import ModelContract, contract_from_checkpoint
+from edgecnn.contract import ModelContract, contract_from_checkpoint, imagenet_labels
 from edgecnn.errors import ArtifactError, UserInputError, require_torch
 from edgecnn.files import atomic_path
+from edgecnn.models.registry import create_model, get_entry
 
 FORMAT = "edgecnn.checkpoint"
 VERSION = 1
@@ -137,8 +138,6 @@ def _state_dict_problems(exc: Exception, limit: int = 3) -> str:
 
 def load_checkpoint(path: str | os.PathLike):
     """(model in eval mode, contract, raw checkpoint dict)."""
-    from edgecnn.models.registry import create_model
-
     ckpt = read_checkpoint(path)
     contract = contract_from_checkpoint(path, ckpt)
     arch, kwargs = ckpt["arch"], ckpt["arch_kwargs"]
@@ -208,9 +207,6 @@ def _check_forward(path: Path, model, contract: ModelContract, arch: str) -> Non
 
 def pretrained_contract(name: str) -> ModelContract:
     """Contract of a registered pretrained model (labels and preprocessing of its training)."""
-    from edgecnn.contract import imagenet_labels
-    from edgecnn.models.registry import get_entry
-
     entry = get_entry(name)
     names, wnids = imagenet_labels()
     return ModelContract(
@@ -224,8 +220,6 @@ def pretrained_contract(name: str) -> ModelContract:
 
 def save_pretrained_checkpoint(name: str, target: str | os.PathLike) -> Path:
     """Materialise a registered pretrained model as a checkpoint (the cache entry for `name`)."""
-    from edgecnn.models.registry import create_model
-
     model = create_model(name, pretrained=True)
     return save_checkpoint(
         target, model, name, {"num_classes": 1000}, pretrained_contract(name), training={"pretrained": True}

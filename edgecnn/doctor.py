@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from edgecnn.camera.sinks import display_available
 from edgecnn.platform import (
     is_jetson,
     jetpack_for_l4t,
@@ -30,6 +31,7 @@ from edgecnn.platform import (
     read_text,
     x86_without_vnni,
 )
+from edgecnn.trt.devices import get_device, preset_for_model_string
 
 OK, FAIL, SKIP = "ok", "fail", "skip"
 SYMBOLS = {OK: "✓", FAIL: "✗", SKIP: "–"}
@@ -109,8 +111,6 @@ def _platform(paths: DoctorPaths) -> dict:
     jetson = is_jetson(paths.root)
     preset = None
     if jetson and model:
-        from edgecnn.trt.devices import preset_for_model_string
-
         preset = preset_for_model_string(model)
     return {
         "machine": platform.machine(),
@@ -168,8 +168,6 @@ def _check_l4t(info: dict, paths: DoctorPaths) -> Check:
 def _jetpack5_fix(preset_name: str | None) -> str:
     """The way out of JetPack 5 for this board: Orin boards can move to JetPack 6, Xavier boards cannot (their last
     JetPack is 5.1.x, so a JetPack 6 upgrade or container is no answer there)."""
-    from edgecnn.trt.devices import get_device
-
     upgrade = "upgrade to JetPack 6 (L4T 36), or run the ONNX model in a JetPack 6 container"
     stuck = (
         "run the ONNX model on ONNX Runtime (CPU) from a Python >= 3.9 (e.g. Miniforge), or build an engine for "
@@ -253,8 +251,6 @@ def _check_cudnn(info: dict, paths: DoctorPaths) -> Check:
 
 def _check_gpu(info: dict, run: Runner) -> Check:
     if info["jetson"]:
-        from edgecnn.trt.devices import get_device
-
         if info["preset"]:
             dev = get_device(info["preset"])
             return Check("gpu", OK, f"integrated {dev.arch} GPU, compute capability {dev.compute_capability}")
@@ -352,7 +348,6 @@ def _check_opencv(info: dict) -> list[Check]:
             "opencv-python-headless (has FFmpeg) or apt install python3-opencv",
         )
     )
-    from edgecnn.camera.sinks import display_available
 
     window, why = display_available()  # `edgecnn live` without --headless: its answer is the live command's own
     checks.append(

@@ -11,6 +11,7 @@ from typing import Callable
 import numpy as np
 
 from edgecnn.data import decode_resized, find_splits, map_classes, scan_image_folder
+from edgecnn.errors import UserInputError
 from edgecnn.postprocess import topk
 from edgecnn.preprocess import normalize
 
@@ -36,8 +37,6 @@ def run_labelled(
     runner, data_dir: str | os.PathLike, batch: int = 32, progress: Progress | None = None, limit: int | None = None
 ) -> LabelledLogits:
     """Decode a labelled folder in chunks (memory stays bounded) and run the model on it."""
-    from edgecnn.errors import UserInputError
-
     root, test = find_splits(data_dir)
     folder = scan_image_folder(test or root)
     mapping = map_classes(folder.classes, runner.labels, runner.contract.label_keys)
@@ -128,8 +127,6 @@ def agreement(logits_a: np.ndarray, logits_b: np.ndarray) -> dict:
     a = np.asarray(logits_a, dtype=np.float64)
     b = np.asarray(logits_b, dtype=np.float64)
     if a.shape != b.shape:
-        from edgecnn.errors import UserInputError
-
         raise UserInputError(f"Outputs differ in shape: {a.shape} vs {b.shape} (different label sets?)")
     diff = np.abs(a - b)
     na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)

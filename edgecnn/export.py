@@ -23,7 +23,9 @@ from typing import Callable
 
 import numpy as np
 
+from edgecnn.checkpoint import load_checkpoint
 from edgecnn.contract import write_onnx_contract
+from edgecnn.data import list_images, read_image
 from edgecnn.errors import AccuracyGateError, ArtifactError, EdgeCNNError, UserInputError, require_torch
 from edgecnn.files import (
     check_output_file,
@@ -36,7 +38,9 @@ from edgecnn.files import (
     temp_folder,
 )
 from edgecnn.onnx_io import save_onnx
+from edgecnn.preprocess import preprocess
 from edgecnn.runtime.base import model_file
+from edgecnn.runtime.onnxrt import OnnxRuntimeRunner
 
 DEFAULT_CALIBRATION_DIR = Path(__file__).resolve().parents[1] / "calibration"
 
@@ -109,8 +113,6 @@ def check_options(options: ExportOptions) -> None:
 def _read_some(paths: list[Path], count: int) -> list[np.ndarray]:
     """Up to `count` decodable images, spread over `paths` (not only the first class); unreadable ones are replaced
     by the next readable ones."""
-    from edgecnn.data import read_image
-
     if len(paths) > count:
         spread = [int(i) for i in np.linspace(0, len(paths) - 1, count).astype(int)]
         chosen = set(spread)
@@ -132,8 +134,6 @@ def _parity_frames(options: ExportOptions, training: dict, count: int) -> tuple[
 
     An explicit `data` is used or the export fails: it is never silently replaced by other images or random inputs.
     """
-    from edgecnn.data import list_images
-
     if options.data is not None:
         folder = Path(options.data)
         if not folder.exists():
@@ -238,10 +238,6 @@ def _export(src: Path, out: Path, options: ExportOptions, say: Callable[[str], N
     """The export itself, into the probed folder of `out` (see `export_onnx`)."""
     torch = require_torch()
     import onnx
-
-    from edgecnn.checkpoint import load_checkpoint
-    from edgecnn.preprocess import preprocess
-    from edgecnn.runtime.onnxrt import OnnxRuntimeRunner
 
     say(f"loading {src}")
     net, contract, ckpt = load_checkpoint(src)

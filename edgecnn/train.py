@@ -32,7 +32,21 @@ from pathlib import Path
 import numpy as np
 
 from edgecnn.augment import random_crop_flip
+from edgecnn.checkpoint import check_finite_weights, read_checkpoint, save_checkpoint
+from edgecnn.contract import ModelContract
 from edgecnn.errors import EdgeCNNError, UserInputError, require_torch
+from edgecnn.files import (
+    atomic_path,
+    atomic_write_json,
+    atomic_write_text,
+    check_output_file,
+    ensure_distinct,
+    prepare_output_folder,
+    raise_storage_error,
+    remove_created,
+    same_file,
+)
+from edgecnn.models.registry import count_parameters, create_model, get_entry, pretrained_models
 from edgecnn.preprocess import PreprocessConfig, normalize
 from edgecnn.train_data import decode_data, plan_data
 from edgecnn.train_resume import check_resumable, check_same_split, continues_in_place, is_best_of, resumed_config
@@ -192,8 +206,6 @@ def epochs_completed(history: list[dict]) -> float:
 
 
 def _write_metrics(history: list[dict], paths: dict[str, Path], summary: dict) -> None:
-    from edgecnn.files import atomic_write_json, atomic_write_text
-
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, lineterminator="\n")
     writer.writeheader()
@@ -206,8 +218,6 @@ def _write_metrics(history: list[dict], paths: dict[str, Path], summary: dict) -
 
 def _plot(history: list[dict], path: Path) -> None:
     """Loss and accuracy per epoch, train vs validation, as a PNG at `path` (written atomically)."""
-    from edgecnn.files import atomic_path
-
     fig = _curves_figure(history)
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png")
@@ -280,8 +290,6 @@ def _validate(cfg: TrainConfig) -> None:
 
 def _validate_paths(cfg: TrainConfig) -> None:
     """Inputs exist; outputs can be written, are no input, and replace no earlier run's files without --force."""
-    from edgecnn.files import check_output_file, ensure_distinct
-
     out = Path(cfg.out)
     if out.is_dir():
         raise UserInputError(f"--out {out} is a folder: give a checkpoint file path such as {out / 'model.pt'}")
@@ -350,9 +358,6 @@ def _resolve_model_spec(
 ) -> tuple[str, dict, PreprocessConfig, list[str] | None, str | None]:
     """(arch, arch_kwargs, preprocessing, classes or None, pretrained source): from the checkpoint when resuming,
     else from the registry entry, with --img-size replacing only the input size."""
-    from edgecnn.contract import ModelContract
-    from edgecnn.models.registry import get_entry, pretrained_models
-
     if ckpt is not None:
         arch = ckpt["arch"]
         contract = ModelContract.from_dict(ckpt["contract"])
@@ -462,8 +467,6 @@ class _Run:
 
     def _build_model(self, ckpt: dict | None):
         """The network for these classes (pretrained or resumed weights), after a forward pass at the input size."""
-        from edgecnn.models.registry import count_parameters, create_model
-
         torch, cfg = self.torch, self.cfg
         try:
             model = create_model(self.arch, pretrained=bool(cfg.pretrained and ckpt is None), **self.arch_kwargs)
@@ -489,8 +492,6 @@ class _Run:
         continuing in place, else `NAME.pt` beside `NAME.last.pt`. If that file is gone (or is from another run), the
         best restarts from the resumed weights, and the user is told. Either is written to --out only with the first
         epoch's files, so a resume interrupted before that leaves --out as it was."""
-        from edgecnn.files import same_file
-
         extra = ckpt.get("extra") or {}
         out, resume = Path(self.cfg.out), Path(self.cfg.resume)
         in_place = continues_in_place(self.cfg)
@@ -534,8 +535,6 @@ class _Run:
     def _place_earlier_best(self) -> None:
         """Put the resumed run's best model at --out (see `_find_earlier_best`)."""
         import shutil
-
-        from edgecnn.files import atomic_path, same_file
 
         out = Path(self.cfg.out)
         if self.best_source is _RESTARTED:  # the resumed weights, marked as the best so far
@@ -738,10 +737,6 @@ class _Run:
         )
 
     def save(self, target: Path, summary: dict) -> None:
-        from edgecnn.checkpoint import save_checkpoint
-        from edgecnn.contract import ModelContract
-        from edgecnn.files import raise_storage_error
-
         contract = ModelContract(
             labels=list(self.classes),
             preprocess=self.pre,
@@ -867,16 +862,12 @@ def _lost_peer(exc: BaseException) -> bool:
 
 def _prepare_output_folder(out: Path) -> Path | None:
     """--out's folder made and probed before the data is decoded (see `files.prepare_output_folder`)."""
-    from edgecnn.files import prepare_output_folder
-
     return prepare_output_folder(out, "--out")
 
 
 def fit(cfg: TrainConfig, progress: ProgressCallback | None = None) -> TrainResult:
     """Train `cfg.arch` on `cfg.data` and write the best checkpoint to `cfg.out`. See the module docstring."""
     torch = require_torch()
-    from edgecnn.checkpoint import check_finite_weights, read_checkpoint
-    from edgecnn.files import remove_created
 
     _validate(cfg)
     ckpt = read_checkpoint(cfg.resume) if cfg.resume is not None else None

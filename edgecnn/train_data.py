@@ -14,6 +14,7 @@ from typing import Callable
 
 import numpy as np
 
+from edgecnn.data import SPLIT_TEST, decode_resized, find_training_splits, scan_image_folder
 from edgecnn.errors import UserInputError
 from edgecnn.preprocess import PreprocessConfig
 from edgecnn.train_types import TrainConfig, TrainProgress
@@ -113,8 +114,6 @@ def plan_data(cfg: TrainConfig, classes_from_ckpt: list[str] | None, warn: Calla
     """Scan and split the folders (cheap: no decoding). Class folders without images are left out with a warning:
     the model would never learn such a class, and a user who forgot to fill a folder wants to know before the
     training time is spent."""
-    from edgecnn.data import SPLIT_TEST, find_training_splits, scan_image_folder
-
     train_dir, val_dir = find_training_splits(Path(cfg.data))
     folder = scan_image_folder(train_dir, min_classes=2)
     classes = folder.classes
@@ -186,8 +185,6 @@ def decode_data(plan: DataPlan, cfg: TrainConfig, pre: PreprocessConfig, report)
     corrupt examples). No readable training image, or none of two classes, or validation images of which none is
     readable: each a clear error (training on without the validation the user asked for would silently switch
     off early stopping and best-checkpoint selection)."""
-    from edgecnn.data import decode_resized
-
     _check_memory(len(plan.train_paths) + len(plan.val_paths), pre)
     workers = cfg.workers or os.cpu_count() or 1
 

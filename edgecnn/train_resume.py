@@ -13,7 +13,11 @@ from __future__ import annotations
 from dataclasses import fields, replace
 from pathlib import Path
 
+from edgecnn.augment import default_pad
+from edgecnn.checkpoint import read_checkpoint
+from edgecnn.contract import ModelContract
 from edgecnn.errors import ArtifactError, EdgeCNNError, UserInputError
+from edgecnn.files import same_file
 from edgecnn.train_types import TrainConfig, side_paths
 
 # How the run trains: taken from the checkpoint; an explicit other value is an error.
@@ -113,10 +117,8 @@ def _flag(key: str) -> str:
 
 def continues_in_place(cfg: TrainConfig) -> bool:
     """True when --resume is the `.last.pt` of --out itself: the run goes on writing its own files."""
-
     if cfg.resume is None:
         return False
-    from edgecnn.files import same_file
 
     last = side_paths(cfg.out)["last"]
     return last.exists() and same_file(cfg.resume, last)
@@ -124,7 +126,6 @@ def continues_in_place(cfg: TrainConfig) -> bool:
 
 def given_settings(cfg: TrainConfig) -> frozenset[str]:
     """The fields the caller chose: `cfg.given` (the CLI's typed options), else those that differ from defaults."""
-
     if cfg.given is not None:
         return cfg.given
     defaults = TrainConfig(data="", arch="", out="")
@@ -134,8 +135,6 @@ def given_settings(cfg: TrainConfig) -> frozenset[str]:
 def _effective(key: str, value, cfg: TrainConfig, input_size: tuple[int, int] | None):
     """A setting as the run used it: the learning rate and weight decay with their defaults resolved, the crop
     padding with its default for the input size, so that typing the value a run used is never 'another value'."""
-    from edgecnn.augment import default_pad
-
     if key == "lr":
         return replace(cfg, lr=value).resolved_lr()
     if key == "weight_decay":
@@ -147,8 +146,6 @@ def _effective(key: str, value, cfg: TrainConfig, input_size: tuple[int, int] | 
 
 def resumed_config(cfg: TrainConfig, ckpt: dict) -> TrainConfig:
     """`cfg` with the checkpoint run's settings filled in (see the module docstring)."""
-    from edgecnn.contract import ModelContract
-
     check_resume_record(cfg.resume, ckpt)
     training = ckpt.get("training") or {}
     earlier = dict(training.get("config") or {})
@@ -237,8 +234,6 @@ def check_same_split(cfg: TrainConfig, ckpt: dict, digest: str) -> None:
 
 def is_best_of(path: Path, extra: dict) -> bool:
     """Is `path` the best checkpoint of the run whose state is `extra`: same run, saved at its best epoch?"""
-    from edgecnn.checkpoint import read_checkpoint
-
     try:
         theirs = read_checkpoint(path).get("extra") or {}
     except EdgeCNNError:

@@ -39,6 +39,10 @@ from edgecnn.files import (
     replace_folder,
     temp_folder_beside,
 )
+from edgecnn.onnx_io import onnx_external_data, save_onnx
+from edgecnn.trt.builder import check_calib_cache
+from edgecnn.trt.int8 import check_tensorrt_qdq
+from edgecnn.zoo import resolve_model
 
 NETWORK_MODES = {"fp32": 0, "int8": 1, "fp16": 2}
 COLOR_FORMATS = {"rgb": 0, "bgr": 1}
@@ -123,8 +127,6 @@ def add_softmax(src: Path, dst: Path, notes: list[str] | None = None) -> str:
     import onnx
     from onnx import helper
     from onnx.external_data_helper import load_external_data_for_model
-
-    from edgecnn.onnx_io import onnx_external_data, save_onnx
 
     model = onnx.load(str(src), load_external_data=False)
     # Weights in external data files (checked first: missing, truncated or outside src's folder fails clearly) go
@@ -337,8 +339,6 @@ def write_deepstream(
 
     Everything is written into a staging folder beside `out_dir` first; `out_dir` then gets it at once (see the module
     docstring for when an existing `out_dir` is refused or, with `force`, replaced as a whole)."""
-    from edgecnn.zoo import resolve_model
-
     options = options or DeepStreamOptions()
     path = resolve_model(model)
     io = read_model_io(path)
@@ -346,8 +346,6 @@ def write_deepstream(
     _check_out_dir(out_dir)
     calib = Path(options.calib_cache) if options.calib_cache else None
     if calib is not None:
-        from edgecnn.trt.builder import check_calib_cache
-
         check_calib_cache(calib)  # build-engine's and bundle's check: nvinfer would only fail on it at first run
     model_file = "model.engine" if io.kind == "engine" else "model.softmax.onnx"
     # validate everything (and fail) before writing anything
@@ -360,8 +358,6 @@ def write_deepstream(
             f"config is {mode}"
         )
     if io.kind == "onnx" and io.contract.precision == "int8":
-        from edgecnn.trt.int8 import check_tensorrt_qdq
-
         check_tensorrt_qdq(path)  # nvinfer builds it with TensorRT: a --target cpu model (uint8) would be built wrong
     target = Path(os.path.realpath(out_dir))  # "." works, and a symlinked --out keeps its link
     existing = _existing_entries(target)

@@ -18,6 +18,7 @@ from edgecnn.deploy.bundle import L4T_BASE_IMAGES, BundleOptions, app_files, pla
 from edgecnn.deploy.deepstream import DeepStreamOptions, nvinfer_config, readme
 from edgecnn.deploy.model_io import ModelIO
 from edgecnn.deploy.triton import TritonOptions, config_text
+from edgecnn.models.efficientnet_lite import LITE0_PREPROCESS
 from edgecnn.platform import DEFAULT_L4T
 
 NAME = "efficientnet-lite0"
@@ -25,8 +26,6 @@ NAME = "efficientnet-lite0"
 
 def lite0_io() -> ModelIO:
     """EfficientNet-Lite0 as `edgecnn export --dynamic-batch` writes it (tensor names 'input' -> 'logits')."""
-    from edgecnn.models.efficientnet_lite import LITE0_PREPROCESS
-
     names, wnids = imagenet_labels()
     contract = ModelContract(labels=names, label_keys=wnids, preprocess=LITE0_PREPROCESS, arch=NAME)
     return ModelIO(

@@ -31,6 +31,8 @@ from zlib import error as zlib_error  # a damaged gzip stream raises this mid-ex
 from edgecnn.deploy.bundle import BUNDLE_FORMAT, NAME_RE, parse_sha256sums, systemd_unit, unit_description
 from edgecnn.errors import ArtifactError, EdgeCNNError, StorageError, UserInputError, storage_error
 from edgecnn.files import (
+    atomic_write_bytes,
+    atomic_write_text,
     check_output_folder,
     fsync_path,
     make_dirs,
@@ -617,7 +619,6 @@ def install_service(app: Path, name: str, target: ServiceTarget, python: str = "
     if not is_root:
         plan["reason"] = "not root: rerun with sudo to install the unit"
         return plan
-    from edgecnn.files import atomic_write_text
 
     engines = app / "engines"
     engines.mkdir(exist_ok=True)
@@ -648,8 +649,6 @@ def install_service(app: Path, name: str, target: ServiceTarget, python: str = "
 
 def _restore_unit(unit_path: Path, previous: bytes | None, reload: list[str]) -> None:
     """Best effort after a failed service step: the unit file as it was (or none), and systemd told so."""
-    from edgecnn.files import atomic_write_bytes
-
     try:
         if previous is None:
             unit_path.unlink(missing_ok=True)

@@ -13,6 +13,7 @@ from typing import Any
 from edgecnn.contract import ModelContract, read_onnx_contract
 from edgecnn.errors import ArtifactError, UserInputError
 from edgecnn.onnx_io import onnx_external_data
+from edgecnn.trt.manifest import contract_of, read_manifest, verify_engine_file
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
@@ -98,8 +99,6 @@ def _onnx_io(path: Path) -> ModelIO:
 
 
 def _engine_io(path: Path) -> ModelIO:
-    from edgecnn.trt.manifest import contract_of, read_manifest, verify_engine_file
-
     manifest = read_manifest(path)
     verify_engine_file(path, manifest)
     ins, outs = manifest["io"].get("inputs") or [], manifest["io"].get("outputs") or []

@@ -20,6 +20,7 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from edgecnn.deploy.bundle import default_name
 from edgecnn.deploy.model_io import ModelIO, read_model_io
 from edgecnn.errors import UserInputError
 from edgecnn.files import (
@@ -31,6 +32,10 @@ from edgecnn.files import (
     temp_folder_beside,
 )
 from edgecnn.onnx_io import copy_onnx
+from edgecnn.quant.qdq import weight_qmax_of
+from edgecnn.quant.weights import REDUCED_WEIGHT_QMAX
+from edgecnn.trt.manifest import manifest_path
+from edgecnn.zoo import resolve_model
 
 DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int8": "TYPE_INT8", "int32": "TYPE_INT32"}
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -185,9 +190,6 @@ def int8_cpu_note(io: ModelIO, options: TritonOptions) -> str | None:
     import onnx
     from onnx.external_data_helper import uses_external_data
 
-    from edgecnn.quant.qdq import weight_qmax_of
-    from edgecnn.quant.weights import REDUCED_WEIGHT_QMAX
-
     model = io.onnx_model
     if model is None or any(uses_external_data(t) for t in model.graph.initializer):
         model = onnx.load(str(io.path))
@@ -204,8 +206,6 @@ def int8_cpu_note(io: ModelIO, options: TritonOptions) -> str | None:
 
 def model_name(model: str | Path, name: str | None) -> str:
     if name is None:
-        from edgecnn.deploy.bundle import default_name
-
         name = default_name(model)
     if not MODEL_NAME_RE.match(name):
         raise UserInputError(f"--name {name!r}: use letters, digits, '-', '_' or '.'")
@@ -214,8 +214,6 @@ def model_name(model: str | Path, name: str | None) -> str:
 
 def write_repository(model: str | Path, repo: str | Path, options: TritonOptions | None = None) -> TritonReport:
     """Write (or with force, replace) `<repo>/<name>/` for `model`; everything lands at once via one rename."""
-    from edgecnn.zoo import resolve_model
-
     options = options or TritonOptions()
     path = resolve_model(model)
     io = read_model_io(path)
@@ -244,8 +242,6 @@ def write_repository(model: str | Path, repo: str | Path, options: TritonOptions
         # an ONNX with external data: its weights files go beside model.onnx, where the model looks for them
         copy_onnx(path, version_dir / model_file, list(io.data_files))
         if io.kind == "engine":
-            from edgecnn.trt.manifest import manifest_path
-
             shutil.copyfile(manifest_path(path), version_dir / (model_file + ".json"))
         (staging / "labels.txt").write_text("".join(f"{label}\n" for label in io.contract.labels), encoding="utf-8")
         (staging / "config.pbtxt").write_text(text, encoding="utf-8")

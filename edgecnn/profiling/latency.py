@@ -50,6 +50,7 @@ from edgecnn.onnx_io import model_bytes
 from edgecnn.postprocess import topk
 from edgecnn.preprocess import preprocess
 from edgecnn.profiling.environment import capture_environment
+from edgecnn.profiling.layers import onnxrt_layer_profile
 from edgecnn.profiling.stats import LatencyStats, latency_stats, stage_means
 from edgecnn.runtime.base import backend_for
 from edgecnn.zoo import open_model, resolve_model
@@ -249,7 +250,6 @@ def _prime_backends(specs: Sequence[ModelSpec], options: ProfileOptions, progres
     model (memory the allocator keeps from that load may then be reused by the real one).
 
     A model or backend that fails here is left alone: loading it for real, next, reports the error with its label."""
-
     seen = set()
     for spec in specs:
         try:
@@ -478,8 +478,6 @@ def _layers(runner, options: ProfileOptions, batch: int, frame) -> tuple[list[di
     if callable(hook):
         rows = hook(batch, options.layer_iterations)
     elif runner.backend == "onnxrt":
-        from edgecnn.profiling.layers import onnxrt_layer_profile
-
         x = preprocess([frame] * batch, runner.preprocess_config)
         rows = onnxrt_layer_profile(runner.path, batch, options.layer_iterations, threads=options.threads, inputs=x)
     else:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecnn.errors import ArtifactError
+from edgecnn.runtime.onnxrt import OnnxRuntimeRunner
 
 _SUFFIX = "_kernel_time"
 
@@ -78,8 +79,6 @@ def onnxrt_layer_profile(
     Opens its own profiling session (profiling slows every run a little, so the latency numbers come from a
     separate, un-instrumented session). The trace file lives in a temporary folder and is removed.
     """
-    from edgecnn.runtime.onnxrt import OnnxRuntimeRunner
-
     with tempfile.TemporaryDirectory(prefix="edgecnn-ortprof-") as tmp:
         runner = OnnxRuntimeRunner(Path(path), threads=threads, profile_prefix=str(Path(tmp) / "trace"))
         try:

@@ -18,7 +18,10 @@ from typing import Callable
 
 import numpy as np
 
+from edgecnn.data import list_images, read_image
 from edgecnn.errors import AccuracyGateError, UserInputError
+from edgecnn.evaluate import agreement
+from edgecnn.postprocess import softmax
 from edgecnn.preprocess import preprocess
 
 DEFAULT_DATA = Path("calibration")
@@ -27,8 +30,6 @@ Progress = Callable[..., None]
 
 def resolve_data(data_dir: str | os.PathLike | None) -> tuple[Path, list[Path]]:
     """The image folder to compare on and its images (sorted), or a clear error naming --data."""
-    from edgecnn.data import list_images
-
     if data_dir is None:
         if DEFAULT_DATA.is_dir() and list_images(DEFAULT_DATA):
             data_dir = DEFAULT_DATA
@@ -56,10 +57,6 @@ def compare_runners(
     root: Path | None = None,
 ) -> dict:
     """Run both models on `images` and measure how closely they agree (see the module docstring)."""
-    from edgecnn.data import read_image
-    from edgecnn.evaluate import agreement
-    from edgecnn.postprocess import softmax
-
     if batch < 1:
         raise UserInputError(f"--batch must be >= 1, got {batch}")
     if len(runner_a.labels) != len(runner_b.labels):

@@ -22,6 +22,8 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from edgecnn.errors import UserInputError
+
 METHODS = ("minmax", "percentile", "entropy")
 HIST_BINS = 2048  # initial number of histogram bins over [0, amax of the first batch]
 MAX_HIST_BINS = 2048 * 32  # beyond this a histogram is coarsened 2:1 (pathological outliers)
@@ -255,8 +257,6 @@ def compute_ranges(
 ) -> dict[str, tuple[float, float]]:
     """Per-tensor (low, high) ranges by `method`; percentile and entropy clip at +-threshold inside the real range."""
     if method not in METHODS:
-        from edgecnn.errors import UserInputError
-
         raise UserInputError(f"Unknown calibration method {method!r}; choose one of {', '.join(METHODS)}")
     ranges = {}
     for name, s in stats.items():

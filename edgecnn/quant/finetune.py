@@ -24,7 +24,9 @@ from typing import Callable
 import numpy as np
 
 from edgecnn.errors import UserInputError, require_torch
+from edgecnn.quant import qdq
 from edgecnn.quant.graph import fixed_batch, node_attrs
+from edgecnn.quant.qdq import weight_qmax_of
 
 SUPPORTED_OPS = frozenset(
     {
@@ -207,8 +209,6 @@ def quant_points(qmodel) -> tuple[dict[str, tuple], dict[str, int]]:
     for the tensors and weights it quantizes (names as in the float model it was written from)."""
     from onnx import numpy_helper
 
-    from edgecnn.quant import qdq
-
     inits = {i.name: i for i in qmodel.graph.initializer}
     acts = {}
     for node in qmodel.graph.node:
@@ -272,7 +272,6 @@ def finetune(
         torch.set_num_threads(int(threads))
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    from edgecnn.quant.qdq import weight_qmax_of
 
     acts, axes = quant_points(qmodel)
     net = _GraphExecutor(model, acts, axes, weight_qmax_of(qmodel))

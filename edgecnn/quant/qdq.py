@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgecnn.errors import UserInputError
+from edgecnn.errors import ArtifactError, UserInputError
 
 TARGETS = ("tensorrt", "cpu")
 
@@ -92,7 +92,6 @@ def write_qdq(
     from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
-    from edgecnn.errors import ArtifactError
     from edgecnn.quant.graph import activation_tensors
 
     spec = target_spec(target)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from edgecnn.jsonout import strict_json
+
 
 def _pct(v) -> str:
     return "n/a" if v is None else f"{100.0 * v:.2f}%"
@@ -161,8 +163,6 @@ def stage_report(stage, folder: str | os.PathLike, result: dict) -> dict[str, st
     """Write the report (JSON + Markdown) to files staged with files.staged_files (`stage`), so they are put in
     place together with the model, or not at all. Sets and returns result["report"] (the paths)."""
     import json
-
-    from edgecnn.jsonout import strict_json
 
     folder = Path(folder)
     result["report"] = {"json": str(folder / "quantization.json"), "markdown": str(folder / "quantization.md")}

@@ -19,8 +19,9 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from edgecnn.quant import graph
 from edgecnn.quant.graph import node_attrs
-from edgecnn.quant.weights import WEIGHT_QMAX
+from edgecnn.quant.weights import WEIGHT_QMAX, correctable_inputs
 
 SAMPLES = 4096  # input patches sampled per layer over all calibration images: H is well estimated long before
 DEPTHWISE_SAMPLES = 1024  # a depthwise channel's H is only kh*kw square
@@ -92,8 +93,6 @@ class HessianAccumulator:
 
     def __init__(self, model, total: int, seed: int = 0):
         from onnx import numpy_helper
-
-        from edgecnn.quant.weights import correctable_inputs
 
         self.model = model
         self.inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
@@ -210,8 +209,6 @@ def sampled_hessians(
 ) -> HessianAccumulator:
     """A HessianAccumulator filled by a pass of its own over `batches` (`total` images); round it as often as needed
     (e.g. for 8- and 7-bit weights) without a second pass."""
-    from edgecnn.quant import graph
-
     acc = HessianAccumulator(model, total)
     if acc.inputs:
         run = graph.tensor_runner(model, acc.inputs, threads)

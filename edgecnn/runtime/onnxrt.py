@@ -9,6 +9,7 @@ import numpy as np
 
 from edgecnn.contract import ModelContract
 from edgecnn.errors import ArtifactError, EdgeCNNError, ExternalDataError, UserInputError, format_shape
+from edgecnn.onnx_io import onnx_external_data
 from edgecnn.platform import x86_with_vnni
 from edgecnn.runtime.base import Backend, InputSpec, Runner
 
@@ -36,8 +37,6 @@ def external_data_problem(path: Path) -> None:
     """Raise the clear ExternalDataError of `onnx_io.onnx_external_data` when the model's external data is what
     stopped ONNX Runtime or OpenVINO (their own messages name C++ source lines and get cut short). Called only after a
     failed load, so a model that loads pays nothing for it."""
-    from edgecnn.onnx_io import onnx_external_data
-
     try:
         onnx_external_data(path)
     except ExternalDataError:

@@ -25,6 +25,7 @@ from edgecnn.contract import ModelContract, read_onnx_contract
 from edgecnn.errors import ArtifactError, UserInputError, require
 from edgecnn.files import atomic_path
 from edgecnn.runtime.base import Backend, InputSpec, Runner
+from edgecnn.runtime.onnxrt import external_data_problem
 
 HINT = "The OpenVINO backend needs openvino: pip install 'edgecnn[openvino]' (x86-64 CPUs)."
 RT_KEY = "edgecnn_contract"
@@ -58,8 +59,6 @@ class OpenVinoRunner(Runner):
             self.model = self.core.read_model(str(path))
         except Exception as exc:
             if path.suffix.lower() == ".onnx":
-                from edgecnn.runtime.onnxrt import external_data_problem
-
                 external_data_problem(path)  # its weights files missing, truncated or outside: say that, in one line
             raise ArtifactError(f"OpenVINO cannot read {path}: {str(exc).strip().splitlines()[0][:300]}") from exc
         contract = _contract(path, self.model)

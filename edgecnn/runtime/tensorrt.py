@@ -21,20 +21,24 @@ import numpy as np
 
 from edgecnn.errors import ArtifactError, EdgeCNNError, UserInputError
 from edgecnn.runtime.base import Backend, InputSpec, Runner
+from edgecnn.trt import cudart
+from edgecnn.trt.cudart import call
+from edgecnn.trt.env import require_tensorrt, runtime_facts
+from edgecnn.trt.logger import make_logger
+from edgecnn.trt.manifest import (
+    check_compatibility,
+    contract_of,
+    read_manifest,
+    rebuild_hint,
+    verify_engine_file,
+)
+from edgecnn.trt.plan import TrtVersion, check_supported
 
 
 class TensorRTRunner(Runner):
     backend = "tensorrt"
 
     def __init__(self, path: Path, device: int = 0):
-        from edgecnn.trt.manifest import (
-            check_compatibility,
-            contract_of,
-            read_manifest,
-            rebuild_hint,
-            verify_engine_file,
-        )
-
         self._closed = True
         path = Path(path)
         if path.suffix.lower() in (".onnx", ".pt"):
@@ -45,11 +49,6 @@ class TensorRTRunner(Runner):
         manifest = read_manifest(path)
         verify_engine_file(path, manifest)  # size + sha256, before any TensorRT import
         contract = contract_of(manifest)
-
-        from edgecnn.trt import cudart
-        from edgecnn.trt.env import require_tensorrt, runtime_facts
-        from edgecnn.trt.logger import make_logger
-        from edgecnn.trt.plan import TrtVersion, check_supported
 
         here = runtime_facts(device)
         self.warnings = check_compatibility(manifest, here, path)
@@ -135,8 +134,6 @@ class TensorRTRunner(Runner):
         return context
 
     def _run(self, context, batch: np.ndarray, timed: bool = True) -> np.ndarray:
-        from edgecnn.trt.cudart import call
-
         rt, stream = self._rt, self._stream
         inp = self._buffers[self.input_name]
         if self.dynamic:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecnn.runtime.base import Backend, InputSpec, Runner
+from edgecnn.errors import UserInputError, require_torch
+from edgecnn.runtime.base import Backend, InputSpec, Runner, backends
 
 
 class TorchRunner(Runner):
@@ -17,7 +18,6 @@ class TorchRunner(Runner):
 
     def __init__(self, path: Path, threads: int | None = None, device: str = "cpu"):
         from edgecnn.checkpoint import load_checkpoint
-        from edgecnn.errors import require_torch
 
         torch = require_torch()
         if threads:
@@ -40,9 +40,6 @@ class TorchRunner(Runner):
 def _open(path: Path, **options) -> Runner:
     """A file another backend runs (--backend torch on model.onnx) is refused by its suffix: torch.load's own
     complaint about it ('a plain pickle ...') says nothing about the real mistake."""
-    from edgecnn.errors import UserInputError
-    from edgecnn.runtime.base import backends
-
     suffix = Path(path).suffix.lower()
     if suffix not in BACKEND.suffixes:
         other = next((b.name for b in backends().values() if suffix in b.suffixes), None)

@@ -21,7 +21,11 @@ from edgecnn.errors import ArtifactError, EdgeCNNError, UserInputError
 from edgecnn.files import atomic_write_bytes, check_output_file, ensure_distinct
 from edgecnn.onnx_io import onnx_external_data
 from edgecnn.platform import jetpack_for_l4t
+from edgecnn.trt import env as trt_env  # module attributes: tests stand in for a GPU by replacing them
+from edgecnn.trt.calib_cache import read_table
 from edgecnn.trt.devices import DEVICES, DevicePreset, get_device
+from edgecnn.trt.env import require_tensorrt
+from edgecnn.trt.fp16 import convert_fp16
 from edgecnn.trt.logger import make_logger
 from edgecnn.trt.manifest import file_record, manifest_path, write_manifest
 from edgecnn.trt.plan import (
@@ -100,9 +104,7 @@ def planning_version(trt_version: str | None, device: DevicePreset, jetson: dict
     """The TensorRT version a plan is made for before (or without) a build: --trt-version, else the installed one,
     else the one this Jetson's JetPack ships (when planning for this board), else the preset's newest JetPack's,
     else DESKTOP_DEFAULT_TRT. A malformed version is refused here, an unsupported one by make_plan (exit 2)."""
-    from edgecnn.trt.env import tensorrt_version
-
-    version = trt_version or tensorrt_version()
+    version = trt_version or trt_env.tensorrt_version()
     if not version and jetson and jetson.get("preset") == device.name and jetson.get("l4t"):
         release = jetpack_for_l4t(jetson["l4t"])
         version = release.tensorrt if release else None
@@ -160,8 +162,6 @@ def rebuild_command(onnx: Path, out: Path, options: BuildOptions) -> str:
 def check_calib_cache(path: str | os.PathLike) -> tuple[int, str, int]:
     """(header version number, algorithm, number of tensor scales) of a TensorRT calibration table, or a one-line
     UserInputError: a missing, empty, garbage or unusable cache fails here, not deep inside a TensorRT build."""
-    from edgecnn.trt.calib_cache import read_table
-
     path = Path(path)
     if not path.exists():
         raise UserInputError(f"--calib-cache {path} does not exist")
@@ -259,14 +259,13 @@ def build_engine(
 
     `here` is `env.runtime_facts()` when the caller already has it (the CLI checks TensorRT before showing progress).
     """
-    from edgecnn.trt.env import runtime_facts
-
     options = options or BuildOptions()
     onnx_path, out = Path(onnx_path), Path(out)
     contract, facts = check_inputs(onnx_path, out, options)
 
     trt_start = time.perf_counter()
-    here = here or runtime_facts()  # imports tensorrt + cuda-python, finds the GPU (MissingDependencyError otherwise)
+    # imports tensorrt + cuda-python, finds the GPU (MissingDependencyError otherwise)
+    here = here or trt_env.runtime_facts()
     device = resolve_device(options.device, here.get("jetson"))
     check_device_matches(device, here)
     plan = make_plan(options, facts, here["tensorrt"], device, here["compute_capability"])
@@ -275,8 +274,6 @@ def build_engine(
     with tempfile.TemporaryDirectory(prefix=".edgecnn-build-", dir=out.parent if out.parent.exists() else None) as tmp:
         parse_path = onnx_path
         if plan.convert_fp16:
-            from edgecnn.trt.fp16 import convert_fp16
-
             if progress:
                 progress("converting the ONNX to FP16", 0, None)
             parse_path = convert_fp16(onnx_path, Path(tmp) / (onnx_path.stem + ".fp16.onnx"))
@@ -405,8 +402,6 @@ def _apply_plan(plan: BuildPlan, onnx_file: Path, progress: ProgressFn | None) -
     TensorRT object lives in `_build`, so they all go before the callbacks do, whether the build returns or raises:
     TensorRT does not own its callbacks ("the logger should be valid until all objects created are released"; "the
     lifetime of the IProgressMonitor must exceed the lifetime of all TensorRT objects that use it")."""
-    from edgecnn.trt.env import require_tensorrt
-
     trt = require_tensorrt()
     logger = make_logger(trt)
     callbacks: list = []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from edgecnn.errors import MissingDependencyError
 from edgecnn.platform import jetpack_for_l4t, jetson_model, jetson_release
+from edgecnn.trt import cudart
 from edgecnn.trt.devices import preset_for_model_string
 
 
@@ -57,8 +58,6 @@ def runtime_facts(device: int = 0) -> dict:
 
     Imports tensorrt and cuda-python (raises MissingDependencyError without them, or without a GPU).
     """
-    from edgecnn.trt import cudart
-
     trt = require_tensorrt()
     gpu = cudart.gpu_properties(device)
     jetson = jetson_info()
@@ -80,8 +79,6 @@ def describe() -> dict:
         out["tensorrt"] = None
         out["tensorrt_missing"] = str(exc)
     try:
-        from edgecnn.trt import cudart
-
         out["gpu"] = cudart.gpu_properties(0)
     except MissingDependencyError as exc:
         out["gpu"] = None

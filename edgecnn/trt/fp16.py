@@ -17,6 +17,7 @@ from edgecnn.contract import read_onnx_contract, write_onnx_contract
 from edgecnn.errors import UserInputError, require
 from edgecnn.files import ensure_distinct
 from edgecnn.onnx_io import save_onnx
+from edgecnn.trt.plan import inspect_onnx
 
 HINT = "FP16 ONNX conversion needs onnxconverter-common: pip install onnxconverter-common (part of 'edgecnn[tensorrt]')"
 
@@ -25,8 +26,6 @@ def convert_fp16(src: str | Path, dst: str | Path) -> Path:
     """Write an FP16 copy of the ONNX model `src` to `dst` (atomically); the edgecnn contract is kept,
     precision=fp16."""
     import onnx
-
-    from edgecnn.trt.plan import inspect_onnx
 
     src, dst = Path(src), Path(dst)
     ensure_distinct(src, dst)

@@ -32,6 +32,7 @@ from pathlib import Path
 from edgecnn.errors import UserInputError, format_shape
 from edgecnn.onnx_io import load_onnx
 from edgecnn.trt.devices import DEVICES, DevicePreset
+from edgecnn.trt.int8 import tensorrt_qdq_problem
 
 PRECISIONS = ("fp32", "fp16", "int8", "best")
 HARDWARE_COMPAT = {"ampere+": "AMPERE_PLUS", "same-cc": "SAME_COMPUTE_CAPABILITY"}
@@ -215,7 +216,6 @@ def inspect_onnx(path: str | Path) -> OnnxFacts:
         n.op_type == "Cast" and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT16 for a in n.attribute)
         for n in graph.node
     )
-    from edgecnn.trt.int8 import tensorrt_qdq_problem
 
     problem = tensorrt_qdq_problem(model, str(path)) if qdq else None
     dtype = "uint8" if inputs[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8 else "float32"
