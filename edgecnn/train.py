@@ -395,10 +395,23 @@ class _Run:
     checkpoint must carry for an exact resume (epoch, history, best, patience counter, optimizer)."""
 
     def __init__(self, cfg: TrainConfig, ckpt: dict | None, dist: _Dist, report: ProgressCallback | None, torch):
-        """Everything that can be refused is refused before the images are decoded (the slow part): the split, the
-        model options and input size, the resumed state."""
+        """Set-up in named stages, in this order. Everything that can be refused is refused before the images are
+        decoded (the slow part): the split, the model options and input size, the resumed state."""
         self.cfg, self.dist, self.report, self.torch = cfg, dist, report, torch
         self.warnings: list[str] = []
+        extra = (ckpt or {}).get("extra") or {}
+        ckpt_classes = self._set_up_device_and_model_spec(ckpt)
+        self._restore_clock(ckpt, extra)
+        plan = self._plan_split(ckpt, ckpt_classes)
+        self.model = self._build_model(ckpt)
+        self.train, self.val, self.corrupt, self.corrupt_examples = decode_data(plan, cfg, self.pre, report)
+        self._make_optimizer()
+        self._restore_progress(ckpt, extra)
+        self._wrap_for_ranks()
+
+    def _set_up_device_and_model_spec(self, ckpt: dict | None) -> list[str] | None:
+        """The device, the architecture with its options and preprocessing; returns the resumed run's classes."""
+        cfg, torch, dist = self.cfg, self.torch, self.dist
         self.device_type = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
         cuda_index = f":{dist.local_rank}" if self.device_type == "cuda" and dist.active else ""
         self.device = torch.device(self.device_type + cuda_index)
@@ -408,21 +421,29 @@ class _Run:
                 f"--crop-pad {cfg.crop_pad} must be smaller than the {self.pre.height}×{self.pre.width} "
                 "input (random crops shift an image by at most that many pixels)"
             )
-        extra = (ckpt or {}).get("extra") or {}
+        return ckpt_classes
+
+    def _restore_clock(self, ckpt: dict | None, extra: dict) -> None:
+        """The metrics history and training time so far (a resumed run's), the time budget, and whether the resumed
+        checkpoint can be continued at all."""
         self.history: list[dict] = list(extra.get("history", []))
         self.train_seconds = sum(r["seconds"] for r in self.history)
-        self.budget_s = (cfg.time_budget or 0) * 60.0
+        self.budget_s = (self.cfg.time_budget or 0) * 60.0
         if ckpt is not None:
-            check_resumable(cfg, ckpt, self.train_seconds, dist.world)
+            check_resumable(self.cfg, ckpt, self.train_seconds, self.dist.world)
 
+    def _plan_split(self, ckpt: dict | None, ckpt_classes: list[str] | None):
+        """Which files train and which validate (nothing decoded yet); a resumed run must see the same split."""
+        cfg = self.cfg
         plan = plan_data(cfg, ckpt_classes, self._warn)
         self.classes, self.split_digest, self.val_root = plan.classes, plan.digest(), plan.val_root
         if ckpt is not None:
             check_same_split(cfg, ckpt, self.split_digest)
         self.arch_kwargs["num_classes"] = len(self.classes)
-        self.model = self._build_model(ckpt)
-        self.train, self.val, self.corrupt, self.corrupt_examples = decode_data(plan, cfg, self.pre, report)
+        return plan
 
+    def _make_optimizer(self) -> None:
+        cfg, torch = self.cfg, self.torch
         self.lr_peak = cfg.resolved_lr()
         groups = _param_groups(self.model, cfg.resolved_weight_decay())
         if cfg.optimizer == "adamw":
@@ -430,6 +451,9 @@ class _Run:
         else:
             self.optimizer = torch.optim.SGD(groups, lr=self.lr_peak, momentum=0.9, nesterov=True)
 
+    def _restore_progress(self, ckpt: dict | None, extra: dict) -> None:
+        """Epoch, best and patience counter, optimizer state and the earlier best checkpoint of a resumed run."""
+        cfg = self.cfg
         self.start_epoch = self.epoch = int(extra.get("epoch", 0))
         self.best_acc = extra.get("best_val_acc")
         self.best_epoch = int(extra.get("best_epoch", 0))
@@ -453,6 +477,9 @@ class _Run:
                     ) from exc
             self._find_earlier_best(ckpt)
 
+    def _wrap_for_ranks(self) -> None:
+        """The network each rank trains (DistributedDataParallel under torchrun), the loss, the steps per epoch."""
+        cfg, torch, dist = self.cfg, self.torch, self.dist
         self.net = self.model
         if dist.active:
             from torch.nn.parallel import DistributedDataParallel
@@ -581,18 +608,7 @@ class _Run:
         """One pass over this rank's shard; returns the epoch's metrics row (None if the budget ran out at once)."""
         torch, cfg, dist = self.torch, self.cfg, self.dist
         self.net.train()
-        order = _shard(len(self.train.labels), epoch, cfg.seed, dist)
-        rng = np.random.default_rng([cfg.seed, dist.rank, epoch, 1])
-        batches = [order[s : s + cfg.batch_size] for s in range(0, len(order), cfg.batch_size)]
-        if len(batches) > 1 and len(batches[-1]) < 2:  # BatchNorm cannot train on one image
-            batches.pop()
-
-        def prepare(sel):  # runs in the prefetch thread: batch k+1 is augmented while batch k trains
-            sel = np.sort(sel)
-            return train_inputs(self.train.images[sel], self.pre, rng, cfg.augment, cfg.crop_pad), self.train.labels[
-                sel
-            ]
-
+        batches, prepare = self._epoch_batches(epoch)
         t0 = time.perf_counter()
         loss_sum = correct = seen = 0.0
         steps = 0
@@ -606,27 +622,10 @@ class _Run:
             if lr is None:
                 self.out_of_time = True
                 break
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            x, y = self._tensor(x_np), torch.from_numpy(y_np).to(self.device)
-            logits = self.net(x)
-            loss = self.criterion(logits, y)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            try:
-                self.optimizer.step()
-            except RuntimeError as exc:  # torch refuses an update beyond float range ("... without overflow")
-                if "overflow" not in str(exc):
-                    raise
-                raise EdgeCNNError(
-                    f"Training diverged (the update at epoch {epoch}, step {i + 1} overflows): lower --lr"
-                ) from exc
-            batch_loss = loss.item()
-            if not math.isfinite(batch_loss):
-                raise EdgeCNNError(f"Training diverged (loss {batch_loss} at epoch {epoch}, step {i + 1}): lower --lr")
+            batch_loss, batch_correct = self._step(epoch, i, x_np, y_np, lr)
             steps += 1
             loss_sum += batch_loss * len(y_np)
-            correct += (logits.argmax(1) == y).sum().item()
+            correct += batch_correct
             seen += len(y_np)
             if self.report:
                 rate = seen * dist.world / max(time.perf_counter() - t0, 1e-9)
@@ -658,6 +657,49 @@ class _Run:
             "steps": steps,
             "steps_planned": len(batches),
         }
+
+    def _epoch_batches(self, epoch: int):
+        """This rank's batches of `epoch` (index arrays) and `prepare(batch) -> (inputs, labels)`, which augments
+        uint8 images into model inputs; it runs in the prefetch thread, so batch k+1 is prepared while batch k
+        trains."""
+        cfg, dist = self.cfg, self.dist
+        order = _shard(len(self.train.labels), epoch, cfg.seed, dist)
+        rng = np.random.default_rng([cfg.seed, dist.rank, epoch, 1])
+        batches = [order[s : s + cfg.batch_size] for s in range(0, len(order), cfg.batch_size)]
+        if len(batches) > 1 and len(batches[-1]) < 2:  # BatchNorm cannot train on one image
+            batches.pop()
+
+        def prepare(sel):
+            sel = np.sort(sel)
+            return train_inputs(self.train.images[sel], self.pre, rng, cfg.augment, cfg.crop_pad), self.train.labels[
+                sel
+            ]
+
+        return batches, prepare
+
+    def _step(self, epoch: int, i: int, x_np: np.ndarray, y_np: np.ndarray, lr: float) -> tuple[float, float]:
+        """One optimizer step on a batch at learning rate `lr`: (its loss, its correct predictions). A step that
+        diverges is an EdgeCNNError saying to lower --lr."""
+        torch = self.torch
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        x, y = self._tensor(x_np), torch.from_numpy(y_np).to(self.device)
+        logits = self.net(x)
+        loss = self.criterion(logits, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        try:
+            self.optimizer.step()
+        except RuntimeError as exc:  # torch refuses an update beyond float range ("... without overflow")
+            if "overflow" not in str(exc):
+                raise
+            raise EdgeCNNError(
+                f"Training diverged (the update at epoch {epoch}, step {i + 1} overflows): lower --lr"
+            ) from exc
+        batch_loss = loss.item()
+        if not math.isfinite(batch_loss):
+            raise EdgeCNNError(f"Training diverged (loss {batch_loss} at epoch {epoch}, step {i + 1}): lower --lr")
+        return batch_loss, (logits.argmax(1) == y).sum().item()
 
     def evaluate(self) -> tuple[float, float]:
         """(mean loss, accuracy) on the validation set: each rank takes its share, the sums are all-reduced.
@@ -781,7 +823,8 @@ class _Run:
         self.dist.barrier()
 
     def run(self) -> TrainResult:
-        cfg, dist = self.cfg, self.dist
+        """The epochs: train, check, record, write the files, report; then the result."""
+        cfg = self.cfg
         with ThreadPoolExecutor(max_workers=1) as prep_pool:
             for epoch in range(self.start_epoch + 1, cfg.epochs + 1):
                 row = self.train_epoch(epoch, prep_pool)
@@ -790,20 +833,7 @@ class _Run:
                     break
                 self._check_finite(row)
                 improved = self.record(row)
-                if dist.main:  # rank 0 alone writes; the others wait so nobody runs ahead of a checkpoint
-                    summary = self.summary()
-                    # A resumed run's first epoch that did not beat the earlier best puts that best at --out, before
-                    # the .last.pt it may be copied from is replaced. Then .last.pt before the new best: interrupted
-                    # between the two writes, the best on disk is never newer than the .last.pt a resume starts
-                    # from (which then finds its best again, see _find_earlier_best).
-                    if not improved and self.best_source is not None:
-                        self._place_earlier_best()
-                    self.best_source = None
-                    self.save(self.paths["last"], summary)
-                    if improved:
-                        self.save(Path(cfg.out), summary)
-                    _write_metrics(self.history, self.paths, summary)
-                dist.barrier()
+                self._write_epoch_files(improved)
                 if self.report:
                     self.report(
                         TrainProgress(
@@ -817,6 +847,28 @@ class _Run:
                 f"The time budget ({cfg.time_budget:g} min) was spent before the first training step "
                 "finished; nothing was written. Pass a larger --time-budget"
             )
+        return self._result()
+
+    def _write_epoch_files(self, improved: bool) -> None:
+        """The epoch's checkpoints and metrics. Rank 0 alone writes; the others wait so nobody runs ahead of a
+        checkpoint."""
+        if self.dist.main:
+            summary = self.summary()
+            # A resumed run's first epoch that did not beat the earlier best puts that best at --out, before the
+            # .last.pt it may be copied from is replaced. Then .last.pt before the new best: interrupted between the
+            # two writes, the best on disk is never newer than the .last.pt a resume starts from (which then finds
+            # its best again, see _find_earlier_best).
+            if not improved and self.best_source is not None:
+                self._place_earlier_best()
+            self.best_source = None
+            self.save(self.paths["last"], summary)
+            if improved:
+                self.save(Path(self.cfg.out), summary)
+            _write_metrics(self.history, self.paths, summary)
+        self.dist.barrier()
+
+    def _result(self) -> TrainResult:
+        cfg, dist = self.cfg, self.dist
         s = self.summary()
         return TrainResult(
             checkpoint=Path(cfg.out),
