@@ -124,8 +124,8 @@ def run_build_case(
     trt, world: World, version: str, spec: dict, device: str, opts: dict, kind: str, tmp: Path, io_example: dict
 ):
     from edgecnn.errors import UserInputError
-    from edgecnn.quant.trt_cache import format_table
     from edgecnn.trt import builder
+    from edgecnn.trt.calib_cache import format_table
     from edgecnn.trt.devices import get_device
     from edgecnn.trt.plan import BuildOptions, OnnxFacts, make_plan, parse_batch
 
@@ -304,7 +304,7 @@ def run_runner(trt, world: World, engine_path: str, kind: str, layers: bool) -> 
 def check_profile(trt, world: World, engine_path: str) -> str:
     """`edgecnn profile ENGINE --per-layer`: latency through the runner, then the per-layer table (IProfiler +
     engine inspector) through the profile module's hook."""
-    from edgecnn.profile import ProfileOptions, profile_models
+    from edgecnn.profiling.latency import ProfileOptions, profile_models
 
     engine = {
         "input": "input",
@@ -400,8 +400,8 @@ def check_runner_dla_and_bad_engine(trt, world: World, engine_path: str) -> str:
 
 
 def check_env(trt, version: str) -> str:
-    from edgecnn.quant.trt_cache import installed_version
     from edgecnn.trt import env
+    from edgecnn.trt.calib_cache import installed_version
     from edgecnn.trt.plan import TrtVersion, check_supported
 
     assert env.tensorrt_version() == version and installed_version() == version
@@ -414,7 +414,7 @@ def check_env(trt, version: str) -> str:
 
 
 def check_logger(trt) -> str:
-    from edgecnn.trt.builder import make_logger
+    from edgecnn.trt.logger import make_logger
 
     logger = make_logger(trt)
     exercise_logger(trt, logger)
