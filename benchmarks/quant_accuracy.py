@@ -270,7 +270,7 @@ def run_lite0(args) -> dict:
     from quant_benchmark import scenes, split
 
     from edgecnn.quant import OutputPolicy, QuantOptions, quantize
-    from edgecnn.runtime.resolve import pretrained_onnx
+    from edgecnn.zoo import pretrained_onnx
 
     os.environ.setdefault("EDGECNN_CACHE", str(ROOT / ".cache" / "models"))
     model = pretrained_onnx("efficientnet-lite0")
