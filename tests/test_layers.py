@@ -36,6 +36,8 @@ FLOOR_0 = {
     "edgecnn.postprocess",
     "edgecnn.data",
     "edgecnn.jsonout",
+    "edgecnn.masking",  # credentials out of URLs and messages
+    "edgecnn.imagesize",  # an image's size from its header, before decoding
 }
 # Floor 1: running models. The TensorRT modules here are the facts running an engine needs (version rules and the
 # Q/DQ forms TensorRT takes, presets, the engine manifest, environment probes, the logger); the engine builder
