@@ -33,7 +33,7 @@ def make_foreign_models(folder: Path) -> dict[str, Path]:
 
     from edgecnn.checkpoint import load_checkpoint
     from edgecnn.contract import imagenet_labels
-    from edgecnn.runtime.resolve import pretrained_checkpoint
+    from edgecnn.zoo import pretrained_checkpoint
 
     folder.mkdir(parents=True, exist_ok=True)
     net, _, _ = load_checkpoint(pretrained_checkpoint("efficientnet-lite0"))
@@ -137,7 +137,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "adopt_parity.json")
     args = ap.parse_args()
 
-    from edgecnn.runtime.resolve import pretrained_onnx
+    from edgecnn.zoo import pretrained_onnx
 
     scenes = ROOT / ".cache" / "test-data" / "scenes"
     if not scenes.is_dir():

@@ -294,7 +294,7 @@ def lite0(tmp_path_factory, request):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     from adopt_parity import make_foreign_models
 
-    from edgecnn.runtime.resolve import pretrained_onnx
+    from edgecnn.zoo import pretrained_onnx
 
     folder = tmp_path_factory.mktemp("lite0")
     return make_foreign_models(folder), pretrained_onnx("efficientnet-lite0"), scenes

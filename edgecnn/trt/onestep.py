@@ -169,7 +169,7 @@ def prepare_models(
 
 def _export_step(model, paths, record, options: OneStepOptions, steps, say) -> Path:
     """The FP32 ONNX: `model` itself when it is one, else exported (or reused) into NAME.fp32.onnx."""
-    from edgecnn.runtime.resolve import resolve_model
+    from edgecnn.zoo import resolve_model
 
     given = Path(str(model))
     if given.suffix.lower() == ".onnx":
