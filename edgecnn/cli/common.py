@@ -106,7 +106,7 @@ def cli_command(fn: Callable) -> Callable:
             sys.stdout.flush()  # a reader that went away is met here, not at interpreter exit
             return result
         except BrokenPipeError:
-            _discard_stdout()
+            discard_stdout()
             raise typer.Exit(0) from None
         except (typer.Exit, typer.Abort, SystemExit):
             raise
@@ -163,10 +163,10 @@ def print_error_json(obj: dict) -> None:
         sys.stdout.write(json.dumps(_masked(strict_json(obj)), sort_keys=True, default=str, allow_nan=False) + "\n")
         sys.stdout.flush()
     except BrokenPipeError:
-        _discard_stdout()
+        discard_stdout()
 
 
-def _discard_stdout() -> None:
+def discard_stdout() -> None:
     """Point file descriptor 1 at /dev/null once its reader has gone, so Python's final flush has somewhere to go
     (no "Exception ignored ... BrokenPipeError" at exit)."""
     try:

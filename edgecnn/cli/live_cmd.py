@@ -7,7 +7,16 @@ from typing import List, Optional
 
 import typer
 
-from edgecnn.cli.common import add_command, backend_option, console, force_option, json_option, threads_option, warn
+from edgecnn.cli.common import (
+    add_command,
+    backend_option,
+    console,
+    discard_stdout,
+    force_option,
+    json_option,
+    threads_option,
+    warn,
+)
 
 SOURCE_HELP = (
     "Camera index (0), /dev/videoN, csi://N[?capture=WxH&flip=M], gst:<pipeline>, rtsp://..., http(s)://... "
@@ -244,7 +253,7 @@ def live(
             except BrokenPipeError:
                 json_sink.stop_reason = "output_closed"
     if json_sink is not None and json_sink.stop_reason is not None:
-        _discard_stdout()  # `| head -1` went away: no "Exception ignored ... BrokenPipeError" when Python exits
+        discard_stdout()  # `| head -1` went away: no "Exception ignored ... BrokenPipeError" when Python exits
     _print_summary(summary, recorded, several)
     for o in outputs:
         if o.error:
@@ -296,21 +305,6 @@ def _note_on_stderr(text: str) -> None:
     try:
         os.write(2, f"note: {text}\n".encode())
     except OSError:
-        pass
-
-
-def _discard_stdout() -> None:
-    """Point file descriptor 1 at /dev/null once its reader has gone, so buffered output has somewhere to go."""
-    import os
-    import sys
-
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        try:
-            os.dup2(devnull, sys.stdout.fileno())
-        finally:
-            os.close(devnull)
-    except (OSError, ValueError):  # not a real file (tests' captured stdout): nothing to redirect
         pass
 
 
