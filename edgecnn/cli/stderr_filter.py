@@ -6,7 +6,9 @@ file descriptor 2, with no switch in OpenCV to turn it off. edgecnn already coun
 
 The `edgecnn` command therefore runs with descriptor 2 on a pipe whose reader thread forwards everything but those
 lines to the real stderr, while Python's own `sys.stderr` (rich's progress bars, messages, tracebacks) writes to the
-real stderr directly: a terminal stays a terminal. EDGECNN_RAW_STDERR=1 turns the filter off.
+real stderr directly: a terminal stays a terminal. A child process whose lines must keep their place among
+edgecnn's own (ssh in `deploy bundle --host`) is given `sys.stderr`'s descriptor, not 2. EDGECNN_RAW_STDERR=1 turns
+the filter off.
 """
 
 from __future__ import annotations

@@ -815,13 +815,26 @@ def ssh_commands(
     ]
 
 
+def _python_stderr_fd() -> int:
+    import sys
+
+    try:
+        sys.stderr.flush()
+        return sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # a captured stream without a descriptor
+        return 2
+
+
 def push_bundle(commands: list[list[str]], run: Callable | None = None) -> None:
     """Run `ssh_commands` in order, stopping at the first failure with a one-line error."""
     import functools
     import subprocess
 
     # The remote side's output goes to stderr: stdout carries only edgecnn's own result (`--json` stays parseable).
-    run = run or functools.partial(subprocess.run, stdout=2)
+    # It goes to Python's stderr, not descriptor 2, which the CLI's libjpeg filter reads on a thread: through that pipe
+    # ssh's last line could arrive after edgecnn's own error message about it.
+    err = _python_stderr_fd()
+    run = run or functools.partial(subprocess.run, stdout=err, stderr=err)
     for argv in commands:
         try:
             result = run(argv)
