@@ -21,6 +21,7 @@ Writes benchmarks/quant_accuracy.{json,md} (or --out).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -115,7 +116,7 @@ def test_set(cifar: Path, onnx_path: Path, work: Path):
     from edgecnn.preprocess import normalize
 
     contract = read_onnx_contract(onnx_path)
-    key = abs(hash(json.dumps(contract.preprocess.__dict__, sort_keys=True, default=str))) % 10**8
+    key = hashlib.sha1(json.dumps(contract.preprocess.__dict__, sort_keys=True, default=str).encode()).hexdigest()[:8]
     cache = work / f"test-{key}.npz"
     if cache.exists():
         data = np.load(cache)
@@ -133,7 +134,7 @@ def export(arch: str, ckpt: Path, work: Path, cifar: Path) -> Path:
     from edgecnn.export import ExportOptions, export_onnx
 
     out = work / f"{arch}.onnx"
-    if not out.exists():
+    if not out.exists() or out.stat().st_mtime < ckpt.stat().st_mtime:  # a newer checkpoint replaces the export
         export_onnx(ckpt, out, ExportOptions(dynamic_batch=True, data=cifar / "test", force=True))
     return out
 
@@ -157,7 +158,7 @@ def run_cifar(arch: str, ckpt: Path, args, cifar: Path) -> dict:
     onnx_path = export(arch, ckpt, work, cifar)
     x, y, _ = test_set(cifar, onnx_path, WORK)
     ref_path = work / "fp32_logits.npy"
-    if not ref_path.exists():
+    if not ref_path.exists() or ref_path.stat().st_mtime < onnx_path.stat().st_mtime:
         np.save(ref_path, infer(onnx_path, x, args.threads))
     ref = np.load(ref_path)
     train_record = ROOT / "benchmarks" / "results" / f"train_cifar-{ckpt.stem}.json"
@@ -353,9 +354,14 @@ def markdown(r: dict) -> str:
             f"Checkpoint `{c['checkpoint']}`"
             + (
                 f", trained {tr.get('epochs')} epoch(s) in {tr.get('train_seconds', 0) / 60:.1f} min on the shared "
-                f"cores (`{tr.get('command')}`)."
+                f"cores to {_pct(tr.get('final_test_acc'))} test top-1 (`{tr.get('command')}`)."
                 if tr
                 else "."
+            )
+            + (
+                f" Load average {r['machine_per_run'][arch]['loadavg'][0]:.1f} at the start of this model's run."
+                if arch in r.get("machine_per_run", {})
+                else ""
             ),
             "",
             "| target / method | INT8 top-1 | drop [95 % interval] | lost / won | agreement | confident agreement "
@@ -547,6 +553,10 @@ def main() -> None:
         **result,
         "cifar": {**prev.get("cifar", {}), **result["cifar"]},
         "commands": commands + [result["command"]],
+        "machine_per_run": {
+            **prev.get("machine_per_run", {}),
+            **{k: result["machine"] for k in [*result["cifar"], *(["lite0"] if "lite0" in result else [])]},
+        },
     }
     args.out.with_suffix(".json").write_text(json.dumps(merged, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(markdown(merged))
