@@ -336,7 +336,8 @@ def markdown(r: dict) -> str:
         + ".",
         "",
         f"Machine: {m['cpu']}, {m['cpus']} CPUs shared with other jobs (load average {m['loadavg'][0]:.1f} at the "
-        f"start); Python {m['python']}, onnxruntime {m['onnxruntime']}, onnx {m['onnx']}, numpy {m['numpy']}. "
+        f"start of the latest run; each model's own is given below); Python {m['python']}, "
+        f"onnxruntime {m['onnxruntime']}, onnx {m['onnx']}, numpy {m['numpy']}. "
         "Both targets run on ONNX Runtime CPU (tensorrt: the Q/DQ model TensorRT would consume).",
         "",
         "Drop = FP32 top-1 minus INT8 top-1 in points on the 10,000 test images (one image = 0.01 point), with a 95 % "
@@ -397,7 +398,12 @@ def markdown(r: dict) -> str:
             f"## {lite['model']} on the scenes photos (no labels)",
             "",
             f"{lite['data']}. The photos are not ImageNet classes, so FP32 is unsure on most of them: agreement "
-            "overall counts coin flips; agreement where FP32 is confident and the KL divergence are the measures.",
+            "overall counts coin flips; agreement where FP32 is confident and the KL divergence are the measures."
+            + (
+                f" Load average {r['machine_per_run']['lite0']['loadavg'][0]:.1f} at the start of this run."
+                if "lite0" in r.get("machine_per_run", {})
+                else ""
+            ),
             "",
             "| target / method | agreement | confident agreement (images) | KL | calibration s |",
             "| --- | --- | --- | --- | --- |",
@@ -459,7 +465,7 @@ def markdown(r: dict) -> str:
             "",
             f"Computing the {study['tensors']} entropy thresholds from the same statistics: {rs['unbounded']:.3f} s "
             f"unbounded, {rs['bounded']:.3f} s bounded (best of 2, on the loaded machine): the bound adds one "
-            "cumulative-histogram lookup per tensor; the calibration pass itself is unchanged. The calibration "
+            "cumulative-histogram lookup per tensor; the calibration pass itself is unchanged. The Lite0 calibration "
             "seconds in the tables were measured at load averages of 13-18 on 2 cores and vary 3x between runs of "
             "the same work; quant_benchmark.md has the quiet-machine timing (4.7 s for entropy on 200 photos).",
         ]
