@@ -399,6 +399,42 @@ def check_runner_dla_and_bad_engine(trt, world: World, engine_path: str) -> str:
     return ""
 
 
+def check_runner_refusals(trt, world: World, engine_path: str) -> str:
+    """TensorRT answers False when it refuses an input shape or a tensor address (8.5+): the runner stops with the
+    logger's reason instead of running on the previous shape's data or an unbound tensor."""
+    import numpy as np
+
+    from edgecnn.errors import EdgeCNNError
+    from edgecnn.runtime.tensorrt import TensorRTRunner
+
+    engine = {
+        "input": "input",
+        "output": "logits",
+        "shape": [-1, 3, 32, 32],
+        "batches": [1, 4, 8],
+        "max_batch": 8,
+        "classes": 3,
+        "layers": [],
+    }
+    script_runtime(world, trt, engine)
+    world.on("IExecutionContext.set_tensor_address", False)
+    try:
+        TensorRTRunner(Path(engine_path))
+        raise AssertionError("a runner whose tensor address TensorRT refused was opened")
+    except EdgeCNNError as exc:
+        assert "refused the buffer of tensor" in str(exc), exc
+
+    script_runtime(world, trt, engine)
+    with TensorRTRunner(Path(engine_path)) as runner:
+        world.on("IExecutionContext.set_input_shape", False)
+        try:
+            runner.infer(np.zeros((2, 3, 32, 32), np.float32))
+            raise AssertionError("inference ran on a shape TensorRT refused")
+        except EdgeCNNError as exc:
+            assert "refused input shape (2, 3, 32, 32)" in str(exc), exc
+    return ""
+
+
 def check_env(trt, version: str) -> str:
     from edgecnn.trt import env
     from edgecnn.trt.calib_cache import installed_version
@@ -438,7 +474,7 @@ def check_names() -> list[str]:
     names = ["gates", "env", "logger", "build/failures"] + [f"build/{case[0]}" for case in build_cases()]
     names += [f"build_engine/{n}" for n in END_TO_END] + [f"runner/{n}" for n in END_TO_END]
     names += ["runner/layer-profile", "profile/per-layer", "runner/profile-selection"]
-    return names + ["runner/dla-core-and-bad-engine"]
+    return names + ["runner/dla-core-and-bad-engine", "runner/refused-shape-and-address"]
 
 
 def main(spec_path: str, result_path: str) -> int:
@@ -491,6 +527,7 @@ def main(spec_path: str, result_path: str) -> int:
     if "dynamic-fp16" in engines:
         record("profile/per-layer", check_profile, trt, world, engines["dynamic-fp16"])
         record("runner/profile-selection", check_profile_selection, trt, world, engines["dynamic-fp16"])
+        record("runner/refused-shape-and-address", check_runner_refusals, trt, world, engines["dynamic-fp16"])
     if "fixed-fp32" in engines:
         record("runner/dla-core-and-bad-engine", check_runner_dla_and_bad_engine, trt, world, engines["fixed-fp32"])
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecnn.errors import ArtifactError, EdgeCNNError, UserInputError
+from edgecnn.errors import ArtifactError, EdgeCNNError, UserInputError, format_shape
 from edgecnn.runtime.base import Backend, InputSpec, Runner
 from edgecnn.trt import cudart
 from edgecnn.trt.cudart import call
@@ -99,7 +99,7 @@ class TensorRTRunner(Runner):
         # Buffers for the largest batch; addresses never change, so they are bound once per context.
         max_shape = self._max_shape = (max_b,) + shape[1:]
         if self.dynamic:
-            self.context.set_input_shape(self.input_name, max_shape)  # 8.5+
+            self._set_input_shape(self.context, max_shape)
         self._buffers = {}
         self._stream = None
         self._closed = False
@@ -116,7 +116,15 @@ class TensorRTRunner(Runner):
 
     def _bind(self, context) -> None:
         for name, buf in self._buffers.items():
-            context.set_tensor_address(name, int(buf.device))  # 8.5+
+            if not context.set_tensor_address(name, int(buf.device)):  # 8.5+; False: TensorRT refused it
+                raise EdgeCNNError(f"TensorRT refused the buffer of tensor {name!r}: {self._logger.last()}")
+
+    def _set_input_shape(self, context, shape: tuple) -> None:
+        """Shape the input, or fail: a refused shape (False, 8.5+) would run on the previous shape's data."""
+        if not context.set_input_shape(self.input_name, shape):
+            raise EdgeCNNError(
+                f"TensorRT refused input shape {format_shape(shape)} for {self.path.name}: {self._logger.last()}"
+            )
 
     def _new_context(self):
         """A fresh execution context on optimization profile 0, shaped and bound like the runner's own.
@@ -129,7 +137,7 @@ class TensorRTRunner(Runner):
             if not context.set_optimization_profile_async(0, self._stream):
                 raise EdgeCNNError(f"TensorRT could not select optimization profile 0: {self._logger.last()}")
         if self.dynamic:
-            context.set_input_shape(self.input_name, self._max_shape)
+            self._set_input_shape(context, self._max_shape)
         self._bind(context)
         return context
 
@@ -137,7 +145,7 @@ class TensorRTRunner(Runner):
         rt, stream = self._rt, self._stream
         inp = self._buffers[self.input_name]
         if self.dynamic:
-            context.set_input_shape(self.input_name, tuple(batch.shape))
+            self._set_input_shape(context, tuple(batch.shape))
         flat = np.ascontiguousarray(batch, dtype=inp.dtype).ravel()
         inp.host[: flat.size] = flat
         h2d, d2h = rt.cudaMemcpyKind.cudaMemcpyHostToDevice, rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
@@ -218,7 +226,7 @@ class TensorRTRunner(Runner):
             inspector = self.engine.create_engine_inspector()
             info = json.loads(inspector.get_engine_information(self._trt.LayerInformationFormat.JSON))
             return {x["Name"]: str(x.get("LayerType", "")) for x in info.get("Layers", []) if isinstance(x, dict)}
-        except Exception:  # an older engine or a layout change in the inspector JSON: no types, still timings
+        except (AttributeError, RuntimeError, TypeError, ValueError):  # older engine, changed JSON: no types, timings
             return {}
 
     # ------------------------------------------------------------ lifecycle
