@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cuda_conformance import prepare_cuda
 from trt_conformance_bindings import ROOT, VERSIONS, Unavailable, prepare
 from trt_conformance_checks import check_names
 
@@ -34,6 +35,12 @@ def _run_release(version: str, tmp: Path) -> dict | str:
         env_extra = prepare(version)
     except Unavailable as exc:
         return f"TensorRT {version} bindings unavailable here: {exc}"
+    try:
+        cuda_module, cuda_site = prepare_cuda(version)
+        env_extra["PYTHONPATH"] = os.pathsep.join([env_extra["PYTHONPATH"], str(cuda_site)])
+        env_extra["EDGECNN_CONFORMANCE_CUDA"] = cuda_module
+    except Unavailable as exc:
+        env_extra["EDGECNN_CONFORMANCE_CUDA_UNAVAILABLE"] = f"cuda-python for TensorRT {version} unavailable: {exc}"
     tmp.mkdir(parents=True, exist_ok=True)
     spec = {
         "onnx": str(build_tiny_onnx(tmp / "fixed.onnx", batch=1)),

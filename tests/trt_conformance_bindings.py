@@ -52,15 +52,19 @@ def _run(argv: list[str], what: str, timeout: int = 300) -> str:
 
 
 def _wheel(version: str) -> Path:
-    requirement = VERSIONS[version][0]
-    name = requirement.split("==")[0].replace("-", "_")
-    found = sorted(CACHE.glob(f"{name}-{version}-*.whl"))
+    return fetch_wheel(VERSIONS[version][0], PLATFORMS)
+
+
+def fetch_wheel(requirement: str, platforms: tuple[str, ...]) -> Path:
+    """The wheel of `requirement` (name==version) for CPython 3.11 on one of `platforms`, downloaded once."""
+    name, version = requirement.split("==")
+    found = sorted(CACHE.glob(f"{name.replace('-', '_')}-{version}-*.whl"))
     if found:
         return found[0]
     CACHE.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=CACHE, prefix=".download-") as tmp:
         argv = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:"]
-        for platform in PLATFORMS:
+        for platform in platforms:
             argv += ["--platform", platform]
         argv += ["--python-version", "3.11", "--implementation", "cp", "-d", tmp, requirement]
         _run(argv, f"pip download {requirement}")

@@ -9,8 +9,11 @@ na with the build plan's reason), every TensorRT attribute used, and the release
 
 from __future__ import annotations
 
+import ctypes
 import gc
+import importlib
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -20,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from trt_conformance_doubles import REAL_CLASSES, ConformanceError, Double, World, make_module  # noqa: E402
 from trt_conformance_surface import deprecation_candidates, deprecations, surface  # noqa: E402
 from trt_conformance_world import (  # noqa: E402
+    cuda_answers,
     exercise_logger,
     install_cuda,
     script_builder,
@@ -435,6 +439,44 @@ def check_runner_refusals(trt, world: World, engine_path: str) -> str:
     return ""
 
 
+def check_cuda_without_driver(real_cuda) -> str:
+    """The real cuda-python on a machine without the NVIDIA driver (a container started without --gpus or
+    --runtime nvidia): one line naming libcuda.so.1 and the fix, not cuda-python's RuntimeError."""
+    from edgecnn.errors import MissingDependencyError
+    from edgecnn.trt import cudart
+
+    if real_cuda is None:
+        raise NotApplicable(os.environ.get("EDGECNN_CONFORMANCE_CUDA_UNAVAILABLE", "no cuda-python"))
+    try:
+        ctypes.CDLL("libcuda.so.1")
+        raise NotApplicable("this machine has an NVIDIA driver (libcuda.so.1 loads)")
+    except OSError:
+        pass
+    assert cudart.load() is real_cuda, (cudart.load(), real_cuda)
+    try:
+        cudart.gpu_properties(0)
+        raise AssertionError("gpu_properties answered without a driver")
+    except MissingDependencyError as exc:
+        assert "libcuda.so.1" in str(exc) and "--gpus" in str(exc), exc
+    return real_cuda.__name__
+
+
+def check_cuda_module(real_cuda) -> str:
+    """edgecnn's cudart.load() finds the module this cuda-python has (12.2: only cuda.cudart)."""
+    from edgecnn.trt import cudart
+
+    if real_cuda is None:
+        raise NotApplicable(os.environ.get("EDGECNN_CONFORMANCE_CUDA_UNAVAILABLE", "no cuda-python"))
+    assert cudart.load().__name__ == os.environ["EDGECNN_CONFORMANCE_CUDA"], cudart.load().__name__
+    assert cudart.gpu_properties(0) == {
+        "name": "Conformance GPU",
+        "compute_capability": "8.9",
+        "memory_bytes": 8 << 30,
+        "cuda_runtime": "12.6",
+    }, cudart.gpu_properties(0)
+    return cudart.load().__name__
+
+
 def check_env(trt, version: str) -> str:
     from edgecnn.trt import env
     from edgecnn.trt.calib_cache import installed_version
@@ -471,7 +513,8 @@ END_TO_END = {
 
 def check_names() -> list[str]:
     """Every check main() records, in order (importable without TensorRT, for the test ids)."""
-    names = ["gates", "env", "logger", "build/failures"] + [f"build/{case[0]}" for case in build_cases()]
+    names = ["cuda/without-driver", "cuda/module", "gates", "env", "logger", "build/failures"]
+    names += [f"build/{case[0]}" for case in build_cases()]
     names += [f"build_engine/{n}" for n in END_TO_END] + [f"runner/{n}" for n in END_TO_END]
     names += ["runner/layer-profile", "profile/per-layer", "runner/profile-selection"]
     return names + ["runner/dla-core-and-bad-engine", "runner/refused-shape-and-address"]
@@ -485,7 +528,9 @@ def main(spec_path: str, result_path: str) -> int:
     world = World(real)
     trt = make_module(real, world)
     sys.modules["tensorrt"] = trt
-    install_cuda()
+    real_cuda = None
+    if os.environ.get("EDGECNN_CONFORMANCE_CUDA"):
+        real_cuda = importlib.import_module(os.environ["EDGECNN_CONFORMANCE_CUDA"])
     tmp = Path(spec["tmp"])
     results: dict[str, dict] = {}
 
@@ -505,6 +550,14 @@ def main(spec_path: str, result_path: str) -> int:
             results[name] = {"status": "fail", "detail": f"{type(exc).__name__}: {exc}{where}"}
         world.script.clear()
 
+    record("cuda/without-driver", check_cuda_without_driver, real_cuda)  # before the answers stand in for a GPU
+    if real_cuda is None:
+        install_cuda()
+    else:
+        from cuda_conformance import checked_runtime
+
+        install_cuda(checked_runtime(real_cuda, cuda_answers(real_cuda)), real_cuda.__name__)
+    record("cuda/module", check_cuda_module, real_cuda)
     record("gates", check_gates, trt, version)
     record("env", check_env, trt, version)
     record("logger", check_logger, trt)

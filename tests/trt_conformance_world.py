@@ -1,6 +1,7 @@
 """What TensorRT does around edgecnn's calls, for the conformance doubles: the scripted builder and runtime (an
-engine with one input and one output), our callbacks called the way TensorRT calls them, and a small cuda-python
-stand-in (no GPU here; only TensorRT's API is under test). Used by tests/trt_conformance_checks.py.
+engine with one input and one output), our callbacks called the way TensorRT calls them, and what a GPU answers to
+cuda-python (tests/cuda_conformance.py checks the calls against the real cuda-python where it is available). Used by
+tests/trt_conformance_checks.py.
 """
 
 from __future__ import annotations
@@ -15,25 +16,41 @@ import weakref
 
 from trt_conformance_doubles import REAL_CLASSES, ConformanceError, Double, World, check_override
 
-# ---------------------------------------------------------------- CUDA stand-in (cuda-python's runtime API shape)
+# ---------------------------------------------------------------- CUDA: what a GPU would answer
 
 
-def fake_cudart() -> types.ModuleType:
+def cuda_answers(real=None) -> types.ModuleType:
+    """cuda-python's runtime module as a machine with one GPU answers it: `(cudaError_t, *results)` tuples. With the
+    real module (`real`), the answers are made of its own types (enums, cudaStream_t, cudaEvent_t, cudaDeviceProp);
+    tests/cuda_conformance.py puts the real functions in front, so every argument is checked by cuda-python itself."""
     rt = types.ModuleType("cuda.bindings.runtime")
-    ok = 0
+    if real is not None:
+        ok = real.cudaError_t.cudaSuccess
+        rt.cudaError_t, rt.cudaMemcpyKind = real.cudaError_t, real.cudaMemcpyKind
+        stream = real.cudaStream_t(init_value=0x5000)
+        events = (real.cudaEvent_t(init_value=0x6000 + i) for i in range(1 << 20))
+        props = real.cudaDeviceProp()
+        props.name = b"Conformance GPU".ljust(256, b"\0")
+        props.major, props.minor, props.totalGlobalMem = 8, 9, 8 << 30
+    else:
+        ok = 0
 
-    class cudaError_t:  # noqa: N801 (cuda-python's names)
-        cudaSuccess = ok
+        class cudaError_t:  # noqa: N801 (cuda-python's names)
+            cudaSuccess = ok
 
-    class cudaMemcpyKind:  # noqa: N801
-        cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost = 1, 2
+        class cudaMemcpyKind:  # noqa: N801
+            cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost = 1, 2
 
-    class Stream:  # cuda-python's cudaStream_t converts with int()
-        def __int__(self):
-            return 0x5000
+        class Stream:  # cuda-python's cudaStream_t converts with int()
+            def __int__(self):
+                return 0x5000
 
-    class Props:
-        name, major, minor, totalGlobalMem = b"Conformance GPU", 8, 9, 8 << 30
+        class Props:
+            name, major, minor, totalGlobalMem = b"Conformance GPU", 8, 9, 8 << 30
+
+        rt.cudaError_t, rt.cudaMemcpyKind = cudaError_t, cudaMemcpyKind
+        stream, props = Stream(), Props()
+        events = (0x6000 + i for i in range(1 << 20))
 
     keep: dict[int, object] = {}
 
@@ -42,14 +59,13 @@ def fake_cudart() -> types.ModuleType:
         keep[ctypes.addressof(buf)] = buf
         return ok, ctypes.addressof(buf)
 
-    rt.cudaError_t, rt.cudaMemcpyKind = cudaError_t, cudaMemcpyKind
     rt.cudaGetDeviceCount = lambda: (ok, 1)
-    rt.cudaGetDeviceProperties = lambda device: (ok, Props())
+    rt.cudaGetDeviceProperties = lambda device: (ok, props)
     rt.cudaRuntimeGetVersion = lambda: (ok, 12060)
     rt.cudaGetErrorString = lambda err: (ok, b"error")
     rt.cudaSetDevice = lambda device: (ok,)
-    rt.cudaStreamCreate = lambda: (ok, Stream())
-    rt.cudaEventCreate = lambda: (ok, object())
+    rt.cudaStreamCreate = lambda: (ok, stream)
+    rt.cudaEventCreate = lambda: (ok, next(events))
     rt.cudaEventRecord = lambda ev, stream: (ok,)
     rt.cudaEventElapsedTime = lambda a, b: (ok, 0.1)
     rt.cudaEventDestroy = lambda ev: (ok,)
@@ -63,11 +79,16 @@ def fake_cudart() -> types.ModuleType:
     return rt
 
 
-def install_cuda() -> None:
+def install_cuda(runtime: types.ModuleType | None = None, name: str = "cuda.bindings.runtime") -> None:
+    """Make `import <name>` (edgecnn's cudart.load) give `runtime`, by default the GPU answers without cuda-python."""
+    runtime = runtime or cuda_answers()
+    if name in sys.modules or "cuda" in sys.modules:  # the real package is imported: replace only the module
+        sys.modules[name] = runtime
+        return
     cuda, bindings = types.ModuleType("cuda"), types.ModuleType("cuda.bindings")
-    bindings.runtime = fake_cudart()
+    bindings.runtime = runtime
     cuda.bindings = bindings
-    sys.modules.update({"cuda": cuda, "cuda.bindings": bindings, "cuda.bindings.runtime": bindings.runtime})
+    sys.modules.update({"cuda": cuda, "cuda.bindings": bindings, "cuda.bindings.runtime": runtime})
 
 
 # ---------------------------------------------------------------- calling our callbacks as TensorRT does

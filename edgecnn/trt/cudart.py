@@ -15,6 +15,12 @@ import numpy as np
 from edgecnn.errors import EdgeCNNError, MissingDependencyError
 from edgecnn.platform import jetson_release
 
+# cuda-python needs the driver's libcuda.so.1 at the first call; a container gets it only when started for the GPU
+NO_DRIVER_FIX = (
+    "check the driver with nvidia-smi (libcuda.so.1); in a container, start it with --gpus all (desktop) or "
+    "--runtime nvidia (Jetson)"
+)
+
 
 def cuda_hint() -> str:
     if jetson_release():
@@ -51,12 +57,14 @@ def call(result, what: str = "CUDA call"):
 def gpu_properties(device: int = 0) -> dict:
     """Name, compute capability and memory of GPU `device`; MissingDependencyError when no GPU is visible."""
     rt = load()
-    err, count = rt.cudaGetDeviceCount()
+    try:
+        err, count = rt.cudaGetDeviceCount()
+    except RuntimeError as exc:  # cuda-python 12.x without the driver: "Failed to dlopen libcuda.so.1"
+        raise MissingDependencyError(f"the NVIDIA driver cannot be loaded ({exc}): {NO_DRIVER_FIX}") from exc
     if err != rt.cudaError_t.cudaSuccess or count == 0:
         raise MissingDependencyError(
             "No NVIDIA GPU is visible to CUDA (cudaGetDeviceCount: "
-            f"{'0 devices' if err == rt.cudaError_t.cudaSuccess else err}): TensorRT needs one; check the driver "
-            "(nvidia-smi, or on Jetson that you run on the device itself)"
+            f"{'0 devices' if err == rt.cudaError_t.cudaSuccess else err}): TensorRT needs one; {NO_DRIVER_FIX}"
         )
     if device >= count:
         raise MissingDependencyError(f"GPU {device} does not exist ({count} visible)")
