@@ -276,6 +276,7 @@ def main() -> None:
     ap.add_argument("--work", default=str(ROOT / ".cache" / "live-multi-bench"))
     ap.add_argument("--compare-at", type=int, default=4, help="N for separate processes and --serve")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "live_multi_benchmark"))
+    ap.add_argument("--serve-pairs", type=int, default=4, help="alternated runs without/with --serve and 2 viewers")
     ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads per process (0: its default)")
     ap.add_argument("--rewrite-report", action="store_true", help="only regenerate OUT.md from OUT.json")
     args = ap.parse_args()
@@ -323,7 +324,7 @@ def main() -> None:
     )
 
     serve_pairs = []
-    for _ in range(2):  # alternated: noise hits both alike
+    for _ in range(args.serve_pairs):  # alternated: noise hits both alike
         plain = live(model, videos[:k])
         served = live(model, videos[:k], extra=["--serve", "127.0.0.1:0"], viewers=2)
         serve_pairs.append(
