@@ -268,21 +268,26 @@ def end_to_end_build(trt, world: World, version: str, spec: dict, kind: str, pre
     return str(out)
 
 
+def scripted_engine(dynamic: bool = True, layers: tuple = ()) -> dict:
+    """The engine script_runtime plays: input (N, 3, 32, 32) -> logits (N, 3); dynamic: batch 1 to 8 (opt 4)."""
+    return {
+        "input": "input",
+        "output": "logits",
+        "shape": [-1 if dynamic else 1, 3, 32, 32],
+        "batches": [1, 4, 8] if dynamic else [1, 1, 1],
+        "max_batch": 8 if dynamic else 1,
+        "classes": 3,
+        "layers": list(layers),
+    }
+
+
 def run_runner(trt, world: World, engine_path: str, kind: str, layers: bool) -> str:
     import numpy as np
 
     from edgecnn.runtime.tensorrt import TensorRTRunner
 
     dynamic = kind == "dynamic"
-    engine = {
-        "input": "input",
-        "output": "logits",
-        "shape": [-1 if dynamic else 1, 3, 32, 32],
-        "batches": [1, 4, 8],
-        "max_batch": 8 if dynamic else 1,
-        "classes": 3,
-        "layers": [("conv1 + relu1", 0.25), ("conv2 + relu2", 0.5), ("fc", 0.125)],
-    }
+    engine = scripted_engine(dynamic, [("conv1 + relu1", 0.25), ("conv2 + relu2", 0.5), ("fc", 0.125)])
     script_runtime(world, trt, engine)
     runner = TensorRTRunner(Path(engine_path))
     try:
@@ -310,15 +315,7 @@ def check_profile(trt, world: World, engine_path: str) -> str:
     engine inspector) through the profile module's hook."""
     from edgecnn.profiling.latency import ProfileOptions, profile_models
 
-    engine = {
-        "input": "input",
-        "output": "logits",
-        "shape": [-1, 3, 32, 32],
-        "batches": [1, 4, 8],
-        "max_batch": 8,
-        "classes": 3,
-        "layers": [("conv1 + relu1", 0.25), ("fc", 0.125)],
-    }
+    engine = scripted_engine(layers=[("conv1 + relu1", 0.25), ("fc", 0.125)])
     script_runtime(world, trt, engine)
     options = ProfileOptions(batches=(1, 2), warmup=1, iterations=3, per_layer=True, layer_iterations=2)
     result = profile_models([engine_path], options)
@@ -333,15 +330,7 @@ def check_profile_selection(trt, world: World, engine_path: str) -> str:
 
     from edgecnn.runtime.tensorrt import TensorRTRunner
 
-    engine = {
-        "input": "input",
-        "output": "logits",
-        "shape": [-1, 3, 32, 32],
-        "batches": [1, 4, 8],
-        "max_batch": 8,
-        "classes": 3,
-        "layers": [("conv1 + relu1", 0.25)],
-    }
+    engine = scripted_engine(layers=[("conv1 + relu1", 0.25)])
     script_runtime(world, trt, engine)
     world.on("IExecutionContext.active_optimization_profile", -1)
     with TensorRTRunner(Path(engine_path)) as runner:
@@ -368,15 +357,7 @@ def check_runner_dla_and_bad_engine(trt, world: World, engine_path: str) -> str:
     manifest = json.loads(manifest_path(src).read_text())
     manifest["dla_core"] = 1
     manifest_path(dla).write_text(json.dumps(manifest))
-    engine = {
-        "input": "input",
-        "output": "logits",
-        "shape": [1, 3, 32, 32],
-        "batches": [1, 1, 1],
-        "max_batch": 1,
-        "classes": 3,
-        "layers": [],
-    }
+    engine = scripted_engine(dynamic=False)
     root = src.parent / "jetson-root"  # an AGX Orin with JetPack 6.1: its /etc and /proc files under a folder
     (root / "etc").mkdir(parents=True, exist_ok=True)
     (root / "proc/device-tree").mkdir(parents=True, exist_ok=True)
@@ -411,15 +392,7 @@ def check_runner_refusals(trt, world: World, engine_path: str) -> str:
     from edgecnn.errors import EdgeCNNError
     from edgecnn.runtime.tensorrt import TensorRTRunner
 
-    engine = {
-        "input": "input",
-        "output": "logits",
-        "shape": [-1, 3, 32, 32],
-        "batches": [1, 4, 8],
-        "max_batch": 8,
-        "classes": 3,
-        "layers": [],
-    }
+    engine = scripted_engine()
     script_runtime(world, trt, engine)
     world.on("IExecutionContext.set_tensor_address", False)
     try:
