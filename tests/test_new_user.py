@@ -176,6 +176,21 @@ def test_corrupt_jpeg_warnings_stay_off_stderr(tiny, tmp_path):
     assert "Corrupt JPEG data" in raw.stderr  # the filter, not the file, made the difference
 
 
+def test_a_c_level_crash_message_survives_the_stderr_filter():
+    """What a native library writes to descriptor 2 before it aborts (C++ "terminate called ...") reaches the real
+    stderr: the filter's reader outlives the process that crashed."""
+    code = (
+        "from edgecnn.cli import stderr_filter\n"
+        "stderr_filter.install()\n"
+        "import os\n"
+        "os.write(2, b'Corrupt JPEG data: 2 extraneous bytes before marker 0xd9\\nterminate called: native\\n')\n"
+        "os.abort()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == -6, proc
+    assert "terminate called: native" in proc.stderr and "Corrupt JPEG" not in proc.stderr, proc.stderr
+
+
 def test_demo_steps_are_rerunnable():
     """`make demo` twice: every step that writes an output either checks it first or passes --force."""
     tree = ast.parse((ROOT / "examples" / "demo.py").read_text())

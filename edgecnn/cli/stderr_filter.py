@@ -4,7 +4,7 @@ libjpeg (inside OpenCV) prints "Corrupt JPEG data: 20 extraneous bytes before ma
 file descriptor 2, with no switch in OpenCV to turn it off. edgecnn already counts and reports damaged images itself
 (one line, with the count), so these lines are noise, one per file, in the middle of progress bars.
 
-The `edgecnn` command therefore runs with descriptor 2 on a pipe whose reader thread forwards everything but those
+The `edgecnn` command therefore runs with descriptor 2 on a pipe whose reader process forwards everything but those
 lines to the real stderr, while Python's own `sys.stderr` (rich's progress bars, messages, tracebacks) writes to the
 real stderr directly: a terminal stays a terminal. A child process whose lines must keep their place among
 edgecnn's own (ssh in `deploy bundle --host`) is given `sys.stderr`'s descriptor, not 2. EDGECNN_RAW_STDERR=1 turns
@@ -16,8 +16,9 @@ from __future__ import annotations
 import atexit
 import os
 import re
+import signal
 import sys
-import threading
+import time
 
 # libjpeg's warning texts (jerror.h) that a damaged but decodable file produces
 NOISE = re.compile(
@@ -27,33 +28,57 @@ NOISE = re.compile(
 
 
 def install() -> None:
-    """Put the filter in place for the rest of this process (once; a no-op where descriptors cannot be moved)."""
-    if os.environ.get("EDGECNN_RAW_STDERR") or getattr(install, "done", False):
+    """Put the filter in place for the rest of this process (once; a no-op where descriptors cannot be moved).
+
+    The reader is a forked process, not a thread: when the CLI dies at C level (a C++ "terminate called ..." then
+    abort), whatever it wrote to descriptor 2 is still in the pipe, and a thread would die with it unread."""
+    if os.environ.get("EDGECNN_RAW_STDERR") or getattr(install, "done", False) or not hasattr(os, "fork"):
         return
     try:
         sys.stderr.flush()
         real = os.dup(2)
         read_end, write_end = os.pipe()
         stream = open(real, "w", buffering=1, encoding=sys.stderr.encoding or "utf-8", errors="backslashreplace")
-        os.dup2(write_end, 2)
-        os.close(write_end)
+        pid = os.fork()  # early in the CLI, before any thread exists
     except (OSError, ValueError, AttributeError):  # no real descriptor 2 (tests' captured streams, embedded use)
         return
+    if pid == 0:
+        _forward(read_end, write_end, real)
+    os.close(read_end)
+    os.dup2(write_end, 2)
+    os.close(write_end)
     install.done = True
     sys.stderr = stream
-    thread = threading.Thread(target=_pump, args=(read_end, real), name="edgecnn-stderr-filter", daemon=True)
-    thread.start()
 
     def restore() -> None:
-        """At exit: descriptor 2 back to the real stderr, so the pipe ends and the thread forwards what is left."""
+        """At exit: descriptor 2 back to the real stderr, so the pipe ends and the reader forwards what is left."""
         try:
             sys.stderr.flush()
             os.dup2(real, 2)
         except (OSError, ValueError):
             return
-        thread.join(timeout=2.0)
+        for _ in range(200):  # up to 2 s: its last lines come before the shell's prompt
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    return
+            except ChildProcessError:
+                return
+            time.sleep(0.01)
 
     atexit.register(restore)
+
+
+def _forward(read_end: int, write_end: int, real: int) -> None:
+    """The reader process: forward the pipe to the real stderr until every writer has closed it, then exit."""
+    try:
+        os.close(write_end)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the CLI decides, this drains
+        null = os.open(os.devnull, os.O_RDWR)
+        os.dup2(null, 0)
+        os.dup2(null, 1)  # holding the CLI's stdout open would keep `| head` or `$(...)` waiting
+        _pump(read_end, real)
+    finally:
+        os._exit(0)
 
 
 def _pump(read_end: int, real: int) -> None:
