@@ -831,8 +831,8 @@ def push_bundle(commands: list[list[str]], run: Callable | None = None) -> None:
     import subprocess
 
     # The remote side's output goes to stderr: stdout carries only edgecnn's own result (`--json` stays parseable).
-    # It goes to Python's stderr, not descriptor 2, which the CLI's libjpeg filter reads on a thread: through that pipe
-    # ssh's last line could arrive after edgecnn's own error message about it.
+    # It goes to Python's stderr, not descriptor 2, which the CLI's libjpeg filter (cli/stderr_filter.py) forwards
+    # asynchronously: through that pipe ssh's last line could arrive after edgecnn's own error message about it.
     err = _python_stderr_fd()
     run = run or functools.partial(subprocess.run, stdout=err, stderr=err)
     for argv in commands:
